@@ -1,0 +1,214 @@
+"""`/api/tasks`: reading tasks (users) and producing them (agents)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.responses import PlainTextResponse
+
+from dashboard_api.api.deps import AgentRole, AnyRole, CtxDep, PageDep, UserRole, split_multi
+from dashboard_api.db.models.tasks import TASK_STATUSES
+from dashboard_api.ids import TASK_ID_PATTERN
+from dashboard_api.schemas.common import Page, problem_responses
+from dashboard_api.schemas.tasks import (
+    ChunkOut,
+    FullLog,
+    OutputAppend,
+    OutputAppended,
+    SortKey,
+    StatusEventOut,
+    TaskClaim,
+    TaskCreate,
+    TaskPublic,
+    TaskSummary,
+    TaskUpdate,
+    task_public,
+)
+from dashboard_api.services import tasks as service
+from dashboard_api.timeutil import UtcDateTime
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"], responses=problem_responses(401, 403, 422))
+TaskIdPath = Annotated[str, Path(pattern=TASK_ID_PATTERN)]
+
+
+@router.get("", response_model=Page[TaskSummary])
+async def list_tasks(
+    ctx: CtxDep,
+    _: AnyRole,
+    page: PageDep,
+    status: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
+    agent_type: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
+    source: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
+    created_after: UtcDateTime | None = None,
+    created_before: UtcDateTime | None = None,
+    conversation_id: Annotated[str | None, Query(max_length=255)] = None,
+    flow_id: Annotated[str | None, Query(max_length=255)] = None,
+    user_id: Annotated[str | None, Query(max_length=255)] = None,
+    q: Annotated[str | None, Query(max_length=1000, description="Substring of the input")] = None,
+    sort: SortKey = "-created_at",
+) -> Page[TaskSummary]:
+    """Task summaries, filtered and sorted; page or cursor mode."""
+    filters = service.TaskFilters(
+        status=split_multi(status, name="status", allowed=TASK_STATUSES),
+        agent_type=split_multi(agent_type, name="agent_type"),
+        source=split_multi(source, name="source"),
+        created_after=created_after,
+        created_before=created_before,
+        conversation_id=conversation_id,
+        flow_id=flow_id,
+        user_id=user_id,
+        q=q,
+    )
+    async with ctx.db.read() as session:
+        result = await service.list_tasks(session, filters=filters, sort=sort, page=page)
+    return Page[TaskSummary](
+        items=result.items,
+        total=result.total,
+        page=result.page,
+        per_page=result.per_page,
+        pages=result.pages,
+        next_cursor=result.next_cursor,
+    )
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=TaskPublic,
+    responses=problem_responses(409),
+)
+async def register_task(ctx: CtxDep, _: AgentRole, body: TaskCreate) -> TaskPublic:
+    """Register a task (producer). An existing `task_id` is 409."""
+    async with ctx.db.write() as session:
+        task = await service.register_task(
+            session, body=body, now=ctx.clock.now(), prices=ctx.prices
+        )
+        return task_public(task)
+
+
+@router.post(
+    "/claim",
+    response_model=TaskPublic,
+    responses={204: {"description": "No queued task of those types"}},
+)
+async def claim_task(ctx: CtxDep, _: AgentRole, body: TaskClaim) -> TaskPublic | Response:
+    """Take the oldest queued task of the given types, atomically moving it to running."""
+    agent_types = body.agent_type if isinstance(body.agent_type, list) else [body.agent_type]
+    async with ctx.db.write() as session:
+        task = await service.claim_task(
+            session, agent_types=agent_types, agent=body.agent, now=ctx.clock.now()
+        )
+        if task is None:
+            return Response(status_code=204)
+        return task_public(task)
+
+
+@router.get("/{task_id}", response_model=TaskPublic, responses=problem_responses(404))
+async def get_task(ctx: CtxDep, _: AnyRole, task_id: TaskIdPath) -> TaskPublic:
+    """One task."""
+    async with ctx.db.read() as session:
+        return task_public(await service.get_task(session, task_id))
+
+
+@router.patch("/{task_id}", response_model=TaskPublic, responses=problem_responses(404, 409))
+async def update_task(
+    ctx: CtxDep, _: AgentRole, task_id: TaskIdPath, body: TaskUpdate
+) -> TaskPublic:
+    """Update status (legal moves only), result, metrics or metadata (producer)."""
+    async with ctx.db.write() as session:
+        task = await service.update_task(
+            session, task_id=task_id, body=body, now=ctx.clock.now(), prices=ctx.prices
+        )
+        return task_public(task)
+
+
+@router.post(
+    "/{task_id}/output",
+    response_model=OutputAppended,
+    responses=problem_responses(404, 409, 413),
+)
+async def append_output(
+    ctx: CtxDep, _: AgentRole, task_id: TaskIdPath, body: OutputAppend
+) -> OutputAppended:
+    """Append output chunks; they are durable once this answers."""
+    chunks = body.as_chunks()
+    settings = ctx.settings
+    if len(chunks) > settings.max_chunks_per_request:
+        from dashboard_api.errors import Unprocessable
+
+        raise Unprocessable(
+            f"At most {settings.max_chunks_per_request} chunks per request.", loc=["body", "chunks"]
+        )
+    async with ctx.db.write() as session:
+        result = await service.append_output(
+            session,
+            task_id=task_id,
+            chunks=chunks,
+            now=ctx.clock.now(),
+            cap_bytes=settings.output_cap_bytes,
+            max_chunk_bytes=settings.max_chunk_bytes,
+        )
+    return OutputAppended(
+        first_seq=result.first_seq, last_seq=result.last_seq, truncated=result.truncated
+    )
+
+
+@router.post("/{task_id}/cancel", response_model=TaskPublic, responses=problem_responses(404, 409))
+async def cancel_task(ctx: CtxDep, _: UserRole, task_id: TaskIdPath) -> TaskPublic:
+    """Cancel a queued task, or ask a running task's agent to stop."""
+    async with ctx.db.write() as session:
+        task = await service.cancel_task(session, task_id=task_id, now=ctx.clock.now())
+        return task_public(task)
+
+
+@router.get(
+    "/{task_id}/logs/full",
+    response_model=FullLog,
+    responses={
+        **problem_responses(404),
+        200: {"content": {"text/plain": {}}, "description": "JSON log, or text with format=text"},
+    },
+)
+async def full_log(
+    ctx: CtxDep,
+    _: AnyRole,
+    task_id: TaskIdPath,
+    after_seq: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    format: Literal["json", "text"] | None = None,
+    accept: Annotated[str | None, Header()] = None,
+) -> FullLog | PlainTextResponse:
+    """The task, its status history and its output (all, or after `after_seq`)."""
+    async with ctx.db.read() as session:
+        task = await service.get_task(session, task_id)
+        chunks = await service.list_chunks(session, task_id, after_seq=after_seq)
+        events = (
+            []
+            if _wants_text(format, accept)
+            else await service.list_status_events(session, task_id)
+        )
+    output = "".join(c.content for c in chunks)
+    if _wants_text(format, accept):
+        return PlainTextResponse(output)
+    return FullLog(
+        task=task_public(task),
+        events=[StatusEventOut.model_validate({"status": e.status, "at": e.at}) for e in events],
+        chunks=[
+            ChunkOut.model_validate(
+                {"seq": c.seq, "stream": c.stream, "content": c.content, "created_at": c.created_at}
+            )
+            for c in chunks
+        ],
+        output=output,
+        last_seq=task.output_seq,
+        truncated=task.output_truncated,
+    )
+
+
+def _wants_text(format_: str | None, accept: str | None) -> bool:
+    if format_ is not None:
+        return format_ == "text"
+    if not accept:
+        return False
+    types = [part.split(";")[0].strip() for part in accept.split(",")]
+    return "text/plain" in types and "application/json" not in types

@@ -1,0 +1,218 @@
+"""The FastAPI application: routers, problem-document error handling, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dashboard_api import __version__
+from dashboard_api.api import health, tasks
+from dashboard_api.auth import TokenCache
+from dashboard_api.context import AppContext
+from dashboard_api.db.engine import Database
+from dashboard_api.errors import PayloadTooLarge, ProblemError, problem_body
+from dashboard_api.services.pricing import PriceTable
+from dashboard_api.settings import Settings
+from dashboard_api.timeutil import Clock, SystemClock
+
+log = logging.getLogger("dashboard_api")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse(
+        problem_body(status, title, detail, **extra),
+        status_code=status,
+        headers=headers,
+        media_type=PROBLEM_JSON,
+    )
+
+
+# Errors that mean "the database is not answering", as opposed to a bad query.
+_DB_DOWN = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(exc.status, exc.title, exc.detail, exc.headers, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "loc": list(e.get("loc", ())),
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()
+        ]
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors[:5]
+        )
+        return problem_response(
+            422, "Unprocessable Content", detail or "Invalid request.", errors=errors
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, PayloadTooLarge):
+            too_large = exc.__cause__
+            return problem_response(413, too_large.title, too_large.detail)
+        title = _TITLES.get(exc.status_code, "Error")
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        return problem_response(exc.status_code, title, detail, dict(exc.headers or {}))
+
+    @app.exception_handler(sa_exc.IntegrityError)
+    async def _integrity(_: Request, exc: sa_exc.IntegrityError) -> JSONResponse:
+        # A race lost to a concurrent writer of the same key (e.g. two registrations).
+        log.info("integrity conflict: %s", exc.orig)
+        return problem_response(
+            409, "Conflict", "The resource was changed concurrently or already exists."
+        )
+
+    for exc_type in _DB_DOWN:
+        app.add_exception_handler(exc_type, _database_down)
+    app.add_exception_handler(sa_exc.DBAPIError, _dbapi_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", exc)
+    return problem_response(
+        503,
+        "Service Unavailable",
+        "The database is unavailable.",
+        {"Retry-After": "1"},
+        dependency="database",
+    )
+
+
+async def _dbapi_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return await _database_down(request, exc)
+    return await _unexpected(request, exc)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(500, "Internal Server Error", "An unexpected error occurred.")
+
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over the limit with 413 before they are buffered whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    response = problem_response(
+                        413,
+                        "Content Too Large",
+                        f"The request body is over {self.max_bytes} bytes.",
+                    )
+                    await response(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(f"The request body is over {self.max_bytes} bytes.")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    """Build an app; nothing is opened until its lifespan starts."""
+    settings = settings or Settings()
+    models, default = settings.price_table()
+    db = Database(settings.database_url, pool_size=settings.database_pool_size)
+    clock = clock or SystemClock()
+    ctx = AppContext(
+        settings=settings,
+        db=db,
+        clock=clock,
+        prices=PriceTable(models, default),
+        tokens=TokenCache(settings.token_cache_seconds),
+        started_at=clock.now(),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(db.dispose)
+            yield
+
+    app = FastAPI(
+        title="Dashboard API",
+        version=__version__,
+        description=(
+            "Tasks, live output, analytics, conversations and integrations of AI coding agents."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
+    for router in (health.router, tasks.router):
+        app.include_router(router)
+    return app

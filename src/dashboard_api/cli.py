@@ -1,0 +1,224 @@
+"""The `dashboard-api` command: serve, migrate, tokens, seed (and the realtime/demo commands)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from dashboard_api.settings import Settings
+
+app = typer.Typer(
+    help="Dashboard API: the backend of the AI-agent dashboard.", no_args_is_help=True
+)
+token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@app.command()
+def migrate() -> None:
+    """Migrate the database to the newest schema."""
+    from dashboard_api.db.migrate import upgrade_to_head
+
+    upgrade_to_head(_settings().database_url)
+    typer.echo("database is at head")
+
+
+async def _ensure_admin_token(settings: Settings) -> str | None:
+    """Create and return an admin token when the database holds none (a new install)."""
+    from dashboard_api.db.engine import Database
+    from dashboard_api.services.tokens import create_token, has_active_admin
+    from dashboard_api.timeutil import SystemClock
+
+    db = Database(settings.database_url)
+    try:
+        async with db.write() as session:
+            if await has_active_admin(session):
+                return None
+            token, _ = await create_token(
+                session, user_id="admin", role="admin", now=SystemClock().now()
+            )
+            return token
+    finally:
+        await db.dispose()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Processes (needs Redis when > 1)")] = 1,
+    demo: Annotated[bool, typer.Option(help="Seed sample data and run simulated agents")] = False,
+) -> None:
+    """Migrate the database to head, then serve."""
+    import os
+
+    import uvicorn
+
+    from dashboard_api.db.migrate import upgrade_to_head
+
+    settings = _settings()
+    if workers > 1 and not settings.redis_url:
+        typer.echo(
+            "--workers > 1 needs DASHBOARD_REDIS_URL: without Redis, events published in one "
+            "process would not reach WebSocket clients of the others.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if workers > 1 and settings.backend == "sqlite":
+        typer.echo("--workers > 1 needs PostgreSQL (DASHBOARD_DATABASE_URL).", err=True)
+        raise typer.Exit(2)
+    upgrade_to_head(settings.database_url)
+    token = asyncio.run(_ensure_admin_token(settings))
+    if token is not None:
+        typer.echo("No admin token existed, so one was created. It is shown only this once:")
+        typer.echo(f"  admin token: {token}")
+    if demo:
+        os.environ["DASHBOARD_DEMO"] = "true"
+    uvicorn.run(
+        "dashboard_api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+        ws_max_size=settings.ws_max_message_bytes + 1024,
+    )
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Option(help="User id the token speaks for")],
+    role: Annotated[str, typer.Option(help="admin | user | agent")],
+) -> None:
+    """Print a new token, alone, as the last line."""
+    from dashboard_api.auth import ROLES
+
+    if role not in ROLES:  # typer cannot express a Literal choice list
+        typer.echo(f"role must be one of {', '.join(ROLES)}", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> str:
+        from dashboard_api.db.engine import Database
+        from dashboard_api.services.tokens import create_token
+        from dashboard_api.timeutil import SystemClock
+
+        db = Database(_settings().database_url)
+        try:
+            async with db.write() as session:
+                token, _ = await create_token(
+                    session,
+                    user_id=user,
+                    role=role,
+                    now=SystemClock().now(),
+                )
+                return token
+        finally:
+            await db.dispose()
+
+    typer.echo(asyncio.run(run()))
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """List tokens (id, role, user, created, revoked); never the tokens themselves."""
+
+    async def run() -> None:
+        from dashboard_api.db.engine import Database
+        from dashboard_api.services.tokens import list_tokens
+        from dashboard_api.timeutil import format_ts
+
+        db = Database(_settings().database_url)
+        try:
+            async with db.read() as session:
+                for t in await list_tokens(session):
+                    revoked = format_ts(t.revoked_at) if t.revoked_at else "-"
+                    typer.echo(
+                        f"{t.token_id}  {t.role:<5}  {t.user_id:<20}  {t.prefix}…  "
+                        f"created {format_ts(t.created_at)}  revoked {revoked}"
+                    )
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str) -> None:
+    """Revoke a token by id."""
+
+    async def run() -> None:
+        from dashboard_api.db.engine import Database
+        from dashboard_api.errors import NotFound
+        from dashboard_api.services.tokens import revoke_token
+        from dashboard_api.timeutil import SystemClock
+
+        db = Database(_settings().database_url)
+        try:
+            async with db.write() as session:
+                await revoke_token(session, token_id=token_id, now=SystemClock().now())
+        except NotFound as exc:
+            typer.echo(exc.detail, err=True)
+            raise typer.Exit(1) from None
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+    typer.echo(f"revoked {token_id}")
+
+
+@app.command()
+def seed(
+    tasks: Annotated[int, typer.Option(min=1, help="How many tasks to add")] = 1000,
+    days: Annotated[int, typer.Option(min=1, help="Spread over the last N days")] = 90,
+    random_seed: Annotated[int | None, typer.Option(help="Seed for repeatable data")] = None,
+) -> None:
+    """Add realistic sample tasks (bulk insert; a million takes about a minute on PostgreSQL)."""
+    import time
+
+    from dashboard_api.db.migrate import upgrade_to_head
+
+    settings = _settings()
+    upgrade_to_head(settings.database_url)
+
+    async def run() -> int:
+        from dashboard_api.db.engine import Database
+        from dashboard_api.services.pricing import PriceTable
+        from dashboard_api.services.seed import seed_tasks
+        from dashboard_api.timeutil import SystemClock
+
+        db = Database(settings.database_url)
+        models, default = settings.price_table()
+        try:
+            async with db.write() as session:
+                return await seed_tasks(
+                    session,
+                    n=tasks,
+                    now=SystemClock().now(),
+                    prices=PriceTable(models, default),
+                    days=days,
+                    seed=random_seed,
+                )
+        finally:
+            await db.dispose()
+
+    start = time.perf_counter()
+    count = asyncio.run(run())
+    typer.echo(f"seeded {count} tasks in {time.perf_counter() - start:.1f} s")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

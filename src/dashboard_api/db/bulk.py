@@ -1,0 +1,37 @@
+"""Bulk loading for seeds and back-fills: COPY on PostgreSQL, batched executemany on SQLite."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, Table
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+async def bulk_insert(
+    session: AsyncSession, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Insert many rows fast. Values must already be in storage form (aware UTC datetimes)."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        conn = await session.connection()
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        # asyncpg's COPY takes JSON columns as text.
+        json_idx = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
+        if json_idx:
+            rows = [_json_as_text(row, json_idx) for row in rows]
+        await driver.copy_records_to_table(table.name, records=rows, columns=list(columns))
+        return
+    dicts = [dict(zip(columns, row, strict=True)) for row in rows]
+    await session.execute(table.insert(), dicts)
+
+
+def _json_as_text(row: tuple[Any, ...], idx: list[int]) -> tuple[Any, ...]:
+    out = list(row)
+    for i in idx:
+        out[i] = orjson.dumps(out[i]).decode()
+    return tuple(out)

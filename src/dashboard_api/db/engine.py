@@ -1,0 +1,118 @@
+"""The database handle: engine, sessions, the single-writer rule on SQLite, events after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from sqlalchemy import event, text
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import ConnectionPoolEntry
+
+# An event to publish once the transaction that produced it has committed.
+PendingEvent = tuple[str, dict[str, Any]]
+Publisher = Callable[[Sequence[PendingEvent]], Awaitable[None]]
+
+_EVENTS_KEY = "dashboard_pending_events"
+
+
+def emit(session: AsyncSession, channel: str, payload: dict[str, Any]) -> None:
+    """Queue an event on `channel`; it is published only if and after the session commits."""
+    session.info.setdefault(_EVENTS_KEY, []).append((channel, payload))
+
+
+def _sqlite_on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    # Let SQLAlchemy's "begin" hook emit BEGIN itself (the driver's implicit one cannot
+    # be made IMMEDIATE), and make the file safe for concurrent readers and one writer.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # a 2xx means the commit is on disk
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+    dbapi_conn.create_function("dashboard_casefold", 1, _casefold, deterministic=True)
+
+
+def _casefold(value: str | None) -> str | None:
+    return None if value is None else value.casefold()
+
+
+class Database:
+    """One per app. Writes go through `write()`, which serializes writers on SQLite."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = url
+        self.backend: Literal["postgresql", "sqlite"] = (
+            "sqlite" if url.startswith("sqlite") else "postgresql"
+        )
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.backend == "postgresql":
+            kwargs.update(
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                pool_timeout=10,
+                connect_args={"timeout": 5, "command_timeout": 60},
+            )
+        else:
+            kwargs.update(connect_args={"timeout": 30})
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.publisher: Publisher | None = None
+        self._write_lock = asyncio.Lock() if self.backend == "sqlite" else None
+        if self.backend == "sqlite":
+            sync_engine = self.engine.sync_engine
+            event.listen(sync_engine, "connect", _sqlite_on_connect)
+
+            @event.listens_for(sync_engine, "begin")
+            def _begin(conn: Any) -> None:
+                mode = "IMMEDIATE" if conn.get_execution_options().get("dashboard_write") else ""
+                conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads; its transaction is rolled back at the end."""
+        async with self.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A transaction committed on exit; queued events are published after the commit."""
+        async with self._write_lock or contextlib.nullcontext(), self.sessions() as session:
+            try:
+                # Takes the SQLite write lock up front (BEGIN IMMEDIATE): a deferred
+                # transaction that upgrades later can fail with "database is locked".
+                await session.connection(execution_options={"dashboard_write": True})
+                yield session
+                await session.commit()
+            except BaseException:
+                await session.rollback()
+                raise
+        await self._publish(session)
+
+    async def _publish(self, session: AsyncSession) -> None:
+        events: list[PendingEvent] = session.info.pop(_EVENTS_KEY, [])
+        if events and self.publisher is not None:
+            await self.publisher(events)
+
+    async def ping(self, timeout: float) -> float:
+        """Round-trip a trivial query; returns the latency in milliseconds."""
+        start = time.perf_counter()
+        async with asyncio.timeout(timeout):
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        return (time.perf_counter() - start) * 1000
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,155 @@
+"""Keyset pagination shared by every list: page mode and cursor mode walk one order."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import orjson
+from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import QueryableAttribute
+
+from dashboard_api.errors import Unprocessable
+from dashboard_api.timeutil import to_utc
+
+T = TypeVar("T")
+SortKeyExpr = ColumnElement[Any] | QueryableAttribute[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """What the client asked for: `page` or `cursor` (never both), and `per_page`."""
+
+    per_page: int = 50
+    page: int | None = None
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PageResult(Sequence[T]):
+    items: list[T]
+    total: int
+    page: int | None
+    per_page: int
+    pages: int
+    next_cursor: str | None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.items[i]
+
+
+@dataclass(frozen=True, slots=True)
+class Ordering:
+    """A total order: key expressions (the last one unique), all in one direction.
+
+    `name` is embedded in cursors so that a cursor from another order is refused.
+    """
+
+    name: str
+    keys: tuple[SortKeyExpr, ...]
+    descending: bool
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"t": to_utc(value).isoformat()}
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"t"} and isinstance(value["t"], str):
+        return datetime.fromisoformat(value["t"])
+    if value is None or isinstance(value, str | int | float):
+        return value
+    raise ValueError("bad cursor value")
+
+
+def encode_cursor(ordering: Ordering, values: Sequence[Any]) -> str:
+    raw = orjson.dumps({"o": ordering.name, "k": [_encode_value(v) for v in values]})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(ordering: Ordering, cursor: str) -> list[Any]:
+    """The key values in a cursor; 422 for anything malformed or from another ordering."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if not isinstance(data, dict) or data.get("o") != ordering.name:
+            raise ValueError("cursor belongs to another ordering")
+        keys = data["k"]
+        if not isinstance(keys, list) or len(keys) != len(ordering.keys):
+            raise ValueError("wrong number of keys")
+        return [_decode_value(v) for v in keys]
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError, orjson.JSONDecodeError):
+        raise Unprocessable("Malformed cursor.", loc=["query", "cursor"]) from None
+
+
+async def paginate(
+    session: AsyncSession,
+    stmt: Select[Any],
+    ordering: Ordering,
+    request: PageRequest,
+    *,
+    convert: Callable[[Row[Any]], T],
+    count_stmt: Select[Any] | None = None,
+) -> PageResult[T]:
+    """Run a filtered SELECT one page at a time.
+
+    `stmt` selects the row columns and applies the filters; the ordering keys are appended
+    as extra columns. `count_stmt`, when given, counts the filtered rows more cheaply than
+    wrapping `stmt`.
+    """
+    n_keys = len(ordering.keys)
+    direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
+    base = stmt.add_columns(*ordering.keys)
+    page_stmt = base.order_by(*direction).limit(request.per_page + 1)
+    if request.cursor is not None:
+        values = decode_cursor(ordering, request.cursor)
+        key_tuple = tuple_(*ordering.keys)
+        bound = tuple_(*[_bind_like(k, v) for k, v in zip(ordering.keys, values, strict=True)])
+        page_stmt = page_stmt.where(key_tuple < bound if ordering.descending else key_tuple > bound)
+    elif request.page is not None and request.page > 1:
+        page_stmt = page_stmt.offset((request.page - 1) * request.per_page)
+
+    rows = (await session.execute(page_stmt)).all()
+    has_more = len(rows) > request.per_page
+    rows = rows[: request.per_page]
+    next_cursor = None
+    if has_more and rows:
+        next_cursor = encode_cursor(ordering, list(rows[-1][-n_keys:]))
+
+    if count_stmt is None:
+        count_stmt = select(func.count()).select_from(stmt.order_by(None).subquery())
+    total = int((await session.execute(count_stmt)).scalar_one())
+    page = None if request.cursor is not None else (request.page or 1)
+    return PageResult(
+        items=[convert(r) for r in rows],
+        total=total,
+        page=page,
+        per_page=request.per_page,
+        pages=math.ceil(total / request.per_page) if total else 0,
+        next_cursor=next_cursor,
+    )
+
+
+def _bind_like(key: SortKeyExpr, value: Any) -> ColumnElement[Any]:
+    """A bind parameter typed like its key; a cursor value of the wrong type is a 422."""
+    try:
+        expected: type | None = key.type.python_type
+    except NotImplementedError:
+        expected = None
+    if value is not None and expected is not None:
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if not ok:
+            raise Unprocessable("Malformed cursor.", loc=["query", "cursor"])
+    return literal(value, type_=key.type)

@@ -1,0 +1,1 @@
+"""Pydantic models of the API contract, one module per feature."""

@@ -1,0 +1,277 @@
+"""Tasks on the wire: the task, its summary, producer bodies, logs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+
+from dashboard_api.ids import SLUG_PATTERN, TASK_ID_PATTERN
+from dashboard_api.schemas.common import ApiModel
+from dashboard_api.timeutil import UtcDateTime
+
+TaskStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+Stream = Literal["stdout", "stderr", "system"]
+SortKey = Literal[
+    "created_at", "-created_at", "cost_usd", "-cost_usd", "duration_seconds", "-duration_seconds"
+]
+
+TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Count = Annotated[int, Field(ge=0, le=2**62)]
+
+
+class TaskSummary(BaseModel):
+    """A task as listed: the large text fields replaced by a preview and `has_error`."""
+
+    task_id: str
+    status: TaskStatus
+    agent_type: str
+    assigned_agent: str | None
+    source: str
+    user_id: str | None
+    conversation_id: str | None
+    parent_task_id: str | None
+    flow_id: str | None
+    model: str | None
+    cost_usd: float
+    cost_basis: Literal["reported", "computed"]
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    duration_seconds: float | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    completed_at: UtcDateTime | None
+    updated_at: UtcDateTime
+    cancel_requested: bool
+    output_seq: int
+    input_preview: str
+    has_error: bool
+
+
+class TaskPublic(BaseModel):
+    """The whole task (API.md §3)."""
+
+    task_id: str
+    status: TaskStatus
+    agent_type: str
+    assigned_agent: str | None
+    source: str
+    input_message: str
+    result: str | None
+    error: str | None
+    user_id: str | None
+    conversation_id: str | None
+    parent_task_id: str | None
+    flow_id: str | None
+    model: str | None
+    cost_usd: float
+    cost_basis: Literal["reported", "computed"]
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    duration_seconds: float | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    completed_at: UtcDateTime | None
+    updated_at: UtcDateTime
+    cancel_requested: bool
+    metadata: dict[str, Any]
+    output_seq: int
+    output_truncated: bool = Field(description="Whether output past the log cap was dropped.")
+
+
+class TaskCreate(ApiModel):
+    """Register a task (producer)."""
+
+    task_id: TaskId | None = None
+    agent_type: Slug
+    input_message: Annotated[str, StringConstraints(max_length=1_000_000)]
+    source: Slug = "api"
+    status: Literal["queued", "running"] = "queued"
+    assigned_agent: ShortText | None = None
+    model: ShortText | None = None
+    user_id: ShortText | None = None
+    conversation_id: ShortText | None = None
+    parent_task_id: TaskId | None = None
+    flow_id: ShortText | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: UtcDateTime | None = None
+
+
+class TaskUpdate(ApiModel):
+    """Update a task (producer). Metrics are absolute values."""
+
+    status: TaskStatus | None = None
+    assigned_agent: ShortText | None = None
+    result: Annotated[str, StringConstraints(max_length=10_000_000)] | None = None
+    error: Annotated[str, StringConstraints(max_length=1_000_000)] | None = None
+    model: ShortText | None = None
+    cost_usd: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = None
+    input_tokens: Count | None = None
+    output_tokens: Count | None = None
+    cache_read_tokens: Count | None = None
+    cache_write_tokens: Count | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class OutputChunkIn(ApiModel):
+    content: str
+    stream: Stream = "stdout"
+
+
+class OutputAppend(ApiModel):
+    """Either one chunk (`content`, `stream`) or a batch (`chunks`)."""
+
+    content: str | None = None
+    stream: Stream | None = None
+    chunks: list[OutputChunkIn] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> OutputAppend:
+        if (self.content is None) == (self.chunks is None):
+            raise ValueError("give either `content` (with an optional `stream`) or `chunks`")
+        if self.chunks is not None and self.stream is not None:
+            raise ValueError("`stream` goes inside each chunk when `chunks` is used")
+        if self.chunks is not None and not self.chunks:
+            raise ValueError("`chunks` must not be empty")
+        return self
+
+    def as_chunks(self) -> list[OutputChunkIn]:
+        if self.chunks is not None:
+            return self.chunks
+        assert self.content is not None
+        return [OutputChunkIn(content=self.content, stream=self.stream or "stdout")]
+
+
+class OutputAppended(BaseModel):
+    first_seq: int | None = Field(
+        description="Seq of the first stored chunk; null if none was stored."
+    )
+    last_seq: int = Field(description="The task's last seq after this append.")
+    truncated: bool
+
+
+class TaskClaim(ApiModel):
+    agent_type: Slug | Annotated[list[Slug], Field(min_length=1, max_length=100)]
+    agent: ShortText
+
+    @field_validator("agent_type")
+    @classmethod
+    def _as_list(cls, v: str | list[str]) -> list[str]:
+        return [v] if isinstance(v, str) else v
+
+
+class StatusEventOut(BaseModel):
+    type: Literal["status"] = "status"
+    status: TaskStatus
+    at: UtcDateTime
+
+
+class ChunkOut(BaseModel):
+    seq: int
+    stream: Stream
+    content: str
+    created_at: UtcDateTime
+
+
+class FullLog(BaseModel):
+    task: TaskPublic
+    events: list[StatusEventOut]
+    chunks: list[ChunkOut]
+    output: str
+    last_seq: int
+    truncated: bool
+
+
+# --- conversions from storage rows ---------------------------------------------------------
+
+
+def _duration(duration_us: int | None) -> float | None:
+    return None if duration_us is None else duration_us / 1_000_000
+
+
+def task_public(t: Any) -> TaskPublic:
+    """The API form of a `Task` row."""
+    from dashboard_api.money import micros_to_usd
+
+    return TaskPublic(
+        task_id=t.task_id,
+        status=t.status,
+        agent_type=t.agent_type,
+        assigned_agent=t.assigned_agent,
+        source=t.source,
+        input_message=t.input_message,
+        result=t.result,
+        error=t.error,
+        user_id=t.user_id,
+        conversation_id=t.conversation_id,
+        parent_task_id=t.parent_task_id,
+        flow_id=t.flow_id,
+        model=t.model,
+        cost_usd=micros_to_usd(t.cost_micros),
+        cost_basis="reported" if t.cost_reported else "computed",
+        input_tokens=t.input_tokens,
+        output_tokens=t.output_tokens,
+        cache_read_tokens=t.cache_read_tokens,
+        cache_write_tokens=t.cache_write_tokens,
+        duration_seconds=_duration(t.duration_us),
+        created_at=t.created_at,
+        started_at=t.started_at,
+        completed_at=t.completed_at,
+        updated_at=t.updated_at,
+        cancel_requested=t.cancel_requested,
+        metadata=t.metadata_,
+        output_seq=t.output_seq,
+        output_truncated=t.output_truncated,
+    )
+
+
+# Columns a summary needs, in this order (the list query selects exactly these).
+SUMMARY_COLUMNS = (
+    "task_id", "status", "agent_type", "assigned_agent", "source", "user_id",
+    "conversation_id", "parent_task_id", "flow_id", "model", "cost_micros", "cost_reported",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "duration_us",
+    "created_at", "started_at", "completed_at", "updated_at", "cancel_requested", "output_seq",
+)  # fmt: skip
+
+
+def task_summary(
+    t: Any, *, input_preview: str | None = None, has_error: bool | None = None
+) -> TaskSummary:
+    """The summary form of a `Task` row, or of a list-query row with preview and has_error."""
+    from dashboard_api.money import micros_to_usd
+
+    preview = input_preview if input_preview is not None else t.input_message[:200]
+    return TaskSummary(
+        task_id=t.task_id,
+        status=t.status,
+        agent_type=t.agent_type,
+        assigned_agent=t.assigned_agent,
+        source=t.source,
+        user_id=t.user_id,
+        conversation_id=t.conversation_id,
+        parent_task_id=t.parent_task_id,
+        flow_id=t.flow_id,
+        model=t.model,
+        cost_usd=micros_to_usd(t.cost_micros),
+        cost_basis="reported" if t.cost_reported else "computed",
+        input_tokens=t.input_tokens,
+        output_tokens=t.output_tokens,
+        cache_read_tokens=t.cache_read_tokens,
+        cache_write_tokens=t.cache_write_tokens,
+        duration_seconds=_duration(t.duration_us),
+        created_at=t.created_at,
+        started_at=t.started_at,
+        completed_at=t.completed_at,
+        updated_at=t.updated_at,
+        cancel_requested=t.cancel_requested,
+        output_seq=t.output_seq,
+        input_preview=preview,
+        has_error=has_error if has_error is not None else t.error is not None,
+    )

@@ -1,0 +1,1 @@
+"""Business logic, one module per feature. Nothing here knows it is behind HTTP."""

@@ -1,0 +1,53 @@
+"""What other features do inside the transaction of every task write.
+
+Every write path of `services.tasks` (register, update, claim, cancel, output) calls
+`task_written` with the task as it was before and as it is now, in the same transaction,
+so that derived data (analytics rollups, conversation replies and totals) can never
+disagree with the tasks themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSnapshot:
+    """The fields of a task that derived data depends on."""
+
+    task_id: str
+    status: str
+    agent_type: str
+    source: str
+    model: str | None
+    user_id: str | None
+    conversation_id: str | None
+    parent_task_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    first_output_at: datetime | None
+    duration_us: int | None
+    cost_micros: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    result: str | None
+    error: str | None
+
+
+def snapshot(task: object) -> TaskSnapshot:
+    """Capture a `Task` row's derived-data fields."""
+    return TaskSnapshot(**{f: getattr(task, f) for f in TaskSnapshot.__slots__})
+
+
+async def task_written(
+    session: AsyncSession, before: TaskSnapshot | None, after: TaskSnapshot
+) -> None:
+    """Apply the consequences of one task write (None before: the task is new)."""
+    # Features register their reactions here, in a fixed and visible order.
+    return None

@@ -1,0 +1,435 @@
+"""Tasks: registration, the status state machine, output, claims, cancellation, queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    and_,
+    func,
+    insert,
+    literal_column,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dashboard_api.db.dialect import contains_ci, lock_for_update, lock_skip_locked
+from dashboard_api.db.engine import emit
+from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
+from dashboard_api.db.paging import Ordering, PageRequest, PageResult, paginate
+from dashboard_api.errors import Conflict, NotFound, PayloadTooLarge
+from dashboard_api.ids import new_id
+from dashboard_api.money import usd_to_micros
+from dashboard_api.schemas.tasks import (
+    SUMMARY_COLUMNS,
+    TERMINAL_STATUSES,
+    OutputChunkIn,
+    TaskCreate,
+    TaskSummary,
+    TaskUpdate,
+    task_summary,
+)
+from dashboard_api.services.pricing import PriceTable
+from dashboard_api.services.task_hooks import TaskSnapshot, snapshot, task_written
+from dashboard_api.timeutil import format_ts
+
+ALLOWED_MOVES: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "cancelled", "failed"}),
+    "running": frozenset({"completed", "failed", "cancelled"}),
+    "completed": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+
+# Literal (not bound) constants, so that PostgreSQL matches the expression indexes.
+_MAX_I64: ColumnElement[int] = literal_column("9223372036854775807", BigInteger)
+_MINUS_ONE: ColumnElement[int] = literal_column("-1", BigInteger)
+ORDERINGS: dict[str, Ordering] = {
+    "created_at": Ordering("created_at", (Task.created_at, Task.task_id), descending=False),
+    "-created_at": Ordering("-created_at", (Task.created_at, Task.task_id), descending=True),
+    "cost_usd": Ordering("cost_usd", (Task.cost_micros, Task.task_id), descending=False),
+    "-cost_usd": Ordering("-cost_usd", (Task.cost_micros, Task.task_id), descending=True),
+    # Missing durations sort last both ways: the key maps NULL past the end of the order.
+    "duration_seconds": Ordering(
+        "duration_seconds", (func.coalesce(Task.duration_us, _MAX_I64), Task.task_id), False
+    ),
+    "-duration_seconds": Ordering(
+        "-duration_seconds", (func.coalesce(Task.duration_us, _MINUS_ONE), Task.task_id), True
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilters:
+    """The filters of `GET /api/tasks`, already validated."""
+
+    status: Sequence[str] = ()
+    agent_type: Sequence[str] = ()
+    source: Sequence[str] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    conversation_id: str | None = None
+    flow_id: str | None = None
+    user_id: str | None = None
+    q: str | None = None
+
+    def clauses(self, session: AsyncSession) -> list[ColumnElement[bool]]:
+        out: list[ColumnElement[bool]] = []
+        multi: tuple[tuple[Any, Sequence[str]], ...] = (
+            (Task.status, self.status),
+            (Task.agent_type, self.agent_type),
+            (Task.source, self.source),
+        )
+        for column, values in multi:
+            if len(values) == 1:
+                out.append(column == values[0])
+            elif values:
+                out.append(column.in_(list(values)))
+        if self.created_after is not None:
+            out.append(Task.created_at >= self.created_after)
+        if self.created_before is not None:
+            out.append(Task.created_at < self.created_before)
+        single: tuple[tuple[Any, str | None], ...] = (
+            (Task.conversation_id, self.conversation_id),
+            (Task.flow_id, self.flow_id),
+            (Task.user_id, self.user_id),
+        )
+        for column, value in single:
+            if value is not None:
+                out.append(column == value)
+        if self.q:
+            out.append(contains_ci(session, Task.input_message, self.q))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    first_seq: int | None
+    last_seq: int
+    truncated: bool
+
+
+# --- reads -------------------------------------------------------------------------------
+
+
+async def get_task(session: AsyncSession, task_id: str) -> Task:
+    """The task, or 404."""
+    task = await session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"No task {task_id!r}.")
+    return task
+
+
+async def list_tasks(
+    session: AsyncSession, *, filters: TaskFilters, sort: str, page: PageRequest
+) -> PageResult[TaskSummary]:
+    """One page of task summaries in the requested order."""
+    columns = [getattr(Task, c) for c in SUMMARY_COLUMNS]
+    stmt: Select[Any] = select(
+        *columns,
+        func.substr(Task.input_message, 1, 200).label("input_preview"),
+        Task.error.is_not(None).label("has_error"),
+    )
+    where = filters.clauses(session)
+    if where:
+        stmt = stmt.where(and_(*where))
+    count_stmt = select(func.count()).select_from(Task)
+    if where:
+        count_stmt = count_stmt.where(and_(*where))
+
+    def convert(row: Any) -> TaskSummary:
+        return task_summary(row, input_preview=row.input_preview, has_error=bool(row.has_error))
+
+    return await paginate(
+        session, stmt, ORDERINGS[sort], page, convert=convert, count_stmt=count_stmt
+    )
+
+
+async def list_status_events(session: AsyncSession, task_id: str) -> Sequence[TaskEvent]:
+    """A task's status history, oldest first."""
+    stmt = select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.event_id)
+    return (await session.scalars(stmt)).all()
+
+
+async def list_chunks(
+    session: AsyncSession, task_id: str, *, after_seq: int = 0, limit: int | None = None
+) -> Sequence[TaskOutputChunk]:
+    """Output chunks with seq > after_seq, in seq order."""
+    stmt = (
+        select(TaskOutputChunk)
+        .where(TaskOutputChunk.task_id == task_id, TaskOutputChunk.seq > after_seq)
+        .order_by(TaskOutputChunk.seq)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return (await session.scalars(stmt)).all()
+
+
+# --- writes ------------------------------------------------------------------------------
+
+
+def _publish_status(session: AsyncSession, task: Task) -> None:
+    payload = {"type": "task_status", **task_summary(task).model_dump(mode="json")}
+    emit(session, f"task:{task.task_id}", payload)
+    emit(session, "tasks", payload)
+
+
+async def _locked(session: AsyncSession, task_id: str) -> Task:
+    """The task row, locked for the rest of the transaction."""
+    stmt = lock_for_update(session, select(Task).where(Task.task_id == task_id))
+    result = await session.scalars(stmt.execution_options(populate_existing=True))
+    task: Task | None = result.first()
+    if task is None:
+        raise NotFound(f"No task {task_id!r}.")
+    return task
+
+
+async def _after_write(session: AsyncSession, before: TaskSnapshot | None, task: Task) -> None:
+    await session.flush()
+    await task_written(session, before, snapshot(task))
+
+
+def _record_status(session: AsyncSession, task: Task, at: datetime) -> None:
+    session.add(TaskEvent(task_id=task.task_id, type="status", status=task.status, at=at))
+
+
+def _enter_status(task: Task, status: str, now: datetime) -> None:
+    task.status = status
+    if status == "running" and task.started_at is None:
+        task.started_at = now
+    if status in TERMINAL_STATUSES:
+        task.completed_at = now
+        if task.started_at is not None:
+            task.duration_us = max(0, int((now - task.started_at).total_seconds() * 1_000_000))
+
+
+def _recompute_cost(task: Task, prices: PriceTable) -> None:
+    if task.cost_reported:
+        return
+    task.cost_micros = prices.cost_micros(
+        task.model,
+        input_tokens=task.input_tokens,
+        output_tokens=task.output_tokens,
+        cache_read_tokens=task.cache_read_tokens,
+        cache_write_tokens=task.cache_write_tokens,
+    )
+
+
+async def register_task(
+    session: AsyncSession, *, body: TaskCreate, now: datetime, prices: PriceTable
+) -> Task:
+    """Create a task; its initial status is its first status event. 409 if the id exists."""
+    task_id = body.task_id or new_id()
+    if await session.get(Task, task_id) is not None:
+        raise Conflict(f"Task {task_id!r} already exists.")
+    created_at = body.created_at or now
+    task = Task(
+        task_id=task_id,
+        status=body.status,
+        agent_type=body.agent_type,
+        assigned_agent=body.assigned_agent,
+        source=body.source,
+        input_message=body.input_message,
+        user_id=body.user_id,
+        conversation_id=body.conversation_id,
+        parent_task_id=body.parent_task_id,
+        flow_id=body.flow_id,
+        model=body.model,
+        cost_micros=0,
+        cost_reported=False,
+        input_tokens=0,
+        output_tokens=0,
+        cache_read_tokens=0,
+        cache_write_tokens=0,
+        created_at=created_at,
+        started_at=now if body.status == "running" else None,
+        updated_at=now,
+        cancel_requested=False,
+        metadata_=body.metadata,
+        output_seq=0,
+        output_bytes=0,
+        output_truncated=False,
+    )
+    _recompute_cost(task, prices)
+    session.add(task)
+    _record_status(session, task, now)
+    await _after_write(session, None, task)
+    _publish_status(session, task)
+    return task
+
+
+async def update_task(
+    session: AsyncSession, *, task_id: str, body: TaskUpdate, now: datetime, prices: PriceTable
+) -> Task:
+    """Apply a producer update: a legal status move and/or new metrics, result, metadata."""
+    task = await _locked(session, task_id)
+    before = snapshot(task)
+    fields = body.model_fields_set
+    changed = False
+
+    if body.status is not None and body.status != task.status:
+        if body.status not in ALLOWED_MOVES[task.status]:
+            raise Conflict(
+                f"Task {task_id!r} is {task.status}; it cannot move to {body.status}.",
+                extra={"current_status": task.status},
+            )
+        _enter_status(task, body.status, now)
+        _record_status(session, task, now)
+        changed = True
+
+    for name in ("assigned_agent", "result", "error", "model"):
+        if name in fields and getattr(body, name) != getattr(task, name):
+            setattr(task, name, getattr(body, name))
+            changed = True
+    for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+        value = getattr(body, name)
+        if value is not None and value != getattr(task, name):
+            setattr(task, name, value)
+            changed = True
+    if body.cost_usd is not None:
+        micros = usd_to_micros(body.cost_usd)
+        if not task.cost_reported or micros != task.cost_micros:
+            task.cost_reported = True
+            task.cost_micros = micros
+            changed = True
+    if body.metadata is not None and body.metadata != task.metadata_:
+        task.metadata_ = body.metadata
+        changed = True
+
+    if changed:
+        _recompute_cost(task, prices)
+        task.updated_at = now
+        await _after_write(session, before, task)
+        _publish_status(session, task)
+    return task
+
+
+async def append_output(
+    session: AsyncSession,
+    *,
+    task_id: str,
+    chunks: Sequence[OutputChunkIn],
+    now: datetime,
+    cap_bytes: int,
+    max_chunk_bytes: int,
+) -> AppendResult:
+    """Store chunks with the next gap-free seqs; content past the task's cap is dropped.
+
+    The seq counter lives on the task row, which is locked for the transaction, so that
+    concurrent appends (from any replica) are numbered in the order they commit.
+    """
+    sizes = [len(c.content.encode()) for c in chunks]
+    if any(size > max_chunk_bytes for size in sizes):
+        raise PayloadTooLarge(f"A chunk's content is over {max_chunk_bytes} bytes.")
+    task = await _locked(session, task_id)
+    if task.status in TERMINAL_STATUSES:
+        raise Conflict(f"Task {task_id!r} is {task.status}; it takes no more output.")
+
+    room = cap_bytes - task.output_bytes
+    stored: list[tuple[str, str]] = []
+    truncated = task.output_truncated
+    for chunk, size in zip(chunks, sizes, strict=True):
+        if truncated:
+            break
+        if size <= room:
+            stored.append((chunk.stream, chunk.content))
+            room -= size
+            continue
+        # Keep what fits, cut on a character boundary, and drop everything after it.
+        head = chunk.content.encode()[: max(room, 0)].decode("utf-8", errors="ignore")
+        if head:
+            stored.append((chunk.stream, head))
+            room -= len(head.encode())
+        truncated = True
+
+    if not stored:
+        if truncated and not task.output_truncated:
+            task.output_truncated = True
+            task.updated_at = now
+        return AppendResult(first_seq=None, last_seq=task.output_seq, truncated=truncated)
+
+    before = snapshot(task)
+    first_seq = task.output_seq + 1
+    rows = [
+        {"task_id": task_id, "seq": first_seq + i, "stream": s, "content": c, "created_at": now}
+        for i, (s, c) in enumerate(stored)
+    ]
+    await session.execute(insert(TaskOutputChunk), rows)
+    task.output_seq = first_seq + len(rows) - 1
+    task.output_bytes = cap_bytes - room
+    task.output_truncated = truncated
+    if task.first_output_at is None:
+        task.first_output_at = now
+    task.updated_at = now
+    await _after_write(session, before, task)
+    stamp = format_ts(now)
+    for row in rows:
+        emit(
+            session,
+            f"task:{task_id}",
+            {
+                "type": "task_output",
+                "task_id": task_id,
+                "seq": row["seq"],
+                "stream": row["stream"],
+                "content": row["content"],
+                "created_at": stamp,
+            },
+        )
+    return AppendResult(first_seq=first_seq, last_seq=task.output_seq, truncated=truncated)
+
+
+async def claim_task(
+    session: AsyncSession, *, agent_types: Sequence[str], agent: str, now: datetime
+) -> Task | None:
+    """Atomically move the oldest queued task of these types to running for `agent`."""
+    pick = (
+        select(Task.task_id)
+        .where(Task.status == "queued", Task.agent_type.in_(list(agent_types)))
+        .order_by(Task.created_at, Task.task_id)
+        .limit(1)
+    )
+    task_id = (await session.execute(lock_skip_locked(session, pick))).scalar_one_or_none()
+    if task_id is None:
+        return None
+    task = await _locked(session, task_id)
+    before = snapshot(task)
+    task.assigned_agent = agent
+    _enter_status(task, "running", now)
+    task.updated_at = now
+    _record_status(session, task, now)
+    await _after_write(session, before, task)
+    _publish_status(session, task)
+    return task
+
+
+async def cancel_task(session: AsyncSession, *, task_id: str, now: datetime) -> Task:
+    """Cancel a queued task now; ask a running task's agent to stop; 409 when already ended."""
+    task = await _locked(session, task_id)
+    if task.status in TERMINAL_STATUSES:
+        raise Conflict(
+            f"Task {task_id!r} is already {task.status}.", extra={"current_status": task.status}
+        )
+    before = snapshot(task)
+    if task.status == "queued":
+        _enter_status(task, "cancelled", now)
+        _record_status(session, task, now)
+    elif not task.cancel_requested:
+        task.cancel_requested = True
+        emit(
+            session,
+            f"task:{task_id}",
+            {"type": "task_cancel_requested", "task_id": task_id, "requested_at": format_ts(now)},
+        )
+    else:
+        return task
+    task.updated_at = now
+    await _after_write(session, before, task)
+    _publish_status(session, task)
+    return task

@@ -1,0 +1,128 @@
+"""Service configuration: environment variables with the DASHBOARD_ prefix, or a .env file."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens of each kind."""
+
+    input: Decimal = Decimal(0)
+    output: Decimal = Decimal(0)
+    cache_read: Decimal = Decimal(0)
+    cache_write: Decimal = Decimal(0)
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    return {
+        "claude-opus-4": ModelPrice(input=15, output=75, cache_read="1.5", cache_write="18.75"),
+        "claude-sonnet-4": ModelPrice(input=3, output=15, cache_read="0.3", cache_write="3.75"),
+        "claude-haiku-4": ModelPrice(input=1, output=5, cache_read="0.1", cache_write="1.25"),
+        "gpt-5": ModelPrice(input="1.25", output=10, cache_read="0.125", cache_write=0),
+        "gpt-5-mini": ModelPrice(input="0.25", output=2, cache_read="0.025", cache_write=0),
+    }
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Built once per app; nothing reads the environment at import."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DASHBOARD_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # --- storage and broker -------------------------------------------------------------
+    database_url: str = "sqlite+aiosqlite:///./dashboard.db"
+    redis_url: str | None = None
+    # Prefix of every Redis key and channel, so that several deployments (or test runs)
+    # can share one Redis server.
+    redis_prefix: str = "dashboard:"
+    database_pool_size: int = Field(10, ge=1, le=200)
+    dependency_timeout_seconds: float = Field(2.0, gt=0, le=60)
+
+    # --- HTTP ---------------------------------------------------------------------------
+    cors_origins: Annotated[list[str], NoDecode] = []
+    log_level: str = "INFO"
+    log_json: bool | None = None  # None: JSON when stderr is not a terminal
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    metrics_require_token: bool = False
+    rate_limit_per_minute: int = Field(0, ge=0)  # 0 disables per-token rate limiting
+    token_cache_seconds: float = Field(5.0, ge=0)
+
+    # --- tasks --------------------------------------------------------------------------
+    output_cap_bytes: int = Field(16 * 1024 * 1024, ge=1)
+    max_chunk_bytes: int = Field(1024 * 1024, ge=1)
+    max_chunks_per_request: int = Field(1000, ge=1)
+    default_agent_type: str = "general"
+    prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
+    default_price: ModelPrice = ModelPrice(input=3, output=15, cache_read="0.3", cache_write="3.75")
+    prices_file: Path | None = None
+
+    # --- agents -------------------------------------------------------------------------
+    agent_online_seconds: float = Field(60.0, gt=0)
+
+    # --- realtime -----------------------------------------------------------------------
+    ws_ping_interval_seconds: float = Field(20.0, gt=0)
+    ws_ping_timeout_seconds: float = Field(20.0, gt=0)
+    ws_send_queue_size: int = Field(1000, ge=1)
+    ws_max_subscriptions: int = Field(100, ge=1)
+    ws_max_message_bytes: int = Field(64 * 1024, ge=1)
+    ws_max_connections_per_token: int = Field(0, ge=0)  # 0: unlimited
+
+    # --- integrations -------------------------------------------------------------------
+    webhook_create_tasks: bool = True
+    webhook_max_body_bytes: int = Field(1024 * 1024, ge=1)
+    slack_timestamp_tolerance_seconds: int = Field(300, ge=1)
+    oauth_expiring_soon_days: float = Field(7.0, ge=0)
+    github_client_id: str | None = None
+    github_client_secret: str | None = None
+    jira_client_id: str | None = None
+    jira_client_secret: str | None = None
+    slack_client_id: str | None = None
+    slack_client_secret: str | None = None
+    github_required_scopes: Annotated[list[str], NoDecode] = ["repo", "read:org"]
+    jira_required_scopes: Annotated[list[str], NoDecode] = ["read:jira-work", "write:jira-work"]
+    slack_required_scopes: Annotated[list[str], NoDecode] = ["app_mentions:read", "chat:write"]
+
+    # --- demo ---------------------------------------------------------------------------
+    demo: bool = False
+
+    @field_validator(
+        "cors_origins",
+        "github_required_scopes",
+        "jira_required_scopes",
+        "slack_required_scopes",
+        mode="before",
+    )
+    @classmethod
+    def _split_comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @property
+    def backend(self) -> Literal["postgresql", "sqlite"]:
+        return "sqlite" if self.database_url.startswith("sqlite") else "postgresql"
+
+    def price_table(self) -> tuple[dict[str, ModelPrice], ModelPrice]:
+        """The effective price table: the JSON file (when set) overrides the inline one."""
+        if self.prices_file is None:
+            return self.prices, self.default_price
+        import json
+
+        raw = json.loads(self.prices_file.read_text())
+        models = {name: ModelPrice.model_validate(p) for name, p in raw.get("models", {}).items()}
+        default = (
+            ModelPrice.model_validate(raw["default"]) if "default" in raw else self.default_price
+        )
+        return models, default

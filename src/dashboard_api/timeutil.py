@@ -1,0 +1,42 @@
+"""Time on the wire: RFC 3339, UTC, millisecond precision, `Z` suffix; naive input means UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Protocol
+
+from pydantic import AfterValidator, PlainSerializer
+
+
+def to_utc(value: datetime) -> datetime:
+    """Attach UTC to a naive datetime, convert an aware one to UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def format_ts(value: datetime) -> str:
+    """`2026-11-25T17:03:44.123Z`."""
+    v = to_utc(value)
+    return v.strftime("%Y-%m-%dT%H:%M:%S.") + f"{v.microsecond // 1000:03d}Z"
+
+
+# A datetime that accepts any offset (naive = UTC) and always serializes as RFC 3339 UTC.
+UtcDateTime = Annotated[
+    datetime,
+    AfterValidator(to_utc),
+    PlainSerializer(format_ts, return_type=str, when_used="json"),
+]
+
+
+class Clock(Protocol):
+    """Where the service reads the time; tests inject a controllable one."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """The real wall clock, in UTC."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
