@@ -1,0 +1,5 @@
+"""Real-time delivery: broker (Redis | memory), per-replica hub, `/ws`, SSE and Redis ingress."""
+
+from dashboard_api.realtime.runtime import Realtime, realtime_lifespan, uvicorn_ws_options
+
+__all__ = ["Realtime", "realtime_lifespan", "uvicorn_ws_options"]

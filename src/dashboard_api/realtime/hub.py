@@ -1,0 +1,442 @@
+"""The per-replica hub: channels → subscriptions → sinks with bounded send queues.
+
+Every broker message is parsed and serialized once per replica (`OutEvent`) and offered to
+each local subscription. A `task:{id}` subscription keeps the seq of the last chunk it
+sent, so that resume, replay and cross-replica reordering never produce a gap or a
+duplicate: while it syncs from the database it buffers live events, and a live event
+that would leave a gap sends it back to the database first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from dashboard_api.realtime.broker import Broker
+from dashboard_api.realtime.events import TERMINAL_STATUSES, OutEvent, output_event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class TaskState:
+    """What resume needs to know about a task at one moment."""
+
+    task_id: str
+    status: str
+    output_seq: int
+    status_event: dict[str, Any] = field(default_factory=dict)  # a task_status payload
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class TaskHistory(Protocol):
+    """Read access to stored tasks and their output (the database)."""
+
+    async def task_state(self, task_id: str) -> TaskState | None: ...
+
+    async def chunks_after(
+        self, task_id: str, after_seq: int, limit: int
+    ) -> list[dict[str, Any]]: ...
+
+
+class SinkClosed(Exception):
+    """The sink does not take events anymore."""
+
+
+class Sink(ABC):
+    """Where a subscription's events go: a WebSocket connection or an SSE response."""
+
+    closed: bool = False
+
+    @abstractmethod
+    def offer(self, event: OutEvent) -> bool:
+        """Queue without waiting; a sink whose queue is full closes itself and returns False."""
+
+    @abstractmethod
+    async def put(self, event: OutEvent) -> None:
+        """Queue, waiting for room (used by replays); raises `SinkClosed`."""
+
+
+class QueueSink(Sink):
+    """A bounded queue read by one consumer task (the base of WebSocket and SSE sinks)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self.queue: deque[OutEvent] = deque()
+        self.closed = False
+        self.overflowed = False
+        self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def offer(self, event: OutEvent) -> bool:
+        if self.closed:
+            return False
+        if len(self.queue) >= self.size:
+            self.overflowed = True
+            self.on_overflow()
+            return False
+        self.queue.append(event)
+        self._wakeup.set()
+        return True
+
+    async def put(self, event: OutEvent) -> None:
+        # Replays leave half of the queue to live events, so that a long replay on one
+        # channel never pushes a connection over its limit by itself.
+        limit = max(1, self.size // 2)
+        while len(self.queue) >= limit and not self.closed:
+            self._room.clear()
+            await self._room.wait()
+        if self.closed:
+            raise SinkClosed
+        self.queue.append(event)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """Stop taking events and wake every waiter."""
+        self.closed = True
+        self._wakeup.set()
+        self._room.set()
+
+    def on_overflow(self) -> None:
+        self.close()
+
+    async def get(self) -> OutEvent | None:
+        """The next event, or None once closed."""
+        while not self.queue:
+            if self.closed:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        event = self.queue.popleft()
+        self._note_room()
+        return event
+
+    def _note_room(self) -> None:
+        if len(self.queue) < max(1, self.size // 2):
+            self._room.set()
+
+
+class Subscription:
+    """One sink's interest in one channel."""
+
+    def __init__(self, hub: Hub, sink: Sink, channel: str) -> None:
+        self.hub = hub
+        self.sink = sink
+        self.channel = channel
+        self.active = True
+
+    def deliver(self, event: OutEvent) -> None:
+        """A live event of the channel (called by the hub, must not block)."""
+        self.sink.offer(event)
+
+    async def close(self) -> None:
+        """Stop receiving events."""
+        self.active = False
+        await self.hub.detach(self)
+
+
+_SEND, _SKIP, _GAP = 0, 1, 2
+
+
+class TaskSubscription(Subscription):
+    """`task:{id}`: seq-ordered output with replay, gap filling and a final status."""
+
+    def __init__(
+        self, hub: Hub, sink: Sink, channel: str, task_id: str, since_seq: int | None
+    ) -> None:
+        super().__init__(hub, sink, channel)
+        self.task_id = task_id
+        self.since_seq = since_seq
+        self.last_sent = 0
+        self.final_updated_at: str | None = None
+        self._syncing = True  # buffer until the initial sync has run
+        self._buffer: deque[OutEvent] = deque()
+        self._buffer_dropped = False
+        self._sync_task: asyncio.Task[None] | None = None
+        self._resync = False
+        self._pending_state: TaskState | None = None
+        self.state: TaskState | None = None
+
+    async def open(self) -> TaskState | None:
+        """Register live (buffering) first, then read the task; None when there is none."""
+        await self.hub.attach(self)
+        state = await self.hub.history.task_state(self.task_id)
+        if state is None:
+            await self.close()
+            return None
+        self.state = state
+        self.last_sent = self.since_seq if self.since_seq is not None else state.output_seq
+        return state
+
+    def start(self) -> None:
+        """Begin the replay (if any) and the live stream; call after `subscribed` was sent."""
+        state = self.state
+        assert state is not None
+        replay = self.since_seq is not None and self.since_seq < state.output_seq
+        self._pending_state = state if (state.ended and self.since_seq is not None) else None
+        self._run_sync(read_db=replay)
+
+    @property
+    def ended(self) -> bool:
+        return self.final_updated_at is not None
+
+    # --- live ---------------------------------------------------------------------------
+
+    def deliver(self, event: OutEvent) -> None:
+        if not self.active:
+            return
+        if self._syncing:
+            self._buffer_event(event)
+            return
+        verdict = self._classify(event)
+        if verdict == _SEND:
+            self.sink.offer(event)
+        elif verdict == _GAP:
+            self._buffer.append(event)
+            self._run_sync(read_db=True)
+
+    def resync(self, *, with_state: bool = True) -> None:
+        """Fill from the database what the broker may have missed (after an outage)."""
+        if not self.active or self.state is None:
+            return
+        if self._syncing:
+            self._resync = True
+            return
+        self._run_sync(read_db=True, with_state=with_state)
+
+    def _buffer_event(self, event: OutEvent) -> None:
+        self._buffer.append(event)
+        if len(self._buffer) > self.hub.buffer_limit:
+            # Everything of type task_output is in the database: drop it here, read it there.
+            self._buffer = deque(e for e in self._buffer if e.type != "task_output")
+            self._buffer_dropped = True
+
+    def _classify(self, event: OutEvent, *, force: bool = False) -> int:
+        payload = event.payload
+        kind = event.type
+        if kind == "task_output":
+            seq = payload.get("seq")
+            if not isinstance(seq, int):
+                return _SKIP
+            if seq <= self.last_sent:
+                return _SKIP
+            if seq == self.last_sent + 1 or force:
+                self.last_sent = seq
+                return _SEND
+            return _GAP
+        if kind == "task_status":
+            output_seq = payload.get("output_seq")
+            if isinstance(output_seq, int) and output_seq > self.last_sent and not force:
+                return _GAP
+            updated = payload.get("updated_at")
+            if self.final_updated_at is not None and (
+                not isinstance(updated, str) or updated <= self.final_updated_at
+            ):
+                return _SKIP
+            if payload.get("status") in TERMINAL_STATUSES:
+                self.final_updated_at = updated if isinstance(updated, str) else ""
+            return _SEND
+        return _SEND
+
+    # --- sync ---------------------------------------------------------------------------
+
+    def _run_sync(self, *, read_db: bool, with_state: bool = False) -> None:
+        self._syncing = True
+        self._sync_task = asyncio.create_task(self._sync(read_db, with_state))
+        self.hub.track(self._sync_task)
+
+    async def _sync(self, read_db: bool, with_state: bool) -> None:
+        try:
+            await self._sync_loop(read_db, with_state)
+        except SinkClosed:
+            self._syncing = False
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sync of %s failed; closing the subscriber", self.channel)
+            self._syncing = False
+            if isinstance(self.sink, QueueSink):
+                self.sink.on_overflow()
+
+    async def _sync_loop(self, read_db: bool, with_state: bool) -> None:
+        history = self.hub.history
+        forced_seq = -1
+        while True:
+            if with_state:
+                with_state = False
+                state = await history.task_state(self.task_id)
+                if state is not None and state.ended and not self.ended:
+                    self._pending_state = state
+            if read_db:
+                read_db = False
+                self._buffer_dropped = False
+                while self.active:
+                    chunks = await history.chunks_after(
+                        self.task_id, self.last_sent, self.hub.replay_page
+                    )
+                    for chunk in chunks:
+                        if chunk["seq"] <= self.last_sent:
+                            continue
+                        await self.sink.put(output_event(self.channel, self.task_id, chunk))
+                        self.last_sent = chunk["seq"]
+                    if len(chunks) < self.hub.replay_page:
+                        break
+            pending = self._pending_state
+            if pending is not None and pending.output_seq <= self.last_sent:
+                self._pending_state = None
+                if not self.ended:
+                    event = OutEvent(dict(pending.status_event, channel=self.channel))
+                    if self._classify(event, force=True) == _SEND:
+                        await self.sink.put(event)
+            if not self.active:
+                self._syncing = False
+                return
+            if self._buffer_dropped or self._resync:
+                self._resync = False
+                read_db = True
+                with_state = True
+                continue
+            while self._buffer:
+                event = self._buffer[0]
+                # A gap that the database could not fill (it never should) is crossed
+                # rather than waited on forever.
+                force = forced_seq == self.last_sent
+                verdict = self._classify(event, force=force)
+                if verdict == _GAP:
+                    forced_seq = self.last_sent
+                    read_db = True
+                    break
+                self._buffer.popleft()
+                if verdict == _SEND:
+                    await self.sink.put(event)
+            if read_db:
+                continue
+            if self._buffer_dropped or self._resync:
+                continue
+            self._syncing = False  # no await since the buffer was seen empty
+            return
+
+    async def close(self) -> None:
+        self.active = False
+        task = self._sync_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        await self.hub.detach(self)
+
+
+class Hub:
+    """Local fan-out for one replica."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        history: TaskHistory,
+        *,
+        replay_page: int = 500,
+        buffer_limit: int = 1000,
+    ) -> None:
+        self.broker = broker
+        self.history = history
+        self.replay_page = replay_page
+        self.buffer_limit = buffer_limit
+        self.connections: set[object] = set()
+        self._channels: dict[str, set[Subscription]] = {}
+        self._ready: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.events_received = 0
+        self.publish_failures = 0
+        broker.set_handler(self.on_message)
+        broker.on_reconnect(self.resync_all)
+
+    @property
+    def subscription_count(self) -> int:
+        return sum(len(subs) for subs in self._channels.values())
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.connections)
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keep a reference to a background task until it ends."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def attach(self, sub: Subscription) -> None:
+        """Add a subscription; returns once live events of its channel reach it."""
+        subs = self._channels.get(sub.channel)
+        if subs is None:
+            subs = self._channels[sub.channel] = set()
+        subs.add(sub)
+        ready = self._ready.get(sub.channel)
+        if ready is None:
+            ready = self._ready[sub.channel] = asyncio.get_running_loop().create_future()
+            try:
+                await self.broker.subscribe(sub.channel)
+            finally:
+                if not ready.done():
+                    ready.set_result(None)
+        else:
+            await asyncio.shield(ready)
+
+    async def detach(self, sub: Subscription) -> None:
+        """Remove a subscription; the channel's last one unsubscribes from the broker."""
+        subs = self._channels.get(sub.channel)
+        if subs is None or sub not in subs:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._channels[sub.channel]
+            self._ready.pop(sub.channel, None)
+            await self.broker.unsubscribe(sub.channel)
+
+    def on_message(self, channel: str, data: bytes) -> None:
+        """A broker message: parse once, offer to every local subscriber of the channel."""
+        subs = self._channels.get(channel)
+        if not subs:
+            return
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.warning("dropping a malformed event on %s", channel)
+            return
+        if not isinstance(payload, dict):
+            return
+        self.events_received += 1
+        event = OutEvent(payload, data)
+        for sub in list(subs):
+            sub.deliver(event)
+
+    def dispatch_local(self, channel: str, payload: dict[str, Any]) -> None:
+        """Deliver an event to this replica's subscribers only (broker outage fallback)."""
+        event = OutEvent(payload)
+        self.on_message(channel, event.data)
+
+    def resync_all(self) -> None:
+        """After a broker outage: every task subscription re-reads what it may have missed."""
+        for subs in list(self._channels.values()):
+            for sub in list(subs):
+                if isinstance(sub, TaskSubscription):
+                    sub.resync()
+
+    async def close(self) -> None:
+        """Cancel background work."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+Publisher = Callable[[Any], Awaitable[None]]

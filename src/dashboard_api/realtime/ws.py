@@ -1,0 +1,343 @@
+"""`/ws`: the WebSocket protocol of API.md §10 (auth, subscribe/unsubscribe/ping, errors)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from dashboard_api.auth import Principal
+from dashboard_api.errors import ProblemError
+from dashboard_api.realtime.channels import Channel, authorize, parse_channel
+from dashboard_api.realtime.events import OutEvent
+from dashboard_api.realtime.hub import Hub, QueueSink, Subscription, TaskSubscription
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["realtime"])
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+def _direct_protocol(websocket: WebSocket) -> Any:
+    """uvicorn's sans-I/O WebSocket protocol when frames can be written to it directly.
+
+    That is the case when no extension (compression) was negotiated: then an event's frame
+    is the same bytes for every subscriber, made once and written to each transport.
+    """
+    send = getattr(websocket, "_send", None)
+    proto = getattr(send, "__self__", None)
+    if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
+        return None
+    conn = getattr(proto, "conn", None)
+    transport = getattr(proto, "transport", None)
+    writable = getattr(proto, "writable", None)
+    if conn is None or transport is None or not isinstance(writable, asyncio.Event):
+        return None
+    if getattr(conn, "extensions", None):
+        return None
+    return proto
+
+
+class Connection(QueueSink):
+    """One client socket: its subscriptions, a bounded send queue and one writer task."""
+
+    def __init__(self, websocket: WebSocket, principal: Principal, hub: Hub, size: int) -> None:
+        super().__init__(size)
+        self.websocket = websocket
+        self.principal = principal
+        self.hub = hub
+        self.subscriptions: dict[str, Subscription] = {}
+        self.close_code: int | None = None
+        self._proto = _direct_protocol(websocket)
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+
+    # --- sending ------------------------------------------------------------------------
+
+    def _can_write_now(self) -> bool:
+        proto = self._proto
+        return (
+            proto is not None
+            and not self.queue
+            and proto.writable.is_set()
+            and not proto.close_sent
+            and not proto.transport.is_closing()
+        )
+
+    def offer(self, event: OutEvent) -> bool:
+        if self.closed:
+            return False
+        if self._can_write_now():
+            # The queue is empty and the socket takes data: write the shared frame now.
+            self._proto.transport.write(event.frame)
+            return True
+        return super().offer(event)
+
+    async def put(self, event: OutEvent) -> None:
+        if self._can_write_now():
+            self._proto.transport.write(event.frame)
+            return
+        await super().put(event)
+
+    def on_overflow(self) -> None:
+        if self.closed:
+            return
+        log.info("closing a WebSocket whose send queue is full (%d events)", self.size)
+        self.close_code = CLOSE_TRY_AGAIN_LATER
+        self.close()
+        self._closer = asyncio.create_task(self._close_slow())
+
+    async def _close_slow(self) -> None:
+        writer = self._writer
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
+        await self._detach_all()
+        proto = self._proto
+        if proto is not None:
+            # Do not wait for the socket to drain: queue the close frame after what is
+            # buffered and abort if the peer does not read it soon.
+            with contextlib.suppress(Exception):
+                if not proto.close_sent and not proto.transport.is_closing():
+                    proto.conn.send_close(CLOSE_TRY_AGAIN_LATER, "send queue overflow")
+                    proto.transport.write(b"".join(proto.conn.data_to_send()))
+                    proto.close_sent = True
+                    proto.queue.put_nowait(
+                        {"type": "websocket.disconnect", "code": CLOSE_TRY_AGAIN_LATER}
+                    )
+                    asyncio.get_running_loop().call_later(5.0, proto.transport.abort)
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self.websocket.close(CLOSE_TRY_AGAIN_LATER, "send queue overflow")
+
+    async def run_writer(self) -> None:
+        """Send queued events in order until the connection closes."""
+        proto = self._proto
+        try:
+            while True:
+                if proto is not None:
+                    while not self.queue:
+                        if self.closed:
+                            return
+                        self._wakeup.clear()
+                        await self._wakeup.wait()
+                    await proto.writable.wait()
+                    if self.closed or proto.close_sent or proto.transport.is_closing():
+                        return
+                    frames = [e.frame for e in self.queue]
+                    self.queue.clear()
+                    self._note_room()
+                    proto.transport.write(b"".join(frames))
+                else:
+                    event = await self.get()
+                    if event is None:
+                        return
+                    await self.websocket.send_text(event.text)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self.close()
+
+    def reply(self, payload: dict[str, Any]) -> None:
+        """A protocol answer (subscribed, pong, error...)."""
+        self.offer(OutEvent(payload))
+
+    def error(self, code: str, message: str, channel: str | None = None) -> None:
+        payload: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if channel is not None:
+            payload["channel"] = channel
+        self.reply(payload)
+
+    async def _detach_all(self) -> None:
+        subs = list(self.subscriptions.values())
+        self.subscriptions.clear()
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.close()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self.run_writer(), name="ws-writer")
+
+    async def shutdown(self) -> None:
+        self.close()
+        await self._detach_all()
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+        closer = self._closer
+        if closer is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await closer
+
+
+def _token_of(websocket: WebSocket) -> str | None:
+    token = websocket.query_params.get("token")
+    if token:
+        return token
+    header = websocket.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+async def _authenticate(ctx: Any, token: str | None) -> Principal | None:
+    from dashboard_api.api.deps import authenticate
+
+    try:
+        return await authenticate(ctx, token)
+    except ProblemError:
+        return None
+
+
+class Protocol:
+    """Handles the client messages of one connection."""
+
+    def __init__(self, ctx: Any, conn: Connection) -> None:
+        self.ctx = ctx
+        self.conn = conn
+        self.settings = ctx.settings
+        self.hub: Hub = ctx.hub
+
+    async def handle(self, raw: str | bytes) -> None:
+        conn = self.conn
+        size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
+        if size > self.settings.ws_max_message_bytes:
+            conn.error(
+                "message_too_large",
+                f"Messages are limited to {self.settings.ws_max_message_bytes} bytes.",
+            )
+            return
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            conn.error("invalid_json", "The message is not valid JSON.")
+            return
+        if not isinstance(message, dict):
+            conn.error("invalid_json", "A message is a JSON object with a `type`.")
+            return
+        kind = message.get("type")
+        if kind == "ping":
+            conn.reply({"type": "pong"})
+        elif kind == "subscribe":
+            await self.subscribe(message)
+        elif kind == "unsubscribe":
+            await self.unsubscribe(message)
+        else:
+            conn.error("unknown_type", f"Unknown message type {kind!r}.")
+
+    async def subscribe(self, message: dict[str, Any]) -> None:
+        conn = self.conn
+        name = message.get("channel")
+        channel = parse_channel(name)
+        if channel is None:
+            conn.error("invalid_channel", f"Unknown channel {name!r}.", _str(name))
+            return
+        since = message.get("since_seq")
+        if since is not None and (
+            isinstance(since, bool) or not isinstance(since, int) or since < 0
+        ):
+            conn.error("invalid_json", "`since_seq` must be a non-negative integer.", channel.name)
+            return
+        verdict = await authorize(self.ctx, conn.principal, channel)
+        if verdict != "ok":
+            text = (
+                "This channel is not open to your role."
+                if verdict == "forbidden"
+                else f"No such {channel.kind}."
+            )
+            conn.error(verdict, text, channel.name)
+            return
+        previous = conn.subscriptions.pop(channel.name, None)
+        if previous is None and len(conn.subscriptions) >= self.settings.ws_max_subscriptions:
+            conn.error(
+                "too_many_subscriptions",
+                f"At most {self.settings.ws_max_subscriptions} subscriptions per connection.",
+                channel.name,
+            )
+            return
+        if previous is not None:
+            await previous.close()
+        await self._open(channel, since)
+
+    async def _open(self, channel: Channel, since: int | None) -> None:
+        conn = self.conn
+        if channel.kind == "task":
+            assert channel.resource_id is not None
+            sub = TaskSubscription(self.hub, conn, channel.name, channel.resource_id, since)
+            conn.subscriptions[channel.name] = sub
+            state = await sub.open()
+            if state is None:
+                conn.subscriptions.pop(channel.name, None)
+                conn.error("not_found", f"No task {channel.resource_id!r}.", channel.name)
+                return
+            if conn.subscriptions.get(channel.name) is not sub:
+                return  # replaced or closed meanwhile
+            conn.reply(
+                {"type": "subscribed", "channel": channel.name, "last_seq": state.output_seq}
+            )
+            sub.start()
+            return
+        plain = Subscription(self.hub, conn, channel.name)
+        conn.subscriptions[channel.name] = plain
+        await self.hub.attach(plain)
+        conn.reply({"type": "subscribed", "channel": channel.name})
+
+    async def unsubscribe(self, message: dict[str, Any]) -> None:
+        conn = self.conn
+        name = message.get("channel")
+        channel = parse_channel(name)
+        if channel is None:
+            conn.error("invalid_channel", f"Unknown channel {name!r}.", _str(name))
+            return
+        sub = conn.subscriptions.pop(channel.name, None)
+        if sub is not None:
+            await sub.close()
+        conn.reply({"type": "unsubscribed", "channel": channel.name})
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@router.websocket("/ws", name="websocket")
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    """Subscribe to live events; see API.md §10."""
+    ctx = websocket.app.state.ctx
+    principal = await _authenticate(ctx, _token_of(websocket))
+    await websocket.accept()
+    if principal is None:
+        await websocket.close(CLOSE_UNAUTHORIZED, "A valid token is required.")
+        return
+    hub: Hub = ctx.hub
+    conn = Connection(websocket, principal, hub, ctx.settings.ws_send_queue_size)
+    hub.connections.add(conn)
+    conn.start()
+    protocol = Protocol(ctx, conn)
+    try:
+        while not conn.closed:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            raw = message.get("text")
+            if raw is None:
+                raw = message.get("bytes") or b""
+            await protocol.handle(raw)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.connections.discard(conn)
+        overflowed = conn.close_code is not None
+        await conn.shutdown()
+        if not overflowed and websocket.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await websocket.close()
