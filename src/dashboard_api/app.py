@@ -16,11 +16,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dashboard_api import __version__
-from dashboard_api.api import health, tasks
+from dashboard_api.api import health, stream, tasks
 from dashboard_api.auth import TokenCache
 from dashboard_api.context import AppContext
 from dashboard_api.db.engine import Database
 from dashboard_api.errors import PayloadTooLarge, ProblemError, problem_body
+from dashboard_api.realtime import realtime_lifespan
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import Clock, SystemClock
@@ -193,6 +194,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(db.dispose)
+            # realtime: broker + hub + Redis ingress; sets ctx.broker/ctx.hub and db.publisher
+            await stack.enter_async_context(realtime_lifespan(ctx))
             yield
 
     app = FastAPI(
@@ -215,4 +218,5 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         )
     for router in (health.router, tasks.router):
         app.include_router(router)
+    app.include_router(stream.router)  # realtime: /ws and /api/tasks/{task_id}/stream
     return app

@@ -214,6 +214,30 @@ def seed(
     typer.echo(f"seeded {count} tasks in {time.perf_counter() - start:.1f} s")
 
 
+@app.command()
+def tail(
+    task_id: Annotated[str, typer.Argument(help="The task to follow")],
+    url: Annotated[
+        str, typer.Option(envvar="DASHBOARD_URL", help="Service root URL")
+    ] = "http://127.0.0.1:8000",
+    token: Annotated[
+        str | None, typer.Option(envvar="DASHBOARD_TOKEN", help="Bearer token (role user)")
+    ] = None,
+    since_seq: Annotated[int, typer.Option(min=0, help="Start after this seq")] = 0,
+) -> None:
+    """Follow a task's output live, reconnecting and resuming by itself; 0 when it ends."""
+    from dashboard_api.client.tail import tail as run_tail
+
+    if not token:
+        typer.echo("a token is needed: --token or DASHBOARD_TOKEN", err=True)
+        raise typer.Exit(2)
+    try:
+        code = asyncio.run(run_tail(url, token, task_id, since_seq=since_seq))
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
