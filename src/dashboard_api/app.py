@@ -22,6 +22,8 @@ from dashboard_api.context import AppContext
 from dashboard_api.db.engine import Database
 from dashboard_api.errors import PayloadTooLarge, ProblemError, problem_body
 from dashboard_api.realtime import realtime_lifespan
+from dashboard_api.security.headers import SecurityHeadersMiddleware
+from dashboard_api.security.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import Clock, SystemClock
@@ -190,10 +192,20 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         started_at=clock.now(),
     )
 
+    limit = settings.effective_rate_limit
+    if limit > 0:
+        ctx.limiter = (
+            RedisRateLimiter(settings.redis_url, settings.redis_prefix, limit)
+            if settings.redis_url
+            else MemoryRateLimiter(limit)
+        )
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(db.dispose)
+            if ctx.limiter is not None:
+                stack.push_async_callback(ctx.limiter.close)
             # realtime: broker + hub + Redis ingress; sets ctx.broker/ctx.hub and db.publisher
             await stack.enter_async_context(realtime_lifespan(ctx))
             yield
@@ -209,6 +221,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.state.ctx = ctx
     _install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -8,6 +8,7 @@ from typing import Any
 
 from dashboard_api.auth import TokenCache
 from dashboard_api.db.engine import Database
+from dashboard_api.security.ratelimit import RateLimiter
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import Clock
@@ -26,4 +27,5 @@ class AppContext:
     # Filled by the realtime layer in the lifespan (broker: Redis or in-process; hub: sockets).
     broker: Any = None
     hub: Any = None
+    limiter: RateLimiter | None = None
     extras: dict[str, Any] = field(default_factory=dict)

@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     metrics_require_token: bool = False
-    rate_limit_per_minute: int = Field(0, ge=0)  # 0 disables per-token rate limiting
+    # Requests per token per minute; 0 disables. None: off in the embedded mode, 12,000
+    # (200/s) when Redis is configured, where every replica shares the count.
+    rate_limit_per_minute: int | None = Field(None, ge=0)
     token_cache_seconds: float = Field(5.0, ge=0)
 
     # --- tasks --------------------------------------------------------------------------
@@ -109,6 +111,12 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
+
+    @property
+    def effective_rate_limit(self) -> int:
+        if self.rate_limit_per_minute is not None:
+            return self.rate_limit_per_minute
+        return 12_000 if self.redis_url else 0
 
     @property
     def backend(self) -> Literal["postgresql", "sqlite"]:

@@ -11,7 +11,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from dashboard_api.auth import Principal, Role, hash_token
 from dashboard_api.context import AppContext
 from dashboard_api.db.paging import PageRequest
-from dashboard_api.errors import Forbidden, Unauthorized, Unprocessable
+from dashboard_api.errors import Forbidden, TooManyRequests, Unauthorized, Unprocessable
+from dashboard_api.security.ratelimit import retry_after_header
 from dashboard_api.services.tokens import resolve_token
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
@@ -37,6 +38,13 @@ async def authenticate(ctx: AppContext, token: str | None) -> Principal:
         ctx.tokens.put(digest, principal)
     if principal is None:
         raise Unauthorized("The bearer token is invalid or revoked.")
+    if ctx.limiter is not None:
+        wait = await ctx.limiter.hit(principal.token_id)
+        if wait is not None:
+            raise TooManyRequests(
+                "Rate limit exceeded for this token.",
+                headers={"Retry-After": retry_after_header(wait)},
+            )
     return principal
 
 

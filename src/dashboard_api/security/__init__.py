@@ -1,0 +1,1 @@
+"""Cross-cutting protections: response security headers and per-token rate limits."""
