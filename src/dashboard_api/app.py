@@ -111,9 +111,24 @@ async def _database_down(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# SQLSTATEs of transactions PostgreSQL aborted to resolve contention: safe to retry.
+_RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}
+
+
 async def _dbapi_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return await _database_down(request, exc)
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return await _database_down(request, exc)
+        if getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+            log.warning("transaction aborted by contention, client may retry: %s", exc.orig)
+            return problem_response(
+                503,
+                "Service Unavailable",
+                "The database aborted the transaction to resolve contention; nothing was "
+                "written. Retry the request.",
+                {"Retry-After": "1"},
+                dependency="database",
+            )
     return await _unexpected(request, exc)
 
 
