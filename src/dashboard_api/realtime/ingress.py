@@ -148,18 +148,18 @@ class Ingress:
     # --- consuming ----------------------------------------------------------------------
 
     async def _consume(self) -> None:
-        pubsub = self._sub_client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._sub_client.pubsub(ignore_subscribe_messages=False)
         try:
             await pubsub.psubscribe(OUTPUT_PATTERN, STATUS_PATTERN)
             # Wait for both confirmations before declaring the subscription live.
             confirmed = 0
             while confirmed < 2:
-                msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=5.0)
+                msg = await pubsub.get_message(timeout=5.0)
                 if msg is not None and msg["type"] == "psubscribe":
                     confirmed += 1
             self.leader_event.set()
             while self.is_leader:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                msg = await pubsub.get_message(timeout=1.0)
                 if msg is None or msg["type"] != "pmessage":
                     continue
                 if not self.is_leader:
