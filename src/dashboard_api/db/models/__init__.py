@@ -1,6 +1,29 @@
 """Every table, imported here so that `Base.metadata` is complete for migrations and tests."""
 
+from dashboard_api.db.models.agents import Agent
+from dashboard_api.db.models.conversations import (
+    Conversation,
+    ConversationMessage,
+    ConversationTask,
+)
+from dashboard_api.db.models.oauth import OAuthInstallation
+from dashboard_api.db.models.sources import DataSource, IndexJob
 from dashboard_api.db.models.tasks import Task, TaskEvent, TaskOutputChunk
 from dashboard_api.db.models.tokens import ApiToken
+from dashboard_api.db.models.webhooks import WebhookConfig, WebhookEvent
 
-__all__ = ["ApiToken", "Task", "TaskEvent", "TaskOutputChunk"]
+__all__ = [
+    "Agent",
+    "ApiToken",
+    "Conversation",
+    "ConversationMessage",
+    "ConversationTask",
+    "DataSource",
+    "IndexJob",
+    "OAuthInstallation",
+    "Task",
+    "TaskEvent",
+    "TaskOutputChunk",
+    "WebhookConfig",
+    "WebhookEvent",
+]

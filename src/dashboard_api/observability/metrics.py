@@ -1,0 +1,170 @@
+"""Prometheus metrics of one app, in a registry of its own (tests build many apps).
+
+HTTP requests are counted and timed per route template by `ObservabilityMiddleware`.
+Realtime and task figures are read at scrape time, so the hot paths pay nothing:
+
+- the realtime layer's objects are read duck-typed, first found wins, from
+  `ctx.extras["realtime"]`, `ctx.hub` and `ctx.broker`: `connection_count`,
+  `subscription_count`, `events_published`, `events_received`, `events_delivered`,
+  `events_dropped`, `slow_consumer_disconnects`, `reconnects`, `publish_failures`
+  (monotonic ints; a missing one reads as 0). `events_published` falls back to the
+  count this module keeps of what the database publisher was handed;
+- task counts by status are refreshed by `/metrics` before rendering (one grouped
+  query, cached for `metrics_cache_seconds`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from dashboard_api import __version__
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+UNMATCHED_ROUTE = "<unmatched>"
+
+# attribute read from the realtime objects -> (metric name, help)
+_REALTIME_COUNTERS: dict[str, tuple[str, str]] = {
+    "events_published": ("dashboard_events_published", "Events handed to the broker"),
+    "events_received": ("dashboard_events_received", "Broker messages received by the hub"),
+    "events_delivered": ("dashboard_events_delivered", "Events queued to local subscribers"),
+    "events_dropped": ("dashboard_events_dropped", "Events not delivered (full or closed)"),
+    "slow_consumer_disconnects": (
+        "dashboard_ws_slow_consumer_disconnects",
+        "WebSocket connections closed with 1013 because their send queue was full",
+    ),
+    "reconnects": ("dashboard_broker_reconnects", "Broker subscriber reconnections"),
+    "publish_failures": ("dashboard_broker_publish_failures", "Events the broker failed to send"),
+}
+
+
+class _ScrapeCollector(Collector):
+    """Yields the figures that are read, not counted, at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        info = GaugeMetricFamily("dashboard_info", "Build information", labels=["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+        sources = m.realtime_sources()
+        yield GaugeMetricFamily(
+            "dashboard_ws_connections",
+            "Open WebSocket connections on this replica",
+            value=_read(sources, "connection_count"),
+        )
+        yield GaugeMetricFamily(
+            "dashboard_ws_subscriptions",
+            "Channel subscriptions on this replica (WebSocket and SSE)",
+            value=_read(sources, "subscription_count"),
+        )
+        broker = m.ctx_getter().broker if m.ctx_getter is not None else None
+        healthy = getattr(broker, "healthy", True) if broker is not None else True
+        yield GaugeMetricFamily(
+            "dashboard_broker_up", "1 when the broker delivers messages", value=float(bool(healthy))
+        )
+        for attr, (name, doc) in _REALTIME_COUNTERS.items():
+            value = _read(sources, attr)
+            if attr == "events_published" and not _has(sources, attr):
+                value = float(m.events_published)
+            yield CounterMetricFamily(name, doc, value=value)
+        if m.task_counts is not None:
+            gauge = GaugeMetricFamily(
+                "dashboard_tasks", "Tasks by status (refreshed at most every few seconds)",
+                labels=["status"],
+            )  # fmt: skip
+            for status, count in sorted(m.task_counts.items()):
+                gauge.add_metric([status], float(count))
+            yield gauge
+
+
+def _has(sources: Sequence[Any], attr: str) -> bool:
+    return any(isinstance(getattr(s, attr, None), int | float) for s in sources)
+
+
+def _read(sources: Sequence[Any], attr: str) -> float:
+    for source in sources:
+        value = getattr(source, attr, None)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
+
+
+class Metrics:
+    """The counters and histograms of one app, and the registry that exposes them."""
+
+    def __init__(self, *, cache_seconds: float = 5.0) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter(
+            "dashboard_http_requests",
+            "HTTP requests by method, route template and status code",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "dashboard_http_request_duration_seconds",
+            "HTTP request latency by method and route template (until the response ends)",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ws_sessions = Counter(
+            "dashboard_ws_sessions",
+            "WebSocket sessions handled, by close outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.ctx_getter: Callable[[], Any] | None = None
+        self.events_published = 0
+        self.cache_seconds = cache_seconds
+        self.task_counts: dict[str, int] | None = None
+        self._task_counts_at = -1e18
+        self._refresh_lock = asyncio.Lock()
+        self.registry.register(_ScrapeCollector(self))
+
+    def bind(self, ctx_getter: Callable[[], Any]) -> None:
+        """Where to find the app context (its hub and broker are set in the lifespan)."""
+        self.ctx_getter = ctx_getter
+
+    def realtime_sources(self) -> list[Any]:
+        if self.ctx_getter is None:
+            return []
+        ctx = self.ctx_getter()
+        found = [ctx.extras.get("realtime"), ctx.hub, ctx.broker]
+        return [s for s in found if s is not None]
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count and time one HTTP request."""
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_duration.labels(method, route).observe(seconds)
+
+    def count_published(self, n: int) -> None:
+        self.events_published += n
+
+    async def refresh_task_counts(
+        self, fetch: Callable[[], Awaitable[dict[str, int]]], *, timeout: float
+    ) -> None:
+        """Re-read task counts when the cached ones are older than `cache_seconds`."""
+        async with self._refresh_lock:
+            if time.monotonic() - self._task_counts_at < self.cache_seconds:
+                return
+            try:
+                async with asyncio.timeout(timeout):
+                    self.task_counts = await fetch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a scrape must not fail because the database did
+                log.warning("task counts for /metrics unavailable: %s", exc)
+                self.task_counts = None
+            self._task_counts_at = time.monotonic()

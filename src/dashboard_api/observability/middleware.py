@@ -1,0 +1,122 @@
+"""Request ids, access logs and request metrics, as one pure ASGI middleware."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import structlog
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dashboard_api.ids import new_id
+from dashboard_api.observability.logging import redact_text
+from dashboard_api.observability.metrics import UNMATCHED_ROUTE, Metrics
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# An incoming id is honoured only when it is short and plain, so that it is safe to log
+# and to echo in a header.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+access_log = structlog.get_logger("dashboard_api.access")
+
+
+def incoming_request_id(scope: Scope) -> str | None:
+    """The client's X-Request-ID when it is sane, else None."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            try:
+                text = value.decode("ascii")
+            except UnicodeDecodeError:
+                return None
+            return text if _SANE_REQUEST_ID.match(text) else None
+    return None
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (`/api/tasks/{task_id}`), never the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class ObservabilityMiddleware:
+    """Gives each request an id (echoed in `X-Request-ID`), logs it, and measures it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id = incoming_request_id(scope) or new_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
+        start = time.perf_counter()
+        status: int | None = None
+        ws_close: int | None = None
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, ws_close
+            kind_ = message["type"]
+            if kind_ == "http.response.start":
+                status = int(message["status"])
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            elif kind_ == "websocket.accept":
+                status = 101
+                headers = list(message.get("headers") or [])
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            elif kind_ == "websocket.close":
+                ws_close = int(message.get("code", 1000))
+                if status is None:
+                    status = 403  # refused during the handshake
+            elif kind_ == "websocket.http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException:
+            status = 500 if status is None else status
+            raise
+        finally:
+            seconds = time.perf_counter() - start
+            self._finish(scope, status, ws_close, seconds)
+            structlog.contextvars.reset_contextvars(**bound)
+
+    def _finish(
+        self, scope: Scope, status: int | None, ws_close: int | None, seconds: float
+    ) -> None:
+        route = route_template(scope)
+        method = scope.get("method", "WS") if scope["type"] == "http" else "WS"
+        final = status if status is not None else 500
+        fields: dict[str, Any] = {
+            "method": method,
+            "route": route,
+            "path": _safe_path(scope),
+            "status": final,
+            "duration_ms": round(seconds * 1000, 3),
+        }
+        client = scope.get("client")
+        if client:
+            fields["client"] = client[0]
+        if scope["type"] == "http":
+            self.metrics.observe_request(method, route, final, seconds)
+            access_log.info("request", **fields)
+        else:
+            outcome = "refused" if final != 101 else f"closed_{ws_close or 1000}"
+            self.metrics.ws_sessions.labels(outcome).inc()
+            access_log.info("websocket", close_code=ws_close, **fields)
+
+
+def _safe_path(scope: Scope) -> str:
+    path = str(scope.get("path", ""))
+    query = scope.get("query_string", b"")
+    if query:
+        path += "?" + query.decode("latin-1")
+    return redact_text(path)
