@@ -16,11 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dashboard_api import __version__
-from dashboard_api.api import health, stream, tasks
+from dashboard_api.api import agents, health, stream, system, tasks
 from dashboard_api.auth import TokenCache
+from dashboard_api.background import background_lifespan
 from dashboard_api.context import AppContext
 from dashboard_api.db.engine import Database
 from dashboard_api.errors import PayloadTooLarge, ProblemError, problem_body
+from dashboard_api.observability.setup import install_observability
 from dashboard_api.realtime import realtime_lifespan
 from dashboard_api.security.headers import SecurityHeadersMiddleware
 from dashboard_api.security.ratelimit import MemoryRateLimiter, RedisRateLimiter
@@ -223,6 +225,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 stack.push_async_callback(ctx.limiter.close)
             # realtime: broker + hub + Redis ingress; sets ctx.broker/ctx.hub and db.publisher
             await stack.enter_async_context(realtime_lifespan(ctx))
+            # agents sweeper, published-event count, demo data and simulated agents
+            await stack.enter_async_context(background_lifespan(ctx))
             yield
 
     app = FastAPI(
@@ -244,7 +248,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             allow_methods=["*"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
-    for router in (health.router, tasks.router):
+    # Outermost: request ids, access logs and request metrics see every response.
+    install_observability(app, ctx)
+    for router in (health.router, tasks.router, agents.router, system.router):
         app.include_router(router)
     app.include_router(stream.router)  # realtime: /ws and /api/tasks/{task_id}/stream
     return app

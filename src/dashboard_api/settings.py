@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     metrics_require_token: bool = False
+    metrics_cache_seconds: float = Field(5.0, ge=0)  # task counts on /metrics are this fresh
     # Requests per token per minute; 0 disables. None: off in the embedded mode, 12,000
     # (200/s) when Redis is configured, where every replica shares the count.
     rate_limit_per_minute: int | None = Field(None, ge=0)
@@ -67,6 +68,9 @@ class Settings(BaseSettings):
 
     # --- agents -------------------------------------------------------------------------
     agent_online_seconds: float = Field(60.0, gt=0)
+    # How often each replica looks for agents whose heartbeat expired, to announce them
+    # offline on the `agents` channel (0: never; reads still show them offline).
+    agent_sweep_interval_seconds: float = Field(5.0, ge=0)
 
     # --- realtime -----------------------------------------------------------------------
     ws_ping_interval_seconds: float = Field(20.0, gt=0)
@@ -93,6 +97,12 @@ class Settings(BaseSettings):
 
     # --- demo ---------------------------------------------------------------------------
     demo: bool = False
+    # Sample tasks seeded (over the last `demo_days`) when a demo starts on a database
+    # without tasks; simulated agents per agent type; seconds between output lines.
+    demo_tasks: int = Field(3000, ge=0)
+    demo_days: int = Field(30, ge=1)
+    demo_agents: int = Field(2, ge=0)
+    demo_pace_seconds: float = Field(0.4, ge=0)
 
     @field_validator(
         "cors_origins",
