@@ -1,0 +1,191 @@
+"""Knowledge sources and re-index jobs on the wire (API.md §9)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
+
+from dashboard_api.schemas.common import ApiModel
+from dashboard_api.timeutil import UtcDateTime
+
+SourceType = Literal["github_repo", "jira_project", "confluence_space"]
+SourceStatus = Literal["pending", "indexing", "ready", "failed"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+GITHUB_OWNER_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$"
+GITHUB_REPO_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"
+# A git ref name, kept simple: no spaces, control characters or `~^:?*[\@`, no `..`.
+BRANCH_PATTERN = r"^[A-Za-z0-9._/+-]{1,255}$"
+JIRA_PROJECT_KEY_PATTERN = r"^[A-Z][A-Z0-9_]{1,9}$"
+CONFLUENCE_SPACE_KEY_PATTERN = r"^[A-Za-z0-9~]{1,255}$"
+
+
+def _https_url(value: str) -> str:
+    """An absolute https URL with a host and no credentials; kept without a trailing `/`."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() != "https":
+        raise ValueError("must be an https URL")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    try:
+        _ = parts.port  # a malformed port raises here
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if any(c.isspace() for c in value):
+        raise ValueError("must not contain spaces")
+    return value.rstrip("/")
+
+
+HttpsUrl = Annotated[
+    str, StringConstraints(min_length=9, max_length=2048), AfterValidator(_https_url)
+]
+Glob = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f]+$")]
+
+
+class GithubRepoConfig(ApiModel):
+    owner: Annotated[str, StringConstraints(pattern=GITHUB_OWNER_PATTERN)]
+    repo: Annotated[str, StringConstraints(pattern=GITHUB_REPO_PATTERN)]
+    branch: Annotated[str, StringConstraints(pattern=BRANCH_PATTERN)] | None = Field(
+        default=None, description="Absent: the repository's default branch."
+    )
+    include_paths: Annotated[list[Glob], Field(max_length=200)] | None = None
+
+    @field_validator("repo")
+    @classmethod
+    def _not_dots(cls, value: str) -> str:
+        if value in {".", ".."}:
+            raise ValueError("`.` and `..` are not repository names")
+        return value
+
+    @field_validator("branch")
+    @classmethod
+    def _ref_rules(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if ".." in value or "//" in value or value.startswith(("/", "-", ".")):
+            raise ValueError("is not a valid branch name")
+        if value.endswith(("/", ".", ".lock")):
+            raise ValueError("is not a valid branch name")
+        return value
+
+
+class JiraProjectConfig(ApiModel):
+    site_url: HttpsUrl
+    project_key: Annotated[str, StringConstraints(pattern=JIRA_PROJECT_KEY_PATTERN)]
+    jql: Annotated[str, StringConstraints(min_length=1, max_length=10_000)] | None = None
+
+
+class ConfluenceSpaceConfig(ApiModel):
+    site_url: HttpsUrl
+    space_key: Annotated[str, StringConstraints(pattern=CONFLUENCE_SPACE_KEY_PATTERN)]
+
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255, strip_whitespace=True)]
+
+
+class GithubRepoSourceCreate(ApiModel):
+    type: Literal["github_repo"]
+    config: GithubRepoConfig
+    name: Name | None = None
+    enabled: bool = True
+
+
+class JiraProjectSourceCreate(ApiModel):
+    type: Literal["jira_project"]
+    config: JiraProjectConfig
+    name: Name | None = None
+    enabled: bool = True
+
+
+class ConfluenceSpaceSourceCreate(ApiModel):
+    type: Literal["confluence_space"]
+    config: ConfluenceSpaceConfig
+    name: Name | None = None
+    enabled: bool = True
+
+
+# The body of `POST /api/sources`: the `type` picks which `config` shape applies.
+SourceCreate = Annotated[
+    GithubRepoSourceCreate | JiraProjectSourceCreate | ConfluenceSpaceSourceCreate,
+    Field(discriminator="type"),
+]
+
+
+class JobPublic(BaseModel):
+    job_id: str
+    source_id: str
+    status: JobStatus
+    progress: float = Field(ge=0, le=1)
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
+    error: str | None
+    agent: str | None = Field(default=None, description="Who claimed it.")
+
+
+class SourcePublic(BaseModel):
+    source_id: str
+    type: SourceType
+    name: str
+    config: dict[str, Any]
+    enabled: bool
+    status: SourceStatus
+    last_indexed_at: UtcDateTime | None
+    last_error: str | None
+    created_at: UtcDateTime
+    latest_job: JobPublic | None
+
+
+class ClaimedJob(JobPublic):
+    """A claimed job, with what the indexer needs to know about its source."""
+
+    source: SourcePublic | None = None
+
+
+class JobClaim(ApiModel):
+    agent: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+
+
+class JobUpdate(ApiModel):
+    """Progress report or status move of a job (agent)."""
+
+    status: JobStatus | None = None
+    progress: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    error: Annotated[str, StringConstraints(max_length=100_000)] | None = None
+
+
+def job_public(j: Any) -> JobPublic:
+    """The API form of an `IndexJob` row."""
+    return JobPublic(
+        job_id=j.job_id,
+        source_id=j.source_id,
+        status=j.status,
+        progress=j.progress,
+        created_at=j.created_at,
+        started_at=j.started_at,
+        finished_at=j.finished_at,
+        error=j.error,
+        agent=j.agent,
+    )
+
+
+def source_public(s: Any, latest_job: Any | None) -> SourcePublic:
+    """The API form of a `DataSource` row with its newest job."""
+    return SourcePublic(
+        source_id=s.source_id,
+        type=s.type,
+        name=s.name,
+        config=s.config,
+        enabled=s.enabled,
+        status=s.status,
+        last_indexed_at=s.last_indexed_at,
+        last_error=s.last_error,
+        created_at=s.created_at,
+        latest_job=job_public(latest_job) if latest_job is not None else None,
+    )
