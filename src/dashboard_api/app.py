@@ -16,7 +16,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dashboard_api import __version__
-from dashboard_api.api import agents, health, stream, system, tasks
+from dashboard_api.api import (
+    agents,
+    health,
+    oauth,
+    sources,
+    stream,
+    system,
+    tasks,
+    webhooks,
+)
 from dashboard_api.auth import TokenCache
 from dashboard_api.background import background_lifespan
 from dashboard_api.context import AppContext
@@ -250,7 +259,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         )
     # Outermost: request ids, access logs and request metrics see every response.
     install_observability(app, ctx)
-    for router in (health.router, tasks.router, agents.router, system.router):
+    for router in (
+        health.router,
+        tasks.router,
+        agents.router,
+        system.router,
+        webhooks.router,
+        oauth.router,
+        sources.router,
+    ):
         app.include_router(router)
     app.include_router(stream.router)  # realtime: /ws and /api/tasks/{task_id}/stream
     return app
