@@ -38,6 +38,8 @@ class TaskSnapshot:
     cache_write_tokens: int
     result: str | None
     error: str | None
+    # Moves only on output appends, which publish no `task_status` (conversations use it).
+    output_seq: int = 0
 
 
 def snapshot(task: object) -> TaskSnapshot:
@@ -50,4 +52,9 @@ async def task_written(
 ) -> None:
     """Apply the consequences of one task write (None before: the task is new)."""
     # Features register their reactions here, in a fixed and visible order.
-    return None
+    # Imported here: services.conversations itself writes tasks through services.tasks.
+    from dashboard_api.services.analytics_rollups import apply_task_write
+    from dashboard_api.services.conversations import on_task_written
+
+    await apply_task_write(session, before, after)
+    await on_task_written(session, before, after)

@@ -1,6 +1,7 @@
 """Every table, imported here so that `Base.metadata` is complete for migrations and tests."""
 
 from dashboard_api.db.models.agents import Agent
+from dashboard_api.db.models.analytics import AnalyticsHistogram, AnalyticsRollup
 from dashboard_api.db.models.conversations import (
     Conversation,
     ConversationMessage,
@@ -14,6 +15,8 @@ from dashboard_api.db.models.webhooks import WebhookConfig, WebhookEvent
 
 __all__ = [
     "Agent",
+    "AnalyticsHistogram",
+    "AnalyticsRollup",
     "ApiToken",
     "Conversation",
     "ConversationMessage",

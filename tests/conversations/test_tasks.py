@@ -1,0 +1,281 @@
+"""Tasks that answer back: replies exactly once, totals over linked and child tasks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Backend
+from tests.conversations.helpers import (
+    Auth,
+    get_conv,
+    messages,
+    new_conversation,
+    patch_task,
+    post,
+    register,
+)
+
+
+async def test_chat_round_trip(client: httpx.AsyncClient, auth: Auth) -> None:
+    cid = (await new_conversation(client, auth, agent_type="coder"))["conversation_id"]
+    r = await post(client, auth, cid, content="Please fix the flaky test")
+    assert r.status_code == 201, r.text
+    sent = r.json()
+    assert sent["role"] == "user"
+    task_id = sent["task_id"]
+    assert task_id
+
+    r = await client.post(
+        "/api/tasks/claim", json={"agent_type": "coder", "agent": "bot-1"}, headers=auth("agent")
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["task_id"] == task_id
+    assert r.json()["status"] == "running"
+    r = await client.post(
+        f"/api/tasks/{task_id}/output", json={"content": "working..."}, headers=auth("agent")
+    )
+    assert r.status_code == 200
+    assert len(await messages(client, auth, cid)) == 1  # output is not a message
+
+    r = await patch_task(
+        client, auth, task_id, status="completed", result="Fixed it.", cost_usd=0.123456
+    )
+    assert r.status_code == 200, r.text
+
+    items = await messages(client, auth, cid)
+    assert [(m["role"], m["content"], m["task_id"]) for m in items] == [
+        ("user", "Please fix the flaky test", task_id),
+        ("assistant", "Fixed it.", task_id),
+    ]
+    assert items[1]["metadata"]["task_status"] == "completed"
+    conv = await get_conv(client, auth, cid)
+    assert conv["message_count"] == 2
+    assert conv["task_count"] == 1
+    assert conv["total_cost_usd"] == 0.123456
+    assert conv["updated_at"] >= items[1]["created_at"]
+
+    # Retried terminal update and late metrics: no second reply; cost follows.
+    for _ in range(2):
+        r = await patch_task(client, auth, task_id, status="completed", result="Fixed it.")
+        assert r.status_code == 200
+    r = await patch_task(client, auth, task_id, cost_usd=0.5, result="Fixed it, really.")
+    assert r.status_code == 200
+    assert len(await messages(client, auth, cid)) == 2
+    conv = await get_conv(client, auth, cid)
+    assert conv["total_cost_usd"] == 0.5
+    assert conv["message_count"] == 2
+
+
+@pytest.mark.parametrize(
+    ("moves", "body", "role", "content"),
+    [
+        (["running", "failed"], {"error": "boom"}, "system", "boom"),
+        (["failed"], {}, "system", "The task failed."),
+        (["cancelled"], {}, "system", "The task was cancelled."),
+        (["running", "completed"], {}, "assistant", "The task completed without a result."),
+    ],
+)
+async def test_reply_kinds(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    moves: list[str],
+    body: dict[str, Any],
+    role: str,
+    content: str,
+) -> None:
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    task_id = (await post(client, auth, cid, content="do it")).json()["task_id"]
+    for i, status in enumerate(moves):
+        extra = body if i == len(moves) - 1 else {}
+        r = await patch_task(client, auth, task_id, status=status, **extra)
+        assert r.status_code == 200, r.text
+    items = await messages(client, auth, cid)
+    assert [(m["role"], m["content"]) for m in items[1:]] == [(role, content)]
+
+
+async def test_user_cancel_replies_once(client: httpx.AsyncClient, auth: Auth) -> None:
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    task_id = (await post(client, auth, cid, content="do it")).json()["task_id"]
+    r = await client.post(f"/api/tasks/{task_id}/cancel", headers=auth("user"))
+    assert r.status_code == 200
+    assert r.json()["status"] == "cancelled"
+    assert (
+        await client.post(f"/api/tasks/{task_id}/cancel", headers=auth("user"))
+    ).status_code == 409
+    items = await messages(client, auth, cid)
+    assert [m["role"] for m in items] == ["user", "system"]
+
+
+async def test_concurrent_terminal_updates_reply_once(
+    client: httpx.AsyncClient, auth: Auth, backend: Backend
+) -> None:
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    ids = []
+    for i in range(3):
+        r = await post(client, auth, cid, content=f"job {i}")
+        ids.append(r.json()["task_id"])
+        assert (await patch_task(client, auth, ids[-1], status="running")).status_code == 200
+    calls = [
+        patch_task(client, auth, task_id, status="completed", result=f"done {task_id}")
+        for task_id in ids
+        for _ in range(4)
+    ]
+    results = await asyncio.gather(*calls)
+    # Racing writers either win or see the repeated status as a no-op; never a 5xx.
+    assert all(r.status_code == 200 for r in results), [r.text for r in results]
+    items = await messages(client, auth, cid)
+    replies = [m for m in items if m["role"] == "assistant"]
+    assert sorted(m["task_id"] for m in replies) == sorted(ids)
+    assert all(m["content"] == f"done {m['task_id']}" for m in replies)
+    conv = await get_conv(client, auth, cid)
+    assert conv["message_count"] == 6
+    assert conv["task_count"] == 3
+
+
+async def test_concurrent_mixed_terminal_updates(client: httpx.AsyncClient, auth: Auth) -> None:
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    task_id = (await post(client, auth, cid, content="race")).json()["task_id"]
+    assert (await patch_task(client, auth, task_id, status="running")).status_code == 200
+    results = await asyncio.gather(
+        patch_task(client, auth, task_id, status="completed", result="ok"),
+        patch_task(client, auth, task_id, status="failed", error="no"),
+        client.post(f"/api/tasks/{task_id}/cancel", headers=auth("user")),
+        patch_task(client, auth, task_id, status="completed", result="ok"),
+    )
+    assert all(r.status_code in (200, 409) for r in results), [r.text for r in results]
+    items = await messages(client, auth, cid)
+    assert len(items) == 2
+    final = (await client.get(f"/api/tasks/{task_id}", headers=auth("user"))).json()["status"]
+    assert items[1]["metadata"]["task_status"] == final
+
+
+async def test_children_and_late_costs(client: httpx.AsyncClient, auth: Auth) -> None:
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    root = (await post(client, auth, cid, content="plan")).json()["task_id"]
+    await register(client, auth, "child-1", parent_task_id=root)
+    await register(client, auth, "grandchild", parent_task_id="child-1")
+    await register(client, auth, "unrelated")
+    await patch_task(client, auth, root, cost_usd=0.1)
+    await patch_task(client, auth, "child-1", cost_usd=0.2)
+    await patch_task(client, auth, "grandchild", cost_usd=0.3)
+    await patch_task(client, auth, "unrelated", cost_usd=7)
+    conv = await get_conv(client, auth, cid)
+    assert conv["task_count"] == 3
+    assert conv["total_cost_usd"] == 0.6
+
+    # Children end without answering in the chat; the linked task answers once.
+    for task_id in ("grandchild", "child-1", root):
+        assert (await patch_task(client, auth, task_id, status="running")).status_code == 200
+        r = await patch_task(client, auth, task_id, status="completed", result=f"r-{task_id}")
+        assert r.status_code == 200
+    items = await messages(client, auth, cid)
+    assert [(m["role"], m["content"]) for m in items] == [
+        ("user", "plan"),
+        ("assistant", f"r-{root}"),
+    ]
+    # A cost reported after the end still counts, exactly.
+    await patch_task(client, auth, "grandchild", cost_usd=1.000001)
+    await patch_task(client, auth, "child-1", cost_usd=0)
+    conv = await get_conv(client, auth, cid)
+    assert conv["total_cost_usd"] == 1.100001
+    assert conv["task_count"] == 3
+    assert conv["message_count"] == 2
+
+
+async def test_computed_costs_follow_tokens(client: httpx.AsyncClient, auth: Auth) -> None:
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    root = (await post(client, auth, cid, content="x")).json()["task_id"]
+    r = await patch_task(client, auth, root, model="claude-sonnet-4", input_tokens=1_000_000)
+    assert r.json()["cost_usd"] == 3
+    await register(client, auth, "kid", parent_task_id=root, model="claude-haiku-4")
+    await patch_task(client, auth, "kid", output_tokens=1_000_000)
+    conv = await get_conv(client, auth, cid)
+    assert conv["total_cost_usd"] == 8
+    tasks = (
+        await client.get("/api/tasks", params={"conversation_id": cid}, headers=auth("user"))
+    ).json()
+    assert [t["task_id"] for t in tasks["items"]] == [root]
+
+
+async def test_link_existing_tasks(client: httpx.AsyncClient, auth: Auth) -> None:
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    await register(client, auth, "ext")
+    await register(client, auth, "ext-child", parent_task_id="ext")
+    await patch_task(client, auth, "ext", cost_usd=1.5)
+    await patch_task(client, auth, "ext-child", cost_usd=0.25)
+    url = f"/api/conversations/{cid}/tasks"
+    r = await client.post(url, json={"task_id": "ext"}, headers=auth("user"))
+    assert r.status_code == 204, r.text
+    task = (await client.get("/api/tasks/ext", headers=auth("user"))).json()
+    assert task["conversation_id"] == cid
+    conv = await get_conv(client, auth, cid)
+    assert (conv["task_count"], conv["total_cost_usd"]) == (2, 1.75)
+    # Linking again is a no-op.
+    assert (
+        await client.post(url, json={"task_id": "ext"}, headers=auth("user"))
+    ).status_code == 204
+    assert (await get_conv(client, auth, cid))["task_count"] == 2
+
+    # The linked task's end answers in the conversation.
+    await patch_task(client, auth, "ext", status="running")
+    await patch_task(client, auth, "ext", status="completed", result="linked result")
+    items = await messages(client, auth, cid)
+    assert [(m["role"], m["content"]) for m in items] == [("assistant", "linked result")]
+
+    # A task counted elsewhere is a conflict; an already-ended task answers at once.
+    second = (await new_conversation(client, auth))["conversation_id"]
+    r = await client.post(
+        f"/api/conversations/{second}/tasks", json={"task_id": "ext"}, headers=auth("user")
+    )
+    assert r.status_code == 409
+    await register(client, auth, "done-before")
+    await patch_task(client, auth, "done-before", status="failed", error="it broke")
+    r = await client.post(
+        f"/api/conversations/{second}/tasks", json={"task_id": "done-before"}, headers=auth("user")
+    )
+    assert r.status_code == 204
+    items = await messages(client, auth, second)
+    assert [(m["role"], m["content"], m["task_id"]) for m in items] == [
+        ("system", "it broke", "done-before")
+    ]
+    assert (await get_conv(client, auth, second))["message_count"] == 1
+
+
+async def test_registered_with_conversation_id(client: httpx.AsyncClient, auth: Auth) -> None:
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    await register(client, auth, "producer-task", conversation_id=cid, status="running")
+    await register(client, auth, "dangling", conversation_id="not-a-conversation")
+    conv = await get_conv(client, auth, cid)
+    assert conv["task_count"] == 1
+    await patch_task(client, auth, "producer-task", status="completed", result="from producer")
+    await patch_task(client, auth, "dangling", status="failed")
+    items = await messages(client, auth, cid)
+    assert [m["content"] for m in items] == ["from producer"]
+
+
+async def test_delete_unlinks_tasks(client: httpx.AsyncClient, auth: Auth) -> None:
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    task_id = (await post(client, auth, cid, content="x")).json()["task_id"]
+    await register(client, auth, "kid", parent_task_id=task_id)
+    r = await client.delete(f"/api/conversations/{cid}", headers=auth("user"))
+    assert r.status_code == 204
+    task = (await client.get(f"/api/tasks/{task_id}", headers=auth("user"))).json()
+    assert task["conversation_id"] is None
+    assert (await client.get("/api/tasks/kid", headers=auth("user"))).status_code == 200
+    # The task lives on; ending it answers nowhere and fails nothing.
+    assert (await patch_task(client, auth, task_id, status="running")).status_code == 200
+    assert (await patch_task(client, auth, task_id, status="completed")).status_code == 200
+    r = await client.get(f"/api/conversations/{cid}/messages", headers=auth("user"))
+    assert r.status_code == 404
+    # Unlinked tasks may be linked to another conversation.
+    other = (await new_conversation(client, auth))["conversation_id"]
+    r = await client.post(
+        f"/api/conversations/{other}/tasks", json={"task_id": task_id}, headers=auth("user")
+    )
+    assert r.status_code == 204
+    conv = await get_conv(client, auth, other)
+    assert (conv["task_count"], conv["message_count"]) == (2, 1)
