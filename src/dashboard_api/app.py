@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dashboard_api import __version__
 from dashboard_api.api import (
     agents,
+    conversations,
     health,
     oauth,
     sources,
@@ -264,6 +265,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         tasks.router,
         agents.router,
         system.router,
+        conversations.router,
         webhooks.router,
         oauth.router,
         sources.router,
