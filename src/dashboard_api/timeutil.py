@@ -12,7 +12,11 @@ def to_utc(value: datetime) -> datetime:
     """Attach UTC to a naive datetime, convert an aware one to UTC."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # e.g. 0001-01-01T00:00:00+01:00: a ValueError makes it a 422, not a 500.
+        raise ValueError("timestamp out of range once converted to UTC") from None
 
 
 def format_ts(value: datetime) -> str:

@@ -97,6 +97,9 @@ def split_multi(
     out: list[str] = []
     for value in values or ():
         out.extend(v.strip() for v in value.split(",") if v.strip())
+    if any("\x00" in v for v in out):
+        # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the query.
+        raise Unprocessable(f"{name} must not contain NUL characters.", loc=["query", name])
     if allowed is not None:
         bad = [v for v in out if v not in allowed]
         if bad:

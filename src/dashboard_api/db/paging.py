@@ -66,10 +66,26 @@ def _encode_value(value: Any) -> Any:
     return value
 
 
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
 def _decode_value(value: Any) -> Any:
+    # Every key of an ordering is NOT NULL (nulls are coalesced away), so None is malformed.
     if isinstance(value, dict) and set(value) == {"t"} and isinstance(value["t"], str):
-        return datetime.fromisoformat(value["t"])
-    if value is None or isinstance(value, str | int | float):
+        return to_utc(datetime.fromisoformat(value["t"]))
+    if isinstance(value, bool):
+        raise ValueError("bad cursor value")
+    if isinstance(value, int):
+        if not _I64_MIN <= value <= _I64_MAX:
+            raise ValueError("cursor integer out of range")
+        return value
+    if isinstance(value, str):
+        # Text the database cannot store (NUL, lone surrogates) cannot be a stored key.
+        if "\x00" in value:
+            raise ValueError("bad cursor value")
+        value.encode("utf-8")
+        return value
+    if isinstance(value, float) and math.isfinite(value):
         return value
     raise ValueError("bad cursor value")
 
@@ -90,7 +106,15 @@ def decode_cursor(ordering: Ordering, cursor: str) -> list[Any]:
         if not isinstance(keys, list) or len(keys) != len(ordering.keys):
             raise ValueError("wrong number of keys")
         return [_decode_value(v) for v in keys]
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError, orjson.JSONDecodeError):
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        OverflowError,
+        binascii.Error,
+        UnicodeError,
+        orjson.JSONDecodeError,
+    ):
         raise Unprocessable("Malformed cursor.", loc=["query", "cursor"]) from None
 
 
@@ -144,12 +168,12 @@ async def paginate(
 
 def _bind_like(key: SortKeyExpr, value: Any) -> ColumnElement[Any]:
     """A bind parameter typed like its key; a cursor value of the wrong type is a 422."""
+    # A TypeDecorator (e.g. UTCDateTime) knows its Python type only through its impl.
+    type_ = getattr(key.type, "impl", key.type)
     try:
-        expected: type | None = key.type.python_type
+        expected: type | None = type_.python_type
     except NotImplementedError:
         expected = None
-    if value is not None and expected is not None:
-        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-        if not ok:
-            raise Unprocessable("Malformed cursor.", loc=["query", "cursor"])
+    if expected is not None and not isinstance(value, expected):
+        raise Unprocessable("Malformed cursor.", loc=["query", "cursor"])
     return literal(value, type_=key.type)
