@@ -30,6 +30,8 @@ from dashboard_api.timeutil import UtcDateTime
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], responses=problem_responses(401, 403, 422))
 TaskIdPath = Annotated[str, Path(pattern=TASK_ID_PATTERN)]
+# PostgreSQL text cannot hold NUL, so a filter containing one is refused (on both backends).
+NO_NUL = r"^[^\x00]*$"
 
 
 @router.get("", response_model=Page[TaskSummary])
@@ -42,10 +44,15 @@ async def list_tasks(
     source: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
     created_after: UtcDateTime | None = None,
     created_before: UtcDateTime | None = None,
-    conversation_id: Annotated[str | None, Query(max_length=255)] = None,
-    flow_id: Annotated[str | None, Query(max_length=255)] = None,
-    user_id: Annotated[str | None, Query(max_length=255)] = None,
-    q: Annotated[str | None, Query(max_length=1000, description="Substring of the input")] = None,
+    conversation_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
+    flow_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
+    user_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=1000, pattern=NO_NUL, description="Case-insensitive substring of the input"
+        ),
+    ] = None,
     sort: SortKey = "-created_at",
 ) -> Page[TaskSummary]:
     """Task summaries, filtered and sorted; page or cursor mode."""

@@ -49,6 +49,7 @@ class TaskSummary(BaseModel):
     updated_at: UtcDateTime
     cancel_requested: bool
     output_seq: int
+    output_truncated: bool = Field(description="Whether output past the log cap was dropped.")
     input_preview: str
     has_error: bool
 
@@ -238,6 +239,7 @@ SUMMARY_COLUMNS = (
     "conversation_id", "parent_task_id", "flow_id", "model", "cost_micros", "cost_reported",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "duration_us",
     "created_at", "started_at", "completed_at", "updated_at", "cancel_requested", "output_seq",
+    "output_truncated",
 )  # fmt: skip
 
 
@@ -272,6 +274,7 @@ def task_summary(
         updated_at=t.updated_at,
         cancel_requested=t.cancel_requested,
         output_seq=t.output_seq,
+        output_truncated=t.output_truncated,
         input_preview=preview,
         has_error=has_error if has_error is not None else t.error is not None,
     )
