@@ -1,0 +1,507 @@
+"""`GET /api/tasks`: every filter and sort against brute force, page and cursor walks."""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.tasks.helpers import T0, Row, clear_tasks, load_rows
+
+Headers = Callable[[str], dict[str, str]]
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+AGENTS = ("coder", "reviewer", "triage")
+SOURCES = ("api", "github", "slack")
+MESSAGES = (
+    "Fix ÄRGER now",
+    "kein ärger",
+    "100% done",
+    "a_b c",
+    "ab c",
+    "plain text",
+    "Ünïcode ÉTÉ",
+    "x%y",
+    "back\\slash",
+    "",
+)
+NEEDLES = ("ärger", "ÄRGER", "%", "_", "a_b", "100%", "été", "ÉTÉ", "x%y", "PLAIN", "\\", "zz")
+SORTS = (
+    "created_at",
+    "-created_at",
+    "cost_usd",
+    "-cost_usd",
+    "duration_seconds",
+    "-duration_seconds",
+)
+
+
+def ts(d: datetime) -> str:
+    return d.isoformat().replace("+00:00", "Z")
+
+
+# --- the reference ------------------------------------------------------------------------
+
+
+def reference(rows: list[Row], params: dict[str, Any], sort: str) -> list[str]:
+    """Filter and sort by brute force, as API.md §3 words it."""
+
+    def multi(name: str) -> set[str] | None:
+        v = params.get(name)
+        if v is None:
+            return None
+        values = v if isinstance(v, list) else [v]
+        return {x for item in values for x in item.split(",") if x}
+
+    out = []
+    for r in rows:
+        if (s := multi("status")) and r.status not in s:
+            continue
+        if (a := multi("agent_type")) and r.agent_type not in a:
+            continue
+        if (so := multi("source")) and r.source not in so:
+            continue
+        if "created_after" in params and r.created_at < params["created_after_dt"]:
+            continue
+        if "created_before" in params and r.created_at >= params["created_before_dt"]:
+            continue
+        if "conversation_id" in params and r.conversation_id != params["conversation_id"]:
+            continue
+        if "flow_id" in params and r.flow_id != params["flow_id"]:
+            continue
+        if "user_id" in params and r.user_id != params["user_id"]:
+            continue
+        if "q" in params and params["q"].lower() not in r.input_message.lower():
+            continue
+        out.append(r)
+
+    desc = sort.startswith("-")
+    field = sort.lstrip("-")
+    if field == "created_at":
+        out.sort(key=lambda r: (r.created_at, r.task_id), reverse=desc)
+    elif field == "cost_usd":
+        out.sort(key=lambda r: (r.cost_micros, r.task_id), reverse=desc)
+    else:
+        with_d = sorted(
+            (r for r in out if r.duration_us is not None),
+            key=lambda r: (r.duration_us or 0, r.task_id),
+            reverse=desc,
+        )
+        without = sorted(
+            (r for r in out if r.duration_us is None), key=lambda r: r.task_id, reverse=desc
+        )
+        out = with_d + without
+    return [r.task_id for r in out]
+
+
+def wire(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if not k.endswith("_dt")}
+
+
+async def walk_pages(
+    client: httpx.AsyncClient, auth: Headers, params: dict[str, Any], per_page: int
+) -> tuple[list[str], int]:
+    """Every page in page mode; checks the envelope of each page."""
+    ids: list[str] = []
+    page = 1
+    total = -1
+    while True:
+        r = await client.get(
+            "/api/tasks",
+            params={**wire(params), "page": page, "per_page": per_page},
+            headers=auth("user"),
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        total = body["total"]
+        assert body["page"] == page
+        assert body["per_page"] == per_page
+        assert body["pages"] == math.ceil(total / per_page)
+        ids += [i["task_id"] for i in body["items"]]
+        if page < body["pages"]:
+            assert len(body["items"]) == per_page
+            assert body["next_cursor"] is not None
+            page += 1
+            continue
+        assert body["next_cursor"] is None
+        return ids, total
+
+
+async def walk_cursor(
+    client: httpx.AsyncClient, auth: Headers, params: dict[str, Any], per_page: int
+) -> tuple[list[str], int]:
+    """A cursor walk that starts with a plain request."""
+    r = await client.get(
+        "/api/tasks", params={**wire(params), "per_page": per_page}, headers=auth("user")
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    total = body["total"]
+    ids = [i["task_id"] for i in body["items"]]
+    pages = 1
+    while body["next_cursor"] is not None:
+        r = await client.get(
+            "/api/tasks",
+            params={**wire(params), "per_page": per_page, "cursor": body["next_cursor"]},
+            headers=auth("user"),
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["page"] is None
+        assert body["total"] == total
+        assert body["pages"] == math.ceil(total / per_page)
+        ids += [i["task_id"] for i in body["items"]]
+        pages += 1
+        assert pages <= total + 1, "the walk does not end"
+    return ids, total
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+@st.composite
+def datasets(draw: st.DrawFn) -> list[Row]:
+    n = draw(st.integers(0, 24))
+    numbers = draw(st.lists(st.integers(0, 9999), min_size=n, max_size=n, unique=True))
+    rows = []
+    for num in numbers:
+        rows.append(
+            Row(
+                task_id=f"t{num:04d}",
+                # Few distinct instants and costs: many ties, so the tiebreaker matters.
+                created_at=T0 + timedelta(minutes=draw(st.integers(0, 4))),
+                status=draw(st.sampled_from(STATUSES)),
+                agent_type=draw(st.sampled_from(AGENTS)),
+                source=draw(st.sampled_from(SOURCES)),
+                input_message=draw(st.sampled_from(MESSAGES)),
+                user_id=draw(st.sampled_from([None, "u1", "u2"])),
+                conversation_id=draw(st.sampled_from([None, "c1", "c2"])),
+                flow_id=draw(st.sampled_from([None, "f1"])),
+                cost_micros=draw(st.sampled_from([0, 1, 250_000, 1_000_000])),
+                duration_us=draw(st.sampled_from([None, None, 0, 1_500_000, 60_000_000])),
+            )
+        )
+    return rows
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+
+    def multi(name: str, values: tuple[str, ...]) -> None:
+        if draw(st.booleans()):
+            chosen = draw(st.lists(st.sampled_from(values), min_size=1, max_size=3))
+            params[name] = ",".join(chosen) if draw(st.booleans()) else chosen
+
+    multi("status", STATUSES)
+    multi("agent_type", AGENTS)
+    multi("source", SOURCES)
+    if draw(st.booleans()):
+        after = T0 + timedelta(minutes=draw(st.integers(0, 4)))
+        params["created_after"] = ts(after)
+        params["created_after_dt"] = after
+    if draw(st.booleans()):
+        before = T0 + timedelta(minutes=draw(st.integers(0, 5)))
+        # Any offset is accepted: the same instant written in +02:00.
+        params["created_before"] = before.astimezone(
+            __import__("datetime").timezone(timedelta(hours=2))
+        ).isoformat()
+        params["created_before_dt"] = before
+    for name, values in (
+        ("user_id", ("u1", "u2", "nobody")),
+        ("conversation_id", ("c1", "c2")),
+        ("flow_id", ("f1",)),
+        ("q", NEEDLES),
+    ):
+        if draw(st.integers(0, 3)) == 0:
+            params[name] = draw(st.sampled_from(values))
+    return params
+
+
+@given(rows=datasets(), params=queries(), sort=st.sampled_from(SORTS), per_page=st.integers(1, 7))
+async def test_walks_match_brute_force(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    auth: Headers,
+    rows: list[Row],
+    params: dict[str, Any],
+    sort: str,
+    per_page: int,
+) -> None:
+    await clear_tasks(app)
+    await load_rows(app, rows)
+    query = {**params, "sort": sort}
+    expected = reference(rows, params, sort)
+    by_page, total = await walk_pages(client, auth, query, per_page)
+    assert total == len(expected)
+    assert by_page == expected
+    by_cursor, total = await walk_cursor(client, auth, query, per_page)
+    assert total == len(expected)
+    assert by_cursor == expected
+
+
+# --- a fixed data set for each filter and sort -------------------------------------------
+
+
+def fixed_rows() -> list[Row]:
+    rows = []
+    for i in range(30):
+        rows.append(
+            Row(
+                task_id=f"k{(i * 7) % 30:03d}",
+                created_at=T0 + timedelta(seconds=10 * (i % 6)),
+                status=STATUSES[i % 5],
+                agent_type=AGENTS[i % 3],
+                source=SOURCES[(i // 3) % 3],
+                input_message=MESSAGES[i % len(MESSAGES)],
+                user_id=[None, "u1", "u2"][i % 3],
+                conversation_id=[None, "c1"][i % 2],
+                flow_id=["f1", None, None][i % 3],
+                cost_micros=[0, 5, 5, 1_000_000][i % 4],
+                duration_us=[None, 3, 3, 0, 10**9][i % 5],
+                error="boom" if i % 4 == 0 else None,
+            )
+        )
+    return rows
+
+
+FILTERS: list[dict[str, Any]] = [
+    {},
+    {"status": "failed"},
+    {"status": ["failed", "running"]},
+    {"status": "failed,running"},
+    {"agent_type": "coder"},
+    {"agent_type": ["coder", "triage"]},
+    {"agent_type": "coder,triage"},
+    {"source": "github"},
+    {"source": ["github", "slack"]},
+    {"source": "github,slack"},
+    {"conversation_id": "c1"},
+    {"flow_id": "f1"},
+    {"user_id": "u2"},
+    {"q": "ärger"},
+    {"q": "ÄRGER"},
+    {"q": "%"},
+    {"q": "_"},
+    {"q": "a_b"},
+    {"q": "\\"},
+    {"q": "été"},
+    {
+        "created_after": ts(T0 + timedelta(seconds=10)),
+        "created_after_dt": T0 + timedelta(seconds=10),
+    },
+    {
+        "created_before": ts(T0 + timedelta(seconds=30)),
+        "created_before_dt": T0 + timedelta(seconds=30),
+    },
+    {
+        "created_after": ts(T0 + timedelta(seconds=20)),
+        "created_after_dt": T0 + timedelta(seconds=20),
+        "created_before": ts(T0 + timedelta(seconds=30)),
+        "created_before_dt": T0 + timedelta(seconds=30),
+        "status": "completed,failed,queued",
+    },
+]
+
+
+@pytest.mark.parametrize("sort", SORTS)
+async def test_each_filter_and_sort(
+    app: FastAPI, client: httpx.AsyncClient, auth: Headers, sort: str
+) -> None:
+    rows = fixed_rows()
+    await load_rows(app, rows)
+    for params in FILTERS:
+        expected = reference(rows, params, sort)
+        r = await client.get(
+            "/api/tasks",
+            params={**wire(params), "sort": sort, "per_page": 200},
+            headers=auth("user"),
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [i["task_id"] for i in body["items"]] == expected, params
+        assert body["total"] == len(expected)
+    # Sanity: the literal filters found what they should.
+    assert len(reference(rows, {"q": "%"}, sort)) > 0
+    assert len(reference(rows, {"q": "ärger"}, sort)) == len(reference(rows, {"q": "ÄRGER"}, sort))
+
+
+async def test_default_sort_is_newest_first(
+    app: FastAPI, client: httpx.AsyncClient, auth: Headers
+) -> None:
+    rows = fixed_rows()
+    await load_rows(app, rows)
+    body = (await client.get("/api/tasks?per_page=200", headers=auth("user"))).json()
+    assert [i["task_id"] for i in body["items"]] == reference(rows, {}, "-created_at")
+
+
+async def test_q_unicode_case_insensitive(client: httpx.AsyncClient, auth: Headers) -> None:
+    for i, msg in enumerate(["Großer ÄRGER heute", "kein ärger", "ARGER ohne Umlaut"]):
+        r = await client.post(
+            "/api/tasks",
+            json={"task_id": f"u{i}", "agent_type": "coder", "input_message": msg},
+            headers=auth("agent"),
+        )
+        assert r.status_code == 201
+    for needle in ("ärger", "ÄRGER", "äRgEr"):
+        body = (await client.get("/api/tasks", params={"q": needle}, headers=auth("user"))).json()
+        assert sorted(i["task_id"] for i in body["items"]) == ["u0", "u1"], needle
+
+
+async def test_summary_fields(client: httpx.AsyncClient, auth: Headers) -> None:
+    long = "é" * 150 + "x" * 150
+    r = await client.post(
+        "/api/tasks",
+        json={"task_id": "s1", "agent_type": "coder", "input_message": long, "metadata": {"a": 1}},
+        headers=auth("agent"),
+    )
+    assert r.status_code == 201
+    await client.patch("/api/tasks/s1", json={"error": "bad"}, headers=auth("agent"))
+    item = (await client.get("/api/tasks", headers=auth("user"))).json()["items"][0]
+    assert item["input_preview"] == long[:200]
+    assert item["has_error"] is True
+    for hidden in ("input_message", "result", "error", "metadata"):
+        assert hidden not in item
+    full = (await client.get("/api/tasks/s1", headers=auth("user"))).json()
+    for key in set(full) - {"input_message", "result", "error", "metadata"}:
+        assert key in item
+
+
+# --- the envelope -------------------------------------------------------------------------
+
+
+async def test_empty_list_envelope(client: httpx.AsyncClient, auth: Headers) -> None:
+    body = (await client.get("/api/tasks", headers=auth("user"))).json()
+    assert body == {
+        "items": [],
+        "total": 0,
+        "page": 1,
+        "per_page": 50,
+        "pages": 0,
+        "next_cursor": None,
+    }
+    body = (await client.get("/api/tasks?page=3&per_page=5", headers=auth("user"))).json()
+    assert body["items"] == []
+    assert body["pages"] == 0
+    assert body["page"] == 3
+
+
+async def test_page_past_the_end(app: FastAPI, client: httpx.AsyncClient, auth: Headers) -> None:
+    await load_rows(app, fixed_rows()[:5])
+    body = (await client.get("/api/tasks?page=9&per_page=2", headers=auth("user"))).json()
+    assert body["items"] == []
+    assert body["total"] == 5
+    assert body["pages"] == 3
+    assert body["next_cursor"] is None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+async def test_cursor_errors(app: FastAPI, client: httpx.AsyncClient, auth: Headers) -> None:
+    await load_rows(app, fixed_rows())
+    first = (await client.get("/api/tasks?per_page=2", headers=auth("user"))).json()
+    cursor = first["next_cursor"]
+    assert cursor
+    by_cost = (await client.get("/api/tasks?per_page=2&sort=cost_usd", headers=auth("user"))).json()
+    cost_cursor = by_cost["next_cursor"]
+    stamp = {"t": T0.isoformat()}
+    bad = [
+        "!!!",
+        "not base64 at all ~~~",
+        "a",
+        _b64(b"\xff\xfe\x00junk"),
+        _b64(b"[1,2,3]"),
+        _b64(b'"just a string"'),
+        _b64(orjson.dumps({"o": "-created_at"})),
+        _b64(orjson.dumps({"o": "-created_at", "k": "x"})),
+        _b64(orjson.dumps({"o": "-created_at", "k": [stamp]})),
+        _b64(orjson.dumps({"o": "-created_at", "k": [stamp, "a", "b"]})),
+        _b64(orjson.dumps({"o": "-created_at", "k": [1, "a"]})),
+        _b64(orjson.dumps({"o": "-created_at", "k": [stamp, 5]})),
+        _b64(orjson.dumps({"o": "-created_at", "k": [{"t": "yesterday"}, "a"]})),
+        _b64(orjson.dumps({"o": "-created_at", "k": [{"t": 5}, "a"]})),
+        _b64(orjson.dumps({"o": "-created_at", "k": [None, None]})),
+        _b64(orjson.dumps({"o": "-created_at", "k": [stamp, None]})),
+        _b64(orjson.dumps({"o": "-created_at", "k": [stamp, "a\u0000b"]})),
+        _b64(orjson.dumps({"o": "-created_at", "k": [stamp, ["a"]]})),
+        _b64(orjson.dumps({"o": "cost_usd", "k": [1.5, "a"]})),
+        _b64(orjson.dumps({"o": "cost_usd", "k": [True, "a"]})),
+        _b64(orjson.dumps({"o": "cost_usd", "k": ["1", "a"]})),
+        _b64(b'{"o": "cost_usd", "k": [99999999999999999999999, "a"]}'),
+        _b64(orjson.dumps({"o": "cost_usd", "k": [2**63, "a"]})),
+        _b64(b'{"o": "cost_usd", "k": [-9223372036854775809, "a"]}'),
+        _b64(orjson.dumps({"o": "duration_seconds", "k": ["x", "a"]})),
+        _b64(b'{"o": "-created_at", "k": [{"t": "2026-01-01T00:00:00"}, "\\ud800"]}'),
+        "x" * 5000,
+    ]
+    for c in bad:
+        r = await client.get("/api/tasks", params={"cursor": c}, headers=auth("user"))
+        assert r.status_code == 422, (c, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+    # A cursor from another sort is refused, in both directions.
+    r = await client.get("/api/tasks", params={"cursor": cost_cursor}, headers=auth("user"))
+    assert r.status_code == 422
+    r = await client.get(
+        "/api/tasks", params={"cursor": cursor, "sort": "cost_usd"}, headers=auth("user")
+    )
+    assert r.status_code == 422
+    # Page and cursor together.
+    r = await client.get("/api/tasks", params={"cursor": cursor, "page": 1}, headers=auth("user"))
+    assert r.status_code == 422
+    assert r.headers["content-type"].startswith("application/problem+json")
+    # The good cursor still works, and the filters may stay the same.
+    r = await client.get("/api/tasks", params={"cursor": cursor}, headers=auth("user"))
+    assert r.status_code == 200
+    assert r.json()["page"] is None
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "status=bogus",
+        "status=queued,bogus",
+        "sort=name",
+        "sort=-",
+        "sort=cost",
+        "created_after=yesterday",
+        "created_before=2026-13-01T00:00:00Z",
+        "created_after=2026-11-01T25:00:00Z",
+        "per_page=0",
+        "per_page=201",
+        "per_page=-1",
+        "per_page=x",
+        "page=0",
+        "page=-2",
+        "page=1.5",
+        "q=" + "x" * 1001,
+        "user_id=" + "u" * 256,
+        "q=a%00b",
+        "user_id=a%00b",
+        "conversation_id=%00",
+        "flow_id=%00",
+        "agent_type=cod%00er",
+        "source=%00",
+        "created_after=0001-01-01T00:00:00%2B01:00",
+        "created_before=9999-12-31T23:59:59-01:00",
+    ],
+)
+async def test_bad_list_queries_are_422(
+    client: httpx.AsyncClient, auth: Headers, query: str
+) -> None:
+    r = await client.get(f"/api/tasks?{query}", headers=auth("user"))
+    assert r.status_code == 422, (query, r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["status"] == 422
+    assert isinstance(body["errors"], list)
