@@ -53,8 +53,9 @@ async def task_written(
     """Apply the consequences of one task write (None before: the task is new)."""
     # Features register their reactions here, in a fixed and visible order.
     # Imported here: services.conversations itself writes tasks through services.tasks.
-    from dashboard_api.services.analytics_rollups import apply_task_write
     from dashboard_api.services.conversations import on_task_written
 
-    await apply_task_write(session, before, after)
+    # Lock order on PostgreSQL is task rows -> conversation row -> other derived rows in
+    # every transaction (posting a message locks its conversation before it creates the
+    # task), so conversations run first here.
     await on_task_written(session, before, after)
