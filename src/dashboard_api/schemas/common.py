@@ -74,3 +74,8 @@ _DESC = {
     429: "Rate limit exceeded",
     503: "A dependency is unavailable",
 }
+
+
+def problem_description(status: int) -> str:
+    """The OpenAPI description of a problem answer with this status."""
+    return _DESC.get(status, "Error")

@@ -1,0 +1,234 @@
+"""Schema fuzzing: schemathesis over the live `/openapi.json`, every operation, every role.
+
+For each role (admin, user, agent, another user, no token) and each operation the app
+documents — including those of features that land later — hypothesis draws positive and
+negative cases (some aimed at real resources) and checks that the answer is never a 5xx,
+conforms to the documented status codes, content types and schemas, and that a caller
+never gets a 2xx from an operation its role may not use, nor from another user's
+resource. `FUZZ_EXAMPLES` (default 12) bounds the examples per operation and mode;
+`make fuzz` runs a longer, randomized round.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from hypothesis import HealthCheck, Phase, given, seed
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.python import asgi as st_asgi
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from dashboard_api.api.openapi import api_routes, route_access
+from dashboard_api.app import create_app
+from dashboard_api.db.engine import Database
+from dashboard_api.services.tokens import create_token
+from dashboard_api.timeutil import SystemClock
+from tests.conftest import Backend, run_sync
+
+# Examples per operation and role: positive cases, then negative ones. The roles whose
+# answers are decided before any parameter matters (no token; another user) get fewer.
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+RANDOMIZE = os.environ.get("FUZZ_RANDOM") == "1"
+ROLES = ("admin", "user", "agent", "other_user", "anonymous")
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+# Real resources the cases are sometimes aimed at (otherwise ids are random: mostly 404).
+KNOWN_TASKS = ("fz-queued", "fz-running", "fz-done")
+
+
+@dataclass
+class Target:
+    app: FastAPI
+    schema: Any
+    tokens: dict[str, str]
+    known: dict[str, list[str]]
+    alice_conversation: str | None
+    routes: dict[tuple[str, str], Any]
+
+
+async def _tokens(url: str) -> dict[str, str]:
+    db = Database(url)
+    out: dict[str, str] = {}
+    try:
+        async with db.write() as session:
+            for name, role, user in (
+                ("admin", "admin", "root"),
+                ("user", "user", "alice"),
+                ("other_user", "user", "bob"),
+                ("agent", "agent", "agent-1"),
+            ):
+                out[name], _ = await create_token(
+                    session,
+                    user_id=user,
+                    role=role,  # type: ignore[arg-type]
+                    now=SystemClock().now(),
+                )
+    finally:
+        await db.dispose()
+    return out
+
+
+def _seed(app: FastAPI, tokens: dict[str, str]) -> str | None:
+    client = st_asgi.get_client(app)
+    agent = {"Authorization": f"Bearer {tokens['agent']}"}
+    for task_id, status in zip(KNOWN_TASKS, ("queued", "running", "running"), strict=True):
+        r = client.post(
+            "/api/tasks",
+            json={
+                "task_id": task_id,
+                "agent_type": "coder",
+                "input_message": "x",
+                "status": status,
+            },
+            headers=agent,
+        )
+        assert r.status_code == 201, r.text
+    for task_id in ("fz-running", "fz-done"):
+        r = client.post(f"/api/tasks/{task_id}/output", json={"content": "hello"}, headers=agent)
+        assert r.status_code == 200, r.text
+    r = client.patch("/api/tasks/fz-done", json={"status": "completed"}, headers=agent)
+    assert r.status_code == 200, r.text
+    r = client.post(
+        "/api/conversations",
+        json={"title": "alice's"},
+        headers={"Authorization": f"Bearer {tokens['user']}"},
+    )
+    if r.status_code == 201:
+        return str(r.json()["conversation_id"])
+    return None  # conversations not landed
+
+
+@pytest.fixture(scope="module")
+def target(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """One app on a fresh SQLite file, its lifespan run by schemathesis's ASGI portal."""
+    path = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
+    shutil.copyfile(sqlite_template, path)
+    backend = Backend("sqlite", f"sqlite+aiosqlite:///{path}", None, "fuzz:")
+    tokens = run_sync(_tokens(backend.database_url))
+    app = create_app(backend.settings(log_level="WARNING"))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    conversation = _seed(app, tokens)
+    known: dict[str, list[str]] = {"task_id": list(KNOWN_TASKS), "name": ["coder"]}
+    if conversation is not None:
+        known["conversation_id"] = [conversation]
+    routes = {
+        (method, route.path_format): route for route in api_routes(app) for method in route.methods
+    }
+    yield Target(app, schema, tokens, known, conversation, routes)
+    total = {role: sum(c.values()) for role, c in sorted(target_counts(app).items())}
+    print(f"\nschema fuzz: examples per role {total}")
+    st_asgi.shutdown_lifespans()
+
+
+_COUNTS: dict[int, dict[str, Counter[str]]] = {}
+
+
+def target_counts(app: FastAPI) -> dict[str, Counter[str]]:
+    return _COUNTS.setdefault(id(app), {})
+
+
+def _strategy(target: Target, operation: Any, mode: GenerationMode) -> Any:
+    names = [p.name for p in operation.path_parameters]
+    strategies = [operation.as_strategy(generation_mode=mode)]
+    is_stream = operation.path.endswith("/stream")
+    for name in names:
+        values = target.known.get(name, [])
+        if is_stream:
+            values = [v for v in values if v == "fz-done"]  # a live stream never ends
+        for value in values:
+            strategies.append(
+                operation.as_strategy(generation_mode=mode, path_parameters={name: value})
+            )
+    return st.one_of(strategies)
+
+
+def _check_access(target: Target, role: str, case: Any, route: Any, status: int) -> None:
+    needs_token, roles = route_access(route)
+    where = f"{case.operation.label} as {role}: {status}"
+    if role == "anonymous" and needs_token:
+        assert status in (400, 401, 413, 422), where  # body parsing precedes auth
+        return
+    effective = "user" if role == "other_user" else role
+    if needs_token and effective not in roles:
+        assert not 200 <= status < 300, f"role {role} got through: {where}"
+    if (
+        role == "other_user"
+        and target.alice_conversation is not None
+        and target.alice_conversation in (case.path_parameters or {}).values()
+    ):
+        assert not 200 <= status < 300, f"another user's conversation answered: {where}"
+
+
+def _runner(
+    target: Target,
+    role: str,
+    operation: Any,
+    route: Any,
+    mode: GenerationMode,
+    counts: Counter[str],
+) -> Any:
+    headers = {} if role == "anonymous" else {"Authorization": f"Bearer {target.tokens[role]}"}
+    timeout = 2 if operation.path.endswith("/stream") else 15
+
+    share = EXAMPLES - EXAMPLES * 2 // 5 if mode == GenerationMode.POSITIVE else EXAMPLES * 2 // 5
+    if role in ("anonymous", "other_user"):
+        share = max(1, share // 2)
+
+    @hsettings(
+        max_examples=share,
+        derandomize=not RANDOMIZE,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=_strategy(target, operation, mode))
+    def run(case: Any) -> None:
+        counts[operation.label] += 1
+        response = case.call(headers=headers, timeout=timeout)
+        case.validate_response(response, checks=CHECKS, headers=headers)
+        _check_access(target, role, case, route, response.status_code)
+
+    if RANDOMIZE:
+        run = seed(int.from_bytes(os.urandom(4), "big"))(run)
+    return run
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_operation_conforms_and_respects_roles(target: Target, role: str) -> None:
+    operations = [result.ok() for result in target.schema.get_all_operations()]
+    assert len(operations) >= 10
+    counts = target_counts(target.app).setdefault(role, Counter())
+    failures: list[str] = []
+    for operation in operations:
+        route = target.routes[(operation.method.upper(), operation.path)]
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            try:
+                _runner(target, role, operation, route, mode, counts)()
+            except Unsatisfiable:
+                assert mode == GenerationMode.NEGATIVE  # nothing to negate: no parameters
+            except Exception as exc:  # collect every operation's failure, then fail once
+                failures.append(f"--- {operation.label} [{mode.value}] as {role}\n{exc}")
+    assert not failures, "\n\n".join(failures)[:20_000]
+    assert sum(counts.values()) >= len(operations)
