@@ -6,7 +6,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -82,6 +82,9 @@ class Settings(BaseSettings):
 
     # --- integrations -------------------------------------------------------------------
     webhook_create_tasks: bool = True
+    # Key that seals webhook secrets in the database (HMAC-SHA256 keystream + tag). Unset:
+    # a built-in key, which keeps secrets out of logs and dumps but is not encryption.
+    webhook_secrets_key: SecretStr | None = None
     webhook_max_body_bytes: int = Field(1024 * 1024, ge=1)
     slack_timestamp_tolerance_seconds: int = Field(300, ge=1)
     oauth_expiring_soon_days: float = Field(7.0, ge=0)

@@ -24,6 +24,7 @@ from dashboard_api.schemas.webhooks import (
     event_public,
 )
 from dashboard_api.services import webhooks as service
+from dashboard_api.services.secrets_box import box_key
 from dashboard_api.timeutil import UtcDateTime
 
 router = APIRouter(
@@ -124,7 +125,9 @@ async def update_config(
     """Enable or disable a provider, set or (with `null`) unset its secret."""
     service.require_source(source)
     async with ctx.db.write() as session:
-        return await service.update_config(session, source=source, body=body, now=ctx.clock.now())
+        return await service.update_config(
+            session, source=source, body=body, key=box_key(ctx.settings), now=ctx.clock.now()
+        )
 
 
 async def _read_body(request: Request, limit: int) -> tuple[bytes, bool, int]:
@@ -179,6 +182,7 @@ async def receive(ctx: CtxDep, source: SourcePath, request: Request) -> Any:
             slack_tolerance_seconds=settings.slack_timestamp_tolerance_seconds,
             create_tasks=settings.webhook_create_tasks,
             agent_type=settings.default_agent_type,
+            key=box_key(settings),
             prices=ctx.prices,
         )
     if outcome.problem is not None:

@@ -10,8 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Select, and_, case, func, select
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import ColumnElement, Select, case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import lock_for_update, upsert
@@ -30,6 +29,7 @@ from dashboard_api.schemas.webhooks import (
     event_public,
 )
 from dashboard_api.services.pricing import PriceTable
+from dashboard_api.services.secrets_box import seal, unseal
 from dashboard_api.services.tasks import register_task
 
 RECEIVE_PATH = "/api/webhooks/{source}/receive"
@@ -40,7 +40,8 @@ _MAX_TEXT = 255
 # Delivery ids are unique per provider among successful deliveries only (partial index).
 _DELIVERY_CONFLICT: dict[str, Any] = {
     "index_elements": [WebhookEvent.source, WebhookEvent.delivery_id],
-    "index_where": and_(WebhookEvent.status == "success", WebhookEvent.delivery_id.is_not(None)),
+    # Literal SQL: PostgreSQL matches the partial index by its predicate, not by parameters.
+    "index_where": text("status = 'success' AND delivery_id IS NOT NULL"),
 }
 
 
@@ -92,7 +93,7 @@ def _config_public(
     return WebhookConfigPublic(
         source=source,
         enabled=row.enabled if row is not None else True,
-        configured=bool(row is not None and row.secret),
+        configured=row is not None and row.sealed_secret is not None,
         receive_path=RECEIVE_PATH.format(source=source),
         last_received_at=last,
         events_24h=stats.total,
@@ -101,7 +102,7 @@ def _config_public(
 
 
 async def update_config(
-    session: AsyncSession, *, source: str, body: WebhookConfigUpdate, now: datetime
+    session: AsyncSession, *, source: str, body: WebhookConfigUpdate, key: bytes, now: datetime
 ) -> WebhookConfigPublic:
     """Set `enabled` and/or the secret (`null` unsets it); fields left out stay."""
     require_source(source)
@@ -117,14 +118,10 @@ async def update_config(
     if "enabled" in fields and body.enabled is not None:
         row.enabled = body.enabled
     if "secret" in fields:
-        row.secret = body.secret.get_secret_value() if body.secret is not None else None
+        secret = body.secret
+        row.sealed_secret = seal(secret.get_secret_value(), key) if secret is not None else None
     row.updated_at = now
-    try:
-        await session.flush()
-    except sa_exc.StatementError as exc:
-        # The statement's parameters hold the secret (sealed, but keep them out anyway).
-        exc.hide_parameters = True
-        raise
+    await session.flush()
     (public,) = [c for c in await list_configs(session, now=now) if c.source == source]
     return public
 
@@ -263,6 +260,7 @@ async def receive(
     slack_tolerance_seconds: int,
     create_tasks: bool,
     agent_type: str,
+    key: bytes,
     prices: PriceTable,
 ) -> ReceiveOutcome:
     """Verify and record one delivery (failures too); may create a task from it.
@@ -275,13 +273,18 @@ async def receive(
     try:
         if not complete:
             raise PayloadTooLarge(f"The body is over {max_body_bytes} bytes.")
-        if config is None or not config.secret:
+        if config is None or config.sealed_secret is None:
             raise Forbidden(f"The {source} webhook has no secret configured.")
+        secret = unseal(config.sealed_secret, key)
+        if secret is None:
+            raise Forbidden(
+                f"The {source} webhook secret cannot be read with this key; set it again."
+            )
         if not config.enabled:
             raise Forbidden(f"The {source} webhook is disabled.")
         verified = verify_delivery(
             source,
-            secret=config.secret,
+            secret=secret,
             headers=headers,
             body=body,
             now=now,

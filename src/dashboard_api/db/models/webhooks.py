@@ -2,52 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Boolean, CheckConstraint, Index, Integer, String, Text, text
-from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
 
 from dashboard_api.db.base import Base, JSONDoc
 
 WEBHOOK_SOURCES = ("github", "jira", "slack")
 WEBHOOK_STATUSES = ("success", "failed")
-
-
-class SealedText(TypeDecorator[str]):
-    """A secret kept out of SQL logs and result-row dumps.
-
-    The column holds `b64:<base64>`, so the clear value never appears as a bind parameter
-    or a raw row (SQLAlchemy logs both at INFO/DEBUG). This is not encryption: whoever can
-    read the database can read the secret, which HMAC verification needs in clear.
-    """
-
-    impl = Text
-    cache_ok = True
-    _PREFIX = "b64:"
-
-    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
-        if value is None:
-            return None
-        return self._PREFIX + base64.b64encode(value.encode()).decode("ascii")
-
-    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
-        if value is None:
-            return None
-        if value.startswith(self._PREFIX):
-            return base64.b64decode(value[len(self._PREFIX) :]).decode()
-        return value
-
-    def process_literal_param(self, value: str | None, dialect: Dialect) -> str:
-        # Never render a secret into SQL text (e.g. in an offline migration dump).
-        raise NotImplementedError("secrets are never rendered as SQL literals")
-
-    @property
-    def python_type(self) -> type[str]:
-        return str
 
 
 class WebhookConfig(Base):
@@ -58,7 +22,9 @@ class WebhookConfig(Base):
 
     source: Mapped[str] = mapped_column(String(16), primary_key=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    secret: Mapped[str | None] = mapped_column(SealedText)
+    # The secret sealed by services/secrets_box (never the clear value, so that neither SQL
+    # logs nor database dumps show it).
+    sealed_secret: Mapped[str | None] = mapped_column("secret", Text)
     updated_at: Mapped[datetime]
 
     def __repr__(self) -> str:  # the default would be harmless, but be explicit

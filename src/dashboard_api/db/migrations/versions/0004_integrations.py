@@ -32,7 +32,7 @@ def upgrade() -> None:
         "webhook_configs",
         sa.Column("source", sa.String(length=16), nullable=False),
         sa.Column("enabled", sa.Boolean(), nullable=False),
-        # SealedText in the model: base64 text, never the clear secret.
+        # Sealed (services/secrets_box.py), never the clear secret.
         sa.Column("secret", sa.Text(), nullable=True),
         sa.Column("updated_at", _TS, nullable=False),
         sa.CheckConstraint(
