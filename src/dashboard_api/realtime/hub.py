@@ -168,11 +168,13 @@ class TaskSubscription(Subscription):
         self._resync = False
         self._pending_state: TaskState | None = None
         self.state: TaskState | None = None
+        self._need_at = 0.0  # reads must start after this (loop time) to be of use
 
     async def open(self) -> TaskState | None:
         """Register live (buffering) first, then read the task; None when there is none."""
         await self.hub.attach(self)
-        state = await self.hub.history.task_state(self.task_id)
+        self._need_at = asyncio.get_running_loop().time()
+        state = await self.hub.task_state(self.task_id, self._need_at)
         if state is None:
             await self.close()
             return None
@@ -204,13 +206,17 @@ class TaskSubscription(Subscription):
         if verdict == _SEND:
             self.sink.offer(event)
         elif verdict == _GAP:
+            # Events published by concurrent writers can arrive out of commit order:
+            # give the missing ones a moment to arrive before asking the database.
             self._buffer.append(event)
-            self._run_sync(read_db=True)
+            self._need_at = asyncio.get_running_loop().time()
+            self._run_sync(read_db=False, gap_wait=self.hub.gap_wait)
 
     def resync(self, *, with_state: bool = True) -> None:
         """Fill from the database what the broker may have missed (after an outage)."""
         if not self.active or self.state is None:
             return
+        self._need_at = asyncio.get_running_loop().time()
         if self._syncing:
             self._resync = True
             return
@@ -219,6 +225,7 @@ class TaskSubscription(Subscription):
     def _buffer_event(self, event: OutEvent) -> None:
         self._buffer.append(event)
         if len(self._buffer) > self.hub.buffer_limit:
+            self._need_at = asyncio.get_running_loop().time()
             # Everything of type task_output is in the database: drop it here, read it there.
             self._buffer = deque(e for e in self._buffer if e.type != "task_output")
             self._buffer_dropped = True
@@ -252,31 +259,44 @@ class TaskSubscription(Subscription):
 
     # --- sync ---------------------------------------------------------------------------
 
-    def _run_sync(self, *, read_db: bool, with_state: bool = False) -> None:
+    def _run_sync(self, *, read_db: bool, with_state: bool = False, gap_wait: float = 0) -> None:
         self._syncing = True
-        self._sync_task = asyncio.create_task(self._sync(read_db, with_state))
+        self._sync_task = asyncio.create_task(self._sync(read_db, with_state, gap_wait))
         self.hub.track(self._sync_task)
 
-    async def _sync(self, read_db: bool, with_state: bool) -> None:
-        try:
-            await self._sync_loop(read_db, with_state)
-        except SinkClosed:
-            self._syncing = False
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("sync of %s failed; closing the subscriber", self.channel)
-            self._syncing = False
-            if isinstance(self.sink, QueueSink):
-                self.sink.on_overflow()
+    async def _sync(self, read_db: bool, with_state: bool, gap_wait: float) -> None:
+        attempt = 0
+        while True:
+            try:
+                if gap_wait:
+                    await asyncio.sleep(gap_wait)
+                    gap_wait = 0
+                await self._sync_loop(read_db, with_state)
+                return
+            except SinkClosed:
+                self._syncing = False
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                attempt += 1
+                if attempt > 3 or not self.active:
+                    log.exception("sync of %s failed; closing the subscriber", self.channel)
+                    self._syncing = False
+                    if isinstance(self.sink, QueueSink):
+                        self.sink.on_overflow()
+                    return
+                log.warning("sync of %s failed; retrying", self.channel, exc_info=True)
+                read_db = with_state = True
+                await asyncio.sleep(0.1 * 2**attempt)
 
     async def _sync_loop(self, read_db: bool, with_state: bool) -> None:
-        history = self.hub.history
+        history = self.hub
         forced_seq = -1
         while True:
             if with_state:
                 with_state = False
-                state = await history.task_state(self.task_id)
+                state = await history.task_state(self.task_id, self._need_at)
                 if state is not None and state.ended and not self.ended:
                     self._pending_state = state
             if read_db:
@@ -284,7 +304,7 @@ class TaskSubscription(Subscription):
                 self._buffer_dropped = False
                 while self.active:
                     chunks = await history.chunks_after(
-                        self.task_id, self.last_sent, self.hub.replay_page
+                        self.task_id, self.last_sent, self.hub.replay_page, self._need_at
                     )
                     for chunk in chunks:
                         if chunk["seq"] <= self.last_sent:
@@ -308,6 +328,7 @@ class TaskSubscription(Subscription):
                 read_db = True
                 with_state = True
                 continue
+            self._order_buffer()
             while self._buffer:
                 event = self._buffer[0]
                 # A gap that the database could not fill (it never should) is crossed
@@ -328,6 +349,18 @@ class TaskSubscription(Subscription):
             self._syncing = False  # no await since the buffer was seen empty
             return
 
+    def _order_buffer(self) -> None:
+        """Put buffered output events in seq order (other events keep their places)."""
+        buf = self._buffer
+        slots = [i for i, e in enumerate(buf) if e.type == "task_output"]
+        if len(slots) < 2:
+            return
+        outputs = sorted((buf[i] for i in slots), key=lambda e: int(e.payload.get("seq") or 0))
+        items = list(buf)
+        for i, e in zip(slots, outputs, strict=True):
+            items[i] = e
+        self._buffer = deque(items)
+
     async def close(self) -> None:
         self.active = False
         task = self._sync_task
@@ -346,9 +379,14 @@ class Hub:
         *,
         replay_page: int = 500,
         buffer_limit: int = 1000,
+        gap_wait: float = 0.05,
+        db_concurrency: int = 4,
     ) -> None:
         self.broker = broker
         self.history = history
+        self.gap_wait = gap_wait
+        self._db_slots = asyncio.Semaphore(db_concurrency)
+        self._reads: dict[tuple[Any, ...], tuple[asyncio.Future[Any], float]] = {}
         self.replay_page = replay_page
         self.buffer_limit = buffer_limit
         self.connections: set[object] = set()
@@ -357,6 +395,8 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.events_received = 0
         self.publish_failures = 0
+        self._dirty: list[Any] = []
+        self._flush_scheduled = False
         broker.set_handler(self.on_message)
         broker.on_reconnect(self.resync_all)
 
@@ -367,6 +407,53 @@ class Hub:
     @property
     def connection_count(self) -> int:
         return len(self.connections)
+
+    async def _shared(
+        self, key: tuple[Any, ...], make: Callable[[], Awaitable[Any]], not_before: float
+    ) -> Any:
+        """One database read for every subscription that asks the same thing at once.
+
+        A caller joins a read in flight only if that read started at or after
+        `not_before` (when the caller knew what it needs was committed), so that sharing
+        never hands out an answer older than the caller may accept.
+        """
+        loop = asyncio.get_running_loop()
+        entry = self._reads.get(key)
+        if entry is None or entry[1] < not_before:
+
+            async def run() -> Any:
+                async with self._db_slots:
+                    return await make()
+
+            started = loop.time()
+            fut = asyncio.ensure_future(run())
+            entry = (fut, started)
+            self._reads[key] = entry
+
+            def forget(_: object, key: tuple[Any, ...] = key, entry: Any = entry) -> None:
+                if self._reads.get(key) is entry:
+                    del self._reads[key]
+
+            fut.add_done_callback(forget)
+        return await asyncio.shield(entry[0])
+
+    async def task_state(self, task_id: str, not_before: float) -> TaskState | None:
+        """The task's state (reads shared between concurrent callers)."""
+        result: TaskState | None = await self._shared(
+            ("state", task_id), lambda: self.history.task_state(task_id), not_before
+        )
+        return result
+
+    async def chunks_after(
+        self, task_id: str, after_seq: int, limit: int, not_before: float
+    ) -> list[dict[str, Any]]:
+        """Stored chunks after a seq (reads shared between concurrent callers)."""
+        result: list[dict[str, Any]] = await self._shared(
+            ("chunks", task_id, after_seq, limit),
+            lambda: self.history.chunks_after(task_id, after_seq, limit),
+            not_before,
+        )
+        return result
 
     def track(self, task: asyncio.Task[Any]) -> None:
         """Keep a reference to a background task until it ends."""
@@ -400,6 +487,22 @@ class Hub:
             del self._channels[sub.channel]
             self._ready.pop(sub.channel, None)
             await self.broker.unsubscribe(sub.channel)
+
+    def mark_dirty(self, sink: Any) -> None:
+        """Have `sink.flush()` called once at the end of this loop iteration."""
+        self._dirty.append(sink)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for sink in dirty:
+            try:
+                sink.flush()
+            except Exception:
+                log.exception("flushing a socket failed")
 
     def on_message(self, channel: str, data: bytes) -> None:
         """A broker message: parse once, offer to every local subscriber of the channel."""

@@ -25,15 +25,35 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
+def _find_protocol(send: Any, depth: int = 0) -> Any:
+    """The uvicorn protocol behind an ASGI `send`, through middleware wrappers (closures)."""
+    if send is None or depth > 8:
+        return None
+    owner = getattr(send, "__self__", None)
+    if owner is not None and type(owner).__name__ == "WebSocketsSansIOProtocol":
+        return owner
+    for cell in getattr(send, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            continue
+        if callable(value):
+            found = _find_protocol(value, depth + 1)
+            if found is not None:
+                return found
+    wrapped = getattr(send, "__wrapped__", None)
+    return _find_protocol(wrapped, depth + 1) if wrapped is not None else None
+
+
 def _direct_protocol(websocket: WebSocket) -> Any:
     """uvicorn's sans-I/O WebSocket protocol when frames can be written to it directly.
 
     That is the case when no extension (compression) was negotiated: then an event's frame
     is the same bytes for every subscriber, made once and written to each transport.
+    Middleware that wraps `send` only sees the accept and close messages then.
     """
-    send = getattr(websocket, "_send", None)
-    proto = getattr(send, "__self__", None)
-    if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
+    proto = _find_protocol(getattr(websocket, "_send", None))
+    if proto is None:
         return None
     conn = getattr(proto, "conn", None)
     transport = getattr(proto, "transport", None)
@@ -56,6 +76,7 @@ class Connection(QueueSink):
         self.subscriptions: dict[str, Subscription] = {}
         self.close_code: int | None = None
         self._proto = _direct_protocol(websocket)
+        self._pending: list[bytes] = []
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
@@ -75,16 +96,33 @@ class Connection(QueueSink):
         if self.closed:
             return False
         if self._can_write_now():
-            # The queue is empty and the socket takes data: write the shared frame now.
-            self._proto.transport.write(event.frame)
+            # The queue is empty and the socket takes data: the shared frame goes out at
+            # the end of this loop iteration, with any others for this socket (one write).
+            pending = self._pending
+            if not pending:
+                self.hub.mark_dirty(self)
+            pending.append(event.frame)
             return True
         return super().offer(event)
 
     async def put(self, event: OutEvent) -> None:
         if self._can_write_now():
+            # Replays write at once, so that the transport's flow control applies.
+            self.flush()
             self._proto.transport.write(event.frame)
             return
         await super().put(event)
+
+    def flush(self) -> None:
+        """Write the frames gathered in this loop iteration."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        proto = self._proto
+        if self.closed or proto is None or proto.close_sent or proto.transport.is_closing():
+            return
+        proto.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def on_overflow(self) -> None:
         if self.closed:
@@ -131,6 +169,7 @@ class Connection(QueueSink):
                     await proto.writable.wait()
                     if self.closed or proto.close_sent or proto.transport.is_closing():
                         return
+                    self.flush()
                     frames = [e.frame for e in self.queue]
                     self.queue.clear()
                     self._note_room()

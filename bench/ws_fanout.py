@@ -1,0 +1,539 @@
+"""WebSocket fan-out benchmark: one replica (real uvicorn) on PostgreSQL + Redis, loopback.
+
+    python -m bench.ws_fanout [--subscribers 1000] [--rate 200] [--seconds 20]
+
+Scenario `one-channel`: N subscribers on one `task:{id}` channel while a producer appends
+output through the HTTP API at `rate` chunks/s. Scenario `many-channels`: N subscribers on
+N task channels (one each), the same total rate spread round-robin over the tasks.
+
+Latency is end-to-end: from just before the producer's POST (timestamp in the chunk) to
+the moment a subscriber's frame is parsed. Every subscriber checks its seqs: a message
+lost (or repeated) shows up as a gap. Subscribers run in a separate process with a
+minimal WebSocket client (asyncio protocol), so that the client side is not the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from array import array
+from typing import Any
+
+import orjson
+
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+# --- subscriber side (a child process) ----------------------------------------------------
+
+
+class WsClient(asyncio.Protocol):
+    """A minimal WebSocket client: text frames in, pongs out, seq and latency bookkeeping."""
+
+    def __init__(self, path: str, host: str, channel: str, stats: Stats) -> None:
+        self.path = path
+        self.host = host
+        self.channel = channel
+        self.stats = stats
+        self.buf = bytearray()
+        self.open = False
+        self.transport: asyncio.Transport | None = None
+        self.subscribed = asyncio.get_running_loop().create_future()
+        self.last_seq = 0
+        self.count = 0
+        self.gaps = 0
+        self.dups = 0
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(
+            (
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+
+    def send_text(self, text: bytes) -> None:
+        mask = os.urandom(4)
+        n = len(text)
+        if n < 126:
+            header = bytes([0x81, 0x80 | n])
+        else:
+            header = bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+        assert self.transport is not None
+        self.transport.write(header + mask + masked)
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert self.transport is not None
+        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if not self.open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if b" 101 " not in buf[:end]:
+                raise RuntimeError(bytes(buf[:end]).decode())
+            del buf[: end + 4]
+            self.open = True
+            self.send_text(orjson.dumps({"type": "subscribe", "channel": self.channel}))
+        now = time.time()
+        pos = 0
+        size = len(buf)
+        while size - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            n = b1 & 0x7F
+            hdr = 2
+            if n == 126:
+                if size - pos < 4:
+                    break
+                n = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                hdr = 4
+            elif n == 127:
+                if size - pos < 10:
+                    break
+                n = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                hdr = 10
+            if size - pos < hdr + n:
+                break
+            payload = bytes(buf[pos + hdr : pos + hdr + n])
+            pos += hdr + n
+            opcode = b0 & 0x0F
+            if opcode == 1:
+                self.on_message(payload, now)
+            elif opcode == 9:
+                self._control(0xA, payload)
+            elif opcode == 8:
+                self.stats.closed += 1
+        del buf[:pos]
+
+    def on_message(self, payload: bytes, now: float) -> None:
+        msg = orjson.loads(payload)
+        kind = msg.get("type")
+        if kind == "task_output":
+            seq = msg["seq"]
+            if seq <= self.last_seq:
+                self.dups += 1
+                return
+            if seq != self.last_seq + 1:
+                self.gaps += seq - self.last_seq - 1
+            self.last_seq = seq
+            self.count += 1
+            sent = float(msg["content"].split("|", 1)[0])
+            self.stats.latencies.append((now - sent) * 1000)
+            self.stats.received += 1
+            self.stats.last_receive = now
+            if self.count >= self.stats.expected_per_client and not self.done:
+                self.done = True
+                self.stats.finished += 1
+                if self.stats.finished >= self.stats.clients:
+                    self.stats.all_done.set()
+        elif kind == "subscribed" and not self.subscribed.done():
+            self.subscribed.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stats.closed += 1
+        if not self.subscribed.done():
+            self.subscribed.set_exception(ConnectionError("closed before subscribed"))
+
+
+class Stats:
+    def __init__(self, clients: int, expected_per_client: int) -> None:
+        self.clients = clients
+        self.expected_per_client = expected_per_client
+        self.latencies: array[float] = array("d")
+        self.received = 0
+        self.finished = 0
+        self.closed = 0
+        self.last_receive = 0.0
+        self.all_done = asyncio.Event()
+
+
+async def run_subscribers(args: argparse.Namespace) -> None:
+    channels: list[str] = json.loads(args.channels)
+    stats = Stats(len(channels), args.expected)
+    loop = asyncio.get_running_loop()
+    clients: list[WsClient] = []
+    path = f"/ws?token={args.token}"
+    sem = asyncio.Semaphore(100)
+
+    async def connect(channel: str) -> None:
+        async with sem:
+            _, proto = await loop.create_connection(
+                lambda: WsClient(path, f"127.0.0.1:{args.port}", channel, stats),
+                "127.0.0.1",
+                args.port,
+            )
+            clients.append(proto)
+            await asyncio.wait_for(proto.subscribed, 30)
+
+    await asyncio.gather(*(connect(ch) for ch in channels))
+    print("READY", flush=True)
+    # Wait for everything, or give up some time after the producer said it was done.
+    deadline_task = asyncio.create_task(_wait_stdin_done(args.grace))
+    done_task = asyncio.create_task(stats.all_done.wait())
+    await asyncio.wait({deadline_task, done_task}, return_when=asyncio.FIRST_COMPLETED)
+    lat = sorted(stats.latencies)
+
+    def pct(p: float) -> float | None:
+        if not lat:
+            return None
+        return lat[min(len(lat) - 1, max(0, int(p * len(lat) + 0.999999) - 1))]
+
+    result = {
+        "received": stats.received,
+        "expected": stats.expected_per_client * len(channels),
+        "gaps": sum(c.gaps for c in clients),
+        "duplicates": sum(c.dups for c in clients),
+        "incomplete_clients": sum(1 for c in clients if c.count < args.expected),
+        "closed": stats.closed,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": lat[-1] if lat else None,
+        "last_receive": stats.last_receive,
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+    for c in clients:
+        if c.transport is not None:
+            c.transport.close()
+
+
+async def _wait_stdin_done(grace: float) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line or line.strip() == b"DONE":
+            break
+    await asyncio.sleep(grace)
+
+
+# --- orchestration --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _pg(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _produce(
+    port: int, token: str, task_ids: list[str], rate: float, seconds: float, batch: int
+) -> tuple[float, float, int]:
+    """POST `rate` chunks/s, `batch` chunks per request, round-robin over the tasks."""
+    import httpx
+
+    total = int(rate * seconds)
+    requests = (total + batch - 1) // batch
+    req_rate = rate / batch
+    headers = {"Authorization": f"Bearer {token}"}
+    start = time.perf_counter() + 0.2
+    sent = 0
+    errors = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal sent, errors
+        while True:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            due = start + i / req_rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task_id = task_ids[i % len(task_ids)]
+            n = min(batch, total - i * batch)
+            stamp = f"{time.time():.6f}"
+            body = {"chunks": [{"content": f"{stamp}|chunk {i}.{k}"} for k in range(n)]}
+            r = await client.post(f"/api/tasks/{task_id}/output", json=body)
+            if r.status_code != 200:
+                errors += 1
+            sent += 1
+
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers=headers, limits=limits, timeout=30
+    ) as client:
+        t0 = time.time()
+        await asyncio.gather(*(worker(client) for _ in range(8)))
+        t1 = time.time()
+    return t0, t1, errors
+
+
+async def scenario(
+    name: str,
+    port: int,
+    tokens: dict[str, str],
+    subscribers: int,
+    channels: int,
+    rate: float,
+    seconds: float,
+    batch: int,
+) -> dict[str, Any]:
+    import httpx
+
+    run = uuid.uuid4().hex[:8]
+    task_ids = [f"bench-{run}-{i}" for i in range(channels)]
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Bearer {tokens['agent']}"},
+        timeout=30,
+    ) as client:
+        for chunk in range(0, len(task_ids), 50):
+            await asyncio.gather(
+                *(
+                    client.post(
+                        "/api/tasks",
+                        json={
+                            "task_id": t,
+                            "agent_type": "bench",
+                            "input_message": "bench",
+                            "status": "running",
+                        },
+                    )
+                    for t in task_ids[chunk : chunk + 50]
+                )
+            )
+    total = int(rate * seconds)
+    per_channel = total // channels
+    sub_channels = [f"task:{task_ids[i % channels]}" for i in range(subscribers)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.ws_fanout",
+        "--role",
+        "subscribers",
+        "--port",
+        str(port),
+        "--token",
+        tokens["user"],
+        "--channels",
+        json.dumps(sub_channels),
+        "--expected",
+        str(per_channel),
+        "--grace",
+        "15",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    if line.strip() != b"READY":
+        raise RuntimeError(f"subscribers failed: {line!r}")
+    t0, t1, errors = await _produce(port, tokens["agent"], task_ids, rate, seconds, batch)
+    proc.stdin.write(b"DONE\n")
+    await proc.stdin.drain()
+    result: dict[str, Any] = {}
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        if not line:
+            break
+        if line.startswith(b"RESULT "):
+            result = json.loads(line[7:])
+            break
+    await proc.wait()
+    window = max(result.get("last_receive", t1), t1) - t0
+    lost = result["expected"] - result["received"]
+    return {
+        "scenario": name,
+        "subscribers": subscribers,
+        "channels": channels,
+        "published": total,
+        "chunks_per_post": batch,
+        "publish_errors": errors,
+        "publish_rate_achieved": round(total / (t1 - t0), 1),
+        "delivered": result["received"],
+        "expected": result["expected"],
+        "lost": lost,
+        "gaps": result["gaps"],
+        "duplicates": result["duplicates"],
+        "delivered_per_s": round(result["received"] / window, 1),
+        "latency_p50_ms": _r(result["p50_ms"]),
+        "latency_p99_ms": _r(result["p99_ms"]),
+        "latency_max_ms": _r(result["max_ms"]),
+        "closed_connections": result["closed"],
+    }
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
+async def main(args: argparse.Namespace) -> None:
+    from dashboard_api.db.engine import Database
+    from dashboard_api.db.migrate import upgrade_to_head
+    from dashboard_api.services.tokens import create_token
+    from dashboard_api.timeutil import SystemClock
+
+    dbname = f"dash_bench_ws_{os.getpid()}"
+    await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    await _pg(f'CREATE DATABASE "{dbname}"')
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    db_url = f"{base}/{dbname}"
+    prefix = f"dashbench:{uuid.uuid4().hex[:8]}:"
+    port = _free_port()
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        await asyncio.to_thread(upgrade_to_head, db_url)
+        db = Database(db_url)
+        tokens: dict[str, str] = {}
+        async with db.write() as session:
+            for role in ("user", "agent"):
+                tokens[role], _ = await create_token(
+                    session, user_id=f"bench-{role}", role=role, now=SystemClock().now()
+                )
+        await db.dispose()
+        env = {
+            **os.environ,
+            "DASHBOARD_DATABASE_URL": db_url,
+            "DASHBOARD_REDIS_URL": REDIS_URL,
+            "DASHBOARD_REDIS_PREFIX": prefix,
+            "DASHBOARD_LOG_LEVEL": "WARNING",
+        }
+        profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                *profile,
+                "-m",
+                "uvicorn",
+                "dashboard_api.app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "--ws-per-message-deflate",
+                "false",
+            ],
+            env=env,
+        )
+        import httpx
+
+        async with httpx.AsyncClient() as http:
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"http://127.0.0.1:{port}/api/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+        results = []
+        if args.scenario in ("all", "one-channel"):
+            results.append(
+                await scenario(
+                    "one-channel",
+                    port,
+                    tokens,
+                    args.subscribers,
+                    1,
+                    args.rate,
+                    args.seconds,
+                    args.batch,
+                )
+            )
+            print(json.dumps(results[-1]), flush=True)
+        if args.scenario in ("all", "many-channels"):
+            results.append(
+                await scenario(
+                    "many-channels",
+                    port,
+                    tokens,
+                    args.subscribers,
+                    args.subscribers,
+                    args.rate,
+                    args.seconds,
+                    1,
+                )
+            )
+            print(json.dumps(results[-1]), flush=True)
+        _table(results)
+    finally:
+        if server is not None:
+            server.send_signal(2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(10)
+        await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def _table(results: list[dict[str, Any]]) -> None:
+    cols = [
+        "scenario",
+        "subscribers",
+        "channels",
+        "published",
+        "delivered",
+        "lost",
+        "delivered_per_s",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "latency_max_ms",
+    ]
+    print("\n| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in results:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--role", default="main", choices=["main", "subscribers"])
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--batch", type=int, default=5, help="chunks per POST in the one-channel scenario"
+    )
+    parser.add_argument(
+        "--scenario", default="all", choices=["all", "one-channel", "many-channels"]
+    )
+    # subscriber-process arguments
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", default="")
+    parser.add_argument("--channels", default="[]")
+    parser.add_argument("--expected", type=int, default=0)
+    parser.add_argument("--grace", type=float, default=15.0)
+    args = parser.parse_args()
+    if args.role == "subscribers":
+        asyncio.run(run_subscribers(args))
+    else:
+        asyncio.run(main(args))
+
+
+if __name__ == "__main__":
+    cli()
