@@ -79,8 +79,12 @@ def serve(
     if token is not None:
         typer.echo("No admin token existed, so one was created. It is shown only this once:")
         typer.echo(f"  admin token: {token}")
+        sys.stdout.flush()  # visible at once even when stdout is a pipe
     if demo:
         os.environ["DASHBOARD_DEMO"] = "true"
+    from dashboard_api.observability.logging import configure_logging
+
+    configure_logging(settings)
     uvicorn.run(
         "dashboard_api.app:create_app",
         factory=True,
@@ -90,6 +94,9 @@ def serve(
         log_level=settings.log_level.lower(),
         proxy_headers=True,
         ws_max_size=settings.ws_max_message_bytes + 1024,
+        # Our structured logs replace uvicorn's: its access lines would carry ?token=.
+        log_config=None,
+        access_log=False,
     )
 
 
@@ -236,6 +243,53 @@ def tail(
     except KeyboardInterrupt:
         code = 130
     raise typer.Exit(code)
+
+
+@app.command("demo-agent")
+def demo_agent(
+    agent_type: Annotated[
+        str, typer.Option(help="Agent type(s) to claim, comma-separated")
+    ] = "general",
+    url: Annotated[str, typer.Option(help="Service root")] = "http://127.0.0.1:8000",
+    token: Annotated[
+        str | None, typer.Option(help="Agent token (default: $DASHBOARD_TOKEN)")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Agent name (default: the first agent type)")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Tasks worked at once")] = 1,
+    pace: Annotated[float, typer.Option(min=0, help="Mean seconds between output lines")] = 0.4,
+) -> None:
+    """A simulated agent over HTTP: heartbeats, claims tasks, streams output, honours cancels."""
+    import os
+
+    import httpx
+
+    from dashboard_api.demo.simulator import HttpBackend, SimulatedAgent
+
+    token = token or os.environ.get("DASHBOARD_TOKEN")
+    if not token:
+        typer.echo("an agent token is needed: --token or DASHBOARD_TOKEN", err=True)
+        raise typer.Exit(2)
+    types = [t.strip() for t in agent_type.split(",") if t.strip()]
+    if not types:
+        typer.echo("--agent-type is empty", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+            agent = SimulatedAgent(
+                HttpBackend(client), name=name or types[0], agent_types=types,
+                workers=workers, pace=pace,
+            )  # fmt: skip
+            typer.echo(f"demo agent {agent.name} serving {', '.join(types)} at {url}")
+            await agent.run()
+
+    import contextlib
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
 
 
 def main() -> None:

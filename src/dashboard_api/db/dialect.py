@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, func, literal
+from sqlalchemy import ColumnElement, Select, Table, func, literal, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
@@ -55,3 +55,13 @@ def contains_ci(
     # SQLite's LIKE folds ASCII only; lower() on both sides keeps the ASCII fast path and
     # the registered casefold function covers the rest of Unicode.
     return func.dashboard_casefold(column).like(literal(pattern.casefold()), escape="\\")
+
+
+def advisory_xact_lock_sql(session: AsyncSession, key: int) -> Any:
+    """A statement that takes a lock held until the transaction ends (PostgreSQL), or None.
+
+    SQLite needs none: `Database.write()` transactions are serialized already.
+    """
+    if backend_of(session) == "postgresql":
+        return text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=key)
+    return None

@@ -62,6 +62,7 @@ def redact_value(key: str | None, value: Any) -> Any:
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: applies `redact_value` to every field of the event."""
+    event_dict.pop("color_message", None)  # uvicorn's ANSI duplicate of the message
     for key in list(event_dict):
         if key == "exception" and isinstance(event_dict[key], str):
             event_dict[key] = redact_text(event_dict[key])

@@ -1,0 +1,254 @@
+"""`dashboard-api serve` as a real process: demo mode, and `--workers` (refused or shared
+through Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import websockets
+
+from tests.agents.faults import free_port
+from tests.conftest import PG_HOST, PG_PORT, REDIS_URL, _pg_admin, require_services, run_sync
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dashboard_api", *args]
+
+
+def _env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASHBOARD_")}
+    env.update(values)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Server:
+    """A `serve` subprocess; the admin token it prints is read from its stdout."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            _cli(*args),
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.admin_token: str | None = None
+
+    async def read_token(self, timeout: float = 60) -> str:
+        assert self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await loop.run_in_executor(None, self.proc.stdout.readline)).decode()
+                if not line:
+                    raise AssertionError(f"serve exited: {self.stderr_tail()}")
+                if "admin token:" in line:
+                    self.admin_token = line.split()[-1]
+                    return self.admin_token
+
+    def stderr_tail(self) -> str:
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return "(running)"
+        return self.proc.stderr.read().decode()[-3000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+async def _wait_up(client: httpx.AsyncClient, server: Server, timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            assert server.proc.poll() is None, server.stderr_tail()
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/api/health")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+
+
+def test_workers_need_redis_and_postgresql(tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    r = subprocess.run(
+        _cli("serve", "--workers", "2"), env=_env(DASHBOARD_DATABASE_URL=db),
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert b"DASHBOARD_REDIS_URL" in r.stderr
+    r = subprocess.run(
+        _cli("serve", "--workers", "2"),
+        env=_env(DASHBOARD_DATABASE_URL=db, DASHBOARD_REDIS_URL="redis://127.0.0.1:1/0"),
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert b"PostgreSQL" in r.stderr
+    assert not (tmp_path / "x.db").exists()  # refused before touching the database
+
+
+async def test_demo_mode_runs_live_tasks(tmp_path: Path) -> None:
+    port = free_port()
+    env = _env(
+        DASHBOARD_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}",
+        DASHBOARD_DEMO_TASKS="600",
+        DASHBOARD_LOG_LEVEL="WARNING",
+    )
+    server = Server(["serve", "--demo", "--port", str(port)], env, tmp_path)
+    try:
+        token = await server.read_token()
+        headers = {"Authorization": f"Bearer {token}"}
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+            await _wait_up(client, server)
+            # Running tasks with live output (the agents stream at a human pace).
+            live: dict[str, Any] | None = None
+            async with asyncio.timeout(10):
+                while live is None:
+                    r = await client.get("/api/tasks", params={"status": "running", "per_page": 50})
+                    assert r.status_code == 200, r.text
+                    live = next((t for t in r.json()["items"] if t["output_seq"] > 0), None)
+                    await asyncio.sleep(0.2)
+            log = (await client.get(f"/api/tasks/{live['task_id']}/logs/full")).json()
+            assert log["chunks"]
+            assert log["output"]
+            # The seeded history and the other features' demo data are there.
+            listing = (await client.get("/api/tasks", params={"per_page": 1})).json()
+            assert listing["total"] >= 600
+            agents = (await client.get("/api/agents")).json()["items"]
+            assert any(a["status"] in ("online", "busy") for a in agents)
+            for path in ("/api/conversations", "/api/webhooks/events", "/api/sources"):
+                r = await client.get(path)
+                assert r.status_code == 200, (path, r.text)
+                assert r.json()["items"], path
+            oauth = (await client.get("/api/oauth/status")).json()["platforms"]
+            assert all(p["installed"] for p in oauth)
+            # Tasks end, with tokens and a cost.
+            async with asyncio.timeout(30):
+                while True:
+                    r = await client.get(
+                        "/api/tasks",
+                        params={
+                            "status": "completed",
+                            "created_after": listing["items"][0]["created_at"],
+                        },
+                    )
+                    done = [t for t in r.json()["items"] if t["output_seq"] > 0]
+                    if done:
+                        break
+                    await asyncio.sleep(0.3)
+            assert done[0]["output_tokens"] > 0
+            assert done[0]["cost_usd"] > 0
+            # A cancel request is honoured by the agent working the task.
+            r = await client.get("/api/tasks", params={"status": "running", "per_page": 50})
+            running = [t for t in r.json()["items"] if t["output_seq"] > 0]
+            if running:
+                task_id = running[0]["task_id"]
+                r = await client.post(f"/api/tasks/{task_id}/cancel")
+                if r.status_code == 200 and r.json()["status"] == "running":
+                    async with asyncio.timeout(20):
+                        while (await client.get(f"/api/tasks/{task_id}")).json()[
+                            "status"
+                        ] == "running":
+                            await asyncio.sleep(0.2)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def throwaway_pg() -> Iterator[str]:
+    require_services()
+    name = f"dash_workers_{uuid.uuid4().hex[:10]}"
+    run_sync(_pg_admin(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    run_sync(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _token(env: dict[str, str], role: str, cwd: Path) -> str:
+    r = subprocess.run(
+        _cli("token", "create", "--user", f"{role}-1", "--role", role),
+        env=env, cwd=cwd, capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    return r.stdout.decode().strip().splitlines()[-1]
+
+
+async def test_two_workers_share_events_through_redis(throwaway_pg: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = _env(
+        DASHBOARD_DATABASE_URL=throwaway_pg,
+        DASHBOARD_REDIS_URL=REDIS_URL,
+        DASHBOARD_REDIS_PREFIX=f"dashtest:{uuid.uuid4().hex[:8]}:",
+        DASHBOARD_LOG_LEVEL="WARNING",
+        DASHBOARD_RATE_LIMIT_PER_MINUTE="0",
+    )
+    server = Server(["serve", "--workers", "2", "--port", str(port)], env, tmp_path)
+    sockets: list[Any] = []
+    try:
+        await server.read_token()
+        user = await _token(env, "user", tmp_path)
+        agent = await _token(env, "agent", tmp_path)
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            await _wait_up(client, server)
+            # Open connections until both processes hold some (the kernel decides which
+            # process accepts; each replica's /api/status reports its own hub).
+            per_process: dict[str, int] = {}
+            while not (len(per_process) == 2 and all(per_process.values())):
+                assert len(sockets) < 48, per_process
+                for _ in range(4):
+                    ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws?token={user}")
+                    await ws.send(orjson.dumps({"type": "subscribe", "channel": "tasks"}).decode())
+                    reply = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                    assert reply["type"] == "subscribed", reply
+                    sockets.append(ws)
+                for _ in range(40):
+                    async with httpx.AsyncClient(base_url=base, timeout=30) as fresh:
+                        r = await fresh.get(
+                            "/api/status", headers={"Authorization": f"Bearer {user}"}
+                        )
+                    body = r.json()
+                    per_process[body["started_at"]] = body["realtime"]["connections"]
+                    if len(per_process) == 2 and all(per_process.values()):
+                        break
+            ids = [f"w-{i}" for i in range(6)]
+            for task_id in ids:
+                r = await client.post(
+                    "/api/tasks",
+                    json={"task_id": task_id, "agent_type": "coder", "input_message": "x"},
+                    headers={"Authorization": f"Bearer {agent}"},
+                )
+                assert r.status_code == 201, r.text
+            for ws in sockets:
+                seen: set[str] = set()
+                async with asyncio.timeout(15):
+                    while seen != set(ids):
+                        event = orjson.loads(await ws.recv())
+                        if event.get("type") == "task_status":
+                            seen.add(event["task_id"])
+    finally:
+        for ws in sockets:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        server.stop()
