@@ -27,8 +27,8 @@ def _https_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme.lower() != "https":
         raise ValueError("must be an https URL")
-    if not parts.hostname:
-        raise ValueError("must name a host")
+    if not parts.hostname or len(parts.hostname) > 253:
+        raise ValueError("must name a host (at most 253 characters)")
     if parts.username is not None or parts.password is not None:
         raise ValueError("must not carry credentials")
     if parts.query or parts.fragment:

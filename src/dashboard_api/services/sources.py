@@ -166,7 +166,7 @@ async def create_source(
     source = DataSource(
         source_id=new_id(),
         type=body.type,
-        name=body.name or _default_name(body.config),
+        name=body.name or _default_name(body.config)[:255],
         config=body.config.model_dump(mode="json", exclude_none=True),
         identity=identity,
         enabled=body.enabled,
