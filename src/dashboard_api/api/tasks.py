@@ -181,7 +181,7 @@ async def full_log(
     ctx: CtxDep,
     _: AnyRole,
     task_id: TaskIdPath,
-    after_seq: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     format: Literal["json", "text"] | None = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> FullLog | PlainTextResponse:

@@ -87,7 +87,43 @@ class TaskPublic(BaseModel):
     output_truncated: bool = Field(description="Whether output past the log cap was dropped.")
 
 
-class TaskCreate(ApiModel):
+def _storable_text_path(value: Any, path: str = "") -> str | None:
+    """Where `value` holds text no backend can store (NUL, lone surrogates); None if nowhere."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path or "value"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "value"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = _storable_text_path(key, f"{path}.{key!r}") or _storable_text_path(
+                item, f"{path}.{key}" if path else str(key)
+            )
+            if where:
+                return where
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if where := _storable_text_path(item, f"{path}[{i}]"):
+                return where
+    return None
+
+
+class _TaskBody(ApiModel):
+    """A producer body: strings must be storable on both backends (PostgreSQL refuses NUL)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        where = _storable_text_path(data)
+        if where:
+            raise ValueError(f"{where}: NUL characters and lone surrogates are not allowed")
+        return data
+
+
+class TaskCreate(_TaskBody):
     """Register a task (producer)."""
 
     task_id: TaskId | None = None
@@ -105,7 +141,7 @@ class TaskCreate(ApiModel):
     created_at: UtcDateTime | None = None
 
 
-class TaskUpdate(ApiModel):
+class TaskUpdate(_TaskBody):
     """Update a task (producer). Metrics are absolute values."""
 
     status: TaskStatus | None = None
@@ -126,7 +162,7 @@ class OutputChunkIn(ApiModel):
     stream: Stream = "stdout"
 
 
-class OutputAppend(ApiModel):
+class OutputAppend(_TaskBody):
     """Either one chunk (`content`, `stream`) or a batch (`chunks`)."""
 
     content: str | None = None
@@ -158,7 +194,7 @@ class OutputAppended(BaseModel):
     truncated: bool
 
 
-class TaskClaim(ApiModel):
+class TaskClaim(_TaskBody):
     agent_type: Slug | Annotated[list[Slug], Field(min_length=1, max_length=100)]
     agent: ShortText
 
