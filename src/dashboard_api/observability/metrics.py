@@ -8,7 +8,8 @@ Realtime and task figures are read at scrape time, so the hot paths pay nothing:
   `subscription_count`, `events_published`, `events_received`, `events_delivered`,
   `events_dropped`, `slow_consumer_disconnects`, `reconnects`, `publish_failures`
   (monotonic ints; a missing one reads as 0). `events_published` falls back to the
-  count this module keeps of what the database publisher was handed;
+  count this module keeps of what the database publisher was handed, and
+  `slow_consumer_disconnects` to the WebSocket sessions the middleware saw end with 1013;
 - task counts by status are refreshed by `/metrics` before rendering (one grouped
   query, cached for `metrics_cache_seconds`).
 """
@@ -78,6 +79,8 @@ class _ScrapeCollector(Collector):
             value = _read(sources, attr)
             if attr == "events_published" and not _has(sources, attr):
                 value = float(m.events_published)
+            if attr == "slow_consumer_disconnects" and not _has(sources, attr):
+                value = float(m.slow_consumer_disconnects)
             yield CounterMetricFamily(name, doc, value=value)
         if m.task_counts is not None:
             gauge = GaugeMetricFamily(
@@ -127,6 +130,7 @@ class Metrics:
         )
         self.ctx_getter: Callable[[], Any] | None = None
         self.events_published = 0
+        self.slow_consumer_disconnects = 0  # seen by the middleware (close code 1013)
         self.cache_seconds = cache_seconds
         self.task_counts: dict[str, int] | None = None
         self._task_counts_at = -1e18

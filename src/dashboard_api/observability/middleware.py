@@ -15,6 +15,7 @@ from dashboard_api.observability.logging import redact_text
 from dashboard_api.observability.metrics import UNMATCHED_ROUTE, Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
+SLOW_CONSUMER_CLOSE = 1013  # "try again later": the send queue overflowed
 # An incoming id is honoured only when it is short and plain, so that it is safe to log
 # and to echo in a header.
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -79,8 +80,19 @@ class ObservabilityMiddleware:
                 status = int(message["status"])
             await send(message)
 
+        async def receive_wrapper() -> Message:
+            nonlocal ws_close
+            message = await receive()
+            # A server-side close can also reach the app as a disconnect it injected
+            # itself (the realtime layer's fast path for slow consumers).
+            if message["type"] == "websocket.disconnect" and ws_close is None:
+                code = int(message.get("code", 1000))
+                if code == SLOW_CONSUMER_CLOSE:
+                    ws_close = code
+            return message
+
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper if kind == "websocket" else receive, send_wrapper)
         except BaseException:
             status = 500 if status is None else status
             raise
@@ -111,6 +123,8 @@ class ObservabilityMiddleware:
         else:
             outcome = "refused" if final != 101 else f"closed_{ws_close or 1000}"
             self.metrics.ws_sessions.labels(outcome).inc()
+            if ws_close == SLOW_CONSUMER_CLOSE:
+                self.metrics.slow_consumer_disconnects += 1
             access_log.info("websocket", close_code=ws_close, **fields)
 
 
