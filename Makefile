@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format typecheck pytest bench bench-tasks clean venv
+.PHONY: run test lint format typecheck pytest bench bench-tasks clean venv fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
+# On a first run (no ./dashboard.db yet and no DASHBOARD_DATABASE_URL), serve in demo mode:
+# sample data and simulated agents, so that every screen has something to show.
 run: $(STAMP)
-	$(BIN)/dashboard-api serve --host $(HOST) --port $(PORT) $(ARGS)
+	@demo=; if [ -z "$$DASHBOARD_DATABASE_URL" ] && [ ! -e dashboard.db ]; then \
+		demo=--demo; echo "First run: demo mode (sample data + simulated agents)."; fi; \
+	$(BIN)/dashboard-api serve --host $(HOST) --port $(PORT) $$demo $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -37,6 +41,15 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint pytest
+
+# hardening: a longer, randomized schemathesis round over every operation and role.
+FUZZ_EXAMPLES ?= 60
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 $(BIN)/pytest -q -s tests/hardening/test_schema_fuzz.py tests/hardening/test_ws_fuzz.py --timeout 3600
+
+# hardening: mixed load on loopback (not in CI); `make soak ARGS="--minutes 2"`.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

@@ -250,9 +250,11 @@ def demo_agent(
     agent_type: Annotated[
         str, typer.Option(help="Agent type(s) to claim, comma-separated")
     ] = "general",
-    url: Annotated[str, typer.Option(help="Service root")] = "http://127.0.0.1:8000",
+    url: Annotated[
+        str, typer.Option(envvar="DASHBOARD_URL", help="Service root URL")
+    ] = "http://127.0.0.1:8000",
     token: Annotated[
-        str | None, typer.Option(help="Agent token (default: $DASHBOARD_TOKEN)")
+        str | None, typer.Option(envvar="DASHBOARD_TOKEN", help="Bearer token (role agent)")
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="Agent name (default: the first agent type)")
@@ -261,13 +263,10 @@ def demo_agent(
     pace: Annotated[float, typer.Option(min=0, help="Mean seconds between output lines")] = 0.4,
 ) -> None:
     """A simulated agent over HTTP: heartbeats, claims tasks, streams output, honours cancels."""
-    import os
-
     import httpx
 
     from dashboard_api.demo.simulator import HttpBackend, SimulatedAgent
 
-    token = token or os.environ.get("DASHBOARD_TOKEN")
     if not token:
         typer.echo("an agent token is needed: --token or DASHBOARD_TOKEN", err=True)
         raise typer.Exit(2)
