@@ -294,6 +294,40 @@ async def _produce(
     return t0, t1, errors
 
 
+async def _produce_redis(
+    prefix: str, task_ids: list[str], rate: float, seconds: float
+) -> tuple[float, float, int]:
+    """Publish `task_output` events straight to the broker channels (what the service
+    publishes after each commit), so that only the fan-out path is measured."""
+    import redis.asyncio as aioredis
+
+    total = int(rate * seconds)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    seqs = dict.fromkeys(task_ids, 0)
+    start = time.perf_counter() + 0.2
+    t0 = time.time()
+    try:
+        for i in range(total):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task_id = task_ids[i % len(task_ids)]
+            seqs[task_id] += 1
+            event = {
+                "type": "task_output",
+                "task_id": task_id,
+                "seq": seqs[task_id],
+                "stream": "stdout",
+                "content": f"{time.time():.6f}|chunk {i}",
+                "created_at": "2026-01-01T00:00:00.000Z",
+                "channel": f"task:{task_id}",
+            }
+            await client.publish(f"{prefix}ev:task:{task_id}", orjson.dumps(event))
+    finally:
+        await client.aclose()
+    return t0, time.time(), 0
+
+
 async def scenario(
     name: str,
     port: int,
@@ -303,6 +337,8 @@ async def scenario(
     rate: float,
     seconds: float,
     batch: int,
+    producer: str = "http",
+    prefix: str = "",
 ) -> dict[str, Any]:
     import httpx
 
@@ -350,11 +386,15 @@ async def scenario(
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
-    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stdin is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 120)
     if line.strip() != b"READY":
         raise RuntimeError(f"subscribers failed: {line!r}")
-    t0, t1, errors = await _produce(port, tokens["agent"], task_ids, rate, seconds, batch)
+    if producer == "redis":
+        t0, t1, errors = await _produce_redis(prefix, task_ids, rate, seconds)
+    else:
+        t0, t1, errors = await _produce(port, tokens["agent"], task_ids, rate, seconds, batch)
     proc.stdin.write(b"DONE\n")
     await proc.stdin.drain()
     result: dict[str, Any] = {}
@@ -370,6 +410,7 @@ async def scenario(
     lost = result["expected"] - result["received"]
     return {
         "scenario": name,
+        "producer": producer,
         "subscribers": subscribers,
         "channels": channels,
         "published": total,
@@ -424,7 +465,11 @@ async def main(args: argparse.Namespace) -> None:
             "DASHBOARD_REDIS_PREFIX": prefix,
             "DASHBOARD_LOG_LEVEL": "WARNING",
         }
-        profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
+        profile = (
+            ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]
+            if os.environ.get("BENCH_PROFILE")
+            else []
+        )
         server = subprocess.Popen(
             [
                 sys.executable,
@@ -465,6 +510,8 @@ async def main(args: argparse.Namespace) -> None:
                     args.rate,
                     args.seconds,
                     args.batch,
+                    args.producer,
+                    prefix,
                 )
             )
             print(json.dumps(results[-1]), flush=True)
@@ -479,6 +526,8 @@ async def main(args: argparse.Namespace) -> None:
                     args.rate,
                     args.seconds,
                     1,
+                    args.producer,
+                    prefix,
                 )
             )
             print(json.dumps(results[-1]), flush=True)
@@ -494,6 +543,7 @@ async def main(args: argparse.Namespace) -> None:
 def _table(results: list[dict[str, Any]]) -> None:
     cols = [
         "scenario",
+        "producer",
         "subscribers",
         "channels",
         "published",
@@ -516,6 +566,13 @@ def cli() -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--producer",
+        default="http",
+        choices=["http", "redis"],
+        help="http: POST /output (end to end, includes the database write); "
+        "redis: publish the service's events to the broker directly (fan-out only)",
+    )
     parser.add_argument(
         "--batch", type=int, default=5, help="chunks per POST in the one-channel scenario"
     )

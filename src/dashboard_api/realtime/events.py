@@ -44,10 +44,14 @@ def ws_text_frame(payload: bytes) -> bytes:
 class OutEvent:
     """One message for clients: its payload, JSON text and WebSocket frame, each made once."""
 
-    __slots__ = ("_data", "_frame", "_text", "payload")
+    __slots__ = ("_data", "_frame", "_text", "payload", "seq", "type")
 
     def __init__(self, payload: dict[str, Any], data: bytes | None = None) -> None:
         self.payload = payload
+        self.type: str = str(payload.get("type", ""))
+        seq = payload.get("seq") if self.type == "task_output" else None
+        # The seq of a task_output event (None for anything else or a malformed one).
+        self.seq: int | None = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
         self._data = data
         self._text: str | None = None
         self._frame: bytes | None = None
@@ -69,10 +73,6 @@ class OutEvent:
         if self._frame is None:
             self._frame = ws_text_frame(self.data)
         return self._frame
-
-    @property
-    def type(self) -> str:
-        return str(self.payload.get("type", ""))
 
 
 def output_event(channel: str, task_id: str, chunk: dict[str, Any]) -> OutEvent:

@@ -197,10 +197,13 @@ class TaskSubscription(Subscription):
     # --- live ---------------------------------------------------------------------------
 
     def deliver(self, event: OutEvent) -> None:
-        if not self.active:
+        if self._syncing or not self.active:
+            if self.active:
+                self._buffer_event(event)
             return
-        if self._syncing:
-            self._buffer_event(event)
+        if event.seq is not None and event.seq == self.last_sent + 1:
+            self.last_sent = event.seq  # the common case: the next chunk, in order
+            self.sink.offer(event)
             return
         verdict = self._classify(event)
         if verdict == _SEND:
@@ -234,8 +237,8 @@ class TaskSubscription(Subscription):
         payload = event.payload
         kind = event.type
         if kind == "task_output":
-            seq = payload.get("seq")
-            if not isinstance(seq, int):
+            seq = event.seq
+            if seq is None:
                 return _SKIP
             if seq <= self.last_sent:
                 return _SKIP
@@ -355,7 +358,7 @@ class TaskSubscription(Subscription):
         slots = [i for i, e in enumerate(buf) if e.type == "task_output"]
         if len(slots) < 2:
             return
-        outputs = sorted((buf[i] for i in slots), key=lambda e: int(e.payload.get("seq") or 0))
+        outputs = sorted((buf[i] for i in slots), key=lambda e: e.seq or 0)
         items = list(buf)
         for i, e in zip(slots, outputs, strict=True):
             items[i] = e

@@ -76,6 +76,7 @@ class Connection(QueueSink):
         self.subscriptions: dict[str, Subscription] = {}
         self.close_code: int | None = None
         self._proto = _direct_protocol(websocket)
+        self._writable: asyncio.Event | None = self._proto.writable if self._proto else None
         self._pending: list[bytes] = []
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -95,7 +96,7 @@ class Connection(QueueSink):
     def offer(self, event: OutEvent) -> bool:
         if self.closed:
             return False
-        if self._can_write_now():
+        if self._writable is not None and self._writable.is_set() and not self.queue:
             # The queue is empty and the socket takes data: the shared frame goes out at
             # the end of this loop iteration, with any others for this socket (one write).
             pending = self._pending
