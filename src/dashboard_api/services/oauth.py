@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import lock_for_update, upsert
 from dashboard_api.db.models.oauth import OAUTH_PLATFORMS, OAuthInstallation
-from dashboard_api.errors import NotFound
+from dashboard_api.errors import Conflict, NotFound
 from dashboard_api.ids import new_id
 from dashboard_api.schemas.oauth import (
     InstallationPublic,
@@ -117,25 +117,32 @@ async def upsert_installation(
         "installed_at": body.installed_at or now,
         "updated_at": now,
     }
-    # Insert-or-nothing first, so that two concurrent reports create one row.
-    inserted = (
-        await session.execute(
-            upsert(session, OAuthInstallation.__table__)  # type: ignore[arg-type]
-            .values(**new_values)
-            .on_conflict_do_nothing(
-                index_elements=[OAuthInstallation.platform, OAuthInstallation.organization]
-            )
-            .returning(OAuthInstallation.installation_id)
-        )
-    ).scalar_one_or_none()
     stmt = lock_for_update(
         session,
         select(OAuthInstallation).where(
             OAuthInstallation.platform == body.platform,
             OAuthInstallation.organization == body.organization,
         ),
-    )
-    row = (await session.scalars(stmt.execution_options(populate_existing=True))).one()
+    ).execution_options(populate_existing=True)
+    row: OAuthInstallation | None = None
+    # Insert-or-nothing first, so that two concurrent reports create one row; try again
+    # if the row it collided with is deleted before we lock it.
+    for _ in range(2):
+        inserted = (
+            await session.execute(
+                upsert(session, OAuthInstallation.__table__)  # type: ignore[arg-type]
+                .values(**new_values)
+                .on_conflict_do_nothing(
+                    index_elements=[OAuthInstallation.platform, OAuthInstallation.organization]
+                )
+                .returning(OAuthInstallation.installation_id)
+            )
+        ).scalar_one_or_none()
+        row = (await session.scalars(stmt)).first()
+        if row is not None:
+            break
+    if row is None:
+        raise Conflict("The installation was changed concurrently; try again.")
     if inserted is not None:
         return row, True
     row.scopes = list(dict.fromkeys(body.scopes))
