@@ -340,3 +340,42 @@ async def test_redis_restart_mid_stream_recovers_without_loss(
             ).status_code == 200
             await asyncio.wait_for(follower, 30)
             assert got == [(i, f"x{i}") for i in range(1, 41)]
+
+
+async def test_one_upstream_subscription_per_channel(pg: str) -> None:
+    prefix = f"dashtest:{uuid.uuid4().hex[:12]}:"
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=pg,
+        redis_url=REDIS_URL,
+        redis_prefix=prefix,
+        token_cache_seconds=0,
+    )
+    tokens = await _tokens(pg)
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    channel = f"{prefix}ev:tasks"
+
+    async def numsub() -> int:
+        return int(dict(await redis.pubsub_numsub(channel))[channel.encode()])
+
+    try:
+        async with serve_app(settings) as (_app, port):
+            url = f"ws://127.0.0.1:{port}/ws?token={tokens['user']}"
+            async with websockets.connect(url) as a, websockets.connect(url) as b:
+                for ws in (a, b):
+                    await send_json(ws, {"type": "subscribe", "channel": "tasks"})
+                    assert (await recv_json(ws))["type"] == "subscribed"
+                assert await numsub() == 1
+                await send_json(a, {"type": "unsubscribe", "channel": "tasks"})
+                assert (await recv_json(a))["type"] == "unsubscribed"
+                assert await numsub() == 1
+                await send_json(b, {"type": "unsubscribe", "channel": "tasks"})
+                assert (await recv_json(b))["type"] == "unsubscribed"
+                for _ in range(100):
+                    if await numsub() == 0:
+                        break
+                    await asyncio.sleep(0.02)
+                assert await numsub() == 0
+    finally:
+        await redis.aclose()
+        await _flush_redis_prefix(prefix)
