@@ -85,6 +85,8 @@ def serve(
     from dashboard_api.observability.logging import configure_logging
 
     configure_logging(settings)
+    from dashboard_api.realtime import uvicorn_ws_options
+
     uvicorn.run(
         "dashboard_api.app:create_app",
         factory=True,
@@ -93,7 +95,8 @@ def serve(
         workers=workers,
         log_level=settings.log_level.lower(),
         proxy_headers=True,
-        ws_max_size=settings.ws_max_message_bytes + 1024,
+        # realtime: server pings from the settings, frame limit, no compression
+        **uvicorn_ws_options(settings),
         # Our structured logs replace uvicorn's: its access lines would carry ?token=.
         log_config=None,
         access_log=False,
