@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from tests.conversations.helpers import Auth, messages, new_conversation, post, register
 
@@ -177,28 +176,27 @@ async def test_agent_roles_and_access(client: httpx.AsyncClient, auth: Auth) -> 
     assert r.json()["task_id"] is None  # only user messages create tasks
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"content": ""},
-        {"content": "x" * 100_001},
-        {},
-        {"content": "x", "role": "robot"},
-        {"content": "x", "role": None},
-        {"content": 5},
-        {"content": "x", "unknown": 1},
-        {"content": "x", "agent_type": "Not A Slug"},
-        {"content": "x", "create_task": "maybe"},
-    ],
-)
-async def test_message_validation(
-    client: httpx.AsyncClient, auth: Auth, body: dict[str, object]
-) -> None:
+BAD_MESSAGES: list[dict[str, object]] = [
+    {"content": ""},
+    {"content": "x" * 100_001},
+    {},
+    {"content": "x", "role": "robot"},
+    {"content": "x", "role": None},
+    {"content": 5},
+    {"content": "x", "unknown": 1},
+    {"content": "x", "agent_type": "Not A Slug"},
+    {"content": "x", "create_task": "maybe"},
+]
+
+
+async def test_message_validation(client: httpx.AsyncClient, auth: Auth) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
-    r = await client.post(f"/api/conversations/{cid}/messages", json=body, headers=auth("user"))
-    assert r.status_code == 422, r.text
-    assert r.json()["errors"]
+    for body in BAD_MESSAGES:
+        r = await client.post(f"/api/conversations/{cid}/messages", json=body, headers=auth("user"))
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["errors"]
     assert await messages(client, auth, cid) == []
+    assert (await client.get("/api/tasks", headers=auth("user"))).json()["total"] == 0
 
 
 async def test_message_limits_accept_edges(client: httpx.AsyncClient, auth: Auth) -> None:
@@ -209,29 +207,30 @@ async def test_message_limits_accept_edges(client: httpx.AsyncClient, auth: Auth
         assert r.json()["content"] == content
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"title": ""},
-        {"title": "x" * 501},
-        {"title": None},
-        {"agent_type": "BAD TYPE"},
-        {"metadata": []},
-        {"user_id": "bob"},
-    ],
-)
-async def test_conversation_validation(
-    client: httpx.AsyncClient, auth: Auth, body: dict[str, object]
-) -> None:
-    r = await client.post("/api/conversations", json=body, headers=auth("user"))
-    assert r.status_code == 422, r.text
+BAD_CONVERSATIONS: list[dict[str, object]] = [
+    {"title": ""},
+    {"title": "x" * 501},
+    {"title": None},
+    {"agent_type": "BAD TYPE"},
+    {"metadata": []},
+    {"user_id": "bob"},
+]
+
+
+async def test_conversation_validation(client: httpx.AsyncClient, auth: Auth) -> None:
     cid = (await new_conversation(client, auth, title="t" * 500))["conversation_id"]
-    r = await client.patch(f"/api/conversations/{cid}", json=body, headers=auth("user"))
-    assert r.status_code == 422, r.text
+    for body in BAD_CONVERSATIONS:
+        r = await client.post("/api/conversations", json=body, headers=auth("user"))
+        assert r.status_code == 422, (body, r.text)
+        r = await client.patch(f"/api/conversations/{cid}", json=body, headers=auth("user"))
+        assert r.status_code == 422, (body, r.text)
     r = await client.patch(
         f"/api/conversations/{cid}", json={"archived": None}, headers=auth("user")
     )
     assert r.status_code == 422
+    listed = (await client.get("/api/conversations", headers=auth("user"))).json()
+    assert listed["total"] == 1
+    assert listed["items"][0]["title"] == "t" * 500
 
 
 async def test_unknowns(client: httpx.AsyncClient, auth: Auth) -> None:

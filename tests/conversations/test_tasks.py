@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.conftest import Backend
 from tests.conversations.helpers import (
@@ -70,31 +69,26 @@ async def test_chat_round_trip(client: httpx.AsyncClient, auth: Auth) -> None:
     assert conv["message_count"] == 2
 
 
-@pytest.mark.parametrize(
-    ("moves", "body", "role", "content"),
-    [
-        (["running", "failed"], {"error": "boom"}, "system", "boom"),
-        (["failed"], {}, "system", "The task failed."),
-        (["cancelled"], {}, "system", "The task was cancelled."),
-        (["running", "completed"], {}, "assistant", "The task completed without a result."),
-    ],
-)
-async def test_reply_kinds(
-    client: httpx.AsyncClient,
-    auth: Auth,
-    moves: list[str],
-    body: dict[str, Any],
-    role: str,
-    content: str,
-) -> None:
-    cid = (await new_conversation(client, auth))["conversation_id"]
-    task_id = (await post(client, auth, cid, content="do it")).json()["task_id"]
-    for i, status in enumerate(moves):
-        extra = body if i == len(moves) - 1 else {}
-        r = await patch_task(client, auth, task_id, status=status, **extra)
-        assert r.status_code == 200, r.text
-    items = await messages(client, auth, cid)
-    assert [(m["role"], m["content"]) for m in items[1:]] == [(role, content)]
+REPLIES: list[tuple[list[str], dict[str, Any], str, str]] = [
+    (["running", "failed"], {"error": "boom"}, "system", "boom"),
+    (["failed"], {}, "system", "The task failed."),
+    (["cancelled"], {}, "system", "The task was cancelled."),
+    (["running", "completed"], {}, "assistant", "The task completed without a result."),
+    (["running", "cancelled"], {"error": "stopped by user"}, "system", "stopped by user"),
+]
+
+
+async def test_reply_kinds(client: httpx.AsyncClient, auth: Auth) -> None:
+    for moves, body, role, content in REPLIES:
+        cid = (await new_conversation(client, auth))["conversation_id"]
+        task_id = (await post(client, auth, cid, content="do it")).json()["task_id"]
+        for i, status in enumerate(moves):
+            extra = body if i == len(moves) - 1 else {}
+            r = await patch_task(client, auth, task_id, status=status, **extra)
+            assert r.status_code == 200, r.text
+        items = await messages(client, auth, cid)
+        assert [(m["role"], m["content"]) for m in items[1:]] == [(role, content)], moves
+        assert items[1]["metadata"] == {"kind": "task_reply", "task_status": moves[-1]}
 
 
 async def test_user_cancel_replies_once(client: httpx.AsyncClient, auth: Auth) -> None:
@@ -279,3 +273,39 @@ async def test_delete_unlinks_tasks(client: httpx.AsyncClient, auth: Auth) -> No
     assert r.status_code == 204
     conv = await get_conv(client, auth, other)
     assert (conv["task_count"], conv["message_count"]) == (2, 1)
+
+
+async def test_delete_racing_task_writes(client: httpx.AsyncClient, auth: Auth) -> None:
+    """Deleting while linked tasks end, children register and messages arrive: no 5xx."""
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    ids = [(await post(client, auth, cid, content=f"j{i}")).json()["task_id"] for i in range(4)]
+    for task_id in ids:
+        assert (await patch_task(client, auth, task_id, status="running")).status_code == 200
+    calls = [
+        *(patch_task(client, auth, t, status="completed", result="r", cost_usd=1) for t in ids),
+        client.delete(f"/api/conversations/{cid}", headers=auth("user")),
+        *(
+            client.post(
+                "/api/tasks",
+                json={
+                    "task_id": f"kid-{i}",
+                    "agent_type": "coder",
+                    "input_message": "x",
+                    "parent_task_id": ids[i],
+                },
+                headers=auth("agent"),
+            )
+            for i in range(4)
+        ),
+        post(client, auth, cid, content="late"),
+    ]
+    results = await asyncio.gather(*calls)
+    assert all(r.status_code < 500 for r in results), [r.text for r in results]
+    assert results[4].status_code == 204
+    assert all(r.status_code == 200 for r in results[:4])
+    assert all(r.status_code == 201 for r in results[5:9])
+    assert results[9].status_code in (201, 404)
+    r = await client.get(f"/api/conversations/{cid}", headers=auth("user"))
+    assert r.status_code == 404
+    tasks = (await client.get("/api/tasks", params={"per_page": 200}, headers=auth("user"))).json()
+    assert all(t["conversation_id"] is None for t in tasks["items"])

@@ -31,7 +31,7 @@ from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, u
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.auth import Principal
-from dashboard_api.db.dialect import contains_ci, lock_for_update, upsert
+from dashboard_api.db.dialect import contains_ci, lock_for_update, lock_skip_locked, upsert
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models import Conversation, ConversationMessage, ConversationTask, Task
 from dashboard_api.db.paging import Ordering, PageRequest, PageResult, paginate
@@ -89,11 +89,13 @@ def _visibility(principal: Principal) -> list[ColumnElement[bool]]:
 
 
 async def _get_visible(
-    session: AsyncSession, conversation_id: str, principal: Principal
+    session: AsyncSession, conversation_id: str, principal: Principal, *, lock: bool = False
 ) -> Conversation:
     stmt = select(Conversation).where(
         Conversation.conversation_id == conversation_id, *_visibility(principal)
     )
+    if lock:
+        stmt = lock_for_update(session, stmt)
     result = await session.scalars(stmt.execution_options(populate_existing=True))
     conversation = result.first()
     if conversation is None:
@@ -225,13 +227,20 @@ async def delete_conversation(
     members = select(ConversationTask.task_id).where(
         ConversationTask.conversation_id == conversation_id
     )
-    tasks_stmt = lock_for_update(
+    counted = or_(Task.conversation_id == conversation_id, Task.task_id.in_(members))
+    first = lock_for_update(session, select(Task).where(counted).order_by(Task.task_id))
+    tasks = list((await session.scalars(first.execution_options(populate_existing=True))).all())
+    await _get_visible(session, conversation_id, principal, lock=True)
+    # Tasks linked by writers that committed between the two locks. One still locked by a
+    # writer that now waits for this conversation is skipped (waiting would deadlock);
+    # that writer finds the conversation gone and unlinks its task itself (on_task_written).
+    late = lock_skip_locked(
         session,
         select(Task)
-        .where(or_(Task.conversation_id == conversation_id, Task.task_id.in_(members)))
+        .where(counted, Task.task_id.not_in([t.task_id for t in tasks]))
         .order_by(Task.task_id),
     )
-    tasks = (await session.scalars(tasks_stmt.execution_options(populate_existing=True))).all()
+    tasks += (await session.scalars(late.execution_options(populate_existing=True))).all()
     for task in tasks:
         if task.conversation_id != conversation_id:
             continue
@@ -352,11 +361,13 @@ async def post_message(
 ) -> MessagePublic:
     """Post a message; a `user` message with `create_task` also queues a task, atomically."""
     role = _role_for(principal, body.role)
+    # Lock order everywhere: task rows first, then the conversation row, which is locked
+    # FOR UPDATE before any change to it (a weaker lock upgraded later can deadlock).
     if principal.role == "agent":
         # Agents post to any conversation by id (they answer the tasks they work on).
-        conversation = await _get_visible(session, conversation_id, _ADMIN_VIEW)
+        conversation = await _get_visible(session, conversation_id, _ADMIN_VIEW, lock=True)
     else:
-        conversation = await _get_visible(session, conversation_id, principal)
+        conversation = await _get_visible(session, conversation_id, principal, lock=True)
     task_id = new_id() if role == "user" and body.create_task else None
     message = await _insert_message(
         session,
@@ -487,7 +498,8 @@ async def _add_totals(
 
 async def _leave(session: AsyncSession, task_id: str, member: _Member, cost_micros: int) -> None:
     await session.execute(delete(ConversationTask).where(ConversationTask.task_id == task_id))
-    await _add_totals(session, member.conversation_id, tasks=-1, cost_micros=-cost_micros)
+    if await _lock_conversation(session, member.conversation_id):
+        await _add_totals(session, member.conversation_id, tasks=-1, cost_micros=-cost_micros)
 
 
 async def _join(
@@ -583,6 +595,13 @@ async def on_task_written(
     member, joined = await _resolve_membership(session, before, after)
     if member is None:
         return
+    if not joined and not await _lock_conversation(session, member.conversation_id):
+        # Deleted by a transaction that committed while this one waited for the lock; it
+        # may have had to skip this task's row (see delete_conversation): unlink it here.
+        stale = await session.get(Task, after.task_id)
+        if stale is not None and stale.conversation_id == member.conversation_id:
+            stale.conversation_id = None
+        return
     if not joined and before is not None and after.cost_micros != before.cost_micros:
         await _add_totals(
             session,
@@ -594,6 +613,11 @@ async def on_task_written(
         joined or before is None or before.status not in TERMINAL_STATUSES
     )
     task = await session.get(Task, after.task_id)
+    # Output appends (output_seq moved) publish no task_status; every other write does.
+    # The status goes first, so that subscribers hear the end before the reply.
+    if task is not None and (before is None or before.output_seq == after.output_seq):
+        payload = {"type": "task_status", **task_summary(task).model_dump(mode="json")}
+        emit(session, channel(member.conversation_id), payload)
     if member.direct and ended_now:
         role, content = _reply_for(after)
         meta: dict[str, Any] = {"kind": "task_reply", "task_status": after.status}
@@ -612,10 +636,6 @@ async def on_task_written(
             metadata=meta,
             reply_task_id=after.task_id,
         )
-    # Output appends (output_seq moved) publish no task_status; every other write does.
-    if task is not None and (before is None or before.output_seq == after.output_seq):
-        payload = {"type": "task_status", **task_summary(task).model_dump(mode="json")}
-        emit(session, channel(member.conversation_id), payload)
 
 
 __all__: Sequence[str] = (
