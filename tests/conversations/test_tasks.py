@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import Backend
 from tests.conversations.helpers import (
@@ -309,3 +310,43 @@ async def test_delete_racing_task_writes(client: httpx.AsyncClient, auth: Auth) 
     assert r.status_code == 404
     tasks = (await client.get("/api/tasks", params={"per_page": 200}, headers=auth("user"))).json()
     assert all(t["conversation_id"] is None for t in tasks["items"])
+
+
+async def test_terminal_update_through_redis_ingress(
+    app: Any, client: httpx.AsyncClient, auth: Auth, backend: Backend
+) -> None:
+    """API.md §11: a status published to Redis (twice) answers the conversation once."""
+    if backend.name != "postgres":
+        pytest.skip("the Redis ingress runs with Redis only")
+    import orjson
+    import redis.asyncio as aioredis
+
+    from tests.conftest import REDIS_URL
+
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    task_id = (await post(client, auth, cid, content="via redis")).json()["task_id"]
+    assert (await patch_task(client, auth, task_id, status="running")).status_code == 200
+    ingress = app.state.ctx.extras["realtime"].ingress
+    await asyncio.wait_for(ingress.leader_event.wait(), 30)
+    redis = aioredis.from_url(REDIS_URL)
+    try:
+        body = orjson.dumps({"status": "completed", "result": "from redis", "cost_usd": 0.25})
+        for _ in range(2):
+            await redis.publish(f"task:{task_id}:status", body)
+        # The ingress stores messages in the order it receives them: a marker after both.
+        await redis.publish(f"task:{task_id}:status", orjson.dumps({"metadata": {"done": 1}}))
+        for _ in range(600):
+            task = (await client.get(f"/api/tasks/{task_id}", headers=auth("user"))).json()
+            if task["metadata"] == {"done": 1}:
+                break
+            await asyncio.sleep(0.05)
+        assert task["metadata"] == {"done": 1}
+    finally:
+        await redis.aclose()
+    items = await messages(client, auth, cid)
+    assert [(m["role"], m["content"]) for m in items] == [
+        ("user", "via redis"),
+        ("assistant", "from redis"),
+    ]
+    conv = await get_conv(client, auth, cid)
+    assert (conv["message_count"], conv["task_count"], conv["total_cost_usd"]) == (2, 1, 0.25)
