@@ -23,6 +23,8 @@ router = APIRouter(tags=["realtime"])
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TRY_AGAIN_LATER = 1013
+# Over `ws_max_connections_per_token` sockets for one token on this replica (HTTP 429's twin).
+CLOSE_TOO_MANY_CONNECTIONS = 4429
 
 
 def _find_protocol(send: Any, depth: int = 0) -> Any:
@@ -349,6 +351,14 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _connections_of(hub: Hub, principal: Principal) -> int:
+    return sum(
+        1
+        for c in hub.connections
+        if isinstance(c, Connection) and c.principal.token_id == principal.token_id
+    )
+
+
 @router.websocket("/ws", name="websocket")
 async def websocket_endpoint(websocket: WebSocket) -> None:
     """Subscribe to live events; see API.md §10."""
@@ -359,6 +369,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_UNAUTHORIZED, "A valid token is required.")
         return
     hub: Hub = ctx.hub
+    limit = ctx.settings.ws_max_connections_per_token
+    if limit and _connections_of(hub, principal) >= limit:
+        # Checked and counted with no await in between, so concurrent handshakes cannot
+        # both slip under the limit.
+        await websocket.close(CLOSE_TOO_MANY_CONNECTIONS, f"At most {limit} connections per token.")
+        return
     conn = Connection(websocket, principal, hub, ctx.settings.ws_send_queue_size)
     hub.connections.add(conn)
     conn.start()
