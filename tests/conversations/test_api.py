@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from tests.conversations.helpers import Auth, messages, new_conversation, post, register
@@ -262,3 +264,31 @@ async def test_unknowns(client: httpx.AsyncClient, auth: Auth) -> None:
         assert r.status_code == 422, params
     r = await client.get("/api/conversations", params={"archived": "perhaps"}, headers=auth("user"))
     assert r.status_code == 422
+
+
+async def test_unstorable_text_is_422(client: httpx.AsyncClient, auth: Auth) -> None:
+    """PostgreSQL cannot store NUL or lone surrogates: refused on both backends, never 5xx."""
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    hdr = {**auth("user"), "Content-Type": "application/json"}
+    for body in (
+        {"content": "a\x00b"},
+        {"content": "a\ud800b"},
+        {"content": "ok", "metadata": {"k": ["\x00"]}},
+        {"content": "ok", "metadata": {"\x00": 1}},
+    ):
+        r = await client.post(
+            f"/api/conversations/{cid}/messages", content=json.dumps(body), headers=hdr
+        )
+        assert r.status_code == 422, (body, r.text)
+    for body in ({"title": "a\x00"}, {"metadata": {"x": "\ud800"}}):
+        r = await client.post("/api/conversations", content=json.dumps(body), headers=hdr)
+        assert r.status_code == 422, (body, r.text)
+        r = await client.patch(f"/api/conversations/{cid}", content=json.dumps(body), headers=hdr)
+        assert r.status_code == 422, (body, r.text)
+    for params in ({"q": "a\x00"}, {"user_id": "\x00"}):
+        r = await client.get("/api/conversations", params=params, headers=hdr)
+        assert r.status_code == 422, params
+    for path in ("/api/conversations/a%00b", "/api/conversations/a%20b/messages"):
+        r = await client.get(path, headers=hdr)
+        assert r.status_code in (404, 422), path
+    assert await messages(client, auth, cid) == []

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from dashboard_api.api.deps import AnyRole, CtxDep, PageDep, UserRole
 from dashboard_api.db.paging import PageResult
+from dashboard_api.ids import TASK_ID_PATTERN
 from dashboard_api.realtime.channels import channel_authorizers
 from dashboard_api.schemas.common import Page, problem_responses
 from dashboard_api.schemas.conversations import (
@@ -26,7 +27,9 @@ router = APIRouter(
     tags=["conversations"],
     responses=problem_responses(401, 403, 422),
 )
-ConversationIdPath = Annotated[str, Path(min_length=1, max_length=255)]
+ConversationIdPath = Annotated[str, Path(pattern=TASK_ID_PATTERN)]  # same id alphabet
+# PostgreSQL text cannot hold NUL, so a filter containing one is refused (on both backends).
+NO_NUL = r"^[^\x00]*$"
 
 _ACCESS = (
     " A `user` reaches only their own conversations (another user's is 404, never 403);"
@@ -63,12 +66,19 @@ async def list_conversations(
     principal: UserRole,
     page: PageDep,
     q: Annotated[
-        str | None, Query(max_length=500, description="Case-insensitive substring of the title")
+        str | None,
+        Query(
+            max_length=500, pattern=NO_NUL, description="Case-insensitive substring of the title"
+        ),
     ] = None,
     archived: Annotated[bool, Query(description="Archived conversations instead")] = False,
     user_id: Annotated[
         str | None,
-        Query(max_length=255, description="Owner (admins; for a user it only narrows)"),
+        Query(
+            max_length=255,
+            pattern=NO_NUL,
+            description="Owner (admins; for a user it only narrows)",
+        ),
     ] = None,
 ) -> Page[ConversationPublic]:
     """The caller's conversations, newest `updated_at` first (ties by id)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from dashboard_api.ids import SLUG_PATTERN, TASK_ID_PATTERN
 from dashboard_api.schemas.common import ApiModel
@@ -49,7 +49,41 @@ class MessagePublic(BaseModel):
     metadata: dict[str, Any]
 
 
-class ConversationCreate(ApiModel):
+def _unstorable(value: Any, path: str) -> str | None:
+    """Where `value` holds text PostgreSQL cannot store (NUL, lone surrogates), or None."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = _unstorable(key, path) or _unstorable(item, f"{path}.{key}")
+            if where:
+                return where
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if where := _unstorable(item, f"{path}[{i}]"):
+                return where
+    return None
+
+
+class _Body(ApiModel):
+    """A request body whose strings must be storable on both backends."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        where = _unstorable(data, "body")
+        if where:
+            raise ValueError(f"{where}: NUL characters and lone surrogates are not allowed")
+        return data
+
+
+class ConversationCreate(_Body):
     """Start a conversation owned by the caller."""
 
     title: Title = DEFAULT_TITLE
@@ -57,7 +91,7 @@ class ConversationCreate(ApiModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class ConversationUpdate(ApiModel):
+class ConversationUpdate(_Body):
     """Rename, archive or unarchive; absent fields stay as they are."""
 
     title: Title | None = None
@@ -76,7 +110,7 @@ class ConversationUpdate(ApiModel):
         return value
 
 
-class MessageCreate(ApiModel):
+class MessageCreate(_Body):
     """Post a message. A `user` message with `create_task` also queues a task for an agent."""
 
     content: Content
