@@ -89,9 +89,7 @@ def _public(
         name=agent.name,
         description=agent.description,
         capabilities=[str(c) for c in agent.capabilities or []],
-        status=live_status(
-            agent.last_heartbeat_at, agent.reported_status, now=now, window=window
-        ),
+        status=live_status(agent.last_heartbeat_at, agent.reported_status, now=now, window=window),
         registered=isinstance(agent, Agent),
         last_heartbeat_at=agent.last_heartbeat_at,
         running_tasks=figures.running,
