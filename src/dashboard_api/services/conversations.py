@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.auth import Principal
@@ -517,7 +517,8 @@ async def _adopt_descendants(session: AsyncSession, task_id: str, conversation_i
     stmt = (
         select(Task.task_id, Task.cost_micros)
         .where(Task.task_id.in_(select(tree.c.task_id)))
-        .where(~Task.task_id.in_(select(ConversationTask.task_id)))
+        # NOT EXISTS probes the primary key per row (NOT IN would hash the whole table).
+        .where(~exists().where(ConversationTask.task_id == Task.task_id))
     )
     rows = (await session.execute(stmt)).all()
     if not rows:
