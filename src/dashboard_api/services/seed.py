@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.bulk import bulk_insert
+from dashboard_api.db.bulk import bulk_insert, prepare_bulk_load
 from dashboard_api.db.models import Task, TaskEvent
 from dashboard_api.ids import new_id
 from dashboard_api.services.pricing import PriceTable
@@ -130,6 +130,7 @@ async def seed_tasks(
     seed: int | None = None,
 ) -> int:
     """Insert `n` generated tasks with their status events; returns the number inserted."""
+    await prepare_bulk_load(session)
     tasks: list[tuple[Any, ...]] = []
     events: list[tuple[Any, ...]] = []
     done = 0
