@@ -240,6 +240,16 @@ async def _wait_stdin_done(grace: float) -> None:
 # --- orchestration --------------------------------------------------------------------------
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux /proc), 0 when unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -348,6 +358,7 @@ async def scenario(
     batch: int,
     producer: str = "http",
     prefix: str = "",
+    server_pid: int = 0,
 ) -> dict[str, Any]:
     import httpx
 
@@ -400,6 +411,8 @@ async def scenario(
     line = await asyncio.wait_for(proc.stdout.readline(), 120)
     if line.strip() != b"READY":
         raise RuntimeError(f"subscribers failed: {line!r}")
+    server_cpu0 = _cpu_seconds(server_pid)
+    client_cpu0 = _cpu_seconds(proc.pid)
     if producer == "redis":
         t0, t1, errors = await _produce_redis(prefix, task_ids, rate, seconds)
     else:
@@ -414,6 +427,8 @@ async def scenario(
         if line.startswith(b"RESULT "):
             result = json.loads(line[7:])
             break
+    server_cpu = _cpu_seconds(server_pid) - server_cpu0
+    client_cpu = _cpu_seconds(proc.pid) - client_cpu0
     await proc.wait()
     window = max(result.get("last_receive", t1), t1) - t0
     lost = result["expected"] - result["received"]
@@ -436,6 +451,10 @@ async def scenario(
         "latency_p99_ms": _r(result["p99_ms"]),
         "latency_max_ms": _r(result["max_ms"]),
         "closed_connections": result["closed"],
+        "server_cpu_s": round(server_cpu, 2),
+        "subscriber_cpu_s": round(client_cpu, 2),
+        "server_cpu_us_per_delivery": round(server_cpu * 1e6 / max(1, result["received"]), 2),
+        "loadavg_1m": os.getloadavg()[0],
     }
 
 
@@ -521,6 +540,7 @@ async def main(args: argparse.Namespace) -> None:
                     args.batch,
                     args.producer,
                     prefix,
+                    server.pid,
                 )
             )
             print(json.dumps(results[-1]), flush=True)
@@ -537,6 +557,7 @@ async def main(args: argparse.Namespace) -> None:
                     1,
                     args.producer,
                     prefix,
+                    server.pid,
                 )
             )
             print(json.dumps(results[-1]), flush=True)
@@ -562,6 +583,8 @@ def _table(results: list[dict[str, Any]]) -> None:
         "latency_p50_ms",
         "latency_p99_ms",
         "latency_max_ms",
+        "server_cpu_us_per_delivery",
+        "loadavg_1m",
     ]
     print("\n| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
