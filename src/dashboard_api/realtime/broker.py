@@ -175,6 +175,7 @@ class RedisBroker(Broker):
         subscribe_timeout: float = 2.0,
         max_backoff: float = 5.0,
         keepalive_seconds: float = 5.0,
+        publish_timeout: float = 2.0,
     ) -> None:
         super().__init__()
         self.url = url
@@ -183,6 +184,7 @@ class RedisBroker(Broker):
         self._subscribe_timeout = subscribe_timeout
         self._max_backoff = max_backoff
         self._keepalive = keepalive_seconds
+        self._publish_timeout = publish_timeout
         # Commands (PUBLISH, PING): short timeouts so that an outage fails fast.
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=0
@@ -233,17 +235,21 @@ class RedisBroker(Broker):
     async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
         if not messages:
             return
+        # While the subscriber connection is down, fail fast: the request that produced
+        # these events has committed and must not hang on the broker.
+        timeout = self._publish_timeout if self._connected else min(0.25, self._publish_timeout)
         try:
-            if len(messages) == 1:
-                channel, data = messages[0]
-                await self.client.publish(self.prefix + channel, data)
-                return
-            async with self.client.pipeline(transaction=False) as pipe:
-                for channel, data in messages:
-                    pipe.publish(self.prefix + channel, data)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"redis publish failed: {exc}") from exc
+            async with asyncio.timeout(timeout):
+                if len(messages) == 1:
+                    channel, data = messages[0]
+                    await self.client.publish(self.prefix + channel, data)
+                    return
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for channel, data in messages:
+                        pipe.publish(self.prefix + channel, data)
+                    await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis publish failed: {exc or 'timeout'}") from exc
 
     async def _subscribe_upstream(self, channel: str) -> None:
         loop = asyncio.get_running_loop()
