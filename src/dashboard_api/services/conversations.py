@@ -83,6 +83,8 @@ class ConversationFilters:
 
 
 def _visibility(principal: Principal) -> list[ColumnElement[bool]]:
+    # Admins see all; agents reach any conversation by id (they answer the tasks they
+    # work on) but are kept from listing, changing and deleting by their role.
     if principal.role == "user":
         return [Conversation.user_id == principal.user_id]
     return []
@@ -363,11 +365,7 @@ async def post_message(
     role = _role_for(principal, body.role)
     # Lock order everywhere: task rows first, then the conversation row, which is locked
     # FOR UPDATE before any change to it (a weaker lock upgraded later can deadlock).
-    if principal.role == "agent":
-        # Agents post to any conversation by id (they answer the tasks they work on).
-        conversation = await _get_visible(session, conversation_id, _ADMIN_VIEW, lock=True)
-    else:
-        conversation = await _get_visible(session, conversation_id, principal, lock=True)
+    conversation = await _get_visible(session, conversation_id, principal, lock=True)
     task_id = new_id() if role == "user" and body.create_task else None
     message = await _insert_message(
         session,
@@ -395,10 +393,6 @@ async def post_message(
             prices=prices,
         )
     return message
-
-
-# A principal that sees every conversation, for agents addressing one by id.
-_ADMIN_VIEW = Principal(token_id="", user_id="", role="admin")
 
 
 # --- task links --------------------------------------------------------------------------
