@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections.abc import Iterator
@@ -131,18 +132,35 @@ async def seed_tasks(
 ) -> int:
     """Insert `n` generated tasks with their status events; returns the number inserted."""
     await prepare_bulk_load(session)
+    batches = _batches(generate(n, now=now, days=days, prices=prices, seed=seed), batch)
+    # Generate the next batch in a thread while the database loads this one: the two
+    # costs are of the same order, so overlapping them shortens a large seed.
+    pending = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
+    done = 0
+    try:
+        while (chunk := await pending) is not None:
+            pending = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
+            await _flush(session, *chunk)
+            done += len(chunk[0])
+    finally:
+        if not pending.done():
+            await asyncio.gather(pending, return_exceptions=True)
+    return done
+
+
+def _batches(
+    rows: Iterator[tuple[tuple[Any, ...], list[tuple[Any, ...]]]], size: int
+) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
     tasks: list[tuple[Any, ...]] = []
     events: list[tuple[Any, ...]] = []
-    done = 0
-    for row, evs in generate(n, now=now, days=days, prices=prices, seed=seed):
+    for row, evs in rows:
         tasks.append(row)
         events.extend(evs)
-        if len(tasks) >= batch:
-            await _flush(session, tasks, events)
-            done += len(tasks)
+        if len(tasks) >= size:
+            yield tasks, events
             tasks, events = [], []
-    await _flush(session, tasks, events)
-    return done + len(tasks)
+    if tasks:
+        yield tasks, events
 
 
 async def _flush(
