@@ -1,0 +1,94 @@
+"""`/api/analytics`: summary, cost histogram and performance over a window of `created_at`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from dashboard_api.api.deps import CtxDep, UserRole, split_multi
+from dashboard_api.errors import Unprocessable
+from dashboard_api.schemas.analytics import CostHistogram, Performance, Period, Summary
+from dashboard_api.schemas.common import problem_responses
+from dashboard_api.services import analytics as service
+from dashboard_api.timeutil import UtcDateTime
+
+router = APIRouter(
+    prefix="/api/analytics", tags=["analytics"], responses=problem_responses(401, 403, 422)
+)
+
+DEFAULT_WINDOW = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start: datetime
+    end: datetime
+    filters: service.AnalyticsFilters
+
+
+def window_query(
+    ctx: CtxDep,
+    from_: Annotated[
+        UtcDateTime | None,
+        Query(alias="from", description="Start (inclusive) of created_at; default: to - 30 days"),
+    ] = None,
+    to: Annotated[
+        UtcDateTime | None, Query(description="End (exclusive) of created_at; default: now")
+    ] = None,
+    agent_type: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
+    source: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
+) -> Window:
+    end = to if to is not None else ctx.clock.now()
+    start = from_ if from_ is not None else end - DEFAULT_WINDOW
+    if start >= end:
+        raise Unprocessable("`from` must be before `to`.", loc=["query", "from"])
+    filters = service.AnalyticsFilters(
+        agent_type=split_multi(agent_type, name="agent_type"),
+        source=split_multi(source, name="source"),
+    )
+    return Window(start, end, filters)
+
+
+WindowDep = Annotated[Window, Depends(window_query)]
+
+
+@router.get("/summary", response_model=Summary)
+async def summary(ctx: CtxDep, _: UserRole, window: WindowDep) -> Summary:
+    """Totals of the tasks created in the window."""
+    async with ctx.db.read() as session:
+        return await service.summary(
+            session, start=window.start, end=window.end, filters=window.filters
+        )
+
+
+@router.get("/costs/histogram", response_model=CostHistogram)
+async def cost_histogram(
+    ctx: CtxDep,
+    _: UserRole,
+    window: WindowDep,
+    period: Period = "day",
+    tz: Annotated[str, Query(max_length=64, description="IANA time zone")] = "UTC",
+) -> CostHistogram:
+    """Tasks, outcomes, cost and tokens per local hour or day; empty buckets included."""
+    async with ctx.db.read() as session:
+        return await service.histogram(
+            session,
+            start=window.start,
+            end=window.end,
+            period=period,
+            tz_name=tz,
+            filters=window.filters,
+            max_buckets=ctx.settings.analytics_max_buckets,
+        )
+
+
+@router.get("/performance", response_model=Performance)
+async def performance(ctx: CtxDep, _: UserRole, window: WindowDep) -> Performance:
+    """Outcomes, durations with p50/p95, and cost: overall, per agent type, source and model."""
+    async with ctx.db.read() as session:
+        return await service.performance(
+            session, start=window.start, end=window.end, filters=window.filters
+        )

@@ -1,0 +1,57 @@
+"""Analytics rollups: task counters and duration histograms per time block.
+
+Blocks come in nested grains (15 min, 1 h, 4 h, 1 day, 4 days, ...), all aligned to the
+Unix epoch, so that any window aligned to 15 minutes splits into a few whole blocks.
+Each block is kept in two series: per (agent_type, source) for every model together
+(series 0, model ''), and per (agent_type, source, model) (series 1).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Integer, SmallInteger, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from dashboard_api.db.base import Base
+
+
+class AnalyticsRollup(Base):
+    """Task counters of one block of `grain` seconds starting at `bucket` (epoch seconds)."""
+
+    __tablename__ = "analytics_rollups"
+
+    grain: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    series: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    agent_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    tasks: Mapped[int] = mapped_column(BigInteger, default=0)
+    queued: Mapped[int] = mapped_column(BigInteger, default=0)
+    running: Mapped[int] = mapped_column(BigInteger, default=0)
+    completed: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    cancelled: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    duration_sum_us: Mapped[int] = mapped_column(BigInteger, default=0)
+    duration_count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AnalyticsHistogram(Base):
+    """How many tasks of one block have a value (µs) in log bin `bin` (kind 0: duration,
+    kind 1: first output minus start)."""
+
+    __tablename__ = "analytics_histograms"
+
+    grain: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    series: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    agent_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    bin: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)

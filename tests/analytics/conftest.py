@@ -1,0 +1,26 @@
+"""Analytics tests run the app on a clock they move by hand, so durations are known."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from dashboard_api.app import create_app
+from dashboard_api.settings import Settings
+from tests.tasks.helpers import FakeClock
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def app(settings: Settings, clock: FakeClock) -> AsyncIterator[FastAPI]:
+    """The app on the test's backend, reading time from `clock`."""
+    application = create_app(settings, clock=clock)
+    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+        yield application
