@@ -15,6 +15,8 @@ app = typer.Typer(
 )
 token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+rollups_app = typer.Typer(help="Analytics rollups.", no_args_is_help=True)
+app.add_typer(rollups_app, name="rollups")
 
 
 def _settings() -> Settings:
@@ -292,6 +294,32 @@ def demo_agent(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
+
+
+@rollups_app.command("rebuild")
+def rollups_rebuild() -> None:
+    """Recompute the analytics rollups from the raw tasks (task writes wait meanwhile)."""
+    import time
+
+    from dashboard_api.db.migrate import upgrade_to_head
+
+    settings = _settings()
+    upgrade_to_head(settings.database_url)
+
+    async def run() -> None:
+        from dashboard_api.db.engine import Database
+        from dashboard_api.services.analytics_rollups import rebuild_rollups
+
+        db = Database(settings.database_url)
+        try:
+            async with db.write() as session:
+                await rebuild_rollups(session)
+        finally:
+            await db.dispose()
+
+    start = time.perf_counter()
+    asyncio.run(run())
+    typer.echo(f"rebuilt analytics rollups in {time.perf_counter() - start:.1f} s")
 
 
 def main() -> None:

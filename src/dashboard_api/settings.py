@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     default_price: ModelPrice = ModelPrice(input=3, output=15, cache_read="0.3", cache_write="3.75")
     prices_file: Path | None = None
 
+    # --- analytics ----------------------------------------------------------------------
+    analytics_max_buckets: int = Field(2000, ge=1, le=100_000)
+    # Only for benchmarks that measure what rollup upkeep costs a task write: with False,
+    # task writes leave the rollups alone and analytics disagree with the tasks until
+    # `dashboard-api rollups rebuild`.
+    analytics_rollups_enabled: bool = True
+
     # --- agents -------------------------------------------------------------------------
     agent_online_seconds: float = Field(60.0, gt=0)
     # How often each replica looks for agents whose heartbeat expired, to announce them

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, func, literal, text
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Integer,
+    Select,
+    Table,
+    bindparam,
+    cast,
+    func,
+    literal,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
@@ -57,6 +69,79 @@ def contains_ci(
     return func.dashboard_casefold(column).like(literal(pattern.casefold()), escape="\\")
 
 
+# --- analytics ---------------------------------------------------------------------------
+
+
+def epoch_bucket(
+    session: AsyncSession, column: ColumnElement[Any] | QueryableAttribute[Any], seconds: int
+) -> ColumnElement[int]:
+    """The start (whole seconds since the epoch) of the `seconds`-long block holding a time."""
+    if backend_of(session) == "postgresql":
+        epoch = func.extract("epoch", column)
+        return cast(func.floor(epoch / seconds), BigInteger) * seconds
+    # SQLite keeps UTC as naive text 'YYYY-MM-DD HH:MM:SS.ffffff'; strftime would round
+    # the fraction (to ms), so it reads only the whole seconds.
+    whole = cast(func.strftime("%s", func.substr(column, 1, 19)), Integer)
+    return whole - (whole % seconds + seconds) % seconds
+
+
+def micros_between(
+    session: AsyncSession,
+    later: ColumnElement[Any] | QueryableAttribute[Any],
+    earlier: ColumnElement[Any] | QueryableAttribute[Any],
+) -> ColumnElement[int]:
+    """Exact `later - earlier` in microseconds (integer arithmetic on both backends)."""
+    if backend_of(session) == "postgresql":
+        return cast(func.extract("epoch", later - earlier) * 1_000_000, BigInteger)
+
+    # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds, then the six digits.
+    def micros(col: Any) -> ColumnElement[int]:
+        whole = cast(func.strftime("%s", func.substr(col, 1, 19)), Integer) * 1_000_000
+        return whole + cast(func.substr(col, 21, 6), Integer)
+
+    return micros(later) - micros(earlier)
+
+
+_LOG_BIN_SQLITE = "dashboard_log_bin"
+
+
+async def prepare_log_bin(session: AsyncSession, thresholds: Sequence[int]) -> None:
+    """Make `log_bin` usable on this session's connection (registers a function on SQLite)."""
+    if backend_of(session) == "postgresql":
+        return
+    import bisect
+
+    def log_bin_fn(value: int | None) -> int | None:
+        return None if value is None else bisect.bisect_right(thresholds, value)
+
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    await driver.create_function(_LOG_BIN_SQLITE, 1, log_bin_fn, deterministic=True)
+
+
+def log_bin(
+    session: AsyncSession,
+    value: ColumnElement[Any] | QueryableAttribute[Any],
+    thresholds: Sequence[int],
+) -> ColumnElement[int]:
+    """How many of the sorted `thresholds` are <= value (`bisect_right`), in SQL."""
+    if backend_of(session) == "postgresql":
+        array = bindparam(
+            "log_bin_thresholds", list(thresholds), type_=postgresql.ARRAY(BigInteger)
+        )
+        return func.width_bucket(value, array, type_=Integer)
+    fn: ColumnElement[int] = getattr(func, _LOG_BIN_SQLITE)(value, type_=Integer)
+    return fn
+
+
+async def lock_tables_exclusive(session: AsyncSession, tables: Sequence[str]) -> None:
+    """Block other writers of these tables until commit (PostgreSQL; SQLite has one writer)."""
+    if backend_of(session) == "postgresql":
+        names = ", ".join(f'"{t}"' for t in tables)
+        await session.execute(text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
+
+
 def advisory_xact_lock_sql(session: AsyncSession, key: int) -> Any:
     """A statement that takes a lock held until the transaction ends (PostgreSQL), or None.
 
@@ -65,3 +150,49 @@ def advisory_xact_lock_sql(session: AsyncSession, key: int) -> Any:
     if backend_of(session) == "postgresql":
         return text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=key)
     return None
+
+
+def _pg_array_type(column: Any) -> str:
+    type_ = column.type
+    if isinstance(type_, BigInteger):
+        return "bigint[]"
+    if isinstance(type_, Integer):  # SmallInteger and Integer both fit
+        return "integer[]"
+    return "text[]"
+
+
+async def upsert_add_many(
+    session: AsyncSession,
+    table: Table,
+    keys: Sequence[str],
+    values: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """Insert rows (keys then values), or add their values to the rows already there.
+
+    PostgreSQL: one statement over arrays (one round trip, one plan, whatever the number
+    of rows); rows are applied in the given order, so callers sort them to lock shared
+    rows in one order. SQLite: a cached statement run for each row.
+    """
+    if not rows:
+        return
+    names = [*keys, *values]
+    if backend_of(session) == "postgresql":
+        columns = ", ".join(f'"{n}"' for n in names)
+        arrays = ", ".join(
+            f"CAST(:p{i} AS {_pg_array_type(table.c[n])})" for i, n in enumerate(names)
+        )
+        updates = ", ".join(f'"{v}" = {table.name}."{v}" + EXCLUDED."{v}"' for v in values)
+        keys_sql = ", ".join(f'"{k}"' for k in keys)
+        sql = (
+            f"INSERT INTO {table.name} ({columns}) SELECT * FROM unnest({arrays}) "  # noqa: S608 - names come from the table
+            f"ON CONFLICT ({keys_sql}) DO UPDATE SET {updates}"
+        )
+        params = {f"p{i}": [r[i] for r in rows] for i in range(len(names))}
+        await session.execute(text(sql), params)
+        return
+    stmt = sqlite.insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(keys), set_={v: table.c[v] + stmt.excluded[v] for v in values}
+    )
+    await session.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])

@@ -145,6 +145,11 @@ async def seed_tasks(
     finally:
         if not pending.done():
             await asyncio.gather(pending, return_exceptions=True)
+    # analytics: COPY bypasses the task-write hook, so the rollups are recomputed (in this
+    # transaction, so that they never disagree with the tasks).
+    from dashboard_api.services.analytics_rollups import rebuild_rollups
+
+    await rebuild_rollups(session)
     return done
 
 

@@ -53,9 +53,11 @@ async def task_written(
     """Apply the consequences of one task write (None before: the task is new)."""
     # Features register their reactions here, in a fixed and visible order.
     # Imported here: services.conversations itself writes tasks through services.tasks.
+    from dashboard_api.services.analytics_rollups import apply_task_write
     from dashboard_api.services.conversations import on_task_written
 
-    # Lock order on PostgreSQL is task rows -> conversation row -> other derived rows in
-    # every transaction (posting a message locks its conversation before it creates the
-    # task), so conversations run first here.
+    # Lock order on PostgreSQL is task rows -> conversation row -> rollup rows in every
+    # transaction (posting a message locks its conversation before it creates the task),
+    # so conversations must run before analytics here, or the two deadlock.
     await on_task_written(session, before, after)
+    await apply_task_write(session, before, after)
