@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dashboard_api import __version__
 from dashboard_api.api import (
     agents,
+    analytics,
     conversations,
     health,
     oauth,
@@ -209,6 +210,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     settings = settings or Settings()
     models, default = settings.price_table()
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
+    # analytics: read by the rollup hook on every task write (off only in benchmarks)
+    db.sessions.configure(info={"analytics_rollups_enabled": settings.analytics_rollups_enabled})
     clock = clock or SystemClock()
     ctx = AppContext(
         settings=settings,
@@ -269,6 +272,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         webhooks.router,
         oauth.router,
         sources.router,
+        analytics.router,
     ):
         app.include_router(router)
     app.include_router(stream.router)  # realtime: /ws and /api/tasks/{task_id}/stream
