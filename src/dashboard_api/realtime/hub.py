@@ -169,6 +169,7 @@ class TaskSubscription(Subscription):
         self._pending_state: TaskState | None = None
         self.state: TaskState | None = None
         self._need_at = 0.0  # reads must start after this (loop time) to be of use
+        self._gap_filled: asyncio.Event | None = None  # set when the awaited chunk arrives
 
     async def open(self) -> TaskState | None:
         """Register live (buffering) first, then read the task; None when there is none."""
@@ -213,6 +214,7 @@ class TaskSubscription(Subscription):
             # give the missing ones a moment to arrive before asking the database.
             self._buffer.append(event)
             self._need_at = asyncio.get_running_loop().time()
+            self._gap_filled = asyncio.Event()
             self._run_sync(read_db=False, gap_wait=self.hub.gap_wait)
 
     def resync(self, *, with_state: bool = True) -> None:
@@ -227,6 +229,9 @@ class TaskSubscription(Subscription):
 
     def _buffer_event(self, event: OutEvent) -> None:
         self._buffer.append(event)
+        gap = self._gap_filled
+        if gap is not None and event.seq is not None and event.seq == self.last_sent + 1:
+            gap.set()  # the missing chunk arrived: stop waiting for it
         if len(self._buffer) > self.hub.buffer_limit:
             self._need_at = asyncio.get_running_loop().time()
             # Everything of type task_output is in the database: drop it here, read it there.
@@ -272,7 +277,14 @@ class TaskSubscription(Subscription):
         while True:
             try:
                 if gap_wait:
-                    await asyncio.sleep(gap_wait)
+                    gap = self._gap_filled
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(gap_wait):
+                            if gap is not None:
+                                await gap.wait()
+                            else:
+                                await asyncio.sleep(gap_wait)
+                    self._gap_filled = None
                     gap_wait = 0
                 await self._sync_loop(read_db, with_state)
                 return
@@ -382,7 +394,7 @@ class Hub:
         *,
         replay_page: int = 500,
         buffer_limit: int = 1000,
-        gap_wait: float = 0.05,
+        gap_wait: float = 0.03,
         db_concurrency: int = 4,
     ) -> None:
         self.broker = broker
