@@ -5,7 +5,7 @@ documents — including those of features that land later — hypothesis draws p
 negative cases (some aimed at real resources) and checks that the answer is never a 5xx,
 conforms to the documented status codes, content types and schemas, and that a caller
 never gets a 2xx from an operation its role may not use, nor from another user's
-resource. `FUZZ_EXAMPLES` (default 12) bounds the examples per operation and mode;
+resource. `FUZZ_EXAMPLES` (default 10) bounds the examples per operation and mode;
 `make fuzz` runs a longer, randomized round.
 """
 
@@ -44,7 +44,7 @@ from tests.conftest import Backend, run_sync
 
 # Examples per operation and role: positive cases, then negative ones. The roles whose
 # answers are decided before any parameter matters (no token; another user) get fewer.
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 RANDOMIZE = os.environ.get("FUZZ_RANDOM") == "1"
 ROLES = ("admin", "user", "agent", "other_user", "anonymous")
 CHECKS = [
@@ -137,7 +137,8 @@ def target(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     }
     yield Target(app, schema, tokens, known, conversation, routes)
     total = {role: sum(c.values()) for role, c in sorted(target_counts(app).items())}
-    print(f"\nschema fuzz: examples per role {total}")
+    operations = len({label for c in target_counts(app).values() for label in c})
+    print(f"\nschema fuzz: {operations} operations, examples per role {total}")
     st_asgi.shutdown_lifespans()
 
 
