@@ -142,7 +142,20 @@ async def _dbapi_error(request: Request, exc: Exception) -> JSONResponse:
                 {"Retry-After": "1"},
                 dependency="database",
             )
+        if getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES:
+            # hardening: a NUL (or unencodable) character PostgreSQL refuses is the client's
+            # mistake, whichever field or parameter carried it: 422, not 500.
+            return problem_response(
+                422,
+                "Unprocessable Content",
+                "The request holds characters the database cannot store (such as NUL).",
+                errors=[{"loc": [], "msg": "unstorable character", "type": "value_error"}],
+            )
     return await _unexpected(request, exc)
+
+
+# SQLSTATEs of text PostgreSQL cannot store or encode (NUL bytes, untranslatable characters).
+_UNSTORABLE_TEXT_SQLSTATES = {"22021", "22P05"}
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -276,4 +289,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     ):
         app.include_router(router)
     app.include_router(stream.router)  # realtime: /ws and /api/tasks/{task_id}/stream
+    # hardening: document the cross-cutting problem answers (400/401/403/413/422/429/503)
+    from dashboard_api.api.openapi import install as install_openapi
+
+    install_openapi(app)
     return app
