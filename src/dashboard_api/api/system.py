@@ -44,6 +44,7 @@ async def metrics(
         await authenticate(ctx, credentials.credentials if credentials else None)
     m = metrics_of(ctx)
     await m.refresh_task_counts(
-        lambda: task_counts_by_status(ctx), timeout=ctx.settings.dependency_timeout_seconds
+        lambda statuses: task_counts_by_status(ctx, statuses),
+        timeout=ctx.settings.dependency_timeout_seconds,
     )
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

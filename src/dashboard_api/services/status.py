@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,13 +156,18 @@ async def system_status(ctx: AppContext) -> SystemStatus:
     )
 
 
-async def task_counts_by_status(ctx: AppContext) -> dict[str, int]:
-    """Tasks per status (every status present, zeros included), for `/metrics`."""
+async def task_counts_by_status(
+    ctx: AppContext, statuses: Sequence[str] | None = None
+) -> dict[str, int]:
+    """Tasks per status (all statuses, zeros included; or only `statuses`), for `/metrics`."""
     from dashboard_api.db.models.tasks import TASK_STATUSES
 
-    counts = dict.fromkeys(TASK_STATUSES, 0)
+    wanted = list(statuses) if statuses is not None else list(TASK_STATUSES)
+    counts = dict.fromkeys(wanted, 0)
+    stmt = select(Task.status, func.count()).group_by(Task.status)
+    if statuses is not None:
+        stmt = stmt.where(Task.status.in_(wanted))
     async with ctx.db.read() as session:
-        stmt = select(Task.status, func.count()).group_by(Task.status)
         for status, count in await session.execute(stmt):
             counts[str(status)] = int(count)
     return counts
