@@ -186,10 +186,10 @@ async def test_live_only_subscription_and_tasks_channel(live: LiveServer) -> Non
 
 
 async def test_server_pings_and_drops_a_silent_peer(serve: ServeFactory) -> None:
-    live = await serve(ws_ping_interval_seconds=0.2, ws_ping_timeout_seconds=0.3)
+    live = await serve(ws_ping_interval_seconds=0.2, ws_ping_timeout_seconds=1.0)
     # A well-behaved client answers pings and stays connected.
     async with await live.connect("user") as ws:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.5)
         await send_json(ws, {"type": "ping"})
         assert await recv_json(ws) == {"type": "pong"}
     # A raw peer that never answers is dropped after interval + timeout.
