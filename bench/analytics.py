@@ -1,0 +1,344 @@
+"""Analytics benchmark on 1,000,000 tasks in PostgreSQL, through a real uvicorn server.
+
+Run: `.venv/bin/python -m bench.analytics [--requests 50] [--reseed]` (see bench/README.md).
+It creates (or reuses) its own database, seeds it with `dashboard-api seed` (rollups
+included, timed), serves it with uvicorn on loopback and measures the three analytics
+endpoints with httpx; in the same run it times the same figures computed by a plain
+GROUP BY over the raw tasks table (the baseline), checks that both agree, and measures
+task registration throughput with the rollup upkeep on and off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+PG_HOST = os.environ.get("DASHBOARD_BENCH_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("DASHBOARD_BENCH_PG_PORT", "5432"))
+DB_NAME = os.environ.get("DASHBOARD_BENCH_ANALYTICS_DB", "dash_bench_analytics")
+DB_URL = f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{DB_NAME}"
+N_TASKS = 1_000_000
+BIN = Path(sys.executable).parent
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+async def connect(database: str = "test") -> asyncpg.Connection:
+    return await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database=database)
+
+
+async def task_count() -> int | None:
+    conn = await connect()
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DB_NAME):
+            return None
+    finally:
+        await conn.close()
+    conn = await connect(DB_NAME)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('tasks') IS NOT NULL"):
+            return None
+        return int(await conn.fetchval("SELECT count(*) FROM tasks"))
+    finally:
+        await conn.close()
+
+
+async def recreate_db() -> None:
+    conn = await connect()
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    finally:
+        await conn.close()
+
+
+def cli(*args: str, env: dict[str, str]) -> str:
+    out = subprocess.run(
+        [str(BIN / "dashboard-api"), *args], env=env, check=True, capture_output=True, text=True
+    )
+    return out.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(p * len(ordered)) - 1))]
+
+
+async def timed(n: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
+    await call()  # warm-up
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await call()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+class Server:
+    """A uvicorn subprocess on a free loopback port."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(BIN / "python"), "-m", "uvicorn", "dashboard_api.app:create_app", "--factory",
+             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+             "--no-access-log"],
+            env=env,
+        )  # fmt: skip
+
+    async def wait_ready(self) -> None:
+        async with httpx.AsyncClient(base_url=self.base, timeout=10) as probe:
+            for _ in range(300):
+                try:
+                    if (await probe.get("/api/health")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise RuntimeError("the server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# --- the baseline: plain GROUP BY over the raw tasks table ---------------------------------
+
+SUMMARY_SQL = """
+SELECT count(*), count(*) FILTER (WHERE status = 'queued'),
+       count(*) FILTER (WHERE status = 'running'),
+       count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),
+       count(*) FILTER (WHERE status = 'cancelled'), coalesce(sum(cost_micros), 0),
+       coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), avg(duration_us)
+FROM tasks WHERE created_at >= $1 AND created_at < $2
+"""
+HISTOGRAM_SQL = """
+SELECT date_trunc($3, created_at, $4) AS b, count(*),
+       count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed'),
+       sum(cost_micros), sum(input_tokens), sum(output_tokens)
+FROM tasks WHERE created_at >= $1 AND created_at < $2 GROUP BY b ORDER BY b
+"""
+PERFORMANCE_SQL = """
+SELECT agent_type, source, count(*), count(*) FILTER (WHERE status = 'completed'),
+       count(*) FILTER (WHERE status = 'failed'), avg(duration_us),
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY duration_us),
+       percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_us),
+       sum(cost_micros), sum(input_tokens), sum(output_tokens)
+FROM tasks WHERE created_at >= $1 AND created_at < $2
+GROUP BY GROUPING SETS ((), (agent_type), (source))
+"""
+
+
+async def main(args: argparse.Namespace) -> int:
+    env = {**os.environ, "DASHBOARD_DATABASE_URL": DB_URL, "DASHBOARD_LOG_LEVEL": "WARNING"}
+    env.pop("DASHBOARD_REDIS_URL", None)
+    rows: list[tuple[str, str, str, str]] = []  # (what, p50, p99, note)
+
+    count = await task_count()
+    if args.reseed or count is None or count < N_TASKS:
+        log(f"seeding {N_TASKS:,} tasks into {DB_NAME} (rollups included) ...")
+        await recreate_db()
+        cli("migrate", env=env)
+        start = time.perf_counter()
+        cli("seed", "--tasks", str(N_TASKS), "--random-seed", "1", env=env)
+        rows.append(
+            (
+                "seed 1,000,000 tasks + rollups",
+                f"{time.perf_counter() - start:.1f} s",
+                "",
+                "target < 120 s",
+            )
+        )
+        conn = await connect(DB_NAME)
+        try:
+            await conn.execute("VACUUM ANALYZE")
+        finally:
+            await conn.close()
+    else:
+        log(f"reusing {DB_NAME} ({count:,} tasks)")
+        cli("migrate", env=env)
+        rows.append(("seed 1,000,000 tasks + rollups", "reused", "", "--reseed to time it"))
+
+    conn = await connect(DB_NAME)
+    try:
+        sizes = await conn.fetch(
+            "SELECT relname, n_live_tup FROM pg_stat_user_tables "
+            "WHERE relname IN ('tasks', 'analytics_rollups', 'analytics_histograms')"
+        )
+        log("rows: " + ", ".join(f"{r['relname']}={r['n_live_tup']:,}" for r in sizes))
+    finally:
+        await conn.close()
+
+    user = cli("token", "create", "--user", "bench", "--role", "user", env=env).split()[-1]
+    agent = cli("token", "create", "--user", "bench-agent", "--role", "agent", env=env).split()[-1]
+    server = Server(env)
+    try:
+        await server.wait_ready()
+        await measure_reads(server.base, user, args.requests, rows)
+    finally:
+        server.stop()
+    await measure_writes(env, agent, args.writes, rows)
+
+    width = max(len(r[0]) for r in rows)
+    print(f"{'what':<{width}}  {'p50':>10}  {'p99':>10}  note")
+    for what, p50, p99, note in rows:
+        print(f"{what:<{width}}  {p50:>10}  {p99:>10}  {note}")
+    return 0
+
+
+async def measure_reads(
+    base: str, user: str, n: int, rows: list[tuple[str, str, str, str]]
+) -> None:
+    now = datetime.now(UTC)
+    d30 = {"from": (now - timedelta(days=30)).isoformat(), "to": now.isoformat()}
+    d365 = {"from": (now - timedelta(days=365)).isoformat(), "to": now.isoformat()}
+    all_time = {"from": "2000-01-01T00:00:00Z", "to": now.isoformat()}
+    cases: list[tuple[str, str, dict[str, str], Any]] = [
+        ("summary, 30 days", "/api/analytics/summary", d30, ("summary", d30)),
+        ("summary, all time", "/api/analytics/summary", all_time, ("summary", all_time)),
+        ("histogram, 30 days by hour, UTC", "/api/analytics/costs/histogram",
+         {**d30, "period": "hour"}, ("histogram", d30, "hour", "UTC")),
+        ("histogram, 365 days by day, UTC", "/api/analytics/costs/histogram",
+         {**d365, "period": "day"}, ("histogram", d365, "day", "UTC")),
+        ("histogram, 365 days by day, America/New_York", "/api/analytics/costs/histogram",
+         {**d365, "period": "day", "tz": "America/New_York"},
+         ("histogram", d365, "day", "America/New_York")),
+        ("histogram, 30 days by hour, Asia/Kolkata", "/api/analytics/costs/histogram",
+         {**d30, "period": "hour", "tz": "Asia/Kolkata"},
+         ("histogram", d30, "hour", "Asia/Kolkata")),
+        ("performance, 30 days", "/api/analytics/performance", d30, ("performance", d30)),
+    ]  # fmt: skip
+    conn = await connect(DB_NAME)
+    try:
+        async with httpx.AsyncClient(
+            base_url=base, timeout=120, headers={"Authorization": f"Bearer {user}"}
+        ) as client:
+            for what, path, params, baseline in cases:
+
+                async def call(path: str = path, params: dict[str, str] = params) -> Any:
+                    r = await client.get(path, params=params)
+                    r.raise_for_status()
+                    return r.json()
+
+                answer = await call()
+                api = await timed(n, call)
+                raw = await timed(max(3, n // 10), lambda b=baseline: run_baseline(conn, b))
+                check = verify(answer, await run_baseline(conn, baseline), baseline[0])
+                ratio = statistics.median(raw) / statistics.median(api)
+                note = f"raw GROUP BY p50 {pct(raw, 0.5):.0f} ms = {ratio:.0f}x; {check}"
+                rows.append((what, f"{pct(api, 0.5):.1f} ms", f"{pct(api, 0.99):.1f} ms", note))
+                log(f"{rows[-1]}")
+    finally:
+        await conn.close()
+
+
+async def run_baseline(conn: asyncpg.Connection, spec: Any) -> Any:
+    kind, window, *rest = spec
+    lo = datetime.fromisoformat(window["from"].replace("Z", "+00:00"))
+    hi = datetime.fromisoformat(window["to"].replace("Z", "+00:00"))
+    if kind == "summary":
+        return await conn.fetchrow(SUMMARY_SQL, lo, hi)
+    if kind == "histogram":
+        period, tz = rest
+        return await conn.fetch(HISTOGRAM_SQL, lo, hi, period, tz)
+    return await conn.fetch(PERFORMANCE_SQL, lo, hi)
+
+
+def verify(answer: dict[str, Any], raw: Any, kind: str) -> str:
+    """Spot-check that the API and the raw GROUP BY agree."""
+    if kind == "summary":
+        ok = answer["total_tasks"] == raw[0] and round(answer["total_cost_usd"] * 1e6) == raw[6]
+    elif kind == "histogram":
+        nonzero = [b for b in answer["buckets"] if b["tasks"]]
+        ok = [b["tasks"] for b in nonzero] == [r[1] for r in raw]
+    else:
+        overall = next(r for r in raw if r["agent_type"] is None and r["source"] is None)
+        p50 = overall[6] / 1e6 if overall[6] is not None else None
+        got = answer["overall"]["p50_duration_seconds"]
+        ok = answer["overall"]["tasks"] == overall[2] and (
+            p50 is None or abs(got - p50) <= 0.02 * p50
+        )
+    return "agrees" if ok else "DISAGREES"
+
+
+async def measure_writes(
+    env: dict[str, str], agent: str, n: int, rows: list[tuple[str, str, str, str]]
+) -> None:
+    """Registration throughput (8 concurrent producers) with rollup upkeep on and off."""
+    results: dict[bool, list[float]] = {True: [], False: []}
+    for enabled in (True, False, True, False):
+        server = Server({**env, "DASHBOARD_ANALYTICS_ROLLUPS_ENABLED": str(enabled).lower()})
+        try:
+            await server.wait_ready()
+            rate = await register_many(server.base, agent, n, f"bench-{'on' if enabled else 'off'}")
+            results[enabled].append(rate)
+            log(f"registrations with rollups {'on' if enabled else 'off'}: {rate:.0f}/s")
+        finally:
+            server.stop()
+    # Tasks written with the upkeep off are not in the rollups: remove them.
+    conn = await connect(DB_NAME)
+    try:
+        await conn.execute("DELETE FROM tasks WHERE agent_type = 'bench-off'")
+    finally:
+        await conn.close()
+    on, off = max(results[True]), max(results[False])
+    rows.append(("task registrations/s, rollups on", f"{on:.0f}/s", "", f"best of 2, {n} tasks"))
+    rows.append(("task registrations/s, rollups off", f"{off:.0f}/s", "", f"best of 2, {n} tasks"))
+    rows.append(("registration throughput on/off", f"{on / off:.0%}", "", "target >= 80%"))
+
+
+async def register_many(base: str, agent: str, n: int, agent_type: str) -> float:
+    headers = {"Authorization": f"Bearer {agent}"}
+    workers = 8
+    async with httpx.AsyncClient(base_url=base, timeout=60, headers=headers) as client:
+        await client.post("/api/tasks", json={"agent_type": agent_type, "input_message": "warm"})
+
+        async def worker(k: int) -> None:
+            for i in range(k, n, workers):
+                r = await client.post(
+                    "/api/tasks",
+                    json={"agent_type": agent_type, "input_message": f"bench {i}",
+                          "source": ("github", "jira", "slack")[i % 3]},
+                )  # fmt: skip
+                r.raise_for_status()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(workers)))
+        return n / (time.perf_counter() - start)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=50, help="samples per endpoint")
+    parser.add_argument("--writes", type=int, default=1000, help="registrations per run")
+    parser.add_argument("--reseed", action="store_true", help="drop the database and seed again")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))
