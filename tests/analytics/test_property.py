@@ -126,8 +126,8 @@ async def _apply(
 
 @given(
     tasks=tasks_st,
-    steps=st.lists(step_st, max_size=25),
-    windows=st.lists(window_st, min_size=1, max_size=3),
+    steps=st.lists(step_st, max_size=15),
+    windows=st.lists(window_st, min_size=1, max_size=2),
 )
 async def test_figures_match_brute_force(
     app: FastAPI,
