@@ -50,13 +50,22 @@ class Row:
 
 async def clear_tasks(app: FastAPI) -> None:
     """Remove every task (between hypothesis examples, which share one database)."""
+    from dashboard_api.services.analytics_rollups import rebuild_rollups
+
     async with app.state.ctx.db.write() as session:
         for model in (TaskOutputChunk, TaskEvent, Task):
             await session.execute(delete(model))
+        await rebuild_rollups(session)
 
 
 async def load_rows(app: FastAPI, rows: Sequence[Row]) -> None:
-    """Insert tasks directly, with exactly the keys a list test needs (ties, nulls)."""
+    """Insert tasks directly, with exactly the keys a list test needs (ties, nulls).
+
+    Like any bulk load that bypasses the task service, it rebuilds the analytics rollups
+    (list totals are counted from them).
+    """
+    from dashboard_api.services.analytics_rollups import rebuild_rollups
+
     async with app.state.ctx.db.write() as session:
         for r in rows:
             started = None if r.duration_us is None else r.created_at
@@ -98,3 +107,5 @@ async def load_rows(app: FastAPI, rows: Sequence[Row]) -> None:
                     output_truncated=False,
                 )
             )
+        await session.flush()
+        await rebuild_rollups(session)

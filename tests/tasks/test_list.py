@@ -35,6 +35,22 @@ MESSAGES = (
     "",
 )
 NEEDLES = ("ärger", "ÄRGER", "%", "_", "a_b", "100%", "été", "ÉTÉ", "x%y", "PLAIN", "\\", "zz")
+# Creation instants: few (many ties), on and off the 15-minute rollup blocks, some days
+# apart, so that counted totals combine whole blocks with raw edges.
+OFFSETS = [
+    timedelta(0),
+    timedelta(minutes=1),
+    timedelta(minutes=14, seconds=59, microseconds=999_999),
+    timedelta(minutes=15),
+    timedelta(hours=1, minutes=7),
+    timedelta(hours=5),
+    timedelta(days=1, hours=3),
+    timedelta(days=6, minutes=45),
+    timedelta(days=-20, minutes=-3),
+]
+JITTER = st.sampled_from(
+    [timedelta(0), timedelta(microseconds=1), timedelta(microseconds=-1), timedelta(minutes=7)]
+)
 SORTS = (
     "created_at",
     "-created_at",
@@ -178,7 +194,7 @@ def datasets(draw: st.DrawFn) -> list[Row]:
             Row(
                 task_id=f"t{num:04d}",
                 # Few distinct instants and costs: many ties, so the tiebreaker matters.
-                created_at=T0 + timedelta(minutes=draw(st.integers(0, 4))),
+                created_at=T0 + draw(st.sampled_from(OFFSETS)),
                 status=draw(st.sampled_from(STATUSES)),
                 agent_type=draw(st.sampled_from(AGENTS)),
                 source=draw(st.sampled_from(SOURCES)),
@@ -206,11 +222,11 @@ def queries(draw: st.DrawFn) -> dict[str, Any]:
     multi("agent_type", AGENTS)
     multi("source", SOURCES)
     if draw(st.booleans()):
-        after = T0 + timedelta(minutes=draw(st.integers(0, 4)))
+        after = T0 + draw(st.sampled_from(OFFSETS)) + draw(JITTER)
         params["created_after"] = ts(after)
         params["created_after_dt"] = after
     if draw(st.booleans()):
-        before = T0 + timedelta(minutes=draw(st.integers(0, 5)))
+        before = T0 + draw(st.sampled_from(OFFSETS)) + draw(JITTER)
         # Any offset is accepted: the same instant written in +02:00.
         params["created_before"] = before.astimezone(
             __import__("datetime").timezone(timedelta(hours=2))
@@ -508,3 +524,49 @@ async def test_bad_list_queries_are_422(client: httpx.AsyncClient, auth: Headers
         if not ok:
             failures.append((query, r.status_code, r.text[:200]))
     assert failures == []
+
+
+async def test_totals_follow_live_writes(client: httpx.AsyncClient, auth: Headers) -> None:
+    """Totals stay exact while tasks are written through the API (no rebuild involved)."""
+    specs = [
+        ("w0", "coder", "api", T0),
+        ("w1", "coder", "github", T0 + timedelta(minutes=20)),
+        ("w2", "triage", "github", T0 + timedelta(hours=3)),
+        ("w3", "coder", "slack", T0 + timedelta(days=2, seconds=1)),
+        ("w4", "triage", "api", T0 - timedelta(days=40)),
+    ]
+    for task_id, agent_type, source, created in specs:
+        r = await client.post(
+            "/api/tasks",
+            json={"task_id": task_id, "agent_type": agent_type, "source": source,
+                  "input_message": "x", "created_at": ts(created)},
+            headers=auth("agent"),
+        )  # fmt: skip
+        assert r.status_code == 201
+    moves = [("w0", "running"), ("w0", "completed"), ("w2", "failed"), ("w3", "cancelled")]
+    for task_id, status in moves:
+        r = await client.patch(
+            f"/api/tasks/{task_id}", json={"status": status}, headers=auth("agent")
+        )
+        assert r.status_code == 200
+    queries: list[dict[str, Any]] = [
+        {},
+        {"status": "queued"},
+        {"status": "completed,failed"},
+        {"agent_type": "coder"},
+        {"source": "github", "status": "queued,failed"},
+        {"created_after": ts(T0 + timedelta(minutes=5))},
+        {"created_before": ts(T0 + timedelta(days=1))},
+        {
+            "created_after": ts(T0 - timedelta(days=50)),
+            "created_before": ts(T0 + timedelta(days=3)),
+        },
+        {"created_after": ts(T0 + timedelta(minutes=20)), "agent_type": "coder,triage"},
+    ]
+    for params in queries:
+        body = (
+            await client.get("/api/tasks", params={**params, "per_page": 200}, headers=auth("user"))
+        ).json()
+        assert body["total"] == len(body["items"]), params
+    counts = await client.get("/api/tasks", params={"status": "queued"}, headers=auth("user"))
+    assert counts.json()["total"] == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -126,12 +126,13 @@ async def paginate(
     *,
     convert: Callable[[Row[Any]], T],
     count_stmt: Select[Any] | None = None,
+    count: Callable[[], Awaitable[int]] | None = None,
 ) -> PageResult[T]:
     """Run a filtered SELECT one page at a time.
 
     `stmt` selects the row columns and applies the filters; the ordering keys are appended
-    as extra columns. `count_stmt`, when given, counts the filtered rows more cheaply than
-    wrapping `stmt`.
+    as extra columns. `count_stmt` (a query) or `count` (a coroutine function), when
+    given, count the filtered rows more cheaply than wrapping `stmt`.
     """
     n_keys = len(ordering.keys)
     direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
@@ -152,9 +153,12 @@ async def paginate(
     if has_more and rows:
         next_cursor = encode_cursor(ordering, list(rows[-1][-n_keys:]))
 
-    if count_stmt is None:
-        count_stmt = select(func.count()).select_from(stmt.order_by(None).subquery())
-    total = int((await session.execute(count_stmt)).scalar_one())
+    if count is not None:
+        total = await count()
+    else:
+        if count_stmt is None:
+            count_stmt = select(func.count()).select_from(stmt.order_by(None).subquery())
+        total = int((await session.execute(count_stmt)).scalar_one())
     page = None if request.cursor is not None else (request.page or 1)
     return PageResult(
         items=[convert(r) for r in rows],

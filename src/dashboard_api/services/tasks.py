@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -15,6 +15,7 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    or_,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dashboard_api.db.dialect import contains_ci, lock_for_update, lock_skip_locked
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
+from dashboard_api.db.models.analytics import AnalyticsRollup
 from dashboard_api.db.paging import Ordering, PageRequest, PageResult, paginate
 from dashboard_api.errors import Conflict, NotFound, PayloadTooLarge
 from dashboard_api.ids import new_id
@@ -35,9 +37,10 @@ from dashboard_api.schemas.tasks import (
     TaskUpdate,
     task_summary,
 )
+from dashboard_api.services.analytics_rollups import EPOCH, GRAINS, QUARTER, SERIES_ALL_MODELS
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import TaskSnapshot, snapshot, task_written
-from dashboard_api.timeutil import format_ts
+from dashboard_api.timeutil import format_ts, to_utc
 
 ALLOWED_MOVES: dict[str, frozenset[str]] = {
     "queued": frozenset({"running", "cancelled", "failed"}),
@@ -139,16 +142,123 @@ async def list_tasks(
     where = filters.clauses(session)
     if where:
         stmt = stmt.where(and_(*where))
-    count_stmt = select(func.count()).select_from(Task)
-    if where:
-        count_stmt = count_stmt.where(and_(*where))
 
     def convert(row: Any) -> TaskSummary:
         return task_summary(row, input_preview=row.input_preview, has_error=bool(row.has_error))
 
-    return await paginate(
-        session, stmt, ORDERINGS[sort], page, convert=convert, count_stmt=count_stmt
-    )
+    ordering = ORDERINGS[sort]
+    total = await count_tasks(session, filters=filters)
+    if filters.q and total <= FEW_MATCHES:
+        # A rare substring: walking the order's index and testing each row would read
+        # tens of thousands of rows to fill one page; finding the few matches first (the
+        # trigram index on PostgreSQL) and sorting them is far cheaper.
+        ordering = _unindexed(ordering)
+
+    async def counted() -> int:
+        return total
+
+    return await paginate(session, stmt, ordering, page, convert=convert, count=counted)
+
+
+# At most this many matches of `q`: find them first, then sort (see list_tasks).
+FEW_MATCHES = 5000
+
+
+def _unindexed(ordering: Ordering) -> Ordering:
+    """The same order and cursors, written so that no index can serve it."""
+    first, *rest = ordering.keys
+    return Ordering(ordering.name, (func.coalesce(first, first), *rest), ordering.descending)
+
+
+async def count_tasks(session: AsyncSession, *, filters: TaskFilters) -> int:
+    """The exact number of tasks matching `filters`.
+
+    count(*) over a million rows takes far longer than a page. Filters the analytics
+    rollups can answer exactly (status, agent_type, source, created range) are counted
+    from them: whole rollup blocks plus raw counts of the partial blocks at the edges.
+    The rollups change in the same transaction as every task write, so this stays exact.
+    The selective filters (ids, `q`) are counted on their own indexes.
+    """
+    selective = (filters.conversation_id, filters.flow_id, filters.user_id)
+    rollups_kept = session.info.get("analytics_rollups_enabled", True)
+    if not rollups_kept or filters.q or any(v is not None for v in selective):
+        return await _count_raw(session, filters.clauses(session))
+    lo, hi = filters.created_after, filters.created_before
+    if lo is None and hi is None:
+        # Every task is in exactly one block of the coarsest grain.
+        return await _count_blocks(session, filters, [(GRAINS[-1], None)])
+    if lo is None:
+        lo = await session.scalar(select(func.min(Task.created_at)))
+    if hi is None:
+        newest = await session.scalar(select(func.max(Task.created_at)))
+        hi = None if newest is None else newest + timedelta(microseconds=1)
+    if lo is None or hi is None or lo >= hi:
+        return 0
+    edges, blocks = _split_window(lo, hi)
+    total = await _count_blocks(session, filters, blocks) if blocks else 0
+    if edges:
+        window = or_(*(and_(Task.created_at >= a, Task.created_at < b) for a, b in edges))
+        plain = replace(filters, created_after=None, created_before=None)
+        total += await _count_raw(session, [window, *plain.clauses(session)])
+    return total
+
+
+async def _count_raw(session: AsyncSession, where: Sequence[ColumnElement[bool]]) -> int:
+    stmt = select(func.count()).select_from(Task)
+    if where:
+        stmt = stmt.where(and_(*where))
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def _count_blocks(
+    session: AsyncSession, filters: TaskFilters, blocks: Sequence[tuple[int, int | None]]
+) -> int:
+    """Tasks in whole rollup blocks ((grain, bucket); bucket None: every block)."""
+    r = AnalyticsRollup
+    counted = [getattr(r, s) for s in filters.status] or [r.tasks]
+    by_grain: dict[int, list[int]] = {}
+    every: list[int] = []
+    for grain, bucket in blocks:
+        if bucket is None:
+            every.append(grain)
+        else:
+            by_grain.setdefault(grain, []).append(bucket)
+    which = [r.grain == g for g in every]
+    which += [and_(r.grain == g, r.bucket.in_(b)) for g, b in by_grain.items()]
+    where = [r.series == SERIES_ALL_MODELS, or_(*which)]
+    for column, values in ((r.agent_type, filters.agent_type), (r.source, filters.source)):
+        if values:
+            where.append(column.in_(list(values)))
+    stmt = select(func.coalesce(func.sum(sum(counted[1:], counted[0])), 0)).where(*where)
+    return int((await session.execute(stmt)).scalar_one())
+
+
+_QUARTER_US = QUARTER * 1_000_000
+
+
+def _split_window(
+    lo: datetime, hi: datetime
+) -> tuple[list[tuple[datetime, datetime]], list[tuple[int, int | None]]]:
+    """Raw edge ranges and whole (grain, bucket) blocks that cover [lo, hi) exactly once."""
+    lo_us = (to_utc(lo) - EPOCH) // timedelta(microseconds=1)
+    hi_us = (to_utc(hi) - EPOCH) // timedelta(microseconds=1)
+    a = -(-lo_us // _QUARTER_US) * QUARTER  # first whole quarter, in epoch seconds
+    b = hi_us // _QUARTER_US * QUARTER
+    if a >= b:
+        return [(lo, hi)], []
+    edges = []
+    if lo < EPOCH + timedelta(seconds=a):
+        edges.append((lo, EPOCH + timedelta(seconds=a)))
+    if EPOCH + timedelta(seconds=b) < hi:
+        edges.append((EPOCH + timedelta(seconds=b), hi))
+    blocks: list[tuple[int, int | None]] = []
+    pos = a
+    while pos < b:
+        # The coarsest block aligned here that still fits (grains nest, so one exists).
+        grain = next(g for g in reversed(GRAINS) if pos % g == 0 and pos + g <= b)
+        blocks.append((grain, pos))
+        pos += grain
+    return edges, blocks
 
 
 async def list_status_events(session: AsyncSession, task_id: str) -> Sequence[TaskEvent]:
