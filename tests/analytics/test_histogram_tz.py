@@ -191,3 +191,36 @@ async def test_roles_and_default_window(
     h = (await client.get("/api/analytics/costs/histogram", headers=auth("user"))).json()
     assert (len(h["buckets"]), h["tz"], h["period"]) == (31, "UTC", "day")
     assert sum(b["tasks"] for b in h["buckets"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        (
+            "/api/analytics/costs/histogram",
+            {
+                "from": "9999-12-30T00:00:00Z",
+                "to": "9999-12-31T23:00:00Z",
+                "tz": "Pacific/Kiritimati",
+            },
+        ),
+        (
+            "/api/analytics/costs/histogram",
+            {
+                "from": "0001-01-01T00:00:00Z",
+                "to": "0001-01-02T00:00:00Z",
+                "tz": "America/New_York",
+            },
+        ),
+        ("/api/analytics/summary", {"to": "0001-01-02T00:00:00Z"}),
+        (
+            "/api/analytics/performance",
+            {"from": "0001-01-01T00:00:00Z", "to": "0001-01-01T00:00:01Z"},
+        ),
+    ],
+)
+async def test_calendar_limits_are_not_5xx(
+    client: httpx.AsyncClient, auth: Headers, path: str, params: dict[str, str]
+) -> None:
+    r = await client.get(path, params=params, headers=auth("user"))
+    assert r.status_code in (200, 422), r.text

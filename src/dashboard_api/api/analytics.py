@@ -42,7 +42,12 @@ def window_query(
     source: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
 ) -> Window:
     end = to if to is not None else ctx.clock.now()
-    start = from_ if from_ is not None else end - DEFAULT_WINDOW
+    try:
+        start = from_ if from_ is not None else end - DEFAULT_WINDOW
+    except OverflowError:
+        raise Unprocessable(
+            "`to` is too early for the default window.", loc=["query", "to"]
+        ) from None
     if start >= end:
         raise Unprocessable("`from` must be before `to`.", loc=["query", "from"])
     filters = service.AnalyticsFilters(

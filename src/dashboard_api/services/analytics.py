@@ -302,16 +302,22 @@ def bucket_starts(
 ) -> tuple[list[datetime], datetime]:
     """The histogram's bucket starts and the end of its last bucket; 422 when too many."""
     starts: list[datetime] = []
-    for at in _boundaries(tz, period, start):
-        if at >= end:
-            return starts, at
-        if len(starts) == max_buckets:
-            raise Unprocessable(
-                f"The window holds more than {max_buckets} {period} buckets; "
-                "narrow it or use a longer period.",
-                loc=["query", "period"],
-            )
-        starts.append(at)
+    try:
+        for at in _boundaries(tz, period, start):
+            if at >= end:
+                return starts, at
+            if len(starts) == max_buckets:
+                raise Unprocessable(
+                    f"The window holds more than {max_buckets} {period} buckets; "
+                    "narrow it or use a longer period.",
+                    loc=["query", "period"],
+                )
+            starts.append(at)
+    except OverflowError:
+        # A bucket edge past year 9999 (or before year 1) in this zone.
+        raise Unprocessable(
+            "The window reaches the limits of the calendar.", loc=["query", "to"]
+        ) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
