@@ -206,7 +206,8 @@ def seed(
         from dashboard_api.services.seed import seed_tasks
         from dashboard_api.timeutil import SystemClock
 
-        db = Database(settings.database_url)
+        # No statement timeout: a large load (and the rollup rebuild after it) takes minutes.
+        db = Database(settings.database_url, command_timeout=None)
         models, default = settings.price_table()
         try:
             async with db.write() as session:
@@ -310,7 +311,7 @@ def rollups_rebuild() -> None:
         from dashboard_api.db.engine import Database
         from dashboard_api.services.analytics_rollups import rebuild_rollups
 
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, command_timeout=None)  # minutes on 1M tasks
         try:
             async with db.write() as session:
                 await rebuild_rollups(session)

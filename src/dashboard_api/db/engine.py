@@ -51,7 +51,14 @@ def _casefold(value: str | None) -> str | None:
 class Database:
     """One per app. Writes go through `write()`, which serializes writers on SQLite."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        echo: bool = False,
+        command_timeout: float | None = 60,
+    ) -> None:
         self.url = url
         self.backend: Literal["postgresql", "sqlite"] = (
             "sqlite" if url.startswith("sqlite") else "postgresql"
@@ -63,7 +70,8 @@ class Database:
                 max_overflow=pool_size,
                 pool_pre_ping=True,
                 pool_timeout=10,
-                connect_args={"timeout": 5, "command_timeout": 60},
+                # None for maintenance commands (bulk loads, rebuilds) that run for minutes.
+                connect_args={"timeout": 5, "command_timeout": command_timeout},
             )
         else:
             kwargs.update(connect_args={"timeout": 30})
