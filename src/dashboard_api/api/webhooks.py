@@ -99,7 +99,12 @@ async def stats(
 ) -> WebhookStats:
     """Per-provider counts over `from <= received_at < to` (default: the last 24 h)."""
     end = to or ctx.clock.now()
-    start = from_ or end - timedelta(days=1)
+    try:
+        start = from_ or end - timedelta(days=1)
+    except OverflowError:  # hardening: `to` within a day of year 1 leaves no default window
+        raise Unprocessable(
+            "`to` is too early for the default window; give `from`.", loc=["query", "to"]
+        ) from None
     if start > end:
         raise Unprocessable("`from` is after `to`.", loc=["query", "from"])
     async with ctx.db.read() as session:
