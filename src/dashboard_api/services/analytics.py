@@ -41,6 +41,8 @@ from dashboard_api.services.analytics_rollups import (
     KIND_FIRST_OUTPUT,
     QUARTER,
     SERIES_ALL_MODELS,
+    SERIES_MARGINAL,
+    SERIES_MODEL_MARGINAL,
     SERIES_PER_MODEL,
     bin_value,
     counters_of,
@@ -410,6 +412,9 @@ async def performance(
     raw, blocks = split_window(start, end)
     combos: dict[tuple[str, str], Agg] = {}
     models: dict[str, Agg] = {}
+    marginal_agents: dict[str, Agg] = {}
+    marginal_sources: dict[str, Agg] = {}
+    marginal_overall = Agg()
     if blocks:
         r, h = AnalyticsRollup, AnalyticsHistogram
         stmt = (
@@ -426,27 +431,50 @@ async def performance(
         )
         for model, *values in await session.execute(stmt):
             models.setdefault(model, Agg()).add_counters(values)
-        hstmt = (
-            select(h.agent_type, h.source, h.kind, h.bin, func.sum(h.count))
-            .where(h.series == SERIES_ALL_MODELS, _blocks_clause(h, blocks), *filters.clauses(h))
-            .group_by(h.agent_type, h.source, h.kind, h.bin)
-        )
-        for agent_type, source, kind, b, n in await session.execute(hstmt):
-            combos.setdefault((agent_type, source), Agg()).add_hist(kind, b, n)
-        mstmt = (
-            select(h.model, h.kind, h.bin, func.sum(h.count))
-            .where(h.series == SERIES_PER_MODEL, _blocks_clause(h, blocks), *filters.clauses(h))
-            .group_by(h.model, h.kind, h.bin)
-        )
-        for model, kind, b, n in await session.execute(mstmt):
-            models.setdefault(model, Agg()).add_hist(kind, b, n)
+        if filters.agent_type or filters.source:
+            hstmt = (
+                select(h.agent_type, h.source, h.kind, h.bin, func.sum(h.count))
+                .where(
+                    h.series == SERIES_ALL_MODELS, _blocks_clause(h, blocks), *filters.clauses(h)
+                )
+                .group_by(h.agent_type, h.source, h.kind, h.bin)
+            )
+            for agent_type, source, kind, b, n in await session.execute(hstmt):
+                combos.setdefault((agent_type, source), Agg()).add_hist(kind, b, n)
+            mstmt = (
+                select(h.model, h.kind, h.bin, func.sum(h.count))
+                .where(h.series == SERIES_PER_MODEL, _blocks_clause(h, blocks), *filters.clauses(h))
+                .group_by(h.model, h.kind, h.bin)
+            )
+            for model, kind, b, n in await session.execute(mstmt):
+                models.setdefault(model, Agg()).add_hist(kind, b, n)
+        else:
+            # No filter: the marginal series give each group's bins directly.
+            marg = (
+                select(h.series, h.agent_type, h.source, h.model, h.kind, h.bin, func.sum(h.count))
+                .where(
+                    h.series.in_((SERIES_MARGINAL, SERIES_MODEL_MARGINAL)),
+                    _blocks_clause(h, blocks),
+                )
+                .group_by(h.series, h.agent_type, h.source, h.model, h.kind, h.bin)
+            )
+            for series, agent_type, source, model, kind, b, n in await session.execute(marg):
+                if series == SERIES_MODEL_MARGINAL:
+                    target = models.setdefault(model, Agg())
+                elif agent_type:
+                    target = marginal_agents.setdefault(agent_type, Agg())
+                elif source:
+                    target = marginal_sources.setdefault(source, Agg())
+                else:
+                    target = marginal_overall
+                target.add_hist(kind, b, n)
     for row in await _raw_rows(session, raw, filters):
         combos.setdefault((row.agent_type, row.source), Agg()).add_task(row)
         models.setdefault(row.model or "", Agg()).add_task(row)
 
-    overall = Agg()
-    agents: dict[str, Agg] = {}
-    sources: dict[str, Agg] = {}
+    overall = marginal_overall
+    agents = marginal_agents
+    sources = marginal_sources
     for (agent_type, source), agg in combos.items():
         overall.merge(agg)
         agents.setdefault(agent_type, Agg()).merge(agg)

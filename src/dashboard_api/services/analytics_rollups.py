@@ -47,6 +47,12 @@ GRAINS: tuple[int, ...] = (
 )
 SERIES_ALL_MODELS = 0
 SERIES_PER_MODEL = 1
+# Histograms only: marginals for unfiltered queries, which then read a few rows per bin
+# instead of one per (agent_type, source[, model]) combination. Series 2 holds one row
+# set per agent type (source ''), per source (agent_type '') and overall (both '');
+# series 3 one per model (agent_type and source '').
+SERIES_MARGINAL = 2
+SERIES_MODEL_MARGINAL = 3
 KIND_DURATION = 0
 KIND_FIRST_OUTPUT = 1
 
@@ -176,6 +182,17 @@ def _keys(s: TaskSnapshot) -> list[tuple[Any, ...]]:
     return keys
 
 
+def _hist_keys(s: TaskSnapshot) -> list[tuple[Any, ...]]:
+    keys = _keys(s)
+    for grain in GRAINS:
+        bucket = block_start(s.created_at, grain)
+        keys.append((grain, bucket, SERIES_MARGINAL, s.agent_type, "", ""))
+        keys.append((grain, bucket, SERIES_MARGINAL, "", s.source, ""))
+        keys.append((grain, bucket, SERIES_MARGINAL, "", "", ""))
+        keys.append((grain, bucket, SERIES_MODEL_MARGINAL, "", "", s.model or ""))
+    return keys
+
+
 def task_deltas(
     before: TaskSnapshot | None, after: TaskSnapshot
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -191,6 +208,9 @@ def task_deltas(
             acc = counters.setdefault(key, [0] * len(COUNTERS))
             for i, v in enumerate(values):
                 acc[i] += sign * v
+        if not points:
+            continue
+        for key in _hist_keys(snap):
             for kind, b in points:
                 hkey = (*key, kind, b)
                 hist[hkey] = hist.get(hkey, 0) + sign
@@ -232,6 +252,7 @@ async def rebuild_rollups(session: AsyncSession) -> None:
     await session.execute(delete(AnalyticsRollup))
     await prepare_log_bin(session, BIN_THRESHOLDS)
     await _insert_finest(session)
+    await _insert_marginals(session)
     for prev, grain in itertools.pairwise(GRAINS):
         await _insert_coarser(session, prev, grain)
 
@@ -297,6 +318,37 @@ async def _insert_finest(session: AsyncSession) -> None:
             await session.execute(
                 insert(AnalyticsHistogram).from_select([*HIST_KEY_COLUMNS, "count"], hsel)
             )
+
+
+async def _insert_marginals(session: AsyncSession) -> None:
+    h = AnalyticsHistogram
+    empty = literal("")
+    plans: tuple[tuple[int, int, Any, Any, Any], ...] = (
+        (SERIES_ALL_MODELS, SERIES_MARGINAL, h.agent_type, empty, empty),
+        (SERIES_ALL_MODELS, SERIES_MARGINAL, empty, h.source, empty),
+        (SERIES_ALL_MODELS, SERIES_MARGINAL, empty, empty, empty),
+        (SERIES_PER_MODEL, SERIES_MODEL_MARGINAL, empty, empty, h.model),
+    )
+    for source_series, series, agent_type, source, model in plans:
+        groups = [c for c in (agent_type, source, model) if c is not empty]
+        sel = (
+            select(
+                h.grain,
+                h.bucket,
+                literal(series),
+                agent_type,
+                source,
+                model,
+                h.kind,
+                h.bin,
+                func.sum(h.count),
+            )
+            .where(h.grain == QUARTER, h.series == source_series)
+            .group_by(h.grain, h.bucket, *groups, h.kind, h.bin)
+        )
+        await session.execute(
+            insert(AnalyticsHistogram).from_select([*HIST_KEY_COLUMNS, "count"], sel)
+        )
 
 
 async def _insert_coarser(session: AsyncSession, prev: int, grain: int) -> None:
