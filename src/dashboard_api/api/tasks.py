@@ -207,7 +207,9 @@ async def full_log(
             for c in chunks
         ],
         output=output,
-        last_seq=task.output_seq,
+        # The chunks are read after the task: an append committed in between shows up in
+        # them, so the answer's last_seq must not lag what it returns.
+        last_seq=max(task.output_seq, chunks[-1].seq if chunks else 0),
         truncated=task.output_truncated,
     )
 
