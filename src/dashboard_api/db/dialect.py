@@ -196,3 +196,10 @@ async def upsert_add_many(
         index_elements=list(keys), set_={v: table.c[v] + stmt.excluded[v] for v in values}
     )
     await session.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
+
+
+async def analyze_tables(session: AsyncSession, tables: Sequence[str]) -> None:
+    """Refresh planner statistics after a bulk change (PostgreSQL; SQLite plans without)."""
+    if backend_of(session) == "postgresql":
+        for name in tables:
+            await session.execute(text(f'ANALYZE "{name}"'))

@@ -17,6 +17,7 @@ from sqlalchemy import Table, case, delete, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import (
+    analyze_tables,
     epoch_bucket,
     lock_tables_exclusive,
     log_bin,
@@ -255,6 +256,8 @@ async def rebuild_rollups(session: AsyncSession) -> None:
     await _insert_marginals(session)
     for prev, grain in itertools.pairwise(GRAINS):
         await _insert_coarser(session, prev, grain)
+    # Fresh planner statistics: without them PostgreSQL misjudges the block ranges.
+    await analyze_tables(session, [_ROLLUPS.name, _HIST.name])
 
 
 async def _insert_finest(session: AsyncSession) -> None:
@@ -287,6 +290,8 @@ async def _insert_finest(session: AsyncSession) -> None:
             model,
             *sums,
         ).group_by(bucket, Task.agent_type, Task.source, model)
+        # In key order, so that a block's rows share heap pages (fewer reads per query).
+        sel = sel.order_by(bucket, Task.agent_type, Task.source, model)
         await session.execute(insert(AnalyticsRollup).from_select([*KEY_COLUMNS, *COUNTERS], sel))
 
         first = micros_between(session, Task.first_output_at, Task.started_at)
@@ -314,6 +319,7 @@ async def _insert_finest(session: AsyncSession) -> None:
                 )
                 .where(present)
                 .group_by(bucket, Task.agent_type, Task.source, model, b)
+                .order_by(bucket, Task.agent_type, Task.source, model, b)
             )
             await session.execute(
                 insert(AnalyticsHistogram).from_select([*HIST_KEY_COLUMNS, "count"], hsel)
@@ -345,6 +351,7 @@ async def _insert_marginals(session: AsyncSession) -> None:
             )
             .where(h.grain == QUARTER, h.series == source_series)
             .group_by(h.grain, h.bucket, *groups, h.kind, h.bin)
+            .order_by(h.grain, h.bucket, *groups, h.kind, h.bin)
         )
         await session.execute(
             insert(AnalyticsHistogram).from_select([*HIST_KEY_COLUMNS, "count"], sel)
@@ -366,6 +373,7 @@ async def _insert_coarser(session: AsyncSession, prev: int, grain: int) -> None:
         )
         .where(r.grain == prev)
         .group_by(bucket, r.series, r.agent_type, r.source, r.model)
+        .order_by(bucket, r.series, r.agent_type, r.source, r.model)
     )
     await session.execute(insert(AnalyticsRollup).from_select([*KEY_COLUMNS, *COUNTERS], sel))
     h = AnalyticsHistogram
@@ -384,6 +392,7 @@ async def _insert_coarser(session: AsyncSession, prev: int, grain: int) -> None:
         )
         .where(h.grain == prev)
         .group_by(hbucket, h.series, h.agent_type, h.source, h.model, h.kind, h.bin)
+        .order_by(hbucket, h.series, h.agent_type, h.source, h.model, h.kind, h.bin)
     )
     await session.execute(
         insert(AnalyticsHistogram).from_select([*HIST_KEY_COLUMNS, "count"], hsel)
