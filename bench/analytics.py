@@ -322,8 +322,11 @@ async def register_many(base: str, agent: str, n: int, agent_type: str) -> float
             for i in range(k, n, workers):
                 r = await client.post(
                     "/api/tasks",
+                    # Back-filled into 2001, so that the next run's 30-day windows do not
+                    # find thousands of fresh tasks in their raw edge at "now".
                     json={"agent_type": agent_type, "input_message": f"bench {i}",
-                          "source": ("github", "jira", "slack")[i % 3]},
+                          "source": ("github", "jira", "slack")[i % 3],
+                          "created_at": f"2001-01-01T00:00:{i % 60:02d}Z"},
                 )  # fmt: skip
                 r.raise_for_status()
 
