@@ -87,4 +87,7 @@ async def test_ws_gauges_and_slow_consumer(backend: Backend) -> None:
             text = (await http.get("/metrics")).text
             assert _metric(text, "dashboard_ws_connections") == 1
             assert _metric(text, "dashboard_ws_sessions_total", outcome="closed_1013") == 1
+            # The fast peer was handed its status events; the overflowing slow one lost some.
+            assert _metric(text, "dashboard_events_delivered_total") > 0
+            assert _metric(text, "dashboard_events_dropped_total") > 0
             await fast.close()

@@ -139,7 +139,19 @@ class Subscription:
 
     def deliver(self, event: OutEvent) -> None:
         """A live event of the channel (called by the hub, must not block)."""
-        self.sink.offer(event)
+        self.offer(event)
+
+    def offer(self, event: OutEvent) -> None:
+        """Queue a live event on the sink, counting it as delivered or dropped."""
+        if self.sink.offer(event):
+            self.hub.events_delivered += 1
+        else:
+            self.hub.events_dropped += 1
+
+    async def put(self, event: OutEvent) -> None:
+        """Queue a replayed event, waiting for room; raises `SinkClosed`."""
+        await self.sink.put(event)
+        self.hub.events_delivered += 1
 
     async def close(self) -> None:
         """Stop receiving events."""
@@ -204,11 +216,11 @@ class TaskSubscription(Subscription):
             return
         if event.seq is not None and event.seq == self.last_sent + 1:
             self.last_sent = event.seq  # the common case: the next chunk, in order
-            self.sink.offer(event)
+            self.offer(event)
             return
         verdict = self._classify(event)
         if verdict == _SEND:
-            self.sink.offer(event)
+            self.offer(event)
         elif verdict == _GAP:
             # Events published by concurrent writers can arrive out of commit order:
             # give the missing ones a moment to arrive before asking the database.
@@ -324,7 +336,7 @@ class TaskSubscription(Subscription):
                     for chunk in chunks:
                         if chunk["seq"] <= self.last_sent:
                             continue
-                        await self.sink.put(output_event(self.channel, self.task_id, chunk))
+                        await self.put(output_event(self.channel, self.task_id, chunk))
                         self.last_sent = chunk["seq"]
                     if len(chunks) < self.hub.replay_page:
                         break
@@ -334,7 +346,7 @@ class TaskSubscription(Subscription):
                 if not self.ended:
                     event = OutEvent(dict(pending.status_event, channel=self.channel))
                     if self._classify(event, force=True) == _SEND:
-                        await self.sink.put(event)
+                        await self.put(event)
             if not self.active:
                 self._syncing = False
                 return
@@ -356,7 +368,7 @@ class TaskSubscription(Subscription):
                     break
                 self._buffer.popleft()
                 if verdict == _SEND:
-                    await self.sink.put(event)
+                    await self.put(event)
             if read_db:
                 continue
             if self._buffer_dropped or self._resync:
@@ -409,6 +421,8 @@ class Hub:
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.events_received = 0
+        self.events_delivered = 0  # queued to a local sink (live or replayed)
+        self.events_dropped = 0  # offered to a sink that was full or closed
         self.publish_failures = 0
         self._dirty: list[Any] = []
         self._flush_scheduled = False
