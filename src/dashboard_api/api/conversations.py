@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 
 from dashboard_api.api.deps import AnyRole, CtxDep, PageDep, UserRole
-from dashboard_api.db.paging import PageResult
 from dashboard_api.ids import TASK_ID_PATTERN
 from dashboard_api.realtime.channels import channel_authorizers
 from dashboard_api.schemas.common import Page, problem_responses
@@ -35,17 +34,6 @@ _ACCESS = (
     " A `user` reaches only their own conversations (another user's is 404, never 403);"
     " an `admin` reaches all."
 )
-
-
-def _page(result: PageResult[Any]) -> dict[str, Any]:
-    return {
-        "items": result.items,
-        "total": result.total,
-        "page": result.page,
-        "per_page": result.per_page,
-        "pages": result.pages,
-        "next_cursor": result.next_cursor,
-    }
 
 
 @router.post("", status_code=201, response_model=ConversationPublic)
@@ -87,7 +75,7 @@ async def list_conversations(
         result = await service.list_conversations(
             session, principal=principal, filters=filters, page=page
         )
-    return Page[ConversationPublic](**_page(result))
+    return Page[ConversationPublic].of(result)
 
 
 @router.get(
@@ -155,7 +143,7 @@ async def list_messages(
         result = await service.list_messages(
             session, conversation_id=conversation_id, principal=principal, page=page
         )
-    return Page[MessagePublic](**_page(result))
+    return Page[MessagePublic].of(result)
 
 
 @router.post(

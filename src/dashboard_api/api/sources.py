@@ -115,11 +115,4 @@ async def list_jobs(ctx: CtxDep, _: UserRole, source_id: IdPath, page: PageDep) 
     """A source's jobs, newest first."""
     async with ctx.db.read() as session:
         result = await service.list_jobs(session, source_id=source_id, page=page)
-    return Page[JobPublic](
-        items=result.items,
-        total=result.total,
-        page=result.page,
-        per_page=result.per_page,
-        pages=result.pages,
-        next_cursor=result.next_cursor,
-    )
+    return Page[JobPublic].of(result)

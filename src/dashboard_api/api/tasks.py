@@ -69,14 +69,7 @@ async def list_tasks(
     )
     async with ctx.db.read() as session:
         result = await service.list_tasks(session, filters=filters, sort=sort, page=page)
-    return Page[TaskSummary](
-        items=result.items,
-        total=result.total,
-        page=result.page,
-        per_page=result.per_page,
-        pages=result.pages,
-        next_cursor=result.next_cursor,
-    )
+    return Page[TaskSummary].of(result)
 
 
 @router.post(

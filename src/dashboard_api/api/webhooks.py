@@ -62,14 +62,7 @@ async def list_events(
     )
     async with ctx.db.read() as session:
         result = await service.list_events(session, filters=filters, page=page)
-    return Page[WebhookEventPublic](
-        items=result.items,
-        total=result.total,
-        page=result.page,
-        per_page=result.per_page,
-        pages=result.pages,
-        next_cursor=result.next_cursor,
-    )
+    return Page[WebhookEventPublic].of(result)
 
 
 @router.post(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from dashboard_api.db.paging import PageResult
 
 T = TypeVar("T")
 
@@ -24,6 +27,18 @@ class Page(BaseModel, Generic[T]):
     per_page: int
     pages: int
     next_cursor: str | None
+
+    @classmethod
+    def of(cls, result: PageResult[Any]) -> Page[T]:
+        """The envelope of one page that `db.paging.paginate` produced."""
+        return cls(
+            items=result.items,
+            total=result.total,
+            page=result.page,
+            per_page=result.per_page,
+            pages=result.pages,
+            next_cursor=result.next_cursor,
+        )
 
 
 class Items(BaseModel, Generic[T]):
