@@ -13,86 +13,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
-PG_HOST = os.environ.get("DASHBOARD_BENCH_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("DASHBOARD_BENCH_PG_PORT", "5432"))
+from bench._common import (
+    BIN,
+    cli,
+    connect,
+    db_url,
+    free_port,
+    log,
+    pct,
+    recreate_db,
+    task_count,
+    timed,
+)
+
 DB_NAME = os.environ.get("DASHBOARD_BENCH_ANALYTICS_DB", "dash_bench_analytics")
-DB_URL = f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{DB_NAME}"
+DB_URL = db_url(DB_NAME)
 N_TASKS = 1_000_000
-BIN = Path(sys.executable).parent
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-async def connect(database: str = "test") -> asyncpg.Connection:
-    return await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database=database)
-
-
-async def task_count() -> int | None:
-    conn = await connect()
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DB_NAME):
-            return None
-    finally:
-        await conn.close()
-    conn = await connect(DB_NAME)
-    try:
-        if not await conn.fetchval("SELECT to_regclass('tasks') IS NOT NULL"):
-            return None
-        return int(await conn.fetchval("SELECT count(*) FROM tasks"))
-    finally:
-        await conn.close()
-
-
-async def recreate_db() -> None:
-    conn = await connect()
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    finally:
-        await conn.close()
-
-
-def cli(*args: str, env: dict[str, str]) -> str:
-    out = subprocess.run(
-        [str(BIN / "dashboard-api"), *args], env=env, check=True, capture_output=True, text=True
-    )
-    return out.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(p * len(ordered)) - 1))]
-
-
-async def timed(n: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
-    await call()  # warm-up
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await call()
-        out.append((time.perf_counter() - start) * 1000)
-    return out
 
 
 class Server:
@@ -159,10 +105,10 @@ async def main(args: argparse.Namespace) -> int:
     env.pop("DASHBOARD_REDIS_URL", None)
     rows: list[tuple[str, str, str, str]] = []  # (what, p50, p99, note)
 
-    count = await task_count()
+    count = await task_count(DB_NAME)
     if args.reseed or count is None or count < N_TASKS:
         log(f"seeding {N_TASKS:,} tasks into {DB_NAME} (rollups included) ...")
-        await recreate_db()
+        await recreate_db(DB_NAME)
         cli("migrate", env=env)
         start = time.perf_counter()
         cli("seed", "--tasks", str(N_TASKS), "--random-seed", "1", env=env)

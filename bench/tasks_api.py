@@ -14,11 +14,8 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,62 +24,31 @@ from typing import Any
 import asyncpg
 import httpx
 
-PG_HOST = os.environ.get("DASHBOARD_BENCH_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("DASHBOARD_BENCH_PG_PORT", "5432"))
+from bench._common import (
+    BIN,
+    cli,
+    connect,
+    db_url,
+    free_port,
+    log,
+    pct,
+    recreate_db,
+    task_count,
+    timed,
+)
+
 DB_NAME = os.environ.get("DASHBOARD_BENCH_DB", "dash_bench_tasks")
-DB_URL = f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{DB_NAME}"
+DB_URL = db_url(DB_NAME)
 N_TASKS = 1_000_000
 DEPTH = 500_000
-BIN = Path(sys.executable).parent
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --- database setup -----------------------------------------------------------------------
 
 
-async def admin_conn(database: str = "test") -> asyncpg.Connection:
-    return await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database=database)
-
-
-async def task_count() -> int | None:
-    conn = await admin_conn()
-    try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DB_NAME)
-    finally:
-        await conn.close()
-    if not exists:
-        return None
-    conn = await admin_conn(DB_NAME)
-    try:
-        if not await conn.fetchval("SELECT to_regclass('tasks') IS NOT NULL"):
-            return None
-        return int(await conn.fetchval("SELECT count(*) FROM tasks"))
-    finally:
-        await conn.close()
-
-
-async def recreate_db() -> None:
-    conn = await admin_conn()
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    finally:
-        await conn.close()
-
-
-def cli(*args: str, env: dict[str, str]) -> str:
-    out = subprocess.run(
-        [str(BIN / "dashboard-api"), *args], env=env, check=True, capture_output=True, text=True
-    )
-    return out.stdout
-
-
 async def vacuum_analyze() -> float:
     """After a bulk load: visibility map (index-only scans) and planner statistics."""
-    conn = await admin_conn(DB_NAME)
+    conn = await connect(DB_NAME)
     try:
         start = time.perf_counter()
         await conn.execute("VACUUM ANALYZE tasks")
@@ -94,7 +60,7 @@ async def vacuum_analyze() -> float:
 
 async def rollups_consistent() -> bool | None:
     """Whether the analytics rollups (when the schema has them) count every task."""
-    conn = await admin_conn(DB_NAME)
+    conn = await connect(DB_NAME)
     try:
         if not await conn.fetchval("SELECT to_regclass('analytics_rollups') IS NOT NULL"):
             return None
@@ -138,28 +104,6 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    rank = max(1, -(-int(p * 100) * len(ordered) // 100))
-    return ordered[rank - 1]
-
-
-async def timed(n: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
-    await call()  # warm-up: plans, caches, connections
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await call()
-        out.append((time.perf_counter() - start) * 1000)
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def naive_sql(where: str, offset: int) -> tuple[str, str]:
     page = (
         "SELECT task_id, status, agent_type, source, created_at, cost_micros FROM tasks "  # noqa: S608
@@ -174,10 +118,10 @@ async def main(args: argparse.Namespace) -> int:
     results: list[Result] = []
 
     # 1. Data: reuse a seeded database, or seed one and time it.
-    count = await task_count()
+    count = await task_count(DB_NAME)
     if args.reseed or count is None or count < N_TASKS:
         log(f"seeding {N_TASKS:,} tasks into {DB_NAME} ...")
-        await recreate_db()
+        await recreate_db(DB_NAME)
         cli("migrate", env=env)
         start = time.perf_counter()
         cli("seed", "--tasks", str(N_TASKS), "--random-seed", "1", env=env)
@@ -246,7 +190,7 @@ async def run_http(
         "created_after": (now - timedelta(days=7)).isoformat(),
         "created_before": now.isoformat(),
     }
-    db = await admin_conn(DB_NAME)
+    db = await connect(DB_NAME)
     try:
         async with httpx.AsyncClient(base_url=base, timeout=120, headers=uh) as client:
             # A few tasks of one conversation (the seed has none) through the producer API.
