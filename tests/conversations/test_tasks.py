@@ -312,12 +312,11 @@ async def test_delete_racing_task_writes(client: httpx.AsyncClient, auth: Auth) 
     assert all(t["conversation_id"] is None for t in tasks["items"])
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # the ingress needs Redis
 async def test_terminal_update_through_redis_ingress(
     app: Any, client: httpx.AsyncClient, auth: Auth, backend: Backend
 ) -> None:
     """API.md §11: a status published to Redis (twice) answers the conversation once."""
-    if backend.name != "postgres":
-        pytest.skip("the Redis ingress runs with Redis only")
     import orjson
     import redis.asyncio as aioredis
 
