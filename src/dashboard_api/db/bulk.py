@@ -9,6 +9,8 @@ import orjson
 from sqlalchemy import JSON, Table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard_api.db.dialect import backend_of
+
 
 async def prepare_bulk_load(session: AsyncSession) -> None:
     """Tune the current transaction for loading many rows (PostgreSQL; no-op on SQLite).
@@ -18,7 +20,7 @@ async def prepare_bulk_load(session: AsyncSession) -> None:
     pending list turns that into a few big sorted merges (measured: about half the time
     of a 100,000-task seed); VACUUM (or autovacuum) merges what is left.
     """
-    if session.get_bind().dialect.name != "postgresql":
+    if backend_of(session) != "postgresql":
         return
     await session.execute(text("SET LOCAL gin_pending_list_limit = '1GB'"))
     await session.execute(text("SET LOCAL work_mem = '256MB'"))
@@ -30,7 +32,7 @@ async def bulk_insert(
     """Insert many rows fast. Values must already be in storage form (aware UTC datetimes)."""
     if not rows:
         return
-    if session.get_bind().dialect.name == "postgresql":
+    if backend_of(session) == "postgresql":
         conn = await session.connection()
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
