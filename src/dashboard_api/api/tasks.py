@@ -179,16 +179,13 @@ async def full_log(
     accept: Annotated[str | None, Header()] = None,
 ) -> FullLog | PlainTextResponse:
     """The task, its status history and its output (all, or after `after_seq`)."""
+    as_text = _wants_text(format, accept)
     async with ctx.db.read() as session:
         task = await service.get_task(session, task_id)
         chunks = await service.list_chunks(session, task_id, after_seq=after_seq)
-        events = (
-            []
-            if _wants_text(format, accept)
-            else await service.list_status_events(session, task_id)
-        )
+        events = [] if as_text else await service.list_status_events(session, task_id)
     output = "".join(c.content for c in chunks)
-    if _wants_text(format, accept):
+    if as_text:
         return PlainTextResponse(output)
     return FullLog(
         task=task_public(task),
