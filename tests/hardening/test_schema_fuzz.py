@@ -5,14 +5,19 @@ documents — including those of features that land later — hypothesis draws p
 negative cases (some aimed at real resources) and checks that the answer is never a 5xx,
 conforms to the documented status codes, content types and schemas, and that a caller
 never gets a 2xx from an operation its role may not use, nor from another user's
-resource. `FUZZ_EXAMPLES` (default 10) bounds the examples per operation and mode;
-`make fuzz` runs a longer, randomized round.
+resource (nor an answer carrying the secret title of the first user's conversation).
+
+It runs on SQLite + the in-process broker and on PostgreSQL + Redis. `FUZZ_EXAMPLES`
+(default 10) bounds the examples per operation, role and mode on SQLite,
+`FUZZ_EXAMPLES_PG` (default 4, for CI's time budget, or `FUZZ_EXAMPLES` when that is set)
+on PostgreSQL; `make fuzz` runs a longer, randomized round on both.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,11 +45,21 @@ from dashboard_api.app import create_app
 from dashboard_api.db.engine import Database
 from dashboard_api.services.tokens import create_token
 from dashboard_api.timeutil import SystemClock
-from tests.conftest import Backend, run_sync
+from tests.conftest import (
+    REDIS_URL,
+    Backend,
+    _flush_redis_prefix,
+    _truncate,
+    require_services,
+    run_sync,
+)
+from tests.hardening.conftest import FIGURE_LINES
 
 # Examples per operation and role: positive cases, then negative ones. The roles whose
 # answers are decided before any parameter matters (no token; another user) get fewer.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
+PG_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES_PG", os.environ.get("FUZZ_EXAMPLES", "4")))
+BACKEND_EXAMPLES = {"sqlite": EXAMPLES, "postgres": PG_EXAMPLES}
 RANDOMIZE = os.environ.get("FUZZ_RANDOM") == "1"
 ROLES = ("admin", "user", "agent", "other_user", "anonymous")
 CHECKS = [
@@ -55,10 +70,14 @@ CHECKS = [
 ]
 # Real resources the cases are sometimes aimed at (otherwise ids are random: mostly 404).
 KNOWN_TASKS = ("fz-queued", "fz-running", "fz-done")
+# The title of alice's conversation: no answer to bob may ever carry it.
+SECRET_TITLE = "alice-secret-" + uuid.uuid4().hex[:8]
 
 
 @dataclass
 class Target:
+    backend: str
+    examples: int
     app: FastAPI
     schema: Any
     tokens: dict[str, str]
@@ -111,7 +130,7 @@ def _seed(app: FastAPI, tokens: dict[str, str]) -> str | None:
     assert r.status_code == 200, r.text
     r = client.post(
         "/api/conversations",
-        json={"title": "alice's"},
+        json={"title": SECRET_TITLE},
         headers={"Authorization": f"Bearer {tokens['user']}"},
     )
     if r.status_code == 201:
@@ -119,12 +138,7 @@ def _seed(app: FastAPI, tokens: dict[str, str]) -> str | None:
     return None  # conversations not landed
 
 
-@pytest.fixture(scope="module")
-def target(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    """One app on a fresh SQLite file, its lifespan run by schemathesis's ASGI portal."""
-    path = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
-    shutil.copyfile(sqlite_template, path)
-    backend = Backend("sqlite", f"sqlite+aiosqlite:///{path}", None, "fuzz:")
+def _build(backend: Backend) -> Target:
     tokens = run_sync(_tokens(backend.database_url))
     app = create_app(backend.settings(log_level="WARNING"))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -135,11 +149,57 @@ def target(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     routes = {
         (method, route.path_format): route for route in api_routes(app) for method in route.methods
     }
-    yield Target(app, schema, tokens, known, conversation, routes)
-    total = {role: sum(c.values()) for role, c in sorted(target_counts(app).items())}
-    operations = len({label for c in target_counts(app).values() for label in c})
-    print(f"\nschema fuzz: {operations} operations, examples per role {total}")
-    st_asgi.shutdown_lifespans()
+    examples = BACKEND_EXAMPLES[backend.name]
+    return Target(backend.name, examples, app, schema, tokens, known, conversation, routes)
+
+
+class Targets:
+    """One fuzzed app per backend, built on first use and kept for the module."""
+
+    def __init__(self, request: pytest.FixtureRequest, tmp: Path) -> None:
+        self.request = request
+        self.tmp = tmp
+        self.built: dict[str, Target] = {}
+        self.cleanups: list[Any] = []
+
+    def get(self, name: str) -> Target:
+        if name not in self.built:
+            self.built[name] = _build(self._backend(name))
+        return self.built[name]
+
+    def _backend(self, name: str) -> Backend:
+        if name == "sqlite":
+            path = self.tmp / "fuzz.db"
+            shutil.copyfile(self.request.getfixturevalue("sqlite_template"), path)
+            return Backend("sqlite", f"sqlite+aiosqlite:///{path}", None, "fuzz:")
+        require_services()
+        url = self.request.getfixturevalue("pg_url")
+        run_sync(_truncate(url))
+        prefix = f"dashfuzz:{uuid.uuid4().hex[:12]}:"
+        self.cleanups.append(lambda: run_sync(_flush_redis_prefix(prefix)))
+        return Backend("postgres", url, REDIS_URL, prefix)
+
+
+@pytest.fixture(scope="module")
+def targets(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Targets]:
+    built = Targets(request, tmp_path_factory.mktemp("fuzz"))
+    try:
+        yield built
+    finally:
+        for name, target in built.built.items():
+            counts = target_counts(target.app)
+            total = {role: sum(c.values()) for role, c in sorted(counts.items())}
+            operations = len({label for c in counts.values() for label in c})
+            FIGURE_LINES.append(
+                f"schema fuzz [{name}]: {operations} operations, {target.examples} examples"
+                f" per operation and role, examples per role {total},"
+                f" {sum(total.values())} in all"
+            )
+        st_asgi.shutdown_lifespans()
+        for cleanup in built.cleanups:
+            cleanup()
 
 
 _COUNTS: dict[int, dict[str, Counter[str]]] = {}
@@ -164,7 +224,7 @@ def _strategy(target: Target, operation: Any, mode: GenerationMode) -> Any:
     return st.one_of(strategies)
 
 
-def _check_access(target: Target, role: str, case: Any, route: Any, status: int) -> None:
+def _check_access(target: Target, role: str, case: Any, route: Any, status: int, body: str) -> None:
     needs_token, roles = route_access(route)
     where = f"{case.operation.label} as {role}: {status}"
     if role == "anonymous" and needs_token:
@@ -179,6 +239,8 @@ def _check_access(target: Target, role: str, case: Any, route: Any, status: int)
         and target.alice_conversation in (case.path_parameters or {}).values()
     ):
         assert not 200 <= status < 300, f"another user's conversation answered: {where}"
+    if role in ("other_user", "anonymous"):
+        assert SECRET_TITLE not in body, f"alice's conversation leaked to {role}: {where}"
 
 
 def _runner(
@@ -192,7 +254,8 @@ def _runner(
     headers = {} if role == "anonymous" else {"Authorization": f"Bearer {target.tokens[role]}"}
     timeout = 2 if operation.path.endswith("/stream") else 15
 
-    share = EXAMPLES - EXAMPLES * 2 // 5 if mode == GenerationMode.POSITIVE else EXAMPLES * 2 // 5
+    n = target.examples
+    share = n - n * 2 // 5 if mode == GenerationMode.POSITIVE else n * 2 // 5
     if role in ("anonymous", "other_user"):
         share = max(1, share // 2)
 
@@ -209,7 +272,7 @@ def _runner(
         counts[operation.label] += 1
         response = case.call(headers=headers, timeout=timeout)
         case.validate_response(response, checks=CHECKS, headers=headers)
-        _check_access(target, role, case, route, response.status_code)
+        _check_access(target, role, case, route, response.status_code, response.text)
 
     if RANDOMIZE:
         run = seed(int.from_bytes(os.urandom(4), "big"))(run)
@@ -217,7 +280,11 @@ def _runner(
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_every_operation_conforms_and_respects_roles(target: Target, role: str) -> None:
+@pytest.mark.parametrize("backend_name", ["sqlite", "postgres"])
+def test_every_operation_conforms_and_respects_roles(
+    targets: Targets, backend_name: str, role: str
+) -> None:
+    target = targets.get(backend_name)
     operations = [result.ok() for result in target.schema.get_all_operations()]
     assert len(operations) >= 10
     counts = target_counts(target.app).setdefault(role, Counter())
