@@ -1,5 +1,7 @@
 """Faults that really happen: PostgreSQL stopped under producers, Redis restarted
-mid-stream, a replica SIGKILLed while clients stream from it.
+mid-stream, a replica SIGKILLed while clients stream from it, and one SIGKILLed in the
+middle of the transaction of a terminal task update (the conversation still gets exactly
+one reply when the producer retries on the other replica).
 
 Everything runs against a PostgreSQL cluster and a redis-server of this module's own
 (spare ports, temp dirs) and uvicorn subprocesses; the shared servers are never touched.
@@ -10,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -24,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from dashboard_api.client import DashboardClient
 from dashboard_api.db.migrate import upgrade_to_head
 from tests.hardening.conftest import (
+    FIGURE_LINES,
     OwnPostgres,
     OwnRedis,
     UvicornProcess,
@@ -56,7 +60,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         upgrade_to_head(pg.url)
         yield Infra(pg, redis, create_tokens(pg.url), tmp_path_factory.mktemp("faults"))
     finally:
-        print(f"\nfault figures: {FIGURES}")
+        FIGURE_LINES.append(f"faults survived: {FIGURES}")
         redis.destroy()
         pg.destroy()
 
@@ -273,4 +277,137 @@ def test_replica_killed_while_streaming_clients_resume_on_another(infra: Infra) 
         FIGURES["replica_kill"] = {"subscribers": len(gots), "chunks": len(expected)}
     finally:
         a.stop()
+        b.stop()
+
+
+async def _lock_waiters(pg: asyncpg.Connection) -> int:
+    """Backends of the cluster waiting for a row lock right now."""
+    found = await pg.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> $1",
+        pg.get_server_pid(),
+    )
+    return int(found)
+
+
+async def _until(predicate: Callable[[], Awaitable[bool]], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def _killed_terminal_update(
+    infra: Infra, a: UvicornProcess, b: UvicornProcess
+) -> dict[str, Any]:
+    user, agent = _h(infra, "user"), _h(infra, "agent")
+    final = {"status": "completed", "result": "the one answer", "cost_usd": 0.25,
+             "input_tokens": 1000, "output_tokens": 500}  # fmt: skip
+    async with httpx.AsyncClient(base_url=b.url, timeout=60) as http:
+        r = await http.post(
+            "/api/conversations", json={"title": "kill", "agent_type": "once"}, headers=user
+        )
+        assert r.status_code == 201, r.text
+        cid = r.json()["conversation_id"]
+        r = await http.post(
+            f"/api/conversations/{cid}/messages", json={"content": "go"}, headers=user
+        )
+        assert r.status_code == 201, r.text
+        task_id = r.json()["task_id"]
+        r = await http.patch(f"/api/tasks/{task_id}", json={"status": "running"}, headers=agent)
+        assert r.status_code == 200, r.text
+        r = await http.post(f"/api/tasks/{task_id}/output", json={"content": "w"}, headers=agent)
+        assert r.status_code == 200, r.text
+
+        ws_url = b.url.replace("http://", "ws://") + f"/ws?token={infra.tokens['user']}"
+        async with websockets.connect(ws_url, open_timeout=10) as ws:
+            sub = {"type": "subscribe", "channel": f"conversation:{cid}"}
+            await ws.send(orjson.dumps(sub).decode())
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "subscribed"
+
+            # Hold alice's conversation row: A's terminal update locks the task row, writes
+            # it, then waits here for the conversation — in the middle of its transaction.
+            pg = await asyncpg.connect(infra.pg.url.replace("+asyncpg", ""))
+            try:
+                blocker = pg.transaction()
+                await blocker.start()
+                await pg.execute(
+                    "SELECT 1 FROM conversations WHERE conversation_id = $1 FOR UPDATE", cid
+                )
+                async with httpx.AsyncClient(base_url=a.url, timeout=60) as to_a:
+                    on_a = asyncio.create_task(
+                        to_a.patch(f"/api/tasks/{task_id}", json=final, headers=agent)
+                    )
+
+                    async def a_waits() -> bool:
+                        return await _lock_waiters(pg) >= 1
+
+                    assert await _until(a_waits, 30), "A's update never reached the lock"
+                    a.kill()  # SIGKILL with the transaction open: no commit, no answer
+                    with pytest.raises(httpx.TransportError):
+                        await on_a
+                # The producer retries on the other replica. B queues behind the dead
+                # transaction's task-row lock until PostgreSQL drops that backend.
+                retry = asyncio.create_task(
+                    http.patch(f"/api/tasks/{task_id}", json=final, headers=agent)
+                )
+
+                async def both_wait() -> bool:
+                    return await _lock_waiters(pg) >= 2
+
+                b_queued = await _until(both_wait, 10)  # a figure, not an assertion
+                await blocker.rollback()
+                r = await retry
+                assert r.status_code == 200, r.text
+                assert r.json()["status"] == "completed"
+                # The producer cannot know which attempt landed: it retries once more.
+                r = await http.patch(f"/api/tasks/{task_id}", json=final, headers=agent)
+                assert r.status_code == 200, r.text
+            finally:
+                await pg.close()
+
+            # A sentinel after the reply: once it is heard, the reply's event was too.
+            r = await http.post(
+                f"/api/conversations/{cid}/messages",
+                json={"content": "sentinel", "create_task": False},
+                headers=user,
+            )
+            assert r.status_code == 201, r.text
+            heard: list[dict[str, Any]] = []
+            while not any(m["content"] == "sentinel" for m in heard):
+                msg = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
+                if msg["type"] == "message_created":
+                    heard.append(msg["message"])
+
+        r = await http.get(
+            f"/api/conversations/{cid}/messages", params={"per_page": 200}, headers=user
+        )
+        messages = r.json()["items"]
+        replies = [m for m in messages if m["role"] != "user"]
+        assert [(m["role"], m["content"], m["task_id"]) for m in replies] == [
+            ("assistant", "the one answer", task_id)
+        ]
+        assert [m["content"] for m in heard if m["role"] != "user"] == ["the one answer"]
+        conv = (await http.get(f"/api/conversations/{cid}", headers=user)).json()
+        assert (conv["message_count"], conv["task_count"]) == (3, 1)
+        assert conv["total_cost_usd"] == 0.25
+        log = (await http.get(f"/api/tasks/{task_id}/logs/full", headers=user)).json()
+        statuses = [e["status"] for e in log["events"]]
+        assert statuses == ["queued", "running", "completed"], statuses
+        assert log["task"]["cost_usd"] == 0.25
+        r = await http.get("/api/analytics/summary", params={"agent_type": "once"}, headers=user)
+        summary = r.json()
+        assert (summary["total_tasks"], summary["completed_tasks"]) == (1, 1)
+        assert summary["total_cost_usd"] == 0.25
+        assert summary["input_tokens"] == 1000
+        return {"replies": len(replies), "b_queued_behind_dead_transaction": b_queued}
+
+
+def test_replica_killed_during_terminal_update_replies_once(infra: Infra) -> None:
+    a, b = infra.replica("reply-a"), infra.replica("reply-b")
+    try:
+        FIGURES["killed_terminal_update"] = asyncio.run(_killed_terminal_update(infra, a, b))
+    finally:
+        a.kill()
         b.stop()
