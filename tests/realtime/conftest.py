@@ -90,7 +90,9 @@ class LiveServer:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, int]]:
+async def serve_app(
+    settings: Settings, **uvicorn_options: Any
+) -> AsyncIterator[tuple[FastAPI, int]]:
     """Run `create_app(settings)` under uvicorn (lifespan included) until the block ends."""
     app = create_app(settings)
     sock = socket.socket()
@@ -102,7 +104,7 @@ async def serve_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, int]]:
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=2,
-        **uvicorn_ws_options(settings),
+        **{**uvicorn_ws_options(settings), **uvicorn_options},
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -128,12 +130,15 @@ ServeFactory = Callable[..., Awaitable[LiveServer]]
 
 @pytest.fixture
 async def serve(backend: Backend) -> AsyncIterator[ServeFactory]:
-    """`await serve(**settings_overrides)` starts a live server on the test's backend."""
+    """`await serve(**settings_overrides)` starts a live server on the test's backend.
+
+    `uvicorn_options={...}` overrides uvicorn's configuration (e.g. its WebSocket protocol).
+    """
     stack = contextlib.AsyncExitStack()
 
-    async def start(**overrides: Any) -> LiveServer:
+    async def start(uvicorn_options: dict[str, Any] | None = None, **overrides: Any) -> LiveServer:
         settings = backend.settings(**overrides)
-        app, port = await stack.enter_async_context(serve_app(settings))
+        app, port = await stack.enter_async_context(serve_app(settings, **(uvicorn_options or {})))
         tokens = Tokens(
             admin=await make_token(app, role="admin", user_id="root"),
             user=await make_token(app, role="user", user_id="alice"),

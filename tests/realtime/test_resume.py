@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 import orjson
+import pytest
 import websockets
 from hypothesis import given
 from hypothesis import settings as hyp_settings
@@ -133,10 +134,11 @@ async def test_sse_stream_with_last_event_id(live: LiveServer) -> None:
     assert r.status_code == 401
 
 
-async def test_slow_consumer_is_closed_1013_fast_one_keeps_receiving(
-    serve: Any,
-) -> None:
-    live = await serve(ws_send_queue_size=20)
+# Both write paths (see test_write_path.py); uvicorn deprecates the legacy protocol.
+@pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
+@pytest.mark.parametrize("impl", ["websockets-sansio", "websockets"])
+async def test_slow_consumer_is_closed_1013_fast_one_keeps_receiving(serve: Any, impl: str) -> None:
+    live = await serve(ws_send_queue_size=20, uvicorn_options={"ws": impl})
     await live.create_task("t-slow")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -1,0 +1,72 @@
+"""The two WebSocket write paths of `realtime/ws.py`, on real sockets and both backends.
+
+The fast path writes each event's shared frame straight to the transport of uvicorn's
+sans-I/O WebSocket protocol, which it finds by introspection (private attributes). The
+fallback sends through ASGI like any app. With the uvicorn range pinned in pyproject the
+fast path must be taken: if an upgrade moves those attributes this test fails loudly
+instead of the service silently running several times slower. The fallback must stay
+correct, because any other server (or uvicorn protocol) gets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import uvicorn
+
+from dashboard_api.realtime.ws import Connection
+from tests.realtime.conftest import LiveServer, ServeFactory, recv_json, recv_until, send_json
+
+FAST = "websockets-sansio"
+FALLBACK = "websockets"  # uvicorn's other WebSocket protocol: ASGI sends only
+
+
+def _only_connection(live: LiveServer) -> Connection:
+    conns = [c for c in live.ctx.hub.connections if isinstance(c, Connection)]
+    assert len(conns) == 1, conns
+    return conns[0]
+
+
+async def test_fast_path_is_taken_with_the_pinned_uvicorn(live: LiveServer) -> None:
+    async with await live.connect("user") as ws:
+        await send_json(ws, {"type": "subscribe", "channel": "tasks"})
+        assert (await recv_json(ws))["type"] == "subscribed"
+        conn = _only_connection(live)
+        assert conn._proto is not None, (
+            f"uvicorn {uvicorn.__version__}: the fast WebSocket write path is not taken "
+            "(realtime/ws.py `_direct_protocol` no longer finds uvicorn's protocol). "
+            "Fix it for this uvicorn or keep uvicorn within the range pinned in pyproject."
+        )
+
+
+# uvicorn deprecates its legacy protocol; it is used here as "a server without the fast path".
+@pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
+@pytest.mark.parametrize("impl", [FAST, FALLBACK])
+async def test_both_write_paths_replay_and_stream_exactly(serve: ServeFactory, impl: str) -> None:
+    live = await serve(uvicorn_options={"ws": impl})
+    await live.create_task("t-path")
+    await live.append("t-path", *[f"old {i}" for i in range(30)])
+    async with await live.connect("user") as ws:
+        await send_json(ws, {"type": "subscribe", "channel": "task:t-path", "since_seq": 10})
+        first = await recv_json(ws)
+        assert first == {"type": "subscribed", "channel": "task:t-path", "last_seq": 30}
+        assert (_only_connection(live)._proto is not None) == (impl == FAST)
+
+        async def produce() -> None:
+            for i in range(0, 60, 6):
+                await live.append("t-path", *[f"new {i + k}" for k in range(6)])
+            await live.finish("t-path")
+
+        producer = asyncio.create_task(produce())
+        seen = await recv_until(
+            ws, lambda m: m["type"] == "task_status" and m["status"] == "completed", 30
+        )
+        await producer
+    seqs = [m["seq"] for m in seen if m["type"] == "task_output"]
+    assert seqs == list(range(11, 91))
+    contents: list[Any] = [m["content"] for m in seen if m["type"] == "task_output"]
+    assert contents[:20] == [f"old {i}" for i in range(10, 30)]
+    assert contents[20:] == [f"new {i}" for i in range(60)]
+    assert seen[-1]["type"] == "task_status"
