@@ -42,12 +42,14 @@ pytest: $(STAMP)
 
 test: lint pytest
 
-# hardening: a longer, randomized schemathesis round over every operation and role.
+# hardening: a longer, randomized schemathesis round over every operation and role, on
+# SQLite and on PostgreSQL + Redis.
 FUZZ_EXAMPLES ?= 60
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 $(BIN)/pytest -q -s tests/hardening/test_schema_fuzz.py tests/hardening/test_ws_fuzz.py --timeout 3600
 
-# hardening: mixed load on loopback (not in CI); `make soak ARGS="--minutes 2"`.
+# hardening: 10 minutes of mixed load on PostgreSQL + Redis (a database and key prefix of its
+# own), then the audits (not in CI); `make soak ARGS="--minutes 2"`, `ARGS="--backend sqlite"`.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak $(ARGS)
 

@@ -1,13 +1,28 @@
 """Soak: mixed load on one loopback server for a bounded time, then a full audit.
 
-    python -m bench.soak --minutes 10                     # own server on a temp SQLite
-    python -m bench.soak --minutes 2 --database-url postgresql+asyncpg://...  [--redis-url ...]
+    python -m bench.soak                        # 10 minutes, PostgreSQL + Redis (`make soak`)
+    python -m bench.soak --minutes 2            # the same, shorter
+    python -m bench.soak --backend sqlite       # a temp SQLite file + the in-process broker
+    python -m bench.soak --database-url postgresql+asyncpg://... [--redis-url ...]
 
-Producers register tasks and append output; readers list tasks, read logs and analytics
-(endpoints that are not there — 404 — are skipped); WebSocket subscribers follow live
-tasks and resume at random points. At the end every acknowledged chunk must be in its
-task's log exactly once, at the seq it was acknowledged with, and the server's resident
-memory (VmRSS, sampled from /proc) must not keep growing. Exit status 1 on a failed check.
+On PostgreSQL the soak creates a database of its own on the local server
+(`DASHBOARD_BENCH_PG_HOST`/`_PORT`) and uses a Redis key prefix of its own, and drops both
+at the end (`--keep` keeps the database).
+
+Producers register tasks, append output and end them every way (completed, failed,
+cancelled; tokens, computed and reported costs); readers list tasks, read logs and
+analytics and ask for cancels (endpoints that are not there — 404 — are skipped);
+WebSocket subscribers follow live tasks and resume at random points. At the end:
+
+- every acknowledged chunk is in its task's log exactly once, at the seq it was
+  acknowledged with (seqs gap-free; a stored chunk that was never acknowledged must be
+  one whose request got no answer);
+- analytics (summary, histogram, performance over several windows) equal brute force
+  over the raw rows, read from the database (`tests/hardening/analytics_audit.py`);
+- the server's resident memory (VmRSS, sampled from /proc) does not keep growing.
+
+The report states every figure; `--json PATH` writes them too. Exit status 1 on a failed
+check.
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import random
 import socket
@@ -23,7 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +62,15 @@ class Stats:
     ws_events: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     rss_kib: list[tuple[float, int]] = field(default_factory=list)
+    # Every request by kind ("append", "read /api/tasks", "ws connect", ...) and answer
+    # ("200", "503", "ReadTimeout", ...).
+    requests: dict[str, Counter[str]] = field(default_factory=dict)
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def answered(self, kind: str, answer: int | str) -> None:
+        self.requests.setdefault(kind, Counter())[str(answer)] += 1
 
 
 @dataclass
@@ -56,6 +80,8 @@ class World:
     deadline: float
     stats: Stats = field(default_factory=Stats)
     acked: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    # Chunks whose append got no answer (transport error, 5xx): they may or may not be stored.
+    in_doubt: dict[str, set[str]] = field(default_factory=dict)
     live: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -87,24 +113,33 @@ async def _tokens(database_url: str) -> dict[str, str]:
     return out
 
 
+MODELS = ("claude-sonnet-4", "claude-opus-4", "gpt-5", "no-such-model", None)
+
+
 async def producer(world: World, n: int) -> None:
     headers = {"Authorization": f"Bearer {world.tokens['agent']}"}
+    s = world.stats
     async with httpx.AsyncClient(base_url=world.url, headers=headers, timeout=60) as http:
         k = 0
         while time.monotonic() < world.deadline:
             task_id = f"soak-{n}-{k}-{os.urandom(3).hex()}"
             k += 1
-            r = await http.post(
-                "/api/tasks",
-                json={
-                    "task_id": task_id,
-                    "agent_type": random.choice(["coder", "reviewer", "planner"]),
-                    "source": random.choice(["github", "jira", "api"]),
-                    "input_message": f"soak task {k}",
-                    "status": "running",
-                    "model": "claude-sonnet-4",
-                },
-            )
+            model = random.choice(MODELS)
+            body: dict[str, Any] = {
+                "task_id": task_id,
+                "agent_type": random.choice(["coder", "reviewer", "planner"]),
+                "source": random.choice(["github", "jira", "api"]),
+                "input_message": f"soak task {k}",
+                "status": "running",
+            }
+            if model is not None:
+                body["model"] = model
+            try:
+                r = await http.post("/api/tasks", json=body)
+            except httpx.HTTPError as exc:
+                s.answered("register", type(exc).__name__)
+                continue
+            s.answered("register", r.status_code)
             if r.status_code != 201:
                 world.stats.error(f"register {r.status_code}")
                 continue
@@ -113,39 +148,60 @@ async def producer(world: World, n: int) -> None:
             for i in range(random.randint(20, 80)):
                 if time.monotonic() >= world.deadline:
                     break
-                body: dict[str, Any]
                 if random.random() < 0.2:
                     body = {"chunks": [{"content": f"{task_id}:{i}.{j}\n"} for j in range(5)]}
                 else:
                     body = {"content": f"{task_id}:{i}\n"}
-                started = time.perf_counter()
-                try:
-                    r = await http.post(f"/api/tasks/{task_id}/output", json=body)
-                except httpx.HTTPError as exc:
-                    world.stats.error(f"append {type(exc).__name__}")
-                    continue
-                world.stats.append_latency.append(time.perf_counter() - started)
-                if r.status_code != 200:
-                    world.stats.error(f"append {r.status_code}")
-                    continue
-                answer = r.json()
                 contents = (
                     [c["content"] for c in body["chunks"]]
                     if "chunks" in body
                     else [body["content"]]
                 )
+                started = time.perf_counter()
+                try:
+                    r = await http.post(f"/api/tasks/{task_id}/output", json=body)
+                except httpx.HTTPError as exc:
+                    s.answered("append", type(exc).__name__)
+                    world.stats.error(f"append {type(exc).__name__}")
+                    world.in_doubt.setdefault(task_id, set()).update(contents)
+                    continue
+                world.stats.append_latency.append(time.perf_counter() - started)
+                s.answered("append", r.status_code)
+                if r.status_code != 200:
+                    world.stats.error(f"append {r.status_code}")
+                    if r.status_code >= 500:
+                        world.in_doubt.setdefault(task_id, set()).update(contents)
+                    continue
+                answer = r.json()
                 seqs = range(answer["first_seq"], answer["last_seq"] + 1)
                 world.acked[task_id].extend(zip(seqs, contents, strict=True))
                 world.stats.appends += 1
                 world.stats.chunks += len(contents)
-            r = await http.patch(
-                f"/api/tasks/{task_id}",
-                json={"status": "completed", "input_tokens": 1000, "output_tokens": 500},
-            )
-            if r.status_code != 200:
-                world.stats.error(f"complete {r.status_code}")
+            await _finish(world, http, task_id)
             with contextlib.suppress(ValueError):
                 world.live.remove(task_id)
+
+
+async def _finish(world: World, http: httpx.AsyncClient, task_id: str) -> None:
+    """Metrics, sometimes a reported cost, then an end of every kind (analytics feed on it)."""
+    s = world.stats
+    update: dict[str, Any] = {
+        "input_tokens": random.randint(0, 200_000),
+        "output_tokens": random.randint(0, 40_000),
+        "cache_read_tokens": random.randint(0, 20_000),
+    }
+    if random.random() < 0.2:
+        update["cost_usd"] = random.choice((0.0, 0.05, 0.123456, 1.5))
+    end = random.choices(("completed", "failed", "cancelled"), weights=(7, 2, 1))[0]
+    for kind, payload in (("metrics", update), ("complete", {"status": end})):
+        try:
+            r = await http.patch(f"/api/tasks/{task_id}", json=payload)
+        except httpx.HTTPError as exc:
+            s.answered(kind, type(exc).__name__)
+            continue
+        s.answered(kind, r.status_code)
+        if r.status_code != 200:
+            s.error(f"{kind} {r.status_code}")
 
 
 async def reader(world: World, available: set[str]) -> None:
@@ -163,16 +219,32 @@ async def reader(world: World, available: set[str]) -> None:
     paths = [p for p in paths if p.split("?")[0] in available]
     async with httpx.AsyncClient(base_url=world.url, headers=headers, timeout=60) as http:
         while time.monotonic() < world.deadline:
+            if world.live and random.random() < 0.01:
+                # A user asks a running task to stop (its producer still ends it).
+                task_id = random.choice(world.live)
+                try:
+                    r = await http.post(f"/api/tasks/{task_id}/cancel")
+                except httpx.HTTPError as exc:
+                    world.stats.answered("cancel", type(exc).__name__)
+                    continue
+                world.stats.answered("cancel", r.status_code)
+                if r.status_code not in (200, 409):  # 409: it ended meanwhile
+                    world.stats.error(f"cancel {r.status_code}")
+                continue
             if world.acked and random.random() < 0.3:
                 task_id = random.choice(list(world.acked))
                 path = f"/api/tasks/{task_id}/logs/full?after_seq={random.randint(0, 50)}"
+                kind = "read /api/tasks/{id}/logs/full"
             else:
                 path = random.choice(paths)
+                kind = "read " + path.split("?")[0]
             try:
                 r = await http.get(path)
             except httpx.HTTPError as exc:
+                world.stats.answered(kind, type(exc).__name__)
                 world.stats.error(f"read {type(exc).__name__}")
                 continue
+            world.stats.answered(kind, r.status_code)
             if r.status_code == 200:
                 world.stats.reads += 1
             else:
@@ -194,6 +266,7 @@ async def subscriber(world: World) -> None:
         try:
             async with websockets.connect(url, open_timeout=30, max_size=None) as ws:
                 world.stats.ws_sessions += 1
+                world.stats.answered("ws connect", 101)
                 sub = {"type": "subscribe", "channel": f"task:{task_id}", "since_seq": since}
                 await ws.send(orjson.dumps(sub).decode())
                 stop_at = time.monotonic() + random.uniform(0.5, 5)
@@ -214,6 +287,8 @@ async def subscriber(world: World) -> None:
                         break
         except (ConnectionClosed, OSError, InvalidHandshake, TimeoutError) as exc:
             world.stats.error(f"ws {type(exc).__name__}")
+            if not isinstance(exc, ConnectionClosed):
+                world.stats.answered("ws connect", type(exc).__name__)
             await asyncio.sleep(0.2)
 
 
@@ -229,29 +304,82 @@ async def sample_rss(world: World, pid: int | None) -> None:
         await asyncio.sleep(2)
 
 
-async def audit(world: World) -> int:
-    """Every acknowledged chunk in its task's log exactly once, at its seq; returns tasks seen."""
+@dataclass
+class ChunkAudit:
+    tasks: int = 0
+    acknowledged: int = 0
+    stored: int = 0
+    in_doubt: int = 0
+    in_doubt_stored: int = 0
+
+
+async def audit_chunks(world: World) -> ChunkAudit:
+    """Every acknowledged chunk in its task's log exactly once, at its seq; seqs gap-free."""
+    result = ChunkAudit(tasks=len(world.acked))
     headers = {"Authorization": f"Bearer {world.tokens['user']}"}
     async with httpx.AsyncClient(base_url=world.url, headers=headers, timeout=120) as http:
         for task_id, acked in world.acked.items():
+            doubt = world.in_doubt.get(task_id, set())
+            result.acknowledged += len(acked)
+            result.in_doubt += len(doubt)
             r = await http.get(f"/api/tasks/{task_id}/logs/full")
             if r.status_code != 200:
                 world.problems.append(f"audit {task_id}: {r.status_code}")
                 continue
             stored = [(c["seq"], c["content"]) for c in r.json()["chunks"]]
-            if stored != sorted(acked):
+            result.stored += len(stored)
+            if [seq for seq, _ in stored] != list(range(1, len(stored) + 1)):
+                world.problems.append(f"audit {task_id}: seqs are not 1..{len(stored)}")
+            contents = [c for _, c in stored]
+            if len(contents) != len(set(contents)):
+                world.problems.append(f"audit {task_id}: a chunk is stored twice")
+            at = dict(stored)
+            lost = [(seq, c) for seq, c in acked if at.get(seq) != c]
+            if lost:
                 world.problems.append(
-                    f"audit {task_id}: {len(stored)} stored vs {len(acked)} acknowledged"
+                    f"audit {task_id}: {len(lost)} of {len(acked)} acknowledged chunks "
+                    f"missing or moved, first {lost[0]}"
                 )
-    return len(world.acked)
+            extra = set(contents) - {c for _, c in acked}
+            result.in_doubt_stored += len(extra & doubt)
+            if extra - doubt:
+                world.problems.append(
+                    f"audit {task_id}: {len(extra - doubt)} stored chunks nobody appended"
+                )
+    return result
+
+
+def _windows(started: datetime, ended: datetime) -> list[Any]:
+    from tests.hardening.analytics_audit import Window
+
+    lo, hi = started - timedelta(hours=1), ended + timedelta(hours=1)
+    middle = started + (ended - started) / 2
+    return [
+        Window(lo, hi),
+        Window(lo, hi, tz="Asia/Kathmandu", period="day"),
+        Window(lo, hi, agent_type=("coder",), source=("github", "api"), tz="Asia/Kolkata"),
+        Window(middle, hi, agent_type=("reviewer", "planner"), tz="America/New_York"),
+        Window(started, middle),  # both edges inside the load: raw rows at both ends
+    ]
+
+
+async def audit_analytics(world: World, database_url: str, started: datetime) -> Any:
+    """Analytics answers against brute force over the raw rows, read from the database."""
+    from tests.hardening.analytics_audit import compare, load_tasks
+
+    raw = await load_tasks(database_url)
+    headers = {"Authorization": f"Bearer {world.tokens['user']}"}
+    async with httpx.AsyncClient(base_url=world.url, timeout=300) as http:
+        result = await compare(http, headers, raw, _windows(started, datetime.now(UTC)))
+    world.problems.extend(f"analytics {p}" for p in result.problems)
+    return result
 
 
 def _start_server(
-    args: argparse.Namespace, workdir: Path
-) -> tuple[str, subprocess.Popen[bytes], str]:
+    args: argparse.Namespace, workdir: Path, database_url: str, prefix: str
+) -> tuple[str, subprocess.Popen[bytes]]:
     from dashboard_api.db.migrate import upgrade_to_head
 
-    database_url = args.database_url or f"sqlite+aiosqlite:///{workdir / 'soak.db'}"
     upgrade_to_head(database_url)
     port = _free_port()
     env = {
@@ -260,7 +388,9 @@ def _start_server(
         "DASHBOARD_LOG_LEVEL": "WARNING",
         "DASHBOARD_RATE_LIMIT_PER_MINUTE": "0",
         "DASHBOARD_WS_MAX_CONNECTIONS_PER_TOKEN": "0",
+        "DASHBOARD_REDIS_PREFIX": prefix,
     }
+    env.pop("DASHBOARD_REDIS_URL", None)
     if args.redis_url:
         env["DASHBOARD_REDIS_URL"] = args.redis_url
     proc = subprocess.Popen(
@@ -277,77 +407,191 @@ def _start_server(
     for _ in range(600):
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                return url, proc, database_url
+                return url, proc
         time.sleep(0.05)
     proc.kill()
     raise SystemExit("the server did not start; see " + str(workdir / "server.log"))
 
 
-def _rss_verdict(samples: list[tuple[float, int]]) -> tuple[bool, str]:
+def _rss_verdict(samples: list[tuple[float, int]]) -> tuple[bool, dict[str, float]]:
     if len(samples) < 8:
-        return True, "too few RSS samples to judge"
+        return True, {}
     values = [kib for _, kib in samples]
     quarter = max(2, len(values) // 4)
     # Skip the first quarter (warm-up: imports, pools, caches), compare the second to the last.
     warm = statistics.median(values[quarter : 2 * quarter])
     late = statistics.median(values[-quarter:])
     bounded = late <= warm * 1.5 + 50 * 1024
-    return bounded, (
-        f"RSS start {values[0] / 1024:.0f} MiB, warm {warm / 1024:.0f} MiB, "
-        f"end {late / 1024:.0f} MiB, peak {max(values) / 1024:.0f} MiB"
-    )
+    mib = {"start": values[0], "warm": warm, "end": late, "peak": max(values)}
+    return bounded, {k: round(v / 1024, 1) for k, v in mib.items()}
+
+
+class OwnDatabase:
+    """A PostgreSQL database and a Redis key prefix of this soak's own, dropped at the end."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.name = f"dash_soak_{os.getpid()}"
+        self.prefix = f"dashsoak:{os.urandom(4).hex()}:"
+
+    async def create(self) -> str:
+        from bench._common import db_url, recreate_db
+
+        await recreate_db(self.name)
+        return db_url(self.name)
+
+    async def drop(self) -> None:
+        from bench._common import connect
+
+        if not self.args.keep:
+            conn = await connect()
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            finally:
+                await conn.close()
+        if self.args.redis_url:
+            import redis.asyncio as aioredis
+
+            client = aioredis.from_url(self.args.redis_url)
+            try:
+                keys = [k async for k in client.scan_iter(match=f"{self.prefix}*")]
+                if keys:
+                    await client.delete(*keys)
+            finally:
+                await client.aclose()
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    s, c, a, rss = report["load"], report["chunks"], report["analytics"], report["rss_mib"]
+    print(f"soak: {report['seconds']:.0f} s on {report['backend']}, {report['producers']} "
+          f"producers, {report['readers']} readers, {report['subscribers']} WebSocket "
+          f"subscribers")  # fmt: skip
+    print(f"  appends {s['appends']} ({s['appends_per_s']:.0f}/s), chunks {s['chunks']} "
+          f"({s['chunks_per_s']:.0f}/s), append p50 {s['append_p50_ms']:.1f} ms, "
+          f"p99 {s['append_p99_ms']:.1f} ms")  # fmt: skip
+    print(f"  reads {s['reads']} ({s['reads_per_s']:.0f}/s)")
+    print(f"  subscribers: {s['ws_sessions']} sessions, {s['ws_events']} task_output events "
+          f"({s['ws_events_per_s']:.0f}/s)")  # fmt: skip
+    print("  requests by kind and answer:")
+    for kind, answers in sorted(report["requests"].items()):
+        print(f"    {kind:<40} {dict(sorted(answers.items()))}")
+    # Every non-2xx answer and transport error (a cancel's 409: the task had just ended).
+    print(f"  errors by status: {report['errors_by_status'] or 'none'}")
+    print(f"  chunks: {c['acknowledged']} acknowledged in {c['tasks']} tasks, {c['stored']} "
+          f"stored; {c['in_doubt']} in doubt (no answer), {c['in_doubt_stored']} of them "
+          f"stored")  # fmt: skip
+    print(f"  analytics: {a['figures']} figures over {a['tasks']} tasks and {a['windows']} "
+          f"windows compared with brute force, {a['problems']} disagree")  # fmt: skip
+    if rss:
+        print(f"  RSS start {rss['start']} MiB, warm {rss['warm']} MiB, end {rss['end']} MiB, "
+              f"peak {rss['peak']} MiB")  # fmt: skip
+    for problem in report["problem_list"][:30]:
+        print("  PROBLEM", problem)
+    for name, verdict in report["checks"].items():
+        print(f"  check {name}: {'ok' if verdict else 'FAILED'}")
+
+
+def _errors_by_status(requests: dict[str, Counter[str]]) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    for answers in requests.values():
+        for answer, n in answers.items():
+            if not answer.isdigit() or int(answer) >= 400:
+                out[answer] += n
+    return dict(sorted(out.items()))
 
 
 async def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dash-soak-"))
     proc: subprocess.Popen[bytes] | None = None
+    own: OwnDatabase | None = None
+    if args.backend == "sqlite":
+        args.redis_url = None if args.redis_url == DEFAULT_REDIS else args.redis_url
+    if args.no_redis:
+        args.redis_url = None
     if args.url:
         url, pid = args.url, args.pid
         if not args.database_url:
             raise SystemExit("--url needs --database-url (to create the soak's tokens)")
         database_url = args.database_url
     else:
-        url, proc, database_url = _start_server(args, workdir)
+        own = OwnDatabase(args)
+        if args.database_url:
+            database_url = args.database_url
+        elif args.backend == "sqlite":
+            database_url = f"sqlite+aiosqlite:///{workdir / 'soak.db'}"
+        else:
+            database_url = await own.create()
+        url, proc = _start_server(args, workdir, database_url, own.prefix)
         pid = proc.pid
     try:
         tokens = await _tokens(database_url)
         spec = httpx.get(f"{url}/openapi.json").json()
         available = set(spec["paths"])
         world = World(url, tokens, time.monotonic() + args.minutes * 60)
-        started = time.monotonic()
+        started, started_at = time.monotonic(), datetime.now(UTC)
         jobs = [sample_rss(world, pid)]
         jobs += [producer(world, n) for n in range(args.producers)]
         jobs += [reader(world, available) for _ in range(args.readers)]
         jobs += [subscriber(world) for _ in range(args.subscribers)]
         await asyncio.gather(*jobs)
         elapsed = time.monotonic() - started
-        tasks = await audit(world)
+        chunks = await audit_chunks(world)
+        analytics = await audit_analytics(world, database_url, started_at)
     finally:
         if proc is not None:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(20)
+        if own is not None and not args.database_url and args.backend == "postgres":
+            await own.drop()
     s = world.stats
     lat = sorted(s.append_latency) or [0.0]
     bounded, rss = _rss_verdict(s.rss_kib)
-    print(f"soak: {elapsed:.0f} s on {database_url.split(':')[0]}, {args.producers} producers, "
-          f"{args.readers} readers, {args.subscribers} WebSocket subscribers")  # fmt: skip
-    print(f"  appends {s.appends} ({s.appends / elapsed:.0f}/s), chunks {s.chunks} "
-          f"({s.chunks / elapsed:.0f}/s), tasks {tasks}")  # fmt: skip
-    print(f"  append latency p50 {lat[len(lat) // 2] * 1000:.1f} ms, "
-          f"p99 {lat[int(len(lat) * 0.99)] * 1000:.1f} ms")  # fmt: skip
-    print(f"  reads {s.reads} ({s.reads / elapsed:.0f}/s)")
-    print(f"  ws sessions {s.ws_sessions}, events {s.ws_events} ({s.ws_events / elapsed:.0f}/s)")
-    print(f"  {rss}")
-    print(f"  errors {s.errors or 'none'}")
-    ok = not world.problems and bounded
-    for problem in world.problems[:20]:
-        print("  PROBLEM", problem)
-    if not bounded:
-        print("  PROBLEM resident memory kept growing")
-    print("  audit: every acknowledged chunk is in the log exactly once" if not world.problems
-          else f"  audit FAILED: {len(world.problems)} problems")  # fmt: skip
-    return 0 if ok else 1
+    chunk_problems = [p for p in world.problems if not p.startswith("analytics ")]
+    report: dict[str, Any] = {
+        "backend": database_url.split(":")[0] + (" + Redis" if args.redis_url else " + memory"),
+        "seconds": elapsed,
+        "producers": args.producers,
+        "readers": args.readers,
+        "subscribers": args.subscribers,
+        "load": {
+            "appends": s.appends,
+            "appends_per_s": s.appends / elapsed,
+            "chunks": s.chunks,
+            "chunks_per_s": s.chunks / elapsed,
+            "append_p50_ms": lat[len(lat) // 2] * 1000,
+            "append_p99_ms": lat[int(len(lat) * 0.99)] * 1000,
+            "reads": s.reads,
+            "reads_per_s": s.reads / elapsed,
+            "ws_sessions": s.ws_sessions,
+            "ws_events": s.ws_events,
+            "ws_events_per_s": s.ws_events / elapsed,
+        },
+        "requests": {k: dict(v) for k, v in s.requests.items()},
+        "errors_by_status": _errors_by_status(s.requests),
+        "errors": s.errors,
+        "chunks": vars(chunks),
+        "analytics": {
+            "figures": analytics.figures,
+            "tasks": analytics.tasks,
+            "windows": len(_windows(started_at, started_at)),
+            "problems": len(analytics.problems),
+        },
+        "rss_mib": rss,
+        "problem_list": world.problems,
+        "checks": {
+            "every acknowledged chunk exactly once at its seq": not chunk_problems,
+            "analytics equal brute force": not analytics.problems,
+            "resident memory bounded": bounded,
+        },
+    }
+    _print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    return 0 if all(report["checks"].values()) else 1
+
+
+DEFAULT_REDIS = os.environ.get("DASHBOARD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def main() -> None:
@@ -356,10 +600,19 @@ def main() -> None:
     parser.add_argument("--producers", type=int, default=8)
     parser.add_argument("--readers", type=int, default=4)
     parser.add_argument("--subscribers", type=int, default=200)
-    parser.add_argument("--database-url", help="default: a temp SQLite file")
-    parser.add_argument("--redis-url", help="default: the in-process broker")
+    parser.add_argument(
+        "--backend",
+        choices=("postgres", "sqlite"),
+        default="postgres",
+        help="postgres (default): a database of the soak's own on the local server, + Redis",
+    )
+    parser.add_argument("--database-url", help="soak this database instead")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS, help="default: %(default)s")
+    parser.add_argument("--no-redis", action="store_true", help="the in-process broker")
+    parser.add_argument("--keep", action="store_true", help="keep the soak's database")
     parser.add_argument("--url", help="soak a server already running (give --database-url)")
     parser.add_argument("--pid", type=int, help="that server's pid, for RSS sampling")
+    parser.add_argument("--json", help="also write the report's figures to this file")
     sys.exit(asyncio.run(run(parser.parse_args())))
 
 
