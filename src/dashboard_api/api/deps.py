@@ -18,7 +18,11 @@ from dashboard_api.services.tokens import resolve_token
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
 
 
-def get_ctx(request: Request) -> AppContext:
+# Dependencies are `async def` even when they never await: FastAPI runs a plain `def`
+# dependency in the thread pool, a thread hop per request that costs more than its body.
+
+
+async def get_ctx(request: Request) -> AppContext:
     ctx: AppContext = request.app.state.ctx
     return ctx
 
@@ -75,7 +79,7 @@ AgentRole = Annotated[Principal, require_roles("admin", "agent")]
 AdminRole = Annotated[Principal, require_roles("admin")]
 
 
-def page_request(
+async def page_request(
     page: Annotated[int | None, Query(ge=1, le=10_000_000, description="1-based page")] = None,
     per_page: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[

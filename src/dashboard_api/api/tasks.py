@@ -25,6 +25,7 @@ from dashboard_api.schemas.tasks import (
     TaskUpdate,
     task_public,
 )
+from dashboard_api.schemas.tasks_json import dumps, page_json, public_doc, ts
 from dashboard_api.services import tasks as service
 from dashboard_api.timeutil import UtcDateTime
 
@@ -54,7 +55,7 @@ async def list_tasks(
         ),
     ] = None,
     sort: SortKey = "-created_at",
-) -> Page[TaskSummary]:
+) -> Response:
     """Task summaries, filtered and sorted; page or cursor mode."""
     filters = service.TaskFilters(
         status=split_multi(status, name="status", allowed=TASK_STATUSES),
@@ -69,7 +70,9 @@ async def list_tasks(
     )
     async with ctx.db.read() as session:
         result = await service.list_tasks(session, filters=filters, sort=sort, page=page)
-    return Page[TaskSummary].of(result)
+    # Written directly (same document as Page[TaskSummary], which stays the documented
+    # model): validating and serializing 50 models cost more than the queries.
+    return Response(page_json(result), media_type="application/json")
 
 
 @router.post(
@@ -105,10 +108,13 @@ async def claim_task(ctx: CtxDep, _: AgentRole, body: TaskClaim) -> TaskPublic |
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=problem_responses(404))
-async def get_task(ctx: CtxDep, _: AnyRole, task_id: TaskIdPath) -> TaskPublic:
+async def get_task(ctx: CtxDep, _: AnyRole, task_id: TaskIdPath) -> Response:
     """One task."""
     async with ctx.db.read() as session:
-        return task_public(await service.get_task(session, task_id))
+        await service.read_without_transaction(session)
+        row = await service.get_task_row(session, task_id)
+    body = dumps(public_doc(row), lambda: task_public(row).model_dump_json().encode())
+    return Response(body, media_type="application/json")
 
 
 @router.patch("/{task_id}", response_model=TaskPublic, responses=problem_responses(404, 409))
@@ -177,31 +183,50 @@ async def full_log(
     after_seq: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     format: Literal["json", "text"] | None = None,
     accept: Annotated[str | None, Header()] = None,
-) -> FullLog | PlainTextResponse:
+) -> Response:
     """The task, its status history and its output (all, or after `after_seq`)."""
     as_text = _wants_text(format, accept)
     async with ctx.db.read() as session:
-        task = await service.get_task(session, task_id)
-        chunks = await service.list_chunks(session, task_id, after_seq=after_seq)
-        events = [] if as_text else await service.list_status_events(session, task_id)
+        await service.read_without_transaction(session)
+        task = await service.get_task_row(session, task_id)
+        chunks = await service.chunk_rows(session, task_id, after_seq=after_seq)
+        events = [] if as_text else await service.status_event_rows(session, task_id)
     output = "".join(c.content for c in chunks)
     if as_text:
         return PlainTextResponse(output)
-    return FullLog(
-        task=task_public(task),
-        events=[StatusEventOut.model_validate({"status": e.status, "at": e.at}) for e in events],
-        chunks=[
-            ChunkOut.model_validate(
-                {"seq": c.seq, "stream": c.stream, "content": c.content, "created_at": c.created_at}
-            )
+    # The chunks are read after the task: an append committed in between shows up in
+    # them, so the answer's last_seq must not lag what it returns.
+    last_seq = max(task.output_seq, chunks[-1].seq if chunks else 0)
+    doc = {
+        "task": public_doc(task),
+        "events": [{"type": "status", "status": e.status, "at": ts(e.at)} for e in events],
+        "chunks": [
+            {"seq": c.seq, "stream": c.stream, "content": c.content, "created_at": ts(c.created_at)}
             for c in chunks
         ],
-        output=output,
-        # The chunks are read after the task: an append committed in between shows up in
-        # them, so the answer's last_seq must not lag what it returns.
-        last_seq=max(task.output_seq, chunks[-1].seq if chunks else 0),
-        truncated=task.output_truncated,
-    )
+        "output": output,
+        "last_seq": last_seq,
+        "truncated": bool(task.output_truncated),
+    }
+
+    def reference() -> bytes:
+        return (
+            FullLog(
+                task=task_public(task),
+                events=[StatusEventOut(status=e.status, at=e.at) for e in events],
+                chunks=[
+                    ChunkOut(seq=c.seq, stream=c.stream, content=c.content, created_at=c.created_at)
+                    for c in chunks
+                ],
+                output=output,
+                last_seq=last_seq,
+                truncated=task.output_truncated,
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    return Response(dumps(doc, reference), media_type="application/json")
 
 
 def _wants_text(format_: str | None, accept: str | None) -> bool:

@@ -18,9 +18,10 @@ from sqlalchemy import (
     or_,
     select,
 )
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import contains_ci, lock_for_update, lock_skip_locked
+from dashboard_api.db.dialect import backend_of, contains_ci, lock_for_update, lock_skip_locked
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
 from dashboard_api.db.models.analytics import AnalyticsRollup
@@ -33,10 +34,10 @@ from dashboard_api.schemas.tasks import (
     TERMINAL_STATUSES,
     OutputChunkIn,
     TaskCreate,
-    TaskSummary,
     TaskUpdate,
     task_summary,
 )
+from dashboard_api.schemas.tasks_json import summary_from_row
 from dashboard_api.services.analytics_rollups import EPOCH, GRAINS, QUARTER, SERIES_ALL_MODELS
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import TaskSnapshot, snapshot, task_written
@@ -53,17 +54,20 @@ ALLOWED_MOVES: dict[str, frozenset[str]] = {
 # Literal (not bound) constants, so that PostgreSQL matches the expression indexes.
 _MAX_I64: ColumnElement[int] = literal_column("9223372036854775807", BigInteger)
 _MINUS_ONE: ColumnElement[int] = literal_column("-1", BigInteger)
+# The table's columns, not the mapped attributes: statements built from them skip the
+# ORM's execution steps (list and count queries return plain rows anyway).
+_T = Task.__table__
 ORDERINGS: dict[str, Ordering] = {
-    "created_at": Ordering("created_at", (Task.created_at, Task.task_id), descending=False),
-    "-created_at": Ordering("-created_at", (Task.created_at, Task.task_id), descending=True),
-    "cost_usd": Ordering("cost_usd", (Task.cost_micros, Task.task_id), descending=False),
-    "-cost_usd": Ordering("-cost_usd", (Task.cost_micros, Task.task_id), descending=True),
+    "created_at": Ordering("created_at", (_T.c.created_at, _T.c.task_id), descending=False),
+    "-created_at": Ordering("-created_at", (_T.c.created_at, _T.c.task_id), descending=True),
+    "cost_usd": Ordering("cost_usd", (_T.c.cost_micros, _T.c.task_id), descending=False),
+    "-cost_usd": Ordering("-cost_usd", (_T.c.cost_micros, _T.c.task_id), descending=True),
     # Missing durations sort last both ways: the key maps NULL past the end of the order.
     "duration_seconds": Ordering(
-        "duration_seconds", (func.coalesce(Task.duration_us, _MAX_I64), Task.task_id), False
+        "duration_seconds", (func.coalesce(_T.c.duration_us, _MAX_I64), _T.c.task_id), False
     ),
     "-duration_seconds": Ordering(
-        "-duration_seconds", (func.coalesce(Task.duration_us, _MINUS_ONE), Task.task_id), True
+        "-duration_seconds", (func.coalesce(_T.c.duration_us, _MINUS_ONE), _T.c.task_id), True
     ),
 }
 
@@ -85,9 +89,9 @@ class TaskFilters:
     def clauses(self, session: AsyncSession) -> list[ColumnElement[bool]]:
         out: list[ColumnElement[bool]] = []
         multi: tuple[tuple[Any, Sequence[str]], ...] = (
-            (Task.status, self.status),
-            (Task.agent_type, self.agent_type),
-            (Task.source, self.source),
+            (_T.c.status, self.status),
+            (_T.c.agent_type, self.agent_type),
+            (_T.c.source, self.source),
         )
         for column, values in multi:
             if len(values) == 1:
@@ -95,19 +99,19 @@ class TaskFilters:
             elif values:
                 out.append(column.in_(list(values)))
         if self.created_after is not None:
-            out.append(Task.created_at >= self.created_after)
+            out.append(_T.c.created_at >= self.created_after)
         if self.created_before is not None:
-            out.append(Task.created_at < self.created_before)
+            out.append(_T.c.created_at < self.created_before)
         single: tuple[tuple[Any, str | None], ...] = (
-            (Task.conversation_id, self.conversation_id),
-            (Task.flow_id, self.flow_id),
-            (Task.user_id, self.user_id),
+            (_T.c.conversation_id, self.conversation_id),
+            (_T.c.flow_id, self.flow_id),
+            (_T.c.user_id, self.user_id),
         )
         for column, value in single:
             if value is not None:
                 out.append(column == value)
         if self.q:
-            out.append(contains_ci(session, Task.input_message, self.q))
+            out.append(contains_ci(session, _T.c.input_message, self.q))
         return out
 
 
@@ -131,20 +135,17 @@ async def get_task(session: AsyncSession, task_id: str) -> Task:
 
 async def list_tasks(
     session: AsyncSession, *, filters: TaskFilters, sort: str, page: PageRequest
-) -> PageResult[TaskSummary]:
-    """One page of task summaries in the requested order."""
-    columns = [getattr(Task, c) for c in SUMMARY_COLUMNS]
+) -> PageResult[dict[str, Any]]:
+    """One page of task summaries (as `TaskSummary` documents) in the requested order."""
+    await read_without_transaction(session)
     stmt: Select[Any] = select(
-        *columns,
-        func.substr(Task.input_message, 1, 200).label("input_preview"),
-        Task.error.is_not(None).label("has_error"),
+        *(_T.c[c] for c in SUMMARY_COLUMNS),
+        func.substr(_T.c.input_message, 1, 200).label("input_preview"),
+        _T.c.error.is_not(None).label("has_error"),
     )
     where = filters.clauses(session)
     if where:
         stmt = stmt.where(and_(*where))
-
-    def convert(row: Any) -> TaskSummary:
-        return task_summary(row, input_preview=row.input_preview, has_error=bool(row.has_error))
 
     ordering = ORDERINGS[sort]
     total = await count_tasks(session, filters=filters)
@@ -157,7 +158,18 @@ async def list_tasks(
     async def counted() -> int:
         return total
 
-    return await paginate(session, stmt, ordering, page, convert=convert, count=counted)
+    return await paginate(session, stmt, ordering, page, convert=summary_from_row, count=counted)
+
+
+async def read_without_transaction(session: AsyncSession) -> None:
+    """Run this session's reads outside a transaction block (PostgreSQL).
+
+    Under READ COMMITTED every statement takes its own snapshot, inside a transaction
+    or not, so BEGIN and ROLLBACK only add two round trips to each read request. Call
+    before the session's first statement.
+    """
+    if backend_of(session) == "postgresql":
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 # At most this many matches of `q`: find them first, then sort (see list_tasks).
@@ -188,23 +200,23 @@ async def count_tasks(session: AsyncSession, *, filters: TaskFilters) -> int:
         # Every task is in exactly one block of the coarsest grain.
         return await _count_blocks(session, filters, [(GRAINS[-1], None)])
     if lo is None:
-        lo = await session.scalar(select(func.min(Task.created_at)))
+        lo = await session.scalar(select(func.min(_T.c.created_at)))
     if hi is None:
-        newest = await session.scalar(select(func.max(Task.created_at)))
+        newest = await session.scalar(select(func.max(_T.c.created_at)))
         hi = None if newest is None else newest + timedelta(microseconds=1)
     if lo is None or hi is None or lo >= hi:
         return 0
     edges, blocks = _split_window(lo, hi)
     total = await _count_blocks(session, filters, blocks) if blocks else 0
     if edges:
-        window = or_(*(and_(Task.created_at >= a, Task.created_at < b) for a, b in edges))
+        window = or_(*(and_(_T.c.created_at >= a, _T.c.created_at < b) for a, b in edges))
         plain = replace(filters, created_after=None, created_before=None)
         total += await _count_raw(session, [window, *plain.clauses(session)])
     return total
 
 
 async def _count_raw(session: AsyncSession, where: Sequence[ColumnElement[bool]]) -> int:
-    stmt = select(func.count()).select_from(Task)
+    stmt = select(func.count()).select_from(_T)
     if where:
         stmt = stmt.where(and_(*where))
     return int((await session.execute(stmt)).scalar_one())
@@ -259,6 +271,39 @@ def _split_window(
         blocks.append((grain, pos))
         pos += grain
     return edges, blocks
+
+
+# Every column of a task, `metadata` under its attribute name (what `task_public` reads).
+_TASK_ROW = (*(c for c in _T.c if c.name != "metadata"), _T.c.metadata.label("metadata_"))
+AnyRow = Row[*tuple[Any, ...]]
+_E = TaskEvent.__table__
+_C = TaskOutputChunk.__table__
+
+
+async def get_task_row(session: AsyncSession, task_id: str) -> AnyRow:
+    """The task as a plain row (the attributes of a `Task`), or 404."""
+    row = (await session.execute(select(*_TASK_ROW).where(_T.c.task_id == task_id))).first()
+    if row is None:
+        raise NotFound(f"No task {task_id!r}.")
+    return row
+
+
+async def status_event_rows(session: AsyncSession, task_id: str) -> Sequence[AnyRow]:
+    """A task's status history (status, at), oldest first."""
+    stmt = select(_E.c.status, _E.c.at).where(_E.c.task_id == task_id).order_by(_E.c.event_id)
+    return (await session.execute(stmt)).all()
+
+
+async def chunk_rows(
+    session: AsyncSession, task_id: str, *, after_seq: int = 0
+) -> Sequence[AnyRow]:
+    """Output chunks (seq, stream, content, created_at) with seq > after_seq, in order."""
+    stmt = (
+        select(_C.c.seq, _C.c.stream, _C.c.content, _C.c.created_at)
+        .where(_C.c.task_id == task_id, _C.c.seq > after_seq)
+        .order_by(_C.c.seq)
+    )
+    return (await session.execute(stmt)).all()
 
 
 async def list_status_events(session: AsyncSession, task_id: str) -> Sequence[TaskEvent]:
