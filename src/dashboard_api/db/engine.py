@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -48,6 +49,29 @@ def _casefold(value: str | None) -> str | None:
     return None if value is None else value.casefold()
 
 
+# A pooled connection used this recently is handed out without a ping (HikariCP's
+# "alive bypass window"). SQLAlchemy's pre-ping costs BEGIN, a query and ROLLBACK on every
+# checkout, as much as a whole read request; a connection that died inside the window
+# fails its query instead, which invalidates the pool (503 once, like any outage).
+PING_AFTER_IDLE_SECONDS = 1.0
+_RETURNED_AT = "dashboard_returned_at"
+
+
+def _note_checkin(_dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+    record.info[_RETURNED_AT] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+    returned_at = record.info.get(_RETURNED_AT)
+    if returned_at is not None and time.monotonic() - returned_at < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        dbapi_conn.ping()
+    except Exception as error:
+        # The pool discards this connection and checks out another (or a new one).
+        raise sa_exc.DisconnectionError(str(error)) from error
+
+
 class Database:
     """One per app. Writes go through `write()`, which serializes writers on SQLite."""
 
@@ -68,7 +92,8 @@ class Database:
             kwargs.update(
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                pool_pre_ping=True,
+                # Checked on checkout by _ping_if_idle instead (a ping is three round trips).
+                pool_pre_ping=False,
                 pool_timeout=10,
                 # None for maintenance commands (bulk loads, rebuilds) that run for minutes.
                 connect_args={"timeout": 5, "command_timeout": command_timeout},
@@ -79,6 +104,10 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self.publisher: Publisher | None = None
         self._write_lock = asyncio.Lock() if self.backend == "sqlite" else None
+        if self.backend == "postgresql":
+            event.listen(self.engine.sync_engine.pool, "connect", _note_checkin)
+            event.listen(self.engine.sync_engine.pool, "checkin", _note_checkin)
+            event.listen(self.engine.sync_engine.pool, "checkout", _ping_if_idle)
         if self.backend == "sqlite":
             sync_engine = self.engine.sync_engine
             event.listen(sync_engine, "connect", _sqlite_on_connect)

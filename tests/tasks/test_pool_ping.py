@@ -1,0 +1,60 @@
+"""Pooled PostgreSQL connections are pinged on checkout only after being idle a while."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+
+from dashboard_api.db import engine as engine_module
+from dashboard_api.db.engine import Database
+from tests.conftest import Backend
+
+pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+
+
+async def _backend_pid(db: Database) -> int:
+    async with db.read() as session:
+        return int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def _terminate(url: str, pid: int) -> None:
+    admin = Database(url)
+    try:
+        async with admin.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    finally:
+        await admin.dispose()
+
+
+async def test_connection_killed_while_idle_is_replaced_unseen(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 0.05)
+    db = Database(backend.database_url, pool_size=1)
+    try:
+        pid = await _backend_pid(db)
+        await _terminate(backend.database_url, pid)
+        await asyncio.sleep(0.2)  # past the window: the checkout pings, and replaces it
+        assert await _backend_pid(db) != pid
+    finally:
+        await db.dispose()
+
+
+async def test_connection_killed_inside_the_window_fails_once_then_recovers(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "PING_AFTER_IDLE_SECONDS", 3600)
+    db = Database(backend.database_url, pool_size=1)
+    try:
+        pid = await _backend_pid(db)
+        await _terminate(backend.database_url, pid)
+        await asyncio.sleep(0.2)  # let the backend exit; still well inside the window
+        with pytest.raises(sa_exc.DBAPIError) as failed:
+            await _backend_pid(db)
+        assert failed.value.connection_invalidated
+        assert await _backend_pid(db) != pid
+    finally:
+        await db.dispose()
