@@ -570,3 +570,28 @@ async def test_totals_follow_live_writes(client: httpx.AsyncClient, auth: Header
         assert body["total"] == len(body["items"]), params
     counts = await client.get("/api/tasks", params={"status": "queued"}, headers=auth("user"))
     assert counts.json()["total"] == 2
+
+
+@pytest.mark.parametrize("sort", SORTS)
+async def test_deep_pages_seek_to_their_first_key(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    auth: Headers,
+    sort: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past SEEK_FROM_OFFSET, page mode finds the page's first key, then reads from it."""
+    from dashboard_api.db import paging
+
+    monkeypatch.setattr(paging, "SEEK_FROM_OFFSET", 0)
+    rows = fixed_rows()
+    await load_rows(app, rows)
+    for params in FILTERS:
+        expected = reference(rows, params, sort)
+        by_page, total = await walk_pages(client, auth, {**params, "sort": sort}, per_page=4)
+        assert total == len(expected)
+        assert by_page == expected, params
+    body = (await client.get("/api/tasks?page=99&per_page=4", headers=auth("user"))).json()
+    assert body["items"] == []
+    assert body["total"] == len(rows)
+    assert body["next_cursor"] is None

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
+from sqlalchemy import ColumnElement, Select, false, func, literal, select, tuple_
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
@@ -118,6 +118,10 @@ def decode_cursor(ordering: Ordering, cursor: str) -> list[Any]:
         raise Unprocessable("Malformed cursor.", loc=["query", "cursor"]) from None
 
 
+# From this offset on, page mode seeks to the page's first key instead of using OFFSET.
+SEEK_FROM_OFFSET = 1000
+
+
 async def paginate(
     session: AsyncSession,
     stmt: Select[Any],
@@ -144,7 +148,26 @@ async def paginate(
         bound = tuple_(*[_bind_like(k, v) for k, v in zip(ordering.keys, values, strict=True)])
         page_stmt = page_stmt.where(key_tuple < bound if ordering.descending else key_tuple > bound)
     elif request.page is not None and request.page > 1:
-        page_stmt = page_stmt.offset((request.page - 1) * request.per_page)
+        offset = (request.page - 1) * request.per_page
+        if offset < SEEK_FROM_OFFSET:
+            page_stmt = page_stmt.offset(offset)
+        else:
+            # Skipping rows with OFFSET still reads and projects each of them. Find the
+            # first row's key alone (the order's index covers it: an index-only scan),
+            # then read the page from that key like a cursor page.
+            key_stmt = stmt.with_only_columns(*ordering.keys, maintain_column_froms=True)
+            key_stmt = key_stmt.order_by(*direction).offset(offset).limit(1)
+            first = (await session.execute(key_stmt)).first()
+            if first is None:
+                page_stmt = page_stmt.where(false())
+            else:
+                key_tuple = tuple_(*ordering.keys)
+                bound = tuple_(
+                    *[literal(v, type_=k.type) for k, v in zip(ordering.keys, first, strict=True)]
+                )
+                page_stmt = page_stmt.where(
+                    key_tuple <= bound if ordering.descending else key_tuple >= bound
+                )
 
     rows = (await session.execute(page_stmt)).all()
     has_more = len(rows) > request.per_page
