@@ -379,3 +379,119 @@ async def test_one_upstream_subscription_per_channel(pg: str) -> None:
     finally:
         await redis.aclose()
         await _flush_redis_prefix(prefix)
+
+
+@contextlib.asynccontextmanager
+async def _replica_process(env: dict[str, str]) -> AsyncIterator[tuple[str, Any]]:
+    """A replica whose process the test may kill; yields (base url, process)."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "dashboard_api.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{url}/api/health")).status_code == 200:
+                        break
+                assert proc.returncode is None, "replica died at start"
+                await asyncio.sleep(0.05)
+        yield url, proc
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.parametrize("stop", ["kill", "terminate"])
+async def test_ingress_leader_change_stores_every_message_exactly_once(pg: str, stop: str) -> None:
+    prefix = f"dashtest:{uuid.uuid4().hex[:12]}:"
+    env = {
+        "DASHBOARD_DATABASE_URL": pg,
+        "DASHBOARD_REDIS_URL": REDIS_URL,
+        "DASHBOARD_REDIS_PREFIX": prefix,
+        "DASHBOARD_TOKEN_CACHE_SECONDS": "0",
+    }
+    tokens = await _tokens(pg)
+    agent = {"Authorization": f"Bearer {tokens['agent']}"}
+    task_id = f"lead-{uuid.uuid4().hex[:8]}"  # Pub/Sub channels are shared by every test run
+    channel = f"task:{task_id}:output"
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        async with _replica_process(env) as (url_a, proc_a), httpx.AsyncClient() as http:
+            r = await http.post(
+                f"{url_a}/api/tasks",
+                json={
+                    "task_id": task_id,
+                    "agent_type": "coder",
+                    "input_message": "x",
+                    "status": "running",
+                },
+                headers=agent,
+            )
+            assert r.status_code == 201, r.text
+
+            reader = {"url": url_a}  # the replica that answers reads (B once A is gone)
+
+            async def output_seq() -> int:
+                r = await http.get(f"{reader['url']}/api/tasks/{task_id}", headers=agent)
+                return int(r.json()["output_seq"])
+
+            # A is alone, so it leads once a probe is stored.
+            for attempt in range(200):
+                body = {"content": "probe", "message_id": f"probe-{attempt}"}
+                await redis.publish(channel, orjson.dumps(body))
+                if await output_seq():
+                    break
+                await asyncio.sleep(0.05)
+            assert await output_seq(), "no ingress leader"
+            async with _replica_process(env) as (url_b, _):
+                reader["url"] = url_b
+                await asyncio.sleep(1.0)  # B is listening (it holds what A stores)
+                base = await output_seq()
+                n = 300
+                for i in range(n):
+                    body = {"content": f"m{i}", "message_id": f"m-{i}"}
+                    await redis.publish(channel, orjson.dumps(body))
+                    if i == 100:
+                        if stop == "kill":
+                            proc_a.kill()
+                        else:
+                            proc_a.terminate()
+                    await asyncio.sleep(0.01)
+                # A repeated message (a producer retrying) is stored once.
+                await redis.publish(
+                    channel, orjson.dumps({"content": "m299", "message_id": "m-299"})
+                )
+                for _ in range(300):
+                    if await output_seq() >= base + n:
+                        break
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(0.5)  # anything stored twice would show by now
+                r = await http.get(
+                    f"{url_b}/api/tasks/{task_id}/logs/full?after_seq={base}", headers=agent
+                )
+                contents = [c["content"] for c in r.json()["chunks"]]
+                assert contents == [f"m{i}" for i in range(n)]
+    finally:
+        await redis.aclose()
+        await _flush_redis_prefix(prefix)

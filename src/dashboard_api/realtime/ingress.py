@@ -2,10 +2,21 @@
 
 Pub/Sub delivers every message to every replica, so exactly one replica per Redis stores
 them: the leader, elected with `SET key token NX PX ttl` and renewed every ttl/3 by a
-compare-and-extend script. The others stand by and take over when the lease lapses. A
-leader stops handling messages as soon as it cannot prove its lease is still valid, so two
-replicas never store the same message. Messages published while no replica leads (a few
-seconds after a leader dies) are lost: Pub/Sub keeps nothing.
+compare-and-extend script. A leader stops handling messages as soon as it cannot prove
+its lease is still valid, so two replicas never store the same message at once.
+
+Every replica listens, not only the leader: the others hold what they receive for a few
+lease periods. A replica that becomes leader first stores what it holds, then goes on
+live, so that messages published while the previous leader was dying are not lost. To
+tell which held messages the previous leader had already stored, a message may carry a
+`message_id` (unique per task): its id is recorded in the same transaction as the change
+it carries, and a message whose id is recorded is skipped — exactly once, whichever
+replica stores it and whenever one dies. Held messages without an id are dropped (the
+new leader cannot know whether they were stored): without `message_id` a message is
+stored at most once around a leader change, exactly once otherwise.
+
+`PUBLISH` answers how many subscribers received a message; every replica subscribes, so 0
+means that no replica took it and the producer should publish it again (same id).
 
 Each message goes through the same service functions as the HTTP producer endpoints, so
 its events fan out the same way. A malformed message is logged and skipped.
@@ -19,13 +30,19 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard_api.db.dialect import upsert
+from dashboard_api.db.models.ingress import IngressMessage
 from dashboard_api.errors import ProblemError
 from dashboard_api.ids import TASK_ID_RE
 from dashboard_api.settings import Settings
@@ -34,6 +51,10 @@ log = logging.getLogger(__name__)
 
 OUTPUT_PATTERN = "task:*:output"
 STATUS_PATTERN = "task:*:status"
+MESSAGE_ID_MAX = 200
+# How long stored message ids are kept: far longer than any producer retries a message.
+ID_RETENTION = timedelta(hours=24)
+PRUNE_EVERY_SECONDS = 600.0
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -59,14 +80,39 @@ def parse_ingress_channel(channel: str) -> tuple[str, str] | None:
     return task_id, kind
 
 
+async def claim_message(session: AsyncSession, task_id: str, message_id: str, now: Any) -> bool:
+    """Record a message id in the caller's transaction; False when it was recorded before.
+
+    A concurrent transaction recording the same id makes this one wait for its outcome
+    (the primary key), so of two replicas storing one message only one goes on.
+    """
+    table = IngressMessage.__table__
+    stmt = (
+        upsert(session, table)  # type: ignore[arg-type]
+        .values(task_id=task_id, message_id=message_id, stored_at=now)
+        .on_conflict_do_nothing(index_elements=["task_id", "message_id"])
+        .returning(table.c.message_id)
+    )
+    return (await session.execute(stmt)).first() is not None
+
+
 class Ingress:
     """Leader-elected consumer of the producer channels of one Redis."""
 
-    def __init__(self, ctx: Any, settings: Settings, *, lease_ms: int = 3000) -> None:
+    def __init__(
+        self,
+        ctx: Any,
+        settings: Settings,
+        *,
+        lease_ms: int = 3000,
+        hold_seconds: float | None = None,
+    ) -> None:
         assert settings.redis_url
         self.ctx = ctx
         self.settings = settings
         self.lease_ms = lease_ms
+        # Long enough to cover a leader's death: its lease running out plus one election.
+        self.hold_seconds = hold_seconds if hold_seconds is not None else 3 * lease_ms / 1000
         self.key = f"{settings.redis_prefix}ingress:leader"
         self.token = uuid.uuid4().hex
         self.client: aioredis.Redis = aioredis.Redis.from_url(
@@ -77,22 +123,29 @@ class Ingress:
         )
         self._deadline = 0.0  # monotonic time until which our lease is surely valid
         self._task: asyncio.Task[None] | None = None
-        self._consumer: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._closing = False
+        self._held: deque[tuple[float, str, bytes]] = deque()
+        self._held_limit = 100_000
+        self._next_prune = 0.0
         self.stored = 0
         self.skipped = 0
-        self.leader_event = asyncio.Event()
+        self.duplicates = 0  # messages whose id was already stored
+        self.dropped_without_id = 0  # held messages a new leader could not vouch for
+        self.listening = asyncio.Event()  # subscribed to the producer channels
+        self.leader_event = asyncio.Event()  # leading and subscribed
 
     @property
     def is_leader(self) -> bool:
         return time.monotonic() < self._deadline
 
     async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="redis-ingress")
         self._task = asyncio.create_task(self._elect(), name="redis-ingress-election")
 
     async def close(self) -> None:
         self._closing = True
-        for task in (self._task, self._consumer):
+        for task in (self._task, self._listener):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -111,17 +164,23 @@ class Ingress:
         while not self._closing:
             started = time.monotonic()
             try:
-                if self.is_leader:
+                if not self.listening.is_set():
+                    # Leading without listening would leave messages to nobody.
+                    self._step_down()
+                elif self.is_leader:
                     ok = await self.client.eval(_RENEW, 1, self.key, self.token, self.lease_ms)
+                    if ok:
+                        self._deadline = started + self.lease_ms * 0.8 / 1000
+                    else:
+                        self._step_down()
                 else:
                     ok = await self.client.set(self.key, self.token, nx=True, px=self.lease_ms)
-                if ok:
-                    # The key lives lease_ms from when Redis applied the command, which is
-                    # after `started`; keep a margin for clock-rate differences.
-                    self._deadline = started + self.lease_ms * 0.8 / 1000
-                    self._ensure_consumer()
-                else:
-                    self._step_down()
+                    if ok:
+                        # The key lives lease_ms from when Redis applied the command, which
+                        # is after `started`; keep a margin for clock-rate differences.
+                        self._deadline = started + self.lease_ms * 0.8 / 1000
+                        log.info("this replica now leads the Redis ingress")
+                        self.leader_event.set()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -132,56 +191,108 @@ class Ingress:
                 log.exception("ingress election failed")
             await asyncio.sleep(renew_every * (0.9 + 0.2 * random.random()))
 
-    def _ensure_consumer(self) -> None:
-        if self._consumer is None or self._consumer.done():
-            log.info("this replica now leads the Redis ingress")
-            self._consumer = asyncio.create_task(self._consume(), name="redis-ingress")
-
     def _step_down(self) -> None:
+        if self._deadline:
+            log.info("this replica no longer leads the Redis ingress")
         self._deadline = 0.0
         self.leader_event.clear()
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None and not consumer.done():
-            log.info("this replica no longer leads the Redis ingress")
-            consumer.cancel()
 
-    # --- consuming ----------------------------------------------------------------------
+    # --- listening ----------------------------------------------------------------------
 
-    async def _consume(self) -> None:
+    async def _listen(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            try:
+                await self._listen_once()
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("ingress subscription lost: %s", exc)
+            except Exception:
+                log.exception("ingress listener failed")
+            self.listening.clear()
+            if self.is_leader:
+                # Messages published meanwhile reach the other replicas only: let one of
+                # them lead (what it holds covers the time we were away).
+                self._step_down()
+                with contextlib.suppress(Exception):
+                    await self.client.eval(_RELEASE, 1, self.key, self.token)
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(5.0, backoff * 2)
+
+    async def _listen_once(self) -> None:
         pubsub = self._sub_client.pubsub(ignore_subscribe_messages=False)
         try:
             await pubsub.psubscribe(OUTPUT_PATTERN, STATUS_PATTERN)
-            # Wait for both confirmations before declaring the subscription live.
             confirmed = 0
             while confirmed < 2:
                 msg = await pubsub.get_message(timeout=5.0)
-                if msg is not None and msg["type"] == "psubscribe":
+                if msg is None:
+                    raise OSError("redis did not confirm the ingress subscription")
+                if msg["type"] == "psubscribe":
                     confirmed += 1
-            self.leader_event.set()
-            while self.is_leader:
-                msg = await pubsub.get_message(timeout=1.0)
+            self.listening.set()
+            while not self._closing:
+                msg = await pubsub.get_message(timeout=0.2)
+                if self.is_leader and self._held:
+                    await self._store_held()
                 if msg is None or msg["type"] != "pmessage":
+                    if not self.is_leader:
+                        self._trim_held()
                     continue
-                if not self.is_leader:
-                    log.warning("ingress lease lapsed; a message was left to the next leader")
-                    break
-                await self.handle(_text(msg["channel"]), msg["data"])
-        except asyncio.CancelledError:
-            raise
-        except (RedisError, OSError) as exc:
-            log.warning("ingress subscription lost: %s", exc)
+                channel, data = _text(msg["channel"]), msg["data"]
+                if self.is_leader:
+                    await self.handle(channel, data)
+                    await self._maybe_prune()
+                else:
+                    self._held.append((time.monotonic(), channel, data))
+                    self._trim_held()
         finally:
-            self.leader_event.clear()
+            self.listening.clear()
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
-        # Lost the subscription while leading: let another replica (or us) take over.
-        if self._deadline and not self._closing:
-            with contextlib.suppress(Exception):
-                await self.client.eval(_RELEASE, 1, self.key, self.token)
-            self._deadline = 0.0
 
-    async def handle(self, channel: str, data: Any) -> bool:
-        """Store one producer message; False (logged) when it is malformed or refused."""
+    def _trim_held(self) -> None:
+        held = self._held
+        horizon = time.monotonic() - self.hold_seconds
+        while held and (held[0][0] < horizon or len(held) > self._held_limit):
+            held.popleft()
+
+    async def _store_held(self) -> None:
+        """After taking over: store in order what was held, skipping what is known stored."""
+        self._trim_held()
+        held, self._held = self._held, deque()
+        if held:
+            log.info("ingress: storing %d messages held while another replica led", len(held))
+        while held:
+            if not self.is_leader:
+                held.extend(self._held)
+                self._held = held
+                return
+            _, channel, data = held.popleft()
+            await self.handle(channel, data, held=True)
+
+    async def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY_SECONDS
+        try:
+            async with self.ctx.db.write() as session:
+                cutoff = self.ctx.clock.now() - ID_RETENTION
+                await session.execute(
+                    delete(IngressMessage).where(IngressMessage.stored_at < cutoff)
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("ingress: pruning stored message ids failed", exc_info=True)
+
+    async def handle(self, channel: str, data: Any, *, held: bool = False) -> bool:
+        """Store one producer message; False (logged) when it is malformed, refused or
+        already stored. `held`: received while another replica led (stored only with an id).
+        """
         from dashboard_api.schemas.tasks import OutputAppend, TaskUpdate
         from dashboard_api.services import tasks as service
 
@@ -197,28 +308,47 @@ class Ingress:
             body = orjson.loads(data)
             if not isinstance(body, dict):
                 raise ValueError("the message is not a JSON object")
+            message_id = body.pop("message_id", None)
+            if message_id is not None and (
+                not isinstance(message_id, str) or not 0 < len(message_id) <= MESSAGE_ID_MAX
+            ):
+                raise ValueError(f"message_id must be a string of 1 to {MESSAGE_ID_MAX} characters")
+            if held and message_id is None:
+                self.dropped_without_id += 1
+                return False
+            now = ctx.clock.now()
             if kind == "output":
                 append = OutputAppend.model_validate(body)
                 chunks = append.as_chunks()
                 if len(chunks) > settings.max_chunks_per_request:
                     raise ValueError("too many chunks in one message")
                 async with ctx.db.write() as session:
+                    if message_id is not None and not await claim_message(
+                        session, task_id, message_id, now
+                    ):
+                        self.duplicates += 1
+                        return False
                     await service.append_output(
                         session,
                         task_id=task_id,
                         chunks=chunks,
-                        now=ctx.clock.now(),
+                        now=now,
                         cap_bytes=settings.output_cap_bytes,
                         max_chunk_bytes=settings.max_chunk_bytes,
                     )
             else:
                 update = TaskUpdate.model_validate(body)
                 async with ctx.db.write() as session:
+                    if message_id is not None and not await claim_message(
+                        session, task_id, message_id, now
+                    ):
+                        self.duplicates += 1
+                        return False
                     await service.update_task(
                         session,
                         task_id=task_id,
                         body=update,
-                        now=ctx.clock.now(),
+                        now=now,
                         prices=ctx.prices,
                     )
         except asyncio.CancelledError:

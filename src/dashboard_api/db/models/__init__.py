@@ -7,6 +7,7 @@ from dashboard_api.db.models.conversations import (
     ConversationMessage,
     ConversationTask,
 )
+from dashboard_api.db.models.ingress import IngressMessage
 from dashboard_api.db.models.oauth import OAuthInstallation
 from dashboard_api.db.models.sources import DataSource, IndexJob
 from dashboard_api.db.models.tasks import Task, TaskEvent, TaskOutputChunk
@@ -23,6 +24,7 @@ __all__ = [
     "ConversationTask",
     "DataSource",
     "IndexJob",
+    "IngressMessage",
     "OAuthInstallation",
     "Task",
     "TaskEvent",
