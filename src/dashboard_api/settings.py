@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     ws_ping_interval_seconds: float = Field(20.0, gt=0)
     ws_ping_timeout_seconds: float = Field(20.0, gt=0)
     ws_send_queue_size: int = Field(1000, ge=1)
+    ws_write_interval_ms: float = Field(10.0, ge=0, le=1000)  # see realtime/hub.py
     ws_max_subscriptions: int = Field(100, ge=1)
     ws_max_message_bytes: int = Field(64 * 1024, ge=1)
     ws_max_connections_per_token: int = Field(0, ge=0)  # 0: unlimited

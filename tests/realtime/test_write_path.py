@@ -70,3 +70,23 @@ async def test_both_write_paths_replay_and_stream_exactly(serve: ServeFactory, i
     assert contents[:20] == [f"old {i}" for i in range(10, 30)]
     assert contents[20:] == [f"new {i}" for i in range(60)]
     assert seen[-1]["type"] == "task_status"
+
+
+async def test_write_interval_batches_without_losing_or_reordering(serve: ServeFactory) -> None:
+    # A long interval makes every burst below share writes; each event still arrives once.
+    live = await serve(ws_write_interval_ms=50)
+    await live.create_task("t-batch")
+    async with await live.connect("user") as ws, await live.connect("user") as other:
+        for sock in (ws, other):
+            await send_json(sock, {"type": "subscribe", "channel": "task:t-batch"})
+            assert (await recv_json(sock))["type"] == "subscribed"
+        for i in range(40):
+            await live.append("t-batch", f"c{i}")
+        await live.finish("t-batch")
+        for sock in (ws, other):
+            seen = await recv_until(
+                sock, lambda m: m["type"] == "task_status" and m["status"] == "completed", 30
+            )
+            assert [m["content"] for m in seen if m["type"] == "task_output"] == [
+                f"c{i}" for i in range(40)
+            ]

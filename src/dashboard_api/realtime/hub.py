@@ -408,6 +408,7 @@ class Hub:
         buffer_limit: int = 1000,
         gap_wait: float = 0.03,
         db_concurrency: int = 4,
+        write_interval: float = 0.0,
     ) -> None:
         self.broker = broker
         self.history = history
@@ -426,6 +427,11 @@ class Hub:
         self.publish_failures = 0
         self._dirty: list[Any] = []
         self._flush_scheduled = False
+        # Sockets are written at most once per `write_interval` (the first write after a
+        # quiet spell goes out at once): on loopback most of a delivery's cost is the
+        # write syscall, so under a sustained stream several frames share one write.
+        self.write_interval = write_interval
+        self._last_flush = float("-inf")
         broker.set_handler(self.on_message)
         broker.on_reconnect(self.resync_all)
 
@@ -522,10 +528,17 @@ class Hub:
         self._dirty.append(sink)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            wait = self._last_flush + self.write_interval - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._flush)
+            else:
+                loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self.write_interval:
+            self._last_flush = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, []
         for sink in dirty:
             try:

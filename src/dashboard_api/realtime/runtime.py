@@ -65,6 +65,7 @@ class Realtime:
             self.broker,
             history or DbTaskHistory(db),
             buffer_limit=settings.ws_send_queue_size,
+            write_interval=settings.ws_write_interval_ms / 1000,
         )
         self.ingress: Any = None
         self.publish_failures = 0
