@@ -19,7 +19,9 @@ import httpx
 from fastapi import FastAPI
 
 from tests.analytics import brute
+from tests.conftest import Backend
 from tests.hardening.analytics_audit import Window, compare
+from tests.hardening.conftest import FIGURE_LINES
 
 Auth = Callable[[str], dict[str, str]]
 
@@ -91,7 +93,7 @@ async def _reader(client: httpx.AsyncClient, auth: Auth, done: asyncio.Event) ->
 
 
 async def test_analytics_equal_brute_force_after_concurrent_mixed_load(
-    app: FastAPI, client: httpx.AsyncClient, auth: Auth
+    app: FastAPI, client: httpx.AsyncClient, auth: Auth, backend: Backend
 ) -> None:
     started = datetime.now(UTC)
     counts = {"writes": 0}
@@ -119,3 +121,7 @@ async def test_analytics_equal_brute_force_after_concurrent_mixed_load(
     audit = await compare(client, auth("user"), raw, windows)
     assert not audit.problems, "\n".join(audit.problems[:30])
     assert audit.figures > 200
+    FIGURE_LINES.append(
+        f"analytics under load [{backend.name}]: {len(raw)} tasks, {reads} concurrent reads,"
+        f" {audit.figures} figures in {len(windows)} windows equal brute force"
+    )

@@ -281,10 +281,9 @@ def test_replica_killed_while_streaming_clients_resume_on_another(infra: Infra) 
 
 
 async def _lock_waiters(pg: asyncpg.Connection) -> int:
-    """Backends of the cluster waiting for a row lock right now."""
+    """Backends of the cluster waiting for a row lock right now (`pg` not in a transaction)."""
     found = await pg.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> $1",
-        pg.get_server_pid(),
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
     )
     return int(found)
 
@@ -328,7 +327,11 @@ async def _killed_terminal_update(
 
             # Hold alice's conversation row: A's terminal update locks the task row, writes
             # it, then waits here for the conversation — in the middle of its transaction.
-            pg = await asyncpg.connect(infra.pg.url.replace("+asyncpg", ""))
+            # The locks are watched from another connection: inside a transaction,
+            # pg_stat_activity is a snapshot taken at its first read.
+            dsn = infra.pg.url.replace("+asyncpg", "")
+            pg, watch = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+            requests: list[asyncio.Task[httpx.Response]] = []
             try:
                 blocker = pg.transaction()
                 await blocker.start()
@@ -339,9 +342,12 @@ async def _killed_terminal_update(
                     on_a = asyncio.create_task(
                         to_a.patch(f"/api/tasks/{task_id}", json=final, headers=agent)
                     )
+                    requests.append(on_a)
 
                     async def a_waits() -> bool:
-                        return await _lock_waiters(pg) >= 1
+                        if on_a.done():  # it should be stuck: say why it is not
+                            raise AssertionError(f"A answered: {on_a.result().text}")
+                        return await _lock_waiters(watch) >= 1
 
                     assert await _until(a_waits, 30), "A's update never reached the lock"
                     a.kill()  # SIGKILL with the transaction open: no commit, no answer
@@ -352,9 +358,10 @@ async def _killed_terminal_update(
                 retry = asyncio.create_task(
                     http.patch(f"/api/tasks/{task_id}", json=final, headers=agent)
                 )
+                requests.append(retry)
 
                 async def both_wait() -> bool:
-                    return await _lock_waiters(pg) >= 2
+                    return await _lock_waiters(watch) >= 2
 
                 b_queued = await _until(both_wait, 10)  # a figure, not an assertion
                 await blocker.rollback()
@@ -365,7 +372,12 @@ async def _killed_terminal_update(
                 r = await http.patch(f"/api/tasks/{task_id}", json=final, headers=agent)
                 assert r.status_code == 200, r.text
             finally:
+                # Even on failure: no request left running into the next test.
+                for pending in requests:
+                    pending.cancel()
+                await asyncio.gather(*requests, return_exceptions=True)
                 await pg.close()
+                await watch.close()
 
             # A sentinel after the reply: once it is heard, the reply's event was too.
             r = await http.post(
