@@ -196,6 +196,7 @@ def targets(
                 f"schema fuzz [{name}]: {operations} operations, {target.examples} examples"
                 f" per operation and role, examples per role {total},"
                 f" {sum(total.values())} in all"
+                + (f", readiness 503 {NOT_READY[name]} times" if name in NOT_READY else "")
             )
         st_asgi.shutdown_lifespans()
         for cleanup in built.cleanups:
@@ -222,6 +223,18 @@ def _strategy(target: Target, operation: Any, mode: GenerationMode) -> Any:
                 operation.as_strategy(generation_mode=mode, path_parameters={name: value})
             )
     return st.one_of(strategies)
+
+
+NOT_READY: dict[str, int] = {}
+
+
+def _readiness_reports_a_dependency(operation: Any, response: Any) -> bool:
+    if operation.path != "/api/health/ready" or response.status_code != 503:
+        return False
+    try:
+        return bool(response.json().get("dependency"))
+    except ValueError:
+        return False
 
 
 def _check_access(target: Target, role: str, case: Any, route: Any, status: int, body: str) -> None:
@@ -271,7 +284,14 @@ def _runner(
     def run(case: Any) -> None:
         counts[operation.label] += 1
         response = case.call(headers=headers, timeout=timeout)
-        case.validate_response(response, checks=CHECKS, headers=headers)
+        checks = CHECKS
+        if _readiness_reports_a_dependency(operation, response):
+            # Readiness' documented answer while a dependency is (briefly) away: with the
+            # shared Redis of a busy CI box this happened once. Checked against its schema
+            # like any answer; that it is right is the fault tests' job (they stop things).
+            checks = [c for c in CHECKS if c is not not_a_server_error]
+            NOT_READY[target.backend] = NOT_READY.get(target.backend, 0) + 1
+        case.validate_response(response, checks=checks, headers=headers)
         _check_access(target, role, case, route, response.status_code, response.text)
 
     if RANDOMIZE:
