@@ -440,10 +440,10 @@ class OwnDatabase:
         await recreate_db(self.name)
         return db_url(self.name)
 
-    async def drop(self) -> None:
+    async def drop(self, *, database: bool) -> None:
         from bench._common import connect
 
-        if not self.args.keep:
+        if database and not self.args.keep:
             conn = await connect()
             try:
                 await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
@@ -503,27 +503,27 @@ def _errors_by_status(requests: dict[str, Counter[str]]) -> dict[str, int]:
 async def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dash-soak-"))
     proc: subprocess.Popen[bytes] | None = None
-    own: OwnDatabase | None = None
     if args.backend == "sqlite":
         args.redis_url = None if args.redis_url == DEFAULT_REDIS else args.redis_url
     if args.no_redis:
         args.redis_url = None
-    if args.url:
-        url, pid = args.url, args.pid
-        if not args.database_url:
-            raise SystemExit("--url needs --database-url (to create the soak's tokens)")
-        database_url = args.database_url
-    else:
-        own = OwnDatabase(args)
-        if args.database_url:
-            database_url = args.database_url
-        elif args.backend == "sqlite":
-            database_url = f"sqlite+aiosqlite:///{workdir / 'soak.db'}"
-        else:
-            database_url = await own.create()
-        url, proc = _start_server(args, workdir, database_url, own.prefix)
-        pid = proc.pid
+    if args.url and not args.database_url:
+        raise SystemExit("--url needs --database-url (to create the soak's tokens)")
+    own = OwnDatabase(args)
+    own_database = not args.url and not args.database_url and args.backend == "postgres"
     try:
+        if args.url:
+            url, pid = args.url, args.pid
+            database_url = args.database_url
+        else:
+            if args.database_url:
+                database_url = args.database_url
+            elif args.backend == "sqlite":
+                database_url = f"sqlite+aiosqlite:///{workdir / 'soak.db'}"
+            else:
+                database_url = await own.create()
+            url, proc = _start_server(args, workdir, database_url, own.prefix)
+            pid = proc.pid
         tokens = await _tokens(database_url)
         spec = httpx.get(f"{url}/openapi.json").json()
         available = set(spec["paths"])
@@ -542,8 +542,8 @@ async def run(args: argparse.Namespace) -> int:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(20)
-        if own is not None and not args.database_url and args.backend == "postgres":
-            await own.drop()
+        if own_database or proc is not None:
+            await own.drop(database=own_database)
     s = world.stats
     lat = sorted(s.append_latency) or [0.0]
     bounded, rss = _rss_verdict(s.rss_kib)
