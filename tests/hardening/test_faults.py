@@ -280,10 +280,12 @@ def test_replica_killed_while_streaming_clients_resume_on_another(infra: Infra) 
         b.stop()
 
 
-async def _lock_waiters(pg: asyncpg.Connection) -> int:
-    """Backends of the cluster waiting for a row lock right now (`pg` not in a transaction)."""
+async def _lock_waiters(pg: asyncpg.Connection, table: str) -> int:
+    """Backends waiting for a row lock in a statement reading `table` (`pg` in no transaction)."""
     found = await pg.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND query ILIKE '%FROM ' || $1 || ' %'",
+        table,
     )
     return int(found)
 
@@ -347,7 +349,7 @@ async def _killed_terminal_update(
                     async def a_waits() -> bool:
                         if on_a.done():  # it should be stuck: say why it is not
                             raise AssertionError(f"A answered: {on_a.result().text}")
-                        return await _lock_waiters(watch) >= 1
+                        return await _lock_waiters(watch, "conversations") >= 1
 
                     assert await _until(a_waits, 30), "A's update never reached the lock"
                     a.kill()  # SIGKILL with the transaction open: no commit, no answer
@@ -360,10 +362,10 @@ async def _killed_terminal_update(
                 )
                 requests.append(retry)
 
-                async def both_wait() -> bool:
-                    return await _lock_waiters(watch) >= 2
+                async def b_waits() -> bool:
+                    return await _lock_waiters(watch, "tasks") >= 1
 
-                b_queued = await _until(both_wait, 10)  # a figure, not an assertion
+                b_queued = await _until(b_waits, 10)  # a figure, not an assertion
                 await blocker.rollback()
                 r = await retry
                 assert r.status_code == 200, r.text
