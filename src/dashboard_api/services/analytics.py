@@ -8,6 +8,7 @@ not the number of tasks.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
@@ -15,9 +16,10 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard_api.db.dialect import in_ints, prepare_log_bin
 from dashboard_api.db.models.analytics import AnalyticsHistogram, AnalyticsRollup
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.errors import Unprocessable
@@ -34,9 +36,11 @@ from dashboard_api.schemas.analytics import (
     Summary,
 )
 from dashboard_api.services.analytics_rollups import (
+    BIN_THRESHOLDS,
     COUNTERS,
     EPOCH,
     GRAINS,
+    HIST_GRAINS,
     KIND_DURATION,
     KIND_FIRST_OUTPUT,
     QUARTER,
@@ -46,6 +50,7 @@ from dashboard_api.services.analytics_rollups import (
     SERIES_PER_MODEL,
     bin_value,
     counters_of,
+    hist_bins_sql,
     hist_points,
 )
 
@@ -121,13 +126,13 @@ def _at(epoch_s: int) -> datetime:
     return EPOCH + timedelta(seconds=epoch_s)
 
 
-def decompose(start_s: int, end_s: int) -> list[Block]:
-    """Cover [start_s, end_s) (multiples of 15 min) with the fewest nested blocks."""
+def decompose(start_s: int, end_s: int, grains: Sequence[int] = GRAINS) -> list[Block]:
+    """Cover [start_s, end_s) (multiples of grains[0]) with the fewest nested blocks."""
     out: list[Block] = []
     pos = start_s
     while pos < end_s:
-        grain = QUARTER
-        for g in reversed(GRAINS):
+        grain = grains[0]
+        for g in reversed(grains):
             if pos % g == 0 and pos + g <= end_s:
                 grain = g
                 break
@@ -137,15 +142,17 @@ def decompose(start_s: int, end_s: int) -> list[Block]:
 
 
 def split_window(
-    start: datetime, end: datetime
+    start: datetime, end: datetime, grains: Sequence[int] = GRAINS
 ) -> tuple[list[tuple[datetime, datetime]], list[Block]]:
-    """Raw edge ranges and whole blocks that together cover [start, end) exactly once."""
+    """Raw edge ranges and whole blocks of `grains` that cover [start, end) exactly once."""
     if start >= end:
         return [], []
+    unit = grains[0]
+    unit_us = unit * 1_000_000
     start_us = (start - EPOCH) // _US
     end_us = (end - EPOCH) // _US
-    a = -(-start_us // _QUARTER_US) * QUARTER
-    b = end_us // _QUARTER_US * QUARTER
+    a = -(-start_us // unit_us) * unit
+    b = end_us // unit_us * unit
     if a >= b:
         return [(start, end)], []
     raw: list[tuple[datetime, datetime]] = []
@@ -153,33 +160,47 @@ def split_window(
         raw.append((start, _at(a)))
     if _at(b) < end:
         raw.append((_at(b), end))
-    return raw, decompose(a, b)
+    return raw, decompose(a, b, grains)
 
 
-def _blocks_clause(table: Any, blocks: Iterable[Block]) -> ColumnElement[bool]:
+# A run of at least this many consecutive blocks of one grain is read as a range; shorter
+# ones as a list (an OR of hundreds of short ranges would cost more to plan than to run).
+_RANGE_RUN = 16
+
+
+def _blocks_clause(
+    session: AsyncSession, table: Any, blocks: Iterable[Block]
+) -> ColumnElement[bool]:
     by_grain: dict[int, list[int]] = {}
     for grain, bucket in blocks:
         by_grain.setdefault(grain, []).append(bucket)
     parts: list[ColumnElement[bool]] = []
     for grain, buckets in sorted(by_grain.items()):
         buckets.sort()
-        singles: list[int] = []
-        conds: list[ColumnElement[bool]] = []
         runs: list[list[int]] = []
         for bucket in buckets:
             if runs and bucket == runs[-1][1] + grain:
                 runs[-1][1] = bucket
             else:
                 runs.append([bucket, bucket])
+        singles: list[int] = []
+        conds: list[ColumnElement[bool]] = []
         for lo, hi in runs:
-            if lo == hi:
-                singles.append(lo)
-            else:
+            if (hi - lo) // grain + 1 >= _RANGE_RUN:
                 conds.append(and_(table.bucket >= lo, table.bucket <= hi))
+            else:
+                singles.extend(range(lo, hi + grain, grain))
         if singles:
-            conds.append(table.bucket.in_(singles))
+            conds.append(in_ints(session, table.bucket, singles))
         parts.append(and_(table.grain == grain, or_(*conds)))
     return or_(*parts)
+
+
+def _counter_series(r: Any, filters: AnalyticsFilters) -> list[ColumnElement[bool]]:
+    """The rollup rows to sum: the overall marginal when unfiltered (one row per block)."""
+    if filters.agent_type or filters.source:
+        return [r.series == SERIES_ALL_MODELS, *filters.clauses(r)]
+    return [r.series == SERIES_MARGINAL, r.agent_type == "", r.source == "", r.model == ""]
 
 
 _RAW_COLUMNS = (
@@ -237,7 +258,7 @@ async def summary(
     if blocks:
         r = AnalyticsRollup
         stmt = select(*_sums(r)).where(
-            r.series == SERIES_ALL_MODELS, _blocks_clause(r, blocks), *filters.clauses(r)
+            *_counter_series(r, filters), _blocks_clause(session, r, blocks)
         )
         agg.add_counters((await session.execute(stmt)).one())
     for row in await _raw_rows(session, raw, filters):
@@ -349,13 +370,11 @@ async def histogram(
         r = AnalyticsRollup
         stmt = (
             select(r.grain, r.bucket, *_sums(r))
-            .where(r.series == SERIES_ALL_MODELS, _blocks_clause(r, where), *filters.clauses(r))
+            .where(*_counter_series(r, filters), _blocks_clause(session, r, where))
             .group_by(r.grain, r.bucket)
         )
         for grain, bucket, *values in await session.execute(stmt):
             aggs[where[(grain, bucket)]].add_counters(values)
-    import bisect
-
     for row in await _raw_rows(session, _merge_ranges(raw), filters):
         aggs[bisect.bisect_right(starts, row.created_at) - 1].add_task(row)
     return CostHistogram(
@@ -409,68 +428,99 @@ async def performance(
     session: AsyncSession, *, start: datetime, end: datetime, filters: AnalyticsFilters
 ) -> Performance:
     """Outcomes, durations (with percentiles) and cost overall, per agent type, source, model."""
+    # Counters and histograms split the window differently: counters from 15 minutes up
+    # (raw rows at the edges), histograms from the hour up (raw bins at the edges).
     raw, blocks = split_window(start, end)
+    hist_raw, hist_blocks = split_window(start, end, HIST_GRAINS)
+    filtered = bool(filters.agent_type or filters.source)
     combos: dict[tuple[str, str], Agg] = {}
     models: dict[str, Agg] = {}
+    # Unfiltered, the marginal series give the histograms of each group directly.
     marginal_agents: dict[str, Agg] = {}
     marginal_sources: dict[str, Agg] = {}
     marginal_overall = Agg()
+
+    def add_bins(agent_type: str, source: str, model: str, kind: int, b: int, n: int) -> None:
+        models.setdefault(model, Agg()).add_hist(kind, b, n)
+        if filtered:
+            combos.setdefault((agent_type, source), Agg()).add_hist(kind, b, n)
+        else:
+            marginal_agents.setdefault(agent_type, Agg()).add_hist(kind, b, n)
+            marginal_sources.setdefault(source, Agg()).add_hist(kind, b, n)
+            marginal_overall.add_hist(kind, b, n)
+
+    r, h = AnalyticsRollup, AnalyticsHistogram
     if blocks:
-        r, h = AnalyticsRollup, AnalyticsHistogram
         stmt = (
             select(r.agent_type, r.source, *_sums(r))
-            .where(r.series == SERIES_ALL_MODELS, _blocks_clause(r, blocks), *filters.clauses(r))
+            .where(
+                r.series == SERIES_ALL_MODELS,
+                _blocks_clause(session, r, blocks),
+                *filters.clauses(r),
+            )
             .group_by(r.agent_type, r.source)
         )
         for agent_type, source, *values in await session.execute(stmt):
             combos.setdefault((agent_type, source), Agg()).add_counters(values)
         stmt = (
             select(r.model, *_sums(r))
-            .where(r.series == SERIES_PER_MODEL, _blocks_clause(r, blocks), *filters.clauses(r))
+            .where(
+                r.series == SERIES_PER_MODEL,
+                _blocks_clause(session, r, blocks),
+                *filters.clauses(r),
+            )
             .group_by(r.model)
         )
         for model, *values in await session.execute(stmt):
             models.setdefault(model, Agg()).add_counters(values)
-        if filters.agent_type or filters.source:
-            hstmt = (
-                select(h.agent_type, h.source, h.kind, h.bin, func.sum(h.count))
-                .where(
-                    h.series == SERIES_ALL_MODELS, _blocks_clause(h, blocks), *filters.clauses(h)
-                )
-                .group_by(h.agent_type, h.source, h.kind, h.bin)
+    if hist_blocks and filtered:
+        hstmt = (
+            select(h.agent_type, h.source, h.kind, h.bin, func.sum(h.count))
+            .where(
+                h.series == SERIES_ALL_MODELS,
+                _blocks_clause(session, h, hist_blocks),
+                *filters.clauses(h),
             )
-            for agent_type, source, kind, b, n in await session.execute(hstmt):
-                combos.setdefault((agent_type, source), Agg()).add_hist(kind, b, n)
-            mstmt = (
-                select(h.model, h.kind, h.bin, func.sum(h.count))
-                .where(h.series == SERIES_PER_MODEL, _blocks_clause(h, blocks), *filters.clauses(h))
-                .group_by(h.model, h.kind, h.bin)
+            .group_by(h.agent_type, h.source, h.kind, h.bin)
+        )
+        for agent_type, source, kind, b, n in await session.execute(hstmt):
+            combos.setdefault((agent_type, source), Agg()).add_hist(kind, b, n)
+        mstmt = (
+            select(h.model, h.kind, h.bin, func.sum(h.count))
+            .where(
+                h.series == SERIES_PER_MODEL,
+                _blocks_clause(session, h, hist_blocks),
+                *filters.clauses(h),
             )
-            for model, kind, b, n in await session.execute(mstmt):
-                models.setdefault(model, Agg()).add_hist(kind, b, n)
-        else:
-            # No filter: the marginal series give each group's bins directly.
-            marg = (
-                select(h.series, h.agent_type, h.source, h.model, h.kind, h.bin, func.sum(h.count))
-                .where(
-                    h.series.in_((SERIES_MARGINAL, SERIES_MODEL_MARGINAL)),
-                    _blocks_clause(h, blocks),
-                )
-                .group_by(h.series, h.agent_type, h.source, h.model, h.kind, h.bin)
+            .group_by(h.model, h.kind, h.bin)
+        )
+        for model, kind, b, n in await session.execute(mstmt):
+            models.setdefault(model, Agg()).add_hist(kind, b, n)
+    elif hist_blocks:
+        marg = (
+            select(h.series, h.agent_type, h.source, h.model, h.kind, h.bin, func.sum(h.count))
+            .where(
+                h.series.in_((SERIES_MARGINAL, SERIES_MODEL_MARGINAL)),
+                _blocks_clause(session, h, hist_blocks),
             )
-            for series, agent_type, source, model, kind, b, n in await session.execute(marg):
-                if series == SERIES_MODEL_MARGINAL:
-                    target = models.setdefault(model, Agg())
-                elif agent_type:
-                    target = marginal_agents.setdefault(agent_type, Agg())
-                elif source:
-                    target = marginal_sources.setdefault(source, Agg())
-                else:
-                    target = marginal_overall
-                target.add_hist(kind, b, n)
+            .group_by(h.series, h.agent_type, h.source, h.model, h.kind, h.bin)
+        )
+        for series, agent_type, source, model, kind, b, n in await session.execute(marg):
+            if series == SERIES_MODEL_MARGINAL:
+                target = models.setdefault(model, Agg())
+            elif agent_type:
+                target = marginal_agents.setdefault(agent_type, Agg())
+            elif source:
+                target = marginal_sources.setdefault(source, Agg())
+            else:
+                target = marginal_overall
+            target.add_hist(kind, b, n)
     for row in await _raw_rows(session, raw, filters):
-        combos.setdefault((row.agent_type, row.source), Agg()).add_task(row)
-        models.setdefault(row.model or "", Agg()).add_task(row)
+        values = counters_of(row)
+        combos.setdefault((row.agent_type, row.source), Agg()).add_counters(values)
+        models.setdefault(row.model or "", Agg()).add_counters(values)
+    for agent_type, source, model, kind, b, n in await _raw_bins(session, hist_raw, filters):
+        add_bins(agent_type, source, model, kind, b, n)
 
     overall = marginal_overall
     agents = marginal_agents
@@ -497,3 +547,23 @@ async def performance(
             if a["tasks"]
         ],
     )
+
+
+async def _raw_bins(
+    session: AsyncSession, ranges: Sequence[tuple[datetime, datetime]], filters: AnalyticsFilters
+) -> Sequence[Any]:
+    """(agent_type, source, model, kind, bin, count) of the tasks in `ranges`, binned in SQL."""
+    if not ranges:
+        return []
+    await prepare_log_bin(session, BIN_THRESHOLDS)
+    window = or_(*(and_(Task.created_at >= lo, Task.created_at < hi) for lo, hi in ranges))
+    model = func.coalesce(Task.model, "").label("model")
+    parts = []
+    for kind, bin_expr, present in hist_bins_sql(session):
+        b = bin_expr.label("bin")
+        parts.append(
+            select(Task.agent_type, Task.source, model, literal(kind), b, func.count())
+            .where(window, present, *filters.clauses(Task))
+            .group_by(Task.agent_type, Task.source, model, b)
+        )
+    return (await session.execute(union_all(*parts))).all()

@@ -9,19 +9,35 @@ changes land in the right blocks without recomputation.
 from __future__ import annotations
 
 import bisect
-import itertools
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Table, case, delete, func, insert, literal, select
+from sqlalchemy import (
+    Column,
+    MetaData,
+    Select,
+    Table,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import (
+    add_primary_key,
     analyze_tables,
+    clear_tables,
+    drop_primary_key,
     epoch_bucket,
     lock_tables_exclusive,
     log_bin,
     micros_between,
+    prepare_large_sort,
     prepare_log_bin,
     upsert_add_many,
 )
@@ -46,12 +62,18 @@ GRAINS: tuple[int, ...] = (
     64 * DAY,
     256 * DAY,
 )
+# Histograms are kept from 4 hours up: percentiles need window totals only, and the
+# partial 4-hour blocks at a window's edges are binned from the raw rows (in SQL). At 1M
+# tasks over 90 days the 15-minute and 1-hour grains would hold 60 % of the histogram
+# rows (21 M of 35 M), and cost every write and rebuild.
+HIST_GRAINS: tuple[int, ...] = GRAINS[GRAINS.index(4 * 3600) :]
 SERIES_ALL_MODELS = 0
 SERIES_PER_MODEL = 1
-# Histograms only: marginals for unfiltered queries, which then read a few rows per bin
-# instead of one per (agent_type, source[, model]) combination. Series 2 holds one row
-# set per agent type (source ''), per source (agent_type '') and overall (both '');
-# series 3 one per model (agent_type and source '').
+# Marginals for unfiltered queries, which then read one row (per bin) per block instead
+# of one per (agent_type, source[, model]) combination. Counters: series 2 holds the
+# overall row (agent_type, source and model ''). Histograms: series 2 holds one row set
+# per agent type (source ''), per source (agent_type '') and overall (both ''); series 3
+# one per model (agent_type and source '').
 SERIES_MARGINAL = 2
 SERIES_MODEL_MARGINAL = 3
 KIND_DURATION = 0
@@ -180,13 +202,16 @@ def _keys(s: TaskSnapshot) -> list[tuple[Any, ...]]:
         bucket = block_start(s.created_at, grain)
         keys.append((grain, bucket, SERIES_ALL_MODELS, s.agent_type, s.source, ""))
         keys.append((grain, bucket, SERIES_PER_MODEL, s.agent_type, s.source, s.model or ""))
+        keys.append((grain, bucket, SERIES_MARGINAL, "", "", ""))
     return keys
 
 
 def _hist_keys(s: TaskSnapshot) -> list[tuple[Any, ...]]:
-    keys = _keys(s)
-    for grain in GRAINS:
+    keys: list[tuple[Any, ...]] = []
+    for grain in HIST_GRAINS:
         bucket = block_start(s.created_at, grain)
+        keys.append((grain, bucket, SERIES_ALL_MODELS, s.agent_type, s.source, ""))
+        keys.append((grain, bucket, SERIES_PER_MODEL, s.agent_type, s.source, s.model or ""))
         keys.append((grain, bucket, SERIES_MARGINAL, s.agent_type, "", ""))
         keys.append((grain, bucket, SERIES_MARGINAL, "", s.source, ""))
         keys.append((grain, bucket, SERIES_MARGINAL, "", "", ""))
@@ -249,21 +274,84 @@ async def rebuild_rollups(session: AsyncSession) -> None:
     # Writers of tasks wait until this transaction ends: their deltas then apply on top
     # of a rebuild that already saw every task committed before it.
     await lock_tables_exclusive(session, [_ROLLUPS.name, _HIST.name])
-    await session.execute(delete(AnalyticsHistogram))
-    await session.execute(delete(AnalyticsRollup))
+    await clear_tables(session, [_HIST, _ROLLUPS])
     await prepare_log_bin(session, BIN_THRESHOLDS)
-    await _insert_finest(session)
-    await _insert_marginals(session)
-    for prev, grain in itertools.pairwise(GRAINS):
-        await _insert_coarser(session, prev, grain)
+    await prepare_large_sort(session)
+    await _build(session, _ROLLUPS, COUNTERS, GRAINS, _finest_counters(session), _COUNTER_MARGINALS)
+    await _build(session, _HIST, ("count",), HIST_GRAINS, _finest_hist(session), _HIST_MARGINALS)
     # Fresh planner statistics: without them PostgreSQL misjudges the block ranges.
     await analyze_tables(session, [_ROLLUPS.name, _HIST.name])
 
 
-async def _insert_finest(session: AsyncSession) -> None:
-    bucket = epoch_bucket(session, Task.created_at, QUARTER).label("bucket")
-    model_all = literal("").label("model")
-    model_one = func.coalesce(Task.model, "").label("model")
+# (series summed, series written, agent_type, source, model): None keeps the column, ""
+# writes '' (summed over it).
+Marginal = tuple[int, int, str | None, str | None, str | None]
+_COUNTER_MARGINALS: tuple[Marginal, ...] = ((SERIES_ALL_MODELS, SERIES_MARGINAL, "", "", ""),)
+_HIST_MARGINALS: tuple[Marginal, ...] = (
+    (SERIES_ALL_MODELS, SERIES_MARGINAL, None, "", ""),
+    (SERIES_ALL_MODELS, SERIES_MARGINAL, "", None, ""),
+    (SERIES_ALL_MODELS, SERIES_MARGINAL, "", "", ""),
+    (SERIES_PER_MODEL, SERIES_MODEL_MARGINAL, "", "", None),
+)
+
+
+async def _build(
+    session: AsyncSession,
+    target: Table,
+    values: Sequence[str],
+    grains: Sequence[int],
+    finest: Sequence[Select[Any]],
+    marginals: Sequence[Marginal],
+) -> None:
+    """Fill `target` (empty) with every grain, staged in unindexed temporary tables.
+
+    Each grain is summed from the next finer one in its own small table, and `target`
+    gets all rows in one insert sorted by block (a run of blocks then shares heap pages),
+    with its primary key built afterwards on PostgreSQL. Inserting grain by grain
+    into the indexed table, reading the finer grain back from it, took six times longer.
+    """
+    names = [c.name for c in target.columns]
+    stages: list[Table] = []
+    for i, grain in enumerate(grains):
+        stage = Table(
+            f"rebuild_{target.name}_{i}", MetaData(), *(Column(c.name, c.type) for c in target.c)
+        )
+        await session.execute(text(f'DROP TABLE IF EXISTS "{stage.name}"'))
+        like = f'SELECT * FROM "{target.name}" WHERE 1 = 0'  # noqa: S608 - our names
+        await session.execute(text(f'CREATE TEMPORARY TABLE "{stage.name}" AS {like}'))
+        if i == 0:
+            for sel in finest:
+                await session.execute(insert(stage).from_select(names, sel))
+            for plan in marginals:
+                await session.execute(
+                    insert(stage).from_select(names, _marginal(stage, values, plan))
+                )
+        else:
+            await session.execute(
+                insert(stage).from_select(names, _coarser(stages[-1], values, grain))
+            )
+        stages.append(stage)
+    everything = union_all(*(select(*(st.c[n] for n in names)) for st in stages)).subquery()
+    # Sorted by block only: a block's rows then share heap pages; sorting on the whole key
+    # (three strings among eight columns) took six times longer for no fewer page reads.
+    blocks = (everything.c.series, everything.c.grain, everything.c.bucket)
+    ordered = select(*(everything.c[n] for n in names)).order_by(*blocks)
+    dropped = await drop_primary_key(session, target)
+    await session.execute(insert(target).from_select(names, ordered))
+    if dropped:
+        await add_primary_key(session, target)
+    for stage in stages:
+        await session.execute(text(f'DROP TABLE "{stage.name}"'))
+
+
+_SERIES_MODELS: tuple[tuple[int, Any], ...] = (
+    (SERIES_ALL_MODELS, literal("")),
+    (SERIES_PER_MODEL, func.coalesce(Task.model, "")),
+)
+
+
+def _finest_counters(session: AsyncSession) -> list[Select[Any]]:
+    bucket = epoch_bucket(session, Task.created_at, GRAINS[0]).label("bucket")
     sums = [
         func.count().label("tasks"),
         *(_status_count(s).label(s) for s in _STATUS_INDEX),
@@ -280,36 +368,54 @@ async def _insert_finest(session: AsyncSession) -> None:
         func.coalesce(func.sum(Task.duration_us), 0).label("duration_sum_us"),
         func.count(Task.duration_us).label("duration_count"),
     ]
-    for series, model in ((SERIES_ALL_MODELS, model_all), (SERIES_PER_MODEL, model_one)):
-        sel = select(
-            literal(QUARTER).label("grain"),
-            bucket,
-            literal(series).label("series"),
-            Task.agent_type,
-            Task.source,
-            model,
-            *sums,
-        ).group_by(bucket, Task.agent_type, Task.source, model)
-        # In key order, so that a block's rows share heap pages (fewer reads per query).
-        sel = sel.order_by(bucket, Task.agent_type, Task.source, model)
-        await session.execute(insert(AnalyticsRollup).from_select([*KEY_COLUMNS, *COUNTERS], sel))
-
-        first = micros_between(session, Task.first_output_at, Task.started_at)
-        kinds: tuple[tuple[int, Any, Any], ...] = (
-            (KIND_DURATION, Task.duration_us, Task.duration_us.is_not(None)),
-            (
-                KIND_FIRST_OUTPUT,
-                case((first < 0, 0), else_=first),
-                Task.first_output_at.is_not(None) & Task.started_at.is_not(None),
-            ),
+    out = []
+    for series, model_expr in _SERIES_MODELS:
+        model = model_expr.label("model")
+        out.append(
+            select(
+                literal(series).label("series"),
+                literal(GRAINS[0]).label("grain"),
+                bucket,
+                Task.agent_type,
+                Task.source,
+                model,
+                *sums,
+            ).group_by(bucket, Task.agent_type, Task.source, model)
         )
-        for kind, value, present in kinds:
-            b = log_bin(session, value, BIN_THRESHOLDS).label("bin")
-            hsel = (
+    return out
+
+
+def hist_bins_sql(session: AsyncSession) -> list[tuple[int, Any, Any]]:
+    """(kind, log bin of the task's value, whether the task has one) in SQL, for each kind
+    (needs `prepare_log_bin` on the session's connection)."""
+    first = micros_between(session, Task.first_output_at, Task.started_at)
+    return [
+        (
+            KIND_DURATION,
+            log_bin(session, Task.duration_us, BIN_THRESHOLDS),
+            Task.duration_us.is_not(None),
+        ),
+        (
+            KIND_FIRST_OUTPUT,
+            log_bin(session, case((first < 0, 0), else_=first), BIN_THRESHOLDS),
+            Task.first_output_at.is_not(None) & Task.started_at.is_not(None),
+        ),
+    ]
+
+
+def _finest_hist(session: AsyncSession) -> list[Select[Any]]:
+    grain = HIST_GRAINS[0]
+    bucket = epoch_bucket(session, Task.created_at, grain).label("bucket")
+    out = []
+    for series, model_expr in _SERIES_MODELS:
+        model = model_expr.label("model")
+        for kind, bin_expr, present in hist_bins_sql(session):
+            b = bin_expr.label("bin")
+            out.append(
                 select(
-                    literal(QUARTER).label("grain"),
-                    bucket,
                     literal(series).label("series"),
+                    literal(grain).label("grain"),
+                    bucket,
                     Task.agent_type,
                     Task.source,
                     model,
@@ -319,84 +425,50 @@ async def _insert_finest(session: AsyncSession) -> None:
                 )
                 .where(present)
                 .group_by(bucket, Task.agent_type, Task.source, model, b)
-                .order_by(bucket, Task.agent_type, Task.source, model, b)
             )
-            await session.execute(
-                insert(AnalyticsHistogram).from_select([*HIST_KEY_COLUMNS, "count"], hsel)
-            )
+    return out
 
 
-async def _insert_marginals(session: AsyncSession) -> None:
-    h = AnalyticsHistogram
-    empty = literal("")
-    plans: tuple[tuple[int, int, Any, Any, Any], ...] = (
-        (SERIES_ALL_MODELS, SERIES_MARGINAL, h.agent_type, empty, empty),
-        (SERIES_ALL_MODELS, SERIES_MARGINAL, empty, h.source, empty),
-        (SERIES_ALL_MODELS, SERIES_MARGINAL, empty, empty, empty),
-        (SERIES_PER_MODEL, SERIES_MODEL_MARGINAL, empty, empty, h.model),
-    )
-    for source_series, series, agent_type, source, model in plans:
-        groups = [c for c in (agent_type, source, model) if c is not empty]
-        sel = (
-            select(
-                h.grain,
-                h.bucket,
-                literal(series),
-                agent_type,
-                source,
-                model,
-                h.kind,
-                h.bin,
-                func.sum(h.count),
-            )
-            .where(h.grain == QUARTER, h.series == source_series)
-            .group_by(h.grain, h.bucket, *groups, h.kind, h.bin)
-            .order_by(h.grain, h.bucket, *groups, h.kind, h.bin)
-        )
-        await session.execute(
-            insert(AnalyticsHistogram).from_select([*HIST_KEY_COLUMNS, "count"], sel)
-        )
-
-
-async def _insert_coarser(session: AsyncSession, prev: int, grain: int) -> None:
-    r = AnalyticsRollup
-    bucket = (r.bucket - (r.bucket % grain + grain) % grain).label("bucket")
-    sel = (
+def _marginal(stage: Table, values: Sequence[str], plan: Marginal) -> Select[Any]:
+    """Rows of series `plan[1]` summed from series `plan[0]` over the '' columns."""
+    summed, series, *fixed = plan
+    dims = [
+        stage.c[name] if keep is None else literal(keep).label(name)
+        for name, keep in zip(("agent_type", "source", "model"), fixed, strict=True)
+    ]
+    rest = [col for col in stage.c if col.name not in (*KEY_COLUMNS, *values)]
+    kept = [
+        stage.c[n]
+        for n, keep in zip(("agent_type", "source", "model"), fixed, strict=True)
+        if keep is None
+    ]
+    groups = [stage.c.grain, stage.c.bucket, *kept, *rest]
+    return (
         select(
-            literal(grain).label("grain"),
-            bucket,
-            r.series,
-            r.agent_type,
-            r.source,
-            r.model,
-            *(func.sum(getattr(r, c)).label(c) for c in COUNTERS),
+            literal(series).label("series"),
+            stage.c.grain,
+            stage.c.bucket,
+            *dims,
+            *rest,
+            *(func.sum(stage.c[v]).label(v) for v in values),
         )
-        .where(r.grain == prev)
-        .group_by(bucket, r.series, r.agent_type, r.source, r.model)
-        .order_by(bucket, r.series, r.agent_type, r.source, r.model)
+        .where(stage.c.series == summed)
+        .group_by(*groups)
     )
-    await session.execute(insert(AnalyticsRollup).from_select([*KEY_COLUMNS, *COUNTERS], sel))
-    h = AnalyticsHistogram
-    hbucket = (h.bucket - (h.bucket % grain + grain) % grain).label("bucket")
-    hsel = (
-        select(
-            literal(grain).label("grain"),
-            hbucket,
-            h.series,
-            h.agent_type,
-            h.source,
-            h.model,
-            h.kind,
-            h.bin,
-            func.sum(h.count).label("count"),
-        )
-        .where(h.grain == prev)
-        .group_by(hbucket, h.series, h.agent_type, h.source, h.model, h.kind, h.bin)
-        .order_by(hbucket, h.series, h.agent_type, h.source, h.model, h.kind, h.bin)
-    )
-    await session.execute(
-        insert(AnalyticsHistogram).from_select([*HIST_KEY_COLUMNS, "count"], hsel)
-    )
+
+
+def _coarser(stage: Table, values: Sequence[str], grain: int) -> Select[Any]:
+    """The blocks of `grain` summed from the blocks of the finer grain in `stage`."""
+    c = stage.c
+    bucket = (c.bucket - (c.bucket % grain + grain) % grain).label("bucket")
+    dims = [col for col in c if col.name not in ("series", "grain", "bucket", *values)]
+    return select(
+        c.series,
+        literal(grain).label("grain"),
+        bucket,
+        *dims,
+        *(func.sum(c[v]).label(v) for v in values),
+    ).group_by(c.series, bucket, *dims)
 
 
 async def rollup_rows(session: AsyncSession) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import math
 import random
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.bulk import bulk_insert, prepare_bulk_load
+from dashboard_api.db.bulk import (
+    bulk_insert,
+    drop_secondary_indexes,
+    prepare_bulk_load,
+    rebuild_indexes,
+)
 from dashboard_api.db.models import Task, TaskEvent
 from dashboard_api.ids import new_id
 from dashboard_api.services.pricing import PriceTable
@@ -42,61 +50,95 @@ TASK_COLUMNS = (
     "cancel_requested", "metadata", "output_seq", "output_bytes", "output_truncated",
 )  # fmt: skip
 EVENT_COLUMNS = ("task_id", "type", "status", "at")
+TABLES = (Task.__tablename__, TaskEvent.__tablename__)
 
 
-def _status_for(age: timedelta, rng: random.Random) -> str:
-    if age < timedelta(minutes=10):
-        return rng.choices(("queued", "running", "completed", "failed"), (30, 40, 25, 5))[0]
-    if age < timedelta(hours=2):
-        return rng.choices(("running", "completed", "failed", "cancelled"), (5, 80, 12, 3))[0]
-    return rng.choices(("completed", "failed", "cancelled"), (84, 13, 3))[0]
+def _picker(values: tuple[str, ...], weights: tuple[int, ...]) -> Any:
+    """A function of one uniform [0, 1) draw that picks a value with these weights."""
+    total = sum(weights)
+    cum = list(itertools.accumulate(w / total for w in weights))
+    cum[-1] = 1.0
+    last = len(values) - 1
+
+    def pick(u: float) -> str:
+        return values[min(bisect.bisect_right(cum, u), last)]
+
+    return pick
+
+
+_STATUS_FRESH = _picker(("queued", "running", "completed", "failed"), (30, 40, 25, 5))
+_STATUS_RECENT = _picker(("running", "completed", "failed", "cancelled"), (5, 80, 12, 3))
+_STATUS_OLD = _picker(("completed", "failed", "cancelled"), (84, 13, 3))
+_AGENT = _picker(AGENT_TYPES, AGENT_WEIGHTS)
+_SOURCE = _picker(SOURCES, SOURCE_WEIGHTS)
+_MODEL = _picker(MODELS, MODEL_WEIGHTS)
+_TEN_MINUTES = timedelta(minutes=10)
+_TWO_HOURS = timedelta(hours=2)
+
+
+def _created_times(n: int, now: datetime, days: int, rng: random.Random) -> list[datetime]:
+    """`n` creation times over the last `days` days, oldest first."""
+    span = days * 86400.0
+    oldest = now - timedelta(seconds=span)
+    out = []
+    for _ in range(n):
+        # More work during the (UTC) working day; older days a little quieter.
+        created = now - timedelta(seconds=span * (rng.random() ** 1.15))
+        if 0 <= (created.hour - 13) % 24 < 10 and rng.random() < 0.35:
+            created -= timedelta(hours=12)
+            if created < oldest:
+                created += timedelta(hours=12)
+        out.append(created)
+    out.sort()
+    return out
 
 
 def generate(
     n: int, *, now: datetime, days: int, prices: PriceTable, seed: int | None = None
 ) -> Iterator[tuple[tuple[Any, ...], list[tuple[Any, ...]]]]:
-    """Yield (task row, status event rows) for `n` tasks spread over the last `days` days."""
+    """Yield (task row, status event rows) for `n` tasks spread over the last `days` days,
+    in order of creation (as a live system writes them, which keeps the time-ordered
+    indexes and the table's pages in time order)."""
     rng = random.Random(seed)
-    span = days * 86400.0
-    for _ in range(n):
-        # More work during the (UTC) working day; older days a little quieter.
-        offset = span * (rng.random() ** 1.15)
-        created = now - timedelta(seconds=offset)
-        if 0 <= (created.hour - 13) % 24 < 10 and rng.random() < 0.35:
-            created -= timedelta(hours=12)
-            if created < now - timedelta(seconds=span):
-                created += timedelta(hours=12)
+    rand = rng.random
+    for created in _created_times(n, now, days, rng):
         age = now - created
-        status = _status_for(age, rng)
-        agent_type = rng.choices(AGENT_TYPES, AGENT_WEIGHTS)[0]
-        source = rng.choices(SOURCES, SOURCE_WEIGHTS)[0]
-        model = rng.choices(MODELS, MODEL_WEIGHTS)[0]
-        prompt = rng.choice(PROMPTS).format(repo=rng.choice(REPOS), n=rng.randint(2, 9999))
-        events: list[tuple[Any, ...]] = []
+        if age < _TEN_MINUTES:
+            status = _STATUS_FRESH(rand())
+        elif age < _TWO_HOURS:
+            status = _STATUS_RECENT(rand())
+        else:
+            status = _STATUS_OLD(rand())
+        agent_type = _AGENT(rand())
+        source = _SOURCE(rand())
+        model = _MODEL(rand())
+        prompt = PROMPTS[int(rand() * len(PROMPTS))].format(
+            repo=REPOS[int(rand() * len(REPOS))], n=2 + int(rand() * 9998)
+        )
         task_id = new_id()
-        events.append((task_id, "status", "queued", created))
+        events: list[tuple[Any, ...]] = [(task_id, "status", "queued", created)]
         started = completed = first_output = None
         duration_us = None
         in_tok = out_tok = cr_tok = cw_tok = 0
         if status != "queued":
             wait = min(rng.expovariate(1 / 8.0), 600.0)
             started = min(created + timedelta(seconds=wait), now)
-            if status != "cancelled" or rng.random() < 0.5:
+            if status != "cancelled" or rand() < 0.5:
                 events.append((task_id, "status", "running", started))
             else:
                 started = None
             if started is not None:
-                first_output = started + timedelta(seconds=rng.uniform(0.3, 6.0))
+                first_output = started + timedelta(seconds=0.3 + 5.7 * rand())
                 in_tok = int(rng.lognormvariate(9.5, 1.0))
                 out_tok = int(rng.lognormvariate(7.5, 1.0))
-                cr_tok = int(in_tok * rng.uniform(0, 3))
-                cw_tok = int(in_tok * rng.uniform(0, 0.3))
+                cr_tok = int(in_tok * 3 * rand())
+                cw_tok = int(in_tok * 0.3 * rand())
         if status in ("completed", "failed", "cancelled"):
             base = started or created
             seconds = min(math.exp(rng.gauss(5.0, 1.1)), 7200.0)
             completed = min(base + timedelta(seconds=seconds), now)
             if started is not None:
-                duration_us = int((completed - started).total_seconds() * 1_000_000)
+                duration_us = (completed - started) // _US
             events.append((task_id, "status", status, completed))
         cost = prices.cost_micros(
             model,
@@ -107,17 +149,20 @@ def generate(
         )
         row: tuple[Any, ...] = (
             task_id, status, agent_type,
-            f"{agent_type}-{rng.randint(1, 4)}" if started else None,
+            f"{agent_type}-{1 + int(rand() * 4)}" if started else None,
             source, prompt,
             "Done: opened a pull request with the fix." if status == "completed" else None,
             "Agent exceeded its tool-call budget." if status == "failed" else None,
-            f"user-{rng.randint(1, 40)}", None, None,
-            f"flow-{rng.randint(1, 5000)}" if rng.random() < 0.3 else None,
+            f"user-{1 + int(rand() * 40)}", None, None,
+            f"flow-{1 + int(rand() * 5000)}" if rand() < 0.3 else None,
             model, cost, False, in_tok, out_tok, cr_tok, cw_tok, duration_us,
             created, started, completed, completed or started or created,
             first_output if started else None, False, {}, 0, 0, False,
         )  # fmt: skip
         yield row, events
+
+
+_US = timedelta(microseconds=1)
 
 
 async def seed_tasks(
@@ -132,6 +177,9 @@ async def seed_tasks(
 ) -> int:
     """Insert `n` generated tasks with their status events; returns the number inserted."""
     await prepare_bulk_load(session)
+    existing = await session.scalar(select(func.count()).select_from(Task))
+    # A load at least as large as the table: build the indexes once at the end.
+    dropped = await drop_secondary_indexes(session, TABLES) if n >= (existing or 0) else []
     batches = _batches(generate(n, now=now, days=days, prices=prices, seed=seed), batch)
     # Generate the next batch in a thread while the database loads this one: the two
     # costs are of the same order, so overlapping them shortens a large seed.
@@ -145,6 +193,7 @@ async def seed_tasks(
     finally:
         if not pending.done():
             await asyncio.gather(pending, return_exceptions=True)
+    await rebuild_indexes(session, dropped)
     # analytics: COPY bypasses the task-write hook, so the rollups are recomputed (in this
     # transaction, so that they never disagree with the tasks).
     from dashboard_api.services.analytics_rollups import rebuild_rollups

@@ -2,8 +2,10 @@
 
 Blocks come in nested grains (15 min, 1 h, 4 h, 1 day, 4 days, ...), all aligned to the
 Unix epoch, so that any window aligned to 15 minutes splits into a few whole blocks.
-Each block is kept in two series: per (agent_type, source) for every model together
-(series 0, model ''), and per (agent_type, source, model) (series 1).
+Each block is kept in series: per (agent_type, source) for every model together
+(series 0, model ''), per (agent_type, source, model) (series 1), and marginals (see
+services/analytics_rollups.py). Keys start with the series, so that reading one series
+over a run of blocks is one contiguous index range.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ class AnalyticsRollup(Base):
 
     __tablename__ = "analytics_rollups"
 
+    series: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     grain: Mapped[int] = mapped_column(Integer, primary_key=True)
     bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    series: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     agent_type: Mapped[str] = mapped_column(String(64), primary_key=True)
     source: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -46,9 +48,9 @@ class AnalyticsHistogram(Base):
 
     __tablename__ = "analytics_histograms"
 
+    series: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     grain: Mapped[int] = mapped_column(Integer, primary_key=True)
     bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    series: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     agent_type: Mapped[str] = mapped_column(String(64), primary_key=True)
     source: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(255), primary_key=True)
