@@ -131,16 +131,20 @@ async def paginate(
     convert: Callable[[Row[Any]], T],
     count_stmt: Select[Any] | None = None,
     count: Callable[[], Awaitable[int]] | None = None,
+    total_expression: ColumnElement[Any] | None = None,
 ) -> PageResult[T]:
     """Run a filtered SELECT one page at a time.
 
     `stmt` selects the row columns and applies the filters; the ordering keys are appended
     as extra columns. `count_stmt` (a query) or `count` (a coroutine function), when
-    given, count the filtered rows more cheaply than wrapping `stmt`.
+    given, count the filtered rows more cheaply than wrapping `stmt`. `total_expression`
+    (an uncorrelated scalar subquery, evaluated once) rides along as a column of the page
+    query instead: one round trip for both, and a second query only for an empty page.
     """
     n_keys = len(ordering.keys)
     direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
-    base = stmt.add_columns(*ordering.keys)
+    extra = [] if total_expression is None else [total_expression.label("page_total_")]
+    base = stmt.add_columns(*extra, *ordering.keys)
     page_stmt = base.order_by(*direction).limit(request.per_page + 1)
     if request.cursor is not None:
         values = decode_cursor(ordering, request.cursor)
@@ -176,7 +180,12 @@ async def paginate(
     if has_more and rows:
         next_cursor = encode_cursor(ordering, list(rows[-1][-n_keys:]))
 
-    if count is not None:
+    if total_expression is not None:
+        if rows:
+            total = int(rows[0][-n_keys - 1])
+        else:
+            total = int((await session.execute(select(total_expression))).scalar_one())
+    elif count is not None:
         total = await count()
     else:
         if count_stmt is None:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     and_,
     func,
     insert,
+    literal,
     literal_column,
     or_,
     select,
@@ -148,15 +149,20 @@ async def list_tasks(
         stmt = stmt.where(and_(*where))
 
     ordering = ORDERINGS[sort]
-    total = await count_tasks(session, filters=filters)
-    if filters.q and total <= FEW_MATCHES:
+    if not filters.q:
+        total = await count_expression(session, filters=filters)
+        return await paginate(
+            session, stmt, ordering, page, convert=summary_from_row, total_expression=total
+        )
+    matches = await count_tasks(session, filters=filters)
+    if matches <= FEW_MATCHES:
         # A rare substring: walking the order's index and testing each row would read
         # tens of thousands of rows to fill one page; finding the few matches first (the
         # trigram index on PostgreSQL) and sorting them is far cheaper.
         ordering = _unindexed(ordering)
 
     async def counted() -> int:
-        return total
+        return matches
 
     return await paginate(session, stmt, ordering, page, convert=summary_from_row, count=counted)
 
@@ -183,51 +189,60 @@ def _unindexed(ordering: Ordering) -> Ordering:
 
 
 async def count_tasks(session: AsyncSession, *, filters: TaskFilters) -> int:
-    """The exact number of tasks matching `filters`.
+    """The exact number of tasks matching `filters` (see `count_expression`)."""
+    total = await count_expression(session, filters=filters)
+    return int((await session.execute(select(total))).scalar_one())
+
+
+async def count_expression(session: AsyncSession, *, filters: TaskFilters) -> ColumnElement[Any]:
+    """The exact number of tasks matching `filters`, as an expression of scalar subqueries.
 
     count(*) over a million rows takes far longer than a page. Filters the analytics
     rollups can answer exactly (status, agent_type, source, created range) are counted
     from them: whole rollup blocks plus raw counts of the partial blocks at the edges.
     The rollups change in the same transaction as every task write, so this stays exact.
-    The selective filters (ids, `q`) are counted on their own indexes.
+    The selective filters (ids, `q`) are counted on their own indexes. An expression, so
+    that the list query can carry it as a column (one round trip for page and total).
     """
     selective = (filters.conversation_id, filters.flow_id, filters.user_id)
     rollups_kept = session.info.get("analytics_rollups_enabled", True)
     if not rollups_kept or filters.q or any(v is not None for v in selective):
-        return await _count_raw(session, filters.clauses(session))
+        return _count_raw(filters.clauses(session))
     lo, hi = filters.created_after, filters.created_before
     if lo is None and hi is None:
         # Every task is in exactly one block of the coarsest grain.
-        return await _count_blocks(session, filters, [(GRAINS[-1], None)])
+        return _count_blocks(filters, [(GRAINS[-1], None)])
     if lo is None:
         lo = await session.scalar(select(func.min(_T.c.created_at)))
     if hi is None:
         newest = await session.scalar(select(func.max(_T.c.created_at)))
         hi = None if newest is None else newest + timedelta(microseconds=1)
     if lo is None or hi is None or lo >= hi:
-        return 0
+        return literal(0, BigInteger)
     edges, blocks = _split_window(lo, hi)
-    total = await _count_blocks(session, filters, blocks) if blocks else 0
+    parts = []
+    if blocks:
+        parts.append(_count_blocks(filters, blocks))
     if edges:
         window = or_(*(and_(_T.c.created_at >= a, _T.c.created_at < b) for a, b in edges))
         plain = replace(filters, created_after=None, created_before=None)
-        total += await _count_raw(session, [window, *plain.clauses(session)])
-    return total
+        parts.append(_count_raw([window, *plain.clauses(session)]))
+    return sum(parts[1:], parts[0])
 
 
-async def _count_raw(session: AsyncSession, where: Sequence[ColumnElement[bool]]) -> int:
+def _count_raw(where: Sequence[ColumnElement[bool]]) -> ColumnElement[Any]:
     stmt = select(func.count()).select_from(_T)
     if where:
         stmt = stmt.where(and_(*where))
-    return int((await session.execute(stmt)).scalar_one())
+    return stmt.scalar_subquery()
 
 
-async def _count_blocks(
-    session: AsyncSession, filters: TaskFilters, blocks: Sequence[tuple[int, int | None]]
-) -> int:
+def _count_blocks(
+    filters: TaskFilters, blocks: Sequence[tuple[int, int | None]]
+) -> ColumnElement[Any]:
     """Tasks in whole rollup blocks ((grain, bucket); bucket None: every block)."""
-    r = AnalyticsRollup
-    counted = [getattr(r, s) for s in filters.status] or [r.tasks]
+    r = AnalyticsRollup.__table__.c
+    counted = [r[s] for s in filters.status] or [r.tasks]
     by_grain: dict[int, list[int]] = {}
     every: list[int] = []
     for grain, bucket in blocks:
@@ -242,7 +257,7 @@ async def _count_blocks(
         if values:
             where.append(column.in_(list(values)))
     stmt = select(func.coalesce(func.sum(sum(counted[1:], counted[0])), 0)).where(*where)
-    return int((await session.execute(stmt)).scalar_one())
+    return stmt.scalar_subquery()
 
 
 _QUARTER_US = QUARTER * 1_000_000
