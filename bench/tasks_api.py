@@ -2,30 +2,34 @@
 
 Run: `.venv/bin/python -m bench.tasks_api [--requests 100] [--reseed]` (see bench/README.md).
 It creates (or reuses) its own database, seeds it with `dashboard-api seed`, serves it
-with uvicorn on loopback, and measures list, detail, log and append requests with httpx;
+with uvicorn on loopback, and measures list, detail, log and append requests over real
+HTTP/1.1 keep-alive connections (a minimal client, see `bench._common.KeepAliveClient`);
 the naive query (OFFSET paging plus count(*) of the filtered rows) is timed directly on
 the database in the same run as the baseline. Every `total` the API answers is checked
-against count(*) of the same filter.
+against count(*) of the same filter. `--before-src DIR` also serves the same database
+from another checkout's `src` (e.g. the previous commit) and measures it in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 
 from bench._common import (
     BIN,
+    KeepAliveClient,
     cli,
     connect,
     db_url,
@@ -92,6 +96,10 @@ async def rebuild_rollups() -> float:
 
 # --- measuring ----------------------------------------------------------------------------
 
+LIST_TARGET_MS = 10.0
+DEEP_TARGET_X = 20.0
+APPEND_TARGET = 5000.0
+
 
 @dataclass
 class Result:
@@ -101,15 +109,65 @@ class Result:
     n: int = 0
     rate: str = ""
     note: str = ""
+    target: str = ""
+    met: bool | None = None
+    naive: str = ""  # the naive baseline row this one is compared with
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def naive_sql(where: str, offset: int) -> tuple[str, str]:
+@dataclass(frozen=True)
+class ListCase:
+    name: str
+    params: dict[str, Any]
+    where: str  # the same filter in SQL; $1 and $2 are the 7-day window
+    sort: str = "created_at DESC, task_id DESC"
+
+
+def naive_sql(where: str, offset: int, sort: str) -> tuple[str, str]:
     page = (
         "SELECT task_id, status, agent_type, source, created_at, cost_micros FROM tasks "  # noqa: S608
-        f"{where} ORDER BY created_at DESC, task_id DESC OFFSET {offset} LIMIT 50"
+        f"{where} ORDER BY {sort} OFFSET {offset} LIMIT 50"
     )
     return page, f"SELECT count(*) FROM tasks {where}"  # noqa: S608
+
+
+def list_cases(week: dict[str, str]) -> list[ListCase]:
+    combined = (
+        "WHERE status = 'completed' AND agent_type = 'claude-code' "
+        "AND created_at >= $1 AND created_at < $2"
+    )
+    return [
+        ListCase("list: first page", {}, ""),
+        ListCase("list: status=failed", {"status": "failed"}, "WHERE status = 'failed'"),
+        ListCase(
+            "list: agent_type=reviewer", {"agent_type": "reviewer"}, "WHERE agent_type = 'reviewer'"
+        ),
+        ListCase("list: source=slack", {"source": "slack"}, "WHERE source = 'slack'"),
+        ListCase("list: created 7-day range", week, "WHERE created_at >= $1 AND created_at < $2"),
+        ListCase(
+            "list: conversation_id",
+            {"conversation_id": "bench-conv"},
+            "WHERE conversation_id = 'bench-conv'",
+        ),
+        ListCase("list: flow_id", {"flow_id": "flow-17"}, "WHERE flow_id = 'flow-17'"),
+        ListCase("list: user_id", {"user_id": "user-7"}, "WHERE user_id = 'user-7'"),
+        ListCase(
+            "list: status+agent_type+7 days",
+            {"status": "completed", "agent_type": "claude-code", **week},
+            combined,
+        ),
+        ListCase(
+            "list: q=payments (common)", {"q": "payments"}, "WHERE input_message ILIKE '%payments%'"
+        ),
+        ListCase(
+            "list: q='flaky job #12' (rare)",
+            {"q": "flaky job #12"},
+            "WHERE input_message ILIKE '%flaky job #12%'",
+        ),
+        ListCase(
+            "list: sort=-cost_usd", {"sort": "-cost_usd"}, "", "cost_micros DESC, task_id DESC"
+        ),
+    ]
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -127,7 +185,9 @@ async def main(args: argparse.Namespace) -> int:
         cli("seed", "--tasks", str(N_TASKS), "--random-seed", "1", env=env)
         seed_s = time.perf_counter() - start
         results.append(
-            Result("seed 1,000,000 tasks", rate=f"{seed_s:.1f} s", note="target < 120 s")
+            Result(
+                "seed 1,000,000 tasks", rate=f"{seed_s:.1f} s", target="< 120 s", met=seed_s < 120
+            )
         )
         vac = await vacuum_analyze()
         results.append(Result("VACUUM ANALYZE after the load", rate=f"{vac:.1f} s"))
@@ -141,166 +201,212 @@ async def main(args: argparse.Namespace) -> int:
         log("rebuilding analytics rollups (the seed bypasses the task hooks) ...")
         results.append(Result("rebuild analytics rollups", rate=f"{await rebuild_rollups():.1f} s"))
 
-    # 2. Tokens and a real server.
+    # 2. Tokens, data for the measurements, the naive baseline, then each server.
     user = cli("token", "create", "--user", "bench", "--role", "user", env=env).split()[-1]
     agent = cli("token", "create", "--user", "bench-agent", "--role", "agent", env=env).split()[-1]
-    port = free_port()
-    server = subprocess.Popen(
-        [str(BIN / "python"), "-m", "uvicorn", "dashboard_api.app:create_app", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
-        env=env,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=120) as probe:
-            for _ in range(300):
-                try:
-                    if (await probe.get("/api/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError("the server did not start")
-        await run_http(base, user, agent, args, results)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    async with Server(env, workers=1) as server:
+        setup = await prepare(server.port, user, agent)
+        await measure(server.port, user, agent, setup, args, results, prefix="")
+        results.append(await page_throughput(server.port, user, workers=1, prefix=""))
+    for workers in args.workers:
+        if workers > 1:
+            async with Server(env, workers=workers) as server:
+                results.append(await page_throughput(server.port, user, workers, prefix=""))
+    if args.before_src:
+        before_env = {**env, "PYTHONPATH": str(Path(args.before_src) / "src")}
+        async with Server(before_env, workers=1) as server:
+            await measure(server.port, user, agent, setup, args, results, prefix="before: ")
+            results.append(await page_throughput(server.port, user, workers=1, prefix="before: "))
+    await baseline(setup, results)
 
-    print_table(results)
+    print_table(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=2))
     return 0
 
 
-async def run_http(
-    base: str, user: str, agent: str, args: argparse.Namespace, results: list[Result]
-) -> None:
+class Server:
+    """`uvicorn dashboard_api.app:create_app` in a subprocess on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], workers: int) -> None:
+        self.env, self.workers = env, workers
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def __aenter__(self) -> Server:
+        self.proc = subprocess.Popen(
+            [str(BIN / "python"), "-m", "uvicorn", "dashboard_api.app:create_app", "--factory",
+             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+             "--no-access-log", "--workers", str(self.workers)],
+            env=self.env,
+        )  # fmt: skip
+        for _ in range(300):
+            try:
+                async with KeepAliveClient("127.0.0.1", self.port) as probe:
+                    if (await probe.get("/api/health"))[0] == 200:
+                        return self
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError("the server did not start")
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@dataclass
+class Setup:
+    """What the measurements need, made once (the servers share the database)."""
+
+    cases: list[ListCase]
+    week_args: list[datetime]
+    deep_cursor: str
+    detail_id: str
+    log_task: str
+
+    async def count(self, case: ListCase) -> int:
+        """count(*) of the case's filter, straight on the database."""
+        db = await connect(DB_NAME)
+        try:
+            sql_args = self.week_args if "$1" in case.where else []
+            sql = f"SELECT count(*) FROM tasks {case.where}"  # noqa: S608
+            return int(await db.fetchval(sql, *sql_args))
+        finally:
+            await db.close()
+
+
+async def prepare(port: int, user: str, agent: str) -> Setup:
     from dashboard_api.db.paging import encode_cursor
     from dashboard_api.services.tasks import ORDERINGS
 
-    uh = {"Authorization": f"Bearer {user}"}
-    ah = {"Authorization": f"Bearer {agent}"}
-    n = args.requests
     now = datetime.now(UTC)
     week = {
         "created_after": (now - timedelta(days=7)).isoformat(),
         "created_before": now.isoformat(),
     }
-    db = await connect(DB_NAME)
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=120, headers=uh) as client:
-            # A few tasks of one conversation (the seed has none) through the producer API.
-            for i in range(20):
-                r = await client.post(
-                    "/api/tasks",
-                    json={"agent_type": "claude-code", "input_message": f"bench {i}",
-                          "conversation_id": "bench-conv", "source": "dashboard"},
-                    headers=ah,
-                )  # fmt: skip
-                r.raise_for_status()
-            lists: list[tuple[str, dict[str, Any], str]] = [
-                ("list: first page", {}, ""),
-                ("list: status=failed", {"status": "failed"}, "WHERE status = 'failed'"),
-                (
-                    "list: agent_type=reviewer",
-                    {"agent_type": "reviewer"},
-                    "WHERE agent_type = 'reviewer'",
-                ),
-                ("list: source=slack", {"source": "slack"}, "WHERE source = 'slack'"),
-                ("list: created 7-day range", week, "WHERE created_at >= $1 AND created_at < $2"),
-                (
-                    "list: conversation_id",
-                    {"conversation_id": "bench-conv"},
-                    "WHERE conversation_id = 'bench-conv'",
-                ),
-                ("list: flow_id", {"flow_id": "flow-17"}, "WHERE flow_id = 'flow-17'"),
-                ("list: user_id", {"user_id": "user-7"}, "WHERE user_id = 'user-7'"),
-                (
-                    "list: status+agent_type+7 days",
-                    {"status": "completed", "agent_type": "claude-code", **week},
-                    "WHERE status = 'completed' AND agent_type = 'claude-code' "
-                    "AND created_at >= $1 AND created_at < $2",
-                ),
-                (
-                    "list: q=payments (common)",
-                    {"q": "payments"},
-                    "WHERE input_message ILIKE '%payments%'",
-                ),
-                (
-                    "list: q='flaky job #12' (rare)",
-                    {"q": "flaky job #12"},
-                    "WHERE input_message ILIKE '%flaky job #12%'",
-                ),
-                ("list: sort=-cost_usd", {"sort": "-cost_usd"}, ""),
-            ]
-            week_args = [now - timedelta(days=7), now]
-            for name, params, where in lists:
-                samples = await timed(n, lambda p=params: client.get("/api/tasks", params=p))
-                body = (await client.get("/api/tasks", params=params)).json()
-                sql_args = week_args if "$1" in where else []
-                truth = await db.fetchval(f"SELECT count(*) FROM tasks {where}", *sql_args)  # noqa: S608
-                note = f"total {body['total']:,}"
-                if body["total"] != truth:
-                    note += f" WRONG (count(*) = {truth:,})"
-                results.append(Result(name, pct(samples, 0.5), pct(samples, 0.99), n, note=note))
-
-            # Deep pages: a cursor 500,000 rows deep (its key read from the database), and
-            # the same depth by page number.
-            row = await db.fetchrow(
-                "SELECT created_at, task_id FROM tasks ORDER BY created_at DESC, task_id DESC "  # noqa: S608
-                f"OFFSET {DEPTH - 1} LIMIT 1"
-            )
-            cursor = encode_cursor(ORDERINGS["-created_at"], [row["created_at"], row["task_id"]])
-            deep = await timed(n, lambda: client.get("/api/tasks", params={"cursor": cursor}))
-            results.append(Result("list: cursor 500,000 deep", pct(deep, 0.5), pct(deep, 0.99), n))
-            by_page = await timed(
-                max(5, n // 10),
-                lambda: client.get("/api/tasks", params={"page": DEPTH // 50 + 1}),
-            )
-            results.append(
-                Result(
-                    "list: page 10,001 (500,000 deep)",
-                    pct(by_page, 0.5),
-                    pct(by_page, 0.99),
-                    len(by_page),
-                )
-            )
-
-            some = (await client.get("/api/tasks", params={"per_page": 1})).json()["items"][0]
-            detail = await timed(n, lambda: client.get(f"/api/tasks/{some['task_id']}"))
-            results.append(Result("task detail", pct(detail, 0.5), pct(detail, 0.99), n))
-
-            # A log of 1,000 chunks, then append throughput (batched form).
+    week_args = [now - timedelta(days=7), now]
+    base = f"http://127.0.0.1:{port}"
+    ah = {"Authorization": f"Bearer {agent}"}
+    async with httpx.AsyncClient(base_url=base, timeout=120, headers=ah) as client:
+        # A few tasks of one conversation (the seed has none) through the producer API.
+        for i in range(20):
             r = await client.post(
                 "/api/tasks",
-                json={"agent_type": "claude-code", "input_message": "log bench"},
-                headers=ah,
-            )
-            log_task = r.json()["task_id"]
-            chunks = [{"content": f"line {i:04d}: " + "x" * 60 + "\n"} for i in range(1000)]
-            (
-                await client.post(
-                    f"/api/tasks/{log_task}/output", json={"chunks": chunks}, headers=ah
-                )
-            ).raise_for_status()
-            full = await timed(n, lambda: client.get(f"/api/tasks/{log_task}/logs/full"))
-            results.append(Result("full log (1,000 chunks)", pct(full, 0.5), pct(full, 0.99), n))
-
-            results.append(await append_throughput(client, ah))
-            results.append(await page_throughput(base, uh))
-
-            # 3. Baseline: the naive query, straight on the database.
-            await baseline(db, week_args, results)
+                json={"agent_type": "claude-code", "input_message": f"bench {i}",
+                      "conversation_id": "bench-conv", "source": "dashboard"},
+            )  # fmt: skip
+            r.raise_for_status()
+        r = await client.post(
+            "/api/tasks", json={"agent_type": "claude-code", "input_message": "log bench"}
+        )
+        r.raise_for_status()
+        log_task = r.json()["task_id"]
+        chunks = [{"content": f"line {i:04d}: " + "x" * 60 + "\n"} for i in range(1000)]
+        r = await client.post(f"/api/tasks/{log_task}/output", json={"chunks": chunks})
+        r.raise_for_status()
+    cases = list_cases(week)
+    db = await connect(DB_NAME)
+    try:
+        # A cursor 500,000 rows deep (its key read from the database).
+        row = await db.fetchrow(
+            "SELECT created_at, task_id FROM tasks ORDER BY created_at DESC, task_id DESC "  # noqa: S608
+            f"OFFSET {DEPTH - 1} LIMIT 1"
+        )
+        detail_id = await db.fetchval("SELECT task_id FROM tasks ORDER BY created_at DESC LIMIT 1")
     finally:
         await db.close()
+    cursor = encode_cursor(ORDERINGS["-created_at"], [row["created_at"], row["task_id"]])
+    return Setup(cases, week_args, cursor, detail_id, log_task)
 
 
-async def append_throughput(client: httpx.AsyncClient, ah: dict[str, str]) -> Result:
+async def measure(
+    port: int,
+    user: str,
+    agent: str,
+    setup: Setup,
+    args: argparse.Namespace,
+    results: list[Result],
+    prefix: str,
+) -> None:
+    """Every latency figure, one request at a time on one keep-alive connection."""
+    n = args.requests
+    uh = {"Authorization": f"Bearer {user}"}
+    list_target = f"p50 <= {LIST_TARGET_MS:.0f} ms"
+    async with KeepAliveClient("127.0.0.1", port, uh) as client:
+
+        async def get(path: str, params: dict[str, Any] | None = None) -> bytes:
+            status, body = await client.get(path, params)
+            if status != 200:
+                raise RuntimeError(f"GET {path} {params}: {status} {body[:300]!r}")
+            return body
+
+        for case in setup.cases:
+
+            def call(c: ListCase = case) -> Awaitable[bytes]:
+                return get("/api/tasks", c.params)
+
+            samples = await timed(n, call)
+            body = json.loads(await get("/api/tasks", case.params))
+            # Counted now: earlier measurements (appends, another server's) add tasks.
+            truth = await setup.count(case)
+            note = f"total {body['total']:,}"
+            if body["total"] != truth:
+                note += f" WRONG (count(*) = {truth:,})"
+            p50 = pct(samples, 0.5)
+            results.append(
+                Result(
+                    prefix + case.name, p50, pct(samples, 0.99), n, note=note,
+                    target=list_target, met=p50 <= LIST_TARGET_MS,
+                    naive="naive: " + case.name.removeprefix("list: "),
+                )
+            )  # fmt: skip
+
+        deep = await timed(n, lambda: get("/api/tasks", {"cursor": setup.deep_cursor}))
+        results.append(
+            Result(
+                prefix + "list: cursor 500,000 deep", pct(deep, 0.5), pct(deep, 0.99), n,
+                target=f"{list_target}; >= {DEEP_TARGET_X:.0f}x OFFSET",
+                met=pct(deep, 0.5) <= LIST_TARGET_MS, naive="naive: OFFSET 500,000",
+            )
+        )  # fmt: skip
+        by_page = await timed(max(5, n // 10), lambda: get("/api/tasks", {"page": DEPTH // 50 + 1}))
+        results.append(
+            Result(
+                prefix + "list: page 10,001 (500,000 deep)", pct(by_page, 0.5),
+                pct(by_page, 0.99), len(by_page), target=list_target,
+                met=pct(by_page, 0.5) <= LIST_TARGET_MS, naive="naive: OFFSET 500,000",
+            )
+        )  # fmt: skip
+
+        detail = await timed(n, lambda: get(f"/api/tasks/{setup.detail_id}"))
+        results.append(Result(prefix + "task detail", pct(detail, 0.5), pct(detail, 0.99), n))
+        full = await timed(n, lambda: get(f"/api/tasks/{setup.log_task}/logs/full"))
+        results.append(
+            Result(prefix + "full log (1,000 chunks)", pct(full, 0.5), pct(full, 0.99), n)
+        )
+
+    # The same first page through httpx: what a heavier client adds to each request.
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=120, headers=uh
+    ) as hc:
+        samples = await timed(n, lambda: hc.get("/api/tasks"))
+        results.append(
+            Result(
+                prefix + "list: first page, httpx client", pct(samples, 0.5),
+                pct(samples, 0.99), n, note="same request; client overhead included",
+            )
+        )  # fmt: skip
+        results.append(await append_throughput(hc, agent, prefix))
+
+
+async def append_throughput(client: httpx.AsyncClient, agent: str, prefix: str) -> Result:
     """Batched appends (1,000 chunks of 80 bytes each) to 4 tasks, 4 requests in flight."""
+    ah = {"Authorization": f"Bearer {agent}"}
     tasks = []
     for i in range(4):
         r = await client.post(
@@ -308,6 +414,7 @@ async def append_throughput(client: httpx.AsyncClient, ah: dict[str, str]) -> Re
             json={"agent_type": "claude-code", "input_message": f"append bench {i}"},
             headers=ah,
         )
+        r.raise_for_status()
         tasks.append(r.json()["task_id"])
     chunks = [{"content": f"{i:05d} " + "y" * 73 + "\n"} for i in range(1000)]
     per_task = 10
@@ -324,32 +431,39 @@ async def append_throughput(client: httpx.AsyncClient, ah: dict[str, str]) -> Re
     elapsed = time.perf_counter() - start
     total = 4 * per_task * len(chunks)
     return Result(
-        "output appends (batched, 4 tasks in parallel)",
+        prefix + "output appends (batched, 4 tasks in parallel)",
         rate=f"{total / elapsed:,.0f} chunks/s",
         n=4 * per_task,
-        note="target >= 5,000 chunks/s",
+        target=f">= {APPEND_TARGET:,.0f} chunks/s",
+        met=total / elapsed >= APPEND_TARGET,
     )
 
 
-async def page_throughput(base: str, uh: dict[str, str]) -> Result:
-    """The first page with 32 connections, each sending requests back to back."""
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-    per_conn = 25
-    async with httpx.AsyncClient(base_url=base, timeout=120, headers=uh, limits=limits) as c:
-        await c.get("/api/tasks")
-        latencies: list[float] = []
+async def page_throughput(port: int, user: str, workers: int, prefix: str) -> Result:
+    """The first page from 32 keep-alive connections, each sending requests back to back."""
+    uh = {"Authorization": f"Bearer {user}"}
+    conns, per_conn = 32, 40
+    latencies: list[float] = []
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(KeepAliveClient("127.0.0.1", port, uh))
+            for _ in range(conns)
+        ]
+        await asyncio.gather(*(c.get("/api/tasks") for c in clients))
 
-        async def worker() -> None:
+        async def worker(c: KeepAliveClient) -> None:
             for _ in range(per_conn):
                 t0 = time.perf_counter()
-                (await c.get("/api/tasks")).raise_for_status()
+                status, body = await c.get("/api/tasks")
+                if status != 200:
+                    raise RuntimeError(f"{status} {body[:200]!r}")
                 latencies.append((time.perf_counter() - t0) * 1000)
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(32)))
+        await asyncio.gather(*(worker(c) for c in clients))
         elapsed = time.perf_counter() - start
     return Result(
-        "first page, 32 concurrent connections",
+        f"{prefix}first page, 32 connections, {workers} worker{'s' if workers > 1 else ''}",
         pct(latencies, 0.5),
         pct(latencies, 0.99),
         len(latencies),
@@ -357,58 +471,71 @@ async def page_throughput(base: str, uh: dict[str, str]) -> Result:
     )
 
 
-async def baseline(db: asyncpg.Connection, week_args: list[Any], results: list[Result]) -> None:
-    reps = 5
-    cases = [
-        ("baseline: first page + count(*)", "", 0),
-        ("baseline: status=failed + count(*)", "WHERE status = 'failed'", 0),
-        (
-            "baseline: status+agent_type+7 days + count(*)",
-            "WHERE status = 'completed' AND agent_type = 'claude-code' "
-            "AND created_at >= $1 AND created_at < $2",
-            0,
-        ),
-        ("baseline: q=payments + count(*)", "WHERE input_message ILIKE '%payments%'", 0),
-        ("baseline: OFFSET 500,000 + count(*)", "", DEPTH),
-    ]
-    for name, where, offset in cases:
-        page, count = naive_sql(where, offset)
-        sql_args = week_args if "$1" in where else []
+async def baseline(setup: Setup, results: list[Result]) -> None:
+    """The naive query (OFFSET paging plus count(*)) for every list, on the database."""
+    db = await connect(DB_NAME)
+    try:
+        cases = [(c.name.removeprefix("list: "), c.where, 0, c.sort) for c in setup.cases]
+        cases.append(("OFFSET 500,000", "", DEPTH, "created_at DESC, task_id DESC"))
+        for name, where, offset, sort in cases:
+            page, count = naive_sql(where, offset, sort)
+            sql_args = setup.week_args if "$1" in where else []
 
-        async def run(page: str = page, count: str = count, a: list[Any] = sql_args) -> None:
-            await db.fetch(page, *a)
-            await db.fetchval(count, *a)
+            async def run(page: str = page, count: str = count, a: list[Any] = sql_args) -> None:
+                await db.fetch(page, *a)
+                await db.fetchval(count, *a)
 
-        samples = await timed(reps, run)
-        results.append(Result(name, pct(samples, 0.5), pct(samples, 0.99), reps))
+            reps = 5
+            samples = await timed(reps, run)
+            results.append(
+                Result(f"naive: {name}", pct(samples, 0.5), pct(samples, 0.99), reps,
+                       note="OFFSET page + count(*), asyncpg, no HTTP")
+            )  # fmt: skip
+    finally:
+        await db.close()
 
 
-def print_table(results: list[Result]) -> None:
+def print_table(results: list[Result], args: argparse.Namespace) -> None:
     by_name = {r.name: r for r in results}
 
-    def ratio(fast: str, slow: str) -> str:
-        a, b = by_name.get(fast), by_name.get(slow)
-        if a and b and a.p50_ms and b.p50_ms:
-            return f"{b.p50_ms / a.p50_ms:,.1f}x"
-        return "-"
+    def fmt(v: float | None) -> str:
+        return f"{v:.2f}" if v is not None else ""
 
-    print(f"\n{'measurement':<48} {'p50 ms':>9} {'p99 ms':>9} {'n':>5}  rate / note")
-    print("-" * 110)
+    print(
+        f"\n{'measurement':<52} {'p50 ms':>8} {'p99 ms':>8} {'n':>5}  {'target':<28} "
+        f"{'naive p50':>9} {'speedup':>8}  rate / note"
+    )
+    print("-" * 150)
     for r in results:
-        p50 = f"{r.p50_ms:.2f}" if r.p50_ms is not None else ""
-        p99 = f"{r.p99_ms:.2f}" if r.p99_ms is not None else ""
+        naive = by_name.get(r.naive)
+        ratio = ""
+        if naive and naive.p50_ms and r.p50_ms:
+            ratio = f"{naive.p50_ms / r.p50_ms:,.1f}x"
+        target = r.target + ("" if r.met is None else (" OK" if r.met else " MISSED"))
         tail = "  ".join(x for x in (r.rate, r.note) if x)
-        print(f"{r.name:<48} {p50:>9} {p99:>9} {r.n or '':>5}  {tail}")
-    print("-" * 110)
-    print(
-        "cursor 500,000 deep vs OFFSET baseline at the same depth: "
-        f"{ratio('list: cursor 500,000 deep', 'baseline: OFFSET 500,000 + count(*)')} faster "
-        "(target >= 20x)"
-    )
-    print(
-        "first page vs naive first page + count(*): "
-        f"{ratio('list: first page', 'baseline: first page + count(*)')} faster"
-    )
+        print(
+            f"{r.name:<52} {fmt(r.p50_ms):>8} {fmt(r.p99_ms):>8} {r.n or '':>5}  {target:<28} "
+            f"{fmt(naive.p50_ms if naive else None):>9} {ratio:>8}  {tail}"
+        )
+    print("-" * 150)
+    for prefix in ("", "before: ") if args.before_src else ("",):
+        deep = by_name.get(prefix + "list: cursor 500,000 deep")
+        offset = by_name.get("naive: OFFSET 500,000")
+        if deep and offset and deep.p50_ms and offset.p50_ms:
+            x = offset.p50_ms / deep.p50_ms
+            verdict = "OK" if x >= DEEP_TARGET_X else "MISSED"
+            print(
+                f"{prefix or 'this code: '}cursor 500,000 deep vs OFFSET + count(*) at the same "
+                f"depth: {x:,.0f}x faster (target >= {DEEP_TARGET_X:.0f}x) {verdict}"
+            )
+    if args.before_src:
+        print("\nbefore -> after (p50 ms, same run):")
+        for r in results:
+            old = by_name.get("before: " + r.name)
+            if old and old.p50_ms and r.p50_ms:
+                print(f"  {r.name:<52} {old.p50_ms:8.2f} -> {r.p50_ms:8.2f}")
+            elif old and old.rate and r.rate:
+                print(f"  {r.name:<52} {old.rate:>12} -> {r.rate}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -416,6 +543,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=100, help="samples per measurement")
     parser.add_argument("--reseed", action="store_true", help="drop and seed the database again")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--workers",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 2],
+        help="uvicorn worker counts for the 32-connection throughput (default 1,2)",
+    )
+    parser.add_argument(
+        "--before-src",
+        help="a checkout (e.g. `git worktree` of the previous commit) to measure in the same run",
+    )
     return parser.parse_args(argv)
 
 
