@@ -595,3 +595,57 @@ async def test_deep_pages_seek_to_their_first_key(
     assert body["items"] == []
     assert body["total"] == len(rows)
     assert body["next_cursor"] is None
+
+
+async def test_rollups_locate_every_offset_like_the_index(app: FastAPI) -> None:
+    """locate_by_rollups answers (not falls back) and finds the very row OFFSET finds."""
+    from dashboard_api.services.tasks import (
+        ORDERINGS,
+        TaskFilters,
+        locate_by_rollups,
+        read_without_transaction,
+    )
+
+    rows = [
+        Row(
+            task_id=f"r{i:03d}",
+            created_at=T0 + OFFSETS[i % len(OFFSETS)] + timedelta(microseconds=i % 3),
+            status=STATUSES[i % 5],
+            agent_type=AGENTS[i % 3],
+            source=SOURCES[(i // 3) % 3],
+        )
+        for i in range(40)
+    ]
+    await load_rows(app, rows)
+    filters = [
+        TaskFilters(),
+        TaskFilters(status=("failed", "queued")),
+        TaskFilters(agent_type=("coder",), source=("github", "api")),
+        TaskFilters(created_after=T0 + timedelta(minutes=1), created_before=T0 + timedelta(days=2)),
+        TaskFilters(created_before=T0 + timedelta(hours=5), status=("completed",)),
+    ]
+    for f in filters:
+        for sort in ("created_at", "-created_at"):
+            ordering = ORDERINGS[sort]
+            params: dict[str, Any] = {}
+            if f.status:
+                params["status"] = list(f.status)
+            if f.agent_type:
+                params["agent_type"] = list(f.agent_type)
+            if f.source:
+                params["source"] = list(f.source)
+            if f.created_after:
+                params["created_after"], params["created_after_dt"] = "x", f.created_after
+            if f.created_before:
+                params["created_before"], params["created_before_dt"] = "x", f.created_before
+            expected = reference(rows, params, sort)
+            async with app.state.ctx.db.read() as session:
+                await read_without_transaction(session)
+                for offset in range(len(expected) + 2):
+                    answered, key = await locate_by_rollups(session, f, ordering, offset)
+                    assert answered, (f, sort, offset)
+                    if offset < len(expected):
+                        assert key is not None
+                        assert key[1] == expected[offset], (f, sort, offset)
+                    else:
+                        assert key is None

@@ -118,6 +118,10 @@ def decode_cursor(ordering: Ordering, cursor: str) -> list[Any]:
         raise Unprocessable("Malformed cursor.", loc=["query", "cursor"]) from None
 
 
+# Given an offset: (True, the ordering's key values of the row there, or None past the
+# end), or (False, None) when it cannot tell and the index must be walked.
+Locator = Callable[[int], Awaitable[tuple[bool, Sequence[Any] | None]]]
+
 # From this offset on, page mode seeks to the page's first key instead of using OFFSET.
 SEEK_FROM_OFFSET = 1000
 
@@ -132,6 +136,7 @@ async def paginate(
     count_stmt: Select[Any] | None = None,
     count: Callable[[], Awaitable[int]] | None = None,
     total_expression: ColumnElement[Any] | None = None,
+    locate: Locator | None = None,
 ) -> PageResult[T]:
     """Run a filtered SELECT one page at a time.
 
@@ -140,6 +145,8 @@ async def paginate(
     given, count the filtered rows more cheaply than wrapping `stmt`. `total_expression`
     (an uncorrelated scalar subquery, evaluated once) rides along as a column of the page
     query instead: one round trip for both, and a second query only for an empty page.
+    `locate`, when given, may find a deep page's first key faster than the index can
+    (see `Locator`).
     """
     n_keys = len(ordering.keys)
     direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
@@ -159,9 +166,11 @@ async def paginate(
             # Skipping rows with OFFSET still reads and projects each of them. Find the
             # first row's key alone (the order's index covers it: an index-only scan),
             # then read the page from that key like a cursor page.
-            key_stmt = stmt.with_only_columns(*ordering.keys, maintain_column_froms=True)
-            key_stmt = key_stmt.order_by(*direction).offset(offset).limit(1)
-            first = (await session.execute(key_stmt)).first()
+            answered, first = await locate(offset) if locate is not None else (False, None)
+            if not answered:
+                key_stmt = stmt.with_only_columns(*ordering.keys, maintain_column_froms=True)
+                key_stmt = key_stmt.order_by(*direction).offset(offset).limit(1)
+                first = (await session.execute(key_stmt)).first()
             if first is None:
                 page_stmt = page_stmt.where(false())
             else:
