@@ -3,12 +3,16 @@
 A window [from, to) is cut at the 15-minute boundaries inside it: the aligned middle is
 summed from a few rollup blocks of nested grains, and only the partial quarter-hours at
 its two ends are read from the tasks table, so a query's cost follows the window and
-not the number of tasks.
+not the number of tasks. Unfiltered queries read the marginal series (one row per block
+and bin). Percentiles come from histogram blocks of 4 hours and up, with the tasks of
+the partial 4-hour blocks at the window's ends binned on the fly, and are found in the
+database (running sums per group), which returns a few rows.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
@@ -16,10 +20,21 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import ColumnElement, and_, func, literal, or_, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import in_ints, prepare_log_bin
+from dashboard_api.db.dialect import bisect_sql, in_ints, prepare_log_bin, without_jit
 from dashboard_api.db.models.analytics import AnalyticsHistogram, AnalyticsRollup
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.errors import Unprocessable
@@ -50,8 +65,8 @@ from dashboard_api.services.analytics_rollups import (
     SERIES_PER_MODEL,
     bin_value,
     counters_of,
+    epoch_seconds,
     hist_bins_sql,
-    hist_points,
 )
 
 _C = {name: i for i, name in enumerate(COUNTERS)}
@@ -79,44 +94,26 @@ class AnalyticsFilters:
 
 @dataclass(slots=True)
 class Agg:
-    """Counters (in COUNTERS order) and histogram counts {(kind, bin): n} of some tasks."""
+    """Counters (in COUNTERS order) of some tasks."""
 
     c: list[int] = field(default_factory=lambda: [0] * len(COUNTERS))
-    hist: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def add_counters(self, values: Iterable[Any]) -> None:
         for i, v in enumerate(values):
             self.c[i] += int(v or 0)
 
-    def add_hist(self, kind: int, b: int, n: int) -> None:
-        self.hist[(kind, b)] = self.hist.get((kind, b), 0) + int(n)
-
     def add_task(self, row: Any) -> None:
         self.add_counters(counters_of(row))
-        for kind, b in hist_points(row):
-            self.add_hist(kind, b, 1)
+
+    def add_named(self, names: Sequence[str], values: Iterable[Any]) -> None:
+        for name, v in zip(names, values, strict=True):
+            self.c[_C[name]] += int(v or 0)
 
     def merge(self, other: Agg) -> None:
         self.add_counters(other.c)
-        for (kind, b), n in other.hist.items():
-            self.add_hist(kind, b, n)
 
     def __getitem__(self, name: str) -> int:
         return self.c[_C[name]]
-
-    def percentile_seconds(self, kind: int, numerator: int, denominator: int) -> float | None:
-        """Nearest-rank percentile numerator/denominator, from the log bins (within 2 %)."""
-        bins = sorted((b, n) for (k, b), n in self.hist.items() if k == kind and n > 0)
-        total = sum(n for _, n in bins)
-        if total == 0:
-            return None
-        rank = max(1, -(-numerator * total // denominator))
-        seen = 0
-        for b, n in bins:
-            seen += n
-            if seen >= rank:
-                return bin_value(b) / 1_000_000
-        return bin_value(bins[-1][0]) / 1_000_000  # pragma: no cover - rank <= total
 
 
 # --- windows and blocks ------------------------------------------------------------------
@@ -344,6 +341,23 @@ def bucket_starts(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _common_grain(edges: Sequence[int]) -> int | None:
+    """The coarsest grain that every edge (epoch seconds) is a multiple of, if any."""
+    common = math.gcd(*edges)
+    return next((g for g in reversed(GRAINS) if common % g == 0), None)
+
+
+# What a histogram bucket shows: the other counters are not read.
+_HISTOGRAM_COUNTERS = (
+    "tasks",
+    "completed",
+    "failed",
+    "cost_micros",
+    "input_tokens",
+    "output_tokens",
+)
+
+
 async def histogram(
     session: AsyncSession,
     *,
@@ -359,22 +373,37 @@ async def histogram(
     starts, last_end = bucket_starts(tz, period, start, end, max_buckets)
     ends = [*starts[1:], last_end]
     aggs = [Agg() for _ in starts]
+    bounds = [epoch_seconds(at) for at in starts]
     raw: list[tuple[datetime, datetime]] = []
-    where: dict[Block, int] = {}
-    for i, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
-        r_parts, blocks = split_window(max(lo, start), min(hi, end))
+    blocks: list[Block] = []
+    grain = _common_grain(bounds[1:]) if len(starts) > 2 else None
+    # With a grain that every inner bucket edge is a multiple of, the inner buckets are
+    # one range of blocks of that grain, and only the first and last bucket are split.
+    split = [0, len(starts) - 1] if grain else range(len(starts))
+    for i in sorted(set(split)):
+        r_parts, parts = split_window(max(starts[i], start), min(ends[i], end))
         raw.extend(r_parts)
-        for block in blocks:
-            where[block] = i
-    if where:
-        r = AnalyticsRollup
-        stmt = (
-            select(r.grain, r.bucket, *_sums(r))
-            .where(*_counter_series(r, filters), _blocks_clause(session, r, where))
-            .group_by(r.grain, r.bucket)
-        )
-        for grain, bucket, *values in await session.execute(stmt):
-            aggs[where[(grain, bucket)]].add_counters(values)
+        blocks.extend(parts)
+    r = AnalyticsRollup
+    which: list[ColumnElement[bool]] = []
+    if grain:
+        which.append(and_(r.grain == grain, r.bucket >= bounds[1], r.bucket < bounds[-1]))
+    if blocks:
+        which.append(_blocks_clause(session, r, blocks))
+    if which:
+        sums = [func.sum(getattr(r, c)) for c in _HISTOGRAM_COUNTERS]
+        conds = (*_counter_series(r, filters), or_(*which))
+        local = bisect_sql(session, r.bucket, bounds)
+        conn = await session.connection()
+        if local is not None:
+            # Summed per local bucket in the database: one row per non-empty bucket.
+            stmt = select(local.label("i"), *sums).where(*conds).group_by(literal_column("i"))
+            for i, *values in await conn.execute(stmt):
+                aggs[i - 1].add_named(_HISTOGRAM_COUNTERS, values)
+        else:
+            stmt = select(r.bucket, *sums).where(*conds).group_by(r.grain, r.bucket)
+            for bucket, *values in await conn.execute(stmt):
+                aggs[bisect.bisect_right(bounds, bucket) - 1].add_named(_HISTOGRAM_COUNTERS, values)
     for row in await _raw_rows(session, _merge_ranges(raw), filters):
         aggs[bisect.bisect_right(starts, row.created_at) - 1].add_task(row)
     return CostHistogram(
@@ -383,7 +412,9 @@ async def histogram(
         from_=start,
         to=end,
         buckets=[
-            HistogramBucket(
+            # Built without validation: the values are typed already, and 2,000 validated
+            # buckets cost more than the query.
+            HistogramBucket.model_construct(
                 start=at,
                 tasks=a["tasks"],
                 completed=a["completed"],
@@ -407,20 +438,29 @@ def _merge_ranges(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetim
     return out
 
 
-def _metrics(a: Agg) -> dict[str, Any]:
+# Percentile groups of `performance`: (dimension, key).
+_OVERALL, _AGENT, _SOURCE, _MODEL = 0, 1, 2, 3
+Pct = dict[tuple[int, str], dict[tuple[int, int], int]]  # group -> {(kind, percent): bin}
+
+
+def _metrics(a: Agg, pct: dict[tuple[int, int], int]) -> dict[str, Any]:
+    def seconds(kind: int, percent: int) -> float | None:
+        b = pct.get((kind, percent))
+        return None if b is None else bin_value(b) / 1_000_000
+
     return {
         "tasks": a["tasks"],
         "completed": a["completed"],
         "failed": a["failed"],
         "success_rate": _ratio(a["completed"], a["completed"] + a["failed"]),
         "avg_duration_seconds": _avg_seconds(a["duration_sum_us"], a["duration_count"]),
-        "p50_duration_seconds": a.percentile_seconds(KIND_DURATION, 50, 100),
-        "p95_duration_seconds": a.percentile_seconds(KIND_DURATION, 95, 100),
+        "p50_duration_seconds": seconds(KIND_DURATION, 50),
+        "p95_duration_seconds": seconds(KIND_DURATION, 95),
         "total_cost_usd": micros_to_usd(a["cost_micros"]),
         "avg_cost_usd": _avg_usd(a["cost_micros"], a["tasks"]),
         "input_tokens": a["input_tokens"],
         "output_tokens": a["output_tokens"],
-        "p50_first_output_seconds": a.percentile_seconds(KIND_FIRST_OUTPUT, 50, 100),
+        "p50_first_output_seconds": seconds(KIND_FIRST_OUTPUT, 50),
     }
 
 
@@ -429,27 +469,12 @@ async def performance(
 ) -> Performance:
     """Outcomes, durations (with percentiles) and cost overall, per agent type, source, model."""
     # Counters and histograms split the window differently: counters from 15 minutes up
-    # (raw rows at the edges), histograms from the hour up (raw bins at the edges).
+    # (raw rows at the edges), histograms from 4 hours up (raw bins at the edges).
     raw, blocks = split_window(start, end)
-    hist_raw, hist_blocks = split_window(start, end, HIST_GRAINS)
-    filtered = bool(filters.agent_type or filters.source)
+    conn = await session.connection()
     combos: dict[tuple[str, str], Agg] = {}
     models: dict[str, Agg] = {}
-    # Unfiltered, the marginal series give the histograms of each group directly.
-    marginal_agents: dict[str, Agg] = {}
-    marginal_sources: dict[str, Agg] = {}
-    marginal_overall = Agg()
-
-    def add_bins(agent_type: str, source: str, model: str, kind: int, b: int, n: int) -> None:
-        models.setdefault(model, Agg()).add_hist(kind, b, n)
-        if filtered:
-            combos.setdefault((agent_type, source), Agg()).add_hist(kind, b, n)
-        else:
-            marginal_agents.setdefault(agent_type, Agg()).add_hist(kind, b, n)
-            marginal_sources.setdefault(source, Agg()).add_hist(kind, b, n)
-            marginal_overall.add_hist(kind, b, n)
-
-    r, h = AnalyticsRollup, AnalyticsHistogram
+    r = AnalyticsRollup.__table__.c
     if blocks:
         stmt = (
             select(r.agent_type, r.source, *_sums(r))
@@ -460,7 +485,7 @@ async def performance(
             )
             .group_by(r.agent_type, r.source)
         )
-        for agent_type, source, *values in await session.execute(stmt):
+        for agent_type, source, *values in await conn.execute(stmt):
             combos.setdefault((agent_type, source), Agg()).add_counters(values)
         stmt = (
             select(r.model, *_sums(r))
@@ -471,60 +496,17 @@ async def performance(
             )
             .group_by(r.model)
         )
-        for model, *values in await session.execute(stmt):
+        for model, *values in await conn.execute(stmt):
             models.setdefault(model, Agg()).add_counters(values)
-    if hist_blocks and filtered:
-        hstmt = (
-            select(h.agent_type, h.source, h.kind, h.bin, func.sum(h.count))
-            .where(
-                h.series == SERIES_ALL_MODELS,
-                _blocks_clause(session, h, hist_blocks),
-                *filters.clauses(h),
-            )
-            .group_by(h.agent_type, h.source, h.kind, h.bin)
-        )
-        for agent_type, source, kind, b, n in await session.execute(hstmt):
-            combos.setdefault((agent_type, source), Agg()).add_hist(kind, b, n)
-        mstmt = (
-            select(h.model, h.kind, h.bin, func.sum(h.count))
-            .where(
-                h.series == SERIES_PER_MODEL,
-                _blocks_clause(session, h, hist_blocks),
-                *filters.clauses(h),
-            )
-            .group_by(h.model, h.kind, h.bin)
-        )
-        for model, kind, b, n in await session.execute(mstmt):
-            models.setdefault(model, Agg()).add_hist(kind, b, n)
-    elif hist_blocks:
-        marg = (
-            select(h.series, h.agent_type, h.source, h.model, h.kind, h.bin, func.sum(h.count))
-            .where(
-                h.series.in_((SERIES_MARGINAL, SERIES_MODEL_MARGINAL)),
-                _blocks_clause(session, h, hist_blocks),
-            )
-            .group_by(h.series, h.agent_type, h.source, h.model, h.kind, h.bin)
-        )
-        for series, agent_type, source, model, kind, b, n in await session.execute(marg):
-            if series == SERIES_MODEL_MARGINAL:
-                target = models.setdefault(model, Agg())
-            elif agent_type:
-                target = marginal_agents.setdefault(agent_type, Agg())
-            elif source:
-                target = marginal_sources.setdefault(source, Agg())
-            else:
-                target = marginal_overall
-            target.add_hist(kind, b, n)
     for row in await _raw_rows(session, raw, filters):
         values = counters_of(row)
         combos.setdefault((row.agent_type, row.source), Agg()).add_counters(values)
         models.setdefault(row.model or "", Agg()).add_counters(values)
-    for agent_type, source, model, kind, b, n in await _raw_bins(session, hist_raw, filters):
-        add_bins(agent_type, source, model, kind, b, n)
+    pct = await _percentiles(session, start, end, filters)
 
-    overall = marginal_overall
-    agents = marginal_agents
-    sources = marginal_sources
+    overall = Agg()
+    agents: dict[str, Agg] = {}
+    sources: dict[str, Agg] = {}
     for (agent_type, source), agg in combos.items():
         overall.merge(agg)
         agents.setdefault(agent_type, Agg()).merge(agg)
@@ -532,38 +514,131 @@ async def performance(
     return Performance(
         from_=start,
         to=end,
-        overall=Metrics(**_metrics(overall)),
+        overall=Metrics(**_metrics(overall, pct.get((_OVERALL, ""), {}))),
         by_agent_type=[
-            AgentTypeMetrics(agent_type=k, **_metrics(a))
+            AgentTypeMetrics(agent_type=k, **_metrics(a, pct.get((_AGENT, k), {})))
             for k, a in sorted(agents.items())
             if a["tasks"]
         ],
         by_source=[
-            SourceMetrics(source=k, **_metrics(a)) for k, a in sorted(sources.items()) if a["tasks"]
+            SourceMetrics(source=k, **_metrics(a, pct.get((_SOURCE, k), {})))
+            for k, a in sorted(sources.items())
+            if a["tasks"]
         ],
         by_model=[
-            ModelMetrics(model=k or None, **_metrics(a))
+            ModelMetrics(model=k or None, **_metrics(a, pct.get((_MODEL, k), {})))
             for k, a in sorted(models.items())
             if a["tasks"]
         ],
     )
 
 
-async def _raw_bins(
-    session: AsyncSession, ranges: Sequence[tuple[datetime, datetime]], filters: AnalyticsFilters
-) -> Sequence[Any]:
-    """(agent_type, source, model, kind, bin, count) of the tasks in `ranges`, binned in SQL."""
-    if not ranges:
-        return []
-    await prepare_log_bin(session, BIN_THRESHOLDS)
-    window = or_(*(and_(Task.created_at >= lo, Task.created_at < hi) for lo, hi in ranges))
-    model = func.coalesce(Task.model, "").label("model")
-    parts = []
-    for kind, bin_expr, present in hist_bins_sql(session):
-        b = bin_expr.label("bin")
-        parts.append(
-            select(Task.agent_type, Task.source, model, literal(kind), b, func.count())
-            .where(window, present, *filters.clauses(Task))
-            .group_by(Task.agent_type, Task.source, model, b)
+_PERCENTS: tuple[tuple[int, int], ...] = (
+    (KIND_DURATION, 50),
+    (KIND_DURATION, 95),
+    (KIND_FIRST_OUTPUT, 50),
+)
+
+
+async def _percentiles(
+    session: AsyncSession, start: datetime, end: datetime, filters: AnalyticsFilters
+) -> Pct:
+    """The log bin of each percentile of each group, found in the database.
+
+    The window's histogram (whole blocks of 4 hours and up, plus the tasks at the edges
+    binned on the fly) is summed per (group, kind, bin) and walked with a running sum
+    there, so that only the few answers travel: not thousands of bins to add up here.
+    """
+    raw, blocks = split_window(start, end, HIST_GRAINS)
+    parts: list[Select[Any]] = []
+    h = AnalyticsHistogram.__table__.c
+    empty = literal("")
+    if blocks and (filters.agent_type or filters.source):
+        # Filtered: the groups are summed from the per-combination series.
+        where = (_blocks_clause(session, h, blocks), *filters.clauses(h))
+        groups: tuple[tuple[int, Any], ...] = (
+            (_OVERALL, empty),
+            (_AGENT, h.agent_type),
+            (_SOURCE, h.source),
         )
-    return (await session.execute(union_all(*parts))).all()
+        for dim, key in groups:
+            parts.append(
+                select(literal(dim), key, h.kind, h.bin, h.count).where(
+                    h.series == SERIES_ALL_MODELS, *where
+                )
+            )
+        parts.append(
+            select(literal(_MODEL), h.model, h.kind, h.bin, h.count).where(
+                h.series == SERIES_PER_MODEL, *where
+            )
+        )
+    elif blocks:
+        # Unfiltered: the marginal series hold each group's bins directly.
+        dim_expr = case(
+            (h.series == SERIES_MODEL_MARGINAL, _MODEL),
+            (h.agent_type != "", _AGENT),
+            (h.source != "", _SOURCE),
+            else_=_OVERALL,
+        )
+        key_expr = case(
+            (h.series == SERIES_MODEL_MARGINAL, h.model),
+            (h.agent_type != "", h.agent_type),
+            else_=h.source,
+        )
+        parts.append(
+            select(dim_expr, key_expr, h.kind, h.bin, h.count).where(
+                h.series.in_((SERIES_MARGINAL, SERIES_MODEL_MARGINAL)),
+                _blocks_clause(session, h, blocks),
+            )
+        )
+    if raw:
+        await prepare_log_bin(session, BIN_THRESHOLDS)
+        window = or_(*(and_(Task.created_at >= lo, Task.created_at < hi) for lo, hi in raw))
+        model = func.coalesce(Task.model, "")
+        for kind, bin_expr, present in hist_bins_sql(session):
+            task_groups: tuple[tuple[int, Any], ...] = (
+                (_OVERALL, empty),
+                (_AGENT, Task.agent_type),
+                (_SOURCE, Task.source),
+                (_MODEL, model),
+            )
+            for dim, key in task_groups:
+                parts.append(
+                    select(literal(dim), key, literal(kind), bin_expr, literal(1)).where(
+                        window, present, *filters.clauses(Task)
+                    )
+                )
+    if not parts:
+        return {}
+    await without_jit(session)
+    rows = union_all(*parts).subquery()
+    dim_c, key_c, kind_c, bin_c, n_c = rows.c
+    bins = (
+        select(dim_c.label("dim"), key_c.label("key"), kind_c.label("kind"), bin_c.label("bin"),
+               func.sum(n_c).label("n"))
+        .group_by(dim_c, key_c, kind_c, bin_c)
+        .subquery()
+    )  # fmt: skip
+    group = (bins.c.dim, bins.c.key, bins.c.kind)
+    walked = select(
+        *group,
+        bins.c.bin,
+        func.sum(bins.c.n).over(partition_by=group, order_by=bins.c.bin, rows=(None, 0)).label("c"),
+        func.sum(bins.c.n).over(partition_by=group).label("total"),
+    ).subquery()
+    w = walked.c
+    picks = []
+    for kind, percent in _PERCENTS:
+        # Nearest rank: the first bin whose running count c reaches ceil(p * total), that
+        # is c >= p * total as c is whole; compared without division: 100 c >= p% total.
+        reached = w.c * 100 >= w.total * percent
+        first = func.min(w.bin).filter(w.kind == kind, w.total > 0, reached)
+        picks.append(first.label(f"p{kind}_{percent}"))
+    stmt = select(w.dim, w.key, *picks).group_by(w.dim, w.key)
+    out: Pct = {}
+    conn = await session.connection()
+    for dim, key, *found in await conn.execute(stmt):
+        out[(dim, key)] = {
+            spec: b for spec, b in zip(_PERCENTS, found, strict=True) if b is not None
+        }
+    return out
