@@ -102,3 +102,67 @@ async def test_concurrent_gap_fills_share_one_database_read() -> None:
         assert [e.seq for e in await _take(sink, 2)] == [1, 2]
     assert history.reads <= 2
     await hub.close()
+
+
+class GatedHistory(FakeHistory):
+    """Reads wait at a gate, so that the test controls when database slots free up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state_gate = asyncio.Event()
+        self.chunk_gate = asyncio.Event()
+        self.state_reads = 0
+        self.reads_started: list[int] = []
+
+    async def task_state(self, task_id: str) -> TaskState:
+        self.state_reads += 1
+        await self.state_gate.wait()
+        return await super().task_state(task_id)
+
+    async def chunks_after(self, task_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
+        self.reads_started.append(after_seq)
+        await self.chunk_gate.wait()
+        return await super().chunks_after(task_id, after_seq, limit)
+
+
+async def test_subscribers_that_leave_give_up_their_queued_replay_reads() -> None:
+    history = GatedHistory()
+    for seq in range(1, 31):
+        history.add(seq)
+    hub = Hub(MemoryBroker(), history, db_concurrency=1)
+    history.state_gate.set()  # states answer at once; replays wait at the gate
+
+    async def subscribe(since: int) -> tuple[TaskSubscription, QueueSink]:
+        sink = QueueSink(100)
+        sub = TaskSubscription(hub, sink, "task:t", "t", since)
+        assert await sub.open() is not None
+        sub.start()
+        return sub, sink
+
+    first, first_sink = await subscribe(0)  # takes the only replay slot and waits there
+    leavers = [await subscribe(since) for since in range(1, 11)]
+    await asyncio.sleep(0)
+    for sub, _ in leavers:
+        await sub.close()
+    last, last_sink = await subscribe(20)
+    history.chunk_gate.set()
+    assert [e.seq for e in await _take(first_sink, 30)] == list(range(1, 31))
+    assert [e.seq for e in await _take(last_sink, 10)] == list(range(21, 31))
+    # The ten that left never reached the database.
+    assert sorted(history.reads_started) == [0, 20]
+    await first.close()
+    await last.close()
+    await hub.close()
+
+
+async def test_subscribers_queued_for_a_state_read_share_it() -> None:
+    history = GatedHistory()
+    hub = Hub(MemoryBroker(), history, db_concurrency=2)  # one slot for state reads
+    subs = [TaskSubscription(hub, QueueSink(10), "task:t", "t", None) for _ in range(20)]
+    opening = [asyncio.create_task(sub.open()) for sub in subs]
+    await asyncio.sleep(0.01)
+    history.state_gate.set()
+    assert all(state is not None for state in await asyncio.gather(*opening))
+    # The first may have started its read before the others asked; they all share the next.
+    assert history.state_reads <= 2
+    await hub.close()

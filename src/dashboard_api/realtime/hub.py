@@ -396,6 +396,17 @@ class TaskSubscription(Subscription):
         await self.hub.detach(self)
 
 
+class _Read:
+    """A database read shared by the subscriptions that wait for it."""
+
+    __slots__ = ("future", "started", "waiters")
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any]
+        self.started: float | None = None  # loop time it got a slot; None while queued
+        self.waiters = 0
+
+
 class Hub:
     """Local fan-out for one replica."""
 
@@ -407,14 +418,17 @@ class Hub:
         replay_page: int = 500,
         buffer_limit: int = 1000,
         gap_wait: float = 0.03,
-        db_concurrency: int = 4,
+        db_concurrency: int = 8,
         write_interval: float = 0.0,
     ) -> None:
         self.broker = broker
         self.history = history
         self.gap_wait = gap_wait
+        # Replay pages and task states queue for separate slots: a new subscriber's state
+        # (one row, it answers `subscribed`) never waits behind other subscribers' replays.
         self._db_slots = asyncio.Semaphore(db_concurrency)
-        self._reads: dict[tuple[Any, ...], tuple[asyncio.Future[Any], float]] = {}
+        self._state_slots = asyncio.Semaphore(max(1, db_concurrency // 2))
+        self._reads: dict[tuple[Any, ...], _Read] = {}
         self.replay_page = replay_page
         self.buffer_limit = buffer_limit
         self.connections: set[object] = set()
@@ -444,38 +458,54 @@ class Hub:
         return len(self.connections)
 
     async def _shared(
-        self, key: tuple[Any, ...], make: Callable[[], Awaitable[Any]], not_before: float
+        self,
+        key: tuple[Any, ...],
+        make: Callable[[], Awaitable[Any]],
+        not_before: float,
+        slots: asyncio.Semaphore,
     ) -> Any:
         """One database read for every subscription that asks the same thing at once.
 
-        A caller joins a read in flight only if that read started at or after
-        `not_before` (when the caller knew what it needs was committed), so that sharing
-        never hands out an answer older than the caller may accept.
+        A caller joins a read that still waits for a database slot, or one that started
+        at or after `not_before` (when the caller knew what it needs was committed), so
+        that sharing never hands out an answer older than the caller may accept.
         """
         loop = asyncio.get_running_loop()
         entry = self._reads.get(key)
-        if entry is None or entry[1] < not_before:
+        if entry is None or (entry.started is not None and entry.started < not_before):
 
-            async def run() -> Any:
-                async with self._db_slots:
+            async def run(entry: _Read) -> Any:
+                async with slots:
+                    entry.started = loop.time()
                     return await make()
 
-            started = loop.time()
-            fut = asyncio.ensure_future(run())
-            entry = (fut, started)
+            entry = _Read()
+            fut = asyncio.ensure_future(run(entry))
+            entry.future = fut
             self._reads[key] = entry
 
-            def forget(_: object, key: tuple[Any, ...] = key, entry: Any = entry) -> None:
+            def forget(_: object, key: tuple[Any, ...] = key, entry: _Read = entry) -> None:
                 if self._reads.get(key) is entry:
                     del self._reads[key]
 
             fut.add_done_callback(forget)
-        return await asyncio.shield(entry[0])
+        entry.waiters += 1
+        try:
+            return await asyncio.shield(entry.future)
+        finally:
+            entry.waiters -= 1
+            if entry.waiters == 0 and not entry.future.done():
+                # Everyone who asked has gone (subscribers that left): do not let the read
+                # keep its place in the queue for database slots.
+                entry.future.cancel()
 
     async def task_state(self, task_id: str, not_before: float) -> TaskState | None:
         """The task's state (reads shared between concurrent callers)."""
         result: TaskState | None = await self._shared(
-            ("state", task_id), lambda: self.history.task_state(task_id), not_before
+            ("state", task_id),
+            lambda: self.history.task_state(task_id),
+            not_before,
+            self._state_slots,
         )
         return result
 
@@ -487,6 +517,7 @@ class Hub:
             ("chunks", task_id, after_seq, limit),
             lambda: self.history.chunks_after(task_id, after_seq, limit),
             not_before,
+            self._db_slots,
         )
         return result
 

@@ -66,6 +66,9 @@ class Realtime:
             history or DbTaskHistory(db),
             buffer_limit=settings.ws_send_queue_size,
             write_interval=settings.ws_write_interval_ms / 1000,
+            # Resume replays: most of the pool (whose overflow is as large again), so that
+            # churning subscribers are not served four at a time; HTTP keeps the rest.
+            db_concurrency=max(2, settings.database_pool_size * 4 // 5),
         )
         self.ingress: Any = None
         self.publish_failures = 0

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["realtime"])
 
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 # Over `ws_max_connections_per_token` sockets for one token on this replica (HTTP 429's twin).
 CLOSE_TOO_MANY_CONNECTIONS = 4429
@@ -359,6 +360,23 @@ def _connections_of(hub: Hub, principal: Principal) -> int:
     )
 
 
+_INBOX_SIZE = 64  # client messages read ahead of the one being handled
+
+
+async def _handle_messages(protocol: Protocol, inbox: asyncio.Queue[str | bytes]) -> None:
+    while True:
+        raw = await inbox.get()
+        try:
+            await protocol.handle(raw)
+        except (asyncio.CancelledError, WebSocketDisconnect):
+            raise
+        except Exception:
+            log.exception("handling a WebSocket message failed; closing the connection")
+            with contextlib.suppress(Exception):
+                await protocol.conn.websocket.close(CLOSE_INTERNAL_ERROR)
+            raise
+
+
 @router.websocket("/ws", name="websocket")
 async def websocket_endpoint(websocket: WebSocket) -> None:
     """Subscribe to live events; see API.md §10."""
@@ -379,18 +397,26 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     hub.connections.add(conn)
     conn.start()
     protocol = Protocol(ctx, conn)
+    # Messages are handled in order by a task of their own, so that a peer that leaves
+    # while a subscribe waits for the database is noticed at once and its work cancelled
+    # (under churn, abandoned subscribes otherwise queue for database slots for seconds).
+    inbox: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=_INBOX_SIZE)
+    handler = asyncio.create_task(_handle_messages(protocol, inbox), name="ws-handler")
     try:
-        while not conn.closed:
+        while not conn.closed and not handler.done():
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
             raw = message.get("text")
             if raw is None:
                 raw = message.get("bytes") or b""
-            await protocol.handle(raw)
+            await inbox.put(raw)
     except WebSocketDisconnect:
         pass
     finally:
+        handler.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await handler
         hub.connections.discard(conn)
         overflowed = conn.close_code is not None
         await conn.shutdown()
