@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
 from dashboard_api.api.deps import CtxDep, UserRole, split_multi
 from dashboard_api.errors import Unprocessable
@@ -76,10 +76,10 @@ async def cost_histogram(
     window: WindowDep,
     period: Period = "day",
     tz: Annotated[str, Query(max_length=64, description="IANA time zone")] = "UTC",
-) -> CostHistogram:
+) -> Response:
     """Tasks, outcomes, cost and tokens per local hour or day; empty buckets included."""
     async with ctx.db.read() as session:
-        return await service.histogram(
+        answer = await service.histogram(
             session,
             start=window.start,
             end=window.end,
@@ -88,6 +88,7 @@ async def cost_histogram(
             filters=window.filters,
             max_buckets=ctx.settings.analytics_max_buckets,
         )
+    return Response(answer.json(), media_type="application/json")
 
 
 @router.get("/performance", response_model=Performance)
