@@ -19,6 +19,7 @@ from sqlalchemy import (
     Select,
     Table,
     case,
+    delete,
     func,
     insert,
     literal,
@@ -269,16 +270,27 @@ def _status_count(status: str) -> Any:
     return func.coalesce(func.sum(case((Task.status == status, 1), else_=0)), 0)
 
 
-async def rebuild_rollups(session: AsyncSession) -> None:
-    """Recompute every rollup from the raw tasks (in the caller's transaction)."""
-    # Writers of tasks wait until this transaction ends: their deltas then apply on top
-    # of a rebuild that already saw every task committed before it.
+async def rebuild_rollups(session: AsyncSession, *, bulk: bool = False) -> None:
+    """Recompute every rollup from the raw tasks (in the caller's transaction).
+
+    Writers of tasks wait until this transaction ends: their deltas then apply on top of
+    a rebuild that already saw every task committed before it. Readers (analytics, list
+    totals) keep reading the previous rollups meanwhile, unless `bulk`: then the tables
+    are truncated and their keys built after the insert (PostgreSQL), several times
+    faster, but readers wait too; for loads that hold the tasks table anyway (seed).
+    """
     await lock_tables_exclusive(session, [_ROLLUPS.name, _HIST.name])
-    await clear_tables(session, [_HIST, _ROLLUPS])
+    if bulk:
+        await clear_tables(session, [_HIST, _ROLLUPS])
+    else:
+        await session.execute(delete(AnalyticsHistogram))
+        await session.execute(delete(AnalyticsRollup))
     await prepare_log_bin(session, BIN_THRESHOLDS)
     await prepare_large_sort(session)
-    await _build(session, _ROLLUPS, COUNTERS, GRAINS, _finest_counters(session), _COUNTER_MARGINALS)
-    await _build(session, _HIST, ("count",), HIST_GRAINS, _finest_hist(session), _HIST_MARGINALS)
+    counters = _finest_counters(session)
+    hist = _finest_hist(session)
+    await _build(session, _ROLLUPS, COUNTERS, GRAINS, counters, _COUNTER_MARGINALS, bulk)
+    await _build(session, _HIST, ("count",), HIST_GRAINS, hist, _HIST_MARGINALS, bulk)
     # Fresh planner statistics: without them PostgreSQL misjudges the block ranges.
     await analyze_tables(session, [_ROLLUPS.name, _HIST.name])
 
@@ -302,12 +314,13 @@ async def _build(
     grains: Sequence[int],
     finest: Sequence[Select[Any]],
     marginals: Sequence[Marginal],
+    bulk: bool,
 ) -> None:
     """Fill `target` (empty) with every grain, staged in unindexed temporary tables.
 
     Each grain is summed from the next finer one in its own small table, and `target`
     gets all rows in one insert sorted by block (a run of blocks then shares heap pages),
-    with its primary key built afterwards on PostgreSQL. Inserting grain by grain
+    in bulk with its primary key built afterwards on PostgreSQL. Inserting grain by grain
     into the indexed table, reading the finer grain back from it, took six times longer.
     """
     names = [c.name for c in target.columns]
@@ -336,7 +349,7 @@ async def _build(
     # (three strings among eight columns) took six times longer for no fewer page reads.
     blocks = (everything.c.series, everything.c.grain, everything.c.bucket)
     ordered = select(*(everything.c[n] for n in names)).order_by(*blocks)
-    dropped = await drop_primary_key(session, target)
+    dropped = bulk and await drop_primary_key(session, target)
     await session.execute(insert(target).from_select(names, ordered))
     if dropped:
         await add_primary_key(session, target)

@@ -198,7 +198,7 @@ async def seed_tasks(
     # transaction, so that they never disagree with the tasks).
     from dashboard_api.services.analytics_rollups import rebuild_rollups
 
-    await rebuild_rollups(session)
+    await rebuild_rollups(session, bulk=True)
     return done
 
 
