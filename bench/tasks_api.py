@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -204,19 +203,21 @@ async def main(args: argparse.Namespace) -> int:
     # 2. Tokens, data for the measurements, the naive baseline, then each server.
     user = cli("token", "create", "--user", "bench", "--role", "user", env=env).split()[-1]
     agent = cli("token", "create", "--user", "bench-agent", "--role", "agent", env=env).split()[-1]
-    async with Server(env, workers=1) as server:
+    before_env = {**env, "PYTHONPATH": str(Path(args.before_src or ".") / "src")}
+    async with contextlib.AsyncExitStack() as stack:
+        server = await stack.enter_async_context(Server(env, workers=1))
+        servers = [("", server.port)]
+        if args.before_src:
+            before = await stack.enter_async_context(Server(before_env, workers=1))
+            servers.append(("before: ", before.port))
         setup = await prepare(server.port, user, agent)
-        await measure(server.port, user, agent, setup, args, results, prefix="")
-        results.append(await page_throughput(server.port, user, workers=1, prefix=""))
+        await measure(servers, user, agent, setup, args, results)
+        for prefix, port in servers:
+            results.append(await page_throughput(port, user, workers=1, prefix=prefix))
     for workers in args.workers:
         if workers > 1:
             async with Server(env, workers=workers) as server:
                 results.append(await page_throughput(server.port, user, workers, prefix=""))
-    if args.before_src:
-        before_env = {**env, "PYTHONPATH": str(Path(args.before_src) / "src")}
-        async with Server(before_env, workers=1) as server:
-            await measure(server.port, user, agent, setup, args, results, prefix="before: ")
-            results.append(await page_throughput(server.port, user, workers=1, prefix="before: "))
     await baseline(setup, results)
 
     print_table(results, args)
@@ -325,83 +326,110 @@ async def prepare(port: int, user: str, agent: str) -> Setup:
 
 
 async def measure(
-    port: int,
+    servers: list[tuple[str, int]],
     user: str,
     agent: str,
     setup: Setup,
     args: argparse.Namespace,
     results: list[Result],
-    prefix: str,
 ) -> None:
-    """Every latency figure, one request at a time on one keep-alive connection."""
+    """Every latency figure, one request at a time on one keep-alive connection per server.
+
+    With several servers (prefix, port) the requests alternate between them, so that the
+    load of a shared machine weighs on each the same way.
+    """
     n = args.requests
     uh = {"Authorization": f"Bearer {user}"}
     list_target = f"p50 <= {LIST_TARGET_MS:.0f} ms"
-    async with KeepAliveClient("127.0.0.1", port, uh) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(KeepAliveClient("127.0.0.1", port, uh))
+            for _, port in servers
+        ]
 
-        async def get(path: str, params: dict[str, Any] | None = None) -> bytes:
-            status, body = await client.get(path, params)
+        async def get(c: KeepAliveClient, path: str, params: dict[str, Any] | None = None) -> bytes:
+            status, body = await c.get(path, params)
             if status != 200:
                 raise RuntimeError(f"GET {path} {params}: {status} {body[:300]!r}")
             return body
 
+        async def sample(
+            count: int, path: str, params: dict[str, Any] | None = None
+        ) -> list[list[float]]:
+            out: list[list[float]] = [[] for _ in clients]
+            for c in clients:
+                await get(c, path, params)  # warm-up
+            for _ in range(count):
+                for i, c in enumerate(clients):
+                    start = time.perf_counter()
+                    await get(c, path, params)
+                    out[i].append((time.perf_counter() - start) * 1000)
+            return out
+
         for case in setup.cases:
-
-            def call(c: ListCase = case) -> Awaitable[bytes]:
-                return get("/api/tasks", c.params)
-
-            samples = await timed(n, call)
-            body = json.loads(await get("/api/tasks", case.params))
-            # Counted now: earlier measurements (appends, another server's) add tasks.
+            per_server = await sample(n, "/api/tasks", case.params)
             truth = await setup.count(case)
-            note = f"total {body['total']:,}"
-            if body["total"] != truth:
-                note += f" WRONG (count(*) = {truth:,})"
-            p50 = pct(samples, 0.5)
-            results.append(
+            for (prefix, _), c, samples in zip(servers, clients, per_server, strict=True):
+                body = json.loads(await get(c, "/api/tasks", case.params))
+                note = f"total {body['total']:,}"
+                if body["total"] != truth:
+                    note += f" WRONG (count(*) = {truth:,})"
+                p50 = pct(samples, 0.5)
+                results.append(
+                    Result(
+                        prefix + case.name, p50, pct(samples, 0.99), n, note=note,
+                        target=list_target, met=p50 <= LIST_TARGET_MS,
+                        naive="naive: " + case.name.removeprefix("list: "),
+                    )
+                )  # fmt: skip
+
+        deep = await sample(n, "/api/tasks", {"cursor": setup.deep_cursor})
+        by_page = await sample(max(5, n // 10), "/api/tasks", {"page": DEPTH // 50 + 1})
+        detail = await sample(n, f"/api/tasks/{setup.detail_id}")
+        full = await sample(n, f"/api/tasks/{setup.log_task}/logs/full")
+        for i, (prefix, _) in enumerate(servers):
+            results += [
                 Result(
-                    prefix + case.name, p50, pct(samples, 0.99), n, note=note,
-                    target=list_target, met=p50 <= LIST_TARGET_MS,
-                    naive="naive: " + case.name.removeprefix("list: "),
-                )
-            )  # fmt: skip
-
-        deep = await timed(n, lambda: get("/api/tasks", {"cursor": setup.deep_cursor}))
-        results.append(
-            Result(
-                prefix + "list: cursor 500,000 deep", pct(deep, 0.5), pct(deep, 0.99), n,
-                target=f"{list_target}; >= {DEEP_TARGET_X:.0f}x OFFSET",
-                met=pct(deep, 0.5) <= LIST_TARGET_MS, naive="naive: OFFSET 500,000",
-            )
-        )  # fmt: skip
-        by_page = await timed(max(5, n // 10), lambda: get("/api/tasks", {"page": DEPTH // 50 + 1}))
-        results.append(
-            Result(
-                prefix + "list: page 10,001 (500,000 deep)", pct(by_page, 0.5),
-                pct(by_page, 0.99), len(by_page), target=list_target,
-                met=pct(by_page, 0.5) <= LIST_TARGET_MS, naive="naive: OFFSET 500,000",
-            )
-        )  # fmt: skip
-
-        detail = await timed(n, lambda: get(f"/api/tasks/{setup.detail_id}"))
-        results.append(Result(prefix + "task detail", pct(detail, 0.5), pct(detail, 0.99), n))
-        full = await timed(n, lambda: get(f"/api/tasks/{setup.log_task}/logs/full"))
-        results.append(
-            Result(prefix + "full log (1,000 chunks)", pct(full, 0.5), pct(full, 0.99), n)
-        )
+                    prefix + "list: cursor 500,000 deep", pct(deep[i], 0.5), pct(deep[i], 0.99),
+                    n, target=f"{list_target}; >= {DEEP_TARGET_X:.0f}x OFFSET",
+                    met=pct(deep[i], 0.5) <= LIST_TARGET_MS, naive="naive: OFFSET 500,000",
+                ),
+                Result(
+                    prefix + "list: page 10,001 (500,000 deep)", pct(by_page[i], 0.5),
+                    pct(by_page[i], 0.99), len(by_page[i]), target=list_target,
+                    met=pct(by_page[i], 0.5) <= LIST_TARGET_MS, naive="naive: OFFSET 500,000",
+                ),
+                Result(prefix + "task detail", pct(detail[i], 0.5), pct(detail[i], 0.99), n),
+                Result(
+                    prefix + "full log (1,000 chunks)", pct(full[i], 0.5), pct(full[i], 0.99), n
+                ),
+            ]  # fmt: skip
 
     # The same first page through httpx: what a heavier client adds to each request.
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", timeout=120, headers=uh
-    ) as hc:
-        samples = await timed(n, lambda: hc.get("/api/tasks"))
-        results.append(
-            Result(
-                prefix + "list: first page, httpx client", pct(samples, 0.5),
-                pct(samples, 0.99), n, note="same request; client overhead included",
+    async with contextlib.AsyncExitStack() as stack:
+        hcs = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, headers=uh)
             )
-        )  # fmt: skip
-        results.append(await append_throughput(hc, agent, prefix))
+            for _, port in servers
+        ]
+        via_httpx: list[list[float]] = [[] for _ in hcs]
+        for hc in hcs:
+            await hc.get("/api/tasks")
+        for _ in range(n):
+            for i, hc in enumerate(hcs):
+                start = time.perf_counter()
+                (await hc.get("/api/tasks")).raise_for_status()
+                via_httpx[i].append((time.perf_counter() - start) * 1000)
+        for (prefix, _), samples in zip(servers, via_httpx, strict=True):
+            results.append(
+                Result(
+                    prefix + "list: first page, httpx client", pct(samples, 0.5),
+                    pct(samples, 0.99), n, note="same request; client overhead included",
+                )
+            )  # fmt: skip
+        for (prefix, _), hc in zip(servers, hcs, strict=True):
+            results.append(await append_throughput(hc, agent, prefix))
 
 
 async def append_throughput(client: httpx.AsyncClient, agent: str, prefix: str) -> Result:
@@ -532,10 +560,10 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         print("\nbefore -> after (p50 ms, same run):")
         for r in results:
             old = by_name.get("before: " + r.name)
-            if old and old.p50_ms and r.p50_ms:
+            if old and old.rate and r.rate:
+                print(f"  {r.name:<52} {old.rate:>16} -> {r.rate}")
+            elif old and old.p50_ms and r.p50_ms:
                 print(f"  {r.name:<52} {old.p50_ms:8.2f} -> {r.p50_ms:8.2f}")
-            elif old and old.rate and r.rate:
-                print(f"  {r.name:<52} {old.rate:>12} -> {r.rate}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
