@@ -441,11 +441,13 @@ class Hub:
         self.publish_failures = 0
         self._dirty: list[Any] = []
         self._flush_scheduled = False
-        # Sockets are written at most once per `write_interval` (the first write after a
-        # quiet spell goes out at once): on loopback most of a delivery's cost is the
-        # write syscall, so under a sustained stream several frames share one write.
+        # A socket is written at most once per `write_interval` (one not written for that
+        # long is written at once): on loopback most of a delivery's cost is the write
+        # syscall, so under a sustained stream several frames share one write, while a
+        # quiet socket (e.g. one of many channels) pays no delay.
         self.write_interval = write_interval
-        self._last_flush = float("-inf")
+        self._later: list[Any] = []
+        self._later_handle: asyncio.TimerHandle | None = None
         broker.set_handler(self.on_message)
         broker.on_reconnect(self.resync_all)
 
@@ -555,23 +557,35 @@ class Hub:
             await self.broker.unsubscribe(sub.channel)
 
     def mark_dirty(self, sink: Any) -> None:
-        """Have `sink.flush()` called once at the end of this loop iteration."""
-        self._dirty.append(sink)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop = asyncio.get_running_loop()
-            wait = self._last_flush + self.write_interval - loop.time()
-            if wait > 0:
-                loop.call_later(wait, self._flush)
-            else:
+        """Have `sink.flush()` called at the end of this loop iteration, or, when the sink
+        was written less than `write_interval` ago, once that interval is over."""
+        loop = asyncio.get_running_loop()
+        due = sink.last_write + self.write_interval
+        if due <= loop.time():
+            self._dirty.append(sink)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
                 loop.call_soon(self._flush)
+        else:
+            self._later.append(sink)
+            if self._later_handle is None:
+                # Sinks written together are due together; one timer serves the batch.
+                self._later_handle = loop.call_at(due, self._flush_later)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self.write_interval:
-            self._last_flush = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, []
-        for sink in dirty:
+        self._write(dirty)
+
+    def _flush_later(self) -> None:
+        self._later_handle = None
+        later, self._later = self._later, []
+        self._write(later)
+
+    def _write(self, sinks: list[Any]) -> None:
+        now = asyncio.get_running_loop().time()
+        for sink in sinks:
+            sink.last_write = now
             try:
                 sink.flush()
             except Exception:
@@ -608,6 +622,9 @@ class Hub:
 
     async def close(self) -> None:
         """Cancel background work."""
+        if self._later_handle is not None:
+            self._later_handle.cancel()
+            self._later_handle = None
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -81,6 +81,7 @@ class Connection(QueueSink):
         self._proto = _direct_protocol(websocket)
         self._writable: asyncio.Event | None = self._proto.writable if self._proto else None
         self._pending: list[bytes] = []
+        self.last_write = float("-inf")  # loop time of the last hub flush (write interval)
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
