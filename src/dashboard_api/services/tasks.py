@@ -276,27 +276,30 @@ async def locate_by_rollups(
         session, filters
     ):
         return False, None
-    lo, hi = filters.created_after, filters.created_before
-    if lo is None or hi is None:
-        oldest, newest = (
-            await session.execute(select(func.min(_T.c.created_at), func.max(_T.c.created_at)))
-        ).one()
-        lo = oldest if lo is None else lo
-        hi = (
-            hi if hi is not None else None if newest is None else newest + timedelta(microseconds=1)
-        )
-    if lo is None or hi is None or lo >= hi:
-        return True, None
-    edges, blocks = _split_window(lo, hi)
-    pieces = [_Piece(a, b) for a, b in edges]
-    pieces += [_block_piece(g, b) for g, b in blocks if b is not None]
     plain = replace(filters, created_after=None, created_before=None)
+    lo, hi = filters.created_after, filters.created_before
+    if lo is None and hi is None:
+        # Every task lies in exactly one block of the coarsest grain: start from those,
+        # counted in the same query that finds them.
+        counted = await _coarsest_blocks(session, plain)
+    else:
+        if lo is None or hi is None:
+            oldest, newest = (
+                await session.execute(select(func.min(_T.c.created_at), func.max(_T.c.created_at)))
+            ).one()
+            lo = oldest if lo is None else lo
+            hi = hi if hi is not None else None if newest is None else newest + _ONE_US
+        if lo is None or hi is None or lo >= hi:
+            return True, None
+        edges, blocks = _split_window(lo, hi)
+        pieces = [_Piece(a, b) for a, b in edges]
+        pieces += [_block_piece(g, b) for g, b in blocks if b is not None]
+        counted = list(zip(pieces, await _piece_counts(session, plain, pieces), strict=True))
     remaining = offset
     while True:
-        pieces.sort(key=lambda p: p.start, reverse=ordering.descending)
-        counts = await _piece_counts(session, plain, pieces)
+        counted.sort(key=lambda pc: pc[0].start, reverse=ordering.descending)
         piece = None
-        for candidate, n in zip(pieces, counts, strict=True):
+        for candidate, n in counted:
             if remaining < n:
                 piece = candidate
                 break
@@ -319,6 +322,23 @@ async def locate_by_rollups(
         pieces = [
             _block_piece(finer, b) for b in range(piece.bucket, piece.bucket + piece.grain, finer)
         ]
+        counted = list(zip(pieces, await _piece_counts(session, plain, pieces), strict=True))
+
+
+_ONE_US = timedelta(microseconds=1)
+
+
+async def _coarsest_blocks(session: AsyncSession, filters: TaskFilters) -> list[tuple[_Piece, int]]:
+    """Every non-empty block of the coarsest grain, with its count of matching tasks."""
+    r = AnalyticsRollup.__table__.c
+    counted = [r[s] for s in filters.status] or [r.tasks]
+    where = [r.series == SERIES_ALL_MODELS, r.grain == GRAINS[-1]]
+    for column, values in ((r.agent_type, filters.agent_type), (r.source, filters.source)):
+        if values:
+            where.append(column.in_(list(values)))
+    stmt = select(r.bucket, func.sum(sum(counted[1:], counted[0]))).where(*where).group_by(r.bucket)
+    rows = (await session.execute(stmt)).all()
+    return [(_block_piece(GRAINS[-1], int(b)), int(n)) for b, n in rows]
 
 
 def _block_piece(grain: int, bucket: int) -> _Piece:
