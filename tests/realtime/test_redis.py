@@ -110,6 +110,14 @@ async def _follow_all(url: str, token: str, task_id: str) -> list[tuple[int, str
     return got
 
 
+def _metric(text: str, sample: str) -> float:
+    """The value of one sample (name with its labels, as rendered) in a /metrics page."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{sample} not in /metrics")
+
+
 async def test_two_replicas_share_events_and_ingress_stores_once(pg: str) -> None:
     prefix = f"dashtest:{uuid.uuid4().hex[:12]}:"
     env = {
@@ -201,6 +209,14 @@ async def test_two_replicas_share_events_and_ingress_stores_once(pg: str) -> Non
             assert log["task"]["result"] == "ok"
             assert log["last_seq"] == base + 100
             assert [c for _, c in got][-100:] == [f"m{i}" for i in range(100)]
+
+            # /metrics: one leader stored all of it and skipped the four bad messages.
+            scraped = [(await http.get(f"{url}/metrics")).text for url in (url_a, url_b)]
+            leaders = [_metric(text, "dashboard_ingress_leader") for text in scraped]
+            assert sorted(leaders) == [0.0, 1.0]
+            lead = scraped[leaders.index(1.0)]
+            assert _metric(lead, 'dashboard_ingress_messages_total{outcome="stored"}') >= 101
+            assert _metric(lead, 'dashboard_ingress_messages_total{outcome="skipped"}') >= 4
     finally:
         await redis.aclose()
         await _flush_redis_prefix(prefix)

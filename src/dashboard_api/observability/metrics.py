@@ -7,8 +7,10 @@ Realtime and task figures are read at scrape time, so the hot paths pay nothing:
   `ctx.extras["realtime"]`, `ctx.hub` and `ctx.broker`: `connection_count`,
   `subscription_count`, `events_published`, `events_received`, `events_delivered`,
   `events_dropped`, `slow_consumer_disconnects`, `reconnects`, `publish_failures`
-  (monotonic ints; a missing one reads as 0). `events_published` falls back to the
-  count this module keeps of what the database publisher was handed, and
+  (monotonic ints; a missing one reads as 0), and with Redis the ingress's messages by
+  outcome (stored, skipped, duplicate, dropped_without_id) and whether it leads.
+  `events_published` falls back to the count this module keeps of what the database
+  publisher was handed, and
   `slow_consumer_disconnects` to the WebSocket sessions the middleware saw end with 1013;
 - task counts by status are refreshed by `/metrics` before rendering: queued and running
   (index ranges) every `metrics_cache_seconds`, the ended statuses (a count over most of
@@ -93,6 +95,39 @@ class _ScrapeCollector(Collector):
             for status, count in sorted(m.task_counts.items()):
                 gauge.add_metric([status], float(count))
             yield gauge
+        ingress = _ingress_of(sources)
+        if ingress is not None:
+            family = CounterMetricFamily(
+                "dashboard_ingress_messages",
+                "Redis ingress messages (API.md section 11) handled by this replica, by outcome",
+                labels=["outcome"],
+            )
+            for outcome, attr in _INGRESS_OUTCOMES:
+                family.add_metric([outcome], float(getattr(ingress, attr, 0)))
+            yield family
+            leader = GaugeMetricFamily(
+                "dashboard_ingress_leader", "1 while this replica stores the Redis ingress"
+            )
+            leader.add_metric([], float(bool(getattr(ingress, "is_leader", False))))
+            yield leader
+
+
+# Ingress outcome label -> counter attribute of realtime.ingress.Ingress.
+_INGRESS_OUTCOMES = (
+    ("stored", "stored"),
+    ("skipped", "skipped"),
+    ("duplicate", "duplicates"),
+    ("dropped_without_id", "dropped_without_id"),
+)
+
+
+def _ingress_of(sources: Sequence[Any]) -> Any:
+    """The Redis ingress of this replica, when it runs one (only with Redis)."""
+    for source in sources:
+        ingress = getattr(source, "ingress", None)
+        if ingress is not None:
+            return ingress
+    return None
 
 
 def _has(sources: Sequence[Any], attr: str) -> bool:
