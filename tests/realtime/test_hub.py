@@ -15,6 +15,7 @@ class FakeHistory:
         self.chunks: list[dict[str, Any]] = []
         self.status = "running"
         self.reads = 0
+        self.read_delay = 0.0
 
     def add(self, seq: int) -> dict[str, Any]:
         chunk = {"seq": seq, "stream": "stdout", "content": f"c{seq}", "created_at": "x"}
@@ -29,6 +30,7 @@ class FakeHistory:
 
     async def chunks_after(self, task_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
         self.reads += 1
+        await asyncio.sleep(self.read_delay)
         return [c for c in self.chunks if c["seq"] > after_seq][:limit]
 
 
@@ -88,6 +90,9 @@ async def test_a_gap_the_broker_never_fills_is_read_from_the_database() -> None:
 
 async def test_concurrent_gap_fills_share_one_database_read() -> None:
     broker, history = MemoryBroker(), FakeHistory()
+    # A read that takes a while, as a real one does: the other 49 gaps are noticed while it
+    # runs, however slowly this machine runs the 50 subscribers' timers.
+    history.read_delay = 0.2
     hub = Hub(broker, history, gap_wait=0.01)
     sinks = []
     for _ in range(50):
