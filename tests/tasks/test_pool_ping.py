@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
@@ -58,3 +59,23 @@ async def test_connection_killed_inside_the_window_fails_once_then_recovers(
         assert await _backend_pid(db) != pid
     finally:
         await db.dispose()
+
+
+async def test_service_connections_run_without_jit_and_maintenance_ones_with(
+    backend: Backend,
+) -> None:
+    async def jit(db: Database) -> str:
+        try:
+            async with db.read() as session:
+                return str((await session.execute(text("SHOW jit"))).scalar_one())
+        finally:
+            await db.dispose()
+
+    assert await jit(Database(backend.database_url)) == "off"
+    # Maintenance commands keep whatever the server is configured with.
+    plain = await asyncpg.connect(backend.database_url.replace("+asyncpg", ""))
+    try:
+        server_default = await plain.fetchval("SHOW jit")
+    finally:
+        await plain.close()
+    assert await jit(Database(backend.database_url, command_timeout=None)) == server_default

@@ -224,16 +224,6 @@ def bisect_sql(
     return func.width_bucket(value, array, type_=Integer)
 
 
-async def without_jit(session: AsyncSession) -> None:
-    """No JIT compilation in this transaction (PostgreSQL).
-
-    A query that sums some 60,000 histogram rows is estimated above `jit_above_cost`, and
-    compiling it took 70 ms of a 125 ms answer; it runs in about 20 ms without.
-    """
-    if backend_of(session) == "postgresql":
-        await session.execute(text("SET LOCAL jit = off"))
-
-
 async def prepare_large_sort(session: AsyncSession) -> None:
     """Let this transaction sort and group millions of rows in memory (PostgreSQL)."""
     if backend_of(session) == "postgresql":

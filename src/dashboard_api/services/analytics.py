@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import bisect_sql, in_ints, prepare_log_bin, without_jit
+from dashboard_api.db.dialect import bisect_sql, in_ints, prepare_log_bin
 from dashboard_api.db.models.analytics import AnalyticsHistogram, AnalyticsRollup
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.errors import Unprocessable
@@ -626,7 +626,6 @@ async def _percentiles(
                 )
     if not parts:
         return {}
-    await without_jit(session)
     rows = union_all(*parts).subquery()
     dim_c, key_c, kind_c, bin_c, n_c = rows.c
     bins = (
