@@ -252,3 +252,76 @@ async def test_output_events(app: FastAPI, client: httpx.AsyncClient, auth: Head
     events.clear()
     await append(client, auth, {"content": "x" * (MIB + 1)})
     assert events == []
+
+
+# --- the one-statement append (a task that already has output, a log with room) ---------
+
+
+async def test_later_appends_publish_the_same_events(
+    app: FastAPI, client: httpx.AsyncClient, auth: Headers
+) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def publisher(batch: Any) -> None:
+        events.extend(batch)
+
+    await new_task(client, auth)
+    app.state.ctx.db.publisher = publisher
+    await append(client, auth, {"content": "first"})
+    r = await append(
+        client, auth, {"chunks": [{"content": "a"}, {"content": "é", "stream": "system"}]}
+    )
+    assert r.json() == {"first_seq": 2, "last_seq": 3, "truncated": False}
+    out = [p for ch, p in events if ch == "task:o1" and p["type"] == "task_output"]
+    assert [(p["seq"], p["stream"], p["content"]) for p in out] == [
+        (1, "stdout", "first"),
+        (2, "stdout", "a"),
+        (3, "system", "é"),
+    ]
+    assert out[1]["created_at"] == out[2]["created_at"]
+    assert set(out[1]) == {"type", "task_id", "seq", "stream", "content", "created_at"}
+    # Output appends publish no task_status, whichever path stores them.
+    assert [p["type"] for ch, p in events if ch == "tasks"] == []
+    log = await full_log(client, auth)
+    assert log["task"]["output_seq"] == 3
+    assert log["task"]["updated_at"] == out[2]["created_at"]
+
+
+async def test_concurrent_batches_after_first_output_are_contiguous(
+    client: httpx.AsyncClient, auth: Headers
+) -> None:
+    await new_task(client, auth)
+    await append(client, auth, {"content": "start"})
+    batches = [{"chunks": [{"content": f"{b}.{i}"} for i in range(5)]} for b in range(20)]
+    results = await asyncio.gather(*(append(client, auth, b) for b in batches))
+    spans = sorted((r.json()["first_seq"], r.json()["last_seq"]) for r in results)
+    assert spans == [(2 + 5 * k, 6 + 5 * k) for k in range(20)]
+    log = await full_log(client, auth)
+    assert [c["seq"] for c in log["chunks"]] == list(range(1, 102))
+    by_seq = {c["seq"]: c["content"] for c in log["chunks"]}
+    for r, b in zip(results, range(20), strict=True):
+        first = r.json()["first_seq"]
+        assert [by_seq[first + i] for i in range(5)] == [f"{b}.{i}" for i in range(5)]
+
+
+async def test_concurrent_appends_across_the_cap(backend: Backend) -> None:
+    async with running_app(backend.settings(output_cap_bytes=100)) as (client, auth):
+        await new_task(client, auth)
+        await append(client, auth, {"content": "0123456789"})
+        results = await asyncio.gather(
+            *(append(client, auth, {"chunks": [{"content": "abcdefg"}] * 2}) for _ in range(12))
+        )
+        bodies = [r.json() for r in results]
+        assert all(r.status_code == 200 for r in results)
+        stored = sorted(
+            (b["first_seq"], b["last_seq"]) for b in bodies if b["first_seq"] is not None
+        )
+        # Gap-free from 2, and only the last stored append may have been cut.
+        assert [s for s, _ in stored] == [2] + [e + 1 for _, e in stored[:-1]]
+        log = await full_log(client, auth)
+        assert [c["seq"] for c in log["chunks"]] == list(range(1, stored[-1][1] + 1))
+        assert len(log["output"].encode()) == 100
+        assert log["truncated"] is True
+        assert log["task"]["output_seq"] == stored[-1][1]
+        assert sum(b["truncated"] for b in bodies) >= 1
+        assert all(b["truncated"] for b in bodies if b["first_seq"] is None)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import PlainTextResponse
 
@@ -81,13 +82,13 @@ async def list_tasks(
     response_model=TaskPublic,
     responses=problem_responses(409),
 )
-async def register_task(ctx: CtxDep, _: AgentRole, body: TaskCreate) -> TaskPublic:
+async def register_task(ctx: CtxDep, _: AgentRole, body: TaskCreate) -> Response:
     """Register a task (producer). An existing `task_id` is 409."""
     async with ctx.db.write() as session:
         task = await service.register_task(
             session, body=body, now=ctx.clock.now(), prices=ctx.prices
         )
-        return task_public(task)
+    return _task_response(task, status_code=201)
 
 
 @router.post(
@@ -95,16 +96,16 @@ async def register_task(ctx: CtxDep, _: AgentRole, body: TaskCreate) -> TaskPubl
     response_model=TaskPublic,
     responses={204: {"description": "No queued task of those types"}},
 )
-async def claim_task(ctx: CtxDep, _: AgentRole, body: TaskClaim) -> TaskPublic | Response:
+async def claim_task(ctx: CtxDep, _: AgentRole, body: TaskClaim) -> Response:
     """Take the oldest queued task of the given types, atomically moving it to running."""
     agent_types = body.agent_type if isinstance(body.agent_type, list) else [body.agent_type]
     async with ctx.db.write() as session:
         task = await service.claim_task(
             session, agent_types=agent_types, agent=body.agent, now=ctx.clock.now()
         )
-        if task is None:
-            return Response(status_code=204)
-        return task_public(task)
+    if task is None:
+        return Response(status_code=204)
+    return _task_response(task)
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=problem_responses(404))
@@ -118,15 +119,13 @@ async def get_task(ctx: CtxDep, _: AnyRole, task_id: TaskIdPath) -> Response:
 
 
 @router.patch("/{task_id}", response_model=TaskPublic, responses=problem_responses(404, 409))
-async def update_task(
-    ctx: CtxDep, _: AgentRole, task_id: TaskIdPath, body: TaskUpdate
-) -> TaskPublic:
+async def update_task(ctx: CtxDep, _: AgentRole, task_id: TaskIdPath, body: TaskUpdate) -> Response:
     """Update status (legal moves only), result, metrics or metadata (producer)."""
     async with ctx.db.write() as session:
         task = await service.update_task(
             session, task_id=task_id, body=body, now=ctx.clock.now(), prices=ctx.prices
         )
-        return task_public(task)
+    return _task_response(task)
 
 
 @router.post(
@@ -136,7 +135,7 @@ async def update_task(
 )
 async def append_output(
     ctx: CtxDep, _: AgentRole, task_id: TaskIdPath, body: OutputAppend
-) -> OutputAppended:
+) -> Response:
     """Append output chunks; they are durable once this answers."""
     chunks = body.as_chunks()
     settings = ctx.settings
@@ -155,9 +154,14 @@ async def append_output(
             cap_bytes=settings.output_cap_bytes,
             max_chunk_bytes=settings.max_chunk_bytes,
         )
-    return OutputAppended(
-        first_seq=result.first_seq, last_seq=result.last_seq, truncated=result.truncated
-    )
+    # Written directly (the same document as OutputAppended): the response model's
+    # validation and serialization were a visible share of this hot path.
+    doc = {
+        "first_seq": result.first_seq,
+        "last_seq": result.last_seq,
+        "truncated": result.truncated,
+    }
+    return Response(orjson.dumps(doc), media_type="application/json")
 
 
 @router.post("/{task_id}/cancel", response_model=TaskPublic, responses=problem_responses(404, 409))
@@ -236,3 +240,10 @@ def _wants_text(format_: str | None, accept: str | None) -> bool:
         return False
     types = [part.split(";")[0].strip() for part in accept.split(",")]
     return "text/plain" in types and "application/json" not in types
+
+
+def _task_response(task: Any, status_code: int = 200) -> Response:
+    """A `TaskPublic` answer written directly from the committed row (like GET's): the
+    model was built, validated again as the response model, then serialized."""
+    body = dumps(public_doc(task), lambda: task_public(task).model_dump_json().encode())
+    return Response(body, status_code=status_code, media_type="application/json")

@@ -18,10 +18,13 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     tuple_,
+    update,
 )
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.util import identity_key
 
 from dashboard_api.db.dialect import backend_of, contains_ci, lock_for_update, lock_skip_locked
 from dashboard_api.db.engine import emit
@@ -37,7 +40,6 @@ from dashboard_api.schemas.tasks import (
     OutputChunkIn,
     TaskCreate,
     TaskUpdate,
-    task_summary,
 )
 from dashboard_api.schemas.tasks_json import summary_from_row
 from dashboard_api.services.analytics_rollups import EPOCH, GRAINS, QUARTER, SERIES_ALL_MODELS
@@ -503,7 +505,38 @@ async def list_chunks(
 
 
 def _publish_status(session: AsyncSession, task: Task) -> None:
-    payload = {"type": "task_status", **task_summary(task).model_dump(mode="json")}
+    # The same document as task_summary(task).model_dump(mode="json"), without the model.
+    summary = summary_from_row(
+        (
+            task.task_id,
+            task.status,
+            task.agent_type,
+            task.assigned_agent,
+            task.source,
+            task.user_id,
+            task.conversation_id,
+            task.parent_task_id,
+            task.flow_id,
+            task.model,
+            task.cost_micros,
+            task.cost_reported,
+            task.input_tokens,
+            task.output_tokens,
+            task.cache_read_tokens,
+            task.cache_write_tokens,
+            task.duration_us,
+            task.created_at,
+            task.started_at,
+            task.completed_at,
+            task.updated_at,
+            task.cancel_requested,
+            task.output_seq,
+            task.output_truncated,
+            task.input_message[:200],
+            task.error is not None,
+        )
+    )
+    payload = {"type": "task_status", **summary}
     emit(session, f"task:{task.task_id}", payload)
     emit(session, "tasks", payload)
 
@@ -655,6 +688,9 @@ async def append_output(
     sizes = [len(c.content.encode()) for c in chunks]
     if any(size > max_chunk_bytes for size in sizes):
         raise PayloadTooLarge(f"A chunk's content is over {max_chunk_bytes} bytes.")
+    fast = await _append_whole(session, task_id, chunks, sum(sizes), now, cap_bytes)
+    if fast is not None:
+        return fast
     task = await _locked(session, task_id)
     if task.status in TERMINAL_STATUSES:
         raise Conflict(f"Task {task_id!r} is {task.status}; it takes no more output.")
@@ -696,21 +732,133 @@ async def append_output(
         task.first_output_at = now
     task.updated_at = now
     await _after_write(session, before, task)
+    _emit_output(session, task_id, first_seq, stored, now)
+    return AppendResult(first_seq=first_seq, last_seq=task.output_seq, truncated=truncated)
+
+
+def _emit_output(
+    session: AsyncSession,
+    task_id: str,
+    first_seq: int,
+    stored: Sequence[tuple[str, str]],
+    now: datetime,
+) -> None:
+    channel = f"task:{task_id}"
     stamp = format_ts(now)
-    for row in rows:
+    for i, (stream, content) in enumerate(stored):
         emit(
             session,
-            f"task:{task_id}",
+            channel,
             {
                 "type": "task_output",
                 "task_id": task_id,
-                "seq": row["seq"],
-                "stream": row["stream"],
-                "content": row["content"],
+                "seq": first_seq + i,
+                "stream": stream,
+                "content": content,
                 "created_at": stamp,
             },
         )
-    return AppendResult(first_seq=first_seq, last_seq=task.output_seq, truncated=truncated)
+
+
+_SNAPSHOT_COLUMNS = tuple(_T.c[name] for name in TaskSnapshot.__slots__)
+_SNAPSHOT_SQL = ", ".join(c.name for c in _SNAPSHOT_COLUMNS)
+_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+# The common append (a running task that already has output, and whose log has room for
+# every chunk) in one statement: the UPDATE both takes the row lock and moves the seq
+# counter, so concurrent appends still get contiguous, gap-free seqs in commit order.
+_APPEND_WHOLE_PG = text(
+    # Interpolated: column names and status literals from our own constants, no input.
+    f"""
+    WITH t AS (
+        UPDATE tasks
+        SET output_seq = output_seq + CAST(:n AS integer),
+            output_bytes = output_bytes + CAST(:size AS bigint),
+            updated_at = CAST(:now AS timestamptz)
+        WHERE task_id = CAST(:task_id AS varchar)
+          AND status NOT IN ({_TERMINAL_SQL})
+          AND NOT output_truncated
+          AND first_output_at IS NOT NULL
+          AND output_bytes + CAST(:size AS bigint) <= CAST(:cap AS bigint)
+        RETURNING {_SNAPSHOT_SQL}
+    ), c AS (
+        INSERT INTO task_output_chunks (task_id, seq, stream, content, created_at)
+        SELECT CAST(:task_id AS varchar), t.output_seq - CAST(:n AS integer) + u.ord,
+               u.stream, u.content, CAST(:now AS timestamptz)
+        FROM t, unnest(CAST(:streams AS varchar[]), CAST(:contents AS text[]))
+            WITH ORDINALITY AS u(stream, content, ord)
+    )
+    SELECT {_SNAPSHOT_SQL} FROM t
+    """  # noqa: S608
+).columns(*_SNAPSHOT_COLUMNS)
+
+
+async def _append_whole(
+    session: AsyncSession,
+    task_id: str,
+    chunks: Sequence[OutputChunkIn],
+    size: int,
+    now: datetime,
+    cap_bytes: int,
+) -> AppendResult | None:
+    """Store every chunk without the ORM and in as few round trips as possible, when
+    nothing about the append is special; None (nothing written) sends it the long way:
+    missing or finished task, first output, cap reached, or a caller holding the row."""
+    if identity_key(Task, task_id) in session.identity_map:
+        return None
+    n = len(chunks)
+    stored = [(c.stream, c.content) for c in chunks]
+    if backend_of(session) == "postgresql":
+        params = {
+            "task_id": task_id,
+            "n": n,
+            "size": size,
+            "now": now,
+            "cap": cap_bytes,
+            "streams": [s for s, _ in stored],
+            "contents": [c for _, c in stored],
+        }
+        row = (await session.execute(_APPEND_WHOLE_PG, params)).first()
+    else:
+        moved = (
+            update(Task)
+            .where(
+                _T.c.task_id == task_id,
+                _T.c.status.not_in(TERMINAL_STATUSES),
+                _T.c.output_truncated.is_(False),
+                _T.c.first_output_at.is_not(None),
+                _T.c.output_bytes + size <= cap_bytes,
+            )
+            .values(
+                output_seq=_T.c.output_seq + n,
+                output_bytes=_T.c.output_bytes + size,
+                updated_at=now,
+            )
+            .returning(*_SNAPSHOT_COLUMNS)
+        )
+        row = (await session.execute(moved)).first()
+        if row is not None:
+            base = row.output_seq - n
+            await session.execute(
+                insert(TaskOutputChunk).values(
+                    [
+                        {
+                            "task_id": task_id,
+                            "seq": base + i,
+                            "stream": s,
+                            "content": c,
+                            "created_at": now,
+                        }
+                        for i, (s, c) in enumerate(stored, start=1)
+                    ]
+                )
+            )
+    if row is None:
+        return None
+    after = TaskSnapshot(**row._mapping)
+    await task_written(session, replace(after, output_seq=after.output_seq - n), after)
+    first_seq = after.output_seq - n + 1
+    _emit_output(session, task_id, first_seq, stored, now)
+    return AppendResult(first_seq=first_seq, last_seq=after.output_seq, truncated=False)
 
 
 async def claim_task(
