@@ -42,7 +42,13 @@ from dashboard_api.schemas.tasks import (
     TaskUpdate,
 )
 from dashboard_api.schemas.tasks_json import summary_from_row
-from dashboard_api.services.analytics_rollups import EPOCH, GRAINS, QUARTER, SERIES_ALL_MODELS
+from dashboard_api.services.analytics_rollups import (
+    EPOCH,
+    GRAINS,
+    QUARTER,
+    SERIES_ALL_MODELS,
+    SERIES_MARGINAL,
+)
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import TaskSnapshot, snapshot, task_written
 from dashboard_api.timeutil import format_ts, to_utc
@@ -412,10 +418,14 @@ def _count_blocks(
             by_grain.setdefault(grain, []).append(bucket)
     which = [r.grain == g for g in every]
     which += [and_(r.grain == g, r.bucket.in_(b)) for g, b in by_grain.items()]
-    where = [r.series == SERIES_ALL_MODELS, or_(*which)]
-    for column, values in ((r.agent_type, filters.agent_type), (r.source, filters.source)):
-        if values:
-            where.append(column.in_(list(values)))
+    if filters.agent_type or filters.source:
+        where = [r.series == SERIES_ALL_MODELS, or_(*which)]
+        for column, values in ((r.agent_type, filters.agent_type), (r.source, filters.source)):
+            if values:
+                where.append(column.in_(list(values)))
+    else:
+        # The overall row of each block: one row per block instead of one per combination.
+        where = [r.series == SERIES_MARGINAL, r.agent_type == "", r.source == "", or_(*which)]
     stmt = select(func.coalesce(func.sum(sum(counted[1:], counted[0])), 0)).where(*where)
     return stmt.scalar_subquery()
 
