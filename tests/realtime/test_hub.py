@@ -171,3 +171,19 @@ async def test_subscribers_queued_for_a_state_read_share_it() -> None:
     # The first may have started its read before the others asked; they all share the next.
     assert history.state_reads <= 2
     await hub.close()
+
+
+async def test_a_read_its_waiters_abandoned_is_not_handed_to_a_newcomer() -> None:
+    history = FakeHistory()
+    history.add(1)
+    history.read_delay = 0.05
+    hub = Hub(MemoryBroker(), history)
+    first = asyncio.create_task(hub.chunks_after("t", 0, 10, 0.0))
+    await asyncio.sleep(0)  # the first subscriber asks: the shared read starts
+    first.cancel()
+    await asyncio.sleep(0)  # it leaves: the read is cancelled, but not finished yet
+    # A subscriber asking now gets the chunks, not the abandoned read's cancellation.
+    second = await asyncio.wait_for(hub.chunks_after("t", 0, 10, 0.0), 5)
+    assert [c["seq"] for c in second] == [1]
+    assert first.cancelled()
+    await hub.close()

@@ -399,12 +399,13 @@ class TaskSubscription(Subscription):
 class _Read:
     """A database read shared by the subscriptions that wait for it."""
 
-    __slots__ = ("future", "started", "waiters")
+    __slots__ = ("abandoned", "future", "started", "waiters")
 
     def __init__(self) -> None:
         self.future: asyncio.Future[Any]
         self.started: float | None = None  # loop time it got a slot; None while queued
         self.waiters = 0
+        self.abandoned = False  # cancelled because everyone who asked left: join no more
 
 
 class Hub:
@@ -473,33 +474,57 @@ class Hub:
         that sharing never hands out an answer older than the caller may accept.
         """
         loop = asyncio.get_running_loop()
-        entry = self._reads.get(key)
-        if entry is None or (entry.started is not None and entry.started < not_before):
+        while True:
+            entry = self._reads.get(key)
+            if (
+                entry is None
+                or entry.abandoned
+                or (entry.started is not None and entry.started < not_before)
+            ):
+                entry = self._start_read(key, make, slots, loop)
+            entry.waiters += 1
+            try:
+                return await asyncio.shield(entry.future)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is None or current.cancelling():
+                    raise
+                # Not us: the read was abandoned by the waiters before us while we joined
+                # it (its cancellation had not finished yet). Ask again.
+                continue
+            finally:
+                entry.waiters -= 1
+                if entry.waiters == 0 and entry.started is None and not entry.future.done():
+                    # Everyone who asked has gone (subscribers that left): do not let the
+                    # read keep its place in the queue for database slots. One already
+                    # running is left to finish: cancelling a query mid-flight costs the
+                    # pool its connection.
+                    entry.abandoned = True
+                    entry.future.cancel()
 
-            async def run(entry: _Read) -> Any:
-                async with slots:
-                    entry.started = loop.time()
-                    return await make()
+    def _start_read(
+        self,
+        key: tuple[Any, ...],
+        make: Callable[[], Awaitable[Any]],
+        slots: asyncio.Semaphore,
+        loop: asyncio.AbstractEventLoop,
+    ) -> _Read:
+        async def run(entry: _Read) -> Any:
+            async with slots:
+                entry.started = loop.time()
+                return await make()
 
-            entry = _Read()
-            fut = asyncio.ensure_future(run(entry))
-            entry.future = fut
-            self._reads[key] = entry
+        entry = _Read()
+        fut = asyncio.ensure_future(run(entry))
+        entry.future = fut
+        self._reads[key] = entry
 
-            def forget(_: object, key: tuple[Any, ...] = key, entry: _Read = entry) -> None:
-                if self._reads.get(key) is entry:
-                    del self._reads[key]
+        def forget(_: object, key: tuple[Any, ...] = key, entry: _Read = entry) -> None:
+            if self._reads.get(key) is entry:
+                del self._reads[key]
 
-            fut.add_done_callback(forget)
-        entry.waiters += 1
-        try:
-            return await asyncio.shield(entry.future)
-        finally:
-            entry.waiters -= 1
-            if entry.waiters == 0 and not entry.future.done():
-                # Everyone who asked has gone (subscribers that left): do not let the read
-                # keep its place in the queue for database slots.
-                entry.future.cancel()
+        fut.add_done_callback(forget)
+        return entry
 
     async def task_state(self, task_id: str, not_before: float) -> TaskState | None:
         """The task's state (reads shared between concurrent callers)."""

@@ -365,7 +365,13 @@ _INBOX_SIZE = 64  # client messages read ahead of the one being handled
 
 
 async def _handle_messages(protocol: Protocol, inbox: asyncio.Queue[str | bytes]) -> None:
+    me = asyncio.current_task()
     while True:
+        if me is not None and me.cancelling():
+            # Our cancellation was swallowed on the way through a handler (a library
+            # catching CancelledError, asyncio.timeout racing it): honour it here, or
+            # the peer's connection would wait on its inbox forever.
+            raise asyncio.CancelledError
         raw = await inbox.get()
         try:
             await protocol.handle(raw)
@@ -376,6 +382,16 @@ async def _handle_messages(protocol: Protocol, inbox: asyncio.Queue[str | bytes]
             with contextlib.suppress(Exception):
                 await protocol.conn.websocket.close(CLOSE_INTERNAL_ERROR)
             raise
+
+
+async def _stop(handler: asyncio.Task[None]) -> None:
+    """Cancel the message handler and wait until it has ended, asking again if needed."""
+    while not handler.done():
+        handler.cancel()
+        await asyncio.wait({handler}, timeout=1.0)
+    if not handler.cancelled():
+        with contextlib.suppress(Exception):
+            handler.result()
 
 
 @router.websocket("/ws", name="websocket")
@@ -415,9 +431,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
-        handler.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await handler
+        await _stop(handler)
         hub.connections.discard(conn)
         overflowed = conn.close_code is not None
         await conn.shutdown()
