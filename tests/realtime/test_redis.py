@@ -58,6 +58,13 @@ async def _tokens(url: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def _replica(env: dict[str, str]) -> AsyncIterator[str]:
+    async with _replica_process(env) as (url, _):
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def _replica_process(env: dict[str, str]) -> AsyncIterator[tuple[str, Any]]:
+    """A uvicorn replica the test may also kill; yields (base url, process)."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -88,12 +95,13 @@ async def _replica(env: dict[str, str]) -> AsyncIterator[str]:
                     assert proc.stderr is not None
                     raise RuntimeError((await proc.stderr.read()).decode()[-2000:])
                 await asyncio.sleep(0.05)
-        yield url
+        yield url, proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 10)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
@@ -395,47 +403,6 @@ async def test_one_upstream_subscription_per_channel(pg: str) -> None:
     finally:
         await redis.aclose()
         await _flush_redis_prefix(prefix)
-
-
-@contextlib.asynccontextmanager
-async def _replica_process(env: dict[str, str]) -> AsyncIterator[tuple[str, Any]]:
-    """A replica whose process the test may kill; yields (base url, process)."""
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "dashboard_api.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(300):
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{url}/api/health")).status_code == 200:
-                        break
-                assert proc.returncode is None, "replica died at start"
-                await asyncio.sleep(0.05)
-        yield url, proc
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 10)
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 @pytest.mark.parametrize("stop", ["kill", "terminate"])
