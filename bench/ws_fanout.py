@@ -171,10 +171,14 @@ class WsClient(asyncio.Protocol):
             self._on_outputs([(b"%d" % seq, b"%f" % sent)], now)
             return
         self.last_seq = seq
-        self.count += 1
+        self.stats.latencies.append((now - sent) * 1000)
+        self._received(1, now)
+
+    def _received(self, n: int, now: float) -> None:
+        """Count `n` in-order outputs; the client is done once it has them all."""
         stats = self.stats
-        stats.latencies.append((now - sent) * 1000)
-        stats.received += 1
+        self.count += n
+        stats.received += n
         stats.last_receive = now
         if self.count >= stats.expected_per_client and not self.done:
             self.done = True
@@ -201,16 +205,8 @@ class WsClient(asyncio.Protocol):
             self.last_seq = seqs[-1]
         if not found:
             return
-        stats = self.stats
-        stats.latencies.extend([(now - float(sent)) * 1000 for _, sent in found])
-        self.count += len(found)
-        stats.received += len(found)
-        stats.last_receive = now
-        if self.count >= stats.expected_per_client and not self.done:
-            self.done = True
-            stats.finished += 1
-            if stats.finished >= stats.clients:
-                stats.all_done.set()
+        self.stats.latencies.extend([(now - float(sent)) * 1000 for _, sent in found])
+        self._received(len(found), now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.closed += 1
