@@ -1,4 +1,5 @@
-"""Background work of one app, opened in its lifespan: the agent sweeper and demo mode."""
+"""Background work of one app, opened in its lifespan: the agent sweeper, the analytics
+fold and demo mode."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dashboard_api.context import AppContext
 from dashboard_api.db.engine import PendingEvent
 from dashboard_api.observability.setup import metrics_of
 from dashboard_api.services.agents import stale_agents, sweep_offline
+from dashboard_api.services.analytics_fold import fold_loop
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +56,16 @@ def _count_published(ctx: AppContext) -> None:
 
 @contextlib.asynccontextmanager
 async def background_lifespan(ctx: AppContext) -> AsyncIterator[None]:
-    """Start the sweeper (and, with `demo`, the demo data and simulated agents)."""
+    """Start the sweeper, the analytics fold (and, with `demo`, the demo data and
+    simulated agents)."""
     _count_published(ctx)
     tasks: list[asyncio.Task[Any]] = []
     interval = ctx.settings.agent_sweep_interval_seconds
     if interval > 0:
         tasks.append(asyncio.create_task(_sweeper(ctx, interval), name="agent-sweeper"))
+    fold_every = ctx.settings.analytics_fold_interval_seconds
+    if fold_every > 0 and ctx.settings.analytics_rollups_enabled:
+        tasks.append(asyncio.create_task(fold_loop(ctx.db, fold_every), name="analytics-fold"))
     if ctx.settings.demo:
         from dashboard_api.demo import start_demo
 

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # task writes leave the rollups alone and analytics disagree with the tasks until
     # `dashboard-api rollups rebuild`.
     analytics_rollups_enabled: bool = True
+    # How often each replica folds the contributions task writes left in
+    # `analytics_pending` into the rollups (0: only when an analytics read asks first).
+    analytics_fold_interval_seconds: float = Field(0.25, ge=0)
 
     # --- agents -------------------------------------------------------------------------
     agent_online_seconds: float = Field(60.0, gt=0)

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dashboard_api.services.analytics import decompose, split_window
+from dashboard_api.services.analytics_fold import fold_pending
 from dashboard_api.services.analytics_rollups import rebuild_rollups, rollup_rows
 from dashboard_api.timeutil import format_ts
 from tests.analytics import brute
@@ -210,6 +211,7 @@ async def test_figures_match_brute_force(
                 _metrics(g, brute.metrics(part), f"{name}={g[name]}")
 
     db = app.state.ctx.db
+    await fold_pending(db)
     async with db.read() as session:
         incremental = await rollup_rows(session)
     async with db.write() as session:

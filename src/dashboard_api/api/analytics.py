@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.api.deps import CtxDep, UserRole, split_multi
+from dashboard_api.context import AppContext
 from dashboard_api.errors import Unprocessable
 from dashboard_api.schemas.analytics import CostHistogram, Performance, Period, Summary
 from dashboard_api.schemas.common import problem_responses
 from dashboard_api.services import analytics as service
+from dashboard_api.services.analytics_fold import fold_before_read
 from dashboard_api.timeutil import UtcDateTime
 
 router = APIRouter(
@@ -60,10 +65,18 @@ def window_query(
 WindowDep = Annotated[Window, Depends(window_query)]
 
 
+@contextlib.asynccontextmanager
+async def folded_read(ctx: AppContext) -> AsyncIterator[AsyncSession]:
+    """A read session over rollups that hold every write acknowledged before the request."""
+    await fold_before_read(ctx.db)
+    async with ctx.db.read() as session:
+        yield session
+
+
 @router.get("/summary", response_model=Summary)
 async def summary(ctx: CtxDep, _: UserRole, window: WindowDep) -> Summary:
     """Totals of the tasks created in the window."""
-    async with ctx.db.read() as session:
+    async with folded_read(ctx) as session:
         return await service.summary(
             session, start=window.start, end=window.end, filters=window.filters
         )
@@ -78,7 +91,7 @@ async def cost_histogram(
     tz: Annotated[str, Query(max_length=64, description="IANA time zone")] = "UTC",
 ) -> Response:
     """Tasks, outcomes, cost and tokens per local hour or day; empty buckets included."""
-    async with ctx.db.read() as session:
+    async with folded_read(ctx) as session:
         answer = await service.histogram(
             session,
             start=window.start,
@@ -94,7 +107,7 @@ async def cost_histogram(
 @router.get("/performance", response_model=Performance)
 async def performance(ctx: CtxDep, _: UserRole, window: WindowDep) -> Performance:
     """Outcomes, durations with p50/p95, and cost: overall, per agent type, source and model."""
-    async with ctx.db.read() as session:
+    async with folded_read(ctx) as session:
         return await service.performance(
             session, start=window.start, end=window.end, filters=window.filters
         )

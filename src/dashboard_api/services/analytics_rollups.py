@@ -9,9 +9,9 @@ changes land in the right blocks without recomputation.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import (
     Column,
@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import (
     add_primary_key,
+    advisory_xact_lock_sql,
     analyze_tables,
     clear_tables,
     drop_primary_key,
@@ -42,7 +43,11 @@ from dashboard_api.db.dialect import (
     prepare_log_bin,
     upsert_add_many,
 )
-from dashboard_api.db.models.analytics import AnalyticsHistogram, AnalyticsRollup
+from dashboard_api.db.models.analytics import (
+    AnalyticsHistogram,
+    AnalyticsPending,
+    AnalyticsRollup,
+)
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.services.task_hooks import TaskSnapshot
 
@@ -78,6 +83,9 @@ SERIES_PER_MODEL = 1
 SERIES_MARGINAL = 2
 SERIES_MODEL_MARGINAL = 3
 KIND_DURATION = 0
+# The PostgreSQL advisory lock that folds of pending contributions (and rebuilds) hold, so
+# that one runs at a time across every replica ("DASHFOLD" in ASCII).
+FOLD_LOCK_KEY = 0x4441534846_4F4C44
 KIND_FIRST_OUTPUT = 1
 
 COUNTERS: tuple[str, ...] = (
@@ -197,48 +205,68 @@ def hist_points(s: TaskFigures) -> list[tuple[int, int]]:
     return out
 
 
-def _keys(s: TaskSnapshot) -> list[tuple[Any, ...]]:
+class Contribution(NamedTuple):
+    """What one version of a task adds to the rollups: where, and how much."""
+
+    created_s: int
+    agent_type: str
+    source: str
+    model: str
+    counters: list[int]
+    points: list[tuple[int, int]]
+
+
+def contribution_of(s: TaskSnapshot) -> Contribution:
+    """A task version's contribution (its block keys come from `created_s`)."""
+    return Contribution(
+        epoch_seconds(s.created_at),
+        s.agent_type,
+        s.source,
+        s.model or "",
+        counters_of(s),
+        hist_points(s),
+    )
+
+
+def _keys(c: Contribution) -> list[tuple[Any, ...]]:
     keys: list[tuple[Any, ...]] = []
     for grain in GRAINS:
-        bucket = block_start(s.created_at, grain)
-        keys.append((grain, bucket, SERIES_ALL_MODELS, s.agent_type, s.source, ""))
-        keys.append((grain, bucket, SERIES_PER_MODEL, s.agent_type, s.source, s.model or ""))
+        bucket = c.created_s - c.created_s % grain
+        keys.append((grain, bucket, SERIES_ALL_MODELS, c.agent_type, c.source, ""))
+        keys.append((grain, bucket, SERIES_PER_MODEL, c.agent_type, c.source, c.model))
         keys.append((grain, bucket, SERIES_MARGINAL, "", "", ""))
     return keys
 
 
-def _hist_keys(s: TaskSnapshot) -> list[tuple[Any, ...]]:
+def _hist_keys(c: Contribution) -> list[tuple[Any, ...]]:
     keys: list[tuple[Any, ...]] = []
     for grain in HIST_GRAINS:
-        bucket = block_start(s.created_at, grain)
-        keys.append((grain, bucket, SERIES_ALL_MODELS, s.agent_type, s.source, ""))
-        keys.append((grain, bucket, SERIES_PER_MODEL, s.agent_type, s.source, s.model or ""))
-        keys.append((grain, bucket, SERIES_MARGINAL, s.agent_type, "", ""))
-        keys.append((grain, bucket, SERIES_MARGINAL, "", s.source, ""))
+        bucket = c.created_s - c.created_s % grain
+        keys.append((grain, bucket, SERIES_ALL_MODELS, c.agent_type, c.source, ""))
+        keys.append((grain, bucket, SERIES_PER_MODEL, c.agent_type, c.source, c.model))
+        keys.append((grain, bucket, SERIES_MARGINAL, c.agent_type, "", ""))
+        keys.append((grain, bucket, SERIES_MARGINAL, "", c.source, ""))
         keys.append((grain, bucket, SERIES_MARGINAL, "", "", ""))
-        keys.append((grain, bucket, SERIES_MODEL_MARGINAL, "", "", s.model or ""))
+        keys.append((grain, bucket, SERIES_MODEL_MARGINAL, "", "", c.model))
     return keys
 
 
-def task_deltas(
-    before: TaskSnapshot | None, after: TaskSnapshot
+def deltas(
+    signed: Iterable[tuple[int, Contribution]],
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Rollup and histogram deltas of one write, sorted by key, zero rows dropped."""
+    """Rollup and histogram rows of signed contributions summed, sorted by key, zero rows
+    dropped."""
     counters: dict[tuple[Any, ...], list[int]] = {}
     hist: dict[tuple[Any, ...], int] = {}
-    for snap, sign in ((before, -1), (after, 1)):
-        if snap is None:
-            continue
-        values = counters_of(snap)
-        points = hist_points(snap)
-        for key in _keys(snap):
+    for sign, c in signed:
+        for key in _keys(c):
             acc = counters.setdefault(key, [0] * len(COUNTERS))
-            for i, v in enumerate(values):
+            for i, v in enumerate(c.counters):
                 acc[i] += sign * v
-        if not points:
+        if not c.points:
             continue
-        for key in _hist_keys(snap):
-            for kind, b in points:
+        for key in _hist_keys(c):
+            for kind, b in c.points:
                 hkey = (*key, kind, b)
                 hist[hkey] = hist.get(hkey, 0) + sign
     rows = [(*k, *v) for k, v in sorted(counters.items()) if any(v)]
@@ -246,19 +274,76 @@ def task_deltas(
     return rows, hrows
 
 
+def task_deltas(
+    before: TaskSnapshot | None, after: TaskSnapshot
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Rollup and histogram deltas of one write, sorted by key, zero rows dropped."""
+    signed = [(1, contribution_of(after))]
+    if before is not None:
+        signed.insert(0, (-1, contribution_of(before)))
+    return deltas(signed)
+
+
 _ROLLUPS: Table = AnalyticsRollup.__table__  # type: ignore[assignment]
 _HIST: Table = AnalyticsHistogram.__table__  # type: ignore[assignment]
+_PENDING: Table = AnalyticsPending.__table__  # type: ignore[assignment]
+
+
+def _pending_row(sign: int, s: TaskSnapshot) -> dict[str, Any]:
+    return {
+        "sign": sign,
+        "created_s": epoch_seconds(s.created_at),
+        "agent_type": s.agent_type,
+        "source": s.source,
+        "model": s.model or "",
+        "status": s.status,
+        "cost_micros": s.cost_micros,
+        "input_tokens": s.input_tokens,
+        "output_tokens": s.output_tokens,
+        "cache_read_tokens": s.cache_read_tokens,
+        "cache_write_tokens": s.cache_write_tokens,
+        "duration_us": s.duration_us,
+        "first_output_us": first_output_us(s),
+    }
+
+
+def contribution_of_pending(row: Any) -> Contribution:
+    """The contribution a row of `analytics_pending` records (its sign not applied)."""
+    points = []
+    if row.duration_us is not None:
+        points.append((KIND_DURATION, value_bin(max(0, row.duration_us))))
+    if row.first_output_us is not None:
+        points.append((KIND_FIRST_OUTPUT, value_bin(row.first_output_us)))
+    return Contribution(
+        row.created_s, row.agent_type, row.source, row.model, counters_of(row), points
+    )
 
 
 async def apply_task_write(
     session: AsyncSession, before: TaskSnapshot | None, after: TaskSnapshot
 ) -> None:
-    """Add one task write's deltas to the rollups (called inside the write's transaction)."""
+    """Record one task write's rollup contribution (called inside the write's transaction).
+
+    It is appended to `analytics_pending`, not added to the rollup rows: those are shared
+    by every task of the same blocks, and each writer would hold them locked until its
+    commit. `services.analytics_fold` moves pending rows into the rollups in batches.
+    """
     if not session.info.get("analytics_rollups_enabled", True):
         return
-    rows, hrows = task_deltas(before, after)
+    old = _pending_row(-1, before) if before is not None else None
+    new = _pending_row(1, after)
+    if old is not None and {**old, "sign": 1} == new:
+        return  # nothing analytics counts changed (an output append, say)
+    rows = [new] if old is None else [old, new]
+    await session.execute(insert(_PENDING).values(rows))
+
+
+async def apply_deltas(
+    session: AsyncSession, rows: Sequence[tuple[Any, ...]], hrows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Add rollup and histogram rows (from `deltas`) to the tables."""
     # Rows are sorted by key, and rollups always go before histograms, so that two
-    # concurrent writers lock shared rows in the same order and never deadlock.
+    # writers of shared rows lock them in the same order and never deadlock.
     await upsert_add_many(session, _ROLLUPS, KEY_COLUMNS, COUNTERS, rows)
     await upsert_add_many(session, _HIST, HIST_KEY_COLUMNS, ("count",), hrows)
 
@@ -273,16 +358,24 @@ def _status_count(status: str) -> Any:
 async def rebuild_rollups(session: AsyncSession, *, bulk: bool = False) -> None:
     """Recompute every rollup from the raw tasks (in the caller's transaction).
 
-    Writers of tasks wait until this transaction ends: their deltas then apply on top of
-    a rebuild that already saw every task committed before it. Readers (analytics, list
-    totals) keep reading the previous rollups meanwhile, unless `bulk`: then the tables
-    are truncated and their keys built after the insert (PostgreSQL), several times
-    faster, but readers wait too; for loads that hold the tasks table anyway (seed).
+    Writers of tasks wait until this transaction ends (at their insert into
+    `analytics_pending`): their contributions then apply on top of a rebuild that already
+    saw every task committed before it, and the pending rows of those it saw are dropped.
+    Readers (analytics, list totals) keep reading the previous rollups meanwhile, unless
+    `bulk`: then the tables are truncated and their keys built after the insert
+    (PostgreSQL), several times faster, but readers wait too; for loads that hold the
+    tasks table anyway (seed).
     """
-    await lock_tables_exclusive(session, [_ROLLUPS.name, _HIST.name])
+    # The fold's lock first: a fold holds pending rows and then takes rollup rows, the
+    # reverse of the table locks below, so the two must never run at once.
+    lock = advisory_xact_lock_sql(session, FOLD_LOCK_KEY)
+    if lock is not None:
+        await session.execute(lock)
+    await lock_tables_exclusive(session, [_ROLLUPS.name, _HIST.name, _PENDING.name])
     if bulk:
-        await clear_tables(session, [_HIST, _ROLLUPS])
+        await clear_tables(session, [_HIST, _ROLLUPS, _PENDING])
     else:
+        await session.execute(delete(AnalyticsPending))
         await session.execute(delete(AnalyticsHistogram))
         await session.execute(delete(AnalyticsRollup))
     await prepare_log_bin(session, BIN_THRESHOLDS)

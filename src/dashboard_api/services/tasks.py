@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
+    Table,
     and_,
     func,
     insert,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.engine import Row
@@ -29,7 +31,7 @@ from sqlalchemy.orm.util import identity_key
 from dashboard_api.db.dialect import backend_of, contains_ci, lock_for_update, lock_skip_locked
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
-from dashboard_api.db.models.analytics import AnalyticsRollup
+from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup
 from dashboard_api.db.paging import Ordering, PageRequest, PageResult, paginate
 from dashboard_api.errors import Conflict, NotFound, PayloadTooLarge
 from dashboard_api.ids import new_id
@@ -219,7 +221,9 @@ async def count_expression(session: AsyncSession, *, filters: TaskFilters) -> Co
     count(*) over a million rows takes far longer than a page. Filters the analytics
     rollups can answer exactly (status, agent_type, source, created range) are counted
     from them: whole rollup blocks plus raw counts of the partial blocks at the edges.
-    The rollups change in the same transaction as every task write, so this stays exact.
+    Every task write records its contribution in `analytics_pending` in its own
+    transaction, and the rows not folded into the rollups yet are counted with them in
+    the same statement, so this stays exact.
     The selective filters (ids, `q`) are counted on their own indexes. An expression, so
     that the list query can carry it as a column (one round trip for page and total).
     """
@@ -334,6 +338,7 @@ async def locate_by_rollups(
 
 
 _ONE_US = timedelta(microseconds=1)
+_PENDING: Table = AnalyticsPending.__table__  # type: ignore[assignment]
 
 
 async def _coarsest_blocks(session: AsyncSession, filters: TaskFilters) -> list[tuple[_Piece, int]]:
@@ -344,9 +349,13 @@ async def _coarsest_blocks(session: AsyncSession, filters: TaskFilters) -> list[
     for column, values in ((r.agent_type, filters.agent_type), (r.source, filters.source)):
         if values:
             where.append(column.in_(list(values)))
-    stmt = select(r.bucket, func.sum(sum(counted[1:], counted[0]))).where(*where).group_by(r.bucket)
+    both = union_all(
+        select(r.grain, r.bucket, sum(counted[1:], counted[0]).label("n")).where(*where),
+        _pending_blocks(filters, GRAINS[-1]),
+    ).subquery()
+    stmt = select(both.c.bucket, func.sum(both.c.n)).group_by(both.c.bucket)
     rows = (await session.execute(stmt)).all()
-    return [(_block_piece(GRAINS[-1], int(b)), int(n)) for b, n in rows]
+    return [(_block_piece(GRAINS[-1], int(b)), int(n)) for b, n in rows if n]
 
 
 def _block_piece(grain: int, bucket: int) -> _Piece:
@@ -372,14 +381,21 @@ async def _piece_counts(
         for column, values in ((r.agent_type, filters.agent_type), (r.source, filters.source)):
             if values:
                 where.append(column.in_(list(values)))
+        # Plus what pending contributions add to each block (grouped per block of every
+        # grain asked; the blocks not asked for are ignored below).
+        grains = sorted({p.grain for p in blocks if p.grain is not None})
+        both = union_all(
+            select(r.grain, r.bucket, sum(counted[1:], counted[0]).label("n")).where(*where),
+            *(_pending_blocks(filters, g) for g in grains),
+        ).subquery()
         rows = (
             await session.execute(
-                select(r.grain, r.bucket, func.sum(sum(counted[1:], counted[0])))
-                .where(*where)
-                .group_by(r.grain, r.bucket)
+                select(both.c.grain, both.c.bucket, func.sum(both.c.n)).group_by(
+                    both.c.grain, both.c.bucket
+                )
             )
         ).all()
-        by_block = {(g, b): int(n) for g, b, n in rows}
+        by_block = {(int(g), int(b)): int(n) for g, b, n in rows}
     else:
         by_block = {}
     raw = [p for p in pieces if p.grain is None]
@@ -427,7 +443,53 @@ def _count_blocks(
         # The overall row of each block: one row per block instead of one per combination.
         where = [r.series == SERIES_MARGINAL, r.agent_type == "", r.source == "", or_(*which)]
     stmt = select(func.coalesce(func.sum(sum(counted[1:], counted[0])), 0)).where(*where)
-    return stmt.scalar_subquery()
+    spans = None if every else _merge_spans([(b, b + g) for g, bs in by_grain.items() for b in bs])
+    return stmt.scalar_subquery() + _pending_count(filters, spans)
+
+
+def _merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[start, end) epoch-second ranges with the touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _pending_where(filters: TaskFilters) -> list[ColumnElement[bool]]:
+    p = _PENDING.c
+    where: list[ColumnElement[bool]] = []
+    if filters.status:
+        where.append(p.status.in_(list(filters.status)))
+    for column, values in ((p.agent_type, filters.agent_type), (p.source, filters.source)):
+        if values:
+            where.append(column.in_(list(values)))
+    return where
+
+
+def _pending_count(
+    filters: TaskFilters, spans: Sequence[tuple[int, int]] | None
+) -> ColumnElement[Any]:
+    """The net number of matching tasks that writes added to [start, end) spans of
+    created_at (None: all time) and the rollups do not hold yet (`analytics_pending`)."""
+    p = _PENDING.c
+    where = _pending_where(filters)
+    if spans is not None:
+        where.append(or_(*(and_(p.created_s >= a, p.created_s < b) for a, b in spans)))
+    return select(func.coalesce(func.sum(p.sign), 0)).where(*where).scalar_subquery()
+
+
+def _pending_blocks(filters: TaskFilters, grain: int) -> Select[Any]:
+    """(grain, bucket, net tasks) of the pending contributions per block of `grain`."""
+    p = _PENDING.c
+    bucket = (p.created_s - (p.created_s % grain + grain) % grain).label("bucket")
+    return (
+        select(literal(grain).label("grain"), bucket, func.sum(p.sign).label("n"))
+        .where(*_pending_where(filters))
+        .group_by(bucket)
+    )
 
 
 _QUARTER_US = QUARTER * 1_000_000

@@ -1,7 +1,11 @@
 """Every table, imported here so that `Base.metadata` is complete for migrations and tests."""
 
 from dashboard_api.db.models.agents import Agent
-from dashboard_api.db.models.analytics import AnalyticsHistogram, AnalyticsRollup
+from dashboard_api.db.models.analytics import (
+    AnalyticsHistogram,
+    AnalyticsPending,
+    AnalyticsRollup,
+)
 from dashboard_api.db.models.conversations import (
     Conversation,
     ConversationMessage,
@@ -17,6 +21,7 @@ from dashboard_api.db.models.webhooks import WebhookConfig, WebhookEvent
 __all__ = [
     "Agent",
     "AnalyticsHistogram",
+    "AnalyticsPending",
     "AnalyticsRollup",
     "ApiToken",
     "Conversation",

@@ -57,3 +57,33 @@ class AnalyticsHistogram(Base):
     kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     bin: Mapped[int] = mapped_column(Integer, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AnalyticsPending(Base):
+    """One task write's contribution to the rollups, not yet folded into them.
+
+    A task write appends its before (sign -1) and after (sign +1) figures here instead of
+    updating the rollup rows, so that concurrent writers never queue on the same few hot
+    rows (every task created now shares the current blocks). `services.analytics_fold`
+    moves these into the rollups in batches; readers fold first (analytics) or add the
+    pending rows to what they read (task-list totals).
+    """
+
+    __tablename__ = "analytics_pending"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    sign: Mapped[int] = mapped_column(SmallInteger)
+    created_s: Mapped[int] = mapped_column(BigInteger, index=True)
+    agent_type: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    cost_micros: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    duration_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    first_output_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -1,0 +1,114 @@
+"""Folding pending rollup contributions into the rollups, in batches.
+
+Task writes append their contributions to `analytics_pending` (see
+`analytics_rollups.apply_task_write`). A fold takes a batch of them, sums them per rollup
+row, and adds the sums to the rollups in the same transaction that deletes them: a
+thousand registrations of the current blocks become one upsert of a few dozen rows, and
+no task write ever waits for another one's rollup rows.
+
+Who folds: a background loop in every replica (`fold_loop`), and every analytics read
+before it reads (`fold_before_read`), so that an answer includes every write
+acknowledged before it was asked. Task-list totals do not fold: they add the pending
+rows to what they count (`services.tasks`), in the same statement, without a lock.
+
+One fold runs at a time across all replicas (a PostgreSQL advisory lock; SQLite's write
+transactions are serialized anyway). A fold either commits (rows gone, rollups updated)
+or rolls back (both unchanged), so a crash never loses or doubles a contribution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import Table, delete, exists, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dashboard_api.db.dialect import backend_of
+from dashboard_api.db.engine import Database
+from dashboard_api.db.models.analytics import AnalyticsPending
+from dashboard_api.services.analytics_rollups import (
+    FOLD_LOCK_KEY,
+    apply_deltas,
+    contribution_of_pending,
+    deltas,
+)
+
+log = logging.getLogger(__name__)
+
+# Rows per fold transaction: large enough that a backlog drains in a few transactions,
+# small enough that one holds its locks for well under a second.
+BATCH = 5000
+_P: Table = AnalyticsPending.__table__  # type: ignore[assignment]
+
+
+async def _lock(session: AsyncSession, *, wait: bool) -> bool:
+    """Take the fold lock for this transaction; False if `wait` is off and it is taken."""
+    if backend_of(session) != "postgresql":
+        return True
+    if wait:
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=FOLD_LOCK_KEY)
+        )
+        return True
+    got = await session.scalar(
+        text("SELECT pg_try_advisory_xact_lock(:key)").bindparams(key=FOLD_LOCK_KEY)
+    )
+    return bool(got)
+
+
+async def fold_batch(session: AsyncSession, *, wait: bool = True, limit: int = BATCH) -> int | None:
+    """Fold up to `limit` pending rows in the caller's write transaction; how many it
+    folded, or None when `wait` is off and another fold holds the lock."""
+    if not await _lock(session, wait=wait):
+        return None
+    oldest = select(_P.c.id).order_by(_P.c.id).limit(limit).scalar_subquery()
+    taken = (
+        await session.execute(
+            delete(_P).where(_P.c.id.in_(oldest)).returning(*(c for c in _P.c if c.name != "id"))
+        )
+    ).all()
+    if taken:
+        rows, hrows = deltas((row.sign, contribution_of_pending(row)) for row in taken)
+        await apply_deltas(session, rows, hrows)
+    return len(taken)
+
+
+async def fold_pending(db: Database, *, wait: bool = True) -> int:
+    """Fold every pending row (batch by batch); how many. Without `wait`, gives up at once
+    when another fold is running (it will fold them)."""
+    folded = 0
+    while True:
+        async with db.write() as session:
+            n = await fold_batch(session, wait=wait)
+        if n is None:
+            return folded
+        folded += n
+        if n < BATCH:
+            return folded
+
+
+async def has_pending(db: Database) -> bool:
+    """Whether any contribution waits to be folded (one index probe)."""
+    async with db.read() as session:
+        return bool(await session.scalar(select(exists().where(_P.c.id.is_not(None)))))
+
+
+async def fold_before_read(db: Database) -> None:
+    """Make the rollups hold every write committed so far (analytics reads call this
+    first). Waits for a fold another replica is running: the rows it took count too."""
+    if await has_pending(db):
+        await fold_pending(db, wait=True)
+
+
+async def fold_loop(db: Database, interval: float) -> None:
+    """Fold whatever is pending every `interval` seconds (a replica's background task)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if await has_pending(db):
+                await fold_pending(db, wait=False)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the database may be down for a while; keep folding
+            log.warning("analytics fold failed: %s", exc)
