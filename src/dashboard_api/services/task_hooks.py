@@ -56,8 +56,8 @@ async def task_written(
     from dashboard_api.services.analytics_rollups import apply_task_write
     from dashboard_api.services.conversations import on_task_written
 
-    # Lock order on PostgreSQL is task rows -> conversation row -> rollup rows in every
-    # transaction (posting a message locks its conversation before it creates the task),
-    # so conversations must run before analytics here, or the two deadlock.
+    # Lock order on PostgreSQL is task rows -> conversation row in every transaction
+    # (posting a message locks its conversation before it creates the task), so
+    # conversations run first; analytics only appends a row (no shared row locked).
     await on_task_written(session, before, after)
     await apply_task_write(session, before, after)
