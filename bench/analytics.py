@@ -143,13 +143,15 @@ async def main(args: argparse.Namespace) -> int:
 
     user = cli("token", "create", "--user", "bench", "--role", "user", env=env).split()[-1]
     agent = cli("token", "create", "--user", "bench-agent", "--role", "agent", env=env).split()[-1]
-    server = Server(env)
-    try:
-        await server.wait_ready()
-        await measure_reads(server.base, user, args.requests, rows)
-    finally:
-        server.stop()
-    await measure_writes(env, agent, args.writes, rows)
+    if args.only in (None, "reads"):
+        server = Server(env)
+        try:
+            await server.wait_ready()
+            await measure_reads(server.base, user, args.requests, rows)
+        finally:
+            server.stop()
+    if args.only in (None, "writes"):
+        await measure_writes(env, agent, args.writes, rows)
 
     width = max(len(r[0]) for r in rows)
     print(f"{'what':<{width}}  {'p50':>10}  {'p99':>10}  note")
@@ -298,6 +300,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=50, help="samples per endpoint")
     parser.add_argument("--writes", type=int, default=1000, help="registrations per run")
     parser.add_argument("--reseed", action="store_true", help="drop the database and seed again")
+    parser.add_argument(
+        "--only", choices=("reads", "writes"), help="measure only the queries or the writes"
+    )
     return parser.parse_args()
 
 
