@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sqlalchemy import Table, delete, exists, select, text
+from sqlalchemy import Table, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import backend_of
@@ -57,15 +57,22 @@ async def _lock(session: AsyncSession, *, wait: bool) -> bool:
     return bool(got)
 
 
-async def fold_batch(session: AsyncSession, *, wait: bool = True, limit: int = BATCH) -> int | None:
-    """Fold up to `limit` pending rows in the caller's write transaction; how many it
-    folded, or None when `wait` is off and another fold holds the lock."""
+async def fold_batch(
+    session: AsyncSession, *, wait: bool = True, limit: int = BATCH, upto: int | None = None
+) -> int | None:
+    """Fold up to `limit` pending rows (with ids up to `upto`) in the caller's write
+    transaction; how many it folded, or None when `wait` is off and another fold holds
+    the lock."""
     if not await _lock(session, wait=wait):
         return None
-    oldest = select(_P.c.id).order_by(_P.c.id).limit(limit).scalar_subquery()
+    oldest = select(_P.c.id).order_by(_P.c.id).limit(limit)
+    if upto is not None:
+        oldest = oldest.where(_P.c.id <= upto)
     taken = (
         await session.execute(
-            delete(_P).where(_P.c.id.in_(oldest)).returning(*(c for c in _P.c if c.name != "id"))
+            delete(_P)
+            .where(_P.c.id.in_(oldest.scalar_subquery()))
+            .returning(*(c for c in _P.c if c.name != "id"))
         )
     ).all()
     if taken:
@@ -74,13 +81,13 @@ async def fold_batch(session: AsyncSession, *, wait: bool = True, limit: int = B
     return len(taken)
 
 
-async def fold_pending(db: Database, *, wait: bool = True) -> int:
-    """Fold every pending row (batch by batch); how many. Without `wait`, gives up at once
-    when another fold is running (it will fold them)."""
+async def fold_pending(db: Database, *, wait: bool = True, upto: int | None = None) -> int:
+    """Fold every pending row (with ids up to `upto`), batch by batch; how many. Without
+    `wait`, gives up at once when another fold is running (it will fold them)."""
     folded = 0
     while True:
         async with db.write() as session:
-            n = await fold_batch(session, wait=wait)
+            n = await fold_batch(session, wait=wait, upto=upto)
         if n is None:
             return folded
         folded += n
@@ -88,17 +95,23 @@ async def fold_pending(db: Database, *, wait: bool = True) -> int:
             return folded
 
 
-async def has_pending(db: Database) -> bool:
-    """Whether any contribution waits to be folded (one index probe)."""
+async def newest_pending(db: Database) -> int | None:
+    """The id of the newest contribution waiting to be folded, if any (one index probe)."""
     async with db.read() as session:
-        return bool(await session.scalar(select(exists().where(_P.c.id.is_not(None)))))
+        newest = await session.scalar(select(func.max(_P.c.id)))
+    return None if newest is None else int(newest)
 
 
 async def fold_before_read(db: Database) -> None:
     """Make the rollups hold every write committed so far (analytics reads call this
-    first). Waits for a fold another replica is running: the rows it took count too."""
-    if await has_pending(db):
-        await fold_pending(db, wait=True)
+    first). Waits for a fold another replica is running: the rows it took count too.
+
+    Only rows up to the newest one seen now: a write committed before this call has a
+    smaller id, and writes arriving meanwhile cannot keep a reader folding forever.
+    """
+    upto = await newest_pending(db)
+    if upto is not None:
+        await fold_pending(db, wait=True, upto=upto)
 
 
 async def fold_loop(db: Database, interval: float) -> None:
@@ -106,7 +119,7 @@ async def fold_loop(db: Database, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            if await has_pending(db):
+            if await newest_pending(db) is not None:
                 await fold_pending(db, wait=False)
         except asyncio.CancelledError:
             raise
