@@ -65,7 +65,8 @@ async def background_lifespan(ctx: AppContext) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(_sweeper(ctx, interval), name="agent-sweeper"))
     fold_every = ctx.settings.analytics_fold_interval_seconds
     if fold_every > 0 and ctx.settings.analytics_rollups_enabled:
-        tasks.append(asyncio.create_task(fold_loop(ctx.db, fold_every), name="analytics-fold"))
+        folder = fold_loop(ctx.db, fold_every, metrics_of(ctx).count_folded)
+        tasks.append(asyncio.create_task(folder, name="analytics-fold"))
     if ctx.settings.demo:
         from dashboard_api.demo import start_demo
 

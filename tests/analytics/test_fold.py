@@ -160,6 +160,9 @@ async def test_analytics_reads_fold_first(
     assert body["failed_tasks"] == 4
     assert body["running_tasks"] == 4
     assert await pending_rows(app) == 0
+    metrics = (await client.get("/metrics")).text
+    # 12 registrations, and 8 moves of two rows each (old contribution out, new one in)
+    assert "dashboard_analytics_folded_rows_total 28.0" in metrics
 
 
 async def test_racing_folds_and_writes_equal_a_rebuild(

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dashboard_api.api.deps import CtxDep, UserRole, split_multi
 from dashboard_api.context import AppContext
 from dashboard_api.errors import Unprocessable
+from dashboard_api.observability.setup import metrics_of
 from dashboard_api.schemas.analytics import CostHistogram, Performance, Period, Summary
 from dashboard_api.schemas.common import problem_responses
 from dashboard_api.services import analytics as service
@@ -68,7 +69,7 @@ WindowDep = Annotated[Window, Depends(window_query)]
 @contextlib.asynccontextmanager
 async def folded_read(ctx: AppContext) -> AsyncIterator[AsyncSession]:
     """A read session over rollups that hold every write acknowledged before the request."""
-    await fold_before_read(ctx.db)
+    metrics_of(ctx).count_folded(await fold_before_read(ctx.db))
     async with ctx.db.read() as session:
         yield session
 

@@ -87,6 +87,11 @@ class _ScrapeCollector(Collector):
             if attr == "slow_consumer_disconnects" and not _has(sources, attr):
                 value = float(m.slow_consumer_disconnects)
             yield CounterMetricFamily(name, doc, value=value)
+        yield CounterMetricFamily(
+            "dashboard_analytics_folded_rows",
+            "Task writes' rollup contributions this replica folded into the rollups",
+            value=float(m.analytics_folded),
+        )
         if m.task_counts is not None:
             gauge = GaugeMetricFamily(
                 "dashboard_tasks", "Tasks by status (refreshed at most every few seconds)",
@@ -168,6 +173,7 @@ class Metrics:
         )
         self.ctx_getter: Callable[[], Any] | None = None
         self.events_published = 0
+        self.analytics_folded = 0  # pending rollup contributions this replica folded
         self.slow_consumer_disconnects = 0  # seen by the middleware (close code 1013)
         self.cache_seconds = cache_seconds
         self.task_counts: dict[str, int] | None = None
@@ -194,6 +200,9 @@ class Metrics:
 
     def count_published(self, n: int) -> None:
         self.events_published += n
+
+    def count_folded(self, n: int) -> None:
+        self.analytics_folded += n
 
     async def refresh_task_counts(
         self,

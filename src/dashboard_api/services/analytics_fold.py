@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from sqlalchemy import Table, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -102,7 +103,7 @@ async def newest_pending(db: Database) -> int | None:
     return None if newest is None else int(newest)
 
 
-async def fold_before_read(db: Database) -> None:
+async def fold_before_read(db: Database) -> int:
     """Make the rollups hold every write committed so far (analytics reads call this
     first). Waits for a fold another replica is running: the rows it took count too.
 
@@ -110,17 +111,20 @@ async def fold_before_read(db: Database) -> None:
     smaller id, and writes arriving meanwhile cannot keep a reader folding forever.
     """
     upto = await newest_pending(db)
-    if upto is not None:
-        await fold_pending(db, wait=True, upto=upto)
+    return 0 if upto is None else await fold_pending(db, wait=True, upto=upto)
 
 
-async def fold_loop(db: Database, interval: float) -> None:
+async def fold_loop(
+    db: Database, interval: float, on_folded: Callable[[int], None] | None = None
+) -> None:
     """Fold whatever is pending every `interval` seconds (a replica's background task)."""
     while True:
         await asyncio.sleep(interval)
         try:
             if await newest_pending(db) is not None:
-                await fold_pending(db, wait=False)
+                n = await fold_pending(db, wait=False)
+                if on_folded is not None:
+                    on_folded(n)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the database may be down for a while; keep folding
