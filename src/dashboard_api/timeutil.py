@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Protocol
+from typing import Annotated, Protocol, TypeVar
 
 from pydantic import AfterValidator, PlainSerializer
 
@@ -17,6 +17,20 @@ def to_utc(value: datetime) -> datetime:
     except OverflowError:
         # e.g. 0001-01-01T00:00:00+01:00: a ValueError makes it a 422, not a 500.
         raise ValueError("timestamp out of range once converted to UTC") from None
+
+
+_Point = TypeVar("_Point", int, datetime)
+
+
+def merge_ranges(ranges: list[tuple[_Point, _Point]]) -> list[tuple[_Point, _Point]]:
+    """Half-open [start, end) ranges, sorted, with overlapping or touching ones joined."""
+    out: list[tuple[_Point, _Point]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def format_ts(value: datetime) -> str:

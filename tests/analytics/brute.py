@@ -14,6 +14,26 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from dashboard_api.db.models import Task
+from dashboard_api.services.analytics_fold import fold_pending
+from dashboard_api.services.analytics_rollups import rebuild_rollups, rollup_rows
+
+
+async def assert_rollups_equal_a_rebuild(app: FastAPI) -> list[tuple[Any, ...]]:
+    """Fold what is pending, then check that the incrementally kept rollups equal the
+    ones a rebuild computes from the raw tasks; the rebuilt counter rows."""
+    db = app.state.ctx.db
+    await fold_pending(db)
+    async with db.read() as session:
+        incremental = await rollup_rows(session)
+    async with db.write() as session:
+        await rebuild_rollups(session)
+    async with db.read() as session:
+        rebuilt = await rollup_rows(session)
+    for got_rows, want_rows in zip(incremental, rebuilt, strict=True):
+        extra = sorted(set(got_rows) - set(want_rows))[:5]
+        missing = sorted(set(want_rows) - set(got_rows))[:5]
+        assert (extra, missing) == ([], []), f"extra={extra}\nmissing={missing}"
+    return rebuilt[0]
 
 
 async def load_tasks(app: FastAPI) -> list[Any]:

@@ -67,7 +67,7 @@ from dashboard_api.services.analytics_rollups import (
     epoch_seconds,
     hist_bins_sql,
 )
-from dashboard_api.timeutil import format_ts
+from dashboard_api.timeutil import format_ts, merge_ranges
 
 _C = {name: i for i, name in enumerate(COUNTERS)}
 _US = timedelta(microseconds=1)
@@ -404,7 +404,7 @@ async def histogram(
             stmt = select(r.bucket, *sums).where(*conds).group_by(r.grain, r.bucket)
             for bucket, *values in await conn.execute(stmt):
                 aggs[bisect.bisect_right(bounds, bucket) - 1].add_named(_HISTOGRAM_COUNTERS, values)
-    for row in await _raw_rows(session, _merge_ranges(raw), filters):
+    for row in await _raw_rows(session, merge_ranges(raw), filters):
         aggs[bisect.bisect_right(starts, row.created_at) - 1].add_task(row)
     return HistogramAnswer(period, tz_name, start, end, starts, aggs)
 
@@ -442,16 +442,6 @@ class HistogramAnswer:
                 ],
             }
         )
-
-
-def _merge_ranges(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
-    out: list[tuple[datetime, datetime]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
 
 
 # Percentile groups of `performance`: (dimension, key).

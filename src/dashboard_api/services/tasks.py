@@ -53,7 +53,7 @@ from dashboard_api.services.analytics_rollups import (
 )
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import TaskSnapshot, snapshot, task_written
-from dashboard_api.timeutil import format_ts, to_utc
+from dashboard_api.timeutil import format_ts, merge_ranges, to_utc
 
 ALLOWED_MOVES: dict[str, frozenset[str]] = {
     "queued": frozenset({"running", "cancelled", "failed"}),
@@ -443,19 +443,8 @@ def _count_blocks(
         # The overall row of each block: one row per block instead of one per combination.
         where = [r.series == SERIES_MARGINAL, r.agent_type == "", r.source == "", or_(*which)]
     stmt = select(func.coalesce(func.sum(sum(counted[1:], counted[0])), 0)).where(*where)
-    spans = None if every else _merge_spans([(b, b + g) for g, bs in by_grain.items() for b in bs])
+    spans = None if every else merge_ranges([(b, b + g) for g, bs in by_grain.items() for b in bs])
     return stmt.scalar_subquery() + _pending_count(filters, spans)
-
-
-def _merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """[start, end) epoch-second ranges with the touching ones joined."""
-    out: list[tuple[int, int]] = []
-    for a, b in sorted(spans):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
 
 
 def _pending_where(filters: TaskFilters) -> list[ColumnElement[bool]]:
