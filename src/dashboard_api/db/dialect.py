@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Integer,
+    LargeBinary,
     Select,
     Table,
     any_,
@@ -16,7 +17,10 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    select,
     text,
+    tuple_,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -171,7 +175,122 @@ def _pg_array_type(column: Any) -> str:
         return "bigint[]"
     if isinstance(type_, Integer):  # SmallInteger and Integer both fit
         return "integer[]"
+    if isinstance(type_, LargeBinary):
+        return "bytea[]"
     return "text[]"
+
+
+def _pg_unnest(
+    table: Table, names: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> tuple[str, dict[str, list[Any]]]:
+    """`unnest(...)` of one array parameter per column, and its parameters."""
+    arrays = ", ".join(f"CAST(:p{i} AS {_pg_array_type(table.c[n])})" for i, n in enumerate(names))
+    params = {f"p{i}": [r[i] for r in rows] for i in range(len(names))}
+    return f"unnest({arrays})", params
+
+
+def _quoted(names: Sequence[str], prefix: str = "") -> str:
+    return ", ".join(f'{prefix}"{n}"' for n in names)
+
+
+# SQLite's limit of bound parameters per statement is 32,766 (999 before 3.32).
+_SQLITE_KEYS_PER_SELECT = 100
+
+
+async def insert_missing(
+    session: AsyncSession,
+    table: Table,
+    keys: Sequence[str],
+    values: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """Insert the rows (keys then values) whose key is not there yet; leave the others.
+
+    PostgreSQL: one statement, rows inserted in the given order; an insert that meets a
+    concurrent uncommitted insert of the same key waits for it and then skips the row.
+    """
+    if not rows:
+        return
+    names = [*keys, *values]
+    if backend_of(session) == "postgresql":
+        source, params = _pg_unnest(table, names, rows)
+        sql = (
+            f"INSERT INTO {table.name} ({_quoted(names)}) SELECT * FROM {source} "  # noqa: S608 - names come from the table
+            f"ON CONFLICT ({_quoted(keys)}) DO NOTHING"
+        )
+        await session.execute(text(sql), params)
+        return
+    stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    await session.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
+
+
+async def select_for_update_by_keys(
+    session: AsyncSession,
+    table: Table,
+    keys: Sequence[str],
+    values: Sequence[str],
+    key_rows: Sequence[tuple[Any, ...]],
+) -> list[tuple[Any, ...]]:
+    """The rows (keys then values) with these keys, locked until commit.
+
+    PostgreSQL: one statement that locks the rows in the order of `keys` (ORDER BY before
+    FOR UPDATE), so that writers of overlapping sets lock them in the same order. SQLite
+    needs no locks (one writer at a time).
+    """
+    if not key_rows:
+        return []
+    names = [*keys, *values]
+    if backend_of(session) == "postgresql":
+        source, params = _pg_unnest(table, keys, key_rows)
+        sql = (
+            f"SELECT {_quoted(names, 't.')} FROM {table.name} AS t "  # noqa: S608 - names come from the table
+            f"WHERE ({_quoted(keys, 't.')}) IN (SELECT * FROM {source}) "
+            f"ORDER BY {_quoted(keys, 't.')} FOR UPDATE"
+        )
+        return [tuple(r) for r in await session.execute(text(sql), params)]
+    out: list[tuple[Any, ...]] = []
+    columns = [table.c[n] for n in names]
+    key_columns = tuple_(*(table.c[k] for k in keys))
+    for i in range(0, len(key_rows), _SQLITE_KEYS_PER_SELECT):
+        part = key_rows[i : i + _SQLITE_KEYS_PER_SELECT]
+        stmt = select(*columns).where(key_columns.in_([tuple(k) for k in part]))
+        out.extend(tuple(r) for r in await session.execute(stmt))
+    return out
+
+
+async def update_by_keys(
+    session: AsyncSession,
+    table: Table,
+    keys: Sequence[str],
+    values: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """Set the values of existing rows (keys then values): one statement on PostgreSQL,
+    a cached statement per row on SQLite."""
+    if not rows:
+        return
+    names = [*keys, *values]
+    if backend_of(session) == "postgresql":
+        source, params = _pg_unnest(table, names, rows)
+        sets = ", ".join(f'"{v}" = v."{v}"' for v in values)
+        match = " AND ".join(f't."{k}" = v."{k}"' for k in keys)
+        sql = (
+            f"UPDATE {table.name} AS t SET {sets} "  # noqa: S608 - names come from the table
+            f"FROM {source} AS v({_quoted(names)}) WHERE {match}"
+        )
+        await session.execute(text(sql), params)
+        return
+    stmt = (
+        update(table)
+        .where(*(table.c[k] == bindparam(f"k_{k}") for k in keys))
+        .values({v: bindparam(f"v_{v}") for v in values})
+    )
+    params_list = [
+        {**{f"k_{k}": r[i] for i, k in enumerate(keys)},
+         **{f"v_{v}": r[len(keys) + i] for i, v in enumerate(values)}}
+        for r in rows
+    ]  # fmt: skip
+    await session.execute(stmt, params_list)
 
 
 async def upsert_add_many(
@@ -192,16 +311,13 @@ async def upsert_add_many(
     names = [*keys, *values]
     if backend_of(session) == "postgresql":
         columns = ", ".join(f'"{n}"' for n in names)
-        arrays = ", ".join(
-            f"CAST(:p{i} AS {_pg_array_type(table.c[n])})" for i, n in enumerate(names)
-        )
+        source, params = _pg_unnest(table, names, rows)
         updates = ", ".join(f'"{v}" = {table.name}."{v}" + EXCLUDED."{v}"' for v in values)
         keys_sql = ", ".join(f'"{k}"' for k in keys)
         sql = (
-            f"INSERT INTO {table.name} ({columns}) SELECT * FROM unnest({arrays}) "  # noqa: S608 - names come from the table
+            f"INSERT INTO {table.name} ({columns}) SELECT * FROM {source} "  # noqa: S608 - names come from the table
             f"ON CONFLICT ({keys_sql}) DO UPDATE SET {updates}"
         )
-        params = {f"p{i}": [r[i] for r in rows] for i in range(len(names))}
         await session.execute(text(sql), params)
         return
     stmt = sqlite.insert(table)

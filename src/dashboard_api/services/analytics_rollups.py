@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard_api.db.bulk import bulk_insert
 from dashboard_api.db.dialect import (
     add_primary_key,
     advisory_xact_lock_sql,
@@ -36,11 +37,14 @@ from dashboard_api.db.dialect import (
     clear_tables,
     drop_primary_key,
     epoch_bucket,
+    insert_missing,
     lock_tables_exclusive,
     log_bin,
     micros_between,
     prepare_large_sort,
     prepare_log_bin,
+    select_for_update_by_keys,
+    update_by_keys,
     upsert_add_many,
 )
 from dashboard_api.db.models.analytics import (
@@ -49,6 +53,7 @@ from dashboard_api.db.models.analytics import (
     AnalyticsRollup,
 )
 from dashboard_api.db.models.tasks import Task
+from dashboard_api.services.analytics_bins import BinSum, unpack
 from dashboard_api.services.task_hooks import TaskSnapshot
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -105,7 +110,11 @@ COUNTERS: tuple[str, ...] = (
 )
 _STATUS_INDEX = {"queued": 1, "running": 2, "completed": 3, "failed": 4, "cancelled": 5}
 KEY_COLUMNS = ("grain", "bucket", "series", "agent_type", "source", "model")
+# A histogram delta row (of `task_deltas`) is (*HIST_KEY_COLUMNS, count); a stored
+# histogram row is (*HIST_ROW_KEY, *HIST_VALUES), one per HIST_ROW_KEY.
 HIST_KEY_COLUMNS = (*KEY_COLUMNS, "kind", "bin")
+HIST_ROW_KEY = (*KEY_COLUMNS, "kind")
+HIST_VALUES = ("bin_lo", "counts")
 
 
 def _thresholds() -> tuple[int, ...]:
@@ -345,7 +354,38 @@ async def apply_deltas(
     # Rows are sorted by key, and rollups always go before histograms, so that two
     # writers of shared rows lock them in the same order and never deadlock.
     await upsert_add_many(session, _ROLLUPS, KEY_COLUMNS, COUNTERS, rows)
-    await upsert_add_many(session, _HIST, HIST_KEY_COLUMNS, ("count",), hrows)
+    await add_histogram_deltas(session, hrows)
+
+
+async def add_histogram_deltas(session: AsyncSession, hrows: Sequence[tuple[Any, ...]]) -> None:
+    """Add histogram deltas ((*HIST_KEY_COLUMNS, count) rows, as `task_deltas` makes them,
+    any number) to the packed histogram rows: a read-modify-write of each row touched,
+    in three statements whatever the number of rows.
+
+    On PostgreSQL concurrent writers must neither lose an update nor deadlock: the rows
+    missing are first inserted empty (in sorted key order; an insert meeting another
+    writer's uncommitted one waits for it), then every row is locked in key order
+    (SELECT ... ORDER BY ... FOR UPDATE), merged here and written back. A writer holds
+    row locks of this table only after its rollup rows and as the last shared rows of its
+    transaction, and takes them in one order in each step, so no cycle of waits forms.
+    SQLite has one writer at a time.
+    """
+    if not hrows:
+        return
+    changes: dict[tuple[Any, ...], BinSum] = {}
+    for *where, index, count in hrows:
+        changes.setdefault(tuple(where), BinSum()).add_bin(index, count)
+    keys = sorted(changes)
+    await insert_missing(session, _HIST, HIST_ROW_KEY, HIST_VALUES, [(*k, 0, b"") for k in keys])
+    current = await select_for_update_by_keys(session, _HIST, HIST_ROW_KEY, HIST_VALUES, keys)
+    width = len(HIST_ROW_KEY)
+    merged = []
+    for row in current:
+        key = tuple(row[:width])
+        acc = changes[key]
+        acc.add_packed(row[width], bytes(row[width + 1]))
+        merged.append((*key, *acc.packed()))
+    await update_by_keys(session, _HIST, HIST_ROW_KEY, HIST_VALUES, merged)
 
 
 # --- rebuild -----------------------------------------------------------------------------
@@ -381,9 +421,8 @@ async def rebuild_rollups(session: AsyncSession, *, bulk: bool = False) -> None:
     await prepare_log_bin(session, BIN_THRESHOLDS)
     await prepare_large_sort(session)
     counters = _finest_counters(session)
-    hist = _finest_hist(session)
     await _build(session, _ROLLUPS, COUNTERS, GRAINS, counters, _COUNTER_MARGINALS, bulk)
-    await _build(session, _HIST, ("count",), HIST_GRAINS, hist, _HIST_MARGINALS, bulk)
+    await _build_histograms(session)
     # Fresh planner statistics: without them PostgreSQL misjudges the block ranges.
     await analyze_tables(session, [_ROLLUPS.name, _HIST.name])
 
@@ -392,12 +431,6 @@ async def rebuild_rollups(session: AsyncSession, *, bulk: bool = False) -> None:
 # writes '' (summed over it).
 Marginal = tuple[int, int, str | None, str | None, str | None]
 _COUNTER_MARGINALS: tuple[Marginal, ...] = ((SERIES_ALL_MODELS, SERIES_MARGINAL, "", "", ""),)
-_HIST_MARGINALS: tuple[Marginal, ...] = (
-    (SERIES_ALL_MODELS, SERIES_MARGINAL, None, "", ""),
-    (SERIES_ALL_MODELS, SERIES_MARGINAL, "", None, ""),
-    (SERIES_ALL_MODELS, SERIES_MARGINAL, "", "", ""),
-    (SERIES_PER_MODEL, SERIES_MODEL_MARGINAL, "", "", None),
-)
 
 
 async def _build(
@@ -509,30 +542,73 @@ def hist_bins_sql(session: AsyncSession) -> list[tuple[int, Any, Any]]:
     ]
 
 
-def _finest_hist(session: AsyncSession) -> list[Select[Any]]:
+# Rows of a streamed query fetched at a time while the histograms are rebuilt.
+_STREAM_ROWS = 50_000
+
+
+async def _build_histograms(session: AsyncSession) -> None:
+    """Fill the (empty) histogram table from the raw tasks: per-bin counts of the 4-hour
+    blocks per (agent_type, source, model) are summed in SQL and streamed here, where
+    they are packed and added up into every series and coarser grain (adding packed bins
+    is one integer addition: at 1M tasks this is ~110,000 rows summed from ~2M bins in a
+    few seconds), then inserted sorted by key (COPY on PostgreSQL), so that the primary
+    key grows at its right edge."""
     grain = HIST_GRAINS[0]
     bucket = epoch_bucket(session, Task.created_at, grain).label("bucket")
-    out = []
-    for series, model_expr in _SERIES_MODELS:
-        model = model_expr.label("model")
-        for kind, bin_expr, present in hist_bins_sql(session):
-            b = bin_expr.label("bin")
-            out.append(
-                select(
-                    literal(series).label("series"),
-                    literal(grain).label("grain"),
-                    bucket,
-                    Task.agent_type,
-                    Task.source,
-                    model,
-                    literal(kind).label("kind"),
-                    b,
-                    func.count().label("count"),
-                )
-                .where(present)
-                .group_by(bucket, Task.agent_type, Task.source, model, b)
-            )
-    return out
+    model = func.coalesce(Task.model, "").label("model")
+    finest: dict[tuple[Any, ...], dict[int, int]] = {}
+    conn = await session.connection()
+    for kind, bin_expr, present in hist_bins_sql(session):
+        b = bin_expr.label("bin")
+        stmt = (
+            select(bucket, Task.agent_type, Task.source, model, b, func.count())
+            .where(present)
+            .group_by(bucket, Task.agent_type, Task.source, model, b)
+            .execution_options(yield_per=_STREAM_ROWS)
+        )
+        result = await conn.stream(stmt)
+        async for part in result.partitions():
+            for blk, agent_type, source, mdl, index, count in part:
+                key = (blk, agent_type, source, mdl, kind)
+                bins = finest.get(key)
+                if bins is None:
+                    finest[key] = bins = {}
+                bins[index] = count
+    # Each (block, agent_type, source, model) adds to the six series rows it belongs to.
+    level: dict[tuple[Any, ...], BinSum] = {}
+    for (blk, agent_type, source, mdl, kind), bins in finest.items():
+        acc = BinSum.of(bins)
+        for series, a, s, m in (
+            (SERIES_PER_MODEL, agent_type, source, mdl),
+            (SERIES_ALL_MODELS, agent_type, source, ""),
+            (SERIES_MARGINAL, agent_type, "", ""),
+            (SERIES_MARGINAL, "", source, ""),
+            (SERIES_MARGINAL, "", "", ""),
+            (SERIES_MODEL_MARGINAL, "", "", mdl),
+        ):
+            _add_to(level, (series, blk, a, s, m, kind), acc)
+    finest.clear()
+    out: list[tuple[Any, ...]] = []
+    for i, g in enumerate(HIST_GRAINS):
+        if i:
+            coarser: dict[tuple[Any, ...], BinSum] = {}
+            for (series, blk, a, s, m, kind), acc in level.items():
+                _add_to(coarser, (series, blk - blk % g, a, s, m, kind), acc)
+            level = coarser
+        for (series, blk, a, s, m, kind), acc in level.items():
+            bin_lo, counts = acc.packed()
+            if counts:
+                out.append((series, g, blk, a, s, m, kind, bin_lo, counts))
+    out.sort(key=lambda r: r[:7])
+    names = ("series", "grain", "bucket", "agent_type", "source", "model", "kind", *HIST_VALUES)
+    await bulk_insert(session, _HIST, names, out)
+
+
+def _add_to(sums: dict[tuple[Any, ...], BinSum], key: tuple[Any, ...], value: BinSum) -> None:
+    acc = sums.get(key)
+    if acc is None:
+        sums[key] = acc = BinSum()
+    acc.add(value)
 
 
 def _marginal(stage: Table, values: Sequence[str], plan: Marginal) -> Select[Any]:
@@ -578,13 +654,17 @@ def _coarser(stage: Table, values: Sequence[str], grain: int) -> Select[Any]:
 
 
 async def rollup_rows(session: AsyncSession) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Every non-zero rollup and histogram row, sorted (for comparing two states)."""
+    """Every non-zero rollup row, and every non-zero histogram bin as a
+    (*HIST_KEY_COLUMNS, count) row, sorted (for comparing two states: the logical content,
+    whatever the packing)."""
     r = await session.execute(
         select(*(getattr(AnalyticsRollup, c) for c in (*KEY_COLUMNS, *COUNTERS)))
     )
     h = await session.execute(
-        select(*(getattr(AnalyticsHistogram, c) for c in (*HIST_KEY_COLUMNS, "count")))
+        select(*(getattr(AnalyticsHistogram, c) for c in (*HIST_ROW_KEY, *HIST_VALUES)))
     )
     rows = sorted(tuple(x) for x in r if any(x[len(KEY_COLUMNS) :]))
-    hrows = sorted(tuple(x) for x in h if x[-1])
+    hrows = sorted(
+        (*x[:-2], index, count) for x in h for index, count in unpack(x[-2], bytes(x[-1]))
+    )
     return rows, hrows

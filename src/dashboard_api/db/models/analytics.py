@@ -10,7 +10,7 @@ over a run of blocks is one contiguous index range.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Integer, SmallInteger, String
+from sqlalchemy import BigInteger, Integer, LargeBinary, SmallInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dashboard_api.db.base import Base
@@ -43,8 +43,11 @@ class AnalyticsRollup(Base):
 
 
 class AnalyticsHistogram(Base):
-    """How many tasks of one block have a value (µs) in log bin `bin` (kind 0: duration,
-    kind 1: first output minus start)."""
+    """How many tasks of one block have a value (µs) in each log bin (kind 0: duration,
+    kind 1: first output minus start), packed in one row: `counts` holds the counts of
+    bins `bin_lo`, `bin_lo + 1`, ... as little-endian signed 64-bit integers
+    (services/analytics_bins.py). A percentile query then reads one row per block and
+    group, not one per bin."""
 
     __tablename__ = "analytics_histograms"
 
@@ -55,8 +58,8 @@ class AnalyticsHistogram(Base):
     source: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(255), primary_key=True)
     kind: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    bin: Mapped[int] = mapped_column(Integer, primary_key=True)
-    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    bin_lo: Mapped[int] = mapped_column(Integer, default=0)
+    counts: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
 
 
 class AnalyticsPending(Base):
