@@ -137,7 +137,8 @@ async def _insert_old(url: str, rows: list[Row]) -> None:
             params = [dict(zip(_COLUMNS.split(", "), r, strict=True)) for r in rows]
             values = ", ".join(f":{c}" for c in _COLUMNS.split(", "))
             await session.execute(
-                text(f"INSERT INTO analytics_histograms ({_COLUMNS}) VALUES ({values})"), params
+                text(f"INSERT INTO analytics_histograms ({_COLUMNS}) VALUES ({values})"),  # noqa: S608 - constants
+                params,
             )
     finally:
         await db.dispose()
@@ -147,7 +148,8 @@ async def _read_old(url: str) -> list[Row]:
     db = Database(url)
     try:
         async with db.read() as session:
-            result = await session.execute(text(f"SELECT {_COLUMNS} FROM analytics_histograms"))
+            sql = f"SELECT {_COLUMNS} FROM analytics_histograms"  # noqa: S608 - constants
+            result = await session.execute(text(sql))
             return sorted(tuple(r) for r in result)
     finally:
         await db.dispose()

@@ -41,7 +41,9 @@ def test_sums_of_packed_rows_equal_sums_by_bin(
     got = {lo + i: n for i, n in enumerate(counts) if n}
     assert got == want
     if want:  # trimmed: no zero bin at either end
-        assert counts[0] and counts[-1] and lo == min(want)
+        assert counts[0]
+        assert counts[-1]
+        assert lo == min(want)
     else:
         assert (lo, list(counts)) == (0, [])
     assert unpack(*acc.packed()) == sorted(want.items())
@@ -54,7 +56,8 @@ def test_extreme_counts_and_bins() -> None:
     acc.add_bin(7, 2**63 - 1)
     acc.add_bin(7, -(2**63 - 1))
     lo, counts = acc.counts()
-    assert lo == 0 and counts[0] == -(2**63) and counts[-1] == 2**63 - 1 and len(counts) == 1151
+    assert (lo, len(counts)) == (0, 1151)
+    assert (counts[0], counts[-1]) == (-(2**63), 2**63 - 1)
     assert sum(1 for n in counts if n) == 2
     assert BinSum.of({}).counts() == (0, array("q"))
     assert BinSum.of({5: 3, 9: 0, 2: -1}).counts() == (2, array("q", [-1, 0, 0, 3]))
