@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 from sqlalchemy import (
     ColumnElement,
+    CompoundSelect,
     Select,
     and_,
     func,
@@ -599,31 +600,20 @@ async def _percentiles(
                 group = (_OVERALL, "")
             add(*group, kind).add_packed(bin_lo, counts)
     if raw:
-        await prepare_log_bin(session, BIN_THRESHOLDS)
-        window = or_(*(and_(Task.created_at >= lo, Task.created_at < hi) for lo, hi in raw))
-        model = func.coalesce(Task.model, "")
-        empty = literal("")
-        parts: list[Select[Any]] = []
-        for kind, bin_expr, present in hist_bins_sql(session):
-            task_groups: tuple[tuple[int, Any], ...] = (
-                (_OVERALL, empty),
-                (_AGENT, Task.agent_type),
-                (_SOURCE, Task.source),
-                (_MODEL, model),
+        edge: dict[tuple[int, str, int], dict[int, int]] = {}
+        for part, agent_type, source, model, kind, index, count in await conn.execute(
+            await _edge_bins(session, raw, filters)
+        ):
+            groups = (
+                ((_MODEL, model),)
+                if part
+                else ((_OVERALL, ""), (_AGENT, agent_type), (_SOURCE, source))
             )
-            for dim, key in task_groups:
-                parts.append(
-                    select(literal(dim), key, literal(kind), bin_expr).where(
-                        window, present, *filters.clauses(Task)
-                    )
-                )
-        edge = union_all(*parts).subquery()
-        dim_c, key_c, kind_c, bin_c = edge.c
-        binned = select(dim_c, key_c, kind_c, bin_c, func.count()).group_by(
-            dim_c, key_c, kind_c, bin_c
-        )
-        for dim, key, kind, index, count in await conn.execute(binned):
-            add(dim, key, kind).add_bin(index, count)
+            for dim, key in groups:
+                bins = edge.setdefault((dim, key, kind), {})
+                bins[index] = bins.get(index, 0) + count
+        for (dim, key, kind), bins in edge.items():
+            add(dim, key, kind).add(BinSum.of(bins))
     out: Pct = {}
     for (dim, key, kind), acc in sums.items():
         lo, counts = acc.counts()
@@ -634,3 +624,43 @@ async def _percentiles(
             for percent, index in found.items():
                 picks[(kind, percent)] = index
     return out
+
+
+async def _edge_bins(
+    session: AsyncSession, raw: Sequence[tuple[datetime, datetime]], filters: AnalyticsFilters
+) -> CompoundSelect[Any]:
+    """The tasks of the raw edge ranges counted per bin: rows (part, agent_type, source,
+    model, kind, bin, count), part 0 per (agent_type, source) and part 1 per model.
+
+    The edge tasks are read and binned once (a CTE) and grouped twice per kind, instead of
+    reading them once per group and kind.
+    """
+    await prepare_log_bin(session, BIN_THRESHOLDS)
+    window = or_(*(and_(Task.created_at >= lo, Task.created_at < hi) for lo, hi in raw))
+    (_, duration_bin, _), (_, first_bin, _) = hist_bins_sql(session)
+    tasks = (
+        select(
+            Task.agent_type,
+            Task.source,
+            func.coalesce(Task.model, "").label("model"),
+            duration_bin.label("b0"),
+            first_bin.label("b1"),
+        )
+        .where(window, *filters.clauses(Task))
+        .cte("edge_tasks")
+    )
+    empty = literal("")
+    parts: list[Select[Any]] = []
+    for kind, b in ((KIND_DURATION, tasks.c.b0), (KIND_FIRST_OUTPUT, tasks.c.b1)):
+        parts.append(
+            select(literal(0), tasks.c.agent_type, tasks.c.source, empty, literal(kind), b,
+                   func.count())
+            .where(b.is_not(None))
+            .group_by(tasks.c.agent_type, tasks.c.source, b)
+        )  # fmt: skip
+        parts.append(
+            select(literal(1), empty, empty, tasks.c.model, literal(kind), b, func.count())
+            .where(b.is_not(None))
+            .group_by(tasks.c.model, b)
+        )
+    return union_all(*parts)
