@@ -140,6 +140,26 @@ def log_bin(
     return fn
 
 
+def int_list_agg(
+    session: AsyncSession, column: ColumnElement[Any] | QueryableAttribute[Any]
+) -> ColumnElement[Any]:
+    """An aggregate of a group's integers as a list (read it with `int_list`). Two of them
+    in one query list their group's rows in the same order."""
+    if backend_of(session) == "postgresql":
+        return func.array_agg(column)
+    return func.json_group_array(column)
+
+
+def int_list(value: Any) -> list[int]:
+    """The list an `int_list_agg` gave (an array on PostgreSQL, JSON text on SQLite)."""
+    if isinstance(value, str):
+        import orjson
+
+        out: list[int] = orjson.loads(value)
+        return out
+    return list(value)
+
+
 def in_ints(
     session: AsyncSession,
     column: ColumnElement[Any] | QueryableAttribute[Any],
