@@ -122,6 +122,13 @@ def _rename(old: str, new: str) -> None:
         op.execute(f'ALTER TABLE "{new}" RENAME CONSTRAINT "pk_{old}" TO "pk_{new}"')
 
 
+def _analyze(table: str) -> None:
+    # Without statistics (a new table has none until autovacuum comes by) PostgreSQL took
+    # a filtered 30-day read for 10 rows and scanned 39,000 instead of 950: 50 ms, not 5.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f'ANALYZE "{table}"')
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     _rename(_TABLE, _OLD)
@@ -149,6 +156,7 @@ def upgrade() -> None:
 
     _insert_batches(bind, new, packed())
     op.drop_table(_OLD)
+    _analyze(_TABLE)
 
 
 def downgrade() -> None:
@@ -167,3 +175,4 @@ def downgrade() -> None:
 
     _insert_batches(bind, new, unpacked())
     op.drop_table(_OLD)
+    _analyze(_TABLE)
