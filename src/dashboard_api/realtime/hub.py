@@ -67,6 +67,15 @@ class Sink(ABC):
     async def put(self, event: OutEvent) -> None:
         """Queue, waiting for room (used by replays); raises `SinkClosed`."""
 
+    def can_share(self) -> bool:
+        """Whether bytes written for a whole channel may go to this sink right now (it
+        takes data at once and has nothing queued): only then may it be a group member."""
+        return False
+
+    def write_shared(self, data: bytes) -> None:
+        """Write a channel's shared bytes after anything of the sink's own that waits."""
+        raise NotImplementedError
+
 
 class QueueSink(Sink):
     """A bounded queue read by one consumer task (the base of WebSocket and SSE sinks)."""
@@ -136,10 +145,17 @@ class Subscription:
         self.sink = sink
         self.channel = channel
         self.active = True
+        self.group: Group | None = None  # set by the hub on attach
 
     def deliver(self, event: OutEvent) -> None:
         """A live event of the channel (called by the hub, must not block)."""
         self.offer(event)
+        group = self.group
+        if group is not None:
+            group.join(self)
+
+    def caught_up(self, seq: int) -> None:
+        """Leaving the channel's group, which had sent everything up to `seq` (tasks)."""
 
     def offer(self, event: OutEvent) -> None:
         """Queue a live event on the sink, counting it as delivered or dropped."""
@@ -217,6 +233,9 @@ class TaskSubscription(Subscription):
         if event.seq is not None and event.seq == self.last_sent + 1:
             self.last_sent = event.seq  # the common case: the next chunk, in order
             self.offer(event)
+            group = self.group
+            if group is not None:
+                group.join(self)  # caught up: from now on served by the shared write
             return
         verdict = self._classify(event)
         if verdict == _SEND:
@@ -229,10 +248,15 @@ class TaskSubscription(Subscription):
             self._gap_filled = asyncio.Event()
             self._run_sync(read_db=False, gap_wait=self.hub.gap_wait)
 
+    def caught_up(self, seq: int) -> None:
+        self.last_sent = seq
+
     def resync(self, *, with_state: bool = True) -> None:
         """Fill from the database what the broker may have missed (after an outage)."""
         if not self.active or self.state is None:
             return
+        if self.group is not None:
+            self.group.leave(self)
         self._need_at = asyncio.get_running_loop().time()
         if self._syncing:
             self._resync = True
@@ -396,6 +420,167 @@ class TaskSubscription(Subscription):
         await self.hub.detach(self)
 
 
+class Group:
+    """The caught-up subscribers of one channel, served by one shared write.
+
+    A subscription joins once it has sent the channel's newest event and its socket takes
+    data right away. From then on an event is added here once instead of being offered
+    to each member, and at each write the frames gathered within the write interval are
+    joined once and the same bytes are written to every member's socket. A member whose
+    socket cannot take data at that moment, or an event that needs each subscription's
+    own judgement (a `task_status`, a seq out of order), sends members back to the
+    per-subscription path, with every event they were due handed to their own sink in
+    order first.
+    """
+
+    __slots__ = (
+        "base",
+        "channel",
+        "events",
+        "flushing",
+        "hub",
+        "last_write",
+        "loose",
+        "members",
+        "seq",
+        "task",
+    )
+
+    def __init__(self, hub: Hub, channel: str) -> None:
+        self.hub = hub
+        self.channel = channel
+        self.task = channel.startswith("task:")
+        # Subscriptions outside the group: each is offered every event of the channel.
+        self.loose: set[Subscription] = set()
+        # member -> index (in the channel's event numbering) of the next event it is due.
+        self.members: dict[Subscription, int] = {}
+        self.events: list[OutEvent] = []  # not yet written to every member
+        self.base = 0  # index of events[0]
+        # Task channels: the seq every member has sent (members are all caught up to it).
+        self.seq = -1
+        self.last_write = float("-inf")  # loop time of the last shared write
+        self.flushing = False
+
+    @property
+    def total(self) -> int:
+        return self.base + len(self.events)
+
+    # --- events -------------------------------------------------------------------------
+
+    def on_event(self, event: OutEvent) -> None:
+        """Take a live event for the members (before the loose subscriptions see it)."""
+        if not self.task:
+            if self.members:
+                self._add(event)
+            return
+        kind = event.type
+        seq = event.seq
+        if not self.members:
+            if kind == "task_output" and seq is not None:
+                self.seq = seq
+            return
+        if kind == "task_output":
+            if seq is None or seq <= self.seq:
+                return  # a repeat (or a malformed one): every member would skip it
+            if seq == self.seq + 1:
+                self.seq = seq
+                self._add(event)
+                return
+            self.dissolve()  # a gap: each member waits for or reads what is missing
+            self.seq = seq
+            return
+        if kind == "task_status":
+            self.dissolve()  # judged per subscription (output_seq, final status)
+            return
+        self._add(event)
+
+    def _add(self, event: OutEvent) -> None:
+        self.events.append(event)
+        self.hub.events_delivered += len(self.members)
+        if len(self.events) == 1 and not self.flushing:
+            self.hub.mark_dirty(self)
+
+    # --- membership ---------------------------------------------------------------------
+
+    def join(self, sub: Subscription) -> None:
+        """Make `sub` a member if it is caught up and its socket takes data right now."""
+        if sub not in self.loose or not sub.sink.can_share():
+            return
+        if self.task and getattr(sub, "last_sent", None) != self.seq:
+            return
+        self.loose.discard(sub)
+        self.members[sub] = self.total
+
+    def leave(self, sub: Subscription) -> None:
+        """Back to the per-subscription path, with what it was due handed to its sink."""
+        pos = self.members.pop(sub, None)
+        if pos is None:
+            return
+        if sub.active:
+            self.loose.add(sub)
+        if self.task:
+            sub.caught_up(self.seq)
+        hub = self.hub
+        sink = sub.sink
+        for event in self.events[pos - self.base :]:
+            if not sink.offer(event):
+                hub.events_delivered -= 1
+                hub.events_dropped += 1
+
+    def dissolve(self) -> None:
+        for sub in list(self.members):
+            self.leave(sub)
+
+    # --- writing ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write what gathered to every member (in slices, see `hub.write_slice`)."""
+        if self.flushing or not self.events:
+            return
+        if not self.members:
+            self.base = self.total
+            self.events = []
+            return
+        self.flushing = True
+        end = self.total
+        data = b"".join([e.frame for e in self.events])
+        self._write_slice(list(self.members), 0, end, data)
+
+    def _write_slice(self, targets: list[Subscription], start: int, end: int, data: bytes) -> None:
+        members = self.members
+        stop = min(len(targets), start + self.hub.write_slice)
+        for i in range(start, stop):
+            sub = targets[i]
+            pos = members.get(sub)
+            if pos is None or pos >= end:
+                continue  # left meanwhile, or joined after these events
+            sink = sub.sink
+            if not sink.can_share():
+                self.leave(sub)  # its own queue from here (and 1013 if it overflows)
+                continue
+            try:
+                if pos == self.base:
+                    sink.write_shared(data)
+                else:  # joined while these gathered: only its part of them
+                    sink.write_shared(
+                        b"".join([e.frame for e in self.events[pos - self.base : end - self.base]])
+                    )
+            except Exception:
+                log.exception("writing to a socket failed")
+                self.leave(sub)
+                continue
+            members[sub] = end
+        if stop < len(targets):
+            # Let the loop run other work (requests, the broker's reader) between slices.
+            asyncio.get_running_loop().call_soon(self._write_slice, targets, stop, end, data)
+            return
+        self.flushing = False
+        del self.events[: end - self.base]
+        self.base = end
+        if self.events:
+            self.hub.mark_dirty(self)
+
+
 class _Read:
     """A database read shared by the subscriptions that wait for it."""
 
@@ -421,6 +606,7 @@ class Hub:
         gap_wait: float = 0.03,
         db_concurrency: int = 8,
         write_interval: float = 0.0,
+        write_slice: int = 256,
     ) -> None:
         self.broker = broker
         self.history = history
@@ -434,6 +620,7 @@ class Hub:
         self.buffer_limit = buffer_limit
         self.connections: set[object] = set()
         self._channels: dict[str, set[Subscription]] = {}
+        self._groups: dict[str, Group] = {}
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.events_received = 0
@@ -447,6 +634,8 @@ class Hub:
         # syscall, so under a sustained stream several frames share one write, while a
         # quiet socket (e.g. one of many channels) pays no delay.
         self.write_interval = write_interval
+        # A shared write goes to this many sockets, then lets the loop run other work.
+        self.write_slice = max(1, write_slice)
         self._later: list[Any] = []
         self._later_handle: asyncio.TimerHandle | None = None
         broker.set_handler(self.on_message)
@@ -558,7 +747,10 @@ class Hub:
         subs = self._channels.get(sub.channel)
         if subs is None:
             subs = self._channels[sub.channel] = set()
+            self._groups[sub.channel] = Group(self, sub.channel)
         subs.add(sub)
+        group = sub.group = self._groups[sub.channel]
+        group.loose.add(sub)
         ready = self._ready.get(sub.channel)
         if ready is None:
             ready = self._ready[sub.channel] = asyncio.get_running_loop().create_future()
@@ -576,8 +768,13 @@ class Hub:
         if subs is None or sub not in subs:
             return
         subs.discard(sub)
+        group = self._groups.get(sub.channel)
+        if group is not None:
+            group.leave(sub)
+            group.loose.discard(sub)
         if not subs:
             del self._channels[sub.channel]
+            self._groups.pop(sub.channel, None)
             self._ready.pop(sub.channel, None)
             await self.broker.unsubscribe(sub.channel)
 
@@ -630,8 +827,11 @@ class Hub:
             return
         self.events_received += 1
         event = OutEvent(payload, data)
-        for sub in list(subs):
-            sub.deliver(event)
+        group = self._groups[channel]
+        group.on_event(event)  # the members: once for all of them
+        if group.loose:
+            for sub in list(group.loose):
+                sub.deliver(event)
 
     def dispatch_local(self, channel: str, payload: dict[str, Any]) -> None:
         """Deliver an event to this replica's subscribers only (broker outage fallback)."""
@@ -640,6 +840,8 @@ class Hub:
 
     def resync_all(self) -> None:
         """After a broker outage: every task subscription re-reads what it may have missed."""
+        for group in list(self._groups.values()):
+            group.dissolve()
         for subs in list(self._channels.values()):
             for sub in list(subs):
                 if isinstance(sub, TaskSubscription):

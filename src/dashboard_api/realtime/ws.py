@@ -118,6 +118,26 @@ class Connection(QueueSink):
             return
         await super().put(event)
 
+    def can_share(self) -> bool:
+        writable = self._writable
+        return (
+            writable is not None
+            and writable.is_set()
+            and not self.queue
+            and not self.closed
+            and not self._proto.close_sent
+            and not self._proto.transport.is_closing()
+        )
+
+    def write_shared(self, data: bytes) -> None:
+        pending = self._pending
+        if pending:
+            # Frames of its own gathered before: they go first, in the same write.
+            pending.append(data)
+            self.flush()
+            return
+        self._proto.transport.write(data)
+
     def flush(self) -> None:
         """Write the frames gathered in this loop iteration."""
         pending = self._pending

@@ -1,0 +1,256 @@
+"""Channel groups (`realtime/hub.py` `Group`): one shared write for the caught-up
+subscribers of a channel, without losing, repeating or reordering anything for anyone.
+
+The hub runs standalone here (in-process broker, a fake history); the sinks behave like
+sockets: they take data at once unless blocked (a peer that stopped reading), and then
+queue. The end-to-end counterpart on real sockets is in `test_write_path.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dashboard_api.realtime.broker import MemoryBroker
+from dashboard_api.realtime.events import OutEvent, dumps
+from dashboard_api.realtime.hub import Hub, QueueSink, TaskSubscription
+from tests.realtime.test_hub import FakeHistory
+
+
+def _frames(data: bytes) -> list[dict[str, Any]]:
+    """The payloads of unmasked server text frames."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        n = data[pos + 1] & 0x7F
+        hdr = 2
+        if n == 126:
+            n = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            hdr = 4
+        elif n == 127:
+            n = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            hdr = 10
+        out.append(orjson.loads(data[pos + hdr : pos + hdr + n]))
+        pos += hdr + n
+    return out
+
+
+class SocketSink(QueueSink):
+    """Written at once while its peer reads; queued (up to its size) while it is blocked."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        super().__init__(size)
+        self.out: list[dict[str, Any]] = []
+        self.blocked = False
+        self.shared_writes = 0
+
+    def offer(self, event: OutEvent) -> bool:
+        if self.closed:
+            return False
+        if not self.blocked and not self.queue:
+            self.out.append(event.payload)
+            return True
+        return super().offer(event)
+
+    async def put(self, event: OutEvent) -> None:
+        if not self.blocked and not self.queue and not self.closed:
+            self.out.append(event.payload)
+            return
+        await super().put(event)
+
+    def can_share(self) -> bool:
+        return not self.blocked and not self.queue and not self.closed
+
+    def write_shared(self, data: bytes) -> None:
+        assert self.can_share()
+        self.shared_writes += 1
+        self.out.extend(_frames(data))
+
+    def unblock(self) -> None:
+        self.blocked = False
+        while self.queue:
+            self.out.append(self.queue.popleft().payload)
+        self._note_room()
+
+    def seqs(self) -> list[int]:
+        return [m["seq"] for m in self.out if m["type"] == "task_output"]
+
+
+async def _publish(broker: MemoryBroker, payload: dict[str, Any]) -> None:
+    await broker.publish("task:t", dumps({"task_id": "t", "channel": "task:t", **payload}))
+
+
+async def _output(broker: MemoryBroker, chunk: dict[str, Any]) -> None:
+    await _publish(broker, {"type": "task_output", **chunk})
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def _subscribers(hub: Hub, n: int) -> list[SocketSink]:
+    sinks = []
+    for _ in range(n):
+        sink = SocketSink()
+        sub = TaskSubscription(hub, sink, "task:t", "t", 0)
+        assert await sub.open() is not None
+        sub.start()
+        sinks.append(sink)
+    await _settle()
+    return sinks
+
+
+async def test_caught_up_subscribers_share_one_write_per_interval() -> None:
+    broker, history = MemoryBroker(), FakeHistory()
+    hub = Hub(broker, history, write_interval=0.05, write_slice=3)
+    sinks = await _subscribers(hub, 10)
+    await _output(broker, history.add(1))  # each sends it alone, then joins the group
+    group = hub._groups["task:t"]
+    assert len(group.members) == 10 and not group.loose
+    delivered = hub.events_delivered
+    for seq in range(2, 41):
+        await _output(broker, history.add(seq))
+    assert hub.events_delivered - delivered == 39 * 10
+    async with asyncio.timeout(5):
+        while any(len(s.seqs()) < 40 for s in sinks):
+            await asyncio.sleep(0.01)
+    for sink in sinks:
+        assert sink.seqs() == list(range(1, 41))
+        # 39 events published at once: one shared write (two if a timer fell in between).
+        assert sink.shared_writes <= 2
+    await hub.close()
+
+
+async def test_a_member_that_stops_reading_is_closed_alone() -> None:
+    broker, history = MemoryBroker(), FakeHistory()
+    hub = Hub(broker, history, write_interval=0.0)
+    fast, slow = await _subscribers(hub, 2)
+    slow.size = 5  # a small send queue: it overflows quickly
+    await _output(broker, history.add(1))
+    slow.blocked = True
+    for seq in range(2, 30):
+        await _output(broker, history.add(seq))
+        await _settle()
+    assert slow.closed and slow.overflowed
+    assert fast.seqs() == list(range(1, 30))
+    assert not fast.closed
+    assert len(hub._groups["task:t"].members) == 1
+    await hub.close()
+
+
+async def test_events_gathered_for_members_go_out_before_a_status() -> None:
+    broker, history = MemoryBroker(), FakeHistory()
+    hub = Hub(broker, history, write_interval=0.05)
+    sinks = await _subscribers(hub, 3)
+    await _output(broker, history.add(1))
+    for seq in (2, 3, 4):  # gathered for the shared write, not written yet
+        await _output(broker, history.add(seq))
+    group = hub._groups["task:t"]
+    assert len(group.members) == 3 and len(group.events) == 3
+    status = {"type": "task_status", "status": "running", "output_seq": 4}
+    await _publish(broker, status | {"updated_at": "2026-01-01T00:00:00.000Z"})
+    assert not group.members  # judged per subscription, after what each was due
+    await _output(broker, history.add(5))
+    assert len(group.members) == 3  # and back again
+    await asyncio.sleep(0.1)
+    for sink in sinks:
+        assert [(m["type"], m.get("seq")) for m in sink.out] == [
+            *(("task_output", seq) for seq in (1, 2, 3, 4)),
+            ("task_status", None),
+            ("task_output", 5),
+        ]
+    await hub.close()
+
+
+async def test_a_member_that_joins_while_events_gather_gets_only_its_part() -> None:
+    broker, history = MemoryBroker(), FakeHistory()
+    hub = Hub(broker, history, write_interval=0.05)
+    a, b = await _subscribers(hub, 2)
+    group = hub._groups["task:t"]
+    await _output(broker, history.add(1))
+    await _settle()
+    b.blocked = True
+    await _output(broker, history.add(2))
+    await _settle()  # the shared write: b cannot take it and leaves with seq 2 queued
+    assert len(group.members) == 1
+    await _output(broker, history.add(3))  # a: gathered (written in 50 ms); b: queued
+    b.unblock()
+    await _output(broker, history.add(4))  # b sends it itself and joins, after 3 and 4
+    assert len(group.members) == 2
+    await _output(broker, history.add(5))
+    await asyncio.sleep(0.1)
+    assert a.seqs() == b.seqs() == [1, 2, 3, 4, 5]
+    await hub.close()
+
+
+# Steps of a producer and of readers. The broker may repeat or reorder a pair of events
+# (concurrent writers), skip one (the database has it), and a status update arrives now
+# and then; readers stop and start reading.
+_STEP = st.one_of(
+    st.tuples(st.just("next"), st.integers(1, 5)),
+    st.tuples(st.just("repeat"), st.just(0)),
+    st.tuples(st.just("swap"), st.just(0)),
+    st.tuples(st.just("skip"), st.just(0)),
+    st.tuples(st.just("status"), st.just(0)),
+    st.tuples(st.just("block"), st.integers(0, 3)),
+    st.tuples(st.just("unblock"), st.integers(0, 3)),
+    st.tuples(st.just("tick"), st.just(0)),
+)
+
+
+@given(steps=st.lists(_STEP, max_size=40), interval=st.sampled_from([0.0, 0.002]))
+def test_every_subscriber_gets_every_seq_once_in_order(
+    steps: list[tuple[str, int]], interval: float
+) -> None:
+    asyncio.run(_run_steps(steps, interval))
+
+
+async def _run_steps(steps: list[tuple[str, int]], interval: float) -> None:
+    broker, history = MemoryBroker(), FakeHistory()
+    hub = Hub(broker, history, write_interval=interval, write_slice=2, gap_wait=0.001)
+    sinks = await _subscribers(hub, 4)
+    last = 0
+
+    async def add() -> dict[str, Any]:
+        nonlocal last
+        last += 1
+        return history.add(last)
+
+    for kind, arg in steps:
+        if kind == "next":
+            for _ in range(arg):
+                await _output(broker, await add())
+        elif kind == "repeat" and last:
+            await _output(broker, history.chunks[-1])
+        elif kind == "swap":
+            one, two = await add(), await add()
+            await _output(broker, two)
+            await _output(broker, one)
+        elif kind == "skip":
+            await add()
+        elif kind == "status":
+            status = {"type": "task_status", "status": "running", "output_seq": last}
+            await _publish(broker, status | {"updated_at": "2026-01-01T00:00:00.000Z"})
+        elif kind == "block":
+            sinks[arg].blocked = True
+        elif kind == "unblock":
+            sinks[arg].unblock()
+        else:
+            await _settle()
+    for sink in sinks:
+        sink.unblock()
+    await _output(broker, await add())  # the last one: nothing may be missing before it
+    async with asyncio.timeout(10):
+        while any(len(s.seqs()) < last for s in sinks):
+            await asyncio.sleep(0.005)
+            for sink in sinks:
+                sink.unblock()
+    for sink in sinks:
+        assert sink.seqs() == list(range(1, last + 1))
+        assert not sink.closed
+    await hub.close()
