@@ -111,7 +111,8 @@ async def test_caught_up_subscribers_share_one_write_per_interval() -> None:
     sinks = await _subscribers(hub, 10)
     await _output(broker, history.add(1))  # each sends it alone, then joins the group
     group = hub._groups["task:t"]
-    assert len(group.members) == 10 and not group.loose
+    assert len(group.members) == 10
+    assert not group.loose
     delivered = hub.events_delivered
     for seq in range(2, 41):
         await _output(broker, history.add(seq))
@@ -136,7 +137,8 @@ async def test_a_member_that_stops_reading_is_closed_alone() -> None:
     for seq in range(2, 30):
         await _output(broker, history.add(seq))
         await _settle()
-    assert slow.closed and slow.overflowed
+    assert slow.closed
+    assert slow.overflowed
     assert fast.seqs() == list(range(1, 30))
     assert not fast.closed
     assert len(hub._groups["task:t"].members) == 1
@@ -151,7 +153,8 @@ async def test_events_gathered_for_members_go_out_before_a_status() -> None:
     for seq in (2, 3, 4):  # gathered for the shared write, not written yet
         await _output(broker, history.add(seq))
     group = hub._groups["task:t"]
-    assert len(group.members) == 3 and len(group.events) == 3
+    assert len(group.members) == 3
+    assert len(group.events) == 3
     status = {"type": "task_status", "status": "running", "output_seq": 4}
     await _publish(broker, status | {"updated_at": "2026-01-01T00:00:00.000Z"})
     assert not group.members  # judged per subscription, after what each was due
