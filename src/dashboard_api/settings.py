@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     # Prefix of every Redis key and channel, so that several deployments (or test runs)
     # can share one Redis server.
     redis_prefix: str = "dashboard:"
+    # Redis ingress leader lease; a replica holds 3 leases of messages (realtime/ingress.py).
+    ingress_lease_ms: int = Field(3000, ge=300, le=60_000)
     database_pool_size: int = Field(10, ge=1, le=200)
     dependency_timeout_seconds: float = Field(2.0, gt=0, le=60)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -475,6 +476,126 @@ async def test_ingress_leader_change_stores_every_message_exactly_once(pg: str, 
                 )
                 contents = [c["content"] for c in r.json()["chunks"]]
                 assert contents == [f"m{i}" for i in range(n)]
+    finally:
+        await redis.aclose()
+        await _flush_redis_prefix(prefix)
+
+
+async def test_a_replica_that_just_started_does_not_take_over_the_ingress(pg: str) -> None:
+    # A leads and freezes with messages unstored; B has listened for the whole hold window
+    # and holds them; C starts just before the lead falls vacant and holds only the later
+    # ones. B must take over (C would lose the first half), and C must not run at all
+    # while an eligible replica is there.
+    prefix = f"dashtest:{uuid.uuid4().hex[:12]}:"
+    # The default lease: hold window 9 s (C takes up to ~5 s to start on a loaded
+    # machine, and B must still hold the first messages then); 3 s of vacancy for C.
+    lease_ms = 3000
+    env = {
+        "DASHBOARD_DATABASE_URL": pg,
+        "DASHBOARD_REDIS_URL": REDIS_URL,
+        "DASHBOARD_REDIS_PREFIX": prefix,
+        "DASHBOARD_TOKEN_CACHE_SECONDS": "0",
+        "DASHBOARD_INGRESS_LEASE_MS": str(lease_ms),
+    }
+    tokens = await _tokens(pg)
+    agent = {"Authorization": f"Bearer {tokens['agent']}"}
+    task_id = f"fresh-{uuid.uuid4().hex[:8]}"
+    channel = f"task:{task_id}:output"
+    leader_key = f"{prefix}ingress:leader"
+    redis = aioredis.Redis.from_url(REDIS_URL)
+
+    async def gauge(http: httpx.AsyncClient, url: str, name: str) -> float:
+        return _metric((await http.get(f"{url}/metrics")).text, name)
+
+    try:
+        async with (
+            _replica_process(env) as (url_a, proc_a),
+            _replica_process(env) as (url_b, proc_b),
+            httpx.AsyncClient(timeout=30) as http,
+        ):
+            r = await http.post(
+                f"{url_b}/api/tasks",
+                json={"task_id": task_id, "agent_type": "coder", "input_message": "x"},
+                headers=agent,
+            )
+            assert r.status_code == 201, r.text
+
+            async def output_seq() -> int:
+                r = await http.get(f"{url_b}/api/tasks/{task_id}", headers=agent)
+                return int(r.json()["output_seq"])
+
+            # Both started fresh together: one of them still leads, after a bounded wait.
+            for attempt in range(300):
+                body = {"content": "probe", "message_id": f"probe-{attempt}"}
+                await redis.publish(channel, orjson.dumps(body))
+                if await output_seq():
+                    break
+                await asyncio.sleep(0.05)
+            assert await output_seq(), "no ingress leader"
+            if await gauge(http, url_b, "dashboard_ingress_leader"):
+                (url_a, proc_a), (url_b, proc_b) = (url_b, proc_b), (url_a, proc_a)
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 30
+            while loop.time() < until:
+                if await gauge(http, url_b, "dashboard_ingress_eligible"):
+                    break
+                await asyncio.sleep(0.1)
+            assert await gauge(http, url_b, "dashboard_ingress_eligible") == 1.0
+            await asyncio.sleep(0.5)  # in-flight probes land
+            base = await output_seq()
+
+            # The leader stops storing; the test holds the lead vacant meanwhile, so that
+            # no one takes over until C is up.
+            proc_a.send_signal(signal.SIGSTOP)
+            await redis.set(leader_key, "held-by-the-test", px=60_000)
+            published = 0
+
+            async def publish(n: int) -> None:
+                nonlocal published
+                for _ in range(n):
+                    body = {"content": f"m{published}", "message_id": f"m-{published}"}
+                    await redis.publish(channel, orjson.dumps(body))
+                    published += 1
+
+            await publish(30)  # held by B only (A is frozen, C not there yet)
+            async with _replica_process(env) as (url_c, _):
+                await asyncio.sleep(0.3)  # C listens
+                await publish(30)
+                assert await gauge(http, url_c, "dashboard_ingress_eligible") == 0.0
+                await redis.delete(leader_key)
+                for _ in range(300):
+                    if await output_seq() >= base + 60:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await gauge(http, url_b, "dashboard_ingress_leader") == 1.0
+                assert await gauge(http, url_c, "dashboard_ingress_leader") == 0.0
+                r = await http.get(
+                    f"{url_b}/api/tasks/{task_id}/logs/full?after_seq={base}", headers=agent
+                )
+                contents = [c["content"] for c in r.json()["chunks"]]
+                assert contents == [f"m{i}" for i in range(60)]
+
+                # More elections between B and C while C is not eligible yet (each a coin
+                # toss if C could run): B wins every one. The test takes the lead away
+                # from B, then frees it.
+                b_token = await redis.get(leader_key)
+                assert b_token is not None
+                rounds = 0
+                while rounds < 3 and not await gauge(http, url_c, "dashboard_ingress_eligible"):
+                    rounds += 1
+                    await redis.set(leader_key, "held-by-the-test", px=60_000)
+                    until = loop.time() + 10
+                    while await gauge(http, url_b, "dashboard_ingress_leader"):
+                        assert loop.time() < until
+                        await asyncio.sleep(0.05)
+                    await redis.delete(leader_key)
+                    until = loop.time() + 10
+                    while (holder := await redis.get(leader_key)) is None:
+                        assert loop.time() < until
+                        await asyncio.sleep(0.02)
+                    assert holder == b_token
+                assert rounds, "C became eligible too soon for another election"
+            proc_a.kill()
     finally:
         await redis.aclose()
         await _flush_redis_prefix(prefix)

@@ -115,6 +115,13 @@ class _ScrapeCollector(Collector):
             )
             leader.add_metric([], float(bool(getattr(ingress, "is_leader", False))))
             yield leader
+            eligible = GaugeMetricFamily(
+                "dashboard_ingress_eligible",
+                "1 once this replica has listened to the Redis ingress for its whole hold "
+                "window (it may then take over the lead at once)",
+            )
+            eligible.add_metric([], float(bool(getattr(ingress, "eligible", False))))
+            yield eligible
 
 
 # Ingress outcome label -> counter attribute of realtime.ingress.Ingress.

@@ -15,6 +15,13 @@ replica stores it and whenever one dies. Held messages without an id are dropped
 new leader cannot know whether they were stored): without `message_id` a message is
 stored at most once around a leader change, exactly once otherwise.
 
+What a replica holds covers a leader's death only once it has listened for the whole
+hold window: a replica that started a moment ago lacks what was published before. So
+only a replica that has listened that long (eligible) runs for leader at once. One that
+has not waits until it has seen the leader's key vacant for `takeover_wait` (one lease
+period, several election rounds of any eligible replica) and only then runs too, so that
+a cluster restarted all at once still gets a leader in bounded time.
+
 `PUBLISH` answers how many subscribers received a message; every replica subscribes, so 0
 means that no replica took it and the producer should publish it again (same id).
 
@@ -106,6 +113,7 @@ class Ingress:
         *,
         lease_ms: int = 3000,
         hold_seconds: float | None = None,
+        takeover_wait: float | None = None,
     ) -> None:
         assert settings.redis_url
         self.ctx = ctx
@@ -113,6 +121,10 @@ class Ingress:
         self.lease_ms = lease_ms
         # Long enough to cover a leader's death: its lease running out plus one election.
         self.hold_seconds = hold_seconds if hold_seconds is not None else 3 * lease_ms / 1000
+        # How long a replica that is not eligible yet waits for an eligible one to lead.
+        self.takeover_wait = takeover_wait if takeover_wait is not None else lease_ms / 1000
+        self._listening_since: float | None = None  # monotonic; None while not listening
+        self._vacant_since: float | None = None  # when the leader's key was first seen unset
         self.key = f"{settings.redis_prefix}ingress:leader"
         self.token = uuid.uuid4().hex
         self.client: aioredis.Redis = aioredis.Redis.from_url(
@@ -138,6 +150,12 @@ class Ingress:
     @property
     def is_leader(self) -> bool:
         return time.monotonic() < self._deadline
+
+    @property
+    def eligible(self) -> bool:
+        """Listened for the whole hold window: what it holds covers a leader's death."""
+        since = self._listening_since
+        return since is not None and time.monotonic() - since >= self.hold_seconds
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="redis-ingress")
@@ -167,13 +185,14 @@ class Ingress:
                 if not self.listening.is_set():
                     # Leading without listening would leave messages to nobody.
                     self._step_down()
+                    self._vacant_since = None
                 elif self.is_leader:
                     ok = await self.client.eval(_RENEW, 1, self.key, self.token, self.lease_ms)
                     if ok:
                         self._deadline = started + self.lease_ms * 0.8 / 1000
                     else:
                         self._step_down()
-                else:
+                elif await self._may_run(started):
                     ok = await self.client.set(self.key, self.token, nx=True, px=self.lease_ms)
                     if ok:
                         # The key lives lease_ms from when Redis applied the command, which
@@ -190,6 +209,18 @@ class Ingress:
             except Exception:
                 log.exception("ingress election failed")
             await asyncio.sleep(renew_every * (0.9 + 0.2 * random.random()))
+
+    async def _may_run(self, now: float) -> bool:
+        """Whether to try for the lease now: at once when eligible, else only once the
+        leader's key has stayed unset for `takeover_wait` (no eligible replica took it)."""
+        if self.eligible:
+            return True
+        if await self.client.exists(self.key):
+            self._vacant_since = None
+            return False
+        if self._vacant_since is None:
+            self._vacant_since = now
+        return now - self._vacant_since >= self.takeover_wait
 
     def _step_down(self) -> None:
         if self._deadline:
@@ -232,6 +263,7 @@ class Ingress:
                     raise OSError("redis did not confirm the ingress subscription")
                 if msg["type"] == "psubscribe":
                     confirmed += 1
+            self._listening_since = time.monotonic()
             self.listening.set()
             while not self._closing:
                 msg = await pubsub.get_message(timeout=0.2)
@@ -250,6 +282,7 @@ class Ingress:
                     self._trim_held()
         finally:
             self.listening.clear()
+            self._listening_since = None  # what it holds has a hole from now on
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 

@@ -98,7 +98,7 @@ class Realtime:
         if isinstance(self.broker, RedisBroker) and ctx is not None:
             from dashboard_api.realtime.ingress import Ingress
 
-            self.ingress = Ingress(ctx, self.settings)
+            self.ingress = Ingress(ctx, self.settings, lease_ms=self.settings.ingress_lease_ms)
             await self.ingress.start()
 
     async def close(self) -> None:
