@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -513,6 +514,9 @@ def _split_window(
 _TASK_ROW = (*(c for c in _T.c if c.name != "metadata"), _T.c.metadata.label("metadata_"))
 AnyRow = Row[*tuple[Any, ...]]
 _E = TaskEvent.__table__
+# The same tables, typed for Core statements (`update`, `insert`).
+_T_TABLE = cast(Table, Task.__table__)
+_E_TABLE = cast(Table, TaskEvent.__table__)
 _C = TaskOutputChunk.__table__
 
 
@@ -688,13 +692,48 @@ async def register_task(
 
 async def update_task(
     session: AsyncSession, *, task_id: str, body: TaskUpdate, now: datetime, prices: PriceTable
-) -> Task:
-    """Apply a producer update: a legal status move and/or new metrics, result, metadata."""
-    task = await _locked(session, task_id)
-    before = snapshot(task)
-    fields = body.model_fields_set
-    changed = False
+) -> Any:
+    """Apply a producer update: a legal status move and/or new metrics, result, metadata.
 
+    Returns the task as it is now (a `Task`, or a plain object with its attributes)."""
+    if identity_key(Task, task_id) in session.identity_map:
+        # The caller holds the ORM object: change it, so that it stays true.
+        return await _update_task_orm(session, task_id, body, now, prices)
+    # Without the ORM (its load and unit-of-work flush were much of this request's CPU):
+    # the locked row is read into a plain object that the same rules below change, and
+    # the changed columns are written with one UPDATE.
+    stmt = lock_for_update(session, select(*_TASK_ROW).where(_T.c.task_id == task_id))
+    row = (await session.execute(stmt)).first()
+    if row is None:
+        raise NotFound(f"No task {task_id!r}.")
+    task = SimpleNamespace(**row._mapping)
+    before = snapshot(task)
+    changed, moved = _apply_update(task, task_id, body, now, prices)
+    if not changed:
+        return task
+    old = row._mapping
+    values = {
+        ("metadata" if name == "metadata_" else name): value
+        for name, value in vars(task).items()
+        if value != old[name]
+    }
+    await session.execute(update(_T_TABLE).where(_T.c.task_id == task_id).values(values))
+    if moved:
+        await session.execute(
+            insert(_E_TABLE).values(task_id=task_id, type="status", status=task.status, at=now)
+        )
+    await task_written(session, before, snapshot(task))
+    _publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
+    return task
+
+
+def _apply_update(
+    task: Any, task_id: str, body: TaskUpdate, now: datetime, prices: PriceTable
+) -> tuple[bool, bool]:
+    """Change `task` (a `Task` or its attributes) as `body` says: (changed, status moved
+    so a status event is due). 409 for a move the state machine forbids."""
+    fields = body.model_fields_set
+    changed = moved = False
     if body.status is not None and body.status != task.status:
         if body.status not in ALLOWED_MOVES[task.status]:
             raise Conflict(
@@ -702,9 +741,7 @@ async def update_task(
                 extra={"current_status": task.status},
             )
         _enter_status(task, body.status, now)
-        _record_status(session, task, now)
-        changed = True
-
+        changed = moved = True
     for name in ("assigned_agent", "result", "error", "model"):
         if name in fields and getattr(body, name) != getattr(task, name):
             setattr(task, name, getattr(body, name))
@@ -723,10 +760,21 @@ async def update_task(
     if body.metadata is not None and body.metadata != task.metadata_:
         task.metadata_ = body.metadata
         changed = True
-
     if changed:
         _recompute_cost(task, prices)
         task.updated_at = now
+    return changed, moved
+
+
+async def _update_task_orm(
+    session: AsyncSession, task_id: str, body: TaskUpdate, now: datetime, prices: PriceTable
+) -> Task:
+    task = await _locked(session, task_id)
+    before = snapshot(task)
+    changed, moved = _apply_update(task, task_id, body, now, prices)
+    if moved:
+        _record_status(session, task, now)
+    if changed:
         await _after_write(session, before, task)
         _publish_status(session, task)
     return task

@@ -1,0 +1,133 @@
+"""Server CPU per producer write: PATCH (metrics + metadata) and POST …/output (5 chunks).
+
+    python -m bench.write_cpu [--requests 300] [--rounds 3] [--before-src /tmp/before/src]
+
+One real uvicorn server (PostgreSQL + Redis, as in production) on a database of its own;
+requests are sent one at a time on one keep-alive connection, and the server's CPU
+(utime + stime from /proc) over `--requests` of them is divided by their number. With
+`--before-src` another checkout's `src` is served too, the two servers alternating for
+`--rounds` rounds on the same database, so that both see the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import uuid
+from typing import Any
+
+from bench._common import KeepAliveClient
+from bench.ws_fanout import (
+    PG_ADMIN,
+    REDIS_URL,
+    _cpu_seconds,
+    _free_port,
+    _pg,
+    _start_server,
+    _stop,
+    _wait_healthy,
+)
+
+
+async def _measure(port: int, pid: int, token: str, requests: int) -> dict[str, float]:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    out: dict[str, float] = {}
+    async with KeepAliveClient("127.0.0.1", port, headers) as http:
+        task_id = f"cpu-{uuid.uuid4().hex[:10]}"
+        body = {"task_id": task_id, "agent_type": "bench", "input_message": "x"}
+        status, text = await http.request("POST", "/api/tasks", json.dumps(body).encode())
+        assert status == 201, text
+        status, _ = await http.request("PATCH", f"/api/tasks/{task_id}", b'{"status":"running"}')
+        assert status == 200
+
+        async def patch(i: int) -> None:
+            doc = {"input_tokens": i, "output_tokens": 2 * i, "metadata": {"step": i}}
+            status, text = await http.request(
+                "PATCH", f"/api/tasks/{task_id}", json.dumps(doc).encode()
+            )
+            assert status == 200, text
+
+        async def append(i: int) -> None:
+            doc = {"chunks": [{"content": f"line {i}.{k}\n"} for k in range(5)]}
+            status, text = await http.request(
+                "POST", f"/api/tasks/{task_id}/output", json.dumps(doc).encode()
+            )
+            assert status == 200, text
+
+        for name, call in (("patch", patch), ("append_5", append)):
+            for i in range(20):  # warm-up
+                await call(i)
+            cpu0 = _cpu_seconds(pid)
+            for i in range(requests):
+                await call(1000 + i)
+            out[name] = (_cpu_seconds(pid) - cpu0) * 1000 / requests
+    return out
+
+
+async def main(args: argparse.Namespace) -> None:
+    from dashboard_api.db.engine import Database
+    from dashboard_api.db.migrate import upgrade_to_head
+    from dashboard_api.services.tokens import create_token
+    from dashboard_api.timeutil import SystemClock
+
+    dbname = f"dash_bench_cpu_{os.getpid()}"
+    await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    await _pg(f'CREATE DATABASE "{dbname}"')
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    db_url = f"{base}/{dbname}"
+    try:
+        await asyncio.to_thread(upgrade_to_head, db_url)
+        db = Database(db_url)
+        async with db.write() as session:
+            token, _ = await create_token(
+                session, user_id="bench-agent", role="agent", now=SystemClock().now()
+            )
+        await db.dispose()
+        env = {
+            **os.environ,
+            "DASHBOARD_DATABASE_URL": db_url,
+            "DASHBOARD_REDIS_URL": REDIS_URL,
+            "DASHBOARD_REDIS_PREFIX": f"dashbench:{uuid.uuid4().hex[:8]}:",
+            "DASHBOARD_LOG_LEVEL": "WARNING",
+        }
+        variants: list[tuple[str, str | None]] = [("current", None)]
+        if args.before_src:
+            variants.insert(0, ("before", args.before_src))
+        samples: dict[tuple[str, str], list[float]] = {}
+        for round_ in range(args.rounds):
+            for variant, src in variants:
+                port = _free_port()
+                server = _start_server(port, env, src)
+                try:
+                    await _wait_healthy(port)
+                    result = await _measure(port, server.pid, token, args.requests)
+                finally:
+                    _stop(server)
+                for kind, ms in result.items():
+                    samples.setdefault((kind, variant), []).append(ms)
+                line: dict[str, Any] = {"round": round_ + 1, "server": variant}
+                line |= {k: round(v, 2) for k, v in result.items()}
+                line["loadavg_1m"] = os.getloadavg()[0]
+                print(json.dumps(line), flush=True)
+        print("\n| request | server | CPU ms per request (median of rounds) | each round |")
+        print("|---|---|---|---|")
+        for (kind, variant), values in samples.items():
+            each = ", ".join(f"{v:.2f}" for v in values)
+            print(f"| {kind} | {variant} | {statistics.median(values):.2f} | {each} |")
+    finally:
+        await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before-src", help="also serve this checkout's src (before/after)")
+    asyncio.run(main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()
