@@ -3,9 +3,9 @@
 Every broker message is parsed and serialized once per replica (`OutEvent`) and offered to
 each local subscription, except those in the channel's `Group` (caught up, socket ready),
 which get it once for all through one shared write. A `task:{id}` subscription keeps the
-seq of the last chunk it sent, so that resume, replay and cross-replica reordering never produce a gap or a
-duplicate: while it syncs from the database it buffers live events, and a live event
-that would leave a gap sends it back to the database first.
+seq of the last chunk it sent, so that resume, replay and cross-replica reordering never
+produce a gap or a duplicate: while it syncs from the database it buffers live events,
+and a live event that would leave a gap sends it back to the database first.
 """
 
 from __future__ import annotations
