@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 from collections.abc import Callable
@@ -649,3 +650,105 @@ async def test_rollups_locate_every_offset_like_the_index(app: FastAPI) -> None:
                         assert key[1] == expected[offset], (f, sort, offset)
                     else:
                         assert key is None
+
+
+@pytest.mark.parametrize("sort", ["created_at", "-created_at"])
+async def test_deep_pages_stay_exact_under_concurrent_writes(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    auth: Headers,
+    sort: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each rollup-sought page is read in one snapshot: the page at an offset is exactly
+    that slice of the tasks its own `total` counted, while a writer adds tasks (through
+    the API, so the rollups move) all over the order, before and after the page."""
+    from dashboard_api.db import paging
+
+    monkeypatch.setattr(paging, "SEEK_FROM_OFFSET", 0)
+    start = [
+        Row(task_id=f"s{i:03d}", created_at=T0 + OFFSETS[i % len(OFFSETS)] + timedelta(seconds=i))
+        for i in range(60)
+    ]
+    await load_rows(app, start)
+    # One writer, one task at a time: a snapshot holding `total` tasks holds exactly the
+    # first `total - len(start)` of these.
+    added = [
+        Row(
+            task_id=f"n{i:03d}",
+            created_at=T0 + OFFSETS[(i * 5) % len(OFFSETS)] - timedelta(seconds=i),
+        )
+        for i in range(40)
+    ]
+    done = False
+
+    async def writer() -> None:
+        nonlocal done
+        for r in added:
+            resp = await client.post(
+                "/api/tasks",
+                json={"task_id": r.task_id, "agent_type": r.agent_type, "source": r.source,
+                      "input_message": "x", "created_at": ts(r.created_at)},
+                headers=auth("agent"),
+            )  # fmt: skip
+            assert resp.status_code == 201, resp.text
+            await asyncio.sleep(0)
+        done = True
+
+    seen: list[tuple[int, int, list[str]]] = []
+
+    async def reader() -> None:
+        page = 2
+        while not done or len(seen) < 12:
+            per_page = 3
+            resp = await client.get(
+                "/api/tasks",
+                params={"sort": sort, "page": page, "per_page": per_page},
+                headers=auth("user"),
+            )
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            seen.append((page, body["total"], [i["task_id"] for i in body["items"]]))
+            page = 2 + (page + 7) % 30
+
+    await asyncio.gather(writer(), reader())
+    checked = 0
+    for page, total, ids in seen:
+        if not ids:
+            continue  # an empty page carries no total of its own snapshot
+        snapshot = start + added[: total - len(start)]
+        expected = reference(snapshot, {}, sort)
+        offset = (page - 1) * 3
+        assert ids == expected[offset : offset + 3], (page, total)
+        checked += 1
+    assert checked >= 10
+
+
+async def test_deep_pages_walk_the_index_when_rollups_disagree(
+    app: FastAPI, client: httpx.AsyncClient, auth: Headers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rollups counting tasks that are gone (an older release's upkeep, a manual delete):
+    where the seek finds no row though the total promises one, the page is read by
+    walking the index, as OFFSET would."""
+    from sqlalchemy import delete
+
+    from dashboard_api.db import paging
+    from dashboard_api.db.models import Task
+
+    monkeypatch.setattr(paging, "SEEK_FROM_OFFSET", 0)
+    rows = [Row(task_id=f"d{i:03d}", created_at=T0 + timedelta(minutes=20 * i)) for i in range(30)]
+    await load_rows(app, rows)
+    gone = {f"d{i:03d}" for i in range(0, 30, 2)}
+    async with app.state.ctx.db.write() as session:
+        await session.execute(delete(Task).where(Task.task_id.in_(gone)))
+    left = [r for r in rows if r.task_id not in gone]
+    expected = reference(left, {}, "created_at")
+    for page in range(1, 9):
+        resp = await client.get(
+            "/api/tasks",
+            params={"sort": "created_at", "page": page, "per_page": 2},
+            headers=auth("user"),
+        )
+        assert resp.status_code == 200, resp.text
+        ids = [i["task_id"] for i in resp.json()["items"]]
+        assert ids == expected[(page - 1) * 2 : page * 2], page

@@ -74,6 +74,17 @@ def contains_ci(
     return func.dashboard_casefold(column).like(literal(pattern.casefold()), escape="\\")
 
 
+def epoch_seconds_to_ts(
+    session: AsyncSession, seconds: ColumnElement[Any] | QueryableAttribute[Any]
+) -> ColumnElement[Any]:
+    """The instant `seconds` (whole, since the epoch) as a value comparable with stored
+    timestamps: timestamptz on PostgreSQL; on SQLite the stored text form without its
+    fraction, which sorts just before every stored instant of that same second."""
+    if backend_of(session) == "postgresql":
+        return func.to_timestamp(seconds)
+    return func.datetime(seconds, "unixepoch")
+
+
 # --- analytics ---------------------------------------------------------------------------
 
 

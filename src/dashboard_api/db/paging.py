@@ -121,6 +121,9 @@ def decode_cursor(ordering: Ordering, cursor: str) -> list[Any]:
 # Given an offset: (True, the ordering's key values of the row there, or None past the
 # end), or (False, None) when it cannot tell and the index must be walked.
 Locator = Callable[[int], Awaitable[tuple[bool, Sequence[Any] | None]]]
+# Given an offset: a SELECT of the ordering's keys of the row there (no row past the
+# end), to run inside the page query itself; None when it cannot tell.
+Seeker = Callable[[int], Awaitable[Select[Any] | None]]
 
 # From this offset on, page mode seeks to the page's first key instead of using OFFSET.
 SEEK_FROM_OFFSET = 1000
@@ -137,6 +140,7 @@ async def paginate(
     count: Callable[[], Awaitable[int]] | None = None,
     total_expression: ColumnElement[Any] | None = None,
     locate: Locator | None = None,
+    seek: Seeker | None = None,
 ) -> PageResult[T]:
     """Run a filtered SELECT one page at a time.
 
@@ -146,65 +150,108 @@ async def paginate(
     (an uncorrelated scalar subquery, evaluated once) rides along as a column of the page
     query instead: one round trip for both, and a second query only for an empty page.
     `locate`, when given, may find a deep page's first key faster than the index can
-    (see `Locator`).
+    (see `Locator`); `seek` does the same inside the page query (see `Seeker`): one
+    statement, so one snapshot and one round trip.
     """
-    n_keys = len(ordering.keys)
     direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
     extra = [] if total_expression is None else [total_expression.label("page_total_")]
     base = stmt.add_columns(*extra, *ordering.keys)
     page_stmt = base.order_by(*direction).limit(request.per_page + 1)
+
+    async def total_of(rows: Sequence[Row[Any]]) -> int:
+        if total_expression is not None:
+            if rows:
+                return int(rows[0][-len(ordering.keys) - 1])
+            return int((await session.execute(select(total_expression))).scalar_one())
+        if count is not None:
+            return await count()
+        counter = count_stmt
+        if counter is None:
+            counter = select(func.count()).select_from(stmt.order_by(None).subquery())
+        return int((await session.execute(counter)).scalar_one())
+
     if request.cursor is not None:
         values = decode_cursor(ordering, request.cursor)
-        key_tuple = tuple_(*ordering.keys)
         bound = tuple_(*[_bind_like(k, v) for k, v in zip(ordering.keys, values, strict=True)])
-        page_stmt = page_stmt.where(key_tuple < bound if ordering.descending else key_tuple > bound)
+        page_stmt = page_stmt.where(_past(ordering, bound))
     elif request.page is not None and request.page > 1:
         offset = (request.page - 1) * request.per_page
         if offset < SEEK_FROM_OFFSET:
             page_stmt = page_stmt.offset(offset)
         else:
-            # Skipping rows with OFFSET still reads and projects each of them. Find the
-            # first row's key alone (the order's index covers it: an index-only scan),
-            # then read the page from that key like a cursor page.
-            answered, first = await locate(offset) if locate is not None else (False, None)
-            if not answered:
-                key_stmt = stmt.with_only_columns(*ordering.keys, maintain_column_froms=True)
-                key_stmt = key_stmt.order_by(*direction).offset(offset).limit(1)
-                first = (await session.execute(key_stmt)).first()
-            if first is None:
-                page_stmt = page_stmt.where(false())
-            else:
-                key_tuple = tuple_(*ordering.keys)
-                bound = tuple_(
-                    *[literal(v, type_=k.type) for k, v in zip(ordering.keys, first, strict=True)]
-                )
-                page_stmt = page_stmt.where(
-                    key_tuple <= bound if ordering.descending else key_tuple >= bound
-                )
+            # Skipping rows with OFFSET still reads and projects each of them: find the
+            # first row's key alone, then read the page from that key like a cursor page.
+            found = await seek(offset) if seek is not None else None
+            if found is not None:
+                first = found.cte("page_first_key")
+                bound = tuple_(*(select(c).scalar_subquery() for c in first.c))
+                rows = (await session.execute(page_stmt.where(_from(ordering, bound)))).all()
+                total = await total_of(rows)
+                if rows or total <= offset:
+                    return _result(ordering, request, rows, convert, total)
+                # A page exists, yet the seek found none: its counts disagree with the rows
+                # (say, rollups kept by an older release). Walk the index instead.
+            page_stmt = await _seek_by_index(session, stmt, ordering, page_stmt, offset, locate)
 
     rows = (await session.execute(page_stmt)).all()
+    return _result(ordering, request, rows, convert, await total_of(rows))
+
+
+async def _seek_by_index(
+    session: AsyncSession,
+    stmt: Select[Any],
+    ordering: Ordering,
+    page_stmt: Select[Any],
+    offset: int,
+    locate: Locator | None,
+) -> Select[Any]:
+    """`page_stmt` from the key of the row `offset` rows in, found by `locate` or by an
+    index-only scan of the order's keys."""
+    answered, first = await locate(offset) if locate is not None else (False, None)
+    if not answered:
+        direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
+        key_stmt = stmt.with_only_columns(*ordering.keys, maintain_column_froms=True)
+        key_stmt = key_stmt.order_by(*direction).offset(offset).limit(1)
+        first = (await session.execute(key_stmt)).first()
+    if first is None:
+        return page_stmt.where(false())
+    bound = tuple_(*[literal(v, type_=k.type) for k, v in zip(ordering.keys, first, strict=True)])
+    return page_stmt.where(_from(ordering, bound))
+
+
+def _past(ordering: Ordering, bound: Any) -> ColumnElement[bool]:
+    """Rows strictly after `bound` (a tuple of key values) in the order."""
+    keys = tuple_(*ordering.keys)
+    after: ColumnElement[bool] = keys < bound if ordering.descending else keys > bound
+    return after
+
+
+def _from(ordering: Ordering, bound: Any) -> ColumnElement[bool]:
+    """Rows from `bound` (a tuple of key values) on, in the order."""
+    keys = tuple_(*ordering.keys)
+    start: ColumnElement[bool] = keys <= bound if ordering.descending else keys >= bound
+    return start
+
+
+def _result(
+    ordering: Ordering,
+    request: PageRequest,
+    rows: Sequence[Row[Any]],
+    convert: Callable[[Row[Any]], T],
+    total: int,
+) -> PageResult[T]:
+    """The envelope of fetched rows (per_page + 1 at most: the extra one tells that more
+    follow); the ordering's keys are the rows' last columns."""
+    n_keys = len(ordering.keys)
     has_more = len(rows) > request.per_page
     rows = rows[: request.per_page]
     next_cursor = None
     if has_more and rows:
         next_cursor = encode_cursor(ordering, list(rows[-1][-n_keys:]))
-
-    if total_expression is not None:
-        if rows:
-            total = int(rows[0][-n_keys - 1])
-        else:
-            total = int((await session.execute(select(total_expression))).scalar_one())
-    elif count is not None:
-        total = await count()
-    else:
-        if count_stmt is None:
-            count_stmt = select(func.count()).select_from(stmt.order_by(None).subquery())
-        total = int((await session.execute(count_stmt)).scalar_one())
-    page = None if request.cursor is not None else (request.page or 1)
     return PageResult(
         items=[convert(r) for r in rows],
         total=total,
-        page=page,
+        page=None if request.cursor is not None else (request.page or 1),
         per_page=request.per_page,
         pages=math.ceil(total / request.per_page) if total else 0,
         next_cursor=next_cursor,

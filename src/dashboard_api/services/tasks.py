@@ -14,6 +14,8 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    cast,
+    false,
     func,
     insert,
     literal,
@@ -29,7 +31,13 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.util import identity_key
 
-from dashboard_api.db.dialect import backend_of, contains_ci, lock_for_update, lock_skip_locked
+from dashboard_api.db.dialect import (
+    backend_of,
+    contains_ci,
+    epoch_seconds_to_ts,
+    lock_for_update,
+    lock_skip_locked,
+)
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
 from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup
@@ -46,11 +54,13 @@ from dashboard_api.schemas.tasks import (
 )
 from dashboard_api.schemas.tasks_json import summary_from_row
 from dashboard_api.services.analytics_rollups import (
+    DAY,
     EPOCH,
     GRAINS,
     QUARTER,
     SERIES_ALL_MODELS,
     SERIES_MARGINAL,
+    epoch_seconds,
 )
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import TaskSnapshot, snapshot, task_written
@@ -164,8 +174,8 @@ async def list_tasks(
     if not filters.q:
         total = await count_expression(session, filters=filters)
 
-        async def locate(offset: int) -> tuple[bool, Sequence[Any] | None]:
-            return await locate_by_rollups(session, filters, ordering, offset)
+        async def seek(offset: int) -> Select[Any] | None:
+            return await rollup_seek(session, filters, ordering, offset)
 
         return await paginate(
             session,
@@ -174,7 +184,7 @@ async def list_tasks(
             page,
             convert=summary_from_row,
             total_expression=total,
-            locate=locate,
+            seek=seek,
         )
     matches = await count_tasks(session, filters=filters)
     if matches <= FEW_MATCHES:
@@ -263,38 +273,103 @@ def _counts_by_rollups(session: AsyncSession, filters: TaskFilters) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Piece:
-    """[start, end) of the filter's window: one rollup block (grain, bucket), or raw."""
+def _block_counts(
+    filters: TaskFilters,
+    grains: Sequence[int],
+    where: Sequence[ColumnElement[bool]] = (),
+    *,
+    span: tuple[Any, Any] | None = None,
+    blocks: Sequence[tuple[int, int]] | None = None,
+) -> Select[Any]:
+    """(grain, bucket, n): the tasks matching `filters` (status, agent_type, source only)
+    in each block of `grains`, exact in the statement's snapshot: the rollup rows plus
+    the contributions not folded into them yet (`analytics_pending`). Only blocks
+    starting in `span` ([start, end) epoch seconds) or listed in `blocks`, when given;
+    `where` (which may name other CTEs) restricts every part."""
+    r = AnalyticsRollup.__table__.c
+    p = _PENDING.c
+    counted = [r[s] for s in filters.status] or [r.tasks]
+    if filters.agent_type or filters.source:
+        rows = [r.series == SERIES_ALL_MODELS]
+        for column, values in ((r.agent_type, filters.agent_type), (r.source, filters.source)):
+            if values:
+                rows.append(column.in_(list(values)))
+    else:
+        # The overall row of each block: one row per block instead of one per combination.
+        rows = [r.series == SERIES_MARGINAL, r.agent_type == "", r.source == ""]
+    rows.append(r.grain == grains[0] if len(grains) == 1 else r.grain.in_(list(grains)))
+    rows += where
+    if span is not None:
+        rows += [r.bucket >= span[0], r.bucket < span[1]]
+    if blocks is not None:
+        rows.append(tuple_(r.grain, r.bucket).in_(list(blocks)))
+    parts: list[Select[Any]] = [
+        select(
+            r.grain.label("grain"), r.bucket.label("bucket"), sum(counted[1:], counted[0])
+        ).where(*rows)
+    ]
+    for grain in grains:
+        pending = _pending_blocks(filters, grain).where(*where)
+        if span is not None:
+            pending = pending.where(p.created_s >= span[0], p.created_s < span[1])
+        parts.append(pending)
+    both = union_all(*parts).subquery()
+    stmt = select(both.c.grain, both.c.bucket, func.sum(both.c.n).label("n")).group_by(
+        both.c.grain, both.c.bucket
+    )
+    if blocks is not None:
+        stmt = stmt.where(tuple_(both.c.grain, both.c.bucket).in_(list(blocks)))
+    return stmt
 
-    start: datetime
-    end: datetime
-    grain: int | None = None
-    bucket: int = 0
+
+# Block lengths the locator descends through below the top pieces: about 16 to 256 rows
+# read per level, so that the whole descent is a few small index ranges.
+_DESCENT = (16 * DAY, DAY, 3600, QUARTER)
 
 
 async def locate_by_rollups(
     session: AsyncSession, filters: TaskFilters, ordering: Ordering, offset: int
 ) -> tuple[bool, Sequence[Any] | None]:
-    """The key of the row `offset` rows into a created_at order, found through the rollups.
+    """The key of the row `offset` rows into a created_at order, through the rollups (see
+    `rollup_seek`): (True, key or None past the end), or (False, None) when they cannot
+    count these filters or this order."""
+    stmt = await rollup_seek(session, filters, ordering, offset)
+    if stmt is None:
+        return False, None
+    return True, (await session.execute(stmt)).first()
+
+
+async def rollup_seek(
+    session: AsyncSession, filters: TaskFilters, ordering: Ordering, offset: int
+) -> Select[Any] | None:
+    """One statement that selects the ordering's keys of the row `offset` rows into a
+    created_at order (no row past the end), or None for orders and filters the rollups
+    cannot count.
 
     OFFSET, even on the index alone, reads every row it skips (500,000 index entries for
-    page 10,001). The rollups count each time block exactly, so the block holding the
-    row is found from the coarsest grain down, a handful of rows per grain, and only
-    that last 15-minute block is walked with OFFSET. (False, None) for orders and
-    filters the rollups cannot count, or when concurrent writes moved rows between
-    these reads (the caller then walks the index).
+    page 10,001). The rollups count each time block exactly, so the statement finds the
+    block holding the row from the coarsest grain down (at each level, running sums over
+    the children of the block found above), and walks only the 15-minute block found last
+    with OFFSET. Being one statement, it reads one snapshot: the counts and the rows agree
+    under concurrent writes. The caller still checks that a page was found where the
+    total says one exists (see `paginate`), should the rollups ever disagree.
     """
     if ordering.name not in ("created_at", "-created_at") or not _counts_by_rollups(
         session, filters
     ):
-        return False, None
+        return None
     plain = replace(filters, created_after=None, created_before=None)
     lo, hi = filters.created_after, filters.created_before
+    # The top pieces: (lo_s, hi_s, grain, n), epoch seconds [lo_s, hi_s) intersected with
+    # the filter's window; grain 0 marks a raw piece (counted on the tasks, not divided).
     if lo is None and hi is None:
-        # Every task lies in exactly one block of the coarsest grain: start from those,
-        # counted in the same query that finds them.
-        counted = await _coarsest_blocks(session, plain)
+        blocks = _block_counts(plain, [GRAINS[-1]]).subquery()
+        top: Any = select(
+            blocks.c.bucket.label("lo_s"),
+            (blocks.c.bucket + blocks.c.grain).label("hi_s"),
+            blocks.c.grain,
+            blocks.c.n,
+        )
     else:
         if lo is None or hi is None:
             oldest, newest = (
@@ -303,114 +378,98 @@ async def locate_by_rollups(
             lo = oldest if lo is None else lo
             hi = hi if hi is not None else None if newest is None else newest + _ONE_US
         if lo is None or hi is None or lo >= hi:
-            return True, None
-        edges, blocks = _split_window(lo, hi)
-        pieces = [_Piece(a, b) for a, b in edges]
-        pieces += [_block_piece(g, b) for g, b in blocks if b is not None]
-        counted = list(zip(pieces, await _piece_counts(session, plain, pieces), strict=True))
-    remaining = offset
-    while True:
-        counted.sort(key=lambda pc: pc[0].start, reverse=ordering.descending)
-        piece = None
-        for candidate, n in counted:
-            if remaining < n:
-                piece = candidate
-                break
-            remaining -= n
-        if piece is None:
-            return True, None
-        if piece.grain is None or piece.grain == GRAINS[0]:
-            stmt = (
-                select(*ordering.keys)
-                .where(_T.c.created_at >= piece.start, _T.c.created_at < piece.end)
-                .where(*plain.clauses(session))
-                .order_by(*[k.desc() if ordering.descending else k.asc() for k in ordering.keys])
-                .offset(remaining)
-                .limit(1)
+            return select(*ordering.keys).where(false())
+        edges, whole = _split_window(lo, hi)
+        parts: list[Any] = []
+        if whole:
+            asked = [(g, b) for g, b in whole if b is not None]
+            blocks = _block_counts(plain, sorted({g for g, _ in asked}), blocks=asked).subquery()
+            parts.append(
+                select(
+                    blocks.c.bucket.label("lo_s"),
+                    (blocks.c.bucket + blocks.c.grain).label("hi_s"),
+                    blocks.c.grain,
+                    blocks.c.n,
+                )
             )
-            row = (await session.execute(stmt)).first()
-            return (row is not None), row
-        # Two grains finer at once (16 to 24 blocks): half the round trips of one by one.
-        finer = GRAINS[max(0, GRAINS.index(piece.grain) - 2)]
-        pieces = [
-            _block_piece(finer, b) for b in range(piece.bucket, piece.bucket + piece.grain, finer)
-        ]
-        counted = list(zip(pieces, await _piece_counts(session, plain, pieces), strict=True))
+        for a, b in edges:
+            window = [_T.c.created_at >= a, _T.c.created_at < b]
+            parts.append(
+                select(
+                    literal(epoch_seconds(a), BigInteger).label("lo_s"),
+                    literal(-(-(b - EPOCH) // _ONE_S), BigInteger).label("hi_s"),
+                    literal(0, BigInteger).label("grain"),
+                    _count_raw([*window, *plain.clauses(session)]).label("n"),
+                )
+            )
+        top = union_all(*parts) if len(parts) > 1 else parts[0]
+
+    remaining: ColumnElement[Any] = literal(offset, BigInteger)
+    level = top.cte("seek_0")
+    pick = _pick(level, remaining, ordering.descending, "pick_0")
+    for i, grain in enumerate(_DESCENT, start=1):
+        # The picked piece's blocks of this grain, or the piece itself when it is no
+        # longer (or raw).
+        kids = _block_counts(
+            plain, [grain], [pick.c.grain > grain], span=(pick.c.lo_s, pick.c.hi_s)
+        ).subquery()
+        level = union_all(
+            select(
+                kids.c.bucket.label("lo_s"),
+                (kids.c.bucket + kids.c.grain).label("hi_s"),
+                kids.c.grain,
+                kids.c.n,
+            ),
+            select(pick.c.lo_s, pick.c.hi_s, pick.c.grain, pick.c.n).where(pick.c.grain <= grain),
+        ).cte(f"seek_{i}")
+        pick = _pick(level, select(pick.c.rem).scalar_subquery(), ordering.descending, f"pick_{i}")
+
+    def scalar(column: Any) -> Any:
+        return select(column).scalar_subquery()
+
+    direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
+    return (
+        select(*ordering.keys)
+        .where(
+            _T.c.created_at >= scalar(epoch_seconds_to_ts(session, pick.c.lo_s)),
+            _T.c.created_at < scalar(epoch_seconds_to_ts(session, pick.c.hi_s)),
+            *filters.clauses(session),
+        )
+        .order_by(*direction)
+        # No pick past the end: both bounds are NULL, and SQLite refuses a NULL OFFSET.
+        .offset(func.coalesce(scalar(cast(pick.c.rem, BigInteger)), 0))
+        .limit(1)
+    )
+
+
+def _pick(level: Any, remaining: ColumnElement[Any], descending: bool, name: str) -> Any:
+    """The one row of `level` (pieces in time order) holding the `remaining`-th matching
+    task, and how many tasks of it come before that one; no row past the end."""
+    order = level.c.lo_s.desc() if descending else level.c.lo_s.asc()
+    running = select(
+        level.c.lo_s,
+        level.c.hi_s,
+        level.c.grain,
+        level.c.n,
+        func.sum(level.c.n).over(order_by=order, rows=(None, 0)).label("upto"),
+    ).subquery()
+    before = running.c.upto - running.c.n
+    return (
+        select(
+            running.c.lo_s,
+            running.c.hi_s,
+            running.c.grain,
+            running.c.n,
+            (remaining - before).label("rem"),
+        )
+        .where(before <= remaining, remaining < running.c.upto)
+        .cte(name)
+    )
 
 
 _ONE_US = timedelta(microseconds=1)
+_ONE_S = timedelta(seconds=1)
 _PENDING: Table = AnalyticsPending.__table__  # type: ignore[assignment]
-
-
-async def _coarsest_blocks(session: AsyncSession, filters: TaskFilters) -> list[tuple[_Piece, int]]:
-    """Every non-empty block of the coarsest grain, with its count of matching tasks."""
-    r = AnalyticsRollup.__table__.c
-    counted = [r[s] for s in filters.status] or [r.tasks]
-    where = [r.series == SERIES_ALL_MODELS, r.grain == GRAINS[-1]]
-    for column, values in ((r.agent_type, filters.agent_type), (r.source, filters.source)):
-        if values:
-            where.append(column.in_(list(values)))
-    both = union_all(
-        select(r.grain, r.bucket, sum(counted[1:], counted[0]).label("n")).where(*where),
-        _pending_blocks(filters, GRAINS[-1]),
-    ).subquery()
-    stmt = select(both.c.bucket, func.sum(both.c.n)).group_by(both.c.bucket)
-    rows = (await session.execute(stmt)).all()
-    return [(_block_piece(GRAINS[-1], int(b)), int(n)) for b, n in rows if n]
-
-
-def _block_piece(grain: int, bucket: int) -> _Piece:
-    start = EPOCH + timedelta(seconds=bucket)
-    return _Piece(start, start + timedelta(seconds=grain), grain, bucket)
-
-
-async def _piece_counts(
-    session: AsyncSession, filters: TaskFilters, pieces: Sequence[_Piece]
-) -> list[int]:
-    """Exact task counts of each piece, in one query."""
-    r = AnalyticsRollup.__table__.c
-    counted = [r[s] for s in filters.status] or [r.tasks]
-    columns: list[ColumnElement[Any]] = []
-    blocks = [p for p in pieces if p.grain is not None]
-    if blocks:
-        # An expanding IN keeps the statement's shape (and its compiled form) the same
-        # whatever the number of blocks.
-        where = [
-            r.series == SERIES_ALL_MODELS,
-            tuple_(r.grain, r.bucket).in_([(p.grain, p.bucket) for p in blocks]),
-        ]
-        for column, values in ((r.agent_type, filters.agent_type), (r.source, filters.source)):
-            if values:
-                where.append(column.in_(list(values)))
-        # Plus what pending contributions add to each block (grouped per block of every
-        # grain asked; the blocks not asked for are ignored below).
-        grains = sorted({p.grain for p in blocks if p.grain is not None})
-        both = union_all(
-            select(r.grain, r.bucket, sum(counted[1:], counted[0]).label("n")).where(*where),
-            *(_pending_blocks(filters, g) for g in grains),
-        ).subquery()
-        rows = (
-            await session.execute(
-                select(both.c.grain, both.c.bucket, func.sum(both.c.n)).group_by(
-                    both.c.grain, both.c.bucket
-                )
-            )
-        ).all()
-        by_block = {(int(g), int(b)): int(n) for g, b, n in rows}
-    else:
-        by_block = {}
-    raw = [p for p in pieces if p.grain is None]
-    if raw:
-        for p in raw:
-            where_raw = [_T.c.created_at >= p.start, _T.c.created_at < p.end]
-            columns.append(_count_raw([*where_raw, *filters.clauses(session)]))
-        values = (await session.execute(select(*columns))).one()
-        by_raw = {id(p): int(v) for p, v in zip(raw, values, strict=True)}
-    else:
-        by_raw = {}
-    return [
-        by_raw[id(p)] if p.grain is None else by_block.get((p.grain, p.bucket), 0) for p in pieces
-    ]
 
 
 def _count_raw(where: Sequence[ColumnElement[bool]]) -> ColumnElement[Any]:
