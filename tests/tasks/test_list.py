@@ -752,3 +752,33 @@ async def test_deep_pages_walk_the_index_when_rollups_disagree(
         assert resp.status_code == 200, resp.text
         ids = [i["task_id"] for i in resp.json()["items"]]
         assert ids == expected[(page - 1) * 2 : page * 2], page
+
+
+@pytest.mark.parametrize("plan", ["matches first", "order index"])
+async def test_q_plans_match_brute_force(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    auth: Headers,
+    plan: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both plans of a `q` list (the matches found once, then counted and paged; or the
+    order's index walked with the count alongside) give the brute-force pages and totals,
+    in page mode (deep pages included) and cursor mode, whatever the previous run hinted."""
+    from dashboard_api.db import paging
+    from dashboard_api.services import tasks
+
+    monkeypatch.setattr(paging, "SEEK_FROM_OFFSET", 4)
+    monkeypatch.setattr(tasks, "FEW_MATCHES", 10**9 if plan == "matches first" else -1)
+    rows = fixed_rows()
+    await load_rows(app, rows)
+    q_filters = [p for p in FILTERS if "q" in p]
+    q_filters += [{**p, "status": "completed,failed", "agent_type": "coder"} for p in q_filters]
+    for sort in SORTS:
+        for params in q_filters:
+            expected = reference(rows, params, sort)
+            query = {**params, "sort": sort}
+            by_page, total = await walk_pages(client, auth, query, per_page=2)
+            assert (by_page, total) == (expected, len(expected)), (sort, params)
+            by_cursor, total = await walk_cursor(client, auth, query, per_page=3)
+            assert (by_cursor, total) == (expected, len(expected)), (sort, params)

@@ -161,11 +161,12 @@ async def list_tasks(
 ) -> PageResult[dict[str, Any]]:
     """One page of task summaries (as `TaskSummary` documents) in the requested order."""
     await read_without_transaction(session)
-    stmt: Select[Any] = select(
+    columns = (
         *(_T.c[c] for c in SUMMARY_COLUMNS),
         func.substr(_T.c.input_message, 1, 200).label("input_preview"),
         _T.c.error.is_not(None).label("has_error"),
     )
+    stmt: Select[Any] = select(*columns)
     where = filters.clauses(session)
     if where:
         stmt = stmt.where(and_(*where))
@@ -186,17 +187,65 @@ async def list_tasks(
             total_expression=total,
             seek=seek,
         )
-    matches = await count_tasks(session, filters=filters)
-    if matches <= FEW_MATCHES:
-        # A rare substring: walking the order's index and testing each row would read
-        # tens of thousands of rows to fill one page; finding the few matches first (the
-        # trigram index on PostgreSQL) and sorting them is far cheaper.
-        ordering = _unindexed(ordering)
+    hint = _q_hint_key(filters)
+    if _Q_MATCHES.get(hint, 0) > FEW_MATCHES:
+        # A common substring: the order's index finds a page after a few hundred rows;
+        # the exact count, which rechecks every match, rides along in the same statement.
+        result = await paginate(
+            session,
+            stmt,
+            ordering,
+            page,
+            convert=summary_from_row,
+            total_expression=_count_raw(where),
+        )
+        _remember_matches(hint, result.total)
+        return result
+    # A rare substring (or one not seen yet): walking the order's index and testing each
+    # row would read tens of thousands of rows to fill one page. The matching rows are
+    # found once (the trigram index on PostgreSQL; reading each to recheck it, so their
+    # summary comes at no extra cost), then counted and paged from that same set, in one
+    # statement.
+    keys = [k.label(f"k{i}") for i, k in enumerate(ordering.keys)]
+    matches = select(*columns, *keys).where(*where).cte("q_matches")
+    found = Ordering(ordering.name, tuple(matches.c[k.name] for k in keys), ordering.descending)
+    result = await paginate(
+        session,
+        select(*(matches.c[c.name] for c in columns)),
+        found,
+        page,
+        convert=summary_from_row,
+        total_expression=select(func.count()).select_from(matches).scalar_subquery(),
+    )
+    _remember_matches(hint, result.total)
+    return result
 
-    async def counted() -> int:
-        return matches
 
-    return await paginate(session, stmt, ordering, page, convert=summary_from_row, count=counted)
+# How many tasks matched a `q` query (with its other filters) the last time it ran: only
+# a hint for choosing the plan, never an answer.
+_Q_MATCHES: dict[tuple[Any, ...], int] = {}
+_Q_HINTS_KEPT = 4096
+
+
+def _q_hint_key(f: TaskFilters) -> tuple[Any, ...]:
+    return (
+        tuple(f.status),
+        tuple(f.agent_type),
+        tuple(f.source),
+        f.created_after,
+        f.created_before,
+        f.conversation_id,
+        f.flow_id,
+        f.user_id,
+        (f.q or "").casefold(),
+    )
+
+
+def _remember_matches(key: tuple[Any, ...], total: int) -> None:
+    _Q_MATCHES.pop(key, None)
+    if len(_Q_MATCHES) >= _Q_HINTS_KEPT:
+        del _Q_MATCHES[next(iter(_Q_MATCHES))]
+    _Q_MATCHES[key] = total
 
 
 async def read_without_transaction(session: AsyncSession) -> None:
@@ -210,14 +259,8 @@ async def read_without_transaction(session: AsyncSession) -> None:
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
-# At most this many matches of `q`: find them first, then sort (see list_tasks).
+# More matches of `q` than this (the last time): walk the order's index (see list_tasks).
 FEW_MATCHES = 5000
-
-
-def _unindexed(ordering: Ordering) -> Ordering:
-    """The same order and cursors, written so that no index can serve it."""
-    first, *rest = ordering.keys
-    return Ordering(ordering.name, (func.coalesce(first, first), *rest), ordering.descending)
 
 
 async def count_tasks(session: AsyncSession, *, filters: TaskFilters) -> int:
