@@ -33,9 +33,25 @@ MESSAGES = (
     "Ünïcode ÉTÉ",
     "x%y",
     "back\\slash",
+    "it's O'Brien\\'s; --",
     "",
 )
-NEEDLES = ("ärger", "ÄRGER", "%", "_", "a_b", "100%", "été", "ÉTÉ", "x%y", "PLAIN", "\\", "zz")
+NEEDLES = (
+    "'s",
+    "\\'",
+    "ärger",
+    "ÄRGER",
+    "%",
+    "_",
+    "a_b",
+    "100%",
+    "été",
+    "ÉTÉ",
+    "x%y",
+    "PLAIN",
+    "\\",
+    "zz",
+)
 # Creation instants: few (many ties), on and off the 15-minute rollup blocks, some days
 # apart, so that counted totals combine whole blocks with raw edges.
 OFFSETS = [
@@ -311,6 +327,8 @@ FILTERS: list[dict[str, Any]] = [
     {"q": "_"},
     {"q": "a_b"},
     {"q": "\\"},
+    {"q": "'s"},
+    {"q": "BRIEN\\'S; --"},
     {"q": "été"},
     {
         "created_after": ts(T0 + timedelta(seconds=10)),
@@ -349,6 +367,7 @@ async def test_each_filter_and_sort(
         assert body["total"] == len(expected)
     # Sanity: the literal filters found what they should.
     assert len(reference(rows, {"q": "%"}, sort)) > 0
+    assert len(reference(rows, {"q": "BRIEN\\'S; --"}, sort)) > 0
     assert len(reference(rows, {"q": "ärger"}, sort)) == len(reference(rows, {"q": "ÄRGER"}, sort))
 
 
