@@ -122,8 +122,9 @@ def decode_cursor(ordering: Ordering, cursor: str) -> list[Any]:
 # end), or (False, None) when it cannot tell and the index must be walked.
 Locator = Callable[[int], Awaitable[tuple[bool, Sequence[Any] | None]]]
 # Given an offset: a SELECT of the ordering's keys of the row there (no row past the
-# end), to run inside the page query itself; None when it cannot tell.
-Seeker = Callable[[int], Awaitable[Select[Any] | None]]
+# end), to run inside the page query itself, and the values of its bind parameters;
+# None when it cannot tell.
+Seeker = Callable[[int], Awaitable[tuple[Select[Any], dict[str, Any]] | None]]
 
 # From this offset on, page mode seeks to the page's first key instead of using OFFSET.
 SEEK_FROM_OFFSET = 1000
@@ -183,9 +184,10 @@ async def paginate(
             # first row's key alone, then read the page from that key like a cursor page.
             found = await seek(offset) if seek is not None else None
             if found is not None:
-                first = found.cte("page_first_key")
+                first = found[0].cte("page_first_key")
                 bound = tuple_(*(select(c).scalar_subquery() for c in first.c))
-                rows = (await session.execute(page_stmt.where(_from(ordering, bound)))).all()
+                sought = page_stmt.where(_from(ordering, bound))
+                rows = (await session.execute(sought, found[1])).all()
                 total = await total_of(rows)
                 if rows or total <= offset:
                     return _result(ordering, request, rows, convert, total)

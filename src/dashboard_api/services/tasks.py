@@ -14,6 +14,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    bindparam,
     cast,
     false,
     func,
@@ -175,8 +176,9 @@ async def list_tasks(
     if not filters.q:
         total = await count_expression(session, filters=filters)
 
-        async def seek(offset: int) -> Select[Any] | None:
-            return await rollup_seek(session, filters, ordering, offset)
+        async def seek(offset: int) -> tuple[Select[Any], dict[str, Any]] | None:
+            found = await rollup_seek(session, filters, ordering)
+            return None if found is None else (found, {"seek_offset": offset})
 
         return await paginate(
             session,
@@ -376,17 +378,17 @@ async def locate_by_rollups(
     """The key of the row `offset` rows into a created_at order, through the rollups (see
     `rollup_seek`): (True, key or None past the end), or (False, None) when they cannot
     count these filters or this order."""
-    stmt = await rollup_seek(session, filters, ordering, offset)
+    stmt = await rollup_seek(session, filters, ordering)
     if stmt is None:
         return False, None
-    return True, (await session.execute(stmt)).first()
+    return True, (await session.execute(stmt, {"seek_offset": offset})).first()
 
 
 async def rollup_seek(
-    session: AsyncSession, filters: TaskFilters, ordering: Ordering, offset: int
+    session: AsyncSession, filters: TaskFilters, ordering: Ordering
 ) -> Select[Any] | None:
-    """One statement that selects the ordering's keys of the row `offset` rows into a
-    created_at order (no row past the end), or None for orders and filters the rollups
+    """One statement that selects the ordering's keys of the row `:seek_offset` rows into
+    a created_at order (no row past the end), or None for orders and filters the rollups
     cannot count.
 
     OFFSET, even on the index alone, reads every row it skips (500,000 index entries for
@@ -401,8 +403,48 @@ async def rollup_seek(
         session, filters
     ):
         return None
-    plain = replace(filters, created_after=None, created_before=None)
     lo, hi = filters.created_after, filters.created_before
+    if (lo is None) != (hi is None):
+        oldest, newest = (
+            await session.execute(select(func.min(_T.c.created_at), func.max(_T.c.created_at)))
+        ).one()
+        lo = oldest if lo is None else lo
+        hi = hi if hi is not None else None if newest is None else newest + _ONE_US
+        if lo is None or hi is None or lo >= hi:
+            return select(*ordering.keys).where(false(), literal(0) == _SEEK_OFFSET)
+    # The statement is the same for every offset: built once per shape (building it
+    # costs more than running it).
+    key = (
+        backend_of(session),
+        ordering.name,
+        tuple(filters.status),
+        tuple(filters.agent_type),
+        tuple(filters.source),
+        lo,
+        hi,
+    )
+    stmt = _SEEKS.pop(key, None)
+    if stmt is None:
+        stmt = _seek_statement(session, filters, ordering, lo, hi)
+        if len(_SEEKS) >= _SEEKS_KEPT:
+            del _SEEKS[next(iter(_SEEKS))]
+    _SEEKS[key] = stmt
+    return stmt
+
+
+_SEEK_OFFSET = bindparam("seek_offset", type_=BigInteger)
+_SEEKS: dict[tuple[Any, ...], Select[Any]] = {}
+_SEEKS_KEPT = 256
+
+
+def _seek_statement(
+    session: AsyncSession,
+    filters: TaskFilters,
+    ordering: Ordering,
+    lo: datetime | None,
+    hi: datetime | None,
+) -> Select[Any]:
+    plain = replace(filters, created_after=None, created_before=None)
     # The top pieces: (lo_s, hi_s, grain, n), epoch seconds [lo_s, hi_s) intersected with
     # the filter's window; grain 0 marks a raw piece (counted on the tasks, not divided).
     if lo is None and hi is None:
@@ -414,14 +456,8 @@ async def rollup_seek(
             blocks.c.n,
         )
     else:
-        if lo is None or hi is None:
-            oldest, newest = (
-                await session.execute(select(func.min(_T.c.created_at), func.max(_T.c.created_at)))
-            ).one()
-            lo = oldest if lo is None else lo
-            hi = hi if hi is not None else None if newest is None else newest + _ONE_US
         if lo is None or hi is None or lo >= hi:
-            return select(*ordering.keys).where(false())
+            return select(*ordering.keys).where(false(), literal(0) == _SEEK_OFFSET)
         edges, whole = _split_window(lo, hi)
         parts: list[Any] = []
         if whole:
@@ -447,9 +483,8 @@ async def rollup_seek(
             )
         top = union_all(*parts) if len(parts) > 1 else parts[0]
 
-    remaining: ColumnElement[Any] = literal(offset, BigInteger)
     level = top.cte("seek_0")
-    pick = _pick(level, remaining, ordering.descending, "pick_0")
+    pick = _pick(level, _SEEK_OFFSET, ordering.descending, "pick_0")
     for i, grain in enumerate(_DESCENT, start=1):
         # The picked piece's blocks of this grain, or the piece itself when it is no
         # longer (or raw).
