@@ -350,7 +350,9 @@ def _block_counts(
         rows.append(tuple_(r.grain, r.bucket).in_(list(blocks)))
     parts: list[Select[Any]] = [
         select(
-            r.grain.label("grain"), r.bucket.label("bucket"), sum(counted[1:], counted[0])
+            r.grain.label("grain"),
+            r.bucket.label("bucket"),
+            sum(counted[1:], counted[0]).label("n"),
         ).where(*rows)
     ]
     for grain in grains:
