@@ -15,7 +15,6 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
-    cast,
     false,
     func,
     insert,
@@ -28,6 +27,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.util import identity_key
@@ -517,7 +517,7 @@ def _seek_statement(
         )
         .order_by(*direction)
         # No pick past the end: both bounds are NULL, and SQLite refuses a NULL OFFSET.
-        .offset(func.coalesce(scalar(cast(pick.c.rem, BigInteger)), 0))
+        .offset(func.coalesce(scalar(sql_cast(pick.c.rem, BigInteger)), 0))
         .limit(1)
     )
 
