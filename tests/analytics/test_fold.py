@@ -128,6 +128,10 @@ async def check_lists(app: FastAPI, client: httpx.AsyncClient, auth: Headers) ->
                     answered, key = await locate_by_rollups(
                         session, filters, ORDERINGS[sort], offset
                     )
+                    if not app.state.ctx.settings.database_url.startswith("postgresql"):
+                        # SQLite walks its index instead (see rollup_seek).
+                        assert (answered, key) == (False, None)
+                        break
                     assert answered, (params, sort, offset)
                     if offset < len(expected):
                         assert key is not None, (params, offset)

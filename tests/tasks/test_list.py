@@ -637,6 +637,7 @@ async def test_rollups_locate_every_offset_like_the_index(app: FastAPI) -> None:
         for i in range(40)
     ]
     await load_rows(app, rows)
+    on_postgres = app.state.ctx.settings.database_url.startswith("postgresql")
     filters = [
         TaskFilters(),
         TaskFilters(status=("failed", "queued")),
@@ -663,6 +664,10 @@ async def test_rollups_locate_every_offset_like_the_index(app: FastAPI) -> None:
                 await read_without_transaction(session)
                 for offset in range(len(expected) + 2):
                     answered, key = await locate_by_rollups(session, f, ordering, offset)
+                    if not on_postgres:
+                        # SQLite walks its index instead (see rollup_seek).
+                        assert (answered, key) == (False, None)
+                        break
                     assert answered, (f, sort, offset)
                     if offset < len(expected):
                         assert key is not None
