@@ -206,6 +206,14 @@ def advisory_xact_lock_sql(session: AsyncSession, key: int) -> Any:
     return None
 
 
+def try_advisory_xact_lock_sql(session: AsyncSession, key: int) -> Any:
+    """A statement answering whether it took that lock without waiting (PostgreSQL), or
+    None (SQLite: serialized already, so it always has it)."""
+    if backend_of(session) == "postgresql":
+        return text("SELECT pg_try_advisory_xact_lock(:key)").bindparams(key=key)
+    return None
+
+
 def _pg_array_type(column: Any) -> str:
     type_ = column.type
     if isinstance(type_, BigInteger):

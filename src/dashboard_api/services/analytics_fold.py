@@ -22,10 +22,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import Table, delete, func, select, text
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import backend_of
+from dashboard_api.db.dialect import advisory_xact_lock_sql, try_advisory_xact_lock_sql
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models.analytics import AnalyticsPending
 from dashboard_api.services.analytics_rollups import (
@@ -45,17 +45,13 @@ _P: Table = AnalyticsPending.__table__  # type: ignore[assignment]
 
 async def _lock(session: AsyncSession, *, wait: bool) -> bool:
     """Take the fold lock for this transaction; False if `wait` is off and it is taken."""
-    if backend_of(session) != "postgresql":
-        return True
     if wait:
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=FOLD_LOCK_KEY)
-        )
+        stmt = advisory_xact_lock_sql(session, FOLD_LOCK_KEY)
+        if stmt is not None:
+            await session.execute(stmt)
         return True
-    got = await session.scalar(
-        text("SELECT pg_try_advisory_xact_lock(:key)").bindparams(key=FOLD_LOCK_KEY)
-    )
-    return bool(got)
+    stmt = try_advisory_xact_lock_sql(session, FOLD_LOCK_KEY)
+    return stmt is None or bool(await session.scalar(stmt))
 
 
 async def fold_batch(
