@@ -238,6 +238,24 @@ def _quoted(names: Sequence[str], prefix: str = "") -> str:
     return ", ".join(f'{prefix}"{n}"' for n in names)
 
 
+async def _pg_insert_arrays(
+    session: AsyncSession,
+    table: Table,
+    keys: Sequence[str],
+    names: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    on_conflict: str,
+) -> None:
+    """INSERT … SELECT * FROM unnest(arrays) ON CONFLICT (keys) `on_conflict`: one round
+    trip and one plan whatever the number of rows, applied in the given order."""
+    source, params = _pg_unnest(table, names, rows)
+    sql = (
+        f"INSERT INTO {table.name} ({_quoted(names)}) SELECT * FROM {source} "  # noqa: S608 - names come from the table
+        f"ON CONFLICT ({_quoted(keys)}) {on_conflict}"
+    )
+    await session.execute(text(sql), params)
+
+
 # SQLite's limit of bound parameters per statement is 32,766 (999 before 3.32).
 _SQLITE_KEYS_PER_SELECT = 100
 
@@ -258,12 +276,7 @@ async def insert_missing(
         return
     names = [*keys, *values]
     if backend_of(session) == "postgresql":
-        source, params = _pg_unnest(table, names, rows)
-        sql = (
-            f"INSERT INTO {table.name} ({_quoted(names)}) SELECT * FROM {source} "  # noqa: S608 - names come from the table
-            f"ON CONFLICT ({_quoted(keys)}) DO NOTHING"
-        )
-        await session.execute(text(sql), params)
+        await _pg_insert_arrays(session, table, keys, names, rows, "DO NOTHING")
         return
     stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
     await session.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
@@ -355,15 +368,8 @@ async def upsert_add_many(
         return
     names = [*keys, *values]
     if backend_of(session) == "postgresql":
-        columns = ", ".join(f'"{n}"' for n in names)
-        source, params = _pg_unnest(table, names, rows)
         updates = ", ".join(f'"{v}" = {table.name}."{v}" + EXCLUDED."{v}"' for v in values)
-        keys_sql = ", ".join(f'"{k}"' for k in keys)
-        sql = (
-            f"INSERT INTO {table.name} ({columns}) SELECT * FROM {source} "  # noqa: S608 - names come from the table
-            f"ON CONFLICT ({keys_sql}) DO UPDATE SET {updates}"
-        )
-        await session.execute(text(sql), params)
+        await _pg_insert_arrays(session, table, keys, names, rows, f"DO UPDATE SET {updates}")
         return
     stmt = sqlite.insert(table)
     stmt = stmt.on_conflict_do_update(
