@@ -40,6 +40,14 @@ def upsert(session: AsyncSession, table: Table) -> Any:
     return sqlite.insert(table)
 
 
+def reuses_cte_results(session: AsyncSession) -> bool:
+    """Whether a CTE referenced several times is computed once (PostgreSQL materializes
+    it). SQLite evaluates it again at every reference: ~10x the time for the deep-page
+    seek's descent (100+ ms a page even on a small database), while walking its index
+    with OFFSET is cheap at the sizes one embedded process holds."""
+    return backend_of(session) == "postgresql"
+
+
 def lock_skip_locked(session: AsyncSession, stmt: Select[Any]) -> Select[Any]:
     """Row-lock the selected rows, skipping those other transactions hold (PostgreSQL).
 

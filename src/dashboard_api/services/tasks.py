@@ -38,6 +38,7 @@ from dashboard_api.db.dialect import (
     epoch_seconds_to_ts,
     lock_for_update,
     lock_skip_locked,
+    reuses_cte_results,
 )
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
@@ -405,10 +406,7 @@ async def rollup_seek(
         session, filters
     ):
         return None
-    if backend_of(session) != "postgresql":
-        # SQLite evaluates the descent's CTEs again for every reference (~10x the time
-        # PostgreSQL takes: 100+ ms a page even on a small database), while walking its
-        # index with OFFSET is cheap at the sizes one embedded process holds.
+    if not reuses_cte_results(session):
         return None
     lo, hi = filters.created_after, filters.created_before
     if (lo is None) != (hi is None):
