@@ -58,19 +58,24 @@ async def pending_rows(app: FastAPI) -> int:
         return int(await session.scalar(select(func.count()).select_from(AnalyticsPending)) or 0)
 
 
+async def register_one(
+    client: httpx.AsyncClient, auth: Headers, i: int, prefix: str
+) -> dict[str, Any]:
+    """Task number i of a fixed spread over agent types, sources and time blocks."""
+    body = {
+        "agent_type": AGENTS[i % 2],
+        "source": SOURCES[i % 3],
+        "input_message": f"{prefix}{i}",
+        "created_at": (T0 + OFFSETS[i % len(OFFSETS)]).isoformat(),
+    }
+    r = await client.post("/api/tasks", json=body, headers=auth("agent"))
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
 async def register(client: httpx.AsyncClient, auth: Headers, n: int) -> list[dict[str, Any]]:
     """n tasks through the API, then some moved (each move is two pending rows)."""
-    tasks = []
-    for i in range(n):
-        body = {
-            "agent_type": AGENTS[i % 2],
-            "source": SOURCES[i % 3],
-            "input_message": f"t{i}",
-            "created_at": (T0 + OFFSETS[i % len(OFFSETS)]).isoformat(),
-        }
-        r = await client.post("/api/tasks", json=body, headers=auth("agent"))
-        assert r.status_code == 201, r.text
-        tasks.append(r.json())
+    tasks = [await register_one(client, auth, i, "t") for i in range(n)]
     for i, task in enumerate(tasks):
         if i % 3:
             r = await client.patch(
@@ -178,17 +183,10 @@ async def test_racing_folds_and_writes_equal_a_rebuild(
 
     async def writer(k: int) -> None:
         for i in range(k, 60, 4):
-            body = {
-                "agent_type": AGENTS[i % 2],
-                "source": SOURCES[i % 3],
-                "input_message": f"r{i}",
-                "created_at": (T0 + OFFSETS[i % len(OFFSETS)]).isoformat(),
-            }
-            r = await client.post("/api/tasks", json=body, headers=auth("agent"))
-            assert r.status_code == 201, r.text
+            task = await register_one(client, auth, i, "r")
             if i % 2:
                 r = await client.patch(
-                    f"/api/tasks/{r.json()['task_id']}",
+                    f"/api/tasks/{task['task_id']}",
                     json={"status": "running"},
                     headers=auth("agent"),
                 )
