@@ -486,6 +486,7 @@ async def scenario(
         raise RuntimeError(f"subscribers failed: {line!r}")
     server_cpu0 = _cpu_seconds(server_pid)
     server_io0 = _syscalls(server_pid)
+    hub0 = await _hub_counters(port, tokens["agent"])
     if producer == "redis":
         t0, t1, errors = await _produce_redis(prefix, task_ids, rate, seconds)
     else:
@@ -502,6 +503,8 @@ async def scenario(
             result = json.loads(line[7:])
             break
     server_cpu = _cpu_seconds(server_pid) - server_cpu0
+    hub1 = await _hub_counters(port, tokens["agent"])
+    hub = {k: hub1[k] - hub0.get(k, 0.0) for k in hub1}
     client_cpu = float(result["cpu_s"])
     server_writes = _syscalls(server_pid)[1] - server_io0[1]
     client_reads = int(result["reads"])
@@ -536,7 +539,41 @@ async def scenario(
         "frames_per_server_write": round(result["received"] / max(1, server_writes), 2),
         "frames_per_subscriber_read": round(result["received"] / max(1, client_reads), 2),
         "loadavg_1m": os.getloadavg()[0],
+        # From the server's /metrics (None when it does not count them): the share of
+        # live deliveries written by a channel group's shared write, and how often
+        # members left their group or a group was dissolved during the run.
+        "shared_delivery_share": (
+            round(hub["events_delivered_shared"] / hub["events_delivered"], 3)
+            if "events_delivered_shared" in hub and hub.get("events_delivered")
+            else None
+        ),
+        "group_leaves": hub.get("ws_group_leaves"),
+        "group_dissolves": hub.get("ws_group_dissolves"),
     }
+
+
+_HUB_COUNTERS = {
+    "dashboard_events_delivered_total": "events_delivered",
+    "dashboard_events_delivered_shared_total": "events_delivered_shared",
+    "dashboard_ws_group_leaves_total": "ws_group_leaves",
+    "dashboard_ws_group_dissolves_total": "ws_group_dissolves",
+}
+
+
+async def _hub_counters(port: int, token: str) -> dict[str, float]:
+    """The hub's delivery counters from the server's /metrics (those it exposes)."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.get(
+            f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"}
+        )
+    found: dict[str, float] = {}
+    for line in r.text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _HUB_COUNTERS:
+            found[_HUB_COUNTERS[name]] = float(value)
+    return found
 
 
 def _r(v: float | None) -> float | None:
@@ -683,6 +720,8 @@ def _table(results: list[dict[str, Any]]) -> None:
         "server_cpu_us_per_delivery",
         "subscriber_cpu_us_per_delivery",
         "frames_per_server_write",
+        "shared_delivery_share",
+        "group_leaves",
         "loadavg_1m",
     ]
     print("\n| " + " | ".join(cols) + " |")

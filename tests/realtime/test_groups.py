@@ -191,9 +191,73 @@ async def test_a_member_that_joins_while_events_gather_gets_only_its_part() -> N
     await hub.close()
 
 
+async def test_chunks_out_of_order_are_held_for_the_group_not_sent_apart() -> None:
+    broker, history = MemoryBroker(), FakeHistory()
+    hub = Hub(broker, history, write_interval=0.0, gap_wait=5.0)
+    sinks = await _subscribers(hub, 3)
+    await _output(broker, history.add(1))
+    group = hub._groups["task:t"]
+    assert len(group.members) == 3
+    two, three, four = history.add(2), history.add(3), history.add(4)
+    await _output(broker, four)  # two concurrent appends committed 2-3 then 4
+    await _output(broker, three)
+    assert len(group.members) == 3  # held for everyone, nobody sent off on its own
+    assert sorted(group.held) == [3, 4]
+    await _output(broker, two)  # the missing one: all three go out, in order
+    assert not group.held
+    await _output(broker, history.add(5))
+    await _settle()
+    for sink in sinks:
+        assert sink.seqs() == [1, 2, 3, 4, 5]
+    assert hub.group_leaves == 0
+    assert hub.events_delivered_shared == 4 * 3
+    await hub.close()
+
+
+async def test_a_gap_not_filled_in_time_sends_members_to_the_database() -> None:
+    broker, history = MemoryBroker(), FakeHistory()
+    hub = Hub(broker, history, write_interval=0.0, gap_wait=0.01)
+    sinks = await _subscribers(hub, 3)
+    await _output(broker, history.add(1))
+    group = hub._groups["task:t"]
+    history.add(2)  # stored, but its event never arrives (lost by the broker)
+    await _output(broker, history.add(3))
+    assert len(group.members) == 3
+    async with asyncio.timeout(5):
+        while any(s.seqs() != [1, 2, 3] for s in sinks):
+            await asyncio.sleep(0.005)
+    assert hub.group_dissolves == 1
+    await _output(broker, history.add(4))  # caught up again: back in the group
+    assert len(group.members) == 3
+    await _settle()
+    for sink in sinks:
+        assert sink.seqs() == [1, 2, 3, 4]
+    await hub.close()
+
+
+async def test_a_member_leaving_while_chunks_are_held_gets_them_in_order() -> None:
+    broker, history = MemoryBroker(), FakeHistory()
+    hub = Hub(broker, history, write_interval=0.0, gap_wait=5.0)
+    a, b = await _subscribers(hub, 2)
+    await _output(broker, history.add(1))
+    group = hub._groups["task:t"]
+    two, three = history.add(2), history.add(3)
+    await _output(broker, three)  # held
+    b.blocked = True
+    await _output(broker, two)  # the shared write finds b blocked: it leaves with 2, 3
+    await _settle()
+    assert len(group.members) == 1
+    b.unblock()
+    await _output(broker, history.add(4))
+    await _settle()
+    assert a.seqs() == b.seqs() == [1, 2, 3, 4]
+    await hub.close()
+
+
 # Steps of a producer and of readers. The broker may repeat or reorder a pair of events
-# (concurrent writers), skip one (the database has it), and a status update arrives now
-# and then; readers stop and start reading.
+# (concurrent writers), deliver one late behind up to 4 others, skip one (the database
+# has it), and a status update arrives now and then; readers stop and start reading;
+# time passes (longer than the gap wait, so that held chunks are given up on).
 _STEP = st.one_of(
     st.tuples(st.just("next"), st.integers(1, 5)),
     st.tuples(st.just("repeat"), st.just(0)),
@@ -203,6 +267,8 @@ _STEP = st.one_of(
     st.tuples(st.just("block"), st.integers(0, 3)),
     st.tuples(st.just("unblock"), st.integers(0, 3)),
     st.tuples(st.just("tick"), st.just(0)),
+    st.tuples(st.just("late"), st.integers(1, 4)),
+    st.tuples(st.just("wait"), st.just(0)),
 )
 
 
@@ -234,6 +300,13 @@ async def _run_steps(steps: list[tuple[str, int]], interval: float) -> None:
             one, two = await add(), await add()
             await _output(broker, two)
             await _output(broker, one)
+        elif kind == "late":
+            first = await add()
+            for _ in range(arg):
+                await _output(broker, await add())
+            await _output(broker, first)
+        elif kind == "wait":
+            await asyncio.sleep(0.003)
         elif kind == "skip":
             await add()
         elif kind == "status":

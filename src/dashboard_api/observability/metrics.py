@@ -44,6 +44,18 @@ _REALTIME_COUNTERS: dict[str, tuple[str, str]] = {
     "events_received": ("dashboard_events_received", "Broker messages received by the hub"),
     "events_delivered": ("dashboard_events_delivered", "Events queued to local subscribers"),
     "events_dropped": ("dashboard_events_dropped", "Events not delivered (full or closed)"),
+    "events_delivered_shared": (
+        "dashboard_events_delivered_shared",
+        "Of the live events delivered, those written by a channel group's shared write",
+    ),
+    "group_leaves": (
+        "dashboard_ws_group_leaves",
+        "Subscriptions that left their channel group for the per-subscription path",
+    ),
+    "group_dissolves": (
+        "dashboard_ws_group_dissolves",
+        "Channel groups dissolved by an event needing per-subscription judgement",
+    ),
     "slow_consumer_disconnects": (
         "dashboard_ws_slow_consumer_disconnects",
         "WebSocket connections closed with 1013 because their send queue was full",

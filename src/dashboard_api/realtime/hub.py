@@ -429,9 +429,15 @@ class Group:
     to each member, and at each write the frames gathered within the write interval are
     joined once and the same bytes are written to every member's socket. A member whose
     socket cannot take data at that moment, or an event that needs each subscription's
-    own judgement (a `task_status`, a seq out of order), sends members back to the
-    per-subscription path, with every event they were due handed to their own sink in
-    order first.
+    own judgement (a `task_status`, a gap in the seqs that is not filled within the
+    hub's `gap_wait`), sends members back to the per-subscription path, with every event
+    they were due handed to their own sink in order first.
+
+    Chunks published by concurrent appends (two requests, or two replicas) often arrive
+    a little out of order: a chunk ahead of the next seq is held here, once for all
+    members, until the missing ones arrive (then all of them are added in order). Sending
+    the whole group back to the per-subscription path for that, as a gap did at first,
+    cost each of the members a task, a gap wait and a socket write per event.
     """
 
     __slots__ = (
@@ -439,6 +445,8 @@ class Group:
         "channel",
         "events",
         "flushing",
+        "gap_timer",
+        "held",
         "hub",
         "last_write",
         "loose",
@@ -461,6 +469,9 @@ class Group:
         self.seq = -1
         self.last_write = float("-inf")  # loop time of the last shared write
         self.flushing = False
+        # Task channels: chunks that arrived ahead of seq + 1, by seq, until it arrives.
+        self.held: dict[int, OutEvent] = {}
+        self.gap_timer: asyncio.TimerHandle | None = None
 
     @property
     def total(self) -> int:
@@ -481,23 +492,57 @@ class Group:
                 self.seq = seq
             return
         if kind == "task_output":
-            if seq is None or seq <= self.seq:
+            if seq is None or seq <= self.seq or seq in self.held:
                 return  # a repeat (or a malformed one): every member would skip it
             if seq == self.seq + 1:
                 self.seq = seq
                 self._add(event)
+                if self.held:
+                    self._add_held()
                 return
-            self.dissolve()  # a gap: each member waits for or reads what is missing
-            self.seq = seq
+            self._hold(seq, event)
             return
         if kind == "task_status":
             self.dissolve()  # judged per subscription (output_seq, final status)
             return
         self._add(event)
 
+    def _hold(self, seq: int, event: OutEvent) -> None:
+        """A chunk ahead of the next seq: keep it until the ones before it arrive."""
+        held = self.held
+        held[seq] = event
+        if len(held) > self.hub.buffer_limit:
+            self.dissolve()
+            return
+        if self.gap_timer is None:
+            loop = asyncio.get_running_loop()
+            self.gap_timer = loop.call_later(self.hub.gap_wait, self._gap_expired)
+
+    def _add_held(self) -> None:
+        """Add the held chunks that now follow on (all of them, when the gap was filled)."""
+        held = self.held
+        while True:
+            event = held.pop(self.seq + 1, None)
+            if event is None:
+                break
+            self.seq += 1
+            self._add(event)
+        if not held and self.gap_timer is not None:
+            self.gap_timer.cancel()
+            self.gap_timer = None
+
+    def _gap_expired(self) -> None:
+        """The missing chunks did not arrive in time: each member reads them itself."""
+        self.gap_timer = None
+        if self.held:
+            self.dissolve()
+
     def _add(self, event: OutEvent) -> None:
         self.events.append(event)
-        self.hub.events_delivered += len(self.members)
+        hub = self.hub
+        n = len(self.members)
+        hub.events_delivered += n
+        hub.events_delivered_shared += n
         if len(self.events) == 1 and not self.flushing:
             self.hub.mark_dirty(self)
 
@@ -517,20 +562,42 @@ class Group:
         pos = self.members.pop(sub, None)
         if pos is None:
             return
+        hub = self.hub
+        hub.group_leaves += 1
+        hub.events_delivered_shared -= self.total - pos  # handed to its own sink now
         if sub.active:
             self.loose.add(sub)
         if self.task:
             sub.caught_up(self.seq)
-        hub = self.hub
         sink = sub.sink
         for event in self.events[pos - self.base :]:
             if not sink.offer(event):
                 hub.events_delivered -= 1
                 hub.events_dropped += 1
+        if self.held:
+            # Past the gap: the subscription waits for (or reads) the missing chunks itself.
+            for seq in sorted(self.held):
+                sub.deliver(self.held[seq])
+        if not self.members:
+            self._drop_held()
+
+    def _drop_held(self) -> None:
+        held = self.held
+        if held:
+            # No member is waiting for the gap any more: the group's seq moves past it
+            # (a subscription joins only once it has sent everything up to here itself).
+            self.seq = max(self.seq, max(held))
+            held.clear()
+        if self.gap_timer is not None:
+            self.gap_timer.cancel()
+            self.gap_timer = None
 
     def dissolve(self) -> None:
+        if self.members:
+            self.hub.group_dissolves += 1
         for sub in list(self.members):
             self.leave(sub)
+        self._drop_held()
 
     # --- writing ------------------------------------------------------------------------
 
@@ -627,6 +694,12 @@ class Hub:
         self.events_received = 0
         self.events_delivered = 0  # queued to a local sink (live or replayed)
         self.events_dropped = 0  # offered to a sink that was full or closed
+        # Of events_delivered (live), those served by a channel group's shared write,
+        # and how often members left a group (each leave sends it back to its own path):
+        # whether the shared path engages shows here (and in /metrics).
+        self.events_delivered_shared = 0
+        self.group_leaves = 0
+        self.group_dissolves = 0
         self.publish_failures = 0
         self._dirty: list[Any] = []
         self._flush_scheduled = False
