@@ -32,7 +32,9 @@ from bench.ws_fanout import (
 )
 
 
-async def _measure(port: int, pid: int, token: str, requests: int) -> dict[str, float]:
+async def _measure(
+    port: int, pid: int, token: str, requests: int, kinds: tuple[str, ...] = ("patch", "append_5")
+) -> dict[str, float]:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     out: dict[str, float] = {}
     async with KeepAliveClient("127.0.0.1", port, headers) as http:
@@ -58,6 +60,8 @@ async def _measure(port: int, pid: int, token: str, requests: int) -> dict[str, 
             assert status == 200, text
 
         for name, call in (("patch", patch), ("append_5", append)):
+            if name not in kinds:
+                continue
             for i in range(20):  # warm-up
                 await call(i)
             cpu0 = _cpu_seconds(pid)
@@ -103,7 +107,9 @@ async def main(args: argparse.Namespace) -> None:
                 server = _start_server(port, env, src)
                 try:
                     await _wait_healthy(port)
-                    result = await _measure(port, server.pid, token, args.requests)
+                    result = await _measure(
+                        port, server.pid, token, args.requests, tuple(args.kinds.split(","))
+                    )
                 finally:
                     _stop(server)
                 for kind, ms in result.items():
@@ -125,6 +131,7 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kinds", default="patch,append_5", help="comma list of requests")
     parser.add_argument("--before-src", help="also serve this checkout's src (before/after)")
     asyncio.run(main(parser.parse_args()))
 

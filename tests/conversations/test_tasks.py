@@ -312,6 +312,38 @@ async def test_delete_racing_task_writes(client: httpx.AsyncClient, auth: Auth) 
     assert all(t["conversation_id"] is None for t in tasks["items"])
 
 
+async def test_appends_racing_a_delete_leave_no_link(client: httpx.AsyncClient, auth: Auth) -> None:
+    """Output appended to linked tasks while their conversation is deleted: a linked
+    task's appends take the transaction with the hooks (which unlink a task the delete
+    had to skip), so none is left pointing at the deleted conversation."""
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    ids = [(await post(client, auth, cid, content=f"a{i}")).json()["task_id"] for i in range(3)]
+    for task_id in ids:
+        assert (await patch_task(client, auth, task_id, status="running")).status_code == 200
+
+    def append(task_id: str, text: str) -> Any:
+        return client.post(
+            f"/api/tasks/{task_id}/output", json={"content": text}, headers=auth("agent")
+        )
+
+    for task_id in ids:  # the first output (the long way for every task)
+        assert (await append(task_id, "0")).status_code == 200
+    calls = [
+        *(append(t, f"{k}") for k in range(1, 6) for t in ids),
+        client.delete(f"/api/conversations/{cid}", headers=auth("user")),
+        *(append(t, f"{k}") for k in range(6, 9) for t in ids),
+    ]
+    results = await asyncio.gather(*calls)
+    assert all(r.status_code < 500 for r in results), [r.text for r in results]
+    assert results[15].status_code == 204
+    for task_id in ids:
+        r = await client.get(f"/api/tasks/{task_id}/logs/full", headers=auth("user"))
+        assert r.status_code == 200
+        log = r.json()
+        assert log["task"]["conversation_id"] is None
+        assert [c["seq"] for c in log["chunks"]] == list(range(1, 10))
+
+
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # the ingress needs Redis
 async def test_terminal_update_through_redis_ingress(
     app: Any, client: httpx.AsyncClient, auth: Auth, backend: Backend

@@ -13,6 +13,7 @@ from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -149,10 +150,26 @@ class Database:
                 raise
         await self._publish(session)
 
-    async def _publish(self, session: AsyncSession) -> None:
-        events: list[PendingEvent] = session.info.pop(_EVENTS_KEY, [])
+    @asynccontextmanager
+    async def alone(self) -> AsyncIterator[AsyncConnection]:
+        """A PostgreSQL connection whose statements each commit on their own.
+
+        For a write that is a single statement, BEGIN and COMMIT are two round trips (and
+        SQLAlchemy's session and transaction bookkeeping) for nothing: the statement is
+        its own transaction, committed (WAL flushed: synchronous_commit stays on) when it
+        returns. Publish what it produced with `publish` afterwards.
+        """
+        assert self.backend == "postgresql", "SQLite writes go through write()"
+        async with self.engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def publish(self, events: Sequence[PendingEvent]) -> None:
+        """Publish events of a write that has committed (see `alone`)."""
         if events and self.publisher is not None:
             await self.publisher(events)
+
+    async def _publish(self, session: AsyncSession) -> None:
+        await self.publish(session.info.pop(_EVENTS_KEY, []))
 
     async def ping(self, timeout: float) -> float:
         """Round-trip a trivial query; returns the latency in milliseconds."""

@@ -40,7 +40,7 @@ from dashboard_api.db.dialect import (
     lock_skip_locked,
     reuses_cte_results,
 )
-from dashboard_api.db.engine import emit
+from dashboard_api.db.engine import Database, PendingEvent, emit
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
 from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup
 from dashboard_api.db.paging import Ordering, PageRequest, PageResult, paginate
@@ -65,7 +65,12 @@ from dashboard_api.services.analytics_rollups import (
     epoch_seconds,
 )
 from dashboard_api.services.pricing import PriceTable
-from dashboard_api.services.task_hooks import TaskSnapshot, snapshot, task_written
+from dashboard_api.services.task_hooks import (
+    PLAIN_APPENDS_NEED_NO_HOOKS,
+    TaskSnapshot,
+    snapshot,
+    task_written,
+)
 from dashboard_api.timeutil import format_ts, merge_ranges, to_utc
 
 ALLOWED_MOVES: dict[str, frozenset[str]] = {
@@ -930,17 +935,21 @@ async def append_output(
     now: datetime,
     cap_bytes: int,
     max_chunk_bytes: int,
+    after_alone: bool = False,
 ) -> AppendResult:
     """Store chunks with the next gap-free seqs; content past the task's cap is dropped.
 
     The seq counter lives on the task row, which is locked for the transaction, so that
     concurrent appends (from any replica) are numbered in the order they commit.
+    `after_alone`: `append_output_alone` was tried first and wrote nothing.
     """
     sizes = [len(c.content.encode()) for c in chunks]
     if any(size > max_chunk_bytes for size in sizes):
         raise PayloadTooLarge(f"A chunk's content is over {max_chunk_bytes} bytes.")
     fast = await _append_whole(session, task_id, chunks, sum(sizes), now, cap_bytes)
     if fast is not None:
+        if after_alone:
+            note_not_alone(task_id)  # common but not alone: a conversation's task
         return fast
     task = await _locked(session, task_id)
     if task.status in TERMINAL_STATUSES:
@@ -987,18 +996,13 @@ async def append_output(
     return AppendResult(first_seq=first_seq, last_seq=task.output_seq, truncated=truncated)
 
 
-def _emit_output(
-    session: AsyncSession,
-    task_id: str,
-    first_seq: int,
-    stored: Sequence[tuple[str, str]],
-    now: datetime,
-) -> None:
+def _output_events(
+    task_id: str, first_seq: int, stored: Sequence[tuple[str, str]], now: datetime
+) -> list[PendingEvent]:
     channel = f"task:{task_id}"
     stamp = format_ts(now)
-    for i, (stream, content) in enumerate(stored):
-        emit(
-            session,
+    return [
+        (
             channel,
             {
                 "type": "task_output",
@@ -1009,17 +1013,32 @@ def _emit_output(
                 "created_at": stamp,
             },
         )
+        for i, (stream, content) in enumerate(stored)
+    ]
+
+
+def _emit_output(
+    session: AsyncSession,
+    task_id: str,
+    first_seq: int,
+    stored: Sequence[tuple[str, str]],
+    now: datetime,
+) -> None:
+    for channel, payload in _output_events(task_id, first_seq, stored, now):
+        emit(session, channel, payload)
 
 
 _SNAPSHOT_COLUMNS = tuple(_T.c[name] for name in TaskSnapshot.__slots__)
 _SNAPSHOT_SQL = ", ".join(c.name for c in _SNAPSHOT_COLUMNS)
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+
+
 # The common append (a running task that already has output, and whose log has room for
 # every chunk) in one statement: the UPDATE both takes the row lock and moves the seq
 # counter, so concurrent appends still get contiguous, gap-free seqs in commit order.
-_APPEND_WHOLE_PG = text(
+def _append_sql(*, returning: str, extra_where: str = "") -> str:
     # Interpolated: column names and status literals from our own constants, no input.
-    f"""
+    return f"""
     WITH t AS (
         UPDATE tasks
         SET output_seq = output_seq + CAST(:n AS integer),
@@ -1029,8 +1048,8 @@ _APPEND_WHOLE_PG = text(
           AND status NOT IN ({_TERMINAL_SQL})
           AND NOT output_truncated
           AND first_output_at IS NOT NULL
-          AND output_bytes + CAST(:size AS bigint) <= CAST(:cap AS bigint)
-        RETURNING {_SNAPSHOT_SQL}
+          AND output_bytes + CAST(:size AS bigint) <= CAST(:cap AS bigint){extra_where}
+        RETURNING {returning}
     ), c AS (
         INSERT INTO task_output_chunks (task_id, seq, stream, content, created_at)
         SELECT CAST(:task_id AS varchar), t.output_seq - CAST(:n AS integer) + u.ord,
@@ -1038,9 +1057,81 @@ _APPEND_WHOLE_PG = text(
         FROM t, unnest(CAST(:streams AS varchar[]), CAST(:contents AS text[]))
             WITH ORDINALITY AS u(stream, content, ord)
     )
-    SELECT {_SNAPSHOT_SQL} FROM t
+    SELECT {returning} FROM t
     """  # noqa: S608
-).columns(*_SNAPSHOT_COLUMNS)
+
+
+_APPEND_WHOLE_PG = text(_append_sql(returning=_SNAPSHOT_SQL)).columns(*_SNAPSHOT_COLUMNS)
+# The same append for a task in no conversation (see `append_output_alone`). Its
+# conversation_id is checked on the row the UPDATE locks (the newest version when it
+# waited), so a task linked meanwhile goes the long way.
+_APPEND_ALONE_PG = text(
+    _append_sql(
+        returning="output_seq",
+        extra_where="""
+          AND conversation_id IS NULL
+          AND NOT EXISTS (
+              SELECT 1 FROM conversation_tasks m WHERE m.task_id = tasks.task_id)""",
+    )
+).columns(_T.c.output_seq)
+
+# Tasks whose appends were seen to need the transaction (a conversation's tasks, whose
+# hook runs on every write): not tried alone again, which would cost a round trip each.
+_NOT_ALONE: dict[str, None] = {}
+_NOT_ALONE_MAX = 4096
+
+
+async def append_output_alone(
+    db: Database,
+    *,
+    task_id: str,
+    chunks: Sequence[OutputChunkIn],
+    now: datetime,
+    cap_bytes: int,
+    max_chunk_bytes: int,
+) -> AppendResult | None:
+    """The common append as one statement that commits on its own (PostgreSQL); None
+    (nothing written) when it is not the common case: then call `append_output` in a
+    transaction, which also answers the errors.
+
+    The common case is that of `_append_whole` for a task in no conversation: then no
+    hook reacts to the append (`task_hooks.PLAIN_APPENDS_NEED_NO_HOOKS`), and BEGIN, the
+    hooks' membership SELECT and COMMIT (three of its four round trips) are not needed.
+    The UPDATE still takes the task row's lock and moves the seq counter in the same
+    statement as the INSERT, so seqs stay gap-free and in commit order; the chunks are
+    durable when the statement returns, before anything is published or answered.
+    """
+    if db.backend != "postgresql" or not PLAIN_APPENDS_NEED_NO_HOOKS or task_id in _NOT_ALONE:
+        return None
+    sizes = [len(c.content.encode()) for c in chunks]
+    if not chunks or any(size > max_chunk_bytes for size in sizes):
+        return None
+    n = len(chunks)
+    params = {
+        "task_id": task_id,
+        "n": n,
+        "size": sum(sizes),
+        "now": now,
+        "cap": cap_bytes,
+        "streams": [c.stream for c in chunks],
+        "contents": [c.content for c in chunks],
+    }
+    async with db.alone() as conn:
+        last_seq = (await conn.execute(_APPEND_ALONE_PG, params)).scalar()
+    if last_seq is None:
+        return None
+    first_seq = last_seq - n + 1
+    stored = [(c.stream, c.content) for c in chunks]
+    await db.publish(_output_events(task_id, first_seq, stored, now))
+    return AppendResult(first_seq=first_seq, last_seq=last_seq, truncated=False)
+
+
+def note_not_alone(task_id: str) -> None:
+    """An append of this task had to take the transaction although it was a common one
+    (its task is in a conversation): do not try it alone next time."""
+    if len(_NOT_ALONE) >= _NOT_ALONE_MAX:
+        del _NOT_ALONE[next(iter(_NOT_ALONE))]
+    _NOT_ALONE[task_id] = None
 
 
 async def _append_whole(

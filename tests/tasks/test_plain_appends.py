@@ -1,0 +1,81 @@
+"""Plain output appends need no hook (`task_hooks.PLAIN_APPENDS_NEED_NO_HOOKS`).
+
+On PostgreSQL such appends are one statement outside a transaction and skip `task_written`
+(`services.tasks.append_output_alone`). This test fails when a hook starts to react to
+them: whoever adds that hook then sets the flag to False (or narrows what "plain" means).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import event, select
+
+from dashboard_api.db.models import Task
+from dashboard_api.services.task_hooks import snapshot, task_written
+from tests.tasks.test_output import Headers, append, full_log, new_task
+
+
+async def test_a_plain_append_runs_no_hook_statement(
+    app: FastAPI, client: httpx.AsyncClient, auth: Headers
+) -> None:
+    await new_task(client, auth, "plain")
+    r = await client.patch("/api/tasks/plain", json={"status": "running"}, headers=auth("agent"))
+    assert r.status_code == 200
+    assert (await append(client, auth, {"content": "first"}, task_id="plain")).status_code == 200
+    db = app.state.ctx.db
+    async with db.read() as session:
+        task = (await session.scalars(select(Task).where(Task.task_id == "plain"))).one()
+        before = snapshot(task)
+    assert before.conversation_id is None
+    assert before.first_output_at is not None
+    after = dataclasses.replace(before, output_seq=before.output_seq + 3)
+    statements: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    async with db.write() as session:
+        await session.connection()  # BEGIN (IMMEDIATE on SQLite) is not the hooks'
+        event.listen(db.engine.sync_engine, "before_cursor_execute", note)
+        try:
+            await task_written(session, before, after)
+        finally:
+            event.remove(db.engine.sync_engine, "before_cursor_execute", note)
+        # Nothing written, locked, added or published: at most the reads that find the
+        # task in no conversation (what the single statement checks in its WHERE).
+        assert not session.new
+        assert not session.dirty
+        assert not session.deleted
+        assert not session.info.get("dashboard_pending_events")
+    for statement in statements:
+        text = " ".join(statement.split()).upper()
+        assert text.startswith("SELECT "), statement
+        assert " FOR " not in text, statement
+
+
+async def test_appends_alone_and_in_a_transaction_share_one_numbering(
+    client: httpx.AsyncClient, auth: Headers
+) -> None:
+    """The first append (long way), plain ones (alone on PostgreSQL), one that crosses
+    the cap (long way again): one gap-free log, events and answers in step."""
+    await new_task(client, auth, "mix")
+    r = await client.patch("/api/tasks/mix", json={"status": "running"}, headers=auth("agent"))
+    assert r.status_code == 200
+    spans = []
+    for i in range(6):
+        body = {"chunks": [{"content": f"{i}.{k}"} for k in range(i + 1)]}
+        r = await append(client, auth, body, task_id="mix")
+        assert r.status_code == 200, r.text
+        spans.append((r.json()["first_seq"], r.json()["last_seq"]))
+    assert spans == [(1, 1), (2, 3), (4, 6), (7, 10), (11, 15), (16, 21)]
+    log = await full_log(client, auth, "mix")
+    assert [c["seq"] for c in log["chunks"]] == list(range(1, 22))
+    assert log["task"]["output_seq"] == 21
+    r = await client.patch("/api/tasks/mix", json={"status": "completed"}, headers=auth("agent"))
+    assert r.status_code == 200
+    r = await append(client, auth, {"content": "late"}, task_id="mix")
+    assert r.status_code == 409
