@@ -65,10 +65,12 @@ class SocketSink(QueueSink):
     def can_share(self) -> bool:
         return not self.blocked and not self.queue and not self.closed
 
-    def write_shared(self, data: bytes) -> None:
-        assert self.can_share()
+    def write_shared(self, data: bytes) -> bool:
+        if not self.can_share():
+            return False
         self.shared_writes += 1
         self.out.extend(_frames(data))
+        return True
 
     def unblock(self) -> None:
         self.blocked = False

@@ -129,14 +129,23 @@ class Connection(QueueSink):
             and not self._proto.transport.is_closing()
         )
 
-    def write_shared(self, data: bytes) -> None:
+    def write_shared(self, data: bytes) -> bool:
+        # The checks of can_share, inlined: this runs once per member and shared write.
+        writable = self._writable
+        if writable is None or not writable.is_set() or self.queue or self.closed:
+            return False
+        proto = self._proto
+        transport = proto.transport
+        if proto.close_sent or transport.is_closing():
+            return False
         pending = self._pending
         if pending:
             # Frames of its own gathered before: they go first, in the same write.
             pending.append(data)
             self.flush()
-            return
-        self._proto.transport.write(data)
+            return True
+        transport.write(data)
+        return True
 
     def flush(self) -> None:
         """Write the frames gathered in this loop iteration."""
