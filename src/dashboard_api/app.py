@@ -33,6 +33,7 @@ from dashboard_api.background import background_lifespan
 from dashboard_api.context import AppContext
 from dashboard_api.db.engine import Database
 from dashboard_api.errors import PayloadTooLarge, ProblemError, problem_body
+from dashboard_api.gc_tuning import freeze_after_start
 from dashboard_api.observability.setup import install_observability
 from dashboard_api.realtime import realtime_lifespan
 from dashboard_api.security.headers import SecurityHeadersMiddleware
@@ -253,6 +254,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             await stack.enter_async_context(realtime_lifespan(ctx))
             # agents sweeper, published-event count, demo data and simulated agents
             await stack.enter_async_context(background_lifespan(ctx))
+            freeze_after_start()  # short full GC pauses (see gc_tuning)
             yield
 
     app = FastAPI(
