@@ -38,6 +38,7 @@ from dashboard_api.observability.setup import install_observability
 from dashboard_api.realtime import realtime_lifespan
 from dashboard_api.security.headers import SecurityHeadersMiddleware
 from dashboard_api.security.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from dashboard_api.services import task_search
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import Clock, SystemClock
@@ -225,7 +226,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     models, default = settings.price_table()
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
     # analytics: read by the rollup hook on every task write (off only in benchmarks)
-    db.sessions.configure(info={"analytics_rollups_enabled": settings.analytics_rollups_enabled})
+    # q totals: per-hour match counts this app's requests share (services/task_search.py)
+    db.sessions.configure(
+        info={
+            "analytics_rollups_enabled": settings.analytics_rollups_enabled,
+            task_search.CACHE_KEY: task_search.QCountCache(),
+        }
+    )
     clock = clock or SystemClock()
     ctx = AppContext(
         settings=settings,

@@ -18,6 +18,7 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    literal_column,
     select,
     text,
     tuple_,
@@ -72,11 +73,19 @@ def escape_like(needle: str) -> str:
 
 
 def contains_ci(
-    session: AsyncSession, column: ColumnElement[str] | QueryableAttribute[str], needle: str
+    session: AsyncSession,
+    column: ColumnElement[str] | QueryableAttribute[str],
+    needle: str,
+    *,
+    indexed: bool = True,
 ) -> ColumnElement[bool]:
-    """Case-insensitive substring match with `%` and `_` taken literally."""
+    """Case-insensitive substring match with `%` and `_` taken literally. Not `indexed`:
+    a trigram index cannot serve it (PostgreSQL), for a match tested on the few rows
+    another condition selects (the planner would AND the index's whole bitmap in)."""
     pattern = f"%{escape_like(needle)}%"
     if backend_of(session) == "postgresql":
+        if not indexed:
+            column = column + literal_column("''")
         # The pattern goes into the statement's text (quoted by SQLAlchemy), not a bind
         # parameter: after five runs of a prepared statement PostgreSQL may switch to a
         # generic plan, which cannot know how rare the substring is and plans the trigram
@@ -183,6 +192,26 @@ def int_list(value: Any) -> list[int]:
         out: list[int] = orjson.loads(value)
         return out
     return list(value)
+
+
+def int_rows_agg(
+    session: AsyncSession, columns: Sequence[ColumnElement[Any]]
+) -> ColumnElement[str]:
+    """An aggregate of a group's rows of integers as one text value (read it with
+    `int_rows`): a scalar subquery can then carry a whole small table in one column."""
+    row: ColumnElement[Any] = cast(columns[0], String)
+    for column in columns[1:]:
+        row = row + literal(":", String) + cast(column, String)
+    if backend_of(session) == "postgresql":
+        return func.string_agg(row, literal(",", String), type_=String)
+    return func.group_concat(row, literal(",", String), type_=String)
+
+
+def int_rows(value: str | None) -> list[list[int]]:
+    """The rows an `int_rows_agg` gave (NULL for no rows)."""
+    if not value:
+        return []
+    return [[int(x) for x in row.split(":")] for row in value.split(",")]
 
 
 def in_ints(

@@ -40,6 +40,8 @@ class PageResult(Sequence[T]):
     per_page: int
     pages: int
     next_cursor: str | None
+    # The values of `paginate`'s `extras`, read in the same statement as the page.
+    extras: tuple[Any, ...] = ()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -142,6 +144,7 @@ async def paginate(
     total_expression: ColumnElement[Any] | None = None,
     locate: Locator | None = None,
     seek: Seeker | None = None,
+    extras: Sequence[ColumnElement[Any]] = (),
 ) -> PageResult[T]:
     """Run a filtered SELECT one page at a time.
 
@@ -152,18 +155,27 @@ async def paginate(
     query instead: one round trip for both, and a second query only for an empty page.
     `locate`, when given, may find a deep page's first key faster than the index can
     (see `Locator`); `seek` does the same inside the page query (see `Seeker`): one
-    statement, so one snapshot and one round trip.
+    statement, so one snapshot and one round trip. `extras` (uncorrelated scalar
+    subqueries, with `total_expression` only) ride along the same way; their values come
+    back in `PageResult.extras`.
     """
     direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
     extra = [] if total_expression is None else [total_expression.label("page_total_")]
+    extra += [e.label(f"page_extra_{i}") for i, e in enumerate(extras)]
     base = stmt.add_columns(*extra, *ordering.keys)
     page_stmt = base.order_by(*direction).limit(request.per_page + 1)
+    carried = len(extra)
+    got: list[Any] = []
 
     async def total_of(rows: Sequence[Row[Any]]) -> int:
+        got.clear()
         if total_expression is not None:
             if rows:
-                return int(rows[0][-len(ordering.keys) - 1])
-            return int((await session.execute(select(total_expression))).scalar_one())
+                values = tuple(rows[0][-len(ordering.keys) - carried : -len(ordering.keys)])
+            else:
+                values = tuple((await session.execute(select(*extra))).one())
+            got.extend(values[1:])
+            return int(values[0])
         if count is not None:
             return await count()
         counter = count_stmt
@@ -190,13 +202,14 @@ async def paginate(
                 rows = (await session.execute(sought, found[1])).all()
                 total = await total_of(rows)
                 if rows or total <= offset:
-                    return _result(ordering, request, rows, convert, total)
+                    return _result(ordering, request, rows, convert, total, got)
                 # A page exists, yet the seek found none: its counts disagree with the rows
                 # (say, rollups kept by an older release). Walk the index instead.
             page_stmt = await _seek_by_index(session, stmt, ordering, page_stmt, offset, locate)
 
     rows = (await session.execute(page_stmt)).all()
-    return _result(ordering, request, rows, convert, await total_of(rows))
+    total = await total_of(rows)
+    return _result(ordering, request, rows, convert, total, got)
 
 
 async def _seek_by_index(
@@ -241,6 +254,7 @@ def _result(
     rows: Sequence[Row[Any]],
     convert: Callable[[Row[Any]], T],
     total: int,
+    extras: Sequence[Any] = (),
 ) -> PageResult[T]:
     """The envelope of fetched rows (per_page + 1 at most: the extra one tells that more
     follow); the ordering's keys are the rows' last columns."""
@@ -257,6 +271,7 @@ def _result(
         per_page=request.per_page,
         pages=math.ceil(total / request.per_page) if total else 0,
         next_cursor=next_cursor,
+        extras=tuple(extras),
     )
 
 

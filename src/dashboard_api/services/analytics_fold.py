@@ -73,7 +73,9 @@ async def fold_batch(
         )
     ).all()
     if taken:
-        rows, hrows = deltas((row.sign, contribution_of_pending(row)) for row in taken)
+        rows, hrows = deltas(
+            ((row.sign, contribution_of_pending(row)) for row in taken), changes=True
+        )
         await apply_deltas(session, rows, hrows)
     return len(taken)
 

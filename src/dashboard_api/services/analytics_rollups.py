@@ -55,6 +55,7 @@ from dashboard_api.db.models.analytics import (
     AnalyticsHistogram,
     AnalyticsPending,
     AnalyticsRollup,
+    AnalyticsState,
 )
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.services.analytics_bins import BinSum, unpack
@@ -112,6 +113,8 @@ COUNTERS: tuple[str, ...] = (
     "duration_sum_us",
     "duration_count",
 )
+# What a fold adds to a rollup row: the counters and the row's change counter.
+ROLLUP_VALUES: tuple[str, ...] = (*COUNTERS, "changes")
 _STATUS_INDEX = {"queued": 1, "running": 2, "completed": 3, "failed": 4, "cancelled": 5}
 KEY_COLUMNS = ("grain", "bucket", "series", "agent_type", "source", "model")
 # A histogram delta row (of `task_deltas`) is (*HIST_KEY_COLUMNS, count); a stored
@@ -265,17 +268,21 @@ def _hist_keys(c: Contribution) -> list[tuple[Any, ...]]:
 
 
 def deltas(
-    signed: Iterable[tuple[int, Contribution]],
+    signed: Iterable[tuple[int, Contribution]], *, changes: bool = False
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Rollup and histogram rows of signed contributions summed, sorted by key, zero rows
-    dropped."""
+    dropped. With `changes`, each rollup row ends with its number of contributions (the
+    `changes` column: either sign counts one), as `apply_deltas` takes them."""
     counters: dict[tuple[Any, ...], list[int]] = {}
     hist: dict[tuple[Any, ...], int] = {}
+    width = len(COUNTERS) + (1 if changes else 0)
     for sign, c in signed:
         for key in _keys(c):
-            acc = counters.setdefault(key, [0] * len(COUNTERS))
+            acc = counters.setdefault(key, [0] * width)
             for i, v in enumerate(c.counters):
                 acc[i] += sign * v
+            if changes:
+                acc[-1] += 1
         if not c.points:
             continue
         for key in _hist_keys(c):
@@ -300,6 +307,7 @@ def task_deltas(
 _ROLLUPS: Table = AnalyticsRollup.__table__  # type: ignore[assignment]
 _HIST: Table = AnalyticsHistogram.__table__  # type: ignore[assignment]
 _PENDING: Table = AnalyticsPending.__table__  # type: ignore[assignment]
+_STATE: Table = AnalyticsState.__table__  # type: ignore[assignment]
 
 
 def _pending_row(sign: int, s: TaskSnapshot) -> dict[str, Any]:
@@ -354,10 +362,11 @@ async def apply_task_write(
 async def apply_deltas(
     session: AsyncSession, rows: Sequence[tuple[Any, ...]], hrows: Sequence[tuple[Any, ...]]
 ) -> None:
-    """Add rollup and histogram rows (from `deltas`) to the tables."""
+    """Add rollup rows (from `deltas(..., changes=True)`) and histogram rows to the
+    tables."""
     # Rows are sorted by key, and rollups always go before histograms, so that two
     # writers of shared rows lock them in the same order and never deadlock.
-    await upsert_add_many(session, _ROLLUPS, KEY_COLUMNS, COUNTERS, rows)
+    await upsert_add_many(session, _ROLLUPS, KEY_COLUMNS, ROLLUP_VALUES, rows)
     await add_histogram_deltas(session, hrows)
 
 
@@ -426,7 +435,10 @@ async def rebuild_rollups(session: AsyncSession, *, bulk: bool = False) -> None:
     await prepare_log_bin(session, BIN_THRESHOLDS)
     await prepare_large_sort(session)
     counters = _finest_counters(session)
-    await _build(session, _ROLLUPS, COUNTERS, GRAINS, counters, _COUNTER_MARGINALS, bulk)
+    await _build(session, _ROLLUPS, ROLLUP_VALUES, GRAINS, counters, _COUNTER_MARGINALS, bulk)
+    # Every `changes` restarts from the block's tasks: tokens read before this rebuild
+    # must never match again (services/task_search.py).
+    await upsert_add_many(session, _STATE, ["id"], ["rebuilds"], [(1, 1)])
     await _build_histograms(session)
     # Fresh planner statistics: without them PostgreSQL misjudges the block ranges.
     await analyze_tables(session, [_ROLLUPS.name, _HIST.name])
@@ -511,6 +523,7 @@ def _finest_counters(session: AsyncSession) -> list[Select[Any]]:
         ),
         func.coalesce(func.sum(Task.duration_us), 0).label("duration_sum_us"),
         func.count(Task.duration_us).label("duration_count"),
+        func.count().label("changes"),
     ]
     out = []
     for series, model_expr in _SERIES_MODELS:

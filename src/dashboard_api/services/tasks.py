@@ -55,6 +55,7 @@ from dashboard_api.schemas.tasks import (
     TaskUpdate,
 )
 from dashboard_api.schemas.tasks_json import summary_from_row
+from dashboard_api.services import task_search
 from dashboard_api.services.analytics_rollups import (
     DAY,
     EPOCH,
@@ -116,7 +117,9 @@ class TaskFilters:
     user_id: str | None = None
     q: str | None = None
 
-    def clauses(self, session: AsyncSession) -> list[ColumnElement[bool]]:
+    def clauses(self, session: AsyncSession, *, indexed: bool = True) -> list[ColumnElement[bool]]:
+        """The WHERE clauses; not `indexed`: `q` cannot use its trigram index (for rows
+        another clause narrows down to a few)."""
         out: list[ColumnElement[bool]] = []
         multi: tuple[tuple[Any, Sequence[str]], ...] = (
             (_T.c.status, self.status),
@@ -141,7 +144,7 @@ class TaskFilters:
             if value is not None:
                 out.append(column == value)
         if self.q:
-            out.append(contains_ci(session, _T.c.input_message, self.q))
+            out.append(contains_ci(session, _T.c.input_message, self.q, indexed=indexed))
         return out
 
 
@@ -196,19 +199,84 @@ async def list_tasks(
             seek=seek,
         )
     hint = _q_hint_key(filters)
-    if _Q_MATCHES.get(hint, 0) > FEW_MATCHES:
+    cache = task_search.cache_of(session)
+    if cache is not None and all(
+        v is None for v in (filters.conversation_id, filters.flow_id, filters.user_id)
+    ):
+        found = await _list_q_counted(session, cache, filters, stmt, columns, ordering, page)
+        if found is not None:
+            _remember_matches(hint, found.total)
+            return found
+    result = await _q_page(session, filters, stmt, columns, ordering, page, None, ())
+    _remember_matches(hint, result.total)
+    return result
+
+
+async def _list_q_counted(
+    session: AsyncSession,
+    cache: task_search.QCountCache,
+    filters: TaskFilters,
+    stmt: Select[Any],
+    columns: Sequence[ColumnElement[Any]],
+    ordering: Ordering,
+    page: PageRequest,
+) -> PageResult[dict[str, Any]] | None:
+    """A `q` page whose total comes from per-hour counts cached in this process, checked
+    in the page's own statement (services/task_search.py); None when the window is too
+    short to hold a whole hour, or the cache kept missing writes (a plain count then)."""
+    unbounded = replace(filters, created_after=None, created_before=None)
+    plain = unbounded.clauses(session), unbounded.clauses(session, indexed=False)
+    key = (
+        tuple(sorted(set(filters.status))),
+        tuple(sorted(set(filters.agent_type))),
+        tuple(sorted(set(filters.source))),
+        filters.q,
+    )
+    changed: Sequence[int] = ()
+    for _ in range(_Q_COUNT_ATTEMPTS):
+        q = task_search.plan(
+            session, cache, key, plain, filters.created_after, filters.created_before, changed
+        )
+        if q is None:
+            return None
+        result = await _q_page(session, filters, stmt, columns, ordering, page, q.edges, q.extras)
+        total = task_search.settle(cache, q, result.total, result.extras)
+        if total is not None:
+            pages = -(-total // page.per_page) if total else 0
+            return replace(result, total=total, pages=pages, extras=())
+        changed = await task_search.changed_hours(session, q)
+    return None
+
+
+# A cached count found changed this many times in a row gives way to a plain count.
+_Q_COUNT_ATTEMPTS = 3
+
+
+async def _q_page(
+    session: AsyncSession,
+    filters: TaskFilters,
+    stmt: Select[Any],
+    columns: Sequence[ColumnElement[Any]],
+    ordering: Ordering,
+    page: PageRequest,
+    total: ColumnElement[Any] | None,
+    extras: Sequence[ColumnElement[Any]],
+) -> PageResult[dict[str, Any]]:
+    """A page of a `q` list, with `total` (default: the exact count of the matches) and
+    `extras` carried in its statement."""
+    where = filters.clauses(session)
+    if _Q_MATCHES.get(_q_hint_key(filters), 0) > FEW_MATCHES:
         # A common substring: the order's index finds a page after a few hundred rows;
-        # the exact count, which rechecks every match, rides along in the same statement.
-        result = await paginate(
+        # the exact count, when not given, rechecks every match in the same statement.
+        return await paginate(
             session,
             stmt,
             ordering,
             page,
             convert=summary_from_row,
-            total_expression=_count_raw(where),
+            total_expression=_count_raw(where) if total is None else total,
+            extras=extras,
         )
-        _remember_matches(hint, result.total)
-        return result
     # A rare substring (or one not seen yet): walking the order's index and testing each
     # row would read tens of thousands of rows to fill one page. The matching rows are
     # found once (the trigram index on PostgreSQL; reading each to recheck it, so their
@@ -217,16 +285,17 @@ async def list_tasks(
     keys = [k.label(f"k{i}") for i, k in enumerate(ordering.keys)]
     matches = select(*columns, *keys).where(*where).cte("q_matches")
     found = Ordering(ordering.name, tuple(matches.c[k.name] for k in keys), ordering.descending)
-    result = await paginate(
+    if total is None:
+        total = select(func.count()).select_from(matches).scalar_subquery()
+    return await paginate(
         session,
         select(*(matches.c[c.name] for c in columns)),
         found,
         page,
         convert=summary_from_row,
-        total_expression=select(func.count()).select_from(matches).scalar_subquery(),
+        total_expression=total,
+        extras=extras,
     )
-    _remember_matches(hint, result.total)
-    return result
 
 
 # How many tasks matched a `q` query (with its other filters) the last time it ran: only

@@ -5,6 +5,7 @@ from dashboard_api.db.models.analytics import (
     AnalyticsHistogram,
     AnalyticsPending,
     AnalyticsRollup,
+    AnalyticsState,
 )
 from dashboard_api.db.models.conversations import (
     Conversation,
@@ -23,6 +24,7 @@ __all__ = [
     "AnalyticsHistogram",
     "AnalyticsPending",
     "AnalyticsRollup",
+    "AnalyticsState",
     "ApiToken",
     "Conversation",
     "ConversationMessage",

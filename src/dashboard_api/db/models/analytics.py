@@ -40,6 +40,24 @@ class AnalyticsRollup(Base):
     cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     duration_sum_us: Mapped[int] = mapped_column(BigInteger, default=0)
     duration_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    # How many contributions this row has received: its tasks at the last rebuild plus
+    # every contribution folded into it since (either sign counts one). Plus the block's
+    # rows still in `analytics_pending`, it grows with every task write that touches the
+    # block and never shrinks until a rebuild (which bumps `AnalyticsState.rebuilds`): a
+    # block whose (rebuilds, changes + pending) is unchanged holds the same tasks with
+    # the same statuses (services/task_search.py caches counts on it). Read on the overall
+    # rows (series 2) only.
+    changes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AnalyticsState(Base):
+    """One row (id 1): how many times the rollups were rebuilt. A rebuild resets every
+    row's `changes`, so the count is part of every validity token taken from them."""
+
+    __tablename__ = "analytics_state"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    rebuilds: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class AnalyticsHistogram(Base):

@@ -1,0 +1,358 @@
+"""Exact totals of `q` task lists from per-hour match counts cached in each process.
+
+A common substring matches ~15 % of the tasks, and counting them rechecks every match
+(280 ms at 1M tasks). Which tasks of an hour match `q` (with status, agent_type, source)
+changes only when a task of that hour is registered or changes status: `input_message`,
+`agent_type`, `source` and `created_at` never change, and tasks are never deleted. Every
+such write records its contributions in `analytics_pending` in its own transaction, and
+the fold moves them into the rollups atomically while adding their number to the block's
+`changes`. So an hour's token
+
+    (rollup rebuilds, changes of its overall 1-hour rollup row + its pending rows)
+
+grows with every write that can change what the hour holds, a fold leaves it as it is,
+and a rebuild (which resets `changes`) bumps the first part. A count taken together
+with its token stays exact for as long as a later read sees the same token.
+
+Each process keeps, per (q, status, agent_type, source), the count and token of every
+hour of a contiguous span (`HourCounts`). A request runs ONE statement: its page, the
+raw count of the partial hours at its window's edges, the hours it has no trusted count
+for (outside the span, or seen changing lately) counted per hour with their tokens, and
+the sum of the tokens of every hour in the window (`digest`). Tokens only grow, so that
+sum equals the sum of the tokens the counts were taken with exactly when no hour taken
+from the cache has changed: then the total is exact in the page's own snapshot. When it
+differs, the hours' tokens are read, the changed hours are counted again, and the
+statement runs again (a few times at most, then a plain count).
+
+Per process and per database (the cache lives on the app's session factory): replicas
+each keep their own, and all stay exact because the tokens live in the database.
+Not used when the rollups are off (`analytics_rollups_enabled`): writes then record no
+contributions. Every replica writing tasks must run a release that counts `changes`
+in its fold (0010 and later), or tokens could fall back to an earlier value.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Table,
+    and_,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dashboard_api.db.dialect import epoch_bucket, int_rows, int_rows_agg
+from dashboard_api.db.models import Task
+from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup, AnalyticsState
+from dashboard_api.services.analytics_rollups import EPOCH, SERIES_MARGINAL
+from dashboard_api.timeutil import merge_ranges, to_utc
+
+HOUR = 3600
+# The bounds of an open window: whole hours that every stored instant lies between.
+_LOW_S = (datetime(1, 1, 2, tzinfo=UTC) - EPOCH) // timedelta(seconds=1)
+_HIGH_S = (datetime(9999, 12, 30, tzinfo=UTC) - EPOCH) // timedelta(seconds=1)
+# Hours counted again on every request after they were seen changing: the current hour
+# of a busy service changes between any two requests, and checking it by its token
+# alone would fail the digest every time. Forgotten after this many quiet requests.
+_VOLATILE_QUIET = 64
+_VOLATILE_KEPT = 48
+CACHE_ENTRIES = 256
+_FEW_HOURS = 48
+CACHE_KEY = "q_count_cache"
+
+_T = Task.__table__
+_R = AnalyticsRollup.__table__.c
+_P: Table = AnalyticsPending.__table__  # type: ignore[assignment]
+_S: Table = AnalyticsState.__table__  # type: ignore[assignment]
+
+
+@dataclass
+class HourCounts:
+    """The matches and token of every hour in [lo, hi) (epoch seconds), each taken in
+    some snapshot (an hour not listed had neither tasks nor contributions)."""
+
+    rebuilds: int
+    lo: int
+    hi: int
+    tokens: dict[int, int] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)
+    token_sum: int = 0
+    count_sum: int = 0
+    # hour -> the request (serial) that last saw it change
+    volatile: dict[int, int] = field(default_factory=dict)
+    serial: int = 0
+
+    def set(self, hour: int, token: int, count: int) -> None:
+        """Record an hour's count taken with `token`, unless a newer one is held (two
+        requests may settle out of order; tokens only grow)."""
+        old = self.tokens.get(hour, 0)
+        if token < old:
+            return
+        self.token_sum += token - old
+        self.count_sum += count - self.counts.get(hour, 0)
+        if token:
+            self.tokens[hour] = token
+            self.counts[hour] = count
+        else:
+            self.tokens.pop(hour, None)
+            self.counts.pop(hour, None)
+
+    def sums(self, a: int, b: int, skip: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """(tokens, counts) summed over the hours in [a, b) outside the `skip` ranges."""
+        if a <= self.lo and self.hi <= b:
+            tokens, counts = self.token_sum, self.count_sum
+        else:
+            tokens = counts = 0
+            for hour, token in self.tokens.items():
+                if a <= hour < b:
+                    tokens += token
+                    counts += self.counts[hour]
+        for s, e in skip:
+            for hour in range(max(s, self.lo), min(e, self.hi), HOUR):
+                tokens -= self.tokens.get(hour, 0)
+                counts -= self.counts.get(hour, 0)
+        return tokens, counts
+
+
+class QCountCache:
+    """The `HourCounts` of the most recently used filter sets of one process."""
+
+    def __init__(self, entries: int = CACHE_ENTRIES) -> None:
+        self._entries: OrderedDict[tuple[Any, ...], HourCounts] = OrderedDict()
+        self._kept = entries
+
+    def get(self, key: tuple[Any, ...]) -> HourCounts | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple[Any, ...], entry: HourCounts) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._kept:
+            self._entries.popitem(last=False)
+
+    def drop(self, key: tuple[Any, ...]) -> None:
+        self._entries.pop(key, None)
+
+
+def cache_of(session: AsyncSession) -> QCountCache | None:
+    """The session's count cache, when its database keeps rollups it can trust."""
+    if not session.info.get("analytics_rollups_enabled", True):
+        return None
+    cache = session.info.get(CACHE_KEY)
+    return cache if isinstance(cache, QCountCache) else None
+
+
+def _ts(seconds: int) -> datetime:
+    return EPOCH + timedelta(seconds=seconds)
+
+
+def _hour_floor(at: datetime) -> int:
+    return (to_utc(at) - EPOCH) // timedelta(seconds=1) // HOUR * HOUR
+
+
+def _hour_ceil(at: datetime) -> int:
+    micros = (to_utc(at) - EPOCH) // timedelta(microseconds=1)
+    return -(-micros // (HOUR * 1_000_000)) * HOUR
+
+
+@dataclass
+class QTotal:
+    """What one attempt adds to the page statement, and how to read its answer."""
+
+    key: tuple[Any, ...]
+    entry: HourCounts | None  # None: a fresh span [a, b)
+    a: int
+    b: int
+    recount: list[tuple[int, int]]
+    known_tokens: int
+    known_count: int
+    edges: ColumnElement[Any]  # the raw count of the partial hours at the window's edges
+    extras: list[ColumnElement[Any]]  # rebuilds, digest, recounted hours
+
+
+def plan(
+    session: AsyncSession,
+    cache: QCountCache,
+    key: tuple[Any, ...],
+    plain: tuple[Sequence[ColumnElement[bool]], Sequence[ColumnElement[bool]]],
+    lo: datetime | None,
+    hi: datetime | None,
+    changed: Sequence[int] = (),
+) -> QTotal | None:
+    """The total's part of the page statement for a window [lo, hi) and the other
+    filters' clauses `plain` (q included; as they are, and with q kept off its index);
+    None when the window holds no whole hour.
+    `changed`: hours a token read found changed (counted again)."""
+    a = _LOW_S if lo is None else _hour_ceil(lo)
+    b = _HIGH_S if hi is None else _hour_floor(hi)
+    if a >= b:
+        return None
+    edges = []
+    if lo is not None and lo < _ts(a):
+        edges.append(and_(_T.c.created_at >= lo, _T.c.created_at < _ts(a)))
+    if hi is not None and _ts(b) < hi:
+        edges.append(and_(_T.c.created_at >= _ts(b), _T.c.created_at < hi))
+    entry = cache.get(key)
+    if entry is not None and (entry.hi < a or b < entry.lo):
+        entry = None  # a span elsewhere: start a new one here
+    if entry is None:
+        recount = [(a, b)]
+        known_tokens = known_count = 0
+    else:
+        for hour in changed:
+            entry.volatile[hour] = entry.serial
+        hot = [(h, h + HOUR) for h in entry.volatile if a <= h < b]
+        outside = [(a, min(b, entry.lo)), (max(a, entry.hi), b)]
+        recount = merge_ranges([(s, e) for s, e in outside if s < e] + hot)
+        inside = [(s, e) for s, e in recount if s < entry.hi and entry.lo < e]
+        known_tokens, known_count = entry.sums(a, b, inside)
+    indexed, scan = plain
+    edge_count: ColumnElement[Any] = literal(0, BigInteger)
+    if edges:
+        edge_count = (
+            select(func.count()).select_from(_T).where(or_(*edges), *scan).scalar_subquery()
+        )
+    # A few hours: read their rows by time; more: let the planner use q's index.
+    few = sum(e - s for s, e in recount) <= _FEW_HOURS * HOUR
+    extras = [_rebuilds(), _digest(a, b), _recounted(session, scan if few else indexed, recount)]
+    return QTotal(key, entry, a, b, recount, known_tokens, known_count, edge_count, extras)
+
+
+def settle(cache: QCountCache, q: QTotal, edges: int, extras: Sequence[Any]) -> int | None:
+    """The exact total, with the cache brought up to date; None when an hour taken from
+    the cache changed (or the rollups were rebuilt): read the tokens and plan again."""
+    rebuilds, digest, rows = int(extras[0]), int(extras[1]), int_rows(extras[2])
+    entry = q.entry
+    if entry is not None and entry.rebuilds != rebuilds:
+        cache.drop(q.key)
+        return None
+    if digest != q.known_tokens + sum(t for _, _, t in rows):
+        return None
+    total = edges + q.known_count + sum(n for _, n, _ in rows)
+    if entry is None:
+        entry = HourCounts(rebuilds, q.a, q.b)
+        for hour, n, t in rows:
+            entry.set(hour, t, n)
+        cache.put(q.key, entry)
+        return total
+    entry.serial += 1
+    for hour, n, t in rows:
+        if t != entry.tokens.get(hour, 0) and entry.lo <= hour < entry.hi:
+            entry.volatile[hour] = entry.serial
+        entry.set(hour, t, n)
+    entry.lo, entry.hi = min(entry.lo, q.a), max(entry.hi, q.b)
+    stale = [h for h, s in entry.volatile.items() if s < entry.serial - _VOLATILE_QUIET]
+    for hour in stale:
+        del entry.volatile[hour]
+    while len(entry.volatile) > _VOLATILE_KEPT:
+        del entry.volatile[min(entry.volatile, key=entry.volatile.__getitem__)]
+    return total
+
+
+async def changed_hours(session: AsyncSession, q: QTotal) -> list[int]:
+    """The hours of the span whose token is not the one their cached count was taken
+    with (one statement: the overall 1-hour rollup rows and the pending rows)."""
+    entry = q.entry
+    if entry is None:
+        return []
+    lo, hi = max(q.a, entry.lo), min(q.b, entry.hi)
+    tokens = _tokens(lo, hi).subquery()
+    stmt = select(tokens.c.b, func.sum(tokens.c.t)).group_by(tokens.c.b)
+    now = {int(b): int(t) for b, t in (await session.execute(stmt)).all()}
+    return [h for h in now.keys() | entry.tokens.keys() if now.get(h, 0) != entry.tokens.get(h, 0)]
+
+
+def _overall_hours() -> list[ColumnElement[bool]]:
+    return [
+        _R.series == SERIES_MARGINAL,
+        _R.grain == HOUR,
+        _R.agent_type == "",
+        _R.source == "",
+        _R.model == "",
+    ]
+
+
+def _pending_hour() -> ColumnElement[Any]:
+    p = _P.c
+    return p.created_s - (p.created_s % HOUR + HOUR) % HOUR
+
+
+def _tokens(a: int, b: int) -> Any:
+    """(b, t): each hour's parts of its token in [a, b) (sum them per hour)."""
+    p = _P.c
+    rows = select(_R.bucket.label("b"), _R.changes.label("t")).where(
+        *_overall_hours(), _R.bucket >= a, _R.bucket < b
+    )
+    hour = _pending_hour()
+    pending = (
+        select(hour.label("b"), func.count().label("t"))
+        .where(p.created_s >= a, p.created_s < b)
+        .group_by(hour)
+    )
+    return union_all(rows, pending)
+
+
+def _rebuilds() -> ColumnElement[Any]:
+    return select(func.coalesce(func.max(_S.c.rebuilds), 0)).scalar_subquery()
+
+
+def _digest(a: int, b: int) -> ColumnElement[Any]:
+    """The sum of the tokens of every hour in [a, b)."""
+    p = _P.c
+    changes = select(func.coalesce(func.sum(_R.changes), 0)).where(
+        *_overall_hours(), _R.bucket >= a, _R.bucket < b
+    )
+    pending = select(func.count()).select_from(_P).where(p.created_s >= a, p.created_s < b)
+    return changes.scalar_subquery() + pending.scalar_subquery()
+
+
+def _recounted(
+    session: AsyncSession, plain: Sequence[ColumnElement[bool]], ranges: Sequence[tuple[int, int]]
+) -> ColumnElement[Any]:
+    """(hour, matches, token) of every hour in `ranges` with either, as `int_rows` text."""
+    if not ranges:
+        return literal(None)
+    p = _P.c
+    when = or_(*(and_(_T.c.created_at >= _ts(s), _T.c.created_at < _ts(e)) for s, e in ranges))
+    hour = epoch_bucket(session, _T.c.created_at, HOUR)
+    zero = literal(0, BigInteger)
+    counts = (
+        select(hour.label("b"), func.count().label("n"), zero.label("t"))
+        .where(when, *plain)
+        .group_by(hour)
+    )
+    rows = select(_R.bucket.label("b"), zero.label("n"), _R.changes.label("t")).where(
+        *_overall_hours(), or_(*(and_(_R.bucket >= s, _R.bucket < e) for s, e in ranges))
+    )
+    p_hour = _pending_hour()
+    pending = (
+        select(p_hour.label("b"), zero.label("n"), func.count().label("t"))
+        .where(or_(*(and_(p.created_s >= s, p.created_s < e) for s, e in ranges)))
+        .group_by(p_hour)
+    )
+    parts = union_all(counts, rows, pending).subquery()
+    per_hour = (
+        select(
+            parts.c.b,
+            func.sum(parts.c.n).label("n"),
+            func.sum(parts.c.t).label("t"),
+        )
+        .group_by(parts.c.b)
+        .subquery()
+    )
+    c = per_hour.c
+    return select(int_rows_agg(session, [c.b, c.n, c.t])).scalar_subquery()

@@ -1,0 +1,257 @@
+"""`q` totals from per-hour counts cached per process (services/task_search.py).
+
+A random history of registrations (also into old hours: back-fills), status moves, folds
+and rebuilds, interleaved with q lists served by two app instances (two caches) over one
+database: every total equals a brute-force count, and walking the pages returns each
+match exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dashboard_api.app import create_app
+from dashboard_api.services.analytics_fold import fold_pending
+from dashboard_api.services.analytics_rollups import rebuild_rollups
+from dashboard_api.services.tasks import ALLOWED_MOVES
+from tests.conftest import Backend, make_token
+from tests.tasks.helpers import T0, clear_tasks
+
+MESSAGES = ("pay the bill", "PAYMENTS due", "flaky job #12", "x%y pay", "nothing", "Pay_me")
+NEEDLES = ("pay", "PAYMENTS", "flaky job #12", "%", "_", "zz")
+# Creation instants: on and off hour boundaries, in the current hours and far back (a
+# back-fill lands in an hour whose count may be cached already).
+OFFSETS = (
+    timedelta(0),
+    timedelta(microseconds=1),
+    timedelta(minutes=59, seconds=59, microseconds=999_999),
+    timedelta(hours=1),
+    timedelta(hours=1, minutes=30),
+    timedelta(hours=3),
+    timedelta(days=-2, minutes=5),
+    timedelta(days=-40, hours=7),
+)
+WINDOWS = (
+    (None, None),
+    (None, T0 + timedelta(hours=1)),
+    (T0 - timedelta(days=3), None),
+    (T0 + timedelta(microseconds=1), T0 + timedelta(hours=2, minutes=1)),
+    (T0 - timedelta(days=41), T0 + timedelta(minutes=30)),
+)
+SORTS = ("-created_at", "created_at", "cost_usd", "-duration_seconds")
+STATUS_FILTERS = ((), ("queued",), ("running", "completed"), ("failed", "cancelled"))
+
+
+@dataclass
+class Apps:
+    apps: list[FastAPI]
+    clients: list[httpx.AsyncClient]
+    user: dict[str, str]
+    agent: dict[str, str]
+
+
+@pytest.fixture
+async def two_apps(backend: Backend) -> AsyncIterator[Apps]:
+    """Two app instances (two processes' caches) on one database; folds by hand."""
+    settings = backend.settings(analytics_fold_interval_seconds=0)
+    apps = [create_app(settings), create_app(settings)]
+    async with LifespanManager(apps[0]), LifespanManager(apps[1]):
+        clients = [
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://test")
+            for a in apps
+        ]
+        user = await make_token(apps[0], role="user", user_id="alice")
+        agent = await make_token(apps[0], role="agent", user_id="agent-1")
+        yield Apps(
+            apps,
+            clients,
+            {"Authorization": f"Bearer {user}"},
+            {"Authorization": f"Bearer {agent}"},
+        )
+        for c in clients:
+            await c.aclose()
+
+
+@dataclass
+class Model:
+    """What the database should hold: (created_at, task_id) -> [message, status]."""
+
+    tasks: dict[str, tuple[datetime, str, str]]
+
+    def matches(
+        self, q: str, statuses: tuple[str, ...], lo: datetime | None, hi: datetime | None
+    ) -> list[tuple[datetime, str]]:
+        return sorted(
+            (at, task_id)
+            for task_id, (at, message, status) in self.tasks.items()
+            if q.lower() in message.lower()
+            and (not statuses or status in statuses)
+            and (lo is None or at >= lo)
+            and (hi is None or at < hi)
+        )
+
+
+def ts(d: datetime) -> str:
+    return d.isoformat().replace("+00:00", "Z")
+
+
+async def walk(
+    client: httpx.AsyncClient, headers: dict[str, str], params: dict[str, Any], per_page: int
+) -> tuple[list[str], set[int]]:
+    """Every page in page mode: the ids in order, and every total answered."""
+    ids: list[str] = []
+    totals: set[int] = set()
+    page = 1
+    while True:
+        r = await client.get(
+            "/api/tasks", params={**params, "page": page, "per_page": per_page}, headers=headers
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        totals.add(body["total"])
+        ids += [t["task_id"] for t in body["items"]]
+        if not body["items"] or page >= body["pages"]:
+            return ids, totals
+        page += 1
+
+
+Register = tuple[str, int, int, str]
+Move = tuple[str, int, str]
+Listing = tuple[str, int, int, int, int, int, int]
+Step = Register | Move | Listing | tuple[str]
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("register"),
+            st.integers(0, len(OFFSETS) - 1),
+            st.integers(0, len(MESSAGES) - 1),
+            st.sampled_from(["queued", "running"]),
+        ),
+        st.tuples(
+            st.just("move"),
+            st.integers(0, 40),
+            st.sampled_from(["running", "completed", "failed", "cancelled"]),
+        ),
+        st.tuples(st.just("fold")),
+        st.tuples(st.just("rebuild")),
+        st.tuples(
+            st.just("list"),
+            st.integers(0, 1),
+            st.integers(0, len(NEEDLES) - 1),
+            st.integers(0, len(STATUS_FILTERS) - 1),
+            st.integers(0, len(WINDOWS) - 1),
+            st.integers(0, len(SORTS) - 1),
+            st.integers(1, 4),
+        ),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(history=steps)
+async def test_q_totals_follow_every_write(two_apps: Apps, history: list[Step]) -> None:
+    env = two_apps
+    await clear_tasks(env.apps[0])
+    db = env.apps[0].state.ctx.db
+    model = Model({})
+    order: list[str] = []
+    run = uuid.uuid4().hex[:6]
+    for step in history:
+        kind = step[0]
+        if kind == "register":
+            _, offset, message, status = step  # type: ignore[misc]
+            task_id = f"{run}-{len(order):03d}"
+            at = T0 + OFFSETS[offset]
+            body = {
+                "task_id": task_id,
+                "agent_type": "coder",
+                "input_message": MESSAGES[message],
+                "status": status,
+                "created_at": ts(at),
+            }
+            r = await env.clients[len(order) % 2].post("/api/tasks", json=body, headers=env.agent)
+            assert r.status_code == 201, r.text
+            model.tasks[task_id] = (at, MESSAGES[message], status)
+            order.append(task_id)
+        elif kind == "move":
+            _, which, target = step  # type: ignore[misc]
+            if not order:
+                continue
+            task_id = order[which % len(order)]
+            at, message, status = model.tasks[task_id]
+            if target not in ALLOWED_MOVES[status]:
+                continue
+            r = await env.clients[which % 2].patch(
+                f"/api/tasks/{task_id}", json={"status": target}, headers=env.agent
+            )
+            assert r.status_code == 200, r.text
+            model.tasks[task_id] = (at, message, target)
+        elif kind == "fold":
+            await fold_pending(db)
+        elif kind == "rebuild":
+            async with db.write() as session:
+                await rebuild_rollups(session)
+        else:
+            _, app, needle, statuses, window, sort, per_page = step  # type: ignore[misc]
+            lo, hi = WINDOWS[window]
+            params: dict[str, Any] = {"q": NEEDLES[needle], "sort": SORTS[sort]}
+            if STATUS_FILTERS[statuses]:
+                params["status"] = ",".join(STATUS_FILTERS[statuses])
+            if lo is not None:
+                params["created_after"] = ts(lo)
+            if hi is not None:
+                params["created_before"] = ts(hi)
+            expected = model.matches(NEEDLES[needle], STATUS_FILTERS[statuses], lo, hi)
+            ids, totals = await walk(env.clients[app], env.user, params, per_page)
+            assert totals == {len(expected)}
+            assert sorted(ids) == sorted(task_id for _, task_id in expected)
+            if SORTS[sort].endswith("created_at"):
+                in_order = [task_id for _, task_id in expected]
+                assert ids == (in_order[::-1] if SORTS[sort].startswith("-") else in_order)
+
+
+@pytest.fixture
+async def without_rollups(backend: Backend) -> AsyncIterator[tuple[httpx.AsyncClient, Apps]]:
+    settings = backend.settings(analytics_rollups_enabled=False, analytics_fold_interval_seconds=0)
+    app = create_app(settings)
+    async with LifespanManager(app):
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+        user = await make_token(app, role="user", user_id="alice")
+        agent = await make_token(app, role="agent", user_id="agent-1")
+        yield client, Apps([app], [client], {"Authorization": f"Bearer {user}"},
+                           {"Authorization": f"Bearer {agent}"})  # fmt: skip
+        await client.aclose()
+
+
+async def test_rollups_disabled_counts_raw(
+    without_rollups: tuple[httpx.AsyncClient, Apps],
+) -> None:
+    """Writes record no contributions then, so no token can move: nothing is cached."""
+    client, env = without_rollups
+    for i in range(6):
+        body = {
+            "task_id": f"off-{i}",
+            "agent_type": "coder",
+            "input_message": "pay day" if i % 2 else "other",
+            "created_at": ts(T0 - timedelta(days=i)),
+        }
+        assert (await client.post("/api/tasks", json=body, headers=env.agent)).status_code == 201
+        r = await client.get("/api/tasks", params={"q": "PAY"}, headers=env.user)
+        assert r.json()["total"] == (i + 1) // 2
+    r = await client.patch("/api/tasks/off-1", json={"status": "running"}, headers=env.agent)
+    assert r.status_code == 200
+    r = await client.get("/api/tasks", params={"q": "pay", "status": "queued"}, headers=env.user)
+    assert r.json()["total"] == 2
