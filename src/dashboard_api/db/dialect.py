@@ -214,6 +214,16 @@ def int_rows(value: str | None) -> list[list[int]]:
     return [[int(x) for x in row.split(":")] for row in value.split(",")]
 
 
+def json_rows_agg(
+    session: AsyncSession, columns: Sequence[ColumnElement[Any]]
+) -> ColumnElement[str]:
+    """An aggregate of a group's rows as one JSON array of arrays (text); timestamps come
+    as ISO text (PostgreSQL) or as stored (SQLite): read them with `to_utc(fromisoformat)`."""
+    if backend_of(session) == "postgresql":
+        return cast(func.json_agg(func.json_build_array(*columns)), String)
+    return func.json_group_array(func.json_array(*columns), type_=String)
+
+
 def in_ints(
     session: AsyncSession,
     column: ColumnElement[Any] | QueryableAttribute[Any],

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -52,7 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import epoch_bucket, int_rows, int_rows_agg
+from dashboard_api.db.dialect import epoch_bucket, int_rows, int_rows_agg, json_rows_agg
 from dashboard_api.db.models import Task
 from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup, AnalyticsState
 from dashboard_api.services.analytics_rollups import EPOCH, SERIES_MARGINAL
@@ -67,7 +68,9 @@ _HIGH_S = (datetime(9999, 12, 30, tzinfo=UTC) - EPOCH) // timedelta(seconds=1)
 # alone would fail the digest every time. Forgotten after this many quiet requests.
 _VOLATILE_QUIET = 64
 _VOLATILE_KEPT = 48
-CACHE_ENTRIES = 256
+CACHE_ENTRIES = 128
+# A q with at most this many matches (in the span first counted) keeps their keys.
+KEYS_KEPT = 2000
 _FEW_HOURS = 48
 CACHE_KEY = "q_count_cache"
 
@@ -92,10 +95,15 @@ class HourCounts:
     # hour -> the request (serial) that last saw it change
     volatile: dict[int, int] = field(default_factory=dict)
     serial: int = 0
+    # For a rare q: the (created_at, task_id) of every match, per hour with matches,
+    # sorted; then a page in created_at order reads its rows by key.
+    keys: dict[int, list[tuple[datetime, str]]] | None = None
 
-    def set(self, hour: int, token: int, count: int) -> None:
-        """Record an hour's count taken with `token`, unless a newer one is held (two
-        requests may settle out of order; tokens only grow)."""
+    def set(
+        self, hour: int, token: int, count: int, keys: list[tuple[datetime, str]] | None
+    ) -> None:
+        """Record an hour's count (and matches) taken with `token`, unless a newer one is
+        held (two requests may settle out of order; tokens only grow)."""
         old = self.tokens.get(hour, 0)
         if token < old:
             return
@@ -107,6 +115,13 @@ class HourCounts:
         else:
             self.tokens.pop(hour, None)
             self.counts.pop(hour, None)
+        if self.keys is not None:
+            if keys is None:
+                self.keys = None
+            elif count:
+                self.keys[hour] = keys
+            else:
+                self.keys.pop(hour, None)
 
     def sums(self, a: int, b: int, skip: Sequence[tuple[int, int]]) -> tuple[int, int]:
         """(tokens, counts) summed over the hours in [a, b) outside the `skip` ranges."""
@@ -181,7 +196,9 @@ class QTotal:
     known_tokens: int
     known_count: int
     edges: ColumnElement[Any]  # the raw count of the partial hours at the window's edges
-    extras: list[ColumnElement[Any]]  # rebuilds, digest, recounted hours
+    edge_ranges: list[tuple[datetime, datetime]]
+    keys: bool  # whether the recounted hours' matches are read too
+    extras: list[ColumnElement[Any]]  # rebuilds, digest, recounted hours (, their matches)
 
 
 def plan(
@@ -192,20 +209,24 @@ def plan(
     lo: datetime | None,
     hi: datetime | None,
     changed: Sequence[int] = (),
+    *,
+    rare: bool = True,
 ) -> QTotal | None:
     """The total's part of the page statement for a window [lo, hi) and the other
     filters' clauses `plain` (q included; as they are, and with q kept off its index);
     None when the window holds no whole hour.
-    `changed`: hours a token read found changed (counted again)."""
+    `changed`: hours a token read found changed (counted again). `rare`: a new span reads
+    the keys of the matches too (kept when there are at most `KEYS_KEPT`)."""
     a = _LOW_S if lo is None else _hour_ceil(lo)
     b = _HIGH_S if hi is None else _hour_floor(hi)
     if a >= b:
         return None
-    edges = []
+    edge_ranges = []
     if lo is not None and lo < _ts(a):
-        edges.append(and_(_T.c.created_at >= lo, _T.c.created_at < _ts(a)))
+        edge_ranges.append((lo, _ts(a)))
     if hi is not None and _ts(b) < hi:
-        edges.append(and_(_T.c.created_at >= _ts(b), _T.c.created_at < hi))
+        edge_ranges.append((_ts(b), hi))
+    edges = [and_(_T.c.created_at >= s, _T.c.created_at < e) for s, e in edge_ranges]
     entry = cache.get(key)
     if entry is not None and (entry.hi < a or b < entry.lo):
         entry = None  # a span elsewhere: start a new one here
@@ -228,8 +249,14 @@ def plan(
         )
     # A few hours: read their rows by time; more: let the planner use q's index.
     few = sum(e - s for s, e in recount) <= _FEW_HOURS * HOUR
-    extras = [_rebuilds(), _digest(a, b), _recounted(session, scan if few else indexed, recount)]
-    return QTotal(key, entry, a, b, recount, known_tokens, known_count, edge_count, extras)
+    which = scan if few else indexed
+    extras = [_rebuilds(), _digest(a, b), _recounted(session, which, recount)]
+    keys = rare if entry is None else entry.keys is not None
+    if keys:
+        extras.append(_recounted_keys(session, which, recount))
+    return QTotal(
+        key, entry, a, b, recount, known_tokens, known_count, edge_count, edge_ranges, keys, extras
+    )
 
 
 def settle(cache: QCountCache, q: QTotal, edges: int, extras: Sequence[Any]) -> int | None:
@@ -243,17 +270,18 @@ def settle(cache: QCountCache, q: QTotal, edges: int, extras: Sequence[Any]) -> 
     if digest != q.known_tokens + sum(t for _, _, t in rows):
         return None
     total = edges + q.known_count + sum(n for _, n, _ in rows)
+    keys = _keys_by_hour(extras[3]) if q.keys else None
     if entry is None:
-        entry = HourCounts(rebuilds, q.a, q.b)
+        entry = HourCounts(rebuilds, q.a, q.b, keys=None if keys is None else {})
         for hour, n, t in rows:
-            entry.set(hour, t, n)
+            entry.set(hour, t, n, None if keys is None else keys.get(hour, []))
         cache.put(q.key, entry)
         return total
     entry.serial += 1
     for hour, n, t in rows:
         if t != entry.tokens.get(hour, 0) and entry.lo <= hour < entry.hi:
             entry.volatile[hour] = entry.serial
-        entry.set(hour, t, n)
+        entry.set(hour, t, n, None if keys is None else keys.get(hour, []))
     entry.lo, entry.hi = min(entry.lo, q.a), max(entry.hi, q.b)
     stale = [h for h, s in entry.volatile.items() if s < entry.serial - _VOLATILE_QUIET]
     for hour in stale:
@@ -356,3 +384,70 @@ def _recounted(
     )
     c = per_hour.c
     return select(int_rows_agg(session, [c.b, c.n, c.t])).scalar_subquery()
+
+
+def _recounted_keys(
+    session: AsyncSession, plain: Sequence[ColumnElement[bool]], ranges: Sequence[tuple[int, int]]
+) -> ColumnElement[Any]:
+    """(hour, created_at, task_id) of the matches in `ranges` as JSON, `KEYS_KEPT` + 1 at
+    most (more: too many to keep)."""
+    if not ranges:
+        return literal(None)
+    when = or_(*(and_(_T.c.created_at >= _ts(s), _T.c.created_at < _ts(e)) for s, e in ranges))
+    hour = epoch_bucket(session, _T.c.created_at, HOUR)
+    found = (
+        select(hour.label("b"), _T.c.created_at, _T.c.task_id)
+        .where(when, *plain)
+        .limit(KEYS_KEPT + 1)
+        .subquery()
+    )
+    c = found.c
+    return select(json_rows_agg(session, [c.b, c.created_at, c.task_id])).scalar_subquery()
+
+
+def _keys_by_hour(value: str | None) -> dict[int, list[tuple[datetime, str]]] | None:
+    """The matches `_recounted_keys` read, per hour and sorted; None when too many."""
+    rows = orjson.loads(value) if value else []
+    if len(rows) > KEYS_KEPT:
+        return None
+    out: dict[int, list[tuple[datetime, str]]] = {}
+    for hour, at, task_id in rows:
+        out.setdefault(int(hour), []).append((to_utc(datetime.fromisoformat(at)), task_id))
+    for found in out.values():
+        found.sort()
+    return out
+
+
+def page_keys(
+    q: QTotal, descending: bool, after: datetime | None, wanted: int
+) -> tuple[list[str], list[tuple[datetime, datetime]]] | None:
+    """For a page in created_at order: the ids of the first `wanted` cached matches (past
+    `after`, a cursor's created_at) and the time ranges whose matches must be read raw
+    (recounted hours, window edges), or None when the cache holds no keys or too few
+    hours are trusted. Whole hours are taken, so the database orders ties itself."""
+    entry = q.entry
+    if entry is None or entry.keys is None:
+        return None
+    if sum(e - s for s, e in q.recount) > _FEW_HOURS * HOUR:
+        return None
+    skip = {h for s, e in q.recount for h in range(s, e, HOUR)}
+    hours = sorted((h for h in entry.keys if q.a <= h < q.b and h not in skip), reverse=descending)
+    ids: list[str] = []
+    counted = 0
+    for hour in hours:
+        found = entry.keys[hour]
+        if after is not None:
+            if (hour + HOUR <= _seconds(after)) if not descending else (hour > _seconds(after)):
+                continue
+            counted += sum(1 for at, _ in found if (at < after if descending else at > after))
+        else:
+            counted += len(found)
+        ids += [task_id for _, task_id in found]
+        if counted >= wanted:
+            break
+    ranges = [(_ts(s), _ts(e)) for s, e in q.recount] + q.edge_ranges
+    return ids, ranges
+
+
+def _seconds(at: datetime) -> int:
+    return (to_utc(at) - EPOCH) // timedelta(seconds=1)

@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
+    String,
     Table,
     and_,
     bindparam,
@@ -43,7 +44,14 @@ from dashboard_api.db.dialect import (
 from dashboard_api.db.engine import Database, PendingEvent, emit
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
 from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup
-from dashboard_api.db.paging import Ordering, PageRequest, PageResult, paginate
+from dashboard_api.db.paging import (
+    SEEK_FROM_OFFSET,
+    Ordering,
+    PageRequest,
+    PageResult,
+    decode_cursor,
+    paginate,
+)
 from dashboard_api.errors import Conflict, NotFound, PayloadTooLarge
 from dashboard_api.ids import new_id
 from dashboard_api.money import usd_to_micros
@@ -233,19 +241,67 @@ async def _list_q_counted(
         filters.q,
     )
     changed: Sequence[int] = ()
+    rare = _Q_MATCHES.get(_q_hint_key(filters), 0) <= FEW_MATCHES
+    lo, hi = filters.created_after, filters.created_before
     for _ in range(_Q_COUNT_ATTEMPTS):
-        q = task_search.plan(
-            session, cache, key, plain, filters.created_after, filters.created_before, changed
-        )
+        q = task_search.plan(session, cache, key, plain, lo, hi, changed, rare=rare)
         if q is None:
             return None
-        result = await _q_page(session, filters, stmt, columns, ordering, page, q.edges, q.extras)
+        narrowed = _by_cached_keys(session, filters, columns, ordering, page, q)
+        if narrowed is not None:
+            result = await paginate(
+                session,
+                narrowed,
+                ordering,
+                page,
+                convert=summary_from_row,
+                total_expression=q.edges,
+                extras=q.extras,
+            )
+        else:
+            result = await _q_page(
+                session, filters, stmt, columns, ordering, page, q.edges, q.extras
+            )
         total = task_search.settle(cache, q, result.total, result.extras)
         if total is not None:
             pages = -(-total // page.per_page) if total else 0
             return replace(result, total=total, pages=pages, extras=())
         changed = await task_search.changed_hours(session, q)
     return None
+
+
+def _by_cached_keys(
+    session: AsyncSession,
+    filters: TaskFilters,
+    columns: Sequence[ColumnElement[Any]],
+    ordering: Ordering,
+    page: PageRequest,
+    q: task_search.QTotal,
+) -> Select[Any] | None:
+    """A rare q's page in created_at order, read by the keys of the matches the cache
+    holds (plus every row of the hours it does not trust and of the window's edges)
+    instead of through the trigram index, which reads every match; None otherwise.
+    Right only if the digest in the same statement confirms the cache (see `settle`)."""
+    if ordering.name not in ("created_at", "-created_at"):
+        return None
+    after = None
+    if page.cursor is not None:
+        after = decode_cursor(ordering, page.cursor)[0]
+        wanted = page.per_page + 1
+    else:
+        offset = ((page.page or 1) - 1) * page.per_page
+        if offset >= SEEK_FROM_OFFSET:
+            return None
+        wanted = offset + page.per_page + 1
+    found = task_search.page_keys(q, ordering.descending, after, wanted)
+    if found is None:
+        return None
+    ids, ranges = found
+    raw = [and_(_T.c.created_at >= a, _T.c.created_at < b) for a, b in ranges]
+    # One expanding parameter: a list coerced value by value cost more than the query.
+    listed = _T.c.task_id.in_(bindparam("q_ids", ids, expanding=True, type_=String))
+    where = or_(false(), listed, *raw) if ids else or_(false(), *raw)
+    return select(*columns).where(*filters.clauses(session, indexed=False), where)
 
 
 # A cached count found changed this many times in a row gives way to a plain count.
