@@ -4,7 +4,9 @@ Task writes append their contributions to `analytics_pending` (see
 `analytics_rollups.apply_task_write`). A fold takes a batch of them, sums them per rollup
 row, and adds the sums to the rollups in the same transaction that deletes them: a
 thousand registrations of the current blocks become one upsert of a few dozen rows, and
-no task write ever waits for another one's rollup rows.
+no task write ever waits for another one's rollup rows. Each row's `changes` grows by
+the number of contributions folded into it, so that a block's `changes` plus its pending
+rows stays the same across a fold (the token `services.task_search` checks).
 
 Who folds: a background loop in every replica (`fold_loop`), and every analytics read
 before it reads (`fold_before_read`), so that an answer includes every write
