@@ -45,6 +45,7 @@ from sqlalchemy import (
     ColumnElement,
     Table,
     and_,
+    false,
     func,
     literal,
     or_,
@@ -56,7 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dashboard_api.db.dialect import epoch_bucket, int_rows, int_rows_agg, json_rows_agg
 from dashboard_api.db.models import Task
 from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup, AnalyticsState
-from dashboard_api.services.analytics_rollups import EPOCH, SERIES_MARGINAL
+from dashboard_api.services.analytics_rollups import EPOCH, GRAINS, SERIES_MARGINAL
 from dashboard_api.timeutil import merge_ranges, to_utc
 
 HOUR = 3600
@@ -339,13 +340,40 @@ def _rebuilds() -> ColumnElement[Any]:
 
 
 def _digest(a: int, b: int) -> ColumnElement[Any]:
-    """The sum of the tokens of every hour in [a, b)."""
+    """The sum of the tokens of every hour in [a, b).
+
+    `changes` adds up across grains (a rebuild sets each row's to its tasks, a fold adds
+    each contribution to one row per grain), so the hours are summed from the coarsest
+    blocks that fit: a few dozen rollup rows, whatever the window's length."""
     p = _P.c
-    changes = select(func.coalesce(func.sum(_R.changes), 0)).where(
-        *_overall_hours(), _R.bucket >= a, _R.bucket < b
-    )
+    top = _COARSE[-1]
+    lo, hi = -(-a // top) * top, b // top * top
+    blocks = _blocks(a, b) if lo >= hi else [*_blocks(a, lo), *_blocks(hi, b)]
+    by_grain: dict[int, list[int]] = {}
+    for grain, bucket in blocks:
+        by_grain.setdefault(grain, []).append(bucket)
+    which = [and_(_R.grain == g, _R.bucket.in_(buckets)) for g, buckets in by_grain.items()]
+    if lo < hi:
+        which.append(and_(_R.grain == top, _R.bucket >= lo, _R.bucket < hi))
+    overall = [_R.series == SERIES_MARGINAL, _R.agent_type == "", _R.source == "", _R.model == ""]
+    changes = select(func.coalesce(func.sum(_R.changes), 0)).where(*overall, or_(false(), *which))
     pending = select(func.count()).select_from(_P).where(p.created_s >= a, p.created_s < b)
     return changes.scalar_subquery() + pending.scalar_subquery()
+
+
+# The grains from an hour up (all nested and aligned to the epoch).
+_COARSE = tuple(g for g in GRAINS if g >= HOUR)
+
+
+def _blocks(a: int, b: int) -> list[tuple[int, int]]:
+    """(grain, bucket): the fewest whole blocks that cover [a, b) (hour-aligned) once."""
+    out = []
+    pos = a
+    while pos < b:
+        grain = next(g for g in reversed(_COARSE) if pos % g == 0 and pos + g <= b)
+        out.append((grain, pos))
+        pos += grain
+    return out
 
 
 def _recounted(
