@@ -229,6 +229,7 @@ async def test_a_gap_not_filled_in_time_sends_members_to_the_database() -> None:
         while any(s.seqs() != [1, 2, 3] for s in sinks):
             await asyncio.sleep(0.005)
     assert hub.group_dissolves == 1
+    assert hub.group_leaves == 3
     await _output(broker, history.add(4))  # caught up again: back in the group
     assert len(group.members) == 3
     await _settle()
@@ -253,6 +254,10 @@ async def test_a_member_leaving_while_chunks_are_held_gets_them_in_order() -> No
     await _output(broker, history.add(4))
     await _settle()
     assert a.seqs() == b.seqs() == [1, 2, 3, 4]
+    assert hub.group_leaves == 1
+    b_sub = next(sub for sub in hub._channels["task:t"] if sub.sink is b)
+    await b_sub.close()  # unsubscribing is no leave back to the per-subscription path
+    assert hub.group_leaves == 1
     await hub.close()
 
 

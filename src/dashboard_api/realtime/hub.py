@@ -564,9 +564,9 @@ class Group:
         if pos is None:
             return
         hub = self.hub
-        hub.group_leaves += 1
         hub.events_delivered_shared -= self.total - pos  # handed to its own sink now
-        if sub.active:
+        if sub.active:  # (not counted: one that leaves because it unsubscribed)
+            hub.group_leaves += 1
             self.loose.add(sub)
         if self.task:
             sub.caught_up(self.seq)
