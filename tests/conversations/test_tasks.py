@@ -181,6 +181,38 @@ async def test_children_and_late_costs(client: httpx.AsyncClient, auth: Auth) ->
     assert conv["message_count"] == 2
 
 
+async def test_output_of_linked_and_child_tasks(
+    backend: Backend, client: httpx.AsyncClient, auth: Auth
+) -> None:
+    """Appends to a conversation's tasks (linked, or counted as a descendant) keep the
+    conversation's figures; on PostgreSQL a descendant, which looks plain from its own
+    row, is tried alone once at most and then goes through the transaction."""
+    from dashboard_api.services import tasks as tasks_service
+
+    cid = (await new_conversation(client, auth))["conversation_id"]
+    root = (await post(client, auth, cid, content="plan")).json()["task_id"]
+    await register(client, auth, "out-child", parent_task_id=root, status="running")
+    await register(client, auth, "out-plain", status="running")
+    assert (await patch_task(client, auth, root, status="running")).status_code == 200
+    for task_id in (root, "out-child", "out-plain"):
+        for k in range(4):
+            r = await client.post(
+                f"/api/tasks/{task_id}/output",
+                json={"chunks": [{"content": f"{k}.a"}, {"content": f"{k}.b"}]},
+                headers=auth("agent"),
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["first_seq"] == 2 * k + 1
+        r = await client.get(f"/api/tasks/{task_id}/logs/full", headers=auth("user"))
+        assert [c["seq"] for c in r.json()["chunks"]] == list(range(1, 9))
+    conv = await get_conv(client, auth, cid)
+    assert conv["task_count"] == 2
+    if backend.name == "postgres":
+        assert tasks_service._ALONE.get(root) is None  # linked: never tried
+        assert tasks_service._ALONE.get("out-child") is False  # tried once, refused
+        assert tasks_service._ALONE.get("out-plain") is True
+
+
 async def test_computed_costs_follow_tokens(client: httpx.AsyncClient, auth: Auth) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     root = (await post(client, auth, cid, content="x")).json()["task_id"]

@@ -146,14 +146,17 @@ async def append_output(
             f"At most {settings.max_chunks_per_request} chunks per request.", loc=["body", "chunks"]
         )
     now = ctx.clock.now()
-    result = await service.append_output_alone(
-        ctx.db,
-        task_id=task_id,
-        chunks=chunks,
-        now=now,
-        cap_bytes=settings.output_cap_bytes,
-        max_chunk_bytes=settings.max_chunk_bytes,
-    )
+    alone = service.worth_trying_alone(ctx.db, task_id)
+    result = None
+    if alone:
+        result = await service.append_output_alone(
+            ctx.db,
+            task_id=task_id,
+            chunks=chunks,
+            now=now,
+            cap_bytes=settings.output_cap_bytes,
+            max_chunk_bytes=settings.max_chunk_bytes,
+        )
     if result is None:  # not the common case (or SQLite): in a transaction, with the hooks
         async with ctx.db.write() as session:
             result = await service.append_output(
@@ -163,7 +166,7 @@ async def append_output(
                 now=now,
                 cap_bytes=settings.output_cap_bytes,
                 max_chunk_bytes=settings.max_chunk_bytes,
-                after_alone=ctx.db.backend == "postgresql",
+                after_alone=alone,
             )
     # Written directly (the same document as OutputAppended): the response model's
     # validation and serialization were a visible share of this hot path.

@@ -1071,10 +1071,10 @@ async def append_output(
     sizes = [len(c.content.encode()) for c in chunks]
     if any(size > max_chunk_bytes for size in sizes):
         raise PayloadTooLarge(f"A chunk's content is over {max_chunk_bytes} bytes.")
-    fast = await _append_whole(session, task_id, chunks, sum(sizes), now, cap_bytes)
-    if fast is not None:
-        if after_alone:
-            note_not_alone(task_id)  # common but not alone: a conversation's task
+    whole = await _append_whole(session, task_id, chunks, sum(sizes), now, cap_bytes)
+    if whole is not None:
+        fast, after = whole
+        _note_plain(task_id, after, after_alone=after_alone)
         return fast
     task = await _locked(session, task_id)
     if task.status in TERMINAL_STATUSES:
@@ -1118,6 +1118,8 @@ async def append_output(
     task.updated_at = now
     await _after_write(session, before, task)
     _emit_output(session, task_id, first_seq, stored, now)
+    if not truncated:
+        _note_plain(task_id, task, after_alone=False)
     return AppendResult(first_seq=first_seq, last_seq=task.output_seq, truncated=truncated)
 
 
@@ -1200,10 +1202,26 @@ _APPEND_ALONE_PG = text(
     )
 ).columns(_T.c.output_seq)
 
-# Tasks whose appends were seen to need the transaction (a conversation's tasks, whose
-# hook runs on every write): not tried alone again, which would cost a round trip each.
-_NOT_ALONE: dict[str, None] = {}
-_NOT_ALONE_MAX = 4096
+# Which tasks' appends are tried alone (per process, bounded, a hint only: the statement
+# decides). True: its last append went through the transaction and left it plain
+# (running, with output, in no conversation), or was written alone. False: a common
+# append of it needed the transaction all the same (a conversation's task, whose hook
+# runs on every write): not tried alone again. Unknown tasks (each one's first output
+# among them) go straight to the transaction, so that a failed attempt, one wasted round
+# trip, is rare.
+_ALONE: dict[str, bool] = {}
+_ALONE_MAX = 8192
+
+
+def _remember_alone(task_id: str, alone: bool) -> None:
+    if task_id not in _ALONE and len(_ALONE) >= _ALONE_MAX:
+        del _ALONE[next(iter(_ALONE))]
+    _ALONE[task_id] = alone
+
+
+def worth_trying_alone(db: Database, task_id: str) -> bool:
+    """Whether `append_output_alone` is worth a try for this task (see `_ALONE`)."""
+    return db.backend == "postgresql" and PLAIN_APPENDS_NEED_NO_HOOKS and _ALONE.get(task_id, False)
 
 
 async def append_output_alone(
@@ -1226,7 +1244,7 @@ async def append_output_alone(
     statement as the INSERT, so seqs stay gap-free and in commit order; the chunks are
     durable when the statement returns, before anything is published or answered.
     """
-    if db.backend != "postgresql" or not PLAIN_APPENDS_NEED_NO_HOOKS or task_id in _NOT_ALONE:
+    if not worth_trying_alone(db, task_id):
         return None
     sizes = [len(c.content.encode()) for c in chunks]
     if not chunks or any(size > max_chunk_bytes for size in sizes):
@@ -1244,6 +1262,7 @@ async def append_output_alone(
     async with db.alone() as conn:
         last_seq = (await conn.execute(_APPEND_ALONE_PG, params)).scalar()
     if last_seq is None:
+        _ALONE.pop(task_id, None)  # the transaction tells what it is (see append_output)
         return None
     first_seq = last_seq - n + 1
     stored = [(c.stream, c.content) for c in chunks]
@@ -1251,12 +1270,19 @@ async def append_output_alone(
     return AppendResult(first_seq=first_seq, last_seq=last_seq, truncated=False)
 
 
-def note_not_alone(task_id: str) -> None:
-    """An append of this task had to take the transaction although it was a common one
-    (its task is in a conversation): do not try it alone next time."""
-    if len(_NOT_ALONE) >= _NOT_ALONE_MAX:
-        del _NOT_ALONE[next(iter(_NOT_ALONE))]
-    _NOT_ALONE[task_id] = None
+def _note_plain(task_id: str, after: TaskSnapshot | Task, *, after_alone: bool) -> None:
+    """After an append in a transaction: whether the next one may be tried alone."""
+    if after_alone:
+        # A common append (it was written by `_append_whole` or found nothing special)
+        # that the single statement refused: the task is in a conversation.
+        _remember_alone(task_id, False)
+    elif (
+        after.conversation_id is None
+        and after.status not in TERMINAL_STATUSES
+        and after.first_output_at is not None
+        and _ALONE.get(task_id) is None
+    ):
+        _remember_alone(task_id, True)
 
 
 async def _append_whole(
@@ -1266,7 +1292,7 @@ async def _append_whole(
     size: int,
     now: datetime,
     cap_bytes: int,
-) -> AppendResult | None:
+) -> tuple[AppendResult, TaskSnapshot] | None:
     """Store every chunk without the ORM and in as few round trips as possible, when
     nothing about the append is special; None (nothing written) sends it the long way:
     missing or finished task, first output, cap reached, or a caller holding the row."""
@@ -1325,7 +1351,7 @@ async def _append_whole(
     await task_written(session, replace(after, output_seq=after.output_seq - n), after)
     first_seq = after.output_seq - n + 1
     _emit_output(session, task_id, first_seq, stored, now)
-    return AppendResult(first_seq=first_seq, last_seq=after.output_seq, truncated=False)
+    return AppendResult(first_seq=first_seq, last_seq=after.output_seq, truncated=False), after
 
 
 async def claim_task(
