@@ -162,10 +162,20 @@ async def paginate(
     direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
     extra = [] if total_expression is None else [total_expression.label("page_total_")]
     extra += [e.label(f"page_extra_{i}") for i, e in enumerate(extras)]
-    base = stmt.add_columns(*extra, *ordering.keys)
+    # `extras` may be long values: joined after the page is cut, not carried through a
+    # sort of every candidate row (PostgreSQL spilled 200 MB to disk for 1,400 rows).
+    base = stmt.add_columns(*([] if extras else extra), *ordering.keys)
     page_stmt = base.order_by(*direction).limit(request.per_page + 1)
     carried = len(extra)
     got: list[Any] = []
+
+    def carrying(page: Select[Any]) -> Select[Any]:
+        if not extras:
+            return page
+        rows = page.subquery("page_rows")
+        body, keys = list(rows.c)[: -len(ordering.keys)], list(rows.c)[-len(ordering.keys) :]
+        order = [k.desc() if ordering.descending else k.asc() for k in keys]
+        return select(*body, *extra, *keys).order_by(*order)
 
     async def total_of(rows: Sequence[Row[Any]]) -> int:
         got.clear()
@@ -199,7 +209,7 @@ async def paginate(
                 first = found[0].cte("page_first_key")
                 bound = tuple_(*(select(c).scalar_subquery() for c in first.c))
                 sought = page_stmt.where(_from(ordering, bound))
-                rows = (await session.execute(sought, found[1])).all()
+                rows = (await session.execute(carrying(sought), found[1])).all()
                 total = await total_of(rows)
                 if rows or total <= offset:
                     return _result(ordering, request, rows, convert, total, got)
@@ -207,7 +217,7 @@ async def paginate(
                 # (say, rollups kept by an older release). Walk the index instead.
             page_stmt = await _seek_by_index(session, stmt, ordering, page_stmt, offset, locate)
 
-    rows = (await session.execute(page_stmt)).all()
+    rows = (await session.execute(carrying(page_stmt))).all()
     total = await total_of(rows)
     return _result(ordering, request, rows, convert, total, got)
 
