@@ -99,6 +99,8 @@ async def test_metrics_per_route_template(running: tuple[FastAPI, httpx.AsyncCli
         "dashboard_events_received_total", "dashboard_events_delivered_total",
         "dashboard_events_dropped_total", "dashboard_ws_slow_consumer_disconnects_total",
         "dashboard_broker_reconnects_total", "dashboard_broker_publish_failures_total",
+        "dashboard_events_delivered_shared_total", "dashboard_ws_group_leaves_total",
+        "dashboard_ws_group_dissolves_total",
     ):  # fmt: skip
         assert name in s, name
     # Each task write publishes its status on `tasks` and `task:{id}`.

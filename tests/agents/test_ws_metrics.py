@@ -90,4 +90,7 @@ async def test_ws_gauges_and_slow_consumer(backend: Backend) -> None:
             # The fast peer was handed its status events; the overflowing slow one lost some.
             assert _metric(text, "dashboard_events_delivered_total") > 0
             assert _metric(text, "dashboard_events_dropped_total") > 0
+            # Of the deliveries, those of a channel group's shared write (a part of them).
+            shared = _metric(text, "dashboard_events_delivered_shared_total")
+            assert 0 <= shared <= _metric(text, "dashboard_events_delivered_total")
             await fast.close()

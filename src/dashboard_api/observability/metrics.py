@@ -6,7 +6,8 @@ Realtime and task figures are read at scrape time, so the hot paths pay nothing:
 - the realtime layer's objects are read duck-typed, first found wins, from
   `ctx.extras["realtime"]`, `ctx.hub` and `ctx.broker`: `connection_count`,
   `subscription_count`, `events_published`, `events_received`, `events_delivered`,
-  `events_dropped`, `slow_consumer_disconnects`, `reconnects`, `publish_failures`
+  `events_dropped`, `events_delivered_shared`, `group_leaves`, `group_dissolves`,
+  `slow_consumer_disconnects`, `reconnects`, `publish_failures`
   (monotonic ints; a missing one reads as 0), and with Redis the ingress's messages by
   outcome (stored, skipped, duplicate, dropped_without_id) and whether it leads.
   `events_published` falls back to the count this module keeps of what the database
