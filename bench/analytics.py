@@ -5,19 +5,26 @@ It creates (or reuses) its own database, seeds it with `dashboard-api seed` (rol
 included, timed), serves it with uvicorn on loopback and measures the three analytics
 endpoints with httpx; in the same run it times the same figures computed by a plain
 GROUP BY over the raw tasks table (the baseline), checks that both agree, and measures
-task registration throughput with the rollup upkeep on and off.
+task registration throughput with the rollup upkeep on and off. `--before-src DIR` also
+serves the same database from another checkout's `src` and times both servers request by
+request, alternately, so that before/after ratios come from the same moments of a shared
+machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -48,10 +55,17 @@ class Server:
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        # BENCH_PROFILE=DIR: each server runs under cProfile and writes DIR/server-PORT.prof
+        # when it is stopped (SIGTERM ends uvicorn normally, so the profile is written).
+        profile = (
+            ["-m", "cProfile", "-o", f"{os.environ['BENCH_PROFILE']}/server-{self.port}.prof"]
+            if os.environ.get("BENCH_PROFILE")
+            else []
+        )
         self.proc = subprocess.Popen(
-            [str(BIN / "python"), "-m", "uvicorn", "dashboard_api.app:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-             "--no-access-log"],
+            [str(BIN / "python"), *profile, "-m", "uvicorn", "dashboard_api.app:create_app",
+             "--factory", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "warning", "--no-access-log"],
             env=env,
         )  # fmt: skip
 
@@ -144,12 +158,17 @@ async def main(args: argparse.Namespace) -> int:
     user = cli("token", "create", "--user", "bench", "--role", "user", env=env).split()[-1]
     agent = cli("token", "create", "--user", "bench-agent", "--role", "agent", env=env).split()[-1]
     if args.only in (None, "reads"):
-        server = Server(env)
+        servers = [Server(env)]
+        if args.before_src:
+            before_src = str(Path(args.before_src).resolve() / "src")
+            servers.append(Server({**env, "PYTHONPATH": before_src}))
         try:
-            await server.wait_ready()
-            await measure_reads(server.base, user, args.requests, rows)
+            for server in servers:
+                await server.wait_ready()
+            await measure_reads([s.base for s in servers], user, args.requests, rows)
         finally:
-            server.stop()
+            for server in servers:
+                server.stop()
     if args.only in (None, "writes"):
         await measure_writes(env, agent, args.writes, rows)
 
@@ -160,9 +179,26 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
+async def timed_alternately(n: int, calls: list[Callable[[], Awaitable[Any]]]) -> list[list[float]]:
+    """Milliseconds of `n` calls of each, one of each in turn (after a warm-up of each),
+    so that every server sees the same moments of a shared machine."""
+    for call in calls:
+        await call()
+    out: list[list[float]] = [[] for _ in calls]
+    for i in range(n):
+        # Alternate who goes first, so that neither always follows the other's work.
+        order = range(len(calls)) if i % 2 == 0 else reversed(range(len(calls)))
+        for k in order:
+            start = time.perf_counter()
+            await calls[k]()
+            out[k].append((time.perf_counter() - start) * 1000)
+    return out
+
+
 async def measure_reads(
-    base: str, user: str, n: int, rows: list[tuple[str, str, str, str]]
+    bases: list[str], user: str, n: int, rows: list[tuple[str, str, str, str]]
 ) -> None:
+    """Time each case on `bases[0]` (this code) and, when given, `bases[1]` (before)."""
     now = datetime.now(UTC)
     d30 = {"from": (now - timedelta(days=30)).isoformat(), "to": now.isoformat()}
     d365 = {"from": (now - timedelta(days=365)).isoformat(), "to": now.isoformat()}
@@ -185,33 +221,44 @@ async def measure_reads(
          {**d30, "agent_type": "reviewer"}, ("performance", d30, "reviewer")),
     ]  # fmt: skip
     conn = await connect(DB_NAME)
+    headers = {"Authorization": f"Bearer {user}"}
     try:
-        async with httpx.AsyncClient(
-            base_url=base, timeout=120, headers={"Authorization": f"Bearer {user}"}
-        ) as client:
-            for what, path, params, baseline in cases:
-
-                async def call(path: str = path, params: dict[str, str] = params) -> Any:
-                    r = await client.get(path, params=params)
-                    r.raise_for_status()
-                    return r.json()
-
-                answer = await call()
-                api = await timed(n, call)
-                raw = await timed(max(3, n // 10), lambda b=baseline: run_baseline(conn, b))
-                check = verify(answer, await run_baseline(conn, baseline), baseline[0])
-                ratio = statistics.median(raw) / statistics.median(api)
-                met = "met" if pct(api, 0.5) <= TARGET_MS else "MISSED"
-                note = (
-                    f"target p50 <= {TARGET_MS} ms: {met}; raw GROUP BY p50 "
-                    f"{pct(raw, 0.5):.0f} ms = {ratio:.0f}x; {check}"
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(
+                    httpx.AsyncClient(base_url=base, timeout=120, headers=headers)
                 )
-                if what == "summary, all time":
-                    note += f"; target >= 20x: {'met' if ratio >= 20 else 'MISSED'}"
-                rows.append((what, f"{pct(api, 0.5):.1f} ms", f"{pct(api, 0.99):.1f} ms", note))
-                log(f"{rows[-1]}")
+                for base in bases
+            ]
+            for what, path, params, baseline in cases:
+                calls = [functools.partial(_get_json, client, path, params) for client in clients]
+                answers = [await call() for call in calls]
+                times = await timed_alternately(n, calls)
+                raw = await timed(max(3, n // 10), lambda b=baseline: run_baseline(conn, b))
+                expected = await run_baseline(conn, baseline)
+                for label, answer, api in zip(("", "before: "), answers, times, strict=False):
+                    check = verify(answer, expected, baseline[0])
+                    ratio = statistics.median(raw) / statistics.median(api)
+                    met = "met" if pct(api, 0.5) <= TARGET_MS else "MISSED"
+                    note = (
+                        f"target p50 <= {TARGET_MS} ms: {met}; raw GROUP BY p50 "
+                        f"{pct(raw, 0.5):.0f} ms = {ratio:.0f}x; {check}"
+                    )
+                    if what == "summary, all time":
+                        note += f"; target >= 20x: {'met' if ratio >= 20 else 'MISSED'}"
+                    if label:
+                        note += f"; after/before p50 = {pct(times[0], 0.5) / pct(api, 0.5):.2f}"
+                    p50, p99 = f"{pct(api, 0.5):.1f} ms", f"{pct(api, 0.99):.1f} ms"
+                    rows.append((label + what, p50, p99, note))
+                    log(f"{rows[-1]}")
     finally:
         await conn.close()
+
+
+async def _get_json(client: httpx.AsyncClient, path: str, params: dict[str, str]) -> Any:
+    r = await client.get(path, params=params)
+    r.raise_for_status()
+    return r.json()
 
 
 async def run_baseline(conn: asyncpg.Connection, spec: Any) -> Any:
@@ -302,6 +349,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reseed", action="store_true", help="drop the database and seed again")
     parser.add_argument(
         "--only", choices=("reads", "writes"), help="measure only the queries or the writes"
+    )
+    parser.add_argument(
+        "--before-src",
+        help="a checkout (e.g. a `git worktree` of main) whose src is also served and timed "
+        "in the same run, request by request alternately (reads only)",
     )
     return parser.parse_args()
 
