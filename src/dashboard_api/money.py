@@ -15,4 +15,6 @@ def usd_to_micros(value: Decimal | float | int | str) -> int:
 
 def micros_to_usd(micros: int) -> float:
     """The nearest float to the exact micro-dollar amount (what a JSON number can carry)."""
-    return float(Decimal(micros) / MICROS_PER_USD)
+    # int / int is correctly rounded in Python (the nearest float to the exact quotient),
+    # and ten times cheaper than through Decimal, which gives the same below 10**22.
+    return micros / MICROS_PER_USD
