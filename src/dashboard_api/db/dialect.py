@@ -236,6 +236,30 @@ def in_ints(
     return column.in_(list(values))
 
 
+def in_int_pairs(
+    session: AsyncSession,
+    first: ColumnElement[Any] | QueryableAttribute[Any],
+    second: ColumnElement[Any] | QueryableAttribute[Any],
+    pairs: Sequence[tuple[int, int]],
+) -> ColumnElement[bool] | None:
+    """`(first, second) IN pairs` as a join with two array parameters (PostgreSQL): one
+    statement whatever the pairs, whose generic plan probes the index once per pair. An
+    OR of `first = a AND second = ANY(...)` per value of `first` made PostgreSQL's generic
+    plan a parallel bitmap scan (workers started for 2 ms of work: 10 ms instead of 3).
+    None on SQLite, where the caller writes the OR."""
+    if backend_of(session) != "postgresql":
+        return None
+    values = (
+        func.unnest(
+            bindparam(None, [a for a, _ in pairs], type_=postgresql.ARRAY(BigInteger)),
+            bindparam(None, [b for _, b in pairs], type_=postgresql.ARRAY(BigInteger)),
+        )
+        .table_valued("a", "b")
+        .render_derived()
+    )
+    return tuple_(first, second).in_(select(values.c.a, values.c.b))
+
+
 async def lock_tables_exclusive(session: AsyncSession, tables: Sequence[str]) -> None:
     """Block other writers of these tables until commit (PostgreSQL; SQLite has one writer)."""
     if backend_of(session) == "postgresql":

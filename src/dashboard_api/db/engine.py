@@ -114,6 +114,16 @@ class Database:
             kwargs.update(connect_args={"timeout": 30})
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Reads whose statements need no shared snapshot run in autocommit on PostgreSQL:
+        # no BEGIN and ROLLBACK round trips around them (two of a short read's four).
+        self._statement_sessions = (
+            async_sessionmaker(
+                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+            )
+            if self.backend == "postgresql"
+            else self.sessions
+        )
         self.publisher: Publisher | None = None
         self._write_lock = asyncio.Lock() if self.backend == "sqlite" else None
         if self.backend == "postgresql":
@@ -133,6 +143,14 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session for reads; its transaction is rolled back at the end."""
         async with self.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def read_statements(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads whose statements each see what was committed before them,
+        and need no snapshot in common: the same as `read()` under PostgreSQL's READ
+        COMMITTED, without its BEGIN and ROLLBACK (autocommit). On SQLite, `read()`."""
+        async with self._statement_sessions() as session:
             yield session
 
     @asynccontextmanager

@@ -26,6 +26,8 @@ from sqlalchemy import (
     CompoundSelect,
     Select,
     and_,
+    bindparam,
+    case,
     func,
     literal,
     literal_column,
@@ -35,7 +37,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import bisect_sql, in_ints, prepare_log_bin
+from dashboard_api.db.dialect import (
+    backend_of,
+    bisect_sql,
+    in_int_pairs,
+    in_ints,
+    prepare_log_bin,
+)
 from dashboard_api.db.models.analytics import AnalyticsHistogram, AnalyticsRollup
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.errors import Unprocessable
@@ -64,6 +72,7 @@ from dashboard_api.services.analytics_rollups import (
     SERIES_MODEL_MARGINAL,
     SERIES_PER_MODEL,
     bin_value,
+    block_start,
     counters_of,
     epoch_seconds,
     hist_bins_sql,
@@ -161,17 +170,99 @@ def split_window(
     return raw, decompose(a, b, grains)
 
 
+Ranges = list[tuple[datetime, datetime]]
+
+
+@dataclass(frozen=True, slots=True)
+class Cover:
+    """[start, end) as whole blocks, plus raw ranges to add, minus raw ranges to subtract:
+    every instant of the window is counted once, every other instant zero times."""
+
+    add: Ranges
+    sub: Ranges
+    blocks: list[Block]
+
+    def raw(self) -> Ranges:
+        """Every raw range, merged: what to read from the tasks table."""
+        return merge_ranges([*self.add, *self.sub])
+
+    def sign(self, at: datetime) -> int:
+        """-1 for a raw row created in a subtracted range, 1 otherwise."""
+        return -1 if any(lo <= at < hi for lo, hi in self.sub) else 1
+
+
+def _weight(lo: datetime, hi: datetime, now: datetime | None) -> timedelta:
+    """How many tasks a raw range may hold, as a length of time: none are created after
+    `now` (back-fills aside, which only make the choice less good, never wrong)."""
+    if now is not None:
+        hi = min(hi, now)
+    return max(hi - lo, timedelta(0))
+
+
+def cover_window(
+    start: datetime,
+    end: datetime,
+    grains: Sequence[int] = GRAINS,
+    *,
+    now: datetime | None = None,
+    within: tuple[datetime, datetime] | None = None,
+) -> Cover:
+    """Cover [start, end) with blocks of `grains` and as few raw rows as the finest grain
+    allows: a partial block at an edge is read either as its part inside the window
+    (raw rows added) or as the whole block minus the part outside (raw rows subtracted),
+    whichever spans less time before `now`. A window ending now thus reads almost no raw
+    rows at its end, and at most half a block at its start. Exact either way: the rows
+    subtracted are exactly those the block counts outside the window. A whole block is
+    used only if it lies inside `within` (histogram buckets: a block's sums go to one
+    bucket, so it must not reach into the next)."""
+    raw, blocks = split_window(start, end, grains)
+    if not raw:
+        return Cover([], [], blocks)
+    unit = grains[0]
+    add: Ranges = []
+    sub: Ranges = []
+    for lo, hi in raw:
+        # The finest blocks this raw range touches: one, or two when it is the whole
+        # window and straddles a block edge (then each side is decided on its own).
+        first = block_start(lo, unit)
+        pieces = [(lo, hi)]
+        if _at(first + unit) < hi:
+            pieces = [(lo, _at(first + unit)), (_at(first + unit), hi)]
+        for a, b in pieces:
+            bucket = block_start(a, unit)
+            block_lo, block_hi = _at(bucket), _at(bucket + unit)
+            outside = [r for r in ((block_lo, a), (b, block_hi)) if r[0] < r[1]]
+            fits = within is None or (within[0] <= block_lo and block_hi <= within[1])
+            cost_in = _weight(a, b, now)
+            cost_out = sum((_weight(x, y, now) for x, y in outside), timedelta(0))
+            if fits and cost_out < cost_in:
+                blocks.append((unit, bucket))
+                sub.extend(outside)
+            else:
+                add.append((a, b))
+    return Cover(add, sub, blocks)
+
+
 # A run of at least this many consecutive blocks of one grain is read as a range; shorter
 # ones as a list (an OR of hundreds of short ranges would cost more to plan than to run).
 _RANGE_RUN = 16
 
 
 def _blocks_clause(
-    session: AsyncSession, table: Any, blocks: Iterable[Block]
+    session: AsyncSession, table: Any, blocks: Iterable[Block], *, pairs: bool = True
 ) -> ColumnElement[bool]:
+    """The rows of `blocks`. With `pairs` (the clause stands alone, not in an OR), a short
+    list is one join with the pairs (`in_int_pairs`)."""
+    blocks = list(blocks)
     by_grain: dict[int, list[int]] = {}
     for grain, bucket in blocks:
         by_grain.setdefault(grain, []).append(bucket)
+    # `decompose` never gives a long run of one grain (at most 2 x 3 blocks of each):
+    # then one list of (grain, bucket) pairs.
+    if pairs and all(len(b) < _RANGE_RUN for b in by_grain.values()):
+        joined = in_int_pairs(session, table.grain, table.bucket, blocks)
+        if joined is not None:
+            return joined
     parts: list[ColumnElement[bool]] = []
     for grain, buckets in sorted(by_grain.items()):
         buckets.sort()
@@ -228,6 +319,10 @@ async def _raw_rows(
     return (await session.execute(stmt)).all()
 
 
+def _signed(sign: int, values: list[int]) -> list[int]:
+    return values if sign == 1 else [-v for v in values]
+
+
 def _sums(table: Any) -> list[Any]:
     return [func.coalesce(func.sum(getattr(table, c)), 0) for c in COUNTERS]
 
@@ -248,19 +343,24 @@ def _avg_seconds(sum_us: int, count: int) -> float | None:
 
 
 async def summary(
-    session: AsyncSession, *, start: datetime, end: datetime, filters: AnalyticsFilters
+    session: AsyncSession,
+    *,
+    start: datetime,
+    end: datetime,
+    filters: AnalyticsFilters,
+    now: datetime | None = None,
 ) -> Summary:
-    """Totals of the tasks created in [start, end)."""
-    raw, blocks = split_window(start, end)
+    """Totals of the tasks created in [start, end) (`now`: see `cover_window`)."""
+    cover = cover_window(start, end, now=now)
     agg = Agg()
-    if blocks:
+    if cover.blocks:
         r = AnalyticsRollup
         stmt = select(*_sums(r)).where(
-            *_counter_series(r, filters), _blocks_clause(session, r, blocks)
+            *_counter_series(r, filters), _blocks_clause(session, r, cover.blocks)
         )
         agg.add_counters((await session.execute(stmt)).one())
-    for row in await _raw_rows(session, raw, filters):
-        agg.add_task(row)
+    for row in await _raw_rows(session, cover.raw(), filters):
+        agg.add_counters(_signed(cover.sign(row.created_at), counters_of(row)))
     tasks = agg["tasks"]
     days = (end - start) / timedelta(days=1)
     return Summary(
@@ -357,6 +457,7 @@ _HISTOGRAM_COUNTERS = (
     "input_tokens",
     "output_tokens",
 )
+_HISTOGRAM_INDEX = tuple(_C[name] for name in _HISTOGRAM_COUNTERS)
 
 
 async def histogram(
@@ -368,46 +469,77 @@ async def histogram(
     tz_name: str,
     filters: AnalyticsFilters,
     max_buckets: int,
+    now: datetime | None = None,
 ) -> HistogramAnswer:
-    """Tasks, outcomes, cost and tokens per local hour or day of `tz_name`."""
+    """Tasks, outcomes, cost and tokens per local hour or day of `tz_name` (`now`: see
+    `cover_window`)."""
     tz = parse_tz(tz_name)
     starts, last_end = bucket_starts(tz, period, start, end, max_buckets)
     ends = [*starts[1:], last_end]
-    aggs = [Agg() for _ in starts]
+    # One list of _HISTOGRAM_COUNTERS per bucket (720 objects cost more than the query).
+    sums = [[0] * len(_HISTOGRAM_COUNTERS) for _ in starts]
     bounds = [epoch_seconds(at) for at in starts]
-    raw: list[tuple[datetime, datetime]] = []
+    add: Ranges = []
+    sub: Ranges = []
     blocks: list[Block] = []
     grain = _common_grain(bounds[1:]) if len(starts) > 2 else None
     # With a grain that every inner bucket edge is a multiple of, the inner buckets are
     # one range of blocks of that grain, and only the first and last bucket are split.
     split = [0, len(starts) - 1] if grain else range(len(starts))
     for i in sorted(set(split)):
-        r_parts, parts = split_window(max(starts[i], start), min(ends[i], end))
-        raw.extend(r_parts)
-        blocks.extend(parts)
+        part = cover_window(
+            max(starts[i], start), min(ends[i], end), now=now, within=(starts[i], ends[i])
+        )
+        add.extend(part.add)
+        sub.extend(part.sub)
+        blocks.extend(part.blocks)
+    cover = Cover(add, sub, blocks)
     r = AnalyticsRollup
     which: list[ColumnElement[bool]] = []
     if grain:
         which.append(and_(r.grain == grain, r.bucket >= bounds[1], r.bucket < bounds[-1]))
     if blocks:
-        which.append(_blocks_clause(session, r, blocks))
+        which.append(_blocks_clause(session, r, blocks, pairs=not grain))
     if which:
-        sums = [func.sum(getattr(r, c)) for c in _HISTOGRAM_COUNTERS]
+        columns = [func.sum(getattr(r, c)) for c in _HISTOGRAM_COUNTERS]
         conds = (*_counter_series(r, filters), or_(*which))
         local = bisect_sql(session, r.bucket, bounds)
         conn = await session.connection()
         if local is not None:
             # Summed per local bucket in the database: one row per non-empty bucket.
-            stmt = select(local.label("i"), *sums).where(*conds).group_by(literal_column("i"))
+            stmt = select(local.label("i"), *columns).where(*conds).group_by(literal_column("i"))
             for i, *values in await conn.execute(stmt):
-                aggs[i - 1].add_named(_HISTOGRAM_COUNTERS, values)
+                acc = sums[i - 1]
+                for k, v in enumerate(values):
+                    acc[k] += int(v)
         else:
-            stmt = select(r.bucket, *sums).where(*conds).group_by(r.grain, r.bucket)
+            stmt = select(r.bucket, *columns).where(*conds).group_by(r.grain, r.bucket)
             for bucket, *values in await conn.execute(stmt):
-                aggs[bisect.bisect_right(bounds, bucket) - 1].add_named(_HISTOGRAM_COUNTERS, values)
-    for row in await _raw_rows(session, merge_ranges(raw), filters):
-        aggs[bisect.bisect_right(starts, row.created_at) - 1].add_task(row)
-    return HistogramAnswer(period, tz_name, start, end, starts, aggs)
+                acc = sums[bisect.bisect_right(bounds, bucket) - 1]
+                for k, v in enumerate(values):
+                    acc[k] += int(v)
+    for row in await _raw_rows(session, cover.raw(), filters):
+        acc = sums[bisect.bisect_right(starts, row.created_at) - 1]
+        counters = counters_of(row)
+        sign = cover.sign(row.created_at)
+        for k, c in enumerate(_HISTOGRAM_INDEX):
+            acc[k] += sign * counters[c]
+    return HistogramAnswer(period, tz_name, start, end, bounds, sums)
+
+
+# Bucket starts (epoch seconds) as the API writes them: a moving window meets the same
+# hours again and again, and formatting 720 of them cost more than the query. Bounded.
+_TS_TEXT: dict[int, str] = {}
+_TS_TEXT_MAX = 200_000
+
+
+def _ts_text(epoch_s: int) -> str:
+    text = _TS_TEXT.get(epoch_s)
+    if text is None:
+        if len(_TS_TEXT) >= _TS_TEXT_MAX:
+            _TS_TEXT.clear()
+        text = _TS_TEXT[epoch_s] = format_ts(_at(epoch_s))
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,8 +551,8 @@ class HistogramAnswer:
     tz: str
     start: datetime
     end: datetime
-    starts: list[datetime]
-    aggs: list[Agg]
+    starts: list[int]  # epoch seconds
+    sums: list[list[int]]  # _HISTOGRAM_COUNTERS of each bucket
 
     def json(self) -> bytes:
         return orjson.dumps(
@@ -431,15 +563,17 @@ class HistogramAnswer:
                 "to": format_ts(self.end),
                 "buckets": [
                     {
-                        "start": format_ts(at),
-                        "tasks": a["tasks"],
-                        "completed": a["completed"],
-                        "failed": a["failed"],
-                        "cost_usd": micros_to_usd(a["cost_micros"]),
-                        "input_tokens": a["input_tokens"],
-                        "output_tokens": a["output_tokens"],
+                        "start": _ts_text(at),
+                        "tasks": tasks,
+                        "completed": completed,
+                        "failed": failed,
+                        "cost_usd": micros_to_usd(cost),
+                        "input_tokens": input_tokens,
+                        "output_tokens": output_tokens,
                     }
-                    for at, a in zip(self.starts, self.aggs, strict=True)
+                    for at, (tasks, completed, failed, cost, input_tokens, output_tokens) in zip(
+                        self.starts, self.sums, strict=True
+                    )
                 ],
             }
         )
@@ -472,44 +606,34 @@ def _metrics(a: Agg, pct: dict[tuple[int, int], int]) -> dict[str, Any]:
 
 
 async def performance(
-    session: AsyncSession, *, start: datetime, end: datetime, filters: AnalyticsFilters
+    session: AsyncSession,
+    *,
+    start: datetime,
+    end: datetime,
+    filters: AnalyticsFilters,
+    now: datetime | None = None,
 ) -> Performance:
-    """Outcomes, durations (with percentiles) and cost overall, per agent type, source, model."""
-    # Counters and histograms split the window differently: counters from 15 minutes up
-    # (raw rows at the edges), histograms from 4 hours up (raw bins at the edges).
-    raw, blocks = split_window(start, end)
+    """Outcomes, durations (with percentiles) and cost overall, per agent type, source, model
+    (`now`: see `cover_window`)."""
+    # Counters and histograms split the window differently: counters from 15 minutes up,
+    # histograms from 4 hours up, each with raw rows at the edges.
+    cover = cover_window(start, end, now=now)
     conn = await session.connection()
     combos: dict[tuple[str, str], Agg] = {}
     models: dict[str, Agg] = {}
-    r = AnalyticsRollup.__table__.c
-    if blocks:
-        stmt = (
-            select(r.agent_type, r.source, *_sums(r))
-            .where(
-                r.series == SERIES_ALL_MODELS,
-                _blocks_clause(session, r, blocks),
-                *filters.clauses(r),
-            )
-            .group_by(r.agent_type, r.source)
-        )
-        for agent_type, source, *values in await conn.execute(stmt):
-            combos.setdefault((agent_type, source), Agg()).add_counters(values)
-        stmt = (
-            select(r.model, *_sums(r))
-            .where(
-                r.series == SERIES_PER_MODEL,
-                _blocks_clause(session, r, blocks),
-                *filters.clauses(r),
-            )
-            .group_by(r.model)
-        )
-        for model, *values in await conn.execute(stmt):
-            models.setdefault(model, Agg()).add_counters(values)
-    for row in await _raw_rows(session, raw, filters):
-        values = counters_of(row)
+    if cover.blocks:
+        for part, agent_type, source, model, *values in await conn.execute(
+            _counter_groups(session, cover.blocks, filters)
+        ):
+            if part == 0:
+                combos.setdefault((agent_type, source), Agg()).add_counters(values)
+            else:
+                models.setdefault(model, Agg()).add_counters(values)
+    for row in await _raw_rows(session, cover.raw(), filters):
+        values = _signed(cover.sign(row.created_at), counters_of(row))
         combos.setdefault((row.agent_type, row.source), Agg()).add_counters(values)
         models.setdefault(row.model or "", Agg()).add_counters(values)
-    pct = await _percentiles(session, start, end, filters)
+    pct = await _percentiles(session, start, end, filters, now)
 
     overall = Agg()
     agents: dict[str, Agg] = {}
@@ -540,103 +664,181 @@ async def performance(
     )
 
 
+def _counter_groups(
+    session: AsyncSession, blocks: Sequence[Block], filters: AnalyticsFilters
+) -> CompoundSelect[Any]:
+    """The counters of `blocks` in one statement: rows (part, agent_type, source, model,
+    *COUNTERS), part 0 per (agent_type, source), part 1 per model."""
+    r = AnalyticsRollup.__table__.c
+    empty = literal("")
+    return union_all(
+        select(literal(0), r.agent_type, r.source, empty, *_sums(r))
+        .where(
+            r.series == SERIES_ALL_MODELS,
+            _blocks_clause(session, r, blocks),
+            *filters.clauses(r),
+        )
+        .group_by(r.agent_type, r.source),
+        select(literal(1), empty, empty, r.model, *_sums(r))
+        .where(
+            r.series == SERIES_PER_MODEL,
+            _blocks_clause(session, r, blocks),
+            *filters.clauses(r),
+        )
+        .group_by(r.model),
+    )
+
+
 _PERCENTS: tuple[tuple[int, int], ...] = (
     (KIND_DURATION, 50),
     (KIND_DURATION, 95),
     (KIND_FIRST_OUTPUT, 50),
 )
 
+# A histogram row's key as read: (series, agent_type, source, model, kind).
+RowKey = tuple[int, str, str, str, int]
+
+
+def _groups_of(key: RowKey) -> tuple[tuple[int, str], ...]:
+    """The percentile groups a histogram row (or edge bin) adds to."""
+    series, agent_type, source, model, _ = key
+    if series in (SERIES_PER_MODEL, SERIES_MODEL_MARGINAL):
+        return ((_MODEL, model),)
+    if series == SERIES_ALL_MODELS:
+        return ((_OVERALL, ""), (_AGENT, agent_type), (_SOURCE, source))
+    # SERIES_MARGINAL: one row set per agent type, per source, and overall.
+    if agent_type:
+        return ((_AGENT, agent_type),)
+    if source:
+        return ((_SOURCE, source),)
+    return ((_OVERALL, ""),)
+
 
 async def _percentiles(
-    session: AsyncSession, start: datetime, end: datetime, filters: AnalyticsFilters
+    session: AsyncSession,
+    start: datetime,
+    end: datetime,
+    filters: AnalyticsFilters,
+    now: datetime | None,
 ) -> Pct:
     """The log bin of each percentile of each group.
 
     The window's histogram is its whole blocks of 4 hours and up (one packed row per
-    block, group and kind: ~550 rows for 30 days unfiltered) plus the tasks of the
-    partial 4-hour blocks at its ends, binned and counted per bin in SQL. Both are added
-    up here per (group, kind), and each sum is walked for its percentiles.
+    block, group and kind: ~550 rows for 30 days unfiltered), plus or minus the tasks of
+    the partial 4-hour blocks at its ends (`cover_window`), binned and counted per bin in
+    SQL. Rows are added up per stored key (one addition each), the few key sums into their
+    groups, and each group's sum is walked for its percentiles.
     """
-    raw, blocks = split_window(start, end, HIST_GRAINS)
-    sums: dict[tuple[int, str, int], BinSum] = {}
-
-    def add(dim: int, key: str, kind: int) -> BinSum:
-        acc = sums.get((dim, key, kind))
-        if acc is None:
-            sums[(dim, key, kind)] = acc = BinSum()
-        return acc
-
+    cover = cover_window(start, end, HIST_GRAINS, now=now)
+    per_key: dict[RowKey, BinSum] = {}
     conn = await session.connection()
-    h = AnalyticsHistogram.__table__.c
-    columns = (h.series, h.agent_type, h.source, h.model, h.kind, h.bin_lo, h.counts)
-    if blocks and (filters.agent_type or filters.source):
-        # Filtered: the groups are summed from the per-combination series.
-        stmt = select(*columns).where(
-            h.series.in_((SERIES_ALL_MODELS, SERIES_PER_MODEL)),
-            _blocks_clause(session, h, blocks),
-            *filters.clauses(h),
+    if cover.blocks:
+        h = AnalyticsHistogram.__table__.c
+        # Filtered: the groups are summed from the per-combination series; unfiltered:
+        # the marginal series hold each group's bins directly.
+        filtered = bool(filters.agent_type or filters.source)
+        series = (
+            (SERIES_ALL_MODELS, SERIES_PER_MODEL)
+            if filtered
+            else (SERIES_MARGINAL, SERIES_MODEL_MARGINAL)
         )
-        for series, agent_type, source, model, kind, bin_lo, counts in await conn.execute(stmt):
-            if series == SERIES_PER_MODEL:
-                add(_MODEL, model, kind).add_packed(bin_lo, counts)
-            else:
-                add(_OVERALL, "", kind).add_packed(bin_lo, counts)
-                add(_AGENT, agent_type, kind).add_packed(bin_lo, counts)
-                add(_SOURCE, source, kind).add_packed(bin_lo, counts)
-    elif blocks:
-        # Unfiltered: the marginal series hold each group's bins directly.
-        stmt = select(*columns).where(
-            h.series.in_((SERIES_MARGINAL, SERIES_MODEL_MARGINAL)),
-            _blocks_clause(session, h, blocks),
+        stmt = select(h.series, h.agent_type, h.source, h.model, h.kind, h.bin_lo, h.counts).where(
+            h.series.in_(series),
+            _blocks_clause(session, h, cover.blocks),
+            *(filters.clauses(h) if filtered else ()),
         )
-        for series, agent_type, source, model, kind, bin_lo, counts in await conn.execute(stmt):
-            if series == SERIES_MODEL_MARGINAL:
-                group = (_MODEL, model)
-            elif agent_type:
-                group = (_AGENT, agent_type)
-            elif source:
-                group = (_SOURCE, source)
-            else:
-                group = (_OVERALL, "")
-            add(*group, kind).add_packed(bin_lo, counts)
-    if raw:
-        edge: dict[tuple[int, str, int], dict[int, int]] = {}
+        for series_, agent_type, source, model, kind, bin_lo, counts in await conn.execute(stmt):
+            key = (series_, agent_type, source, model, kind)
+            acc = per_key.get(key)
+            if acc is None:
+                per_key[key] = acc = BinSum()
+            acc.add_packed(bin_lo, counts)
+    edge: dict[RowKey, dict[int, int]] = {}
+    if cover.add or cover.sub:
         for part, agent_type, source, model, kind, index, count in await conn.execute(
-            await _edge_bins(session, raw, filters)
+            *await _edge_bins(session, cover, filters)
         ):
-            groups = (
-                ((_MODEL, model),)
-                if part
-                else ((_OVERALL, ""), (_AGENT, agent_type), (_SOURCE, source))
-            )
-            for dim, key in groups:
-                bins = edge.setdefault((dim, key, kind), {})
-                bins[index] = bins.get(index, 0) + count
-        for (dim, key, kind), bins in edge.items():
-            add(dim, key, kind).add(BinSum.of(bins))
+            series_ = SERIES_PER_MODEL if part else SERIES_ALL_MODELS
+            bins = edge.setdefault((series_, agent_type, source, model, kind), {})
+            bins[index] = bins.get(index, 0) + int(count)
+    for key, bins in edge.items():
+        per_key.setdefault(key, BinSum()).add(BinSum.of(bins))
+    sums: dict[tuple[int, str, int], BinSum] = {}
+    for key, acc in per_key.items():
+        for dim, group in _groups_of(key):
+            sums.setdefault((dim, group, key[4]), BinSum()).add(acc)
     out: Pct = {}
-    for (dim, key, kind), acc in sums.items():
+    for (dim, group, kind), acc in sums.items():
         lo, counts = acc.counts()
         percents = [p for k, p in _PERCENTS if k == kind]
         found = nearest_rank(lo, counts, percents)
         if found:
-            picks = out.setdefault((dim, key), {})
+            picks = out.setdefault((dim, group), {})
             for percent, index in found.items():
                 picks[(kind, percent)] = index
     return out
 
 
+# Edge statements by shape (backend, raw ranges, subtracted ranges, filters): building
+# one cost more than running it; the shape's values are bound at each execution.
+_EDGE_STATEMENTS: dict[tuple[str, int, int, bool, bool], CompoundSelect[Any]] = {}
+
+
 async def _edge_bins(
-    session: AsyncSession, raw: Sequence[tuple[datetime, datetime]], filters: AnalyticsFilters
-) -> CompoundSelect[Any]:
-    """The tasks of the raw edge ranges counted per bin: rows (part, agent_type, source,
-    model, kind, bin, count), part 0 per (agent_type, source) and part 1 per model.
+    session: AsyncSession, cover: Cover, filters: AnalyticsFilters
+) -> tuple[CompoundSelect[Any], dict[str, Any]]:
+    """The tasks of the cover's raw ranges counted per bin (those of subtracted ranges
+    counted -1): a statement of rows (part, agent_type, source, model, kind, bin, count),
+    part 0 per (agent_type, source) and part 1 per model, and its parameters.
 
     The edge tasks are read and binned once (a CTE) and grouped twice per kind, instead of
     reading them once per group and kind.
     """
     await prepare_log_bin(session, BIN_THRESHOLDS)
-    window = or_(*(and_(Task.created_at >= lo, Task.created_at < hi) for lo, hi in raw))
+    ranges = cover.raw()
+    shape = (
+        backend_of(session),
+        len(ranges),
+        len(cover.sub),
+        bool(filters.agent_type),
+        bool(filters.source),
+    )
+    params: dict[str, Any] = {}
+    for i, (lo, hi) in enumerate(ranges):
+        params[f"lo{i}"], params[f"hi{i}"] = lo, hi
+    for i, (lo, hi) in enumerate(cover.sub):
+        params[f"sub_lo{i}"], params[f"sub_hi{i}"] = lo, hi
+    if filters.agent_type:
+        params["agent_types"] = list(filters.agent_type)
+    if filters.source:
+        params["sources"] = list(filters.source)
+    stmt = _EDGE_STATEMENTS.get(shape)
+    if stmt is None:
+        stmt = _EDGE_STATEMENTS[shape] = _edge_statement(session, *shape[1:])
+    return stmt, params
+
+
+def _edge_statement(
+    session: AsyncSession, n_ranges: int, n_sub: int, agent_types: bool, sources: bool
+) -> CompoundSelect[Any]:
+    at = Task.created_at
+    ts = Task.created_at.type
+
+    def within(prefix: str, i: int) -> ColumnElement[bool]:
+        lo = bindparam(f"{prefix}lo{i}", type_=ts)
+        hi = bindparam(f"{prefix}hi{i}", type_=ts)
+        return and_(at >= lo, at < hi)
+
+    conds: list[ColumnElement[bool]] = [or_(*(within("", i) for i in range(n_ranges)))]
+    if agent_types:
+        conds.append(Task.agent_type.in_(bindparam("agent_types", expanding=True)))
+    if sources:
+        conds.append(Task.source.in_(bindparam("sources", expanding=True)))
+    sign: ColumnElement[int] = (
+        case((or_(*(within("sub_", i) for i in range(n_sub))), -1), else_=1)
+        if n_sub
+        else literal(1)
+    )
     (_, duration_bin, _), (_, first_bin, _) = hist_bins_sql(session)
     tasks = (
         select(
@@ -645,21 +847,22 @@ async def _edge_bins(
             func.coalesce(Task.model, "").label("model"),
             duration_bin.label("b0"),
             first_bin.label("b1"),
+            sign.label("sign"),
         )
-        .where(window, *filters.clauses(Task))
+        .where(*conds)
         .cte("edge_tasks")
     )
     empty = literal("")
+    count = func.sum(tasks.c.sign)
     parts: list[Select[Any]] = []
     for kind, b in ((KIND_DURATION, tasks.c.b0), (KIND_FIRST_OUTPUT, tasks.c.b1)):
         parts.append(
-            select(literal(0), tasks.c.agent_type, tasks.c.source, empty, literal(kind), b,
-                   func.count())
+            select(literal(0), tasks.c.agent_type, tasks.c.source, empty, literal(kind), b, count)
             .where(b.is_not(None))
             .group_by(tasks.c.agent_type, tasks.c.source, b)
-        )  # fmt: skip
+        )
         parts.append(
-            select(literal(1), empty, empty, tasks.c.model, literal(kind), b, func.count())
+            select(literal(1), empty, empty, tasks.c.model, literal(kind), b, count)
             .where(b.is_not(None))
             .group_by(tasks.c.model, b)
         )

@@ -96,22 +96,35 @@ async def fold_pending(db: Database, *, wait: bool = True, upto: int | None = No
             return folded
 
 
-async def newest_pending(db: Database) -> int | None:
-    """The id of the newest contribution waiting to be folded, if any (one index probe)."""
-    async with db.read() as session:
+async def newest_pending(db: Database, session: AsyncSession | None = None) -> int | None:
+    """The id of the newest contribution waiting to be folded, if any (one index probe),
+    read in `session` when given."""
+    if session is not None:
         newest = await session.scalar(select(func.max(_P.c.id)))
+    else:
+        async with db.read() as own:
+            newest = await own.scalar(select(func.max(_P.c.id)))
     return None if newest is None else int(newest)
 
 
-async def fold_before_read(db: Database) -> int:
+async def fold_before_read(db: Database, session: AsyncSession | None = None) -> int:
     """Make the rollups hold every write committed so far (analytics reads call this
     first). Waits for a fold another replica is running: the rows it took count too.
 
     Only rows up to the newest one seen now: a write committed before this call has a
     smaller id, and writes arriving meanwhile cannot keep a reader folding forever.
+
+    With `session` (the reader's own), the check runs in it, saving a connection; after a
+    fold its transaction is ended, so that its next statement sees the fold (SQLite keeps
+    a transaction's first snapshot; PostgreSQL's READ COMMITTED would see it anyway).
     """
-    upto = await newest_pending(db)
-    return 0 if upto is None else await fold_pending(db, wait=True, upto=upto)
+    upto = await newest_pending(db, session)
+    if upto is None:
+        return 0
+    folded = await fold_pending(db, wait=True, upto=upto)
+    if session is not None:
+        await session.rollback()
+    return folded
 
 
 async def fold_loop(
