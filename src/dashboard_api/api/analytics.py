@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.api.deps import CtxDep, UserRole, split_multi
@@ -35,7 +36,7 @@ class Window:
     filters: service.AnalyticsFilters
 
 
-def window_query(
+async def window_query(  # async: a plain def would run in the thread pool (a hop per request)
     ctx: CtxDep,
     from_: Annotated[
         UtcDateTime | None,
@@ -78,17 +79,24 @@ async def folded_read(ctx: AppContext) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+def _json(model: BaseModel) -> Response:
+    """The model as the response body, serialized once by pydantic-core: FastAPI would
+    validate the returned model against `response_model` again first."""
+    return Response(model.model_dump_json(by_alias=True), media_type="application/json")
+
+
 @router.get("/summary", response_model=Summary)
-async def summary(ctx: CtxDep, _: UserRole, window: WindowDep) -> Summary:
+async def summary(ctx: CtxDep, _: UserRole, window: WindowDep) -> Response:
     """Totals of the tasks created in the window."""
     async with folded_read(ctx) as session:
-        return await service.summary(
+        answer = await service.summary(
             session,
             start=window.start,
             end=window.end,
             filters=window.filters,
             now=ctx.clock.now(),
         )
+    return _json(answer)
 
 
 @router.get("/costs/histogram", response_model=CostHistogram)
@@ -115,13 +123,14 @@ async def cost_histogram(
 
 
 @router.get("/performance", response_model=Performance)
-async def performance(ctx: CtxDep, _: UserRole, window: WindowDep) -> Performance:
+async def performance(ctx: CtxDep, _: UserRole, window: WindowDep) -> Response:
     """Outcomes, durations with p50/p95, and cost: overall, per agent type, source and model."""
     async with folded_read(ctx) as session:
-        return await service.performance(
+        answer = await service.performance(
             session,
             start=window.start,
             end=window.end,
             filters=window.filters,
             now=ctx.clock.now(),
         )
+    return _json(answer)

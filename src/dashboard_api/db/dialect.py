@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -166,12 +167,16 @@ def log_bin(
 ) -> ColumnElement[int]:
     """How many of the sorted `thresholds` are <= value (`bisect_right`), in SQL."""
     if backend_of(session) == "postgresql":
-        array = bindparam(
-            "log_bin_thresholds", list(thresholds), type_=postgresql.ARRAY(BigInteger)
-        )
-        return func.width_bucket(value, array, type_=Integer)
+        return func.width_bucket(value, _pg_int_array(tuple(thresholds)), type_=Integer)
     fn: ColumnElement[int] = getattr(func, _LOG_BIN_SQLITE)(value, type_=Integer)
     return fn
+
+
+@functools.lru_cache(maxsize=8)
+def _pg_int_array(values: tuple[int, ...]) -> ColumnElement[Any]:
+    """A constant bigint[] written into the statement: prepared once per connection, it is
+    not sent again with every execution (1,070 thresholds are 9 KB of Bind message)."""
+    return literal_column("'{" + ",".join(str(int(v)) for v in values) + "}'::bigint[]")
 
 
 def int_list_agg(
@@ -240,24 +245,30 @@ def in_int_pairs(
     session: AsyncSession,
     first: ColumnElement[Any] | QueryableAttribute[Any],
     second: ColumnElement[Any] | QueryableAttribute[Any],
-    pairs: Sequence[tuple[int, int]],
+    name: str,
 ) -> ColumnElement[bool] | None:
-    """`(first, second) IN pairs` as a join with two array parameters (PostgreSQL): one
-    statement whatever the pairs, whose generic plan probes the index once per pair. An
-    OR of `first = a AND second = ANY(...)` per value of `first` made PostgreSQL's generic
-    plan a parallel bitmap scan (workers started for 2 ms of work: 10 ms instead of 3).
-    None on SQLite, where the caller writes the OR."""
+    """`(first, second) IN pairs` as a join with two array parameters (PostgreSQL), bound
+    at execution with `int_pairs_params(name, pairs)`: one statement whatever the pairs,
+    whose generic plan probes the index once per pair. An OR of `first = a AND second =
+    ANY(...)` per value of `first` got a generic plan with a parallel bitmap scan (workers
+    started for 2 ms of work: 10 ms instead of 3). None on SQLite (the caller writes the
+    OR)."""
     if backend_of(session) != "postgresql":
         return None
     values = (
         func.unnest(
-            bindparam(None, [a for a, _ in pairs], type_=postgresql.ARRAY(BigInteger)),
-            bindparam(None, [b for _, b in pairs], type_=postgresql.ARRAY(BigInteger)),
+            bindparam(f"{name}_a", type_=postgresql.ARRAY(BigInteger)),
+            bindparam(f"{name}_b", type_=postgresql.ARRAY(BigInteger)),
         )
         .table_valued("a", "b")
         .render_derived()
     )
     return tuple_(first, second).in_(select(values.c.a, values.c.b))
+
+
+def int_pairs_params(name: str, pairs: Sequence[tuple[int, int]]) -> dict[str, list[int]]:
+    """The parameters of `in_int_pairs(..., name)` for these pairs."""
+    return {f"{name}_a": [a for a, _ in pairs], f"{name}_b": [b for _, b in pairs]}
 
 
 async def lock_tables_exclusive(session: AsyncSession, tables: Sequence[str]) -> None:

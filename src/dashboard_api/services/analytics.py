@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -42,6 +42,7 @@ from dashboard_api.db.dialect import (
     bisect_sql,
     in_int_pairs,
     in_ints,
+    int_pairs_params,
     prepare_log_bin,
 )
 from dashboard_api.db.models.analytics import AnalyticsHistogram, AnalyticsRollup
@@ -249,20 +250,11 @@ _RANGE_RUN = 16
 
 
 def _blocks_clause(
-    session: AsyncSession, table: Any, blocks: Iterable[Block], *, pairs: bool = True
+    session: AsyncSession, table: Any, blocks: Iterable[Block]
 ) -> ColumnElement[bool]:
-    """The rows of `blocks`. With `pairs` (the clause stands alone, not in an OR), a short
-    list is one join with the pairs (`in_int_pairs`)."""
-    blocks = list(blocks)
     by_grain: dict[int, list[int]] = {}
     for grain, bucket in blocks:
         by_grain.setdefault(grain, []).append(bucket)
-    # `decompose` never gives a long run of one grain (at most 2 x 3 blocks of each):
-    # then one list of (grain, bucket) pairs.
-    if pairs and all(len(b) < _RANGE_RUN for b in by_grain.values()):
-        joined = in_int_pairs(session, table.grain, table.bucket, blocks)
-        if joined is not None:
-            return joined
     parts: list[ColumnElement[bool]] = []
     for grain, buckets in sorted(by_grain.items()):
         buckets.sort()
@@ -285,11 +277,71 @@ def _blocks_clause(
     return or_(*parts)
 
 
-def _counter_series(r: Any, filters: AnalyticsFilters) -> list[ColumnElement[bool]]:
-    """The rollup rows to sum: the overall marginal when unfiltered (one row per block)."""
+def _counter_series(
+    r: Any, filters: AnalyticsFilters, *, bound: bool = False
+) -> list[ColumnElement[bool]]:
+    """The rollup rows to sum: the overall marginal when unfiltered (one row per block);
+    with `bound`, without the filters (the caller adds `_filter_clauses`)."""
     if filters.agent_type or filters.source:
-        return [r.series == SERIES_ALL_MODELS, *filters.clauses(r)]
+        return [r.series == SERIES_ALL_MODELS, *([] if bound else filters.clauses(r))]
     return [r.series == SERIES_MARGINAL, r.agent_type == "", r.source == "", r.model == ""]
+
+
+def _filter_clauses(table: Any, filters: AnalyticsFilters) -> list[ColumnElement[bool]]:
+    """The filters as clauses bound at execution (`_filter_params`)."""
+    out: list[ColumnElement[bool]] = []
+    if filters.agent_type:
+        out.append(table.agent_type.in_(bindparam("agent_types", expanding=True)))
+    if filters.source:
+        out.append(table.source.in_(bindparam("sources", expanding=True)))
+    return out
+
+
+def _filter_params(filters: AnalyticsFilters) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if filters.agent_type:
+        out["agent_types"] = list(filters.agent_type)
+    if filters.source:
+        out["sources"] = list(filters.source)
+    return out
+
+
+# Block statements by (what, filters' shape), built once: their blocks and filters are
+# bound at each execution (PostgreSQL). Building one cost as much as running it.
+_BLOCK_STATEMENTS: dict[tuple[str, bool, bool], Any] = {}
+BlocksWhere = Callable[[Any], ColumnElement[bool]]
+FiltersWhere = Callable[[Any], list[ColumnElement[bool]]]
+
+
+def _block_statement(
+    session: AsyncSession,
+    what: str,
+    blocks: Sequence[Block],
+    filters: AnalyticsFilters,
+    build: Callable[[BlocksWhere, FiltersWhere], Any],
+) -> tuple[Any, dict[str, Any]]:
+    """`build(blocks, filters)` (a statement over the rows of a table that
+    `blocks(table)` and `filters(table)` select) and its parameters: on PostgreSQL built
+    once per shape, the blocks a join with array parameters (`in_int_pairs`); on SQLite
+    built each time."""
+    params = _filter_params(filters)
+
+    def filtered(table: Any) -> list[ColumnElement[bool]]:
+        return _filter_clauses(table, filters)
+
+    if backend_of(session) != "postgresql":
+        return build(lambda table: _blocks_clause(session, table, blocks), filtered), params
+    key = (what, bool(filters.agent_type), bool(filters.source))
+    stmt = _BLOCK_STATEMENTS.get(key)
+    if stmt is None:
+
+        def where(table: Any) -> ColumnElement[bool]:
+            clause = in_int_pairs(session, table.grain, table.bucket, "blocks")
+            assert clause is not None
+            return clause
+
+        stmt = _BLOCK_STATEMENTS[key] = build(where, filtered)
+    return stmt, {**params, **int_pairs_params("blocks", blocks)}
 
 
 _RAW_COLUMNS = (
@@ -354,11 +406,16 @@ async def summary(
     cover = cover_window(start, end, now=now)
     agg = Agg()
     if cover.blocks:
-        r = AnalyticsRollup
-        stmt = select(*_sums(r)).where(
-            *_counter_series(r, filters), _blocks_clause(session, r, cover.blocks)
-        )
-        agg.add_counters((await session.execute(stmt)).one())
+        r = AnalyticsRollup.__table__.c
+
+        def build(where: BlocksWhere, filtered: FiltersWhere) -> Select[Any]:
+            return select(*_sums(r)).where(
+                *_counter_series(r, filters, bound=True), where(r), *filtered(r)
+            )
+
+        stmt, params = _block_statement(session, "summary", cover.blocks, filters, build)
+        conn = await session.connection()
+        agg.add_counters((await conn.execute(stmt, params)).one())
     for row in await _raw_rows(session, cover.raw(), filters):
         agg.add_counters(_signed(cover.sign(row.created_at), counters_of(row)))
     tasks = agg["tasks"]
@@ -499,7 +556,7 @@ async def histogram(
     if grain:
         which.append(and_(r.grain == grain, r.bucket >= bounds[1], r.bucket < bounds[-1]))
     if blocks:
-        which.append(_blocks_clause(session, r, blocks, pairs=not grain))
+        which.append(_blocks_clause(session, r, blocks))
     if which:
         columns = [func.sum(getattr(r, c)) for c in _HISTOGRAM_COUNTERS]
         conds = (*_counter_series(r, filters), or_(*which))
@@ -622,9 +679,10 @@ async def performance(
     combos: dict[tuple[str, str], Agg] = {}
     models: dict[str, Agg] = {}
     if cover.blocks:
-        for part, agent_type, source, model, *values in await conn.execute(
-            _counter_groups(session, cover.blocks, filters)
-        ):
+        stmt, params = _block_statement(
+            session, "counter_groups", cover.blocks, filters, _counter_groups
+        )
+        for part, agent_type, source, model, *values in await conn.execute(stmt, params):
             if part == 0:
                 combos.setdefault((agent_type, source), Agg()).add_counters(values)
             else:
@@ -664,27 +722,18 @@ async def performance(
     )
 
 
-def _counter_groups(
-    session: AsyncSession, blocks: Sequence[Block], filters: AnalyticsFilters
-) -> CompoundSelect[Any]:
-    """The counters of `blocks` in one statement: rows (part, agent_type, source, model,
-    *COUNTERS), part 0 per (agent_type, source), part 1 per model."""
+def _counter_groups(where: BlocksWhere, filtered: FiltersWhere) -> CompoundSelect[Any]:
+    """The counters of some blocks in one statement (filters bound): rows (part,
+    agent_type, source, model, *COUNTERS), part 0 per (agent_type, source), part 1 per
+    model."""
     r = AnalyticsRollup.__table__.c
     empty = literal("")
     return union_all(
         select(literal(0), r.agent_type, r.source, empty, *_sums(r))
-        .where(
-            r.series == SERIES_ALL_MODELS,
-            _blocks_clause(session, r, blocks),
-            *filters.clauses(r),
-        )
+        .where(r.series == SERIES_ALL_MODELS, where(r), *filtered(r))
         .group_by(r.agent_type, r.source),
         select(literal(1), empty, empty, r.model, *_sums(r))
-        .where(
-            r.series == SERIES_PER_MODEL,
-            _blocks_clause(session, r, blocks),
-            *filters.clauses(r),
-        )
+        .where(r.series == SERIES_PER_MODEL, where(r), *filtered(r))
         .group_by(r.model),
     )
 
@@ -742,12 +791,14 @@ async def _percentiles(
             if filtered
             else (SERIES_MARGINAL, SERIES_MODEL_MARGINAL)
         )
-        stmt = select(h.series, h.agent_type, h.source, h.model, h.kind, h.bin_lo, h.counts).where(
-            h.series.in_(series),
-            _blocks_clause(session, h, cover.blocks),
-            *(filters.clauses(h) if filtered else ()),
-        )
-        for series_, agent_type, source, model, kind, bin_lo, counts in await conn.execute(stmt):
+
+        def build(where: BlocksWhere, filtering: FiltersWhere) -> Select[Any]:
+            columns = (h.series, h.agent_type, h.source, h.model, h.kind, h.bin_lo, h.counts)
+            return select(*columns).where(h.series.in_(series), where(h), *filtering(h))
+
+        stmt, params = _block_statement(session, "histogram_rows", cover.blocks, filters, build)
+        rows = await conn.execute(stmt, params)
+        for series_, agent_type, source, model, kind, bin_lo, counts in rows:
             key = (series_, agent_type, source, model, kind)
             acc = per_key.get(key)
             if acc is None:

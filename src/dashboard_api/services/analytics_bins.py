@@ -15,6 +15,8 @@ sums stay exact as long as every bin's total fits in 64 bits.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
@@ -135,15 +137,17 @@ def nearest_rank(lo: int, counts: Sequence[int], percents: Sequence[int]) -> dic
     """The bin of each percentile (nearest rank): the first bin whose running count c
     reaches p % of the total, that is 100 c >= p * total as c is whole. None found (no
     positive total): empty."""
-    total = sum(counts)
+    running = list(itertools.accumulate(counts))
+    total = running[-1] if running else 0
     if total <= 0:
         return {}
+    if min(counts) >= 0:
+        # Running counts never decrease: the first c >= ceil(p * total / 100), by bisection.
+        return {p: lo + bisect.bisect_left(running, -(-total * p // 100)) for p in percents}
     out: dict[int, int] = {}
-    running = 0
-    for i, n in enumerate(counts):
-        running += n
+    for i, c in enumerate(running):
         for p in percents:
-            if p not in out and running * 100 >= total * p:
+            if p not in out and c * 100 >= total * p:
                 out[p] = lo + i
         if len(out) == len(percents):
             break
