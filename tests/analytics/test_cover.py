@@ -90,6 +90,20 @@ def test_cover_keeps_blocks_inside_a_bucket(start: int, length: int, bucket_minu
     _coverage(lo, hi, now=hi, within=(first, last))
 
 
+def test_windows_at_the_ends_of_the_calendar() -> None:
+    top = datetime.max.replace(tzinfo=UTC)
+    bottom = datetime.min.replace(tzinfo=UTC)
+    for start, end in (
+        (top - timedelta(minutes=20), top),
+        (top - timedelta(days=3, seconds=7), top - timedelta(minutes=3)),
+        (bottom, bottom + timedelta(minutes=20)),
+        (bottom + timedelta(seconds=1), bottom + timedelta(days=2, seconds=5)),
+    ):
+        for now in (None, start, end):
+            _coverage(start, end, now=now)
+            _coverage(start, end, grains=HIST_GRAINS, now=now)
+
+
 def test_a_window_ending_now_reads_no_raw_rows_at_its_end() -> None:
     now = datetime(2025, 6, 10, 10, 7, 30, 250_000, tzinfo=UTC)
     cover = cover_window(now - timedelta(days=30), now, HIST_GRAINS, now=now)

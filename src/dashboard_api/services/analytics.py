@@ -225,13 +225,19 @@ def cover_window(
     for lo, hi in raw:
         # The finest blocks this raw range touches: one, or two when it is the whole
         # window and straddles a block edge (then each side is decided on its own).
-        first = block_start(lo, unit)
-        pieces = [(lo, hi)]
-        if _at(first + unit) < hi:
-            pieces = [(lo, _at(first + unit)), (_at(first + unit), hi)]
+        try:
+            mid = _at(block_start(lo, unit) + unit)
+        except OverflowError:  # the last block before year 10000: read raw
+            add.append((lo, hi))
+            continue
+        pieces = [(lo, mid), (mid, hi)] if mid < hi else [(lo, hi)]
         for a, b in pieces:
             bucket = block_start(a, unit)
-            block_lo, block_hi = _at(bucket), _at(bucket + unit)
+            try:
+                block_lo, block_hi = _at(bucket), _at(bucket + unit)
+            except OverflowError:
+                add.append((a, b))
+                continue
             outside = [r for r in ((block_lo, a), (b, block_hi)) if r[0] < r[1]]
             fits = within is None or (within[0] <= block_lo and block_hi <= within[1])
             cost_in = _weight(a, b, now)
