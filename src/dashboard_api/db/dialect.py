@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    DateTime,
     Integer,
     LargeBinary,
     Select,
@@ -470,6 +472,19 @@ def bisect_sql(
     if backend_of(session) != "postgresql":
         return None
     array = bindparam(None, list(bounds), type_=postgresql.ARRAY(BigInteger))
+    return func.width_bucket(value, array, type_=Integer)
+
+
+def bisect_instants(
+    session: AsyncSession,
+    value: ColumnElement[Any] | QueryableAttribute[Any],
+    instants: Sequence[datetime],
+) -> ColumnElement[int] | None:
+    """How many of the sorted aware `instants` are <= value (`bisect_right`), in SQL on
+    PostgreSQL; None on SQLite."""
+    if backend_of(session) != "postgresql":
+        return None
+    array = bindparam(None, list(instants), type_=postgresql.ARRAY(DateTime(timezone=True)))
     return func.width_bucket(value, array, type_=Integer)
 
 

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     CompoundSelect,
     Select,
@@ -30,15 +31,16 @@ from sqlalchemy import (
     case,
     func,
     literal,
-    literal_column,
     or_,
     select,
     union_all,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import (
     backend_of,
+    bisect_instants,
     bisect_sql,
     in_int_pairs,
     in_ints,
@@ -563,24 +565,32 @@ async def histogram(
         which.append(and_(r.grain == grain, r.bucket >= bounds[1], r.bucket < bounds[-1]))
     if blocks:
         which.append(_blocks_clause(session, r, blocks))
+    conds = (*_counter_series(r, filters), or_(*which)) if which else ()
+    conn = await session.connection()
+    local = bisect_sql(session, r.bucket, bounds)
+    if local is not None:
+        # One statement: the rollup rows and the raw rows (signed) of the window, summed
+        # per local bucket in the database; one row per non-empty bucket.
+        parts: list[Select[Any]] = []
+        if which:
+            parts.append(select(local, *(getattr(r, c) for c in _HISTOGRAM_COUNTERS)).where(*conds))
+        if cover.add or cover.sub:
+            parts.append(_raw_histogram_rows(session, cover, filters, starts))
+        if parts:
+            both = union_all(*parts).subquery()
+            index_col, *values = both.c
+            stmt = select(index_col, *(sql_cast(func.sum(v), BigInteger) for v in values))
+            stmt = stmt.group_by(index_col)
+            for index, *counts in await conn.execute(stmt):
+                sums[index - 1] = counts
+        return HistogramAnswer(period, tz_name, start, end, bounds, sums)
     if which:
         columns = [func.sum(getattr(r, c)) for c in _HISTOGRAM_COUNTERS]
-        conds = (*_counter_series(r, filters), or_(*which))
-        local = bisect_sql(session, r.bucket, bounds)
-        conn = await session.connection()
-        if local is not None:
-            # Summed per local bucket in the database: one row per non-empty bucket.
-            stmt = select(local.label("i"), *columns).where(*conds).group_by(literal_column("i"))
-            for i, *values in await conn.execute(stmt):
-                acc = sums[i - 1]
-                for k, v in enumerate(values):
-                    acc[k] += int(v)
-        else:
-            stmt = select(r.bucket, *columns).where(*conds).group_by(r.grain, r.bucket)
-            for bucket, *values in await conn.execute(stmt):
-                acc = sums[bisect.bisect_right(bounds, bucket) - 1]
-                for k, v in enumerate(values):
-                    acc[k] += int(v)
+        stmt = select(r.bucket, *columns).where(*conds).group_by(r.grain, r.bucket)
+        for bucket, *values in await conn.execute(stmt):
+            acc = sums[bisect.bisect_right(bounds, bucket) - 1]
+            for k, v in enumerate(values):
+                acc[k] += int(v)
     for row in await _raw_rows(session, cover.raw(), filters):
         acc = sums[bisect.bisect_right(starts, row.created_at) - 1]
         counters = counters_of(row)
@@ -588,6 +598,34 @@ async def histogram(
         for k, c in enumerate(_HISTOGRAM_INDEX):
             acc[k] += sign * counters[c]
     return HistogramAnswer(period, tz_name, start, end, bounds, sums)
+
+
+def _raw_histogram_rows(
+    session: AsyncSession, cover: Cover, filters: AnalyticsFilters, starts: Sequence[datetime]
+) -> Select[Any]:
+    """The cover's raw tasks as rows (local bucket, *_HISTOGRAM_COUNTERS), each counted
+    -1 in a subtracted range (PostgreSQL: the bucket by `width_bucket` on the starts)."""
+    t = Task
+    window = or_(*(and_(t.created_at >= lo, t.created_at < hi) for lo, hi in cover.raw()))
+    sign: ColumnElement[int] = (
+        case(
+            (or_(*(and_(t.created_at >= lo, t.created_at < hi) for lo, hi in cover.sub)), -1),
+            else_=1,
+        )
+        if cover.sub
+        else literal(1)
+    )
+    local = bisect_instants(session, t.created_at, starts)
+    assert local is not None
+    return select(
+        local,
+        sign,
+        case((t.status == "completed", sign), else_=0),
+        case((t.status == "failed", sign), else_=0),
+        sign * t.cost_micros,
+        sign * t.input_tokens,
+        sign * t.output_tokens,
+    ).where(window, *filters.clauses(t))
 
 
 # Bucket starts (epoch seconds) as the API writes them: a moving window meets the same
