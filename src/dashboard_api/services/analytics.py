@@ -369,14 +369,37 @@ _RAW_COLUMNS = (
 )
 
 
+# Raw-row statements by (ranges, filters' shape), built once; values bound per execution.
+_RAW_STATEMENTS: dict[tuple[int, bool, bool], Any] = {}
+
+
+def _raw_statement(n_ranges: int, filters: AnalyticsFilters) -> Any:
+    key = (n_ranges, bool(filters.agent_type), bool(filters.source))
+    stmt = _RAW_STATEMENTS.get(key)
+    if stmt is None:
+        at, ts = Task.created_at, Task.created_at.type
+        window = or_(
+            *(
+                and_(at >= bindparam(f"lo{i}", type_=ts), at < bindparam(f"hi{i}", type_=ts))
+                for i in range(n_ranges)
+            )
+        )
+        stmt = select(*_RAW_COLUMNS).where(window, *_filter_clauses(Task, filters))
+        _RAW_STATEMENTS[key] = stmt
+    return stmt
+
+
 async def _raw_rows(
     session: AsyncSession, ranges: Sequence[tuple[datetime, datetime]], filters: AnalyticsFilters
 ) -> Sequence[Any]:
     if not ranges:
         return []
-    window = or_(*(and_(Task.created_at >= lo, Task.created_at < hi) for lo, hi in ranges))
-    stmt = select(*_RAW_COLUMNS).where(window, *filters.clauses(Task))
-    return (await session.execute(stmt)).all()
+    params = _filter_params(filters)
+    for i, (lo, hi) in enumerate(ranges):
+        params[f"lo{i}"], params[f"hi{i}"] = lo, hi
+    conn = await session.connection()
+    rows: Sequence[Any] = (await conn.execute(_raw_statement(len(ranges), filters), params)).all()
+    return rows
 
 
 def _signed(sign: int, values: list[int]) -> list[int]:
