@@ -165,7 +165,7 @@ async def main(args: argparse.Namespace) -> int:
         try:
             for server in servers:
                 await server.wait_ready()
-            await measure_reads([s.base for s in servers], user, args.requests, rows)
+            await measure_reads([s.base for s in servers], user, args.requests, rows, args.case)
         finally:
             for server in servers:
                 server.stop()
@@ -196,7 +196,11 @@ async def timed_alternately(n: int, calls: list[Callable[[], Awaitable[Any]]]) -
 
 
 async def measure_reads(
-    bases: list[str], user: str, n: int, rows: list[tuple[str, str, str, str]]
+    bases: list[str],
+    user: str,
+    n: int,
+    rows: list[tuple[str, str, str, str]],
+    case_filter: str | None = None,
 ) -> None:
     """Time each case on `bases[0]` (this code) and, when given, `bases[1]` (before)."""
     now = datetime.now(UTC)
@@ -231,6 +235,8 @@ async def measure_reads(
                 for base in bases
             ]
             for what, path, params, baseline in cases:
+                if case_filter and case_filter not in what:
+                    continue
                 calls = [functools.partial(_get_json, client, path, params) for client in clients]
                 answers = [await call() for call in calls]
                 times = await timed_alternately(n, calls)
@@ -350,6 +356,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=("reads", "writes"), help="measure only the queries or the writes"
     )
+    parser.add_argument("--case", help="measure only the reads whose name contains this")
     parser.add_argument(
         "--before-src",
         help="a checkout (e.g. a `git worktree` of main) whose src is also served and timed "
