@@ -1,12 +1,14 @@
 """Analytics over a window of `created_at`: whole blocks from rollups, raw rows at the edges.
 
 A window [from, to) is cut at the 15-minute boundaries inside it: the aligned middle is
-summed from a few rollup blocks of nested grains, and only the partial quarter-hours at
-its two ends are read from the tasks table, so a query's cost follows the window and
-not the number of tasks. Unfiltered queries read the marginal series (one row per
-block, or per block and kind). Percentiles come from histogram blocks of 4 hours and up
-(one packed row per block, group and kind), with the tasks of the partial 4-hour blocks
-at the window's ends binned on the fly in SQL; the rows are added up and walked here.
+summed from a few rollup blocks of nested grains, and the partial quarter-hour at each
+end is read from the tasks table, either as its part inside the window (added) or as
+the whole block minus the part outside it (subtracted), whichever is shorter before now
+(`cover_window`), so a query's cost follows the window and not the number of tasks.
+Unfiltered queries read the marginal series (one row per block, or per block and kind).
+Percentiles come from histogram blocks of 4 hours and up (one packed row per block,
+group and kind), the partial 4-hour blocks at the window's ends covered the same way
+with their raw tasks binned in SQL; the rows are added up and walked here.
 """
 
 from __future__ import annotations
