@@ -264,7 +264,7 @@ async def test_a_member_leaving_while_chunks_are_held_gets_them_in_order() -> No
 # Steps of a producer and of readers. The broker may repeat or reorder a pair of events
 # (concurrent writers), deliver one late behind up to 4 others, skip one (the database
 # has it), and a status update arrives now and then; readers stop and start reading;
-# time passes (longer than the gap wait, so that held chunks are given up on).
+# time passes (longer than the group's gap wait, so that held chunks are given up on).
 _STEP = st.one_of(
     st.tuples(st.just("next"), st.integers(1, 5)),
     st.tuples(st.just("repeat"), st.just(0)),
@@ -313,7 +313,7 @@ async def _run_steps(steps: list[tuple[str, int]], interval: float) -> None:
                 await _output(broker, await add())
             await _output(broker, first)
         elif kind == "wait":
-            await asyncio.sleep(0.003)
+            await asyncio.sleep(0.005)  # past the group's gap wait (3 x 1 ms)
         elif kind == "skip":
             await add()
         elif kind == "status":

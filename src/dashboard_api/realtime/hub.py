@@ -430,9 +430,9 @@ class Group:
     to each member, and at each write the frames gathered within the write interval are
     joined once and the same bytes are written to every member's socket. A member whose
     socket cannot take data at that moment, or an event that needs each subscription's
-    own judgement (a `task_status`, a gap in the seqs that is not filled within the
-    hub's `gap_wait`), sends members back to the per-subscription path, with every event
-    they were due handed to their own sink in order first.
+    own judgement (a `task_status`, a gap in the seqs not filled within the hub's
+    `group_gap_wait`), sends members back to the per-subscription path, with every
+    event they were due handed to their own sink in order first.
 
     Chunks published by concurrent appends (two requests, or two replicas) often arrive
     a little out of order: a chunk ahead of the next seq is held here, once for all
@@ -517,7 +517,7 @@ class Group:
             return
         if self.gap_timer is None:
             loop = asyncio.get_running_loop()
-            self.gap_timer = loop.call_later(self.hub.gap_wait, self._gap_expired)
+            self.gap_timer = loop.call_later(self.hub.group_gap_wait, self._gap_expired)
 
     def _add_held(self) -> None:
         """Add the held chunks that now follow on (all of them, when the gap was filled)."""
@@ -679,6 +679,13 @@ class Hub:
         self.broker = broker
         self.history = history
         self.gap_wait = gap_wait
+        # A group holds a chunk that came ahead of the next seq this long for the missing
+        # ones (late publishes of concurrent appends) before sending its members to their
+        # own paths, which then wait `gap_wait` each and read the database. Longer than
+        # `gap_wait`: on a loaded machine a late publish often takes more than 30 ms, and
+        # dissolving 1,000 members for it costs a task and a write per member and event,
+        # while they would wait for the same chunk all the same.
+        self.group_gap_wait = 3 * gap_wait
         # Replay pages and task states queue for separate slots: a new subscriber's state
         # (one row, it answers `subscribed`) never waits behind other subscribers' replays.
         self._db_slots = asyncio.Semaphore(db_concurrency)
