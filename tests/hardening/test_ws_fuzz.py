@@ -23,10 +23,12 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
+from dashboard_api.settings import Settings
 from tests.conftest import Backend
 from tests.hardening.conftest import create_tokens, threaded_server
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
+MAX_MESSAGE_BYTES = Settings.model_fields["ws_max_message_bytes"].default
 ERROR_CODES = {
     "invalid_json",
     "unknown_type",
@@ -91,8 +93,24 @@ def _flatten(items: list[Any]) -> list[str | bytes]:
     return out
 
 
+def _is_ping(frame: str | bytes) -> bool:
+    """Whether the server answers this frame with a pong (API.md §10: a JSON object of
+    type `ping` within the message size limit, sent as text or binary)."""
+    raw = frame.encode() if isinstance(frame, str) else frame
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return False
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(message, dict) and message.get("type") == "ping"
+
+
 async def _session(url: str, token: str, sent: list[str | bytes]) -> None:
-    """Send the frames, then a ping: every answer must be a protocol message, then a pong."""
+    """Send the frames, then a ping: every answer must be a protocol message, up to the
+    pong of that last ping (each ping among the frames is answered by a pong of its own;
+    stopping at the first would leave the answers to the later frames unchecked)."""
+    pongs_due = sum(_is_ping(frame) for frame in sent) + 1
     async with websockets.connect(f"{url}/ws?token={token}", max_size=None) as ws:
         try:
             for frame in sent:
@@ -107,7 +125,9 @@ async def _session(url: str, token: str, sent: list[str | bytes]) -> None:
                         assert message["code"] in ERROR_CODES, message
                         assert isinstance(message["message"], str)
                     if message["type"] == "pong":
-                        return
+                        pongs_due -= 1
+                        if pongs_due == 0:
+                            return
         except ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd is not None else None
         else:
