@@ -48,6 +48,34 @@ IN_CI = os.environ.get("CI") == "true"
 BACKENDS = ("sqlite", "postgres")
 
 
+# Figures the hardening tests measured (examples tried, faults survived), printed in the
+# terminal summary of every run so that CI logs carry them (see RELIABILITY.md). Under
+# xdist a test runs in a worker whose summary nobody sees: each line rides to the
+# controller on the report of the test phase that added it.
+FIGURE_LINES: list[str] = []
+_FIGURES_SHOWN: list[str] = []
+_FIGURE_KEY = "hardening_figure"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    while FIGURE_LINES:
+        report.user_properties.append((_FIGURE_KEY, FIGURE_LINES.pop(0)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _FIGURES_SHOWN.extend(v for k, v in report.user_properties if k == _FIGURE_KEY)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FIGURES_SHOWN:
+        terminalreporter.section("hardening figures")
+        for line in _FIGURES_SHOWN:
+            terminalreporter.write_line(line)
+
+
 def _port_open(host: str, port: int) -> bool:
     try:
         socket.create_connection((host, port), timeout=1).close()

@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -35,19 +34,16 @@ from dashboard_api.realtime import uvicorn_ws_options
 from dashboard_api.services.tokens import create_token
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import SystemClock
-from tests.conftest import REDIS_URL, Backend, _truncate, require_services, run_sync
+from tests.conftest import (
+    FIGURE_LINES,
+    REDIS_URL,
+    Backend,
+    _truncate,
+    require_services,
+    run_sync,
+)
 
-# Figures the hardening tests measured (examples tried, faults survived), printed in the
-# terminal summary of every run so that CI logs carry them (see RELIABILITY.md).
-FIGURE_LINES: list[str] = []
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if FIGURE_LINES:
-        terminalreporter.section("hardening figures")
-        for line in FIGURE_LINES:
-            terminalreporter.write_line(line)
-
+__all__ = ["FIGURE_LINES"]
 
 ROLE_USERS = (
     ("admin", "admin", "root"),

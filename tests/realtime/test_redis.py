@@ -137,6 +137,10 @@ async def test_two_replicas_share_events_and_ingress_stores_once(pg: str) -> Non
     }
     tokens = await _tokens(pg)
     agent = {"Authorization": f"Bearer {tokens['agent']}"}
+    # The producer channels (`task:{id}:output`) have no prefix: every ingress on this
+    # Redis (other xdist workers, other test runs) hears them. A task id of its own keeps
+    # their messages out of this test's task and this test's out of theirs.
+    ing = f"ing-{uuid.uuid4().hex[:8]}"
     redis = aioredis.Redis.from_url(REDIS_URL)
     try:
         async with _replica(env) as url_a, _replica(env) as url_b, httpx.AsyncClient() as http:
@@ -175,7 +179,7 @@ async def test_two_replicas_share_events_and_ingress_stores_once(pg: str) -> Non
             r = await http.post(
                 f"{url_a}/api/tasks",
                 json={
-                    "task_id": "ing",
+                    "task_id": ing,
                     "agent_type": "coder",
                     "input_message": "x",
                     "status": "running",
@@ -186,31 +190,32 @@ async def test_two_replicas_share_events_and_ingress_stores_once(pg: str) -> Non
             # Wait for a leader: probe until one message is stored.
             stored = 0
             for _ in range(200):
-                await redis.publish("task:ing:output", orjson.dumps({"content": "probe\n"}))
-                task = (await http.get(f"{url_a}/api/tasks/ing", headers=agent)).json()
+                await redis.publish(f"task:{ing}:output", orjson.dumps({"content": "probe\n"}))
+                task = (await http.get(f"{url_a}/api/tasks/{ing}", headers=agent)).json()
                 stored = task["output_seq"]
                 if stored:
                     break
                 await asyncio.sleep(0.05)
             assert stored, "no ingress leader"
             await asyncio.sleep(0.3)  # let in-flight probes land
-            base = (await http.get(f"{url_a}/api/tasks/ing", headers=agent)).json()["output_seq"]
-            follower = asyncio.create_task(_follow_all(url_b, tokens["user"], "ing"))
+            base = (await http.get(f"{url_a}/api/tasks/{ing}", headers=agent)).json()["output_seq"]
+            follower = asyncio.create_task(_follow_all(url_b, tokens["user"], ing))
             for i in range(100):
                 await redis.publish(
-                    "task:ing:output", orjson.dumps({"content": f"m{i}", "stream": "stderr"})
+                    f"task:{ing}:output", orjson.dumps({"content": f"m{i}", "stream": "stderr"})
                 )
                 if i == 50:
-                    await redis.publish("task:ing:output", b"not json")
-                    await redis.publish("task:ing:output", orjson.dumps({"stream": "bogus"}))
-                    await redis.publish("task:ing:status", orjson.dumps({"status": "nope"}))
-                    await redis.publish("task:missing-task:output", orjson.dumps({"content": "x"}))
+                    await redis.publish(f"task:{ing}:output", b"not json")
+                    await redis.publish(f"task:{ing}:output", orjson.dumps({"stream": "bogus"}))
+                    await redis.publish(f"task:{ing}:status", orjson.dumps({"status": "nope"}))
+                    missing = f"task:missing-{ing}:output"
+                    await redis.publish(missing, orjson.dumps({"content": "x"}))
             await redis.publish(
-                "task:ing:status", orjson.dumps({"status": "completed", "result": "ok"})
+                f"task:{ing}:status", orjson.dumps({"status": "completed", "result": "ok"})
             )
             got = await asyncio.wait_for(follower, 30)
             log = (
-                await http.get(f"{url_a}/api/tasks/ing/logs/full?after_seq={base}", headers=agent)
+                await http.get(f"{url_a}/api/tasks/{ing}/logs/full?after_seq={base}", headers=agent)
             ).json()
             assert [c["content"] for c in log["chunks"]] == [f"m{i}" for i in range(100)]
             assert {c["stream"] for c in log["chunks"]} == {"stderr"}
