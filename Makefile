@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+# xdist workers for `make pytest` (3 measured fastest on 2 cores: the tests mostly wait on
+# sockets, subprocesses, PostgreSQL and Redis); PYTEST_WORKERS=0 runs the suite serially.
+PYTEST_WORKERS ?= 3
 
 .PHONY: run test lint format typecheck pytest bench bench-tasks clean venv fuzz soak
 
@@ -37,8 +40,10 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
+# loadgroup: tests that share a module fixture (a PostgreSQL cluster of their own, the
+# schema fuzz's apps) carry an xdist_group mark and stay on one worker.
 pytest: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test: lint pytest
 

@@ -123,6 +123,7 @@ async def _apply(
     assert r.status_code in (200, 204, 409), r.text
 
 
+@pytest.mark.slow
 @given(
     tasks=tasks_st,
     steps=st.lists(step_st, max_size=15),

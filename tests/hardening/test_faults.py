@@ -35,6 +35,9 @@ from tests.hardening.conftest import (
     create_tokens,
 )
 
+# One PostgreSQL cluster and redis-server for the module: its tests stay on one xdist worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hardening-faults")]
+
 # What the faults cost, for RELIABILITY.md (printed at the end of the module).
 FIGURES: dict[str, Any] = {}
 

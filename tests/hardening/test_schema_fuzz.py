@@ -55,6 +55,9 @@ from tests.conftest import (
 )
 from tests.hardening.conftest import FIGURE_LINES
 
+# One app per backend for the module (and one figure line each): one xdist worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hardening-schema-fuzz")]
+
 # Examples per operation and role: positive cases, then negative ones. The roles whose
 # answers are decided before any parameter matters (no token; another user) get fewer.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))

@@ -260,6 +260,7 @@ def queries(draw: st.DrawFn) -> dict[str, Any]:
     return params
 
 
+@pytest.mark.slow
 @given(rows=datasets(), params=queries(), sort=st.sampled_from(SORTS), per_page=st.integers(1, 7))
 async def test_walks_match_brute_force(
     app: FastAPI,
