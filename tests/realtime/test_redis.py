@@ -106,6 +106,12 @@ async def _replica_process(env: dict[str, str]) -> AsyncIterator[tuple[str, Any]
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        # Close the transport while this loop runs: left to the garbage collector, its
+        # unread stderr pipe is closed later through this (by then closed) loop, and the
+        # "Event loop is closed" error fails whichever test the worker runs at that time.
+        transport = getattr(proc, "_transport", None)
+        if transport is not None:
+            transport.close()
 
 
 async def _follow_all(url: str, token: str, task_id: str) -> list[tuple[int, str]]:
