@@ -181,6 +181,7 @@ steps = st.lists(st.tuples(writes, listings), min_size=1, max_size=25).map(
 )
 
 
+@pytest.mark.slow  # ~10 s a backend: started first, so the other workers overlap it
 @given(history=steps)
 async def test_q_totals_follow_every_write(two_apps: Apps, history: list[Step]) -> None:
     env = two_apps
