@@ -10,6 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from dashboard_api.api.deps import AgentRole, AnyRole, CtxDep, PageDep, UserRole, split_multi
 from dashboard_api.db.models.tasks import TASK_STATUSES
+from dashboard_api.errors import Unprocessable
 from dashboard_api.ids import TASK_ID_PATTERN
 from dashboard_api.schemas.common import Page, problem_responses
 from dashboard_api.schemas.tasks import (
@@ -140,34 +141,17 @@ async def append_output(
     chunks = body.as_chunks()
     settings = ctx.settings
     if len(chunks) > settings.max_chunks_per_request:
-        from dashboard_api.errors import Unprocessable
-
         raise Unprocessable(
             f"At most {settings.max_chunks_per_request} chunks per request.", loc=["body", "chunks"]
         )
-    now = ctx.clock.now()
-    alone = service.worth_trying_alone(ctx.db, task_id)
-    result = None
-    if alone:
-        result = await service.append_output_alone(
-            ctx.db,
-            task_id=task_id,
-            chunks=chunks,
-            now=now,
-            cap_bytes=settings.output_cap_bytes,
-            max_chunk_bytes=settings.max_chunk_bytes,
-        )
-    if result is None:  # not the common case (or SQLite): in a transaction, with the hooks
-        async with ctx.db.write() as session:
-            result = await service.append_output(
-                session,
-                task_id=task_id,
-                chunks=chunks,
-                now=now,
-                cap_bytes=settings.output_cap_bytes,
-                max_chunk_bytes=settings.max_chunk_bytes,
-                after_alone=alone,
-            )
+    result = await service.store_output(
+        ctx.db,
+        task_id=task_id,
+        chunks=chunks,
+        now=ctx.clock.now(),
+        cap_bytes=settings.output_cap_bytes,
+        max_chunk_bytes=settings.max_chunk_bytes,
+    )
     # Written directly (the same document as OutputAppended): the response model's
     # validation and serialization were a visible share of this hot path.
     doc = {

@@ -1219,6 +1219,42 @@ def _remember_alone(task_id: str, alone: bool) -> None:
     _ALONE[task_id] = alone
 
 
+async def store_output(
+    db: Database,
+    *,
+    task_id: str,
+    chunks: Sequence[OutputChunkIn],
+    now: datetime,
+    cap_bytes: int,
+    max_chunk_bytes: int,
+) -> AppendResult:
+    """Append output for the producer API: the one-statement form when it applies
+    (`append_output_alone`), else `append_output` in a transaction of its own, with the
+    hooks (and the errors: unknown or finished task, oversize chunk)."""
+    alone = worth_trying_alone(db, task_id)
+    if alone:
+        result = await append_output_alone(
+            db,
+            task_id=task_id,
+            chunks=chunks,
+            now=now,
+            cap_bytes=cap_bytes,
+            max_chunk_bytes=max_chunk_bytes,
+        )
+        if result is not None:
+            return result
+    async with db.write() as session:
+        return await append_output(
+            session,
+            task_id=task_id,
+            chunks=chunks,
+            now=now,
+            cap_bytes=cap_bytes,
+            max_chunk_bytes=max_chunk_bytes,
+            after_alone=alone,
+        )
+
+
 def worth_trying_alone(db: Database, task_id: str) -> bool:
     """Whether `append_output_alone` is worth a try for this task (see `_ALONE`)."""
     return db.backend == "postgresql" and PLAIN_APPENDS_NEED_NO_HOOKS and _ALONE.get(task_id, False)
