@@ -1279,9 +1279,8 @@ async def append_output_alone(
     The UPDATE still takes the task row's lock and moves the seq counter in the same
     statement as the INSERT, so seqs stay gap-free and in commit order; the chunks are
     durable when the statement returns, before anything is published or answered.
+    Only for a task `worth_trying_alone` (the caller, `store_output`, asks it).
     """
-    if not worth_trying_alone(db, task_id):
-        return None
     sizes = [len(c.content.encode()) for c in chunks]
     if not chunks or any(size > max_chunk_bytes for size in sizes):
         return None
