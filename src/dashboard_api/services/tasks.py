@@ -789,6 +789,7 @@ _E = TaskEvent.__table__
 # The same tables, typed for Core statements (`update`, `insert`).
 _T_TABLE = cast(Table, Task.__table__)
 _E_TABLE = cast(Table, TaskEvent.__table__)
+_C_TABLE = cast(Table, TaskOutputChunk.__table__)
 _C = TaskOutputChunk.__table__
 
 
@@ -1366,20 +1367,13 @@ async def _append_whole(
         row = (await session.execute(moved)).first()
         if row is not None:
             base = row.output_seq - n
-            await session.execute(
-                insert(TaskOutputChunk).values(
-                    [
-                        {
-                            "task_id": task_id,
-                            "seq": base + i,
-                            "stream": s,
-                            "content": c,
-                            "created_at": now,
-                        }
-                        for i, (s, c) in enumerate(stored, start=1)
-                    ]
-                )
-            )
+            # Rows as execution parameters: a multi-row `.values(rows)` has no cache key
+            # and would be compiled on every append.
+            rows = [
+                {"task_id": task_id, "seq": base + i, "stream": s, "content": c, "created_at": now}
+                for i, (s, c) in enumerate(stored, start=1)
+            ]
+            await session.execute(insert(_C_TABLE), rows)
     if row is None:
         return None
     after = TaskSnapshot(**row._mapping)
