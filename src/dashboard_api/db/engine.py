@@ -168,6 +168,12 @@ class Database:
                 raise
         await self._publish(session)
 
+    @property
+    def writes_alone(self) -> bool:
+        """Whether `alone()` is available: single-statement writes outside a transaction
+        (PostgreSQL; on SQLite every write takes the process's write lock in `write()`)."""
+        return self.backend == "postgresql"
+
     @asynccontextmanager
     async def alone(self) -> AsyncIterator[AsyncConnection]:
         """A PostgreSQL connection whose statements each commit on their own.
@@ -177,7 +183,7 @@ class Database:
         its own transaction, committed (WAL flushed: synchronous_commit stays on) when it
         returns. Publish what it produced with `publish` afterwards.
         """
-        assert self.backend == "postgresql", "SQLite writes go through write()"
+        assert self.writes_alone, "SQLite writes go through write()"
         async with self.engine.connect() as conn:
             yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 

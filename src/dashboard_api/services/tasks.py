@@ -1258,7 +1258,7 @@ async def store_output(
 
 def worth_trying_alone(db: Database, task_id: str) -> bool:
     """Whether `append_output_alone` is worth a try for this task (see `_ALONE`)."""
-    return db.backend == "postgresql" and PLAIN_APPENDS_NEED_NO_HOOKS and _ALONE.get(task_id, False)
+    return db.writes_alone and PLAIN_APPENDS_NEED_NO_HOOKS and _ALONE.get(task_id, False)
 
 
 async def append_output_alone(
