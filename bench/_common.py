@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import asyncpg
 
 PG_HOST = os.environ.get("DASHBOARD_BENCH_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("DASHBOARD_BENCH_PG_PORT", "5432"))
+REDIS_URL = os.environ.get("DASHBOARD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 BIN = Path(sys.executable).parent
 
 
@@ -60,6 +61,39 @@ async def recreate_db(database: str) -> None:
         await conn.execute(f'CREATE DATABASE "{database}"')
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(
+    prefix: str, roles: Sequence[str]
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """A new migrated database for one run, `prefix` + this process's id: its URL and a
+    token per role (user id `bench-ROLE`). Dropped on exit."""
+    from dashboard_api.db.engine import Database
+    from dashboard_api.db.migrate import upgrade_to_head
+    from dashboard_api.services.tokens import create_token
+    from dashboard_api.timeutil import SystemClock
+
+    name = f"{prefix}{os.getpid()}"
+    await recreate_db(name)
+    url = db_url(name)
+    try:
+        await asyncio.to_thread(upgrade_to_head, url)
+        db = Database(url)
+        tokens: dict[str, str] = {}
+        async with db.write() as session:
+            for role in roles:
+                tokens[role], _ = await create_token(
+                    session, user_id=f"bench-{role}", role=role, now=SystemClock().now()
+                )
+        await db.dispose()
+        yield url, tokens
+    finally:
+        conn = await connect()
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
 
 
 def cli(*args: str, env: dict[str, str]) -> str:

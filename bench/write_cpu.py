@@ -19,17 +19,8 @@ import statistics
 import uuid
 from typing import Any
 
-from bench._common import KeepAliveClient
-from bench.ws_fanout import (
-    PG_ADMIN,
-    REDIS_URL,
-    _cpu_seconds,
-    _free_port,
-    _pg,
-    _start_server,
-    _stop,
-    _wait_healthy,
-)
+from bench._common import REDIS_URL, KeepAliveClient, free_port, scratch_database
+from bench.ws_fanout import _cpu_seconds, _start_server, _stop, _wait_healthy
 
 
 async def _measure(
@@ -72,24 +63,8 @@ async def _measure(
 
 
 async def main(args: argparse.Namespace) -> None:
-    from dashboard_api.db.engine import Database
-    from dashboard_api.db.migrate import upgrade_to_head
-    from dashboard_api.services.tokens import create_token
-    from dashboard_api.timeutil import SystemClock
-
-    dbname = f"dash_bench_cpu_{os.getpid()}"
-    await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    await _pg(f'CREATE DATABASE "{dbname}"')
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    db_url = f"{base}/{dbname}"
-    try:
-        await asyncio.to_thread(upgrade_to_head, db_url)
-        db = Database(db_url)
-        async with db.write() as session:
-            token, _ = await create_token(
-                session, user_id="bench-agent", role="agent", now=SystemClock().now()
-            )
-        await db.dispose()
+    async with scratch_database("dash_bench_cpu_", ("agent",)) as (db_url, tokens):
+        token = tokens["agent"]
         env = {
             **os.environ,
             "DASHBOARD_DATABASE_URL": db_url,
@@ -103,7 +78,7 @@ async def main(args: argparse.Namespace) -> None:
         samples: dict[tuple[str, str], list[float]] = {}
         for round_ in range(args.rounds):
             for variant, src in variants:
-                port = _free_port()
+                port = free_port()
                 server = _start_server(port, env, src)
                 try:
                     await _wait_healthy(port)
@@ -123,8 +98,6 @@ async def main(args: argparse.Namespace) -> None:
         for (kind, variant), values in samples.items():
             each = ", ".join(f"{v:.2f}" for v in values)
             print(f"| {kind} | {variant} | {statistics.median(values):.2f} | {each} |")
-    finally:
-        await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 def cli() -> None:

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -31,9 +30,7 @@ from typing import Any
 
 import orjson
 
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-
+from bench._common import REDIS_URL, free_port, scratch_database
 
 # --- subscriber side (a child process) ----------------------------------------------------
 
@@ -321,22 +318,6 @@ def _syscalls(pid: int) -> tuple[int, int]:
 def _total(rate: float, seconds: float, channels: int) -> int:
     """Chunks to publish: a multiple of the channel count, so every channel gets as many."""
     return max(channels, int(rate * seconds) // channels * channels)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _pg(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def _produce(
@@ -636,27 +617,8 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    from dashboard_api.db.engine import Database
-    from dashboard_api.db.migrate import upgrade_to_head
-    from dashboard_api.services.tokens import create_token
-    from dashboard_api.timeutil import SystemClock
-
-    dbname = f"dash_bench_ws_{os.getpid()}"
-    await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    await _pg(f'CREATE DATABASE "{dbname}"')
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    db_url = f"{base}/{dbname}"
     prefix = f"dashbench:{uuid.uuid4().hex[:8]}:"
-    try:
-        await asyncio.to_thread(upgrade_to_head, db_url)
-        db = Database(db_url)
-        tokens: dict[str, str] = {}
-        async with db.write() as session:
-            for role in ("user", "agent"):
-                tokens[role], _ = await create_token(
-                    session, user_id=f"bench-{role}", role=role, now=SystemClock().now()
-                )
-        await db.dispose()
+    async with scratch_database("dash_bench_ws_", ("user", "agent")) as (db_url, tokens):
         env = {
             **os.environ,
             "DASHBOARD_DATABASE_URL": db_url,
@@ -675,7 +637,7 @@ async def main(args: argparse.Namespace) -> None:
         results = []
         for name, channels, batch in scenarios:
             for variant, src in variants:
-                port = _free_port()
+                port = free_port()
                 server = _start_server(port, env, src)
                 try:
                     await _wait_healthy(port)
@@ -698,8 +660,6 @@ async def main(args: argparse.Namespace) -> None:
                 results.append(result)
                 print(json.dumps(result), flush=True)
         _table(results)
-    finally:
-        await _pg(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 def _table(results: list[dict[str, Any]]) -> None:
