@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
@@ -85,18 +85,31 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(by_alias=True), media_type="application/json")
 
 
+class _WindowFigures(Protocol):
+    async def __call__(
+        self,
+        session: AsyncSession,
+        *,
+        start: datetime,
+        end: datetime,
+        filters: service.AnalyticsFilters,
+        now: datetime,
+    ) -> BaseModel: ...
+
+
+async def _figures(ctx: AppContext, window: Window, compute: _WindowFigures) -> Response:
+    """What `compute` makes of the window, from folded rollups, as the response."""
+    async with folded_read(ctx) as session:
+        answer = await compute(
+            session, start=window.start, end=window.end, filters=window.filters, now=ctx.clock.now()
+        )
+    return _json(answer)
+
+
 @router.get("/summary", response_model=Summary)
 async def summary(ctx: CtxDep, _: UserRole, window: WindowDep) -> Response:
     """Totals of the tasks created in the window."""
-    async with folded_read(ctx) as session:
-        answer = await service.summary(
-            session,
-            start=window.start,
-            end=window.end,
-            filters=window.filters,
-            now=ctx.clock.now(),
-        )
-    return _json(answer)
+    return await _figures(ctx, window, service.summary)
 
 
 @router.get("/costs/histogram", response_model=CostHistogram)
@@ -125,12 +138,4 @@ async def cost_histogram(
 @router.get("/performance", response_model=Performance)
 async def performance(ctx: CtxDep, _: UserRole, window: WindowDep) -> Response:
     """Outcomes, durations with p50/p95, and cost: overall, per agent type, source and model."""
-    async with folded_read(ctx) as session:
-        answer = await service.performance(
-            session,
-            start=window.start,
-            end=window.end,
-            filters=window.filters,
-            now=ctx.clock.now(),
-        )
-    return _json(answer)
+    return await _figures(ctx, window, service.performance)
