@@ -39,12 +39,15 @@ async def test_a_plain_append_runs_no_hook_statement(
         statements.append(statement)
 
     async with db.write() as session:
-        await session.connection()  # BEGIN (IMMEDIATE on SQLite) is not the hooks'
-        event.listen(db.engine.sync_engine, "before_cursor_execute", note)
+        # BEGIN (IMMEDIATE on SQLite) is not the hooks'. Only this session's connection is
+        # listened to: the app's background fold runs statements of its own meanwhile.
+        conn = (await session.connection()).sync_connection
+        assert conn is not None
+        event.listen(conn, "before_cursor_execute", note)
         try:
             await task_written(session, before, after)
         finally:
-            event.remove(db.engine.sync_engine, "before_cursor_execute", note)
+            event.remove(conn, "before_cursor_execute", note)
         # Nothing written, locked, added or published: at most the reads that find the
         # task in no conversation (what the single statement checks in its WHERE).
         assert not session.new

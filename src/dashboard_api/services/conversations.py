@@ -531,7 +531,9 @@ async def _resolve_membership(
     session: AsyncSession, before: TaskSnapshot | None, after: TaskSnapshot
 ) -> tuple[_Member | None, bool]:
     """Where the task counts after this write, and whether it just started counting there."""
-    member = await _membership(session, after.task_id)
+    # A task being created counts nowhere yet: its links are made here, or by a later
+    # write of an ancestor (`_adopt_descendants`), which needs this task committed.
+    member = None if before is None else await _membership(session, after.task_id)
     old_cost = before.cost_micros if before is not None else 0
     linked_now = before is None or before.conversation_id != after.conversation_id
     if not linked_now:

@@ -40,6 +40,7 @@ from dashboard_api.db.dialect import (
     lock_for_update,
     lock_skip_locked,
     reuses_cte_results,
+    upsert,
 )
 from dashboard_api.db.engine import Database, PendingEvent, emit
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
@@ -908,7 +909,7 @@ def _enter_status(task: Task, status: str, now: datetime) -> None:
             task.duration_us = max(0, int((now - task.started_at).total_seconds() * 1_000_000))
 
 
-def _recompute_cost(task: Task, prices: PriceTable) -> None:
+def _recompute_cost(task: Any, prices: PriceTable) -> None:  # a Task or its attributes
     if task.cost_reported:
         return
     task.cost_micros = prices.cost_micros(
@@ -922,19 +923,22 @@ def _recompute_cost(task: Task, prices: PriceTable) -> None:
 
 async def register_task(
     session: AsyncSession, *, body: TaskCreate, now: datetime, prices: PriceTable
-) -> Task:
-    """Create a task; its initial status is its first status event. 409 if the id exists."""
-    task_id = body.task_id or new_id()
-    if await session.get(Task, task_id) is not None:
-        raise Conflict(f"Task {task_id!r} already exists.")
-    created_at = body.created_at or now
-    task = Task(
-        task_id=task_id,
+) -> Any:
+    """Create a task; its initial status is its first status event. 409 if the id exists.
+
+    Returns the task's attributes (a plain object, like `update_task`). Written without
+    the ORM: its existence check, unit-of-work flush and instance bookkeeping were a third
+    of a registration's server CPU. INSERT ... ON CONFLICT DO NOTHING is the existence
+    check too, so two concurrent registrations of one id give one 201 and one 409."""
+    task = SimpleNamespace(
+        task_id=body.task_id or new_id(),
         status=body.status,
         agent_type=body.agent_type,
         assigned_agent=body.assigned_agent,
         source=body.source,
         input_message=body.input_message,
+        result=None,
+        error=None,
         user_id=body.user_id,
         conversation_id=body.conversation_id,
         parent_task_id=body.parent_task_id,
@@ -946,9 +950,12 @@ async def register_task(
         output_tokens=0,
         cache_read_tokens=0,
         cache_write_tokens=0,
-        created_at=created_at,
+        duration_us=None,
+        created_at=body.created_at or now,
         started_at=now if body.status == "running" else None,
+        completed_at=None,
         updated_at=now,
+        first_output_at=None,
         cancel_requested=False,
         metadata_=body.metadata,
         output_seq=0,
@@ -956,11 +963,35 @@ async def register_task(
         output_truncated=False,
     )
     _recompute_cost(task, prices)
-    session.add(task)
-    _record_status(session, task, now)
-    await _after_write(session, None, task)
-    _publish_status(session, task)
+    values = {("metadata" if k == "metadata_" else k): v for k, v in vars(task).items()}
+    inserted = await session.execute(_insert_new_task(session), values)
+    if inserted.first() is None:
+        raise Conflict(f"Task {task.task_id!r} already exists.")
+    await session.execute(
+        _INSERT_EVENT, {"task_id": task.task_id, "type": "status", "status": task.status, "at": now}
+    )
+    await task_written(session, None, snapshot(task))
+    _publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
     return task
+
+
+_INSERT_EVENT = insert(_E_TABLE)
+_INSERT_NEW_TASK: dict[str, Any] = {}
+
+
+def _insert_new_task(session: AsyncSession) -> Any:
+    """INSERT INTO tasks ... ON CONFLICT (task_id) DO NOTHING RETURNING task_id, built once
+    per backend (values bound at execution)."""
+    backend = backend_of(session)
+    stmt = _INSERT_NEW_TASK.get(backend)
+    if stmt is None:
+        stmt = (
+            upsert(session, _T_TABLE)
+            .on_conflict_do_nothing(index_elements=[_T.c.task_id])
+            .returning(_T.c.task_id)
+        )
+        _INSERT_NEW_TASK[backend] = stmt
+    return stmt
 
 
 async def update_task(
