@@ -100,6 +100,12 @@ async def test_concurrent_registration_of_one_id(client: httpx.AsyncClient, auth
     results = await asyncio.gather(*(register(client, auth, "same") for _ in range(8)))
     codes = sorted(r.status_code for r in results)
     assert codes == [201] + [409] * 7
+    # The losers wrote nothing: one status event, one task counted by the analytics.
+    log = (await client.get("/api/tasks/same/logs/full", headers=auth("user"))).json()
+    assert [e["status"] for e in log["events"]] == ["queued"]
+    window = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}
+    summary = await client.get("/api/analytics/summary", params=window, headers=auth("user"))
+    assert summary.json()["total_tasks"] == 1
 
 
 async def test_every_move(client: httpx.AsyncClient, auth: Headers, clock: FakeClock) -> None:
