@@ -67,6 +67,28 @@ async def _round(client: httpx.AsyncClient, auth: Headers, k: int) -> None:
     await ok(await get("/api/analytics/summary", params=window, headers=user))
     await ok(await get("/api/analytics/costs/histogram", params=by_day, headers=user))
     await ok(await get("/api/analytics/performance", params=window, headers=user))
+    # Agents, a conversation whose task ends (its reply), the status page.
+    await ok(
+        await client.put(f"/api/agents/bot{k}", json={"capabilities": ["x"]}, headers=agent), 201
+    )
+    await ok(
+        await post(f"/api/agents/bot{k}/heartbeat", json={"status": "busy"}, headers=agent), 204
+    )
+    await ok(await get("/api/agents", headers=user))
+    chat = (
+        await ok(await post("/api/conversations", json={"title": f"c{k}"}, headers=user), 201)
+    ).json()
+    path = f"/api/conversations/{chat['conversation_id']}"
+    message = {"content": f"please {k}", "create_task": True}
+    task_id = (await ok(await post(f"{path}/messages", json=message, headers=user), 201)).json()[
+        "task_id"
+    ]
+    await ok(await client.patch(f"/api/tasks/{task_id}", json={"status": "running"}, headers=agent))
+    await ok(await client.patch(f"/api/tasks/{task_id}", json=done, headers=agent))
+    await ok(await post(f"{path}/tasks", json={"task_id": f"t{k}-1"}, headers=user), 204)
+    await ok(await get(f"{path}/messages", headers=user))
+    await ok(await get("/api/conversations", headers=user))
+    await ok(await get("/api/status", headers=user))
 
 
 async def test_hot_paths_compile_each_statement_once(
