@@ -899,7 +899,7 @@ def _record_status(session: AsyncSession, task: Task, at: datetime) -> None:
     session.add(TaskEvent(task_id=task.task_id, type="status", status=task.status, at=at))
 
 
-def _enter_status(task: Task, status: str, now: datetime) -> None:
+def _enter_status(task: Any, status: str, now: datetime) -> None:  # a Task or its attributes
     task.status = status
     if status == "running" and task.started_at is None:
         task.started_at = now
@@ -1015,20 +1015,29 @@ async def update_task(
     changed, moved = _apply_update(task, task_id, body, now, prices)
     if not changed:
         return task
+    await _store_changes(session, task, row, moved=moved, now=now)
+    await task_written(session, before, snapshot(task))
+    _publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
+    return task
+
+
+async def _store_changes(
+    session: AsyncSession, task: SimpleNamespace, row: AnyRow, *, moved: bool, now: datetime
+) -> None:
+    """Write the attributes of `task` that differ from `row` (its locked row as read, by
+    `_TASK_ROW`) with one UPDATE, and a status event when its status moved."""
     old = row._mapping
     values = {
         ("metadata" if name == "metadata_" else name): value
         for name, value in vars(task).items()
         if value != old[name]
     }
-    await session.execute(update(_T_TABLE).where(_T.c.task_id == task_id).values(values))
+    await session.execute(update(_T_TABLE).where(_T.c.task_id == task.task_id).values(values))
     if moved:
         await session.execute(
-            insert(_E_TABLE).values(task_id=task_id, type="status", status=task.status, at=now)
+            _INSERT_EVENT,
+            {"task_id": task.task_id, "type": "status", "status": task.status, "at": now},
         )
-    await task_written(session, before, snapshot(task))
-    _publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
-    return task
 
 
 def _apply_update(
@@ -1416,25 +1425,29 @@ async def _append_whole(
 
 async def claim_task(
     session: AsyncSession, *, agent_types: Sequence[str], agent: str, now: datetime
-) -> Task | None:
-    """Atomically move the oldest queued task of these types to running for `agent`."""
+) -> Any:
+    """Atomically move the oldest queued task of these types to running for `agent`: the
+    task's attributes (a plain object, like `update_task`), or None when none is queued.
+
+    The oldest row is read and locked in one statement (SKIP LOCKED: concurrent claimers
+    take different tasks) and written without the ORM."""
     pick = (
-        select(Task.task_id)
-        .where(Task.status == "queued", Task.agent_type.in_(list(agent_types)))
-        .order_by(Task.created_at, Task.task_id)
+        select(*_TASK_ROW)
+        .where(_T.c.status == "queued", _T.c.agent_type.in_(list(agent_types)))
+        .order_by(_T.c.created_at, _T.c.task_id)
         .limit(1)
     )
-    task_id = (await session.execute(lock_skip_locked(session, pick))).scalar_one_or_none()
-    if task_id is None:
+    row = (await session.execute(lock_skip_locked(session, pick))).first()
+    if row is None:
         return None
-    task = await _locked(session, task_id)
+    task = SimpleNamespace(**row._mapping)
     before = snapshot(task)
     task.assigned_agent = agent
     _enter_status(task, "running", now)
     task.updated_at = now
-    _record_status(session, task, now)
-    await _after_write(session, before, task)
-    _publish_status(session, task)
+    await _store_changes(session, task, row, moved=True, now=now)
+    await task_written(session, before, snapshot(task))
+    _publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
     return task
 
 
