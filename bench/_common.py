@@ -110,6 +110,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux /proc), 0 when unavailable. Unlike wall time it
+    barely moves with what else the machine runs."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def pct(samples: list[float], p: float) -> float:
     """Nearest-rank percentile: the ceil(p * n)-th smallest sample."""
     ordered = sorted(samples)

@@ -19,8 +19,8 @@ import statistics
 import uuid
 from typing import Any
 
-from bench._common import REDIS_URL, KeepAliveClient, free_port, scratch_database
-from bench.ws_fanout import _cpu_seconds, _start_server, _stop, _wait_healthy
+from bench._common import REDIS_URL, KeepAliveClient, cpu_seconds, free_port, scratch_database
+from bench.ws_fanout import _start_server, _stop, _wait_healthy
 
 
 async def _measure(
@@ -55,10 +55,10 @@ async def _measure(
                 continue
             for i in range(20):  # warm-up
                 await call(i)
-            cpu0 = _cpu_seconds(pid)
+            cpu0 = cpu_seconds(pid)
             for i in range(requests):
                 await call(1000 + i)
-            out[name] = (_cpu_seconds(pid) - cpu0) * 1000 / requests
+            out[name] = (cpu_seconds(pid) - cpu0) * 1000 / requests
     return out
 
 

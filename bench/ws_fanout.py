@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from bench._common import REDIS_URL, free_port, scratch_database
+from bench._common import REDIS_URL, cpu_seconds, free_port, scratch_database
 
 # --- subscriber side (a child process) ----------------------------------------------------
 
@@ -291,16 +291,6 @@ async def _wait_stdin_done(grace: float) -> None:
 # --- orchestration --------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux /proc), 0 when unavailable."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 def _syscalls(pid: int) -> tuple[int, int]:
     """(read, write) syscalls made so far by a process (Linux /proc), (0, 0) when unknown.
 
@@ -465,7 +455,7 @@ async def scenario(
     line = await asyncio.wait_for(proc.stdout.readline(), 120)
     if line.strip() != b"READY":
         raise RuntimeError(f"subscribers failed: {line!r}")
-    server_cpu0 = _cpu_seconds(server_pid)
+    server_cpu0 = cpu_seconds(server_pid)
     server_io0 = _syscalls(server_pid)
     hub0 = await _hub_counters(port, tokens["agent"])
     if producer == "redis":
@@ -483,7 +473,7 @@ async def scenario(
         if line.startswith(b"RESULT "):
             result = json.loads(line[7:])
             break
-    server_cpu = _cpu_seconds(server_pid) - server_cpu0
+    server_cpu = cpu_seconds(server_pid) - server_cpu0
     hub1 = await _hub_counters(port, tokens["agent"])
     hub = {k: hub1[k] - hub0.get(k, 0.0) for k in hub1}
     client_cpu = float(result["cpu_s"])
