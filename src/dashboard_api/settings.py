@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # Prefix of every Redis key and channel, so that several deployments (or test runs)
     # can share one Redis server.
     redis_prefix: str = "dashboard:"
+    # Prefix of the producer channels of the Redis ingress (API.md §11 names them without
+    # one: `task:{id}:output`); set it when several deployments share one Redis server.
+    redis_ingress_prefix: str = Field("", max_length=100)
     # Redis ingress leader lease; a replica holds 3 leases of messages (realtime/ingress.py).
     ingress_lease_ms: int = Field(3000, ge=300, le=60_000)
     database_pool_size: int = Field(10, ge=1, le=200)

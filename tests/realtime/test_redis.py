@@ -610,3 +610,59 @@ async def test_a_replica_that_just_started_does_not_take_over_the_ingress(pg: st
     finally:
         await redis.aclose()
         await _flush_redis_prefix(prefix)
+
+
+async def test_an_ingress_prefix_keeps_deployments_on_one_redis_apart(pg: str) -> None:
+    """With `redis_ingress_prefix` a deployment stores what is published to its prefixed
+    channels and nothing of the plain `task:{id}:output` another deployment reads."""
+    tokens = await _tokens(pg)
+    agent = {"Authorization": f"Bearer {tokens['agent']}"}
+    deployment = f"acme-{uuid.uuid4().hex[:8]}:"
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=pg,
+        redis_url=REDIS_URL,
+        redis_prefix=f"dashtest:{uuid.uuid4().hex[:12]}:",
+        redis_ingress_prefix=deployment,
+        token_cache_seconds=0,
+    )
+    task_id = f"pfx-{uuid.uuid4().hex[:8]}"  # Pub/Sub channels are shared by every test run
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        async with serve_app(settings) as (_, port), httpx.AsyncClient() as http:
+            url = f"http://127.0.0.1:{port}/api/tasks"
+            body = {"task_id": task_id, "agent_type": "coder", "input_message": "x"}
+            r = await http.post(url, json={**body, "status": "running"}, headers=agent)
+            assert r.status_code == 201, r.text
+
+            async def chunks() -> list[str]:
+                log = (await http.get(f"{url}/{task_id}/logs/full", headers=agent)).json()
+                return [c["content"] for c in log["chunks"]]
+
+            # Leads once a probe on the prefixed channel is stored.
+            for attempt in range(200):
+                probe = {"content": "probe", "message_id": f"probe-{attempt}"}
+                await redis.publish(f"{deployment}task:{task_id}:output", orjson.dumps(probe))
+                if await chunks():
+                    break
+                await asyncio.sleep(0.05)
+            assert await chunks(), "no ingress leader"
+            await asyncio.sleep(0.3)  # in-flight probes land
+            before = await chunks()
+            await redis.publish(f"task:{task_id}:output", orjson.dumps({"content": "other"}))
+            await redis.publish(
+                f"{deployment}task:{task_id}:output", orjson.dumps({"content": "ours"})
+            )
+            await redis.publish(
+                f"{deployment}task:{task_id}:status", orjson.dumps({"status": "completed"})
+            )
+            for _ in range(100):
+                task = (await http.get(f"{url}/{task_id}", headers=agent)).json()
+                if task["status"] == "completed":
+                    break
+                await asyncio.sleep(0.05)
+            assert task["status"] == "completed"
+            assert await chunks() == [*before, "ours"]
+    finally:
+        await redis.aclose()
+        await _flush_redis_prefix(settings.redis_prefix)

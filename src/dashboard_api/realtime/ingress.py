@@ -25,6 +25,10 @@ a cluster restarted all at once still gets a leader in bounded time.
 `PUBLISH` answers how many subscribers received a message; every replica subscribes, so 0
 means that no replica took it and the producer should publish it again (same id).
 
+`DASHBOARD_REDIS_INGRESS_PREFIX` (default empty, as API.md has it) puts a prefix before
+those channel names, so that several deployments can share one Redis server without
+storing each other's producer messages.
+
 Each message goes through the same service functions as the HTTP producer endpoints, so
 its events fan out the same way. A malformed message is logged and skipped.
 """
@@ -56,8 +60,6 @@ from dashboard_api.settings import Settings
 
 log = logging.getLogger(__name__)
 
-OUTPUT_PATTERN = "task:*:output"
-STATUS_PATTERN = "task:*:status"
 MESSAGE_ID_MAX = 200
 # How long stored message ids are kept: far longer than any producer retries a message.
 ID_RETENTION = timedelta(hours=24)
@@ -77,11 +79,17 @@ return 0
 """
 
 
-def parse_ingress_channel(channel: str) -> tuple[str, str] | None:
-    """`task:{id}:output` → (id, "output"); None for anything else."""
-    if not channel.startswith("task:"):
+def ingress_patterns(prefix: str = "") -> tuple[str, str]:
+    """The channel patterns producers publish to (API.md §11), after `prefix`."""
+    return f"{prefix}task:*:output", f"{prefix}task:*:status"
+
+
+def parse_ingress_channel(channel: str, prefix: str = "") -> tuple[str, str] | None:
+    """`{prefix}task:{id}:output` → (id, "output"); None for anything else."""
+    head = f"{prefix}task:"
+    if not channel.startswith(head):
         return None
-    task_id, sep, kind = channel[5:].rpartition(":")
+    task_id, sep, kind = channel[len(head) :].rpartition(":")
     if not sep or kind not in ("output", "status") or TASK_ID_RE.fullmatch(task_id) is None:
         return None
     return task_id, kind
@@ -255,7 +263,7 @@ class Ingress:
     async def _listen_once(self) -> None:
         pubsub = self._sub_client.pubsub(ignore_subscribe_messages=False)
         try:
-            await pubsub.psubscribe(OUTPUT_PATTERN, STATUS_PATTERN)
+            await pubsub.psubscribe(*ingress_patterns(self.settings.redis_ingress_prefix))
             confirmed = 0
             while confirmed < 2:
                 msg = await pubsub.get_message(timeout=5.0)
@@ -329,7 +337,7 @@ class Ingress:
         from dashboard_api.schemas.tasks import OutputAppend, TaskUpdate
         from dashboard_api.services import tasks as service
 
-        target = parse_ingress_channel(channel)
+        target = parse_ingress_channel(channel, self.settings.redis_ingress_prefix)
         if target is None:
             self.skipped += 1
             log.warning("ingress: ignoring a message on %r", channel)
