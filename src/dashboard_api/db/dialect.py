@@ -127,6 +127,31 @@ def epoch_bucket(
     return whole - (whole % seconds + seconds) % seconds
 
 
+def hour_bin(
+    session: AsyncSession, column: ColumnElement[Any] | QueryableAttribute[Any]
+) -> ColumnElement[Any]:
+    """The hour holding a stored instant, as a value to GROUP BY (cheap per row); read a
+    group's with `hour_bin_seconds`. On PostgreSQL `epoch_bucket` computes in numeric
+    (extract returns numeric): 0.3-0.5 µs a row, 40-70 ms of grouping 145,000 matches
+    per hour, against 13-23 ms for date_bin's integer arithmetic on the timestamp. The
+    origin precedes every storable instant (no bin before it to round) and is a whole
+    number of hours from the epoch."""
+    if backend_of(session) == "postgresql":
+        return func.date_bin(
+            literal_column("interval '1 hour'"),
+            column,
+            literal_column("timestamptz '0001-01-01 00:00:00+00'"),
+        )
+    return epoch_bucket(session, column, 3600)
+
+
+def hour_bin_seconds(session: AsyncSession, value: ColumnElement[Any]) -> ColumnElement[int]:
+    """A `hour_bin` value as whole seconds since the epoch (once per group, not per row)."""
+    if backend_of(session) == "postgresql":
+        return cast(func.extract("epoch", value), BigInteger)
+    return value
+
+
 def micros_between(
     session: AsyncSession,
     later: ColumnElement[Any] | QueryableAttribute[Any],

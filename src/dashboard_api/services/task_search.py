@@ -43,6 +43,7 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Select,
     Table,
     and_,
     false,
@@ -54,7 +55,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import epoch_bucket, int_rows, int_rows_agg, json_rows_agg
+from dashboard_api.db.dialect import (
+    epoch_bucket,
+    hour_bin,
+    hour_bin_seconds,
+    int_rows,
+    int_rows_agg,
+    json_rows_agg,
+)
 from dashboard_api.db.models import Task
 from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup, AnalyticsState
 from dashboard_api.services.analytics_rollups import EPOCH, GRAINS, SERIES_MARGINAL
@@ -202,6 +210,7 @@ class QTotal:
     edge_ranges: list[tuple[datetime, datetime]]
     keys: bool  # whether the recounted hours' matches are read too
     extras: list[ColumnElement[Any]]  # rebuilds, digest, recounted hours (, their matches)
+    fill: bool = False  # count the recounted hours with `fill` first (no extras then)
 
 
 def plan(
@@ -214,12 +223,15 @@ def plan(
     changed: Sequence[int] = (),
     *,
     rare: bool = True,
+    fill: bool = False,
 ) -> QTotal | None:
     """The total's part of the page statement for a window [lo, hi) and the other
     filters' clauses `plain` (q included; as they are, and with q kept off its index);
     None when the window holds no whole hour.
     `changed`: hours a token read found changed (counted again). `rare`: a new span reads
-    the keys of the matches too (kept when there are at most `KEYS_KEPT`)."""
+    the keys of the matches too (kept when there are at most `KEYS_KEPT`). `fill`: when
+    more than a few hours are to be counted, answer a `QTotal` marked `fill` (and no
+    extras): count them with `fill` first, then plan again."""
     a = _LOW_S if lo is None else _hour_ceil(lo)
     b = _HIGH_S if hi is None else _hour_floor(hi)
     if a >= b:
@@ -253,8 +265,14 @@ def plan(
     # A few hours: read their rows by time; more: let the planner use q's index.
     few = sum(e - s for s, e in recount) <= _FEW_HOURS * HOUR
     which = scan if few else indexed
-    extras = [_rebuilds(), _digest(a, b), _recounted(session, which, recount)]
     keys = rare if entry is None else entry.keys is not None
+    extras: list[ColumnElement[Any]] = []
+    if fill and not few:
+        return QTotal(
+            key, entry, a, b, recount, known_tokens, known_count, edge_count, edge_ranges, keys,
+            extras, fill=True,
+        )  # fmt: skip
+    extras += [_rebuilds(), _digest(a, b), _recounted(session, which, recount)]
     if keys:
         extras.append(_recounted_keys(session, which, recount))
     return QTotal(
@@ -275,12 +293,35 @@ def settle(cache: QCountCache, q: QTotal, edges: int, extras: Sequence[Any]) -> 
     total = edges + q.known_count + sum(n for _, n, _ in rows)
     keys = _keys_by_hour(extras[3]) if q.keys else None
     if entry is None:
-        entry = HourCounts(rebuilds, q.a, q.b, keys=None if keys is None else {})
-        for hour, n, t in rows:
-            entry.set(hour, t, n, None if keys is None else keys.get(hour, []))
-        cache.put(q.key, entry)
+        _record_span(cache, q, rebuilds, rows, keys)
         return total
     entry.serial += 1
+    _record_hours(entry, q, rows, keys)
+    return total
+
+
+def _record_span(
+    cache: QCountCache,
+    q: QTotal,
+    rebuilds: int,
+    rows: Sequence[Sequence[int]],
+    keys: dict[int, list[tuple[datetime, str]]] | None,
+) -> None:
+    """Cache a new span: the counts and tokens of every hour of [q.a, q.b), all read in
+    one snapshot."""
+    entry = HourCounts(rebuilds, q.a, q.b, keys=None if keys is None else {})
+    for hour, n, t in rows:
+        entry.set(hour, t, n, None if keys is None else keys.get(hour, []))
+    cache.put(q.key, entry)
+
+
+def _record_hours(
+    entry: HourCounts,
+    q: QTotal,
+    rows: Sequence[Sequence[int]],
+    keys: dict[int, list[tuple[datetime, str]]] | None,
+) -> None:
+    """Add the hours `q` recounted to a span (and widen it to the window)."""
     for hour, n, t in rows:
         if t != entry.tokens.get(hour, 0) and entry.lo <= hour < entry.hi:
             entry.volatile[hour] = entry.serial
@@ -291,7 +332,55 @@ def settle(cache: QCountCache, q: QTotal, edges: int, extras: Sequence[Any]) -> 
         del entry.volatile[hour]
     while len(entry.volatile) > _VOLATILE_KEPT:
         del entry.volatile[min(entry.volatile, key=entry.volatile.__getitem__)]
-    return total
+
+
+async def fill(
+    session: AsyncSession,
+    cache: QCountCache,
+    q: QTotal,
+    indexed: Sequence[ColumnElement[bool]],
+    *,
+    count_first: bool,
+) -> None:
+    """Count the many hours `q` recounts (a q's first request, a window past the cached
+    span) in a statement of their own, and cache them; then `plan` again.
+
+    Exact without a digest: the counts, the tokens and the rebuild count are read in one
+    statement, so in one snapshot. One scan of the matches (q on its index, `indexed`)
+    gives the per-hour counts and, when `q.keys`, the keys of the first `KEYS_KEPT` + 1
+    matches too (as three scans, the page's, the counts' and the keys', a rare q's first
+    request cost 45-65 ms; now ~20). Keeping the matches for both costs a tuplestore,
+    ~20 % of a common q's count, so a q not seen yet (`count_first`) is counted alone
+    first, and its keys read (with the counts again) only if it proves rare.
+    """
+    first = await _fill_rows(session, q, indexed, keys=q.keys and not count_first)
+    if q.keys and count_first and sum(n for _, n, _ in first[1]) <= KEYS_KEPT:
+        first = await _fill_rows(session, q, indexed, keys=True)
+    rebuilds, rows, found_keys = first
+    entry = q.entry
+    if entry is None:
+        _record_span(cache, q, rebuilds, rows, found_keys)
+    elif entry.rebuilds != rebuilds:
+        cache.drop(q.key)  # counted after a rebuild: the next plan starts a new span
+    else:
+        _record_hours(entry, q, rows, found_keys)
+
+
+async def _fill_rows(
+    session: AsyncSession, q: QTotal, indexed: Sequence[ColumnElement[bool]], *, keys: bool
+) -> tuple[int, list[list[int]], dict[int, list[tuple[datetime, str]]] | None]:
+    """(rebuilds, (hour, matches, token) rows, the matches' keys or None) of the hours `q`
+    recounts, in one statement (`fill`)."""
+    found = select(_T.c.created_at, _T.c.task_id).where(_in_ranges(q.recount), *indexed)
+    if keys:
+        # Read once, for the counts and the keys.
+        source: Any = found.cte("q_found").prefix_with("MATERIALIZED")
+        keys_json = _keys_json(session, source)
+    else:
+        source, keys_json = found.subquery("q_found"), literal(None)
+    per_hour = _per_hour(session, _match_counts(session, source, ()), q.recount)
+    row = (await session.execute(select(_rebuilds(), per_hour, keys_json))).one()
+    return int(row[0]), int_rows(row[1]), _keys_by_hour(row[2]) if keys else None
 
 
 async def changed_hours(session: AsyncSession, q: QTotal) -> list[int]:
@@ -378,21 +467,40 @@ def _blocks(a: int, b: int) -> list[tuple[int, int]]:
     return out
 
 
+def _in_ranges(ranges: Sequence[tuple[int, int]]) -> ColumnElement[bool]:
+    return or_(*(and_(_T.c.created_at >= _ts(s), _T.c.created_at < _ts(e)) for s, e in ranges))
+
+
+def _match_counts(
+    session: AsyncSession, source: Any, where: Sequence[ColumnElement[bool]]
+) -> Select[Any]:
+    """(b, n, t = 0): the rows of `source` (with `created_at`) matching `where`, per hour.
+    Grouped by `hour_bin` and turned into seconds once per hour: cheap per row."""
+    bin_ = hour_bin(session, source.c.created_at).label("bin")
+    grouped = select(bin_, func.count().label("n")).where(*where).group_by(bin_).subquery()
+    return select(
+        hour_bin_seconds(session, grouped.c.bin).label("b"),
+        grouped.c.n,
+        literal(0, BigInteger).label("t"),
+    )
+
+
 def _recounted(
     session: AsyncSession, plain: Sequence[ColumnElement[bool]], ranges: Sequence[tuple[int, int]]
 ) -> ColumnElement[Any]:
     """(hour, matches, token) of every hour in `ranges` with either, as `int_rows` text."""
     if not ranges:
         return literal(None)
+    return _per_hour(session, _match_counts(session, _T, [_in_ranges(ranges), *plain]), ranges)
+
+
+def _per_hour(
+    session: AsyncSession, counts: Select[Any], ranges: Sequence[tuple[int, int]]
+) -> ColumnElement[Any]:
+    """(hour, matches, token) of every hour in `ranges` with either, as `int_rows` text:
+    `counts` (b, n, t = 0) with the tokens of those hours."""
     p = _P.c
-    when = or_(*(and_(_T.c.created_at >= _ts(s), _T.c.created_at < _ts(e)) for s, e in ranges))
-    hour = epoch_bucket(session, _T.c.created_at, HOUR)
     zero = literal(0, BigInteger)
-    counts = (
-        select(hour.label("b"), func.count().label("n"), zero.label("t"))
-        .where(when, *plain)
-        .group_by(hour)
-    )
     rows = select(_R.bucket.label("b"), zero.label("n"), _R.changes.label("t")).where(
         *_overall_hours(), or_(*(and_(_R.bucket >= s, _R.bucket < e) for s, e in ranges))
     )
@@ -423,11 +531,18 @@ def _recounted_keys(
     most (more: too many to keep)."""
     if not ranges:
         return literal(None)
-    when = or_(*(and_(_T.c.created_at >= _ts(s), _T.c.created_at < _ts(e)) for s, e in ranges))
-    hour = epoch_bucket(session, _T.c.created_at, HOUR)
+    return _keys_json(session, _T, [_in_ranges(ranges), *plain])
+
+
+def _keys_json(
+    session: AsyncSession, source: Any, where: Sequence[ColumnElement[bool]] = ()
+) -> ColumnElement[Any]:
+    """(hour, created_at, task_id) of the rows of `source` matching `where` as JSON,
+    `KEYS_KEPT` + 1 at most."""
+    hour = epoch_bucket(session, source.c.created_at, HOUR)
     found = (
-        select(hour.label("b"), _T.c.created_at, _T.c.task_id)
-        .where(when, *plain)
+        select(hour.label("b"), source.c.created_at, source.c.task_id)
+        .where(*where)
         .limit(KEYS_KEPT + 1)
         .subquery()
     )

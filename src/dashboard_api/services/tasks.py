@@ -242,10 +242,19 @@ async def _list_q_counted(
         filters.q,
     )
     changed: Sequence[int] = ()
-    rare = _Q_MATCHES.get(_q_hint_key(filters), 0) <= FEW_MATCHES
+    hint = _q_hint_key(filters)
+    rare = _Q_MATCHES.get(hint, 0) <= FEW_MATCHES
     lo, hi = filters.created_after, filters.created_before
     for _ in range(_Q_COUNT_ATTEMPTS):
-        q = task_search.plan(session, cache, key, plain, lo, hi, changed, rare=rare)
+        q = task_search.plan(session, cache, key, plain, lo, hi, changed, rare=rare, fill=True)
+        if q is not None and q.fill:
+            # Many hours to count (a first request): counted in a statement of their
+            # own, one scan, then the page is planned like any warm request; its count
+            # also tells the page's plan whether q is common.
+            await task_search.fill(session, cache, q, plain[0], count_first=hint not in _Q_MATCHES)
+            q = task_search.plan(session, cache, key, plain, lo, hi, rare=rare)
+            if q is not None and hint not in _Q_MATCHES:
+                _remember_matches(hint, q.known_count)
         if q is None:
             return None
         narrowed = _by_cached_keys(session, filters, columns, ordering, page, q)
