@@ -291,6 +291,17 @@ class Setup:
         finally:
             await db.close()
 
+    async def time_count(self, case: ListCase, reps: int = 3) -> float:
+        """p50 ms of count(*) of the case's filter, straight on the database (asyncpg,
+        one connection, after one untimed run)."""
+        db = await connect(DB_NAME)
+        try:
+            sql_args = self.week_args if "$1" in case.where else []
+            sql = f"SELECT count(*) FROM tasks {case.where}"  # noqa: S608
+            return pct(await timed(reps, lambda: db.fetchval(sql, *sql_args)), 0.5)
+        finally:
+            await db.close()
+
 
 async def prepare(port: int, user: str, agent: str) -> Setup:
     from dashboard_api.db.paging import encode_cursor
@@ -381,6 +392,17 @@ async def measure(
 
         first = [0.0 for _ in clients]
         for case in setup.cases:
+            count_ms = None
+            if "q" in case.params:
+                # The plain count of the same filter, right before the cold requests: what
+                # a first request should cost about (the load of a shared machine moves).
+                count_ms = await setup.time_count(case)
+                results.append(
+                    Result(
+                        "count(*): " + case.name.removeprefix("list: "), count_ms, None, 3,
+                        note="count(*) of the filter right before the cold requests, asyncpg",
+                    )
+                )  # fmt: skip
             per_server = await sample(n, "/api/tasks", case.params)
             cold = list(first)
             truth = await setup.count(case)
@@ -402,10 +424,11 @@ async def measure(
                 # the page's statement): the first request of a server counts every
                 # hour, the p50 above is the warm figure.
                 for (prefix, _), ms in zip(servers, cold, strict=True):
+                    x = f"{ms / count_ms:.2f}x count(*); " if count_ms else ""
                     results.append(
                         Result(
                             prefix + case.name + ", cold (first request)", ms, None, 1,
-                            note="first request of this q on the server (once)",
+                            note=x + "first request of this q on the server (once)",
                             naive="naive: " + case.name.removeprefix("list: "),
                         )
                     )  # fmt: skip
