@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,6 +97,15 @@ async def rebuild_rollups() -> float:
 # --- measuring ----------------------------------------------------------------------------
 
 LIST_TARGET_MS = 10.0
+# Needles the seed's messages hold about as often as the q cases' (`acme/<repo>`: ~146,000
+# matches each, like `payments`; `flaky job #1x`: ~1,400 each): each is new to a server,
+# so each first request is cold. One cold sample per case is noise on a shared machine;
+# these give a median.
+COLD_NEEDLES = {
+    "common": ("acme/web", "acme/api", "acme/infra", "acme/search", "acme/mobile"),
+    "rare": tuple(f"flaky job #{n}" for n in range(13, 20)),
+}
+COLD_TARGETS = {"common": "<= 1.2x count(*)", "rare": "<= 60 ms"}
 DEEP_TARGET_X = 20.0
 APPEND_TARGET = 5000.0
 
@@ -433,6 +443,8 @@ async def measure(
                         )
                     )  # fmt: skip
 
+        await measure_cold(servers, clients, get, setup, results)
+
         deep = await sample(n, "/api/tasks", {"cursor": setup.deep_cursor})
         by_page = await sample(max(5, n // 10), "/api/tasks", {"page": DEPTH // 50 + 1})
         detail = await sample(n, f"/api/tasks/{setup.detail_id}")
@@ -480,6 +492,56 @@ async def measure(
             )  # fmt: skip
         for (prefix, _), hc in zip(servers, hcs, strict=True):
             results.append(await append_throughput(hc, agent, prefix))
+
+
+async def measure_cold(
+    servers: list[tuple[str, int]],
+    clients: list[KeepAliveClient],
+    get: Callable[[KeepAliveClient, str, dict[str, Any] | None], Awaitable[bytes]],
+    setup: Setup,
+    results: list[Result],
+) -> None:
+    """The first request of new q's (`COLD_NEEDLES`): per class, the p50 of their cold
+    requests and of each one's ratio to a count(*) of the same filter timed right before
+    it. The servers take turns going first (the first one reads the heap pages into
+    shared buffers for the other)."""
+    for kind, needles in COLD_NEEDLES.items():
+        ms: list[list[float]] = [[] for _ in clients]
+        ratios: list[list[float]] = [[] for _ in clients]
+        counts = []
+        wrong = []
+        for turn, needle in enumerate(needles):
+            case = ListCase(needle, {"q": needle}, f"WHERE input_message ILIKE '%{needle}%'")
+            count_ms = await setup.time_count(case)
+            counts.append(count_ms)
+            totals: list[int] = []
+            order = list(range(len(clients)))
+            if turn % 2:
+                order.reverse()
+            for i in order:
+                start = time.perf_counter()
+                body = await get(clients[i], "/api/tasks", case.params)
+                ms[i].append((time.perf_counter() - start) * 1000)
+                ratios[i].append(ms[i][-1] / count_ms)
+                totals.append(json.loads(body)["total"])
+            truth = await setup.count(case)
+            wrong += [f"{needle}: {t:,} != count(*) {truth:,}" for t in totals if t != truth]
+        name = f"q {kind}, cold: {len(needles)} new needles"
+        results.append(
+            Result(f"count(*): {name}", pct(counts, 0.5), None, len(counts),
+                   note="count(*) of each needle right before its cold requests, asyncpg")
+        )  # fmt: skip
+        for (prefix, _), samples, xs in zip(servers, ms, ratios, strict=True):
+            x = pct(xs, 0.5)
+            met = x <= 1.2 if kind == "common" else pct(samples, 0.5) <= 60
+            results.append(
+                Result(
+                    prefix + name, pct(samples, 0.5), max(samples), len(samples),
+                    note=f"p50 of cold / count(*) {x:.2f}x (each needle's own count)"
+                    + (f" WRONG {wrong}" if wrong else ", every total = count(*)"),
+                    target=COLD_TARGETS[kind], met=met, naive=f"count(*): {name}",
+                )
+            )  # fmt: skip
 
 
 async def append_throughput(client: httpx.AsyncClient, agent: str, prefix: str) -> Result:

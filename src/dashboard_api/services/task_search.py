@@ -373,8 +373,9 @@ async def _fill_rows(
     recounts, in one statement (`fill`)."""
     found = select(_T.c.created_at, _T.c.task_id).where(_in_ranges(q.recount), *indexed)
     if keys:
-        # Read once, for the counts and the keys.
-        source: Any = found.cte("q_found").prefix_with("MATERIALIZED")
+        # Read once, for the counts and the keys. (SQLite 3.35+ materializes a CTE read
+        # twice by itself, and older ones do not know the keyword.)
+        source: Any = found.cte("q_found").prefix_with("MATERIALIZED", dialect="postgresql")
         keys_json = _keys_json(session, source)
     else:
         source, keys_json = found.subquery("q_found"), literal(None)
