@@ -259,7 +259,10 @@ class Server:
         self.proc = subprocess.Popen(
             [str(BIN / "python"), "-m", "uvicorn", "dashboard_api.app:create_app", "--factory",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-             "--no-access-log", "--workers", str(self.workers)],
+             "--no-access-log", "--workers", str(self.workers),
+             # The measuring connection may idle for seconds (the other server's cold
+             # requests, a count(*)): uvicorn closes keep-alive connections after 5 s.
+             "--timeout-keep-alive", "120"],
             env=self.env,
         )  # fmt: skip
         for _ in range(300):
