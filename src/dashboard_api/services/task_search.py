@@ -24,6 +24,14 @@ from the cache has changed: then the total is exact in the page's own snapshot. 
 differs, the hours' tokens are read, the changed hours are counted again, and the
 statement runs again (a few times at most, then a plain count).
 
+More than `_FEW_HOURS` hours to count (the first request of a q, a window reaching far
+past the span, many hours changed at once) are counted first in a statement of their
+own (`fill`): one scan of the matches, grouped per hour, with the hours' tokens and the
+rebuild count in the same snapshot, so exact without a digest. The page's statement
+then finds them cached like any warm request's, and the count has told the page's plan
+whether q is common. A first request so costs about one plain count of q (a page, the
+counts and a rare q's keys each scanned the matches before).
+
 Per process and per database (the cache lives on the app's session factory): replicas
 each keep their own, and all stay exact because the tokens live in the database.
 Not used when the rollups are off (`analytics_rollups_enabled`): writes then record no
@@ -353,10 +361,12 @@ async def fill(
     ~20 % of a common q's count, so a q not seen yet (`count_first`) is counted alone
     first, and its keys read (with the counts again) only if it proves rare.
     """
-    first = await _fill_rows(session, q, indexed, keys=q.keys and not count_first)
-    if q.keys and count_first and sum(n for _, n, _ in first[1]) <= KEYS_KEPT:
-        first = await _fill_rows(session, q, indexed, keys=True)
-    rebuilds, rows, found_keys = first
+    # A span that kept keys holds a rare q already: read them at once.
+    probe = q.keys and count_first and q.entry is None
+    found = await _fill_rows(session, q, indexed, keys=q.keys and not probe)
+    if probe and sum(n for _, n, _ in found[1]) <= KEYS_KEPT:
+        found = await _fill_rows(session, q, indexed, keys=True)
+    rebuilds, rows, found_keys = found
     entry = q.entry
     if entry is None:
         _record_span(cache, q, rebuilds, rows, found_keys)
