@@ -64,6 +64,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import (
+    backend_of,
     epoch_bucket,
     hour_bin,
     hour_bin_seconds,
@@ -358,11 +359,13 @@ async def fill(
     gives the per-hour counts and, when `q.keys`, the keys of the first `KEYS_KEPT` + 1
     matches too (as three scans, the page's, the counts' and the keys', a rare q's first
     request cost 45-65 ms; now ~20). Keeping the matches for both costs a tuplestore,
-    ~20 % of a common q's count, so a q not seen yet (`count_first`) is counted alone
-    first, and its keys read (with the counts again) only if it proves rare.
+    ~20 % of a common q's count, so on PostgreSQL a q not seen yet (`count_first`) is
+    counted alone first, and its keys read (with the counts again) only if it proves
+    rare: a second trigram scan, of a few thousand rows at most.
     """
-    # A span that kept keys holds a rare q already: read them at once.
-    probe = q.keys and count_first and q.entry is None
+    # A span that kept keys holds a rare q already: read them at once. On SQLite every
+    # scan reads the whole table (no trigram index): one scan for both, always.
+    probe = q.keys and count_first and q.entry is None and backend_of(session) == "postgresql"
     found = await _fill_rows(session, q, indexed, keys=q.keys and not probe)
     if probe and sum(n for _, n, _ in found[1]) <= KEYS_KEPT:
         found = await _fill_rows(session, q, indexed, keys=True)
