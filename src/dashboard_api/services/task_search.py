@@ -357,11 +357,11 @@ async def fill(
     Exact without a digest: the counts, the tokens and the rebuild count are read in one
     statement, so in one snapshot. One scan of the matches (q on its index, `indexed`)
     gives the per-hour counts and, when `q.keys`, the keys of the first `KEYS_KEPT` + 1
-    matches too (as three scans, the page's, the counts' and the keys', a rare q's first
-    request cost 45-65 ms; now ~20). Keeping the matches for both costs a tuplestore,
-    ~20 % of a common q's count, so on PostgreSQL a q not seen yet (`count_first`) is
-    counted alone first, and its keys read (with the counts again) only if it proves
-    rare: a second trigram scan, of a few thousand rows at most.
+    matches too (the page, the counts and the keys each scanned the matches before).
+    Keeping the matches for both costs a tuplestore, 8-20 % of a common q's count, so on
+    PostgreSQL a q not seen yet (`count_first`) is counted alone first, and its keys read
+    (with the counts again) only if it proves rare: a second trigram scan, of 2,000
+    matches at most (~10 ms).
     """
     # A span that kept keys holds a rare q already: read them at once. On SQLite every
     # scan reads the whole table (no trigram index): one scan for both, always.
