@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from dashboard_api.aiotasks import stop_tasks
 from dashboard_api.context import AppContext
 from dashboard_api.db.engine import PendingEvent
 from dashboard_api.observability.setup import metrics_of
@@ -74,8 +75,4 @@ async def background_lifespan(ctx: AppContext) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(tasks, what="background work")

@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from dashboard_api.aiotasks import stop_tasks
+
 log = logging.getLogger(__name__)
 
 # handler(channel, data): called for every message of a subscribed channel; must not block.
@@ -212,14 +214,14 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        try:
+            await stop_tasks((self._task,), what="redis broker")
             self._task = None
-        await self._drop_pubsub()
-        await self.client.aclose()
-        await self._sub_client.aclose()
+        finally:
+            # Also when cancelled: the connections must not outlive the loop.
+            await self._drop_pubsub()
+            await self.client.aclose()
+            await self._sub_client.aclose()
 
     async def ping(self, timeout: float) -> float:
         start = time.perf_counter()

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from dashboard_api.aiotasks import stop_tasks
 from dashboard_api.realtime.broker import Broker
 from dashboard_api.realtime.events import TERMINAL_STATUSES, OutEvent, output_event
 
@@ -697,7 +698,8 @@ class Hub:
         self._channels: dict[str, set[Subscription]] = {}
         self._groups: dict[str, Group] = {}
         self._ready: dict[str, asyncio.Future[None]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._closed = False
         self.events_received = 0
         self.events_delivered = 0  # queued to a local sink (live or replayed)
         self.events_dropped = 0  # offered to a sink that was full or closed
@@ -759,7 +761,8 @@ class Hub:
                 return await asyncio.shield(entry.future)
             except asyncio.CancelledError:
                 current = asyncio.current_task()
-                if current is None or current.cancelling():
+                if current is None or current.cancelling() or self._closed:
+                    # Ours, or the hub's `close` cancelled the read: do not start another.
                     raise
                 # Not us: the read was abandoned by the waiters before us while we joined
                 # it (its cancellation had not finished yet). Ask again.
@@ -796,6 +799,9 @@ class Hub:
                 del self._reads[key]
 
         fut.add_done_callback(forget)
+        # Tracked, so that `close` cancels it: a read left running past the app's
+        # shutdown would use the database after it was disposed.
+        self.track(fut)
         return entry
 
     async def task_state(self, task_id: str, not_before: float) -> TaskState | None:
@@ -820,7 +826,7 @@ class Hub:
         )
         return result
 
-    def track(self, task: asyncio.Task[Any]) -> None:
+    def track(self, task: asyncio.Future[Any]) -> None:
         """Keep a reference to a background task until it ends."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -931,15 +937,12 @@ class Hub:
                     sub.resync()
 
     async def close(self) -> None:
-        """Cancel background work."""
+        """Cancel background work (subscription syncs and shared reads)."""
+        self._closed = True
         if self._later_handle is not None:
             self._later_handle.cancel()
             self._later_handle = None
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(list(self._tasks), what="realtime hub")
 
 
 Publisher = Callable[[Any], Awaitable[None]]

@@ -52,6 +52,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard_api.aiotasks import stop_tasks
 from dashboard_api.db.dialect import upsert
 from dashboard_api.db.models.ingress import IngressMessage
 from dashboard_api.errors import ProblemError
@@ -171,17 +172,16 @@ class Ingress:
 
     async def close(self) -> None:
         self._closing = True
-        for task in (self._task, self._listener):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        if self._deadline > time.monotonic():
-            with contextlib.suppress(Exception):
-                await self.client.eval(_RELEASE, 1, self.key, self.token)
-        self._deadline = 0.0
-        await self.client.aclose()
-        await self._sub_client.aclose()
+        try:
+            await stop_tasks((self._task, self._listener), what="redis ingress")
+            if self._deadline > time.monotonic():
+                with contextlib.suppress(Exception):
+                    await self.client.eval(_RELEASE, 1, self.key, self.token)
+        finally:
+            # Also when cancelled: the connections must not outlive the loop.
+            self._deadline = 0.0
+            await self.client.aclose()
+            await self._sub_client.aclose()
 
     # --- election -----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from dashboard_api.aiotasks import stop_tasks
 from dashboard_api.auth import Principal
 from dashboard_api.errors import ProblemError
 from dashboard_api.realtime.channels import Channel, authorize, parse_channel
@@ -241,15 +242,15 @@ class Connection(QueueSink):
     async def shutdown(self) -> None:
         self.close()
         await self._detach_all()
-        writer = self._writer
-        if writer is not None:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+        await stop_tasks((self._writer,), what="WebSocket connection")
         closer = self._closer
         if closer is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await closer
+            # Not cancelled: it sends a slow consumer its 1013 close (bounded by its own
+            # timeouts). asyncio.wait, unlike a suppressed `await`, lets our own
+            # cancellation through.
+            await asyncio.wait({closer})
+            if not closer.cancelled():
+                closer.exception()  # retrieved: _close_slow suppresses its own errors
 
 
 def _token_of(websocket: WebSocket) -> str | None:
