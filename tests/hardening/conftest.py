@@ -139,6 +139,9 @@ def threaded_server(settings: Settings) -> Iterator[str]:
         server.should_exit = True
         thread.join(20)
         sock.close()
+        # A server that does not stop would be left running (daemon thread) with its loop's
+        # tasks and SQLite threads, failing a later test with "Event loop is closed".
+        assert not thread.is_alive(), "the threaded uvicorn server did not stop within 20 s"
 
 
 class UvicornProcess:

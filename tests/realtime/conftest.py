@@ -16,6 +16,7 @@ import uvicorn
 import websockets
 from fastapi import FastAPI
 
+from dashboard_api.aiotasks import stop_tasks
 from dashboard_api.app import create_app
 from dashboard_api.realtime import uvicorn_ws_options
 from dashboard_api.settings import Settings
@@ -120,8 +121,12 @@ async def serve_app(
         yield app, port
     finally:
         server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 15)
+        await asyncio.wait({task}, timeout=15)
+        # uvicorn cancels the connections still open after its graceful timeout but does
+        # not wait for them, nor does a stuck serve() end by itself: end both here, so that
+        # no request outlives the app (whose database is disposed by then) and the test's
+        # event loop is not left with them to cancel at close.
+        await stop_tasks([task, *server.server_state.tasks], what="test uvicorn server")
         sock.close()
 
 
