@@ -32,6 +32,9 @@ from dashboard_api.services.tokens import create_token
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import SystemClock
 
+# A test about to run over its timeout gets its event loop's tasks dumped (tests/hangwatch.py).
+pytest_plugins = ["tests.hangwatch"]
+
 hyp_settings.register_profile(
     "default",
     max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "25")),
