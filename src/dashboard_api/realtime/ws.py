@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from dashboard_api.aiotasks import stop_tasks
+from dashboard_api.aiotasks import await_chain, stop_tasks
 from dashboard_api.auth import Principal
 from dashboard_api.errors import ProblemError
 from dashboard_api.realtime.channels import Channel, authorize, parse_channel
@@ -416,9 +416,17 @@ async def _handle_messages(protocol: Protocol, inbox: asyncio.Queue[str | bytes]
 
 async def _stop(handler: asyncio.Task[None]) -> None:
     """Cancel the message handler and wait until it has ended, asking again if needed."""
+    attempts = 0
     while not handler.done():
         handler.cancel()
         await asyncio.wait({handler}, timeout=1.0)
+        attempts += 1
+        if attempts == 10 and not handler.done():
+            # Say once where it is stuck: a handler that outlives its connection is a bug.
+            log.error(
+                "a WebSocket message handler ignores its cancellation:\n%s",
+                "\n".join(await_chain(handler)),
+            )
     if not handler.cancelled():
         with contextlib.suppress(Exception):
             handler.result()
