@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -20,6 +21,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import ConnectionPoolEntry
+
+log = logging.getLogger(__name__)
+
+# How long `Database.dispose` waits for connections still in use (cancelled requests).
+DISPOSE_WAIT_SECONDS = 5.0
 
 # An event to publish once the transaction that produced it has committed.
 PendingEvent = tuple[str, dict[str, Any]]
@@ -203,5 +209,25 @@ class Database:
                 await conn.execute(text("SELECT 1"))
         return (time.perf_counter() - start) * 1000
 
-    async def dispose(self) -> None:
+    async def dispose(self, *, wait: float = DISPOSE_WAIT_SECONDS) -> None:
+        """Close the pool's connections, first waiting (at most `wait` seconds) for the
+        ones still checked out to come back.
+
+        At shutdown, requests the server cancelled (uvicorn does not wait for them before
+        the lifespan ends) are still rolling back. A connection returned after the dispose
+        would go back to the discarded pool and stay open until garbage-collected, and
+        aiosqlite then closes it through an event loop that may be closed by then: its
+        worker thread dies with "Event loop is closed".
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while _checked_out(self.engine) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if left := _checked_out(self.engine):
+            log.warning("disposing the database pool with %d connection(s) still in use", left)
         await self.engine.dispose()
+
+
+def _checked_out(engine: AsyncEngine) -> int:
+    checkedout = getattr(engine.sync_engine.pool, "checkedout", None)
+    return int(checkedout()) if checkedout is not None else 0
