@@ -65,53 +65,64 @@ async def _replica(env: dict[str, str]) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def _replica_process(env: dict[str, str]) -> AsyncIterator[tuple[str, Any]]:
-    """A uvicorn replica the test may also kill; yields (base url, process)."""
+    """A uvicorn replica the test may also kill; yields (base url, process).
+
+    Its stderr (a JSON log line per request) goes to a file, read only if it fails to
+    start. A pipe nobody reads hung the suite: once asyncio has buffered 128 KiB of it,
+    it stops reading; the replica then blocks on its next log write (frozen mid-test),
+    and on Python 3.11 a `proc.wait()` begun before the process died never returns
+    while one of its pipes is still open, so the cleanup below waited forever even
+    after SIGKILL.
+    """
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "dashboard_api.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--ws-per-message-deflate",
-        "false",
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(300):
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{url}/api/health")).status_code == 200:
-                        break
-                if proc.returncode is not None:
-                    assert proc.stderr is not None
-                    raise RuntimeError((await proc.stderr.read()).decode()[-2000:])
-                await asyncio.sleep(0.05)
-        yield url, proc
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 10)
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        # Close the transport while this loop runs: left to the garbage collector, its
-        # unread stderr pipe is closed later through this (by then closed) loop, and the
-        # "Event loop is closed" error fails whichever test the worker runs at that time.
-        transport = getattr(proc, "_transport", None)
-        if transport is not None:
-            transport.close()
+    with tempfile.TemporaryFile() as errors:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "dashboard_api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--ws-per-message-deflate",
+            "false",
+            env={**os.environ, **env},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=errors,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            async with httpx.AsyncClient() as http:
+                for _ in range(300):
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await http.get(f"{url}/api/health")).status_code == 200:
+                            break
+                    if proc.returncode is not None:
+                        errors.seek(0)
+                        raise RuntimeError(errors.read().decode()[-2000:])
+                    await asyncio.sleep(0.05)
+            yield url, proc
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)  # in case the test froze it
+                    proc.terminate()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 10)
+            if proc.returncode is None:
+                proc.kill()
+                # Bounded all the same: a hang here is what the test timeout cannot name.
+                await asyncio.wait_for(proc.wait(), 30)
+            # Close the transport while this loop runs: left to the garbage collector, it
+            # is closed later through this (by then closed) loop, and the "Event loop is
+            # closed" error fails whichever test the worker runs at that time.
+            transport = getattr(proc, "_transport", None)
+            if transport is not None:
+                transport.close()
 
 
 async def _follow_all(url: str, token: str, task_id: str) -> list[tuple[int, str]]:
