@@ -87,3 +87,30 @@ async def test_await_chain_follows_nested_coroutines() -> None:
     assert text.index("in outer") < text.index("in inner") < text.index("in wait")
     gate.set()
     await task
+
+
+async def test_a_loop_ends_on_a_cancellation_a_library_swallowed() -> None:
+    from dashboard_api.aiotasks import raise_if_cancelled
+
+    rounds = 0
+
+    async def swallowing_call() -> None:
+        # What Python 3.11's wait_for does when its awaitable finishes as it is cancelled.
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            return
+
+    async def worker() -> None:
+        nonlocal rounds
+        while True:
+            raise_if_cancelled()
+            rounds += 1
+            await swallowing_call()  # returns as if nothing happened
+
+    task = asyncio.create_task(worker())
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.wait({task}, timeout=5)
+    assert task.cancelled()
+    assert rounds == 1

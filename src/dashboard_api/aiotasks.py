@@ -92,3 +92,18 @@ def await_chain(task: asyncio.Future[Any]) -> list[str]:
 
 def _stack_of(task: asyncio.Future[Any]) -> str:
     return "\n".join(await_chain(task))
+
+
+def raise_if_cancelled() -> None:
+    """Raise CancelledError if the current task has a cancellation request pending.
+
+    For the top of a background loop's iteration. A library can swallow a cancellation
+    on the way (on Python 3.11, `asyncio.wait_for` returns the result when its awaitable
+    finishes at the moment it is cancelled; SQLAlchemy's pool and asyncpg's connect use
+    it): the request stays counted in `Task.cancelling()` but nothing is raised, and a
+    loop that catches every Exception around its work would then go on forever, holding
+    up whoever waits for it to end (a TaskGroup, a shutdown).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from dashboard_api.aiotasks import stop_tasks
+from dashboard_api.aiotasks import raise_if_cancelled, stop_tasks
 from dashboard_api.context import AppContext
 from dashboard_api.db.engine import PendingEvent
 from dashboard_api.observability.setup import metrics_of
@@ -32,6 +32,7 @@ async def sweep_agents_once(ctx: AppContext) -> list[str]:
 
 async def _sweeper(ctx: AppContext, interval: float) -> None:
     while True:
+        raise_if_cancelled()
         await asyncio.sleep(interval)
         try:
             await sweep_agents_once(ctx)

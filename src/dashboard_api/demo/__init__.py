@@ -14,6 +14,7 @@ import logging
 import random
 from typing import Any
 
+from dashboard_api.aiotasks import raise_if_cancelled
 from dashboard_api.context import AppContext
 from dashboard_api.db.dialect import advisory_xact_lock_sql
 from dashboard_api.demo.data import DEMO_USER, has_tasks, new_task_prompt, seed_demo
@@ -90,6 +91,7 @@ async def _producer(ctx: AppContext) -> None:
     rng = random.Random()
     tick = 0
     while True:
+        raise_if_cancelled()
         await asyncio.sleep(rng.uniform(3.0, 8.0))
         tick += 1
         try:

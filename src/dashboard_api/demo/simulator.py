@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from dashboard_api.aiotasks import raise_if_cancelled
+
 log = logging.getLogger(__name__)
 
 MODELS = ("claude-sonnet-4", "claude-opus-4", "claude-haiku-4", "gpt-5", "gpt-5-mini")
@@ -162,6 +164,7 @@ class SimulatedAgent:
     async def _retrying(self, call: Any) -> Any:
         delay = 0.5
         while True:
+            raise_if_cancelled()
             try:
                 return await call()
             except asyncio.CancelledError:
@@ -174,6 +177,7 @@ class SimulatedAgent:
     async def _heartbeats(self) -> None:
         last: str | None = None
         while True:
+            raise_if_cancelled()
             status = "busy" if self.busy else "idle"
             with contextlib.suppress(Exception):
                 await self.backend.heartbeat(self.name, status)
@@ -187,6 +191,7 @@ class SimulatedAgent:
     async def _worker(self, index: int) -> None:
         agent_id = self.name if self.workers == 1 else f"{self.name}-{index + 1}"
         while True:
+            raise_if_cancelled()  # a swallowed cancellation must still end the worker
             try:
                 task = await self.backend.claim(self.agent_types, agent_id)
                 adopt = getattr(self.backend, "adopt", None)

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from dashboard_api.aiotasks import stop_tasks
+from dashboard_api.aiotasks import raise_if_cancelled, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,7 @@ class RedisBroker(Broker):
         backoff = 0.05
         first = True
         while not self._closing:
+            raise_if_cancelled()
             try:
                 await self._connect()
                 await self._read_loop(first)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from dashboard_api.aiotasks import stop_tasks
+from dashboard_api.aiotasks import raise_if_cancelled, stop_tasks
 from dashboard_api.realtime.broker import Broker
 from dashboard_api.realtime.events import TERMINAL_STATUSES, OutEvent, output_event
 
@@ -314,6 +314,7 @@ class TaskSubscription(Subscription):
     async def _sync(self, read_db: bool, with_state: bool, gap_wait: float) -> None:
         attempt = 0
         while True:
+            raise_if_cancelled()
             try:
                 if gap_wait:
                     gap = self._gap_filled

@@ -52,7 +52,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.aiotasks import stop_tasks
+from dashboard_api.aiotasks import raise_if_cancelled, stop_tasks
 from dashboard_api.db.dialect import upsert
 from dashboard_api.db.models.ingress import IngressMessage
 from dashboard_api.errors import ProblemError
@@ -188,6 +188,7 @@ class Ingress:
     async def _elect(self) -> None:
         renew_every = self.lease_ms / 3000
         while not self._closing:
+            raise_if_cancelled()
             started = time.monotonic()
             try:
                 if not self.listening.is_set():
@@ -241,6 +242,7 @@ class Ingress:
     async def _listen(self) -> None:
         backoff = 0.05
         while not self._closing:
+            raise_if_cancelled()
             try:
                 await self._listen_once()
                 backoff = 0.05

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from sqlalchemy import Table, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard_api.aiotasks import raise_if_cancelled
 from dashboard_api.db.dialect import advisory_xact_lock_sql, try_advisory_xact_lock_sql
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models.analytics import AnalyticsPending
@@ -132,6 +133,7 @@ async def fold_loop(
 ) -> None:
     """Fold whatever is pending every `interval` seconds (a replica's background task)."""
     while True:
+        raise_if_cancelled()
         await asyncio.sleep(interval)
         try:
             if await newest_pending(db) is not None:
