@@ -10,12 +10,14 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import dashboard_api.db.models  # noqa: F401 - every table registered on the metadata
 from dashboard_api.db.base import Base
+from dashboard_api.db.dialect import require_supported_server
 from tests.conftest import Backend
 
 # Made by migrations on PostgreSQL only, outside the models: the trigram index behind `q`
@@ -41,3 +43,13 @@ async def test_migrations_match_the_models(backend: Backend) -> None:
         d for d in found if not (d[0] == "remove_index" and d[1].name in POSTGRES_ONLY_INDEXES)
     ]
     assert found == []
+
+
+def test_migrations_refuse_a_postgresql_older_than_14() -> None:
+    require_supported_server("postgresql", (15, 4))
+    require_supported_server("postgresql", (14, 0))
+    require_supported_server("sqlite", (3, 31, 1))
+    with pytest.raises(
+        RuntimeError, match=r"PostgreSQL 14 or later is required; the server is 13\.9\."
+    ):
+        require_supported_server("postgresql", (13, 9))

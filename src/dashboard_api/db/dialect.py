@@ -33,6 +33,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
+# date_bin (the per-hour q counts, services/task_search.py) arrived in PostgreSQL 14.
+MIN_POSTGRESQL = 14
+
+
+def require_supported_server(dialect_name: str, version: tuple[int | str, ...] | None) -> None:
+    """Refuse (with the reason) a PostgreSQL server older than the service needs."""
+    if dialect_name != "postgresql" or not version or not isinstance(version[0], int):
+        return
+    if version[0] < MIN_POSTGRESQL:
+        found = ".".join(map(str, version))
+        raise RuntimeError(
+            f"PostgreSQL {MIN_POSTGRESQL} or later is required; the server is {found}."
+        )
+
 
 def backend_of(session: AsyncSession) -> str:
     """'postgresql' or 'sqlite'."""

@@ -10,12 +10,15 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from dashboard_api.db import models  # noqa: F401  (fills Base.metadata)
 from dashboard_api.db.base import Base
+from dashboard_api.db.dialect import require_supported_server
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
+    # Every start migrates first, so an unsupported server is refused here, before use.
+    require_supported_server(connection.dialect.name, connection.dialect.server_version_info)
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
