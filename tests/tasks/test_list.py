@@ -6,6 +6,7 @@ import asyncio
 import base64
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.tasks.helpers import T0, Row, clear_tasks, load_rows
@@ -747,6 +748,99 @@ async def test_deep_pages_stay_exact_under_concurrent_writes(
         assert ids == expected[offset : offset + 3], (page, total)
         checked += 1
     assert checked >= 10
+
+
+class _WritesBetween:
+    """A list request's session that commits writes (`after`) once each of its first
+    statements has returned: the interleaving a loaded server sees at its worst."""
+
+    def __init__(self, session: Any, after: Callable[[], Any]) -> None:
+        self._session = session
+        self._after = after
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self._session.execute(*args, **kwargs)
+        await self._after()
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+@given(
+    n=st.integers(2, 9),
+    per_page=st.integers(1, 3),
+    beyond=st.integers(-2, 2),
+    sort=st.sampled_from(["created_at", "-created_at"]),
+    early=st.lists(st.booleans(), min_size=3, max_size=3),
+)
+# The seek finds nothing one past the end; the total read next counts a new task, so the
+# index is walked; a task sorting first lands between the walked key and the page.
+@example(n=3, per_page=1, beyond=0, sort="created_at", early=[False, False, True])
+@example(n=4, per_page=2, beyond=0, sort="-created_at", early=[True, True, True])
+async def test_deep_pages_stay_exact_when_writes_land_between_statements(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    auth: Headers,
+    monkeypatch: pytest.MonkeyPatch,
+    n: int,
+    per_page: int,
+    beyond: int,
+    sort: str,
+    early: list[bool],
+) -> None:
+    """Around the end of the list (where the seek finds no row), a task registered after
+    each statement of the request never makes a page disagree with its own total.
+
+    The flake this pins down: the seek found no row, the total was then read by a second
+    statement that saw one more task, so the page went to the index walk, whose key and
+    page were two more statements; a task sorting before the page in between returned the
+    page one row off the total it came with."""
+    from dashboard_api.db import paging
+    from dashboard_api.services import tasks
+
+    monkeypatch.setattr(paging, "SEEK_FROM_OFFSET", 0)
+    await clear_tasks(app)
+    start = [Row(task_id=f"s{i:03d}", created_at=T0 + timedelta(minutes=7 * i)) for i in range(n)]
+    await load_rows(app, start)
+    # Early ones sort before every page (both ways, by their key), late ones after.
+    added = [
+        Row(task_id=f"w{i}", created_at=T0 + timedelta(days=-3 if e else 3, seconds=i))
+        for i, e in enumerate(early)
+    ]
+    if sort == "-created_at":
+        added = [replace(r, created_at=T0 + (T0 - r.created_at)) for r in added]
+    pending = list(added)
+
+    async def register_next() -> None:
+        if pending:
+            r = pending.pop(0)
+            resp = await client.post(
+                "/api/tasks",
+                json={"task_id": r.task_id, "agent_type": r.agent_type, "source": r.source,
+                      "input_message": "x", "created_at": ts(r.created_at)},
+                headers=auth("agent"),
+            )  # fmt: skip
+            assert resp.status_code == 201, resp.text
+
+    real = paging.paginate  # not tasks.paginate: an earlier example patched that
+
+    async def interleaved(session: Any, *args: Any, **kwargs: Any) -> Any:
+        return await real(_WritesBetween(session, register_next), *args, **kwargs)
+
+    monkeypatch.setattr(tasks, "paginate", interleaved)
+    offset = max(per_page, (n + beyond) // per_page * per_page)
+    page = offset // per_page + 1
+    resp = await client.get(
+        "/api/tasks",
+        params={"sort": sort, "page": page, "per_page": per_page},
+        headers=auth("user"),
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    ids = [i["task_id"] for i in body["items"]]
+    snapshot = start + added[: body["total"] - n]
+    assert ids == reference(snapshot, {}, sort)[offset : offset + per_page], body["total"]
 
 
 async def test_deep_pages_walk_the_index_when_rollups_disagree(

@@ -11,11 +11,12 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import ColumnElement, Select, false, func, literal, select, tuple_
+from sqlalchemy import ColumnElement, Select, false, func, literal, select, true, tuple_
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
+from dashboard_api.db.dialect import reuses_cte_results
 from dashboard_api.errors import Unprocessable
 from dashboard_api.timeutil import to_utc
 
@@ -158,6 +159,10 @@ async def paginate(
     statement, so one snapshot and one round trip. `extras` (uncorrelated scalar
     subqueries, with `total_expression` only) ride along the same way; their values come
     back in `PageResult.extras`.
+
+    A deep page (from `SEEK_FROM_OFFSET`) with `total_expression` is one statement even
+    when it is empty or the index must be walked (see `_deep_page`): page and total always
+    come from one snapshot, however writes interleave.
     """
     direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
     extra = [] if total_expression is None else [total_expression.label("page_total_")]
@@ -201,6 +206,13 @@ async def paginate(
         offset = (request.page - 1) * request.per_page
         if offset < SEEK_FROM_OFFSET:
             page_stmt = page_stmt.offset(offset)
+        elif total_expression is not None and reuses_cte_results(session):
+            deep_rows, carried_values = await _deep_page(
+                session, stmt, ordering, request, offset, extra, seek=seek, locate=locate
+            )
+            got.extend(carried_values[1:])
+            total = int(carried_values[0])
+            return _result(ordering, request, deep_rows, convert, total, got)
         else:
             # Skipping rows with OFFSET still reads and projects each of them: find the
             # first row's key alone, then read the page from that key like a cursor page.
@@ -220,6 +232,80 @@ async def paginate(
     rows = (await session.execute(carrying(page_stmt))).all()
     total = await total_of(rows)
     return _result(ordering, request, rows, convert, total, got)
+
+
+async def _deep_page(
+    session: AsyncSession,
+    stmt: Select[Any],
+    ordering: Ordering,
+    request: PageRequest,
+    offset: int,
+    extra: Sequence[ColumnElement[Any]],
+    *,
+    seek: Seeker | None,
+    locate: Locator | None,
+) -> tuple[list[Row[Any]], tuple[Any, ...]]:
+    """The rows of the page `offset` rows in, and the values of `extra` (the total first),
+    read in one statement: seek, page and total in one snapshot (PostgreSQL, whose READ
+    COMMITTED gives each statement its own).
+
+    Skipping rows with OFFSET still reads and projects each of them: the page's first key
+    is found alone (by `seek`, else by an index-only walk), and the page read from it like
+    a cursor page. An empty page still returns `extra`, so that "no row here, yet the
+    total says a page exists" (the seek's counts disagree with the rows: say, rollups kept
+    by an older release) is never two snapshots disagreeing: taking the total in a second
+    statement, a write committed in between sent the page to the index walk, and a walk
+    whose key and page were two more statements returned a page one row off its total.
+    """
+    direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
+    bare = stmt.add_columns(*ordering.keys).order_by(*direction).limit(request.per_page + 1)
+    found = await seek(offset) if seek is not None else None
+    if found is not None:
+        first = found[0].cte("page_first_key")
+        bound = tuple_(*(select(c).scalar_subquery() for c in first.c))
+        rows, values = await _anchored(
+            session, bare.where(_from(ordering, bound)), ordering, extra, found[1]
+        )
+        if rows or int(values[0]) <= offset:
+            return rows, values
+        # A page exists, yet the seek found none: its counts disagree with the rows.
+    answered, key = await locate(offset) if locate is not None else (False, None)
+    if answered:
+        if key is None:
+            page = bare.where(false())
+        else:
+            known = [literal(v, type_=k.type) for k, v in zip(ordering.keys, key, strict=True)]
+            page = bare.where(_from(ordering, tuple_(*known)))
+    else:
+        key_stmt = stmt.with_only_columns(*ordering.keys, maintain_column_froms=True)
+        walked = key_stmt.order_by(*direction).offset(offset).limit(1).cte("page_walked_key")
+        bound = tuple_(*(select(c).scalar_subquery() for c in walked.c))
+        page = bare.where(_from(ordering, bound))
+    return await _anchored(session, page, ordering, extra, {})
+
+
+async def _anchored(
+    session: AsyncSession,
+    page: Select[Any],
+    ordering: Ordering,
+    extra: Sequence[ColumnElement[Any]],
+    params: dict[str, Any],
+) -> tuple[list[Row[Any]], tuple[Any, ...]]:
+    """Run `page` (row columns, then the ordering's keys) with `extra` columns joined
+    after it is cut: its rows, and the values of `extra` even when it has none (the page
+    is outer-joined to a one-row anchor, which then comes back alone, keys NULL)."""
+    n_keys = len(ordering.keys)
+    rows_of = page.subquery("page_rows")
+    body, keys = list(rows_of.c)[:-n_keys], list(rows_of.c)[-n_keys:]
+    order = [k.desc() if ordering.descending else k.asc() for k in keys]
+    anchor = select(literal(1).label("one")).subquery("page_anchor")
+    stmt = (
+        select(*body, *extra, *keys).select_from(anchor.outerjoin(rows_of, true())).order_by(*order)
+    )
+    rows = list((await session.execute(stmt, params)).all())
+    values = tuple(rows[0][-n_keys - len(extra) : -n_keys])
+    # Every key of an ordering is NOT NULL: NULL keys are the anchor's row alone.
+    return [r for r in rows if r[-1] is not None], values
 
 
 async def _seek_by_index(
