@@ -199,6 +199,9 @@ class Backend:
             "database_url": self.database_url,
             "redis_url": self.redis_url,
             "redis_prefix": self.redis_prefix,
+            # Pub/Sub channels are shared by every test (and every checkout's run) on
+            # this Redis: the ingress of a test's app hears only its own producers.
+            "redis_ingress_prefix": self.redis_prefix,
             "token_cache_seconds": 0,
         }
         values.update(overrides)

@@ -391,13 +391,14 @@ async def test_terminal_update_through_redis_ingress(
     assert (await patch_task(client, auth, task_id, status="running")).status_code == 200
     ingress = app.state.ctx.extras["realtime"].ingress
     await asyncio.wait_for(ingress.leader_event.wait(), 30)
+    channel = f"{app.state.ctx.settings.redis_ingress_prefix}task:{task_id}:status"
     redis = aioredis.from_url(REDIS_URL)
     try:
         body = orjson.dumps({"status": "completed", "result": "from redis", "cost_usd": 0.25})
         for _ in range(2):
-            await redis.publish(f"task:{task_id}:status", body)
+            await redis.publish(channel, body)
         # The ingress stores messages in the order it receives them: a marker after both.
-        await redis.publish(f"task:{task_id}:status", orjson.dumps({"metadata": {"done": 1}}))
+        await redis.publish(channel, orjson.dumps({"metadata": {"done": 1}}))
         for _ in range(600):
             task = (await client.get(f"/api/tasks/{task_id}", headers=auth("user"))).json()
             if task["metadata"] == {"done": 1}:

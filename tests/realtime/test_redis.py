@@ -658,8 +658,6 @@ async def test_an_ingress_prefix_keeps_deployments_on_one_redis_apart(pg: str) -
                     break
                 await asyncio.sleep(0.05)
             assert await chunks(), "no ingress leader"
-            await asyncio.sleep(0.3)  # in-flight probes land
-            before = await chunks()
             await redis.publish(f"task:{task_id}:output", orjson.dumps({"content": "other"}))
             await redis.publish(
                 f"{deployment}task:{task_id}:output", orjson.dumps({"content": "ours"})
@@ -673,7 +671,8 @@ async def test_an_ingress_prefix_keeps_deployments_on_one_redis_apart(pg: str) -
                     break
                 await asyncio.sleep(0.05)
             assert task["status"] == "completed"
-            assert await chunks() == [*before, "ours"]
+            # Probes may still land late (a new leader stores what it held first).
+            assert [c for c in await chunks() if c != "probe"] == ["ours"]
     finally:
         await redis.aclose()
         await _flush_redis_prefix(settings.redis_prefix)
