@@ -273,22 +273,41 @@ def deltas(
     """Rollup and histogram rows of signed contributions summed, sorted by key, zero rows
     dropped. With `changes`, each rollup row ends with its number of contributions (the
     `changes` column: either sign counts one), as `apply_deltas` takes them."""
-    counters: dict[tuple[Any, ...], list[int]] = {}
-    hist: dict[tuple[Any, ...], int] = {}
     width = len(COUNTERS) + (1 if changes else 0)
+    # Contributions in the same finest block with the same agent type, source and model
+    # land on the same rows of every grain and series: they are summed first and spread
+    # once (a fold of a burst of registrations spreads a few groups, not every row).
+    groups: dict[tuple[int, str, str, str], list[int]] = {}
+    points: dict[tuple[int, str, str, str, int, int], int] = {}
     for sign, c in signed:
-        for key in _keys(c):
-            acc = counters.setdefault(key, [0] * width)
-            for i, v in enumerate(c.counters):
-                acc[i] += sign * v
-            if changes:
-                acc[-1] += 1
-        if not c.points:
+        where = (c.created_s - c.created_s % GRAINS[0], c.agent_type, c.source, c.model)
+        acc = groups.get(where)
+        if acc is None:
+            acc = groups[where] = [0] * width
+        for i, v in enumerate(c.counters):
+            acc[i] += sign * v
+        if changes:
+            acc[-1] += 1
+        for kind, b in c.points:
+            at = (c.created_s - c.created_s % HIST_GRAINS[0], c.agent_type, c.source, c.model)
+            point = (*at, kind, b)
+            points[point] = points.get(point, 0) + sign
+    counters: dict[tuple[Any, ...], list[int]] = {}
+    for (start, agent_type, source, model), acc in groups.items():
+        for key in _keys(Contribution(start, agent_type, source, model, [], [])):
+            total = counters.get(key)
+            if total is None:
+                counters[key] = acc.copy()
+            else:
+                for i, v in enumerate(acc):
+                    total[i] += v
+    hist: dict[tuple[Any, ...], int] = {}
+    for (start, agent_type, source, model, kind, b), n in points.items():
+        if not n:
             continue
-        for key in _hist_keys(c):
-            for kind, b in c.points:
-                hkey = (*key, kind, b)
-                hist[hkey] = hist.get(hkey, 0) + sign
+        for key in _hist_keys(Contribution(start, agent_type, source, model, [], [])):
+            hkey = (*key, kind, b)
+            hist[hkey] = hist.get(hkey, 0) + n
     rows = [(*k, *v) for k, v in sorted(counters.items()) if any(v)]
     hrows = [(*k, n) for k, n in sorted(hist.items()) if n]
     return rows, hrows
