@@ -678,6 +678,14 @@ async def test_rollups_locate_every_offset_like_the_index(app: FastAPI) -> None:
                         assert key is None
 
 
+async def register_row(client: httpx.AsyncClient, auth: Headers, r: Row) -> None:
+    """Register `r` through the API (so that the rollups move with it)."""
+    body = {"task_id": r.task_id, "agent_type": r.agent_type, "source": r.source,
+            "input_message": "x", "created_at": ts(r.created_at)}  # fmt: skip
+    resp = await client.post("/api/tasks", json=body, headers=auth("agent"))
+    assert resp.status_code == 201, resp.text
+
+
 @pytest.mark.parametrize("sort", ["created_at", "-created_at"])
 async def test_deep_pages_stay_exact_under_concurrent_writes(
     app: FastAPI,
@@ -711,13 +719,7 @@ async def test_deep_pages_stay_exact_under_concurrent_writes(
     async def writer() -> None:
         nonlocal done
         for r in added:
-            resp = await client.post(
-                "/api/tasks",
-                json={"task_id": r.task_id, "agent_type": r.agent_type, "source": r.source,
-                      "input_message": "x", "created_at": ts(r.created_at)},
-                headers=auth("agent"),
-            )  # fmt: skip
-            assert resp.status_code == 201, resp.text
+            await register_row(client, auth, r)
             await asyncio.sleep(0)
         done = True
 
@@ -814,14 +816,7 @@ async def test_deep_pages_stay_exact_when_writes_land_between_statements(
 
     async def register_next() -> None:
         if pending:
-            r = pending.pop(0)
-            resp = await client.post(
-                "/api/tasks",
-                json={"task_id": r.task_id, "agent_type": r.agent_type, "source": r.source,
-                      "input_message": "x", "created_at": ts(r.created_at)},
-                headers=auth("agent"),
-            )  # fmt: skip
-            assert resp.status_code == 201, resp.text
+            await register_row(client, auth, pending.pop(0))
 
     real = paging.paginate  # not tasks.paginate: an earlier example patched that
 
