@@ -597,9 +597,9 @@ async def _build_histograms(session: AsyncSession) -> None:
     finest blocks summed into ~250,000 rows in seconds.
 
     Every count here is positive, so a block's bins are one non-negative integer whose
-    64-bit lanes are the bins from `base` (the lowest bin of all) up: adding two blocks is
-    one integer addition, with no alignment or sign to handle (`analytics_bins.BinSum`
-    does both, for reads and writes).
+    64-bit lanes are the bins from its lowest bin up: adding two blocks is one shift to
+    align them and one integer addition, with no sign to handle (`analytics_bins.BinSum`
+    handles signs too, for reads and writes).
     """
     grain = HIST_GRAINS[0]
     model = func.coalesce(Task.model, "").label("model")
@@ -634,11 +634,13 @@ async def _build_histograms(session: AsyncSession) -> None:
                 finest.append(((blk, agent_type, source, mdl, kind), lo, dense.tobytes()))
     if not finest:
         return
-    base = min(lo for _, lo, _ in finest)
     # Each (block, agent_type, source, model) adds to the six series rows it belongs to.
-    level: dict[tuple[Any, ...], int] = {}
+    # A row's sum is (its lowest bin, an integer whose lanes are the bins from there up):
+    # aligned on each row's own lowest bin, not on the lowest of all, so that no integer
+    # carries hundreds of empty low lanes (the seed's peak memory).
+    level: dict[tuple[Any, ...], tuple[int, int]] = {}
     for (blk, agent_type, source, mdl, kind), lo, data in finest:
-        x = int.from_bytes(data, "little") << (_LANE * (lo - base))
+        x = int.from_bytes(data, "little")
         for key in (
             (SERIES_PER_MODEL, blk, agent_type, source, mdl, kind),
             (SERIES_ALL_MODELS, blk, agent_type, source, "", kind),
@@ -647,24 +649,35 @@ async def _build_histograms(session: AsyncSession) -> None:
             (SERIES_MARGINAL, blk, "", "", "", kind),
             (SERIES_MODEL_MARGINAL, blk, "", "", mdl, kind),
         ):
-            level[key] = level.get(key, 0) + x
+            level[key] = _add_lanes(level.get(key), lo, x)
     finest.clear()
     out: list[tuple[Any, ...]] = []
     for i, g in enumerate(HIST_GRAINS):
         if i:
-            coarser: dict[tuple[Any, ...], int] = {}
-            for (series, blk, a, s, m, kind), x in level.items():
+            coarser: dict[tuple[Any, ...], tuple[int, int]] = {}
+            for (series, blk, a, s, m, kind), (lo, x) in level.items():
                 key = (series, blk - blk % g, a, s, m, kind)
-                coarser[key] = coarser.get(key, 0) + x
+                coarser[key] = _add_lanes(coarser.get(key), lo, x)
             level = coarser
-        for (series, blk, a, s, m, kind), x in level.items():
+        for (series, blk, a, s, m, kind), (lo, x) in level.items():
             first = ((x & -x).bit_length() - 1) // _LANE  # the lowest non-zero lane
             lanes = (x.bit_length() - 1) // _LANE - first + 1
             counts = (x >> (_LANE * first)).to_bytes(8 * lanes, "little")
-            out.append((series, g, blk, a, s, m, kind, base + first, counts))
+            out.append((series, g, blk, a, s, m, kind, lo + first, counts))
     out.sort(key=lambda r: r[:7])
     names = ("series", "grain", "bucket", "agent_type", "source", "model", "kind", *HIST_VALUES)
     await bulk_insert(session, _HIST, names, out)
+
+
+def _add_lanes(acc: tuple[int, int] | None, lo: int, x: int) -> tuple[int, int]:
+    """(lowest bin, lanes) of `acc` plus bins `x` from bin `lo` (lanes of non-negative
+    counts: adding is one integer addition once both start at the same bin)."""
+    if acc is None:
+        return lo, x
+    have_lo, have = acc
+    if lo >= have_lo:
+        return have_lo, have + (x << (_LANE * (lo - have_lo)))
+    return lo, (have << (_LANE * (have_lo - lo))) + x
 
 
 def _marginal(stage: Table, values: Sequence[str], plan: Marginal) -> Select[Any]:
