@@ -48,6 +48,9 @@ DB_NAME = os.environ.get("DASHBOARD_BENCH_ANALYTICS_DB", "dash_bench_analytics")
 DB_URL = db_url(DB_NAME)
 N_TASKS = 1_000_000
 TARGET_MS = 20
+# Rounds of registrations with the upkeep on, then off; the best of each counts. Two
+# were not enough on this machine: the same code measured 76 % and 93 %.
+ROUNDS = 3
 
 
 class Server:
@@ -307,7 +310,7 @@ async def measure_writes(
     disturbs far less than throughput."""
     rates: dict[bool, list[float]] = {True: [], False: []}
     cpu: dict[bool, list[float]] = {True: [], False: []}
-    for enabled in (True, False, True, False):
+    for enabled in (True, False) * ROUNDS:
         server = Server({**env, "DASHBOARD_ANALYTICS_ROLLUPS_ENABLED": str(enabled).lower()})
         try:
             await server.wait_ready()
@@ -331,12 +334,16 @@ async def measure_writes(
         await conn.close()
     on, off = max(rates[True]), max(rates[False])
     cpu_on, cpu_off = min(cpu[True]), min(cpu[False])
-    rows.append(("task registrations/s, rollups on", f"{on:.0f}/s", "", f"best of 2, {n} tasks"))
-    rows.append(("task registrations/s, rollups off", f"{off:.0f}/s", "", f"best of 2, {n} tasks"))
+    rows.append(
+        ("task registrations/s, rollups on", f"{on:.0f}/s", "", f"best of {ROUNDS}, {n} tasks")
+    )
+    rows.append(
+        ("task registrations/s, rollups off", f"{off:.0f}/s", "", f"best of {ROUNDS}, {n} tasks")
+    )
     met = "met" if on >= 0.8 * off else "MISSED"
     rows.append(("registration throughput on/off", f"{on / off:.0%}", "", f"target >= 80%: {met}"))
-    rows.append(("server CPU per registration, on", f"{cpu_on:.0f} µs", "", "best of 2"))
-    rows.append(("server CPU per registration, off", f"{cpu_off:.0f} µs", "", "best of 2"))
+    rows.append(("server CPU per registration, on", f"{cpu_on:.0f} µs", "", f"best of {ROUNDS}"))
+    rows.append(("server CPU per registration, off", f"{cpu_off:.0f} µs", "", f"best of {ROUNDS}"))
     rows.append(("server CPU per registration off/on", f"{cpu_off / cpu_on:.0%}", "", ""))
 
 
