@@ -678,6 +678,17 @@ async def test_rollups_locate_every_offset_like_the_index(app: FastAPI) -> None:
                         assert key is None
 
 
+async def read_page(
+    client: httpx.AsyncClient, auth: Headers, sort: str, page: int, per_page: int
+) -> tuple[int, list[str]]:
+    """(total, task ids) of one page of the whole list."""
+    params = {"sort": sort, "page": page, "per_page": per_page}
+    resp = await client.get("/api/tasks", params=params, headers=auth("user"))
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    return body["total"], [i["task_id"] for i in body["items"]]
+
+
 async def register_row(client: httpx.AsyncClient, auth: Headers, r: Row) -> None:
     """Register `r` through the API (so that the rollups move with it)."""
     body = {"task_id": r.task_id, "agent_type": r.agent_type, "source": r.source,
@@ -728,15 +739,7 @@ async def test_deep_pages_stay_exact_under_concurrent_writes(
     async def reader() -> None:
         page = 2
         while not done or len(seen) < 12:
-            per_page = 3
-            resp = await client.get(
-                "/api/tasks",
-                params={"sort": sort, "page": page, "per_page": per_page},
-                headers=auth("user"),
-            )
-            assert resp.status_code == 200, resp.text
-            body = resp.json()
-            seen.append((page, body["total"], [i["task_id"] for i in body["items"]]))
+            seen.append((page, *await read_page(client, auth, sort, page, 3)))
             page = 2 + (page + 7) % 30
 
     await asyncio.gather(writer(), reader())
@@ -826,16 +829,9 @@ async def test_deep_pages_stay_exact_when_writes_land_between_statements(
     monkeypatch.setattr(tasks, "paginate", interleaved)
     offset = max(per_page, (n + beyond) // per_page * per_page)
     page = offset // per_page + 1
-    resp = await client.get(
-        "/api/tasks",
-        params={"sort": sort, "page": page, "per_page": per_page},
-        headers=auth("user"),
-    )
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
-    ids = [i["task_id"] for i in body["items"]]
-    snapshot = start + added[: body["total"] - n]
-    assert ids == reference(snapshot, {}, sort)[offset : offset + per_page], body["total"]
+    total, ids = await read_page(client, auth, sort, page, per_page)
+    snapshot = start + added[: total - n]
+    assert ids == reference(snapshot, {}, sort)[offset : offset + per_page], total
 
 
 async def test_deep_pages_walk_the_index_when_rollups_disagree(

@@ -68,6 +68,13 @@ def reuses_cte_results(session: AsyncSession) -> bool:
     return backend_of(session) == "postgresql"
 
 
+def indexes_substrings(session: AsyncSession) -> bool:
+    """Whether `contains_ci` searches run on an index (PostgreSQL's trigram GIN), so that
+    a second scan of a rare substring's matches is cheap; on SQLite every scan reads the
+    whole table."""
+    return backend_of(session) == "postgresql"
+
+
 def lock_skip_locked(session: AsyncSession, stmt: Select[Any]) -> Select[Any]:
     """Row-lock the selected rows, skipping those other transactions hold (PostgreSQL).
 

@@ -64,10 +64,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import (
-    backend_of,
     epoch_bucket,
     hour_bin,
     hour_bin_seconds,
+    indexes_substrings,
     int_rows,
     int_rows_agg,
     json_rows_agg,
@@ -365,7 +365,7 @@ async def fill(
     """
     # A span that kept keys holds a rare q already: read them at once. On SQLite every
     # scan reads the whole table (no trigram index): one scan for both, always.
-    probe = q.keys and count_first and q.entry is None and backend_of(session) == "postgresql"
+    probe = q.keys and count_first and q.entry is None and indexes_substrings(session)
     found = await _fill_rows(session, q, indexed, keys=q.keys and not probe)
     if probe and sum(n for _, n, _ in found[1]) <= KEYS_KEPT:
         found = await _fill_rows(session, q, indexed, keys=True)
