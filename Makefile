@@ -1,5 +1,7 @@
 # Two entry points: `make run` serves the embedded default, `make test` runs lint + the suite.
-# Both bootstrap the virtualenv idempotently (re-installing only when pyproject.toml changes).
+# Both bootstrap the virtualenv idempotently from requirements/dev.lock (exact versions with
+# hashes: a fresh clone installs what CI tested), re-installing only when the lock changes.
+# `make lock` refreshes the lock from pyproject.toml's ranges.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,16 +13,27 @@ PYTEST_ARGS ?=
 # sockets, subprocesses, PostgreSQL and Redis); PYTEST_WORKERS=0 runs the suite serially.
 PYTEST_WORKERS ?= 3
 
-.PHONY: run test lint format typecheck pytest bench bench-tasks clean venv fuzz soak
+.PHONY: run test lint format pytest bench clean venv fuzz soak lock
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+LOCK := requirements/dev.lock
+# --no-deps on the project itself: every dependency comes from the lock; the editable install
+# runs without build isolation, so setuptools and wheel come from the lock too.
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+# Re-resolve the newest versions pyproject.toml's ranges allow (uv, installed into the venv for
+# this alone), then `make test` before committing the new lock.
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra dev --universal \
+		--python-version 3.11 --generate-hashes --quiet -o $(LOCK) $(LOCK_ARGS)
 
 venv: $(STAMP)
 

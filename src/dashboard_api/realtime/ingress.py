@@ -294,7 +294,7 @@ class Ingress:
             self.listening.clear()
             self._listening_since = None  # what it holds has a hole from now on
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     def _trim_held(self) -> None:
         held = self._held
