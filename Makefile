@@ -37,11 +37,12 @@ lock: | $(BIN)/python
 
 venv: $(STAMP)
 
-# On a first run (no ./dashboard.db yet and no DASHBOARD_DATABASE_URL), serve in demo mode:
-# sample data and simulated agents, so that every screen has something to show.
+# On the default ./dashboard.db (no DASHBOARD_DATABASE_URL), serve in demo mode while the
+# database holds no task (sample data and simulated agents, so that every screen has
+# something to show). Decided by serve after it has checked the port, so a failed start
+# never leaves a seeded file behind that turns the next run's demo off.
 run: $(STAMP)
-	@demo=; if [ -z "$$DASHBOARD_DATABASE_URL" ] && [ ! -e dashboard.db ]; then \
-		demo=--demo; echo "First run: demo mode (sample data + simulated agents)."; fi; \
+	@demo=; if [ -z "$$DASHBOARD_DATABASE_URL" ]; then demo=--demo-if-empty; fi; \
 	$(BIN)/dashboard-api serve --host $(HOST) --port $(PORT) $$demo $(ARGS)
 
 lint: $(STAMP)
@@ -71,6 +72,8 @@ fuzz: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak $(ARGS)
 
+# `make bench` lists the benchmarks; `make bench ARGS="tasks_api --requests 20"` runs one
+# (bench/README.md says what each measures and holds the current figures).
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 

@@ -10,8 +10,12 @@ import typer
 
 from dashboard_api.settings import Settings
 
+# Plain tracebacks (for bugs only: expected failures are one line, see main()); typer's
+# pretty ones would print every frame's locals, the database URL and tokens among them.
 app = typer.Typer(
-    help="Dashboard API: the backend of the AI-agent dashboard.", no_args_is_help=True
+    help="Dashboard API: the backend of the AI-agent dashboard.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
 )
 token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
@@ -23,12 +27,69 @@ def _settings() -> Settings:
     return Settings()
 
 
+def _migrated_settings() -> Settings:
+    """The settings, after migrating their database to head (as `serve` does).
+
+    Every command that reads or writes the database migrates first, so that any of them
+    works on a fresh install (`token create` before the first `serve`, say).
+    """
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from dashboard_api.cli_errors import CliFailure
+    from dashboard_api.db.migrate import upgrade_to_head
+
+    settings = _settings()
+    if settings.backend == "sqlite":
+        # Said up front: SQLite's own "unable to open database file" names no reason, and
+        # aiosqlite then prints a stray thread traceback as the process exits.
+        path = make_url(settings.database_url).database
+        if path and path != ":memory:" and not Path(path).parent.is_dir():
+            raise CliFailure(f"cannot create {path}: its directory does not exist")
+    upgrade_to_head(settings.database_url)
+    return settings
+
+
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why (host, port) cannot be listened on, or None when it can.
+
+    `serve` asks before it migrates, creates the admin token or seeds demo data, so that a
+    port already taken fails before anything is written.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot listen on {host}: {exc.strerror or exc}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: SO_REUSEADDR, so a port in TIME_WAIT is not mistaken for taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+async def _has_tasks(settings: Settings) -> bool:
+    from dashboard_api.db.engine import Database
+    from dashboard_api.demo.data import has_tasks
+
+    db = Database(settings.database_url)
+    try:
+        async with db.read() as session:
+            return await has_tasks(session)
+    finally:
+        await db.dispose()
+
+
 @app.command()
 def migrate() -> None:
     """Migrate the database to the newest schema."""
-    from dashboard_api.db.migrate import upgrade_to_head
-
-    upgrade_to_head(_settings().database_url)
+    _migrated_settings()
     typer.echo("database is at head")
 
 
@@ -57,13 +118,14 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Processes (needs Redis when > 1)")] = 1,
     demo: Annotated[bool, typer.Option(help="Seed sample data and run simulated agents")] = False,
+    demo_if_empty: Annotated[
+        bool, typer.Option(help="Demo mode when the database holds no task yet (`make run`)")
+    ] = False,
 ) -> None:
     """Migrate the database to head, then serve."""
     import os
 
     import uvicorn
-
-    from dashboard_api.db.migrate import upgrade_to_head
 
     settings = _settings()
     if workers > 1 and not settings.redis_url:
@@ -76,7 +138,14 @@ def serve(
     if workers > 1 and settings.backend == "sqlite":
         typer.echo("--workers > 1 needs PostgreSQL (DASHBOARD_DATABASE_URL).", err=True)
         raise typer.Exit(2)
-    upgrade_to_head(settings.database_url)
+    busy = _port_in_use(host, port)
+    if busy is not None:
+        typer.echo(f"{busy} (another server? stop it, or pass --port)", err=True)
+        raise typer.Exit(1)
+    settings = _migrated_settings()
+    if demo_if_empty and not asyncio.run(_has_tasks(settings)):
+        demo = True
+        typer.echo("The database holds no task yet: demo mode (sample data + simulated agents).")
     token = asyncio.run(_ensure_admin_token(settings))
     if token is not None:
         typer.echo("No admin token existed, so one was created. It is shown only this once:")
@@ -116,13 +185,14 @@ def token_create(
     if role not in ROLES:  # typer cannot express a Literal choice list
         typer.echo(f"role must be one of {', '.join(ROLES)}", err=True)
         raise typer.Exit(2)
+    settings = _migrated_settings()
 
     async def run() -> str:
         from dashboard_api.db.engine import Database
         from dashboard_api.services.tokens import create_token
         from dashboard_api.timeutil import SystemClock
 
-        db = Database(_settings().database_url)
+        db = Database(settings.database_url)
         try:
             async with db.write() as session:
                 token, _ = await create_token(
@@ -141,13 +211,14 @@ def token_create(
 @token_app.command("list")
 def token_list() -> None:
     """List tokens (id, role, user, created, revoked); never the tokens themselves."""
+    settings = _migrated_settings()
 
     async def run() -> None:
         from dashboard_api.db.engine import Database
         from dashboard_api.services.tokens import list_tokens
         from dashboard_api.timeutil import format_ts
 
-        db = Database(_settings().database_url)
+        db = Database(settings.database_url)
         try:
             async with db.read() as session:
                 for t in await list_tokens(session):
@@ -165,6 +236,7 @@ def token_list() -> None:
 @token_app.command("revoke")
 def token_revoke(token_id: str) -> None:
     """Revoke a token by id."""
+    settings = _migrated_settings()
 
     async def run() -> None:
         from dashboard_api.db.engine import Database
@@ -172,7 +244,7 @@ def token_revoke(token_id: str) -> None:
         from dashboard_api.services.tokens import revoke_token
         from dashboard_api.timeutil import SystemClock
 
-        db = Database(_settings().database_url)
+        db = Database(settings.database_url)
         try:
             async with db.write() as session:
                 await revoke_token(session, token_id=token_id, now=SystemClock().now())
@@ -195,10 +267,7 @@ def seed(
     """Add realistic sample tasks (bulk insert; a million takes about a minute on PostgreSQL)."""
     import time
 
-    from dashboard_api.db.migrate import upgrade_to_head
-
-    settings = _settings()
-    upgrade_to_head(settings.database_url)
+    settings = _migrated_settings()
 
     async def run() -> int:
         from dashboard_api.db.engine import Database
@@ -302,10 +371,7 @@ def rollups_rebuild() -> None:
     """Recompute the analytics rollups from the raw tasks (task writes wait meanwhile)."""
     import time
 
-    from dashboard_api.db.migrate import upgrade_to_head
-
-    settings = _settings()
-    upgrade_to_head(settings.database_url)
+    settings = _migrated_settings()
 
     async def run() -> None:
         from dashboard_api.db.engine import Database
@@ -324,8 +390,19 @@ def rollups_rebuild() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: an expected failure is one line on stderr, exit 1."""
+    from dashboard_api.cli_errors import expected_error_line
+
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        line = expected_error_line(exc)
+        if line is None:
+            raise
+        typer.echo(f"dashboard-api: {line}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

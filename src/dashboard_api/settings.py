@@ -123,6 +123,23 @@ class Settings(BaseSettings):
     demo_agents: int = Field(2, ge=0)
     demo_pace_seconds: float = Field(0.4, ge=0)
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        # Checked here, so that a typo is one clear line rather than a driver's traceback.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            driver = make_url(value).drivername
+        except ArgumentError:
+            driver = ""
+        if driver not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+            raise ValueError(
+                "must be sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST:PORT/NAME"
+            )
+        return value
+
     @field_validator(
         "cors_origins",
         "github_required_scopes",

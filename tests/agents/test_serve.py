@@ -49,6 +49,7 @@ class Server:
             start_new_session=True,
         )
         self.admin_token: str | None = None
+        self.lines: list[str] = []  # stdout up to the admin token
 
     async def read_token(self, timeout: float = 60) -> str:
         assert self.proc.stdout is not None
@@ -58,6 +59,7 @@ class Server:
                 line = (await loop.run_in_executor(None, self.proc.stdout.readline)).decode()
                 if not line:
                     raise AssertionError(f"serve exited: {self.stderr_tail()}")
+                self.lines.append(line)
                 if "admin token:" in line:
                     self.admin_token = line.split()[-1]
                     return self.admin_token
@@ -173,6 +175,27 @@ async def test_demo_mode_runs_live_tasks(tmp_path: Path) -> None:
                             "status"
                         ] == "running":
                             await asyncio.sleep(0.2)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("seeded", [False, True])
+async def test_demo_if_empty_decides_by_tasks_not_by_file(tmp_path: Path, seeded: bool) -> None:
+    """`make run` serves with --demo-if-empty: a database that exists but holds no task (a
+    `token create` ran first) still gets the demo; one with tasks does not."""
+    env = _env(
+        DASHBOARD_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+        DASHBOARD_DEMO_TASKS="50",
+        DASHBOARD_LOG_LEVEL="WARNING",
+    )
+    await _token(env, "user", tmp_path)
+    if seeded:
+        subprocess.run(_cli("seed", "--tasks", "3"), env=env, cwd=tmp_path, check=True, timeout=60)
+    server = Server(["serve", "--demo-if-empty", "--port", str(free_port())], env, tmp_path)
+    try:
+        await server.read_token()
+        demo = any("demo mode" in line for line in server.lines)
+        assert demo is not seeded, server.lines
     finally:
         server.stop()
 
