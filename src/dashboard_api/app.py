@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,14 +30,18 @@ from dashboard_api.api import (
     tasks,
     webhooks,
 )
+from dashboard_api.api.openapi import install as install_openapi
+from dashboard_api.api.task_history import ServiceTaskHistory
 from dashboard_api.auth import TokenCache
 from dashboard_api.background import background_lifespan
 from dashboard_api.context import AppContext
 from dashboard_api.db.engine import Database
 from dashboard_api.errors import PayloadTooLarge, ProblemError, problem_body
 from dashboard_api.gc_tuning import freeze_after_start
+from dashboard_api.ingress import ingress_lifespan
 from dashboard_api.observability.setup import install_observability
-from dashboard_api.realtime import realtime_lifespan
+from dashboard_api.realtime import Realtime, realtime_lifespan
+from dashboard_api.realtime.channels import ChannelAuthorizer
 from dashboard_api.security.headers import SecurityHeadersMiddleware
 from dashboard_api.security.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from dashboard_api.services import task_search
@@ -222,7 +228,27 @@ class BodyLimitMiddleware:
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
     """Build an app; nothing is opened until its lifespan starts."""
-    settings = settings or Settings()
+    ctx = build_context(settings or Settings(), clock or SystemClock())
+    app = FastAPI(
+        title="Dashboard API",
+        version=__version__,
+        description=(
+            "Tasks, live output, analytics, conversations and integrations of AI coding agents."
+        ),
+        lifespan=_lifespan(ctx),
+    )
+    app.state.ctx = ctx
+    _install_error_handlers(app)
+    _install_middleware(app, ctx)
+    for router in _ROUTERS:
+        app.include_router(router)
+    # hardening: document the cross-cutting problem answers (400/401/403/413/422/429/503)
+    install_openapi(app)
+    return app
+
+
+def build_context(settings: Settings, clock: Clock) -> AppContext:
+    """The app's resources, none of them opened yet."""
     models, default = settings.price_table()
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
     # analytics: read by the rollup hook on every task write (off only in benchmarks)
@@ -233,7 +259,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             task_search.CACHE_KEY: task_search.QCountCache(),
         }
     )
-    clock = clock or SystemClock()
     ctx = AppContext(
         settings=settings,
         db=db,
@@ -242,7 +267,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         tokens=TokenCache(settings.token_cache_seconds),
         started_at=clock.now(),
     )
-
     limit = settings.effective_rate_limit
     if limit > 0:
         ctx.limiter = (
@@ -250,30 +274,42 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             if settings.redis_url
             else MemoryRateLimiter(limit)
         )
+    return ctx
 
+
+def _lifespan(ctx: AppContext) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            stack.push_async_callback(db.dispose)
+            stack.push_async_callback(ctx.db.dispose)
             if ctx.limiter is not None:
                 stack.push_async_callback(ctx.limiter.close)
-            # realtime: broker + hub + Redis ingress; sets ctx.broker/ctx.hub and db.publisher
-            await stack.enter_async_context(realtime_lifespan(ctx))
+            # realtime: broker + hub, and the database's publisher of committed events
+            rt = _realtime(ctx)
+            await stack.enter_async_context(realtime_lifespan(rt, ctx.db))
+            # with Redis: the producer channels of API.md §11 (stops before the realtime)
+            await stack.enter_async_context(ingress_lifespan(ctx))
             # agents sweeper, published-event count, demo data and simulated agents
             await stack.enter_async_context(background_lifespan(ctx))
             freeze_after_start()  # short full GC pauses (see gc_tuning)
             yield
 
-    app = FastAPI(
-        title="Dashboard API",
-        version=__version__,
-        description=(
-            "Tasks, live output, analytics, conversations and integrations of AI coding agents."
-        ),
-        lifespan=lifespan,
-    )
-    app.state.ctx = ctx
-    _install_error_handlers(app)
+    return lifespan
+
+
+def _realtime(ctx: AppContext) -> Realtime:
+    """The realtime layer, with what it needs of the features handed in: the task history
+    it resumes from, and who owns a conversation channel."""
+    owners = {"conversation": functools.partial(conversations.lookup_conversation_owner, ctx)}
+    rt = Realtime(ctx.settings, ServiceTaskHistory(ctx.db), ChannelAuthorizer(owners))
+    ctx.broker = rt.broker
+    ctx.hub = rt.hub
+    ctx.realtime = rt
+    return rt
+
+
+def _install_middleware(app: FastAPI, ctx: AppContext) -> None:
+    settings = ctx.settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origins:
@@ -285,21 +321,17 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         )
     # Outermost: request ids, access logs and request metrics see every response.
     install_observability(app, ctx)
-    for router in (
-        health.router,
-        tasks.router,
-        agents.router,
-        system.router,
-        conversations.router,
-        webhooks.router,
-        oauth.router,
-        sources.router,
-        analytics.router,
-    ):
-        app.include_router(router)
-    app.include_router(stream.router)  # realtime: /ws and /api/tasks/{task_id}/stream
-    # hardening: document the cross-cutting problem answers (400/401/403/413/422/429/503)
-    from dashboard_api.api.openapi import install as install_openapi
 
-    install_openapi(app)
-    return app
+
+_ROUTERS = (
+    health.router,
+    tasks.router,
+    agents.router,
+    system.router,
+    conversations.router,
+    webhooks.router,
+    oauth.router,
+    sources.router,
+    analytics.router,
+    stream.router,  # realtime: /ws and /api/tasks/{task_id}/stream
+)

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # Prefix of the producer channels of the Redis ingress (API.md §11 names them without
     # one: `task:{id}:output`); set it when several deployments share one Redis server.
     redis_ingress_prefix: str = Field("", max_length=100)
-    # Redis ingress leader lease; a replica holds 3 leases of messages (realtime/ingress.py).
+    # Redis ingress leader lease; a replica holds 3 leases of messages (ingress/consumer.py).
     ingress_lease_ms: int = Field(3000, ge=300, le=60_000)
     database_pool_size: int = Field(10, ge=1, le=200)
     dependency_timeout_seconds: float = Field(2.0, gt=0, le=60)

@@ -389,7 +389,7 @@ async def test_terminal_update_through_redis_ingress(
     cid = (await new_conversation(client, auth))["conversation_id"]
     task_id = (await post(client, auth, cid, content="via redis")).json()["task_id"]
     assert (await patch_task(client, auth, task_id, status="running")).status_code == 200
-    ingress = app.state.ctx.extras["realtime"].ingress
+    ingress = app.state.ctx.ingress
     await asyncio.wait_for(ingress.leader_event.wait(), 30)
     channel = f"{app.state.ctx.settings.redis_ingress_prefix}task:{task_id}:status"
     redis = aioredis.from_url(REDIS_URL)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboard_api.realtime.channels import channel_authorizers
 from tests.realtime.conftest import LiveServer, live, recv_json, recv_until, send_json, serve
 
 __all__ = ["live", "serve"]  # fixtures used below
@@ -18,7 +17,9 @@ async def _subscribe(ws: Any, name: str) -> dict[str, Any]:
 async def test_subscriber_hears_messages_and_task_status(live: LiveServer) -> None:
     from dashboard_api.api.conversations import lookup_conversation_owner
 
-    assert channel_authorizers["conversation"] is lookup_conversation_owner
+    # create_app hands the conversations feature's owner lookup to the realtime layer.
+    lookup = live.ctx.realtime.channels.owners["conversation"]
+    assert lookup.func is lookup_conversation_owner
     r = await live.http.post("/api/conversations", json={}, headers=live.headers("user"))
     cid = r.json()["conversation_id"]
     name = f"conversation:{cid}"

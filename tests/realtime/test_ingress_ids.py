@@ -6,7 +6,7 @@ import contextlib
 
 from fastapi import FastAPI
 
-from dashboard_api.realtime.ingress import claim_message
+from dashboard_api.ingress.messages import claim_message
 
 
 class _Refused(Exception):

@@ -12,7 +12,6 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from dashboard_api.realtime.channels import channel_authorizers
 from tests.realtime.conftest import LiveServer, ServeFactory, recv_json, recv_until, send_json
 
 
@@ -114,11 +113,12 @@ async def test_agent_may_only_subscribe_to_task_channels(live: LiveServer) -> No
 async def test_conversation_channel_authorizer(live: LiveServer) -> None:
     owners = {"c-alice": "alice"}
 
-    async def lookup(_ctx: Any, conversation_id: str) -> str | None:
+    async def lookup(conversation_id: str) -> str | None:
         return owners.get(conversation_id)
 
-    previous = channel_authorizers.get("conversation")
-    channel_authorizers["conversation"] = lookup
+    channel_owners = live.ctx.realtime.channels.owners
+    previous = channel_owners.get("conversation")
+    channel_owners["conversation"] = lookup
     try:
         async with await live.connect("user") as ws:  # alice
             await send_json(ws, {"type": "subscribe", "channel": "conversation:c-alice"})
@@ -133,9 +133,9 @@ async def test_conversation_channel_authorizer(live: LiveServer) -> None:
             assert (await recv_json(ws))["code"] == "not_found"
     finally:
         if previous is None:
-            channel_authorizers.pop("conversation", None)
+            channel_owners.pop("conversation", None)
         else:
-            channel_authorizers["conversation"] = previous
+            channel_owners["conversation"] = previous
 
 
 async def test_replay_then_live_then_final_status(live: LiveServer) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
 from dashboard_api.api.deps import AnyRole, CtxDep, PageDep, UserRole
+from dashboard_api.context import AppContext
 from dashboard_api.ids import TASK_ID_PATTERN
-from dashboard_api.realtime.channels import channel_authorizers
 from dashboard_api.schemas.common import Page, problem_responses
 from dashboard_api.schemas.conversations import (
     ConversationCreate,
@@ -203,11 +203,8 @@ async def link_task(
     return Response(status_code=204)
 
 
-async def lookup_conversation_owner(ctx: Any, conversation_id: str) -> str | None:
-    """The realtime layer's authorizer for `conversation:{id}`: the owner, or None."""
+async def lookup_conversation_owner(ctx: AppContext, conversation_id: str) -> str | None:
+    """The owner of a conversation, or None: `create_app` hands it to the realtime layer,
+    which admits only the owner or an admin to `conversation:{id}`."""
     async with ctx.db.read() as session:
         return await service.conversation_owner(session, conversation_id=conversation_id)
-
-
-# Only the owner or an admin may subscribe to `conversation:{id}` (realtime/channels.py).
-channel_authorizers["conversation"] = lookup_conversation_owner

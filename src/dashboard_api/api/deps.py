@@ -1,4 +1,7 @@
-"""FastAPI dependencies: the app context, the caller, role checks, list parameters."""
+"""FastAPI dependencies: the app context, the caller, role checks, list parameters.
+
+Only the FastAPI side lives here; what a token means is `services/authentication.py`.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,11 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from dashboard_api.auth import Principal, Role, hash_token
-from dashboard_api.context import AppContext
+from dashboard_api.auth import Principal, Role
+from dashboard_api.context import AppContext, LiveDelivery
 from dashboard_api.db.paging import PageRequest
-from dashboard_api.errors import Forbidden, TooManyRequests, Unauthorized, Unprocessable
-from dashboard_api.security.ratelimit import retry_after_header
-from dashboard_api.services.tokens import resolve_token
+from dashboard_api.errors import Forbidden, ServiceUnavailable, Unprocessable
+from dashboard_api.services.authentication import authenticate
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
 
@@ -28,28 +30,6 @@ async def get_ctx(request: Request) -> AppContext:
 
 
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
-
-
-async def authenticate(ctx: AppContext, token: str | None) -> Principal:
-    """Resolve a clear token to its principal (cached briefly); 401 when unknown."""
-    if not token:
-        raise Unauthorized()
-    digest = hash_token(token)
-    hit, principal = ctx.tokens.get(digest)
-    if not hit:
-        async with ctx.db.read() as session:
-            principal = await resolve_token(session, token)
-        ctx.tokens.put(digest, principal)
-    if principal is None:
-        raise Unauthorized("The bearer token is invalid or revoked.")
-    if ctx.limiter is not None:
-        wait = await ctx.limiter.hit(principal.token_id)
-        if wait is not None:
-            raise TooManyRequests(
-                "Rate limit exceeded for this token.",
-                headers={"Retry-After": retry_after_header(wait)},
-            )
-    return principal
 
 
 async def get_principal(
@@ -112,3 +92,10 @@ def split_multi(
                 loc=["query", name],
             )
     return list(dict.fromkeys(out))
+
+
+def live_of(ctx: AppContext) -> LiveDelivery:
+    """The realtime layer the live routes hand over to; 503 before the lifespan opened it."""
+    if ctx.realtime is None:
+        raise ServiceUnavailable("realtime layer", "Live events are not available.")
+    return ctx.realtime

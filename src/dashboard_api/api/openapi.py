@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
+from dashboard_api.api.deps import get_principal
 from dashboard_api.schemas.common import Problem, problem_description
 
 PROBLEM_JSON = "application/problem+json"
@@ -46,8 +47,6 @@ def api_routes(app: FastAPI) -> list[Any]:
 
 def route_access(route: Any) -> tuple[bool, frozenset[str]]:
     """Whether the route needs a token, and which roles it admits (all when unrestricted)."""
-    from dashboard_api.api.deps import get_principal
-
     needs_token = False
     roles: frozenset[str] = _ALL_ROLES
     for dep in _dependencies(route.dependant):

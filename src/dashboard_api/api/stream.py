@@ -1,9 +1,10 @@
-"""Live routes: the `/ws` WebSocket and the task output SSE stream (see `realtime/`)."""
+"""Live routes: the `/ws` WebSocket and the task output SSE stream (the delivery itself is
+`realtime/`)."""
 
 from fastapi import APIRouter
 
-from dashboard_api.realtime.sse import router as sse_router
-from dashboard_api.realtime.ws import router as ws_router
+from dashboard_api.api.sse import router as sse_router
+from dashboard_api.api.ws import router as ws_router
 
 router = APIRouter()
 router.include_router(ws_router)

@@ -9,10 +9,11 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dashboard_api.api.deps import CtxDep, UserRole, authenticate
+from dashboard_api.api.deps import CtxDep, UserRole
 from dashboard_api.observability.setup import metrics_of
 from dashboard_api.schemas.agents import SystemStatus
 from dashboard_api.schemas.common import problem_responses
+from dashboard_api.services.authentication import authenticate
 from dashboard_api.services.status import system_status, task_counts_by_status
 
 router = APIRouter(tags=["system"])

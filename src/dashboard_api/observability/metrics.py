@@ -4,12 +4,13 @@ HTTP requests are counted and timed per route template by `ObservabilityMiddlewa
 Realtime and task figures are read at scrape time, so the hot paths pay nothing:
 
 - the realtime layer's objects are read duck-typed, first found wins, from
-  `ctx.extras["realtime"]`, `ctx.hub` and `ctx.broker`: `connection_count`,
+  `ctx.realtime`, `ctx.hub` and `ctx.broker`: `connection_count`,
   `subscription_count`, `events_published`, `events_received`, `events_delivered`,
   `events_dropped`, `events_delivered_shared`, `group_leaves`, `group_dissolves`,
   `slow_consumer_disconnects`, `reconnects`, `publish_failures`
   (monotonic ints; a missing one reads as 0), and with Redis the ingress's messages by
-  outcome (stored, skipped, duplicate, dropped_without_id) and whether it leads.
+  outcome (stored, skipped, duplicate, dropped_without_id) and whether it leads
+  (`ctx.ingress`).
   `events_published` falls back to the count this module keeps of what the database
   publisher was handed, and
   `slow_consumer_disconnects` to the WebSocket sessions the middleware saw end with 1013;
@@ -113,7 +114,7 @@ class _ScrapeCollector(Collector):
             for status, count in sorted(m.task_counts.items()):
                 gauge.add_metric([status], float(count))
             yield gauge
-        ingress = _ingress_of(sources)
+        ingress = m.ctx_getter().ingress if m.ctx_getter is not None else None
         if ingress is not None:
             family = CounterMetricFamily(
                 "dashboard_ingress_messages",
@@ -137,22 +138,13 @@ class _ScrapeCollector(Collector):
             yield eligible
 
 
-# Ingress outcome label -> counter attribute of realtime.ingress.Ingress.
+# Ingress outcome label -> counter attribute of ingress.Ingress.
 _INGRESS_OUTCOMES = (
     ("stored", "stored"),
     ("skipped", "skipped"),
     ("duplicate", "duplicates"),
     ("dropped_without_id", "dropped_without_id"),
 )
-
-
-def _ingress_of(sources: Sequence[Any]) -> Any:
-    """The Redis ingress of this replica, when it runs one (only with Redis)."""
-    for source in sources:
-        ingress = getattr(source, "ingress", None)
-        if ingress is not None:
-            return ingress
-    return None
 
 
 def _has(sources: Sequence[Any], attr: str) -> bool:
@@ -210,7 +202,7 @@ class Metrics:
         if self.ctx_getter is None:
             return []
         ctx = self.ctx_getter()
-        found = [ctx.extras.get("realtime"), ctx.hub, ctx.broker]
+        found = [ctx.realtime, ctx.hub, ctx.broker]
         return [s for s in found if s is not None]
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:

@@ -1,4 +1,4 @@
-"""Real-time delivery: broker (Redis | memory), per-replica hub, `/ws`, SSE and Redis ingress."""
+"""Real-time delivery: broker (Redis | memory), per-replica hub, `/ws` sessions and SSE streams."""
 
 from dashboard_api.realtime.runtime import Realtime, realtime_lifespan, uvicorn_ws_options
 

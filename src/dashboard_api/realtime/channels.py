@@ -1,19 +1,17 @@
-"""Channel names, who may subscribe to what, and the hook other features use to authorize.
+"""Channel names, and who may subscribe to what.
 
-`conversation:{id}` is authorized by a lookup that another feature registers:
-
-    channel_authorizers["conversation"] = lookup_conversation_owner
-
-where `async def lookup_conversation_owner(ctx, conversation_id) -> str | None` returns the
-owner's user id, or None when there is no such conversation.
+A channel of a resource another feature owns (`conversation:{id}`) is authorized by an
+owner lookup that `create_app` hands in (`ChannelAuthorizer(owners={...})`): an
+`async def lookup(resource_id) -> str | None` that returns the owner's user id, or None
+when there is no such resource. The realtime layer itself knows no feature.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from dashboard_api.auth import Principal
 
@@ -21,9 +19,8 @@ ChannelKind = Literal["task", "tasks", "conversation", "webhooks", "sources", "a
 FIXED_CHANNELS: frozenset[str] = frozenset({"tasks", "webhooks", "sources", "agents"})
 _ID = re.compile(r"[A-Za-z0-9._:@-]{1,255}")
 
-# prefix -> async (ctx, resource_id) -> owner user id, or None when the resource is missing.
-OwnerLookup = Callable[[Any, str], Awaitable[str | None]]
-channel_authorizers: dict[str, OwnerLookup] = {}
+# async (resource_id) -> owner user id, or None when the resource is missing.
+OwnerLookup = Callable[[str], Awaitable[str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,20 +51,26 @@ def parse_channel(name: object) -> Channel | None:
 AuthVerdict = Literal["ok", "forbidden", "not_found"]
 
 
-async def authorize(ctx: Any, principal: Principal, channel: Channel) -> AuthVerdict:
-    """Whether `principal` may subscribe (task existence is checked by the subscription)."""
-    if principal.role == "agent":
-        return "ok" if channel.kind == "task" else "forbidden"
-    if channel.kind != "conversation":
-        return "ok"
-    assert channel.resource_id is not None
-    lookup = channel_authorizers.get("conversation")
-    if lookup is None:
-        # No conversations feature registered: nothing can be found.
-        return "not_found"
-    owner = await lookup(ctx, channel.resource_id)
-    if owner is None:
-        return "not_found"
-    if principal.is_admin or owner == principal.user_id:
-        return "ok"
-    return "not_found"  # another user's conversation: do not leak that it exists
+class ChannelAuthorizer:
+    """Whether a principal may subscribe to a channel; `owners` by channel prefix."""
+
+    def __init__(self, owners: Mapping[str, OwnerLookup] | None = None) -> None:
+        self.owners: dict[str, OwnerLookup] = dict(owners or {})
+
+    async def authorize(self, principal: Principal, channel: Channel) -> AuthVerdict:
+        """The verdict (task existence is checked by the subscription itself)."""
+        if principal.role == "agent":
+            return "ok" if channel.kind == "task" else "forbidden"
+        if channel.kind != "conversation":
+            return "ok"
+        assert channel.resource_id is not None
+        lookup = self.owners.get("conversation")
+        if lookup is None:
+            # No conversations feature handed in: nothing can be found.
+            return "not_found"
+        owner = await lookup(channel.resource_id)
+        if owner is None:
+            return "not_found"
+        if principal.is_admin or owner == principal.user_id:
+            return "ok"
+        return "not_found"  # another user's conversation: do not leak that it exists

@@ -1,4 +1,9 @@
-"""The realtime layer of one app: broker + hub + Redis ingress, opened in the lifespan."""
+"""The realtime layer of one app: broker + hub, opened in the lifespan.
+
+What it needs from the rest of the app is handed in by `create_app`: the task history the
+hub resumes from (`TaskHistory`) and the owner lookups of feature channels
+(`ChannelAuthorizer`).
+"""
 
 from __future__ import annotations
 
@@ -7,55 +12,32 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from starlette.websockets import WebSocket
+
+from dashboard_api.auth import Principal
 from dashboard_api.db.engine import Database
 from dashboard_api.realtime.broker import Broker, BrokerUnavailable, MemoryBroker, RedisBroker
+from dashboard_api.realtime.channels import ChannelAuthorizer
 from dashboard_api.realtime.events import dumps
-from dashboard_api.realtime.hub import Hub, TaskState
+from dashboard_api.realtime.hub import Hub, TaskHistory
+from dashboard_api.realtime.sse import open_task_stream
+from dashboard_api.realtime.ws import run_session
 from dashboard_api.settings import Settings
-from dashboard_api.timeutil import format_ts
 
 log = logging.getLogger(__name__)
 
 
-class DbTaskHistory:
-    """Task state and stored chunks, read through the tasks service."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    async def task_state(self, task_id: str) -> TaskState | None:
-        from dashboard_api.db.models import Task
-        from dashboard_api.schemas.tasks import task_summary
-
-        async with self.db.read() as session:
-            task = await session.get(Task, task_id)
-            if task is None:
-                return None
-            event = {"type": "task_status", **task_summary(task).model_dump(mode="json")}
-            return TaskState(task.task_id, task.status, task.output_seq, event)
-
-    async def chunks_after(self, task_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
-        from dashboard_api.services.tasks import list_chunks
-
-        async with self.db.read() as session:
-            rows = await list_chunks(session, task_id, after_seq=after_seq, limit=limit)
-            return [
-                {
-                    "seq": r.seq,
-                    "stream": r.stream,
-                    "content": r.content,
-                    "created_at": format_ts(r.created_at),
-                }
-                for r in rows
-            ]
-
-
 class Realtime:
-    """Broker, hub and (with Redis) the ingress of one replica."""
+    """Broker and hub of one replica; serves `/ws` sessions and SSE task streams."""
 
-    def __init__(self, settings: Settings, db: Database, history: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        history: TaskHistory,
+        channels: ChannelAuthorizer | None = None,
+    ) -> None:
         self.settings = settings
-        self.db = db
+        self.channels = channels or ChannelAuthorizer()
         self.broker: Broker
         if settings.redis_url:
             self.broker = RedisBroker(settings.redis_url, prefix=settings.redis_prefix + "ev:")
@@ -63,14 +45,13 @@ class Realtime:
             self.broker = MemoryBroker()
         self.hub = Hub(
             self.broker,
-            history or DbTaskHistory(db),
+            history,
             buffer_limit=settings.ws_send_queue_size,
             write_interval=settings.ws_write_interval_ms / 1000,
             # Resume replays: most of the pool (whose overflow is as large again), so that
             # churning subscribers are not served four at a time; HTTP keeps the rest.
             db_concurrency=max(2, settings.database_pool_size * 4 // 5),
         )
-        self.ingress: Any = None
         self.publish_failures = 0
 
     async def publish(self, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
@@ -93,34 +74,35 @@ class Realtime:
             self.publish_failures += len(messages)
             log.exception("broker publish failed")
 
-    async def start(self, ctx: Any = None) -> None:
-        await self.broker.start()
-        if isinstance(self.broker, RedisBroker) and ctx is not None:
-            from dashboard_api.realtime.ingress import Ingress
+    async def serve_websocket(self, websocket: WebSocket, principal: Principal) -> None:
+        """Serve an accepted, authenticated `/ws` socket until it closes."""
+        await run_session(
+            websocket, principal, settings=self.settings, hub=self.hub, channels=self.channels
+        )
 
-            self.ingress = Ingress(ctx, self.settings, lease_ms=self.settings.ingress_lease_ms)
-            await self.ingress.start()
+    async def task_stream(self, task_id: str, since_seq: int) -> AsyncIterator[bytes] | None:
+        """The SSE body of a task's output after `since_seq`; None when there is no task."""
+        return await open_task_stream(
+            self.hub, task_id, since_seq, self.settings.ws_send_queue_size
+        )
+
+    async def start(self) -> None:
+        await self.broker.start()
 
     async def close(self) -> None:
-        if self.ingress is not None:
-            await self.ingress.close()
         await self.hub.close()
         await self.broker.close()
 
 
 @asynccontextmanager
-async def realtime_lifespan(ctx: Any) -> AsyncIterator[Realtime]:
-    """Open the realtime layer for an `AppContext` and hook it to the database publisher."""
-    rt = Realtime(ctx.settings, ctx.db)
-    ctx.broker = rt.broker
-    ctx.hub = rt.hub
-    ctx.extras["realtime"] = rt
-    await rt.start(ctx)
-    ctx.db.publisher = rt.publish
+async def realtime_lifespan(rt: Realtime, db: Database) -> AsyncIterator[Realtime]:
+    """Open the realtime layer and make it the database's publisher of committed events."""
+    await rt.start()
+    db.publisher = rt.publish
     try:
         yield rt
     finally:
-        ctx.db.publisher = None
+        db.publisher = None
         await rt.close()
 
 

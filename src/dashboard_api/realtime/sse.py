@@ -1,24 +1,14 @@
-"""`GET /api/tasks/{task_id}/stream`: a task's output as Server-Sent Events, with resume."""
+"""A task's output as Server-Sent Events, with resume (the route is `api/sse.py`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header, Path, Query
-from fastapi.responses import StreamingResponse
 
-from dashboard_api.api.deps import CtxDep, UserRole
-from dashboard_api.errors import NotFound
-from dashboard_api.ids import TASK_ID_PATTERN
 from dashboard_api.realtime.events import TERMINAL_STATUSES, OutEvent
 from dashboard_api.realtime.hub import Hub, QueueSink, TaskSubscription
-from dashboard_api.schemas.common import problem_responses
-
-router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
 KEEPALIVE_SECONDS = 15.0
 
@@ -41,41 +31,16 @@ def sse_frame(event: OutEvent) -> tuple[bytes | None, bool]:
     return None, False
 
 
-def _since(last_event_id: str | None, after_seq: int | None) -> int:
-    if last_event_id is not None:
-        with contextlib.suppress(ValueError):
-            return max(0, int(last_event_id.strip()))
-    return after_seq or 0
-
-
-@router.get(
-    "/{task_id}/stream",
-    response_class=StreamingResponse,
-    responses={
-        **problem_responses(401, 403, 404),
-        200: {
-            "description": "`text/event-stream`: events `output` (id = seq, data "
-            '`{"seq", "stream", "content"}`) and `status`; ends after the terminal status.',
-            "content": {"text/event-stream": {}},
-        },
-    },
-)
-async def stream_task_output(
-    ctx: CtxDep,
-    _: UserRole,
-    task_id: Annotated[str, Path(pattern=TASK_ID_PATTERN)],
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    after_seq: Annotated[
-        int | None, Query(ge=0, description="Resume after this seq (when no Last-Event-ID)")
-    ] = None,
-) -> StreamingResponse:
-    """Stream a task's output from seq 1 (or after `Last-Event-ID`), then live."""
-    hub: Hub = ctx.hub
-    sink = QueueSink(ctx.settings.ws_send_queue_size)
-    sub = TaskSubscription(hub, sink, f"task:{task_id}", task_id, _since(last_event_id, after_seq))
+async def open_task_stream(
+    hub: Hub, task_id: str, since_seq: int, queue_size: int
+) -> AsyncIterator[bytes] | None:
+    """The SSE body of a task's output after `since_seq`, then live until its terminal
+    status; None when there is no such task."""
+    sink = QueueSink(queue_size)
+    sub = TaskSubscription(hub, sink, f"task:{task_id}", task_id, since_seq)
     state = await sub.open()
     if state is None:
-        raise NotFound(f"No task {task_id!r}.")
+        return None
     sub.start()
 
     async def body() -> AsyncIterator[bytes]:
@@ -99,8 +64,4 @@ async def stream_task_output(
             sink.close()
             await sub.close()
 
-    return StreamingResponse(
-        body(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return body()

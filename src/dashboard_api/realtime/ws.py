@@ -1,4 +1,8 @@
-"""`/ws`: the WebSocket protocol of API.md §10 (auth, subscribe/unsubscribe/ping, errors)."""
+"""The WebSocket session of API.md §10 (subscribe/unsubscribe/ping, errors, slow consumers).
+
+The route (`api/ws.py`) authenticates the handshake and hands the socket to `run_session`;
+everything after that, down to the frames written to uvicorn's protocol, is here.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,17 @@ import logging
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, WebSocket
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from dashboard_api.aiotasks import await_chain, stop_tasks
 from dashboard_api.auth import Principal
-from dashboard_api.errors import ProblemError
-from dashboard_api.realtime.channels import Channel, authorize, parse_channel
+from dashboard_api.realtime.channels import Channel, ChannelAuthorizer, parse_channel
 from dashboard_api.realtime.events import OutEvent
 from dashboard_api.realtime.hub import Hub, QueueSink, Subscription, TaskSubscription
+from dashboard_api.settings import Settings
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["realtime"])
-
-CLOSE_UNAUTHORIZED = 4401
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 # Over `ws_max_connections_per_token` sockets for one token on this replica (HTTP 429's twin).
@@ -253,34 +253,16 @@ class Connection(QueueSink):
                 closer.exception()  # retrieved: _close_slow suppresses its own errors
 
 
-def _token_of(websocket: WebSocket) -> str | None:
-    token = websocket.query_params.get("token")
-    if token:
-        return token
-    header = websocket.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
-
-
-async def _authenticate(ctx: Any, token: str | None) -> Principal | None:
-    from dashboard_api.api.deps import authenticate
-
-    try:
-        return await authenticate(ctx, token)
-    except ProblemError:
-        return None
-
-
 class Protocol:
     """Handles the client messages of one connection."""
 
-    def __init__(self, ctx: Any, conn: Connection) -> None:
-        self.ctx = ctx
+    def __init__(
+        self, settings: Settings, hub: Hub, channels: ChannelAuthorizer, conn: Connection
+    ) -> None:
         self.conn = conn
-        self.settings = ctx.settings
-        self.hub: Hub = ctx.hub
+        self.settings = settings
+        self.hub = hub
+        self.channels = channels
 
     async def handle(self, raw: str | bytes) -> None:
         conn = self.conn
@@ -322,7 +304,7 @@ class Protocol:
         ):
             conn.error("invalid_json", "`since_seq` must be a non-negative integer.", channel.name)
             return
-        verdict = await authorize(self.ctx, conn.principal, channel)
+        verdict = await self.channels.authorize(conn.principal, channel)
         if verdict != "ok":
             text = (
                 "This channel is not open to your role."
@@ -432,26 +414,25 @@ async def _stop(handler: asyncio.Task[None]) -> None:
             handler.result()
 
 
-@router.websocket("/ws", name="websocket")
-async def websocket_endpoint(websocket: WebSocket) -> None:
-    """Subscribe to live events; see API.md §10."""
-    ctx = websocket.app.state.ctx
-    principal = await _authenticate(ctx, _token_of(websocket))
-    await websocket.accept()
-    if principal is None:
-        await websocket.close(CLOSE_UNAUTHORIZED, "A valid token is required.")
-        return
-    hub: Hub = ctx.hub
-    limit = ctx.settings.ws_max_connections_per_token
+async def run_session(
+    websocket: WebSocket,
+    principal: Principal,
+    *,
+    settings: Settings,
+    hub: Hub,
+    channels: ChannelAuthorizer,
+) -> None:
+    """Serve an accepted, authenticated socket until it closes (API.md §10)."""
+    limit = settings.ws_max_connections_per_token
     if limit and _connections_of(hub, principal) >= limit:
         # Checked and counted with no await in between, so concurrent handshakes cannot
         # both slip under the limit.
         await websocket.close(CLOSE_TOO_MANY_CONNECTIONS, f"At most {limit} connections per token.")
         return
-    conn = Connection(websocket, principal, hub, ctx.settings.ws_send_queue_size)
+    conn = Connection(websocket, principal, hub, settings.ws_send_queue_size)
     hub.connections.add(conn)
     conn.start()
-    protocol = Protocol(ctx, conn)
+    protocol = Protocol(settings, hub, channels, conn)
     # Messages are handled in order by a task of their own, so that a peer that leaves
     # while a subscribe waits for the database is noticed at once and its work cancelled
     # (under churn, abandoned subscribes otherwise queue for database slots for seconds).

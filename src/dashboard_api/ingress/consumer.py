@@ -29,8 +29,9 @@ means that no replica took it and the producer should publish it again (same id)
 those channel names, so that several deployments can share one Redis server without
 storing each other's producer messages.
 
-Each message goes through the same service functions as the HTTP producer endpoints, so
-its events fan out the same way. A malformed message is logged and skipped.
+How a message is stored is `ingress/messages.py`: through the same service functions as
+the HTTP producer endpoints, so its events fan out the same way. A malformed message is
+logged and skipped.
 """
 
 from __future__ import annotations
@@ -42,28 +43,26 @@ import random
 import time
 import uuid
 from collections import deque
-from datetime import timedelta
+from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.aiotasks import raise_if_cancelled, stop_tasks
-from dashboard_api.db.dialect import upsert
-from dashboard_api.db.models.ingress import IngressMessage
+from dashboard_api.context import AppContext
 from dashboard_api.errors import ProblemError
-from dashboard_api.ids import TASK_ID_RE
+from dashboard_api.ingress.messages import (
+    ingress_patterns,
+    parse_ingress_channel,
+    prune_message_ids,
+    store_message,
+)
 from dashboard_api.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MESSAGE_ID_MAX = 200
-# How long stored message ids are kept: far longer than any producer retries a message.
-ID_RETENTION = timedelta(hours=24)
 PRUNE_EVERY_SECONDS = 600.0
 
 _RENEW = """
@@ -80,44 +79,12 @@ return 0
 """
 
 
-def ingress_patterns(prefix: str = "") -> tuple[str, str]:
-    """The channel patterns producers publish to (API.md §11), after `prefix`."""
-    return f"{prefix}task:*:output", f"{prefix}task:*:status"
-
-
-def parse_ingress_channel(channel: str, prefix: str = "") -> tuple[str, str] | None:
-    """`{prefix}task:{id}:output` → (id, "output"); None for anything else."""
-    head = f"{prefix}task:"
-    if not channel.startswith(head):
-        return None
-    task_id, sep, kind = channel[len(head) :].rpartition(":")
-    if not sep or kind not in ("output", "status") or TASK_ID_RE.fullmatch(task_id) is None:
-        return None
-    return task_id, kind
-
-
-async def claim_message(session: AsyncSession, task_id: str, message_id: str, now: Any) -> bool:
-    """Record a message id in the caller's transaction; False when it was recorded before.
-
-    A concurrent transaction recording the same id makes this one wait for its outcome
-    (the primary key), so of two replicas storing one message only one goes on.
-    """
-    table = IngressMessage.__table__
-    stmt = (
-        upsert(session, table)  # type: ignore[arg-type]
-        .values(task_id=task_id, message_id=message_id, stored_at=now)
-        .on_conflict_do_nothing(index_elements=["task_id", "message_id"])
-        .returning(table.c.message_id)
-    )
-    return (await session.execute(stmt)).first() is not None
-
-
 class Ingress:
     """Leader-elected consumer of the producer channels of one Redis."""
 
     def __init__(
         self,
-        ctx: Any,
+        ctx: AppContext,
         settings: Settings,
         *,
         lease_ms: int = 3000,
@@ -322,11 +289,7 @@ class Ingress:
             return
         self._next_prune = now + PRUNE_EVERY_SECONDS
         try:
-            async with self.ctx.db.write() as session:
-                cutoff = self.ctx.clock.now() - ID_RETENTION
-                await session.execute(
-                    delete(IngressMessage).where(IngressMessage.stored_at < cutoff)
-                )
+            await prune_message_ids(self.ctx)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -336,67 +299,17 @@ class Ingress:
         """Store one producer message; False (logged) when it is malformed, refused or
         already stored. `held`: received while another replica led (stored only with an id).
         """
-        from dashboard_api.schemas.tasks import OutputAppend, TaskUpdate
-        from dashboard_api.services import tasks as service
-
         target = parse_ingress_channel(channel, self.settings.redis_ingress_prefix)
         if target is None:
             self.skipped += 1
             log.warning("ingress: ignoring a message on %r", channel)
             return False
         task_id, kind = target
-        ctx = self.ctx
-        settings = self.settings
         try:
-            body = orjson.loads(data)
-            if not isinstance(body, dict):
-                raise ValueError("the message is not a JSON object")
-            message_id = body.pop("message_id", None)
-            if message_id is not None and (
-                not isinstance(message_id, str) or not 0 < len(message_id) <= MESSAGE_ID_MAX
-            ):
-                raise ValueError(f"message_id must be a string of 1 to {MESSAGE_ID_MAX} characters")
-            if held and message_id is None:
-                self.dropped_without_id += 1
-                return False
-            now = ctx.clock.now()
-            if kind == "output":
-                append = OutputAppend.model_validate(body)
-                chunks = append.as_chunks()
-                if len(chunks) > settings.max_chunks_per_request:
-                    raise ValueError("too many chunks in one message")
-                async with ctx.db.write() as session:
-                    if message_id is not None and not await claim_message(
-                        session, task_id, message_id, now
-                    ):
-                        self.duplicates += 1
-                        return False
-                    await service.append_output(
-                        session,
-                        task_id=task_id,
-                        chunks=chunks,
-                        now=now,
-                        cap_bytes=settings.output_cap_bytes,
-                        max_chunk_bytes=settings.max_chunk_bytes,
-                    )
-            else:
-                update = TaskUpdate.model_validate(body)
-                async with ctx.db.write() as session:
-                    if message_id is not None and not await claim_message(
-                        session, task_id, message_id, now
-                    ):
-                        self.duplicates += 1
-                        return False
-                    await service.update_task(
-                        session,
-                        task_id=task_id,
-                        body=update,
-                        now=now,
-                        prices=ctx.prices,
-                    )
+            outcome = await store_message(self.ctx, task_id, kind, data, held=held)
         except asyncio.CancelledError:
             raise
-        except (orjson.JSONDecodeError, ValidationError, ValueError, ProblemError) as exc:
+        except (ValidationError, ValueError, ProblemError) as exc:
             self.skipped += 1
             log.warning("ingress: skipping a message on %s: %s", channel, _short(exc))
             return False
@@ -404,8 +317,30 @@ class Ingress:
             self.skipped += 1
             log.exception("ingress: could not store a message on %s", channel)
             return False
+        if outcome == "duplicate":
+            self.duplicates += 1
+            return False
+        if outcome == "dropped_without_id":
+            self.dropped_without_id += 1
+            return False
         self.stored += 1
         return True
+
+
+@contextlib.asynccontextmanager
+async def ingress_lifespan(ctx: AppContext) -> AsyncIterator[Ingress | None]:
+    """Run this replica's Redis ingress while the app runs (with Redis only)."""
+    if not ctx.settings.redis_url:
+        yield None
+        return
+    ingress = Ingress(ctx, ctx.settings, lease_ms=ctx.settings.ingress_lease_ms)
+    await ingress.start()
+    ctx.ingress = ingress
+    try:
+        yield ingress
+    finally:
+        ctx.ingress = None
+        await ingress.close()
 
 
 def _text(value: Any) -> str:
