@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
     default_price: ModelPrice = ModelPrice(input=3, output=15, cache_read="0.3", cache_write="3.75")
     prices_file: Path | None = None
+    # Rows per keyset batch of `GET /api/tasks/export` (services/task_export.py).
+    export_batch_rows: int = Field(2000, ge=1, le=100_000)
 
     # --- analytics ----------------------------------------------------------------------
     analytics_max_buckets: int = Field(2000, ge=1, le=100_000)

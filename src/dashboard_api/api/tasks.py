@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Header, Path, Query, Response
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from dashboard_api.api.deps import AgentRole, AnyRole, CtxDep, PageDep, UserRole, split_multi
 from dashboard_api.db.models.tasks import TASK_STATUSES
 from dashboard_api.errors import Unprocessable
 from dashboard_api.ids import TASK_ID_PATTERN
+from dashboard_api.observability.setup import metrics_of
 from dashboard_api.schemas.common import Page, problem_responses
 from dashboard_api.schemas.tasks import (
     ChunkOut,
@@ -28,6 +30,7 @@ from dashboard_api.schemas.tasks import (
     task_public,
 )
 from dashboard_api.schemas.tasks_json import dumps, page_json, public_doc, ts
+from dashboard_api.services import task_export as export
 from dashboard_api.services import tasks as service
 from dashboard_api.timeutil import UtcDateTime
 
@@ -37,11 +40,7 @@ TaskIdPath = Annotated[str, Path(pattern=TASK_ID_PATTERN)]
 NO_NUL = r"^[^\x00]*$"
 
 
-@router.get("", response_model=Page[TaskSummary])
-async def list_tasks(
-    ctx: CtxDep,
-    _: AnyRole,
-    page: PageDep,
+def task_filters(
     status: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
     agent_type: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
     source: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
@@ -56,10 +55,9 @@ async def list_tasks(
             max_length=1000, pattern=NO_NUL, description="Case-insensitive substring of the input"
         ),
     ] = None,
-    sort: SortKey = "-created_at",
-) -> Response:
-    """Task summaries, filtered and sorted; page or cursor mode."""
-    filters = service.TaskFilters(
+) -> service.TaskFilters:
+    """The task list's filters (the list and the export take the same ones)."""
+    return service.TaskFilters(
         status=split_multi(status, name="status", allowed=TASK_STATUSES),
         agent_type=split_multi(agent_type, name="agent_type"),
         source=split_multi(source, name="source"),
@@ -70,11 +68,59 @@ async def list_tasks(
         user_id=user_id,
         q=q,
     )
+
+
+TaskFiltersDep = Annotated[service.TaskFilters, Depends(task_filters)]
+
+
+@router.get("", response_model=Page[TaskSummary])
+async def list_tasks(
+    ctx: CtxDep, _: AnyRole, page: PageDep, filters: TaskFiltersDep, sort: SortKey = "-created_at"
+) -> Response:
+    """Task summaries, filtered and sorted; page or cursor mode."""
     async with ctx.db.read() as session:
         result = await service.list_tasks(session, filters=filters, sort=sort, page=page)
     # Written directly (same document as Page[TaskSummary], which stays the documented
     # model): validating and serializing 50 models cost more than the queries.
     return Response(page_json(result), media_type="application/json")
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Every matching task summary (the list's items, in its order): "
+            "CSV with a header row, or JSON Lines (one summary object per line). Streamed.",
+            "content": {
+                export.MEDIA_TYPES["csv"]: {"schema": {"type": "string"}},
+                export.MEDIA_TYPES["jsonl"]: {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def export_tasks(
+    ctx: CtxDep,
+    _: UserRole,
+    filters: TaskFiltersDep,
+    format: Annotated[export.ExportFormat, Query(description="csv or jsonl")] = "csv",
+    sort: SortKey = "-created_at",
+) -> StreamingResponse:
+    """Every task summary the list's filters match, streamed whatever the count."""
+    stamp = ctx.clock.now().strftime("%Y%m%dT%H%M%SZ")
+    body = export.export_body(
+        ctx.db,
+        filters=filters,
+        sort=sort,
+        format_=format,
+        batch_size=ctx.settings.export_batch_rows,
+        on_rows=partial(metrics_of(ctx).count_exported, format),
+    )
+    return StreamingResponse(
+        body,
+        media_type=export.MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="tasks-{stamp}.{format}"'},
+    )
 
 
 @router.post(

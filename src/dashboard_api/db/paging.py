@@ -201,7 +201,7 @@ async def paginate(
     if request.cursor is not None:
         values = decode_cursor(ordering, request.cursor)
         bound = tuple_(*[_bind_like(k, v) for k, v in zip(ordering.keys, values, strict=True)])
-        page_stmt = page_stmt.where(_past(ordering, bound))
+        page_stmt = page_stmt.where(rows_after(ordering, bound))
     elif request.page is not None and request.page > 1:
         offset = (request.page - 1) * request.per_page
         if offset < SEEK_FROM_OFFSET:
@@ -330,7 +330,7 @@ async def _seek_by_index(
     return page_stmt.where(_from(ordering, bound))
 
 
-def _past(ordering: Ordering, bound: Any) -> ColumnElement[bool]:
+def rows_after(ordering: Ordering, bound: Any) -> ColumnElement[bool]:
     """Rows strictly after `bound` (a tuple of key values) in the order."""
     keys = tuple_(*ordering.keys)
     after: ColumnElement[bool] = keys < bound if ordering.descending else keys > bound

@@ -183,6 +183,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.exported_rows = Counter(
+            "dashboard_export_rows",
+            "Task summaries read for GET /api/tasks/export, by format",
+            ["format"],
+            registry=self.registry,
+        )
         self.ctx_getter: Callable[[], Any] | None = None
         self.events_published = 0
         self.analytics_folded = 0  # pending rollup contributions this replica folded
@@ -215,6 +221,9 @@ class Metrics:
 
     def count_folded(self, n: int) -> None:
         self.analytics_folded += n
+
+    def count_exported(self, format_: str, n: int) -> None:
+        self.exported_rows.labels(format_).inc(n)
 
     async def refresh_task_counts(
         self,

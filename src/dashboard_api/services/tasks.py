@@ -175,16 +175,21 @@ async def get_task(session: AsyncSession, task_id: str) -> Task:
     return task
 
 
+def summary_columns() -> tuple[ColumnElement[Any], ...]:
+    """The columns of a list row (`schemas.tasks_json.summary_from_row` reads them)."""
+    return (
+        *(_T.c[c] for c in SUMMARY_COLUMNS),
+        func.substr(_T.c.input_message, 1, 200).label("input_preview"),
+        _T.c.error.is_not(None).label("has_error"),
+    )
+
+
 async def list_tasks(
     session: AsyncSession, *, filters: TaskFilters, sort: str, page: PageRequest
 ) -> PageResult[dict[str, Any]]:
     """One page of task summaries (as `TaskSummary` documents) in the requested order."""
     await read_without_transaction(session)
-    columns = (
-        *(_T.c[c] for c in SUMMARY_COLUMNS),
-        func.substr(_T.c.input_message, 1, 200).label("input_preview"),
-        _T.c.error.is_not(None).label("has_error"),
-    )
+    columns = summary_columns()
     stmt: Select[Any] = select(*columns)
     where = filters.clauses(session)
     if where:
