@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # sockets, subprocesses, PostgreSQL and Redis); PYTEST_WORKERS=0 runs the suite serially.
 PYTEST_WORKERS ?= 3
 
-.PHONY: run test lint format pytest bench clean venv fuzz soak lock
+.PHONY: run test lint format pytest bench clean venv fuzz soak lock vendor
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -36,6 +36,11 @@ lock: | $(BIN)/python
 		--python-version 3.11 --generate-hashes --quiet -o $(LOCK) $(LOCK_ARGS)
 
 venv: $(STAMP)
+
+# The web dashboard's third-party JavaScript, refreshed from the npm registry at the versions
+# pinned in scripts/vendor-web.sh (needs npm; nothing else ever does). Commit the result.
+vendor:
+	bash scripts/vendor-web.sh
 
 # On the default ./dashboard.db (no DASHBOARD_DATABASE_URL), serve in demo mode while the
 # database holds no task (sample data and simulated agents, so that every screen has

@@ -24,6 +24,7 @@ from dashboard_api.api import (
     conversations,
     health,
     oauth,
+    session,
     sources,
     stream,
     system,
@@ -48,6 +49,7 @@ from dashboard_api.services import task_search
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import Clock, SystemClock
+from dashboard_api.web import install_dashboard
 
 log = logging.getLogger("dashboard_api")
 
@@ -244,6 +246,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         app.include_router(router)
     # hardening: document the cross-cutting problem answers (400/401/403/413/422/429/503)
     install_openapi(app)
+    # web: the dashboard's files, and its page for any other GET outside the API (last)
+    install_dashboard(app)
     return app
 
 
@@ -328,6 +332,7 @@ _ROUTERS = (
     tasks.router,
     agents.router,
     system.router,
+    session.router,
     conversations.router,
     webhooks.router,
     oauth.router,

@@ -242,7 +242,8 @@ async def test_security_headers_on_every_operation_and_error(
         for role in ("user", "agent")
     ]
     requests += [
-        ("get", "/nope", {}),  # 404
+        ("get", "/api/nope", {}),  # 404
+        ("get", "/nope", {}),  # the web dashboard's page (its own CSP, also default-src 'none')
         ("delete", "/api/health", {}),  # 405
         ("post", "/api/tasks", {**auth("agent"), "Content-Type": "application/json"}),  # 422
     ]

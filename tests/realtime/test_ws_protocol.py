@@ -39,6 +39,24 @@ async def test_header_auth_and_ping(live: LiveServer) -> None:
         assert await recv_json(ws) == {"type": "pong"}
 
 
+async def test_subprotocol_bearer_auth_keeps_the_token_out_of_the_url(live: LiveServer) -> None:
+    """What a browser can send: the subprotocols `bearer, <token>`; the answer selects
+    `bearer` (the token is never echoed), and a bad token still closes with 4401."""
+    await live.create_task("t-sub")
+    async with websockets.connect(live.ws_url(), subprotocols=["bearer", live.tokens.user]) as ws:
+        assert ws.subprotocol == "bearer"
+        await send_json(ws, {"type": "subscribe", "channel": "task:t-sub", "since_seq": 0})
+        assert await recv_json(ws) == {"type": "subscribed", "channel": "task:t-sub", "last_seq": 0}
+        await live.append("t-sub", "hello")
+        event = await recv_json(ws)
+        assert (event["type"], event["seq"], event["content"]) == ("task_output", 1, "hello")
+    ws = await websockets.connect(live.ws_url(), subprotocols=["bearer", "dash_wrong"])
+    assert await _closed_code(ws) == 4401
+    # `bearer` with nothing after it is no token at all.
+    ws = await websockets.connect(live.ws_url(), subprotocols=["bearer"])
+    assert await _closed_code(ws) == 4401
+
+
 async def test_every_error_code_keeps_the_connection(serve: ServeFactory) -> None:
     live = await serve(ws_max_subscriptions=3, ws_max_message_bytes=1024)
     await live.create_task("t-err")

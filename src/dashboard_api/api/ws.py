@@ -1,4 +1,5 @@
-"""`/ws`: the WebSocket handshake (a token in `?token=` or `Authorization: Bearer`); the
+"""`/ws`: the WebSocket handshake (a token in `?token=`, `Authorization: Bearer` or the
+subprotocols `bearer, <token>`); the
 session itself is `realtime/ws.py` (API.md §10)."""
 
 from __future__ import annotations
@@ -16,15 +17,37 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
-def _token_of(websocket: WebSocket) -> str | None:
+# A browser cannot set headers on a WebSocket, and a token in the URL ends up in logs and
+# history. It may offer the subprotocols `bearer, <token>` instead; the server then selects
+# `bearer` (never echoing the token) and reads the token from the next entry.
+BEARER_SUBPROTOCOL = "bearer"
+
+
+def _subprotocol_token(websocket: WebSocket) -> str | None:
+    offered = [
+        p.strip()
+        for value in websocket.headers.getlist("sec-websocket-protocol")
+        for p in value.split(",")
+    ]
+    for i, name in enumerate(offered[:-1]):
+        if name == BEARER_SUBPROTOCOL and offered[i + 1]:
+            return offered[i + 1]
+    return None
+
+
+def _token_of(websocket: WebSocket) -> tuple[str | None, str | None]:
+    """The token, and the subprotocol to select when it came as one."""
     token = websocket.query_params.get("token")
     if token:
-        return token
+        return token, None
     header = websocket.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
+        return value.strip(), None
+    token = _subprotocol_token(websocket)
+    if token:
+        return token, BEARER_SUBPROTOCOL
+    return None, None
 
 
 async def _principal(ctx: AppContext, token: str | None) -> Principal | None:
@@ -36,10 +59,15 @@ async def _principal(ctx: AppContext, token: str | None) -> Principal | None:
 
 @router.websocket("/ws", name="websocket")
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    """Subscribe to live events; see API.md §10."""
+    """Subscribe to live events; see API.md §10.
+
+    The token comes from `?token=`, the `Authorization` header, or the subprotocols
+    `bearer, <token>` (what a browser can send; the answer selects `bearer`).
+    """
     ctx: AppContext = websocket.app.state.ctx
-    principal = await _principal(ctx, _token_of(websocket))
-    await websocket.accept()
+    token, subprotocol = _token_of(websocket)
+    principal = await _principal(ctx, token)
+    await websocket.accept(subprotocol=subprotocol)
     if principal is None:
         await websocket.close(CLOSE_UNAUTHORIZED, "A valid token is required.")
         return

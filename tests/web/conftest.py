@@ -1,0 +1,30 @@
+"""The web tests' app runs on SQLite: serving the page does not depend on the storage
+backend (both backends are covered by the API's own tests)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dashboard_api.settings import Settings
+from tests.conftest import Backend
+
+
+@pytest.fixture
+async def backend(tmp_path: Path, sqlite_template: Path) -> Backend:
+    path = tmp_path / "dashboard.db"
+    shutil.copyfile(sqlite_template, path)
+    return Backend(
+        "sqlite", f"sqlite+aiosqlite:///{path}", None, f"dashtest:{uuid.uuid4().hex[:12]}:"
+    )
+
+
+@pytest.fixture
+def settings(backend: Backend) -> Settings:
+    # No periodic background work: these apps live for one or two requests, and a fold or
+    # sweep cancelled while aiosqlite opens its connection leaves that connection's thread
+    # calling into the closed loop (a warning that fails the next test).
+    return backend.settings(analytics_fold_interval_seconds=0, agent_sweep_interval_seconds=0)
