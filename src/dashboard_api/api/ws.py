@@ -1,6 +1,5 @@
 """`/ws`: the WebSocket handshake (a token in `?token=`, `Authorization: Bearer` or the
-subprotocols `bearer, <token>`); the
-session itself is `realtime/ws.py` (API.md §10)."""
+subprotocols `bearer, <token>`); the session itself is `realtime/ws.py` (API.md §10)."""
 
 from __future__ import annotations
 

@@ -38,13 +38,13 @@ function PerfTable({ title, rows, keyName }) {
       <th scope="col" class="num">Success</th><th scope="col" class="num">p50</th><th scope="col" class="num">p95</th>
       <th scope="col" class="num">Average</th><th scope="col" class="num">Cost</th><th scope="col" class="num">Avg cost</th>
       <th scope="col" class="num">Tokens in / out</th>
-      ${rows.some((r) => "p50_time_to_first_output_seconds" in r) && html`<th scope="col" class="num">First output p50</th>`}</tr></thead>
+      ${rows.some((r) => "p50_first_output_seconds" in r) && html`<th scope="col" class="num">First output p50</th>`}</tr></thead>
     <tbody>${rows.map((r) => html`<tr><th scope="row">${r[keyName] ?? "overall"}</th><td class="num">${fmtInt(r.tasks)}</td>
       <td class="num">${fmtPct(r.success_rate)}</td><td class="num">${fmtDuration(r.p50_duration_seconds)}</td>
       <td class="num">${fmtDuration(r.p95_duration_seconds)}</td><td class="num">${fmtDuration(r.avg_duration_seconds)}</td>
       <td class="num">${fmtUsd(r.total_cost_usd)}</td><td class="num">${fmtUsd(r.avg_cost_usd)}</td>
       <td class="num">${fmtInt(r.input_tokens)} / ${fmtInt(r.output_tokens)}</td>
-      ${"p50_time_to_first_output_seconds" in r && html`<td class="num">${fmtDuration(r.p50_time_to_first_output_seconds)}</td>`}</tr>`)}</tbody>
+      ${"p50_first_output_seconds" in r && html`<td class="num">${fmtDuration(r.p50_first_output_seconds)}</td>`}</tr>`)}</tbody>
   </table></div>`;
 }
 
