@@ -1,5 +1,5 @@
-"""Background work of one app, opened in its lifespan: the agent sweeper, the analytics
-fold and demo mode."""
+"""Background work of one app, opened in its lifespan: the periodic jobs (each on one
+replica at a time, see jobs/) and demo mode."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from dashboard_api.aiotasks import raise_if_cancelled, stop_tasks
+from dashboard_api.aiotasks import stop_tasks
 from dashboard_api.context import AppContext
 from dashboard_api.db.engine import PendingEvent
+from dashboard_api.jobs import Job, JobRunner, leadership_for
 from dashboard_api.observability.setup import metrics_of
 from dashboard_api.services.agents import stale_agents, sweep_offline
-from dashboard_api.services.analytics_fold import fold_loop
+from dashboard_api.services.analytics_fold import fold_waiting
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,23 @@ async def sweep_agents_once(ctx: AppContext) -> list[str]:
         return await sweep_offline(session, now=now, window=window)
 
 
-async def _sweeper(ctx: AppContext, interval: float) -> None:
-    while True:
-        raise_if_cancelled()
-        await asyncio.sleep(interval)
-        try:
-            await sweep_agents_once(ctx)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the database may be down for a while; keep sweeping
-            log.warning("agent sweep failed: %s", exc)
+async def fold_analytics_once(ctx: AppContext) -> None:
+    """Fold the rollup contributions task writes left pending (counted for `/metrics`)."""
+    metrics_of(ctx).count_folded(await fold_waiting(ctx.db))
+
+
+def periodic_jobs(ctx: AppContext) -> list[Job]:
+    """Every periodic job of the service, one line each (an interval of 0 turns one off)."""
+    settings = ctx.settings
+    fold_every = settings.analytics_fold_interval_seconds
+    return [
+        Job("agent-sweeper", settings.agent_sweep_interval_seconds, lambda: sweep_agents_once(ctx)),
+        Job(
+            "analytics-fold",
+            fold_every if settings.analytics_rollups_enabled else 0,
+            lambda: fold_analytics_once(ctx),
+        ),
+    ]
 
 
 def _count_published(ctx: AppContext) -> None:
@@ -58,17 +66,14 @@ def _count_published(ctx: AppContext) -> None:
 
 @contextlib.asynccontextmanager
 async def background_lifespan(ctx: AppContext) -> AsyncIterator[None]:
-    """Start the sweeper, the analytics fold (and, with `demo`, the demo data and
-    simulated agents)."""
+    """Start the periodic jobs (and, with `demo`, the demo data and simulated agents)."""
     _count_published(ctx)
+    runner = JobRunner(leadership_for(ctx.db, timeout=ctx.settings.dependency_timeout_seconds))
+    for job in periodic_jobs(ctx):
+        runner.add(job)
+    ctx.jobs = runner
+    runner.start()
     tasks: list[asyncio.Task[Any]] = []
-    interval = ctx.settings.agent_sweep_interval_seconds
-    if interval > 0:
-        tasks.append(asyncio.create_task(_sweeper(ctx, interval), name="agent-sweeper"))
-    fold_every = ctx.settings.analytics_fold_interval_seconds
-    if fold_every > 0 and ctx.settings.analytics_rollups_enabled:
-        folder = fold_loop(ctx.db, fold_every, metrics_of(ctx).count_folded)
-        tasks.append(asyncio.create_task(folder, name="analytics-fold"))
     if ctx.settings.demo:
         from dashboard_api.demo import start_demo
 
@@ -77,3 +82,4 @@ async def background_lifespan(ctx: AppContext) -> AsyncIterator[None]:
         yield
     finally:
         await stop_tasks(tasks, what="background work")
+        await runner.stop()

@@ -6,7 +6,7 @@ small Protocols: what routes, health checks and metrics use of them, nothing mor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -64,6 +64,13 @@ class IngressView(Protocol):
     def eligible(self) -> bool: ...
 
 
+class JobsView(Protocol):
+    """The periodic-job runner of this replica (jobs/), as metrics and tests see it."""
+
+    @property
+    def stats(self) -> Mapping[str, Any]: ...
+
+
 @dataclass
 class AppContext:
     """Everything one app instance owns; built in `create_app`, opened in its lifespan."""
@@ -80,5 +87,6 @@ class AppContext:
     hub: HubView | None = None
     realtime: LiveDelivery | None = None
     ingress: IngressView | None = None
+    jobs: JobsView | None = None  # the periodic jobs (background.py)
     limiter: RateLimiter | None = None
     extras: dict[str, Any] = field(default_factory=dict)

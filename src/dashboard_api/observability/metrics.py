@@ -16,7 +16,9 @@ Realtime and task figures are read at scrape time, so the hot paths pay nothing:
   `slow_consumer_disconnects` to the WebSocket sessions the middleware saw end with 1013;
 - task counts by status are refreshed by `/metrics` before rendering: queued and running
   (index ranges) every `metrics_cache_seconds`, the ended statuses (a count over most of
-  the table: ~0.3 s on 1M tasks) at most once a minute.
+  the table: ~0.3 s on 1M tasks) at most once a minute;
+- per periodic job (`ctx.jobs`, jobs/runner.py): runs, failures, time spent
+  running and whether this replica leads it.
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from dashboard_api import __version__
@@ -114,6 +121,9 @@ class _ScrapeCollector(Collector):
             for status, count in sorted(m.task_counts.items()):
                 gauge.add_metric([status], float(count))
             yield gauge
+        jobs = m.ctx_getter().jobs if m.ctx_getter is not None else None
+        if jobs is not None:
+            yield from _job_metrics(jobs.stats)
         ingress = m.ctx_getter().ingress if m.ctx_getter is not None else None
         if ingress is not None:
             family = CounterMetricFamily(
@@ -145,6 +155,32 @@ _INGRESS_OUTCOMES = (
     ("duplicate", "duplicates"),
     ("dropped_without_id", "dropped_without_id"),
 )
+
+
+def _job_metrics(stats: Mapping[str, Any]) -> Iterator[Metric]:
+    """Per periodic job (jobs/runner.py `JobStats`): runs, failures, time, lead."""
+    runs = CounterMetricFamily(
+        "dashboard_job_runs", "Runs of each periodic job on this replica", labels=["job"]
+    )
+    failures = CounterMetricFamily(
+        "dashboard_job_failures",
+        "Runs of each periodic job on this replica that raised (retried at the next interval)",
+        labels=["job"],
+    )
+    seconds = SummaryMetricFamily(
+        "dashboard_job_run_seconds", "Time spent in runs of each periodic job", labels=["job"]
+    )
+    leader = GaugeMetricFamily(
+        "dashboard_job_leader",
+        "1 while this replica leads the periodic job (one replica at a time does)",
+        labels=["job"],
+    )
+    for name, s in sorted(stats.items()):
+        runs.add_metric([name], float(s.runs))
+        failures.add_metric([name], float(s.failures))
+        seconds.add_metric([name], count_value=s.runs, sum_value=s.seconds)
+        leader.add_metric([name], float(s.leader))
+    yield from (runs, failures, seconds, leader)
 
 
 def _has(sources: Sequence[Any], attr: str) -> bool:

@@ -8,7 +8,8 @@ no task write ever waits for another one's rollup rows. Each row's `changes` gro
 the number of contributions folded into it, so that a block's `changes` plus its pending
 rows stays the same across a fold (the token `services.task_search` checks).
 
-Who folds: a background loop in every replica (`fold_loop`), and every analytics read
+Who folds: the `analytics-fold` periodic job (`fold_waiting`, on one replica at a time,
+see jobs/), and every analytics read
 before it reads (`fold_before_read`), so that an answer includes every write
 acknowledged before it was asked. Task-list totals do not fold: they add the pending
 rows to what they count (`services.tasks`), in the same statement, without a lock.
@@ -20,14 +21,9 @@ or rolls back (both unchanged), so a crash never loses or doubles a contribution
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Callable
-
 from sqlalchemy import Table, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.aiotasks import raise_if_cancelled
 from dashboard_api.db.dialect import advisory_xact_lock_sql, try_advisory_xact_lock_sql
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models.analytics import AnalyticsPending
@@ -37,8 +33,6 @@ from dashboard_api.services.analytics_rollups import (
     contribution_of_pending,
     deltas,
 )
-
-log = logging.getLogger(__name__)
 
 # Rows per fold transaction: large enough that a backlog drains in a few transactions,
 # small enough that one holds its locks for well under a second.
@@ -128,19 +122,9 @@ async def fold_before_read(db: Database, session: AsyncSession | None = None) ->
     return folded
 
 
-async def fold_loop(
-    db: Database, interval: float, on_folded: Callable[[int], None] | None = None
-) -> None:
-    """Fold whatever is pending every `interval` seconds (a replica's background task)."""
-    while True:
-        raise_if_cancelled()
-        await asyncio.sleep(interval)
-        try:
-            if await newest_pending(db) is not None:
-                n = await fold_pending(db, wait=False)
-                if on_folded is not None:
-                    on_folded(n)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the database may be down for a while; keep folding
-            log.warning("analytics fold failed: %s", exc)
+async def fold_waiting(db: Database) -> int:
+    """One background fold (the `analytics-fold` periodic job): a read when nothing is
+    pending (the usual case), else fold it, unless another fold is running (it will)."""
+    if await newest_pending(db) is None:
+        return 0
+    return await fold_pending(db, wait=False)
