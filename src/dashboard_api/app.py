@@ -41,6 +41,7 @@ from dashboard_api.errors import PayloadTooLarge, ProblemError, problem_body
 from dashboard_api.gc_tuning import freeze_after_start
 from dashboard_api.ingress import ingress_lifespan
 from dashboard_api.observability.setup import install_observability
+from dashboard_api.otlp import router as otlp
 from dashboard_api.realtime import Realtime, realtime_lifespan
 from dashboard_api.realtime.channels import ChannelAuthorizer
 from dashboard_api.security.headers import SecurityHeadersMiddleware
@@ -339,4 +340,5 @@ _ROUTERS = (
     sources.router,
     analytics.router,
     stream.router,  # realtime: /ws and /api/tasks/{task_id}/stream
+    otlp.router,  # POST /v1/traces: OpenTelemetry GenAI spans -> tasks
 )

@@ -116,6 +116,19 @@ class Settings(BaseSettings):
     jira_required_scopes: Annotated[list[str], NoDecode] = ["read:jira-work", "write:jira-work"]
     slack_required_scopes: Annotated[list[str], NoDecode] = ["app_mentions:read", "chat:write"]
 
+    # --- OpenTelemetry ingestion (POST /v1/traces, otlp/) ------------------------------
+    # Request body, before and after gzip (OTLP/HTTP recommends 20 MiB); over it: 413.
+    otlp_max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    otlp_max_spans_per_request: int = Field(10_000, ge=1)
+    # Attribute and event string values are cut to this many characters when stored, and
+    # at most this many events of a span are kept.
+    otlp_max_attribute_chars: int = Field(64 * 1024, ge=64, le=1024 * 1024)
+    otlp_max_events_per_span: int = Field(128, ge=0, le=10_000)
+    # Spans kept to assemble invocations that arrive in pieces: a span whose parent has
+    # not come within this time, or that comes this long after its invocation's root,
+    # is no longer joined to it.
+    otlp_span_retention_seconds: float = Field(3600.0, gt=0)
+
     # --- demo ---------------------------------------------------------------------------
     demo: bool = False
     # Sample tasks seeded (over the last `demo_days`) when a demo starts on a database

@@ -14,6 +14,7 @@ from dashboard_api.db.models.conversations import (
 )
 from dashboard_api.db.models.ingress import IngressMessage
 from dashboard_api.db.models.oauth import OAuthInstallation
+from dashboard_api.db.models.otlp import OtlpSpan
 from dashboard_api.db.models.sources import DataSource, IndexJob
 from dashboard_api.db.models.tasks import Task, TaskEvent, TaskOutputChunk
 from dashboard_api.db.models.tokens import ApiToken
@@ -33,6 +34,7 @@ __all__ = [
     "IndexJob",
     "IngressMessage",
     "OAuthInstallation",
+    "OtlpSpan",
     "Task",
     "TaskEvent",
     "TaskOutputChunk",

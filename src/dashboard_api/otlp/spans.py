@@ -1,0 +1,418 @@
+"""One OTLP span reduced to what the task mapping needs: `SpanFacts` (pure, no I/O).
+
+The facts are what is kept of a span while its invocation is assembled (`otlp_spans`),
+so they hold only the GenAI semantic-convention attributes the mapping reads, the
+span's identity, times and status, and its content (prompts, completions, events) as
+output chunks, every string cut to the attribute cap.
+
+GenAI attributes read (several generations of the conventions are in use):
+`gen_ai.operation.name`, `gen_ai.agent.name`, `gen_ai.agent.id`, `gen_ai.request.model`,
+`gen_ai.response.model`, `gen_ai.usage.input_tokens` (`prompt_tokens`),
+`gen_ai.usage.output_tokens` (`completion_tokens`), `gen_ai.usage.cache_read.input_tokens`
+(`cache_read_input_tokens`), `gen_ai.usage.cache_creation.input_tokens`
+(`cache_creation_input_tokens`), `gen_ai.usage.cost` (USD, when the producer reports it),
+`gen_ai.conversation.id`; content as `gen_ai.input.messages` / `gen_ai.output.messages` /
+`gen_ai.system_instructions` (JSON), `gen_ai.prompt` / `gen_ai.completion`, indexed
+`gen_ai.prompt.N.role|content` / `gen_ai.completion.N.role|content`, and span events
+(`gen_ai.content.prompt`, `gen_ai.user.message`, `gen_ai.choice`, `exception`, any other).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, SpanFlags, Status
+
+STATUS_UNSET, STATUS_OK, STATUS_ERROR = (
+    Status.STATUS_CODE_UNSET,
+    Status.STATUS_CODE_OK,
+    Status.STATUS_CODE_ERROR,
+)
+_REMOTE_PARENT = SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+# Token counts are capped where the task schema caps them (2**62).
+MAX_TOKENS = 2**62
+Chunk = tuple[str, str]  # (stream, content)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps on what one span may keep (settings `otlp_max_attribute_chars`, ...)."""
+
+    max_chars: int = 64 * 1024
+    max_events: int = 128
+
+
+@dataclass(frozen=True, slots=True)
+class SpanFacts:
+    trace_id: str  # 32 lowercase hex digits
+    span_id: str  # 16 lowercase hex digits
+    # The parent in this trace, or None for a root: no parent, or a remote one (the span
+    # starts this process's part of a distributed trace).
+    parent_id: str | None
+    name: str
+    start_ns: int
+    end_ns: int
+    status: int  # STATUS_UNSET, STATUS_OK or STATUS_ERROR
+    status_message: str = ""
+    service: str | None = None
+    genai: bool = False  # any gen_ai.* attribute or event
+    operation: str | None = None
+    agent_name: str | None = None
+    agent_id: str | None = None
+    request_model: str | None = None
+    response_model: str | None = None
+    usage: bool = False  # carries gen_ai.usage.* token counts
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: str | None = None  # a decimal string, when reported
+    conversation_id: str | None = None
+    prompt: str | None = None  # the first user message
+    completion: str | None = None  # the last assistant message
+    chunks: tuple[Chunk, ...] = field(default=())
+
+    def to_doc(self) -> dict[str, Any]:
+        """The stored form (JSON-able, defaults left out)."""
+        doc: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if name in _REQUIRED or value != _DEFAULTS[name]:
+                doc[name] = [list(c) for c in value] if name == "chunks" else value
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> SpanFacts:
+        chunks = doc.pop("chunks", ())
+        return cls(**doc, chunks=tuple((str(s), str(c)) for s, c in chunks))
+
+
+_REQUIRED = frozenset({"trace_id", "span_id", "parent_id", "name", "start_ns", "end_ns", "status"})
+_DEFAULTS: dict[str, Any] = {
+    name: f.default for name, f in SpanFacts.__dataclass_fields__.items() if name not in _REQUIRED
+}
+
+
+class SpanRejected(ValueError):
+    """A span that cannot be stored; its message is the reason, in a few words."""
+
+
+def span_facts(span: Span, *, service: str | None, limits: Limits) -> SpanFacts:
+    """The facts of one decoded span; `SpanRejected` for an unusable one."""
+    trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+    if len(trace_id) != 16 or not any(trace_id):
+        raise SpanRejected("invalid trace_id")
+    if len(span_id) != 8 or not any(span_id):
+        raise SpanRejected("invalid span_id")
+    if parent and (len(parent) != 8 or not any(parent)):
+        raise SpanRejected("invalid parent_span_id")
+    start, end = span.start_time_unix_nano, span.end_time_unix_nano
+    if start == 0 or end < start:
+        raise SpanRejected("missing start time or end before start")
+    remote = bool(span.flags & _REMOTE_PARENT)
+    reader = _Reader(limits.max_chars)
+    for kv in span.attributes:
+        reader.attribute(kv)
+    reader.end_attributes()
+    for event in span.events[: limits.max_events]:
+        reader.event(event.name, event.attributes)
+    cap = limits.max_chars
+    return SpanFacts(
+        trace_id=trace_id.hex(),
+        span_id=span_id.hex(),
+        parent_id=parent.hex() if parent and not remote else None,
+        name=clean(span.name, 255) or "span",
+        start_ns=start,
+        end_ns=end,
+        status=span.status.code if span.status.code in (1, 2) else STATUS_UNSET,
+        status_message=clean(span.status.message, cap),
+        service=clean(service, 255) or None,
+        genai=reader.genai,
+        operation=_short(reader.text.get("gen_ai.operation.name")),
+        agent_name=_short(reader.text.get("gen_ai.agent.name")),
+        agent_id=_short(reader.text.get("gen_ai.agent.id")),
+        request_model=_short(reader.text.get("gen_ai.request.model")),
+        response_model=_short(reader.text.get("gen_ai.response.model")),
+        usage=reader.usage,
+        input_tokens=reader.tokens["input"],
+        output_tokens=reader.tokens["output"],
+        cache_read_tokens=reader.tokens["cache_read"],
+        cache_write_tokens=reader.tokens["cache_write"],
+        cost_usd=reader.cost,
+        conversation_id=_short(reader.text.get("gen_ai.conversation.id")),
+        prompt=reader.prompt,
+        completion=reader.completion,
+        chunks=tuple(reader.chunks),
+    )
+
+
+# --- strings -----------------------------------------------------------------------------
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean(value: str | None, cap: int) -> str:
+    """`value` cut to `cap` characters, without what no backend stores (NUL, surrogates)."""
+    if not value:
+        return ""
+    if len(value) > cap:
+        value = value[:cap]
+    return _UNSTORABLE.sub("\ufffd", value)
+
+
+def _short(value: str | None) -> str | None:
+    return value[:255] if value else None
+
+
+# --- attribute values ----------------------------------------------------------------------
+
+_TOKENS = {
+    "gen_ai.usage.input_tokens": "input",
+    "gen_ai.usage.prompt_tokens": "input",
+    "gen_ai.usage.output_tokens": "output",
+    "gen_ai.usage.completion_tokens": "output",
+    "gen_ai.usage.cache_read.input_tokens": "cache_read",
+    "gen_ai.usage.cache_read_input_tokens": "cache_read",
+    "gen_ai.usage.cache_creation.input_tokens": "cache_write",
+    "gen_ai.usage.cache_creation_input_tokens": "cache_write",
+}
+_TEXT = frozenset(
+    {
+        "gen_ai.operation.name",
+        "gen_ai.agent.name",
+        "gen_ai.agent.id",
+        "gen_ai.request.model",
+        "gen_ai.response.model",
+        "gen_ai.conversation.id",
+    }
+)
+_INDEXED = re.compile(r"^gen_ai\.(prompt|completion)\.(\d{1,4})\.(role|content)$")
+_CONTENT_EVENTS = {
+    "gen_ai.system.message": "system",
+    "gen_ai.user.message": "user",
+    "gen_ai.assistant.message": "assistant",
+    "gen_ai.tool.message": "tool",
+}
+
+
+def _plain(value: AnyValue, cap: int, depth: int = 0) -> Any:
+    """An AnyValue as a plain Python value (strings cut to `cap`; deep nesting cut off)."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return clean(value.string_value, cap)
+    if kind == "int_value":
+        return value.int_value
+    if kind == "double_value":
+        return value.double_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "bytes_value":
+        return value.bytes_value[: cap // 2].hex()
+    if depth >= 4:
+        return None
+    if kind == "array_value":
+        return [_plain(v, cap, depth + 1) for v in value.array_value.values[:100]]
+    if kind == "kvlist_value":
+        return {
+            clean(kv.key, 255): _plain(kv.value, cap, depth + 1)
+            for kv in value.kvlist_value.values[:100]
+        }
+    return None
+
+
+def _count(value: AnyValue) -> int | None:
+    """A token count: an int, an integral double or a decimal string; None otherwise."""
+    kind = value.WhichOneof("value")
+    number: Any
+    if kind == "int_value":
+        number = value.int_value
+    elif kind == "double_value":
+        number = value.double_value
+        if number != number or number in (float("inf"), float("-inf")):
+            return None
+    elif kind == "string_value" and value.string_value.strip().isdigit():
+        number = int(value.string_value.strip()[:20])
+    else:
+        return None
+    return max(0, min(int(number), MAX_TOKENS))
+
+
+def _cost(value: AnyValue) -> str | None:
+    kind = value.WhichOneof("value")
+    raw: Any = None
+    if kind == "double_value":
+        raw = repr(value.double_value)
+    elif kind == "int_value":
+        raw = str(value.int_value)
+    elif kind == "string_value":
+        raw = value.string_value.strip()[:40]
+    try:
+        amount = Decimal(raw) if raw is not None else None
+    except InvalidOperation:
+        return None
+    if amount is None or not amount.is_finite() or amount < 0 or amount > 10**9:
+        return None
+    return str(amount)
+
+
+class _Reader:
+    """Collects the facts of one span from its attributes and events, in order."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.genai = False
+        self.usage = False
+        self.text: dict[str, str] = {}
+        self.tokens = {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0}
+        self.cost: str | None = None
+        self.prompt: str | None = None
+        self.completion: str | None = None
+        self.chunks: list[Chunk] = []
+        self._indexed: dict[tuple[str, int], dict[str, str]] = {}
+
+    def attribute(self, kv: KeyValue) -> None:
+        key = kv.key
+        if not key.startswith("gen_ai."):
+            return
+        self.genai = True
+        value = kv.value
+        if key in _TOKENS:
+            n = _count(value)
+            if n is not None:
+                self.usage = True
+                self.tokens[_TOKENS[key]] = n
+        elif key in _TEXT:
+            if value.WhichOneof("value") == "string_value" and value.string_value:
+                self.text[key] = clean(value.string_value, self.cap)
+        elif key == "gen_ai.usage.cost":
+            self.cost = _cost(value)
+        elif key in ("gen_ai.input.messages", "gen_ai.system_instructions"):
+            self._messages(_plain(value, self.cap), default_role="user")
+        elif key == "gen_ai.output.messages":
+            self._messages(_plain(value, self.cap), default_role="assistant")
+        elif key in ("gen_ai.prompt", "gen_ai.completion"):
+            text = _as_text(_plain(value, self.cap))
+            if text:
+                self._message("user" if key == "gen_ai.prompt" else "assistant", text)
+        elif match := _INDEXED.match(key):
+            which, index, part = match.group(1), int(match.group(2)), match.group(3)
+            slot = self._indexed.setdefault((which, index), {})
+            slot[part] = _as_text(_plain(value, self.cap))
+
+    def end_attributes(self) -> None:
+        """Emit the indexed messages (`gen_ai.prompt.N.*`, then `gen_ai.completion.N.*`),
+        whose role and content come as separate attributes in any order."""
+        for (which, _), slot in sorted(self._indexed.items()):
+            role = slot.get("role") or ("user" if which == "prompt" else "assistant")
+            if slot.get("content"):
+                self._message(role, slot["content"])
+        self._indexed.clear()
+
+    def event(self, name: str, attributes: Sequence[KeyValue]) -> None:
+        plain = {kv.key: _plain(kv.value, self.cap) for kv in attributes[:64]}
+        if name.startswith("gen_ai."):
+            self.genai = True
+        if name == "exception":
+            kind = plain.get("exception.type") or "exception"
+            message = plain.get("exception.message") or ""
+            self.chunks.append(("stderr", clean(f"{kind}: {message}\n", self.cap)))
+            return
+        if name in ("gen_ai.content.prompt", "gen_ai.content.completion"):
+            key = "gen_ai.prompt" if name.endswith("prompt") else "gen_ai.completion"
+            text = _as_text(plain.get(key))
+            if text:
+                self._message("user" if key == "gen_ai.prompt" else "assistant", text)
+                return
+        if name in _CONTENT_EVENTS:
+            text = _as_text(plain.get("content"))
+            if text:
+                self._message(str(plain.get("role") or _CONTENT_EVENTS[name]), text)
+                return
+        if name == "gen_ai.choice":
+            message = plain.get("message")
+            text = _as_text(message.get("content") if isinstance(message, dict) else message)
+            text = text or _as_text(plain.get("content"))
+            if text:
+                self._message("assistant", text)
+                return
+        if plain:
+            shown = ", ".join(f"{k}={_as_text(v)}" for k, v in plain.items())
+            self.chunks.append(("system", clean(f"[{name}] {shown}\n", self.cap)))
+        else:
+            self.chunks.append(("system", clean(f"[{name}]\n", self.cap)))
+
+    def _messages(self, value: Any, *, default_role: str) -> None:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                self._message(default_role, value)
+                return
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list):
+            return
+        for item in value[:1000]:
+            if isinstance(item, dict):
+                role = str(item.get("role") or default_role)
+                text = _message_text(item)
+            else:
+                role, text = default_role, _as_text(item)
+            if text:
+                self._message(role, text)
+
+    def _message(self, role: str, text: str) -> None:
+        role = clean(role, 32) or "user"
+        if role == "user" and self.prompt is None:
+            self.prompt = text
+        if role == "assistant":
+            self.completion = text
+        self.chunks.append(("stdout", clean(f"{role}: {text}\n", self.cap)))
+
+
+def _message_text(item: dict[str, Any]) -> str:
+    """The text of a structured message: `content`, or its text `parts`."""
+    if "content" in item:
+        return _as_text(item["content"])
+    parts = item.get("parts")
+    if isinstance(parts, list):
+        texts = []
+        for part in parts:
+            if isinstance(part, dict):
+                content = part.get("content")
+                if content is None and part.get("type") == "tool_call":
+                    content = f"tool call {part.get('name')}({_as_text(part.get('arguments'))})"
+                if content is None and part.get("type") == "tool_call_response":
+                    content = _as_text(part.get("response"))
+                texts.append(_as_text(content))
+            else:
+                texts.append(_as_text(part))
+        return "\n".join(t for t in texts if t)
+    return ""
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        return "\n".join(t for t in (_message_text(v) for v in value) if t)
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def service_name(attributes: Iterable[KeyValue]) -> str | None:
+    """`service.name` of a resource, when it is a string."""
+    for kv in attributes:
+        if kv.key == "service.name" and kv.value.WhichOneof("value") == "string_value":
+            return kv.value.string_value
+    return None

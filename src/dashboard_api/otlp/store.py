@@ -1,0 +1,240 @@
+"""Spans kept until their invocation is whole, and the tasks stored through the tasks
+service's ordinary paths (`register_task`, `append_output`, `update_task`), so that the
+usual `task_status` / `task_output` events go out and the analytics rollups follow.
+
+Exactly once, whatever the retries, the order of arrival and the number of replicas:
+one transaction per request takes a lock per trace (PostgreSQL advisory locks, in key
+order; SQLite writes are serialized already), inserts the spans keyed by their own ids
+(a span already stored is not new, and changes nothing), and plans from all the stored
+spans of each trace that gained one. An invocation whose root has come gets its task
+then, once: the root's row records the task. Spans of it that come later (tokens of a
+late child) update the task's figures; their content is not appended, the task being
+finished by then.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import orjson
+from sqlalchemy import Table, bindparam, delete, select, text, update
+
+from dashboard_api.db.dialect import backend_of, upsert
+from dashboard_api.db.engine import Database
+from dashboard_api.db.models.otlp import OtlpSpan
+from dashboard_api.errors import Conflict
+from dashboard_api.otlp.mapping import SOURCE, TaskPlan, plan_task, subtrees
+from dashboard_api.otlp.spans import SpanFacts
+from dashboard_api.schemas.tasks import OutputChunkIn, TaskCreate, TaskUpdate
+from dashboard_api.services import tasks
+from dashboard_api.services.pricing import PriceTable
+
+_S = cast(Table, OtlpSpan.__table__)
+# The advisory-lock class of trace locks (the two-key form: a key space of its own).
+_LOCK_CLASS = 0x07E1
+
+
+@dataclass(frozen=True, slots=True)
+class OutputLimits:
+    cap_bytes: int
+    max_chunk_bytes: int
+
+
+@dataclass(slots=True)
+class Stored:
+    """What one request changed."""
+
+    new_spans: int = 0
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+
+
+def _ts(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, UTC)
+
+
+async def store_spans(
+    db: Database,
+    spans: Sequence[SpanFacts],
+    *,
+    now: datetime,
+    prices: PriceTable,
+    output: OutputLimits,
+) -> Stored:
+    """Store the spans of one request and the tasks they complete, in one transaction."""
+    result = Stored()
+    unique = {(s.trace_id, s.span_id): s for s in reversed(spans)}  # the first of repeats
+    if not unique:
+        return result
+    batch = secrets.randbits(62)
+    async with db.write() as session:
+        await _lock_traces(session, sorted({t for t, _ in unique}))
+        rows = [
+            {
+                "trace_id": t,
+                "span_id": s,
+                "task_id": None,
+                "batch": batch,
+                "received_at": now,
+                "facts": orjson.dumps(f.to_doc()).decode(),
+            }
+            for (t, s), f in unique.items()
+        ]
+        inserted = await session.execute(
+            upsert(session, _S)
+            .on_conflict_do_nothing(index_elements=[_S.c.trace_id, _S.c.span_id])
+            .returning(_S.c.trace_id, _S.c.span_id),
+            rows,
+        )
+        new_keys = {(r.trace_id, r.span_id) for r in inserted}
+        result.new_spans = len(new_keys)
+        if not new_keys:
+            return result
+        touched = sorted({t for t, _ in new_keys})
+        known: dict[str, list[SpanFacts]] = {t: [] for t in touched}
+        has_task: dict[tuple[str, str], str] = {}
+        for row in await session.execute(_LOAD, {"traces": touched, "batch": batch}):
+            known[row.trace_id].append(SpanFacts.from_doc(orjson.loads(row.facts)))
+            if row.task_id is not None:
+                has_task[(row.trace_id, row.span_id)] = row.task_id
+        for key in new_keys:
+            known[key[0]].append(unique[key])
+        for trace_id in touched:
+            for root, tree in subtrees(known[trace_id]):
+                fresh = [s for s in tree if (s.trace_id, s.span_id) in new_keys]
+                if not fresh:
+                    continue
+                plan = plan_task(root, tree)
+                if plan is None:
+                    continue
+                if (root.trace_id, root.span_id) in has_task:
+                    await _update(session, plan, now=now, prices=prices)
+                    result.updated.append(plan.task_id)
+                elif await _create(session, plan, prices=prices, output=output):
+                    result.created.append(plan.task_id)
+    return result
+
+
+_LOAD = select(_S.c.trace_id, _S.c.span_id, _S.c.task_id, _S.c.facts).where(
+    _S.c.trace_id.in_(bindparam("traces", expanding=True)), _S.c.batch != bindparam("batch")
+)
+_MARK_ROOT = (
+    update(_S)
+    .where(_S.c.trace_id == bindparam("t"), _S.c.span_id == bindparam("s"))
+    .values(task_id=bindparam("task_id"))
+)
+
+
+async def _lock_traces(session: Any, trace_ids: Sequence[str]) -> None:
+    """Serialize the requests that carry spans of the same traces (PostgreSQL), taking
+    the locks in key order so that two requests never wait for each other in a cycle."""
+    if backend_of(session) != "postgresql":
+        return  # SQLite: `Database.write()` transactions are serialized already
+    keys = sorted({int(t[:8], 16) - 2**31 for t in trace_ids})
+    await session.execute(_LOCK_SQL, {"cls": _LOCK_CLASS, "keys": keys})
+
+
+# unnest keeps the array's order: the locks are taken in key order.
+_LOCK_SQL = text(
+    "SELECT count(pg_advisory_xact_lock(CAST(:cls AS integer), k)) "
+    "FROM unnest(CAST(:keys AS integer[])) AS k"
+)
+
+
+async def _create(
+    session: Any, plan: TaskPlan, *, prices: PriceTable, output: OutputLimits
+) -> bool:
+    """Register, fill and finish the task of a newly whole invocation; False when a task
+    of that id exists already (its spans were pruned and sent again)."""
+    root = plan.root
+    started, ended = _ts(root.start_ns), _ts(root.end_ns)
+    body = TaskCreate(
+        task_id=plan.task_id,
+        agent_type=plan.agent_type,
+        input_message=plan.input_message,
+        source=SOURCE,
+        status="running",
+        assigned_agent=plan.assigned_agent,
+        model=plan.model,
+        metadata=plan.metadata,
+        created_at=started,
+    )
+    try:
+        await tasks.register_task(session, body=body, now=started, prices=prices)
+    except Conflict:
+        await session.execute(
+            _MARK_ROOT, {"t": root.trace_id, "s": root.span_id, "task_id": plan.task_id}
+        )
+        return False
+    chunks = [OutputChunkIn(stream=s, content=c) for s, c in plan.chunks()]
+    if chunks:
+        await tasks.append_output(
+            session,
+            task_id=plan.task_id,
+            chunks=chunks,
+            now=ended,
+            cap_bytes=output.cap_bytes,
+            max_chunk_bytes=output.max_chunk_bytes,
+        )
+    await tasks.update_task(
+        session, task_id=plan.task_id, body=_figures(plan, final=True), now=ended, prices=prices
+    )
+    await session.execute(
+        _MARK_ROOT, {"t": root.trace_id, "s": root.span_id, "task_id": plan.task_id}
+    )
+    return True
+
+
+async def _update(session: Any, plan: TaskPlan, *, now: datetime, prices: PriceTable) -> None:
+    """New spans of an invocation whose task exists: its figures, recomputed from all."""
+    await tasks.update_task(
+        session, task_id=plan.task_id, body=_figures(plan, final=False), now=now, prices=prices
+    )
+
+
+def _figures(plan: TaskPlan, *, final: bool) -> TaskUpdate:
+    values: dict[str, Any] = {
+        "model": plan.model,
+        "input_tokens": plan.input_tokens,
+        "output_tokens": plan.output_tokens,
+        "cache_read_tokens": plan.cache_read_tokens,
+        "cache_write_tokens": plan.cache_write_tokens,
+    }
+    if plan.result is not None:
+        values["result"] = plan.result
+    if plan.cost_usd is not None:
+        values["cost_usd"] = float(plan.cost_usd)
+    if final:
+        values["status"] = plan.status
+        if plan.error is not None:
+            values["error"] = plan.error
+    if values["model"] is None:
+        del values["model"]
+    return TaskUpdate(**values)
+
+
+class Pruner:
+    """Deletes spans older than the retention, at most once a minute per process.
+
+    Idempotent, so replicas pruning at the same moment only repeat each other's work.
+    """
+
+    INTERVAL_SECONDS = 60.0
+
+    def __init__(self, retention_seconds: float) -> None:
+        self.retention = timedelta(seconds=retention_seconds)
+        self._next = 0.0
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next
+
+    async def prune(self, db: Database, now: datetime) -> int:
+        self._next = time.monotonic() + self.INTERVAL_SECONDS
+        async with db.write() as session:
+            done = await session.execute(delete(_S).where(_S.c.received_at < now - self.retention))
+        return int(getattr(done, "rowcount", 0) or 0)
