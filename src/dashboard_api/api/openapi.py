@@ -79,7 +79,11 @@ def _normalize(responses: dict[str, Any]) -> None:
             {"$ref": "#/components/schemas/HTTPValidationError"},
         )
         if is_problem:
-            response["content"] = {PROBLEM_JSON: {"schema": dict(_PROBLEM_REF)}}
+            # Other encodings a route documents (OTLP's protobuf Status) stay.
+            others = {
+                k: v for k, v in content.items() if k not in (PROBLEM_JSON, "application/json")
+            }
+            response["content"] = {PROBLEM_JSON: {"schema": dict(_PROBLEM_REF)}, **others}
 
 
 def complete_schema(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:

@@ -78,7 +78,8 @@ def subtrees(spans: Iterable[SpanFacts]) -> list[tuple[SpanFacts, list[SpanFacts
     in no subtree yet."""
     children: dict[str, list[SpanFacts]] = {}
     roots: list[SpanFacts] = []
-    for span in spans:
+    unique = {s.span_id: s for s in reversed(list(spans))}  # a repeated span counts once
+    for span in unique.values():
         if span.parent_id is None:
             roots.append(span)
         else:
