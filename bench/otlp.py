@@ -64,7 +64,10 @@ def invocation(spans_per_trace: int, content: bool) -> list[Span]:
             ]
             name = "chat claude-sonnet-4"
         else:
-            attributes = [_kv("gen_ai.operation.name", "execute_tool"), _kv("gen_ai.tool.name", "grep")]
+            attributes = [
+                _kv("gen_ai.operation.name", "execute_tool"),
+                _kv("gen_ai.tool.name", "grep"),
+            ]
             name = "execute_tool grep"
         span = Span(
             trace_id=trace,
@@ -88,7 +91,10 @@ def invocation(spans_per_trace: int, content: bool) -> list[Span]:
         kind=Span.SPAN_KIND_INTERNAL,
         start_time_unix_nano=t0,
         end_time_unix_nano=t0 + spans_per_trace * 1_000_000,
-        attributes=[_kv("gen_ai.operation.name", "invoke_agent"), _kv("gen_ai.agent.name", "coder")],
+        attributes=[
+            _kv("gen_ai.operation.name", "invoke_agent"),
+            _kv("gen_ai.agent.name", "coder"),
+        ],
     )
     return [*children, root]
 
@@ -101,9 +107,7 @@ def bodies(requests: int, batch: int, spans_per_trace: int, content: bool) -> li
         while len(spans) + spans_per_trace <= batch:
             spans += invocation(spans_per_trace, content)
         request = ExportTraceServiceRequest(
-            resource_spans=[
-                ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=spans)])
-            ]
+            resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=spans)])]
         )
         out.append(request.SerializeToString())
     return out

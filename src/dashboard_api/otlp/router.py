@@ -9,11 +9,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from dashboard_api.api.deps import CtxDep, authenticate
+from dashboard_api.api.deps import CtxDep
 from dashboard_api.errors import Forbidden, PayloadTooLarge, ProblemError
 from dashboard_api.otlp import wire
 from dashboard_api.otlp.spans import Limits, SpanFacts, SpanRejected, service_name, span_facts
 from dashboard_api.otlp.store import OutputLimits, Pruner, store_spans
+from dashboard_api.services.authentication import authenticate
 
 log = logging.getLogger("dashboard_api.otlp")
 
