@@ -13,7 +13,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from dashboard_api.app import create_app
-from dashboard_api.realtime.hub import QueueSink, Subscription
+from dashboard_api.realtime.sinks import QueueSink
+from dashboard_api.realtime.subscriptions import Subscription
 from tests.conftest import Backend, Tokens, make_token
 
 

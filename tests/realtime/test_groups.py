@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 from dashboard_api.realtime.broker import MemoryBroker
 from dashboard_api.realtime.events import OutEvent, dumps
-from dashboard_api.realtime.hub import Hub, QueueSink, TaskSubscription
+from dashboard_api.realtime.hub import Hub
+from dashboard_api.realtime.sinks import QueueSink
+from dashboard_api.realtime.subscriptions import TaskSubscription
 from tests.realtime.test_hub import FakeHistory
 
 

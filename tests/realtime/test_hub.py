@@ -7,7 +7,10 @@ from typing import Any
 
 from dashboard_api.realtime.broker import MemoryBroker
 from dashboard_api.realtime.events import OutEvent, dumps
-from dashboard_api.realtime.hub import Hub, QueueSink, TaskState, TaskSubscription
+from dashboard_api.realtime.history import TaskState
+from dashboard_api.realtime.hub import Hub
+from dashboard_api.realtime.sinks import QueueSink
+from dashboard_api.realtime.subscriptions import TaskSubscription
 
 
 class FakeHistory:

@@ -6,7 +6,7 @@ from typing import Any
 
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models import Task
-from dashboard_api.realtime.hub import TaskState
+from dashboard_api.realtime.history import TaskState
 from dashboard_api.schemas.tasks import task_summary
 from dashboard_api.services.tasks import list_chunks
 from dashboard_api.timeutil import format_ts

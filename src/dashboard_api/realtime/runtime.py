@@ -19,7 +19,8 @@ from dashboard_api.db.engine import Database
 from dashboard_api.realtime.broker import Broker, BrokerUnavailable, MemoryBroker, RedisBroker
 from dashboard_api.realtime.channels import ChannelAuthorizer
 from dashboard_api.realtime.events import dumps
-from dashboard_api.realtime.hub import Hub, TaskHistory
+from dashboard_api.realtime.history import TaskHistory
+from dashboard_api.realtime.hub import Hub
 from dashboard_api.realtime.sse import open_task_stream
 from dashboard_api.realtime.ws import run_session
 from dashboard_api.settings import Settings

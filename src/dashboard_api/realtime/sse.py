@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 import orjson
 
 from dashboard_api.realtime.events import TERMINAL_STATUSES, OutEvent
-from dashboard_api.realtime.hub import Hub, QueueSink, TaskSubscription
+from dashboard_api.realtime.hub import Hub
+from dashboard_api.realtime.sinks import QueueSink
+from dashboard_api.realtime.subscriptions import TaskSubscription
 
 KEEPALIVE_SECONDS = 15.0
 

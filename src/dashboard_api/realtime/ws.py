@@ -18,7 +18,9 @@ from dashboard_api.aiotasks import await_chain, stop_tasks
 from dashboard_api.auth import Principal
 from dashboard_api.realtime.channels import Channel, ChannelAuthorizer, parse_channel
 from dashboard_api.realtime.events import OutEvent
-from dashboard_api.realtime.hub import Hub, QueueSink, Subscription, TaskSubscription
+from dashboard_api.realtime.hub import Hub
+from dashboard_api.realtime.sinks import QueueSink
+from dashboard_api.realtime.subscriptions import Subscription, TaskSubscription
 from dashboard_api.settings import Settings
 
 log = logging.getLogger(__name__)
