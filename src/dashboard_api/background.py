@@ -14,6 +14,7 @@ from dashboard_api.context import AppContext
 from dashboard_api.db.engine import PendingEvent
 from dashboard_api.jobs import Job, JobRunner, leadership_for
 from dashboard_api.observability.setup import metrics_of
+from dashboard_api.otlp.store import prune_spans
 from dashboard_api.services.agents import stale_agents, sweep_offline
 from dashboard_api.services.analytics_fold import fold_waiting
 
@@ -47,7 +48,15 @@ def periodic_jobs(ctx: AppContext) -> list[Job]:
             fold_every if settings.analytics_rollups_enabled else 0,
             lambda: fold_analytics_once(ctx),
         ),
+        Job("otlp-prune", settings.otlp_prune_interval_seconds, lambda: prune_otlp_once(ctx)),
     ]
+
+
+async def prune_otlp_once(ctx: AppContext) -> None:
+    """Drop OTLP spans past their retention (otlp/store.py)."""
+    await prune_spans(
+        ctx.db, now=ctx.clock.now(), retention_seconds=ctx.settings.otlp_span_retention_seconds
+    )
 
 
 def _count_published(ctx: AppContext) -> None:

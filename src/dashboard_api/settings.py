@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     # not come within this time, or that comes this long after its invocation's root,
     # is no longer joined to it.
     otlp_span_retention_seconds: float = Field(3600.0, gt=0)
+    # How often one replica deletes the spans past that retention (0: never).
+    otlp_prune_interval_seconds: float = Field(60.0, ge=0)
 
     # --- demo ---------------------------------------------------------------------------
     demo: bool = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from hypothesis import given, settings
@@ -12,9 +13,12 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from sqlalchemy import func, select
 
+from dashboard_api.db.models import OtlpSpan
 from dashboard_api.otlp.mapping import plan_task, subtrees
 from dashboard_api.otlp.spans import Limits, span_facts
+from dashboard_api.otlp.store import prune_spans
 from tests.otlp.helpers import PROTOBUF
 
 
@@ -106,3 +110,34 @@ async def test_any_batching_gives_the_whole_invocations_task(
         "/api/tasks", params={"agent_type": "prop-agent", "per_page": 200}, headers=auth("user")
     )
     assert [t["task_id"] for t in listed.json()["items"]].count(want.task_id) == 1
+
+
+async def test_spans_past_retention_are_pruned_and_a_resend_makes_no_second_task(
+    app: Any, client: Any, auth: Callable[[str], dict[str, str]]
+) -> None:
+    trace = uuid.uuid4().bytes
+    root = Span(
+        trace_id=trace,
+        span_id=b"\x00" * 7 + b"\x01",
+        name="invoke_agent pruned",
+        start_time_unix_nano=1_765_000_000_000_000_000,
+        end_time_unix_nano=1_765_000_001_000_000_000,
+        attributes=[_kv("gen_ai.agent.name", "pruned"), _kv("gen_ai.completion", "done")],
+    )
+    headers = {**auth("agent"), "Content-Type": PROTOBUF}
+    assert (await client.post("/v1/traces", content=_body([root]), headers=headers)).is_success
+    ctx = app.state.ctx
+    settings = ctx.settings
+    now = ctx.clock.now()
+    retention = settings.otlp_span_retention_seconds
+    assert await prune_spans(ctx.db, now=now, retention_seconds=retention) == 0
+    later = now + timedelta(seconds=retention + 1)
+    assert await prune_spans(ctx.db, now=later, retention_seconds=retention) == 1
+    async with ctx.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(OtlpSpan)) == 0
+    # Sent again after the prune: the span is new again, its task is not made twice.
+    assert (await client.post("/v1/traces", content=_body([root]), headers=headers)).is_success
+    task_id = f"otel-{trace.hex()}-{root.span_id.hex()}"
+    log = (await client.get(f"/api/tasks/{task_id}/logs/full", headers=auth("user"))).json()
+    assert log["last_seq"] == 1
+    assert [e["status"] for e in log["events"]] == ["running", "completed"]

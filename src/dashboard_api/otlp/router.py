@@ -13,7 +13,7 @@ from dashboard_api.api.deps import CtxDep
 from dashboard_api.errors import Forbidden, PayloadTooLarge, ProblemError
 from dashboard_api.otlp import wire
 from dashboard_api.otlp.spans import Limits, SpanFacts, SpanRejected, service_name, span_facts
-from dashboard_api.otlp.store import OutputLimits, Pruner, store_spans
+from dashboard_api.otlp.store import OutputLimits, store_spans
 from dashboard_api.services.authentication import authenticate
 
 log = logging.getLogger("dashboard_api.otlp")
@@ -101,11 +101,6 @@ async def export_traces(
     except ProblemError as error:
         content, media = wire.failure(encoding, error)
         return Response(content, status_code=error.status, media_type=media, headers=error.headers)
-    pruner: Pruner = ctx.extras.setdefault(
-        "otlp_pruner", Pruner(ctx.settings.otlp_span_retention_seconds)
-    )
-    if pruner.due():
-        await pruner.prune(ctx.db, ctx.clock.now())
     if stored.created or stored.updated:
         log.debug("otlp: %d tasks created, %d updated", len(stored.created), len(stored.updated))
     message = _rejection_message(rejected)

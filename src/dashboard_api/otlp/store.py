@@ -15,7 +15,6 @@ finished by then.
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -218,23 +217,12 @@ def _figures(plan: TaskPlan, *, final: bool) -> TaskUpdate:
     return TaskUpdate(**values)
 
 
-class Pruner:
-    """Deletes spans older than the retention, at most once a minute per process.
-
-    Idempotent, so replicas pruning at the same moment only repeat each other's work.
-    """
-
-    INTERVAL_SECONDS = 60.0
-
-    def __init__(self, retention_seconds: float) -> None:
-        self.retention = timedelta(seconds=retention_seconds)
-        self._next = 0.0
-
-    def due(self) -> bool:
-        return time.monotonic() >= self._next
-
-    async def prune(self, db: Database, now: datetime) -> int:
-        self._next = time.monotonic() + self.INTERVAL_SECONDS
-        async with db.write() as session:
-            done = await session.execute(delete(_S).where(_S.c.received_at < now - self.retention))
-        return int(getattr(done, "rowcount", 0) or 0)
+async def prune_spans(db: Database, *, now: datetime, retention_seconds: float) -> int:
+    """Delete the spans received more than the retention ago (the `otlp-prune` job, on one
+    replica at a time); how many went. A span sent again after that is new again: its
+    invocation's task is not made twice (the root's task exists), but a late child of a
+    pruned invocation no longer joins it."""
+    cutoff = now - timedelta(seconds=retention_seconds)
+    async with db.write() as session:
+        done = await session.execute(delete(_S).where(_S.c.received_at < cutoff))
+    return int(getattr(done, "rowcount", 0) or 0)
