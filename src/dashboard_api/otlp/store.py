@@ -84,12 +84,7 @@ async def store_spans(
             }
             for (t, s), f in unique.items()
         ]
-        inserted = await session.execute(
-            upsert(session, _S)
-            .on_conflict_do_nothing(index_elements=[_S.c.trace_id, _S.c.span_id])
-            .returning(_S.c.trace_id, _S.c.span_id),
-            rows,
-        )
+        inserted = await _insert_spans(session, rows)
         new_keys = {(r.trace_id, r.span_id) for r in inserted}
         result.new_spans = len(new_keys)
         if not new_keys:
@@ -103,6 +98,7 @@ async def store_spans(
                 has_task[(row.trace_id, row.span_id)] = row.task_id
         for key in new_keys:
             known[key[0]].append(unique[key])
+        marks: list[dict[str, str]] = []
         for trace_id in touched:
             for root, tree in subtrees(known[trace_id]):
                 fresh = [s for s in tree if (s.trace_id, s.span_id) in new_keys]
@@ -114,9 +110,37 @@ async def store_spans(
                 if (root.trace_id, root.span_id) in has_task:
                     await _update(session, plan, now=now, prices=prices)
                     result.updated.append(plan.task_id)
-                elif await _create(session, plan, prices=prices, output=output):
-                    result.created.append(plan.task_id)
+                else:
+                    if await _create(session, plan, prices=prices, output=output):
+                        result.created.append(plan.task_id)
+                    marks.append({"t": root.trace_id, "s": root.span_id, "task_id": plan.task_id})
+        if marks:
+            await session.execute(_MARK_ROOT, marks)
     return result
+
+
+async def _insert_spans(session: Any, rows: list[dict[str, Any]]) -> Any:
+    """INSERT the rows, skipping keys already stored; the rows inserted (trace_id, span_id).
+    PostgreSQL: one statement over arrays (one plan whatever the number of rows)."""
+    if backend_of(session) == "postgresql":
+        params = {name: [r[name] for r in rows] for name in ("trace_id", "span_id", "facts")}
+        params.update(batch=rows[0]["batch"], received_at=rows[0]["received_at"])
+        return await session.execute(_INSERT_PG, params)
+    return await session.execute(
+        upsert(session, _S)
+        .on_conflict_do_nothing(index_elements=[_S.c.trace_id, _S.c.span_id])
+        .returning(_S.c.trace_id, _S.c.span_id),
+        rows,
+    )
+
+
+_INSERT_PG = text(
+    "INSERT INTO otlp_spans (trace_id, span_id, task_id, batch, received_at, facts) "
+    "SELECT t, s, NULL, CAST(:batch AS bigint), CAST(:received_at AS timestamptz), f "
+    "FROM unnest(CAST(:trace_id AS varchar[]), CAST(:span_id AS varchar[]), "
+    "CAST(:facts AS text[])) AS u(t, s, f) "
+    "ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id"
+)
 
 
 _LOAD = select(_S.c.trace_id, _S.c.span_id, _S.c.task_id, _S.c.facts).where(
@@ -149,7 +173,8 @@ async def _create(
     session: Any, plan: TaskPlan, *, prices: PriceTable, output: OutputLimits
 ) -> bool:
     """Register, fill and finish the task of a newly whole invocation; False when a task
-    of that id exists already (its spans were pruned and sent again)."""
+    of that id exists already (its spans were pruned and sent again). The caller records
+    the task on the root's row either way."""
     root = plan.root
     started, ended = _ts(root.start_ns), _ts(root.end_ns)
     body = TaskCreate(
@@ -166,9 +191,6 @@ async def _create(
     try:
         await tasks.register_task(session, body=body, now=started, prices=prices)
     except Conflict:
-        await session.execute(
-            _MARK_ROOT, {"t": root.trace_id, "s": root.span_id, "task_id": plan.task_id}
-        )
         return False
     chunks = [OutputChunkIn(stream=s, content=c) for s, c in plan.chunks()]
     if chunks:
@@ -182,9 +204,6 @@ async def _create(
         )
     await tasks.update_task(
         session, task_id=plan.task_id, body=_figures(plan, final=True), now=ended, prices=prices
-    )
-    await session.execute(
-        _MARK_ROOT, {"t": root.trace_id, "s": root.span_id, "task_id": plan.task_id}
     )
     return True
 
