@@ -46,6 +46,7 @@ LAYERS: dict[str, str] = {
     # Leaves every layer may use: no feature, no I/O of their own but their own concern.
     "": "base",  # the package's __init__ (version)
     "aiotasks": "base",
+    "bounded": "base",
     "auth": "base",
     "client": "base",
     "errors": "base",

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from dashboard_api.bounded import BoundedCache
+
 Role = Literal["admin", "user", "agent"]
 ROLES: tuple[Role, ...] = ("admin", "user", "agent")
 TOKEN_PREFIX = "dash_"  # noqa: S105 (a marker, not a secret)
@@ -50,8 +52,7 @@ class TokenCache:
 
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._entries: BoundedCache[str, tuple[float, Principal | None]] = BoundedCache(max_entries)
 
     def get(self, digest: str) -> tuple[bool, Principal | None]:
         entry = self._entries.get(digest)
@@ -62,9 +63,7 @@ class TokenCache:
     def put(self, digest: str, principal: Principal | None) -> None:
         if self.ttl <= 0:
             return
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[digest] = (time.monotonic() + self.ttl, principal)
+        self._entries.put(digest, (time.monotonic() + self.ttl, principal))
 
     def clear(self) -> None:
         self._entries.clear()

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from dashboard_api.ids import SLUG_PATTERN, TASK_ID_PATTERN
+from dashboard_api.money import micros_to_usd
 from dashboard_api.schemas.common import ApiModel
 from dashboard_api.timeutil import UtcDateTime
 
@@ -23,8 +24,8 @@ ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 Count = Annotated[int, Field(ge=0, le=2**62)]
 
 
-class TaskSummary(BaseModel):
-    """A task as listed: the large text fields replaced by a preview and `has_error`."""
+class _TaskFields(BaseModel):
+    """What a task's summary and the whole task both say (not a schema of its own)."""
 
     task_id: str
     status: TaskStatus
@@ -50,41 +51,22 @@ class TaskSummary(BaseModel):
     cancel_requested: bool
     output_seq: int
     output_truncated: bool = Field(description="Whether output past the log cap was dropped.")
+
+
+class TaskSummary(_TaskFields):
+    """A task as listed: the large text fields replaced by a preview and `has_error`."""
+
     input_preview: str
     has_error: bool
 
 
-class TaskPublic(BaseModel):
+class TaskPublic(_TaskFields):
     """The whole task (API.md §3)."""
 
-    task_id: str
-    status: TaskStatus
-    agent_type: str
-    assigned_agent: str | None
-    source: str
     input_message: str
     result: str | None
     error: str | None
-    user_id: str | None
-    conversation_id: str | None
-    parent_task_id: str | None
-    flow_id: str | None
-    model: str | None
-    cost_usd: float
-    cost_basis: Literal["reported", "computed"]
-    input_tokens: int
-    output_tokens: int
-    cache_read_tokens: int
-    cache_write_tokens: int
-    duration_seconds: float | None
-    created_at: UtcDateTime
-    started_at: UtcDateTime | None
-    completed_at: UtcDateTime | None
-    updated_at: UtcDateTime
-    cancel_requested: bool
     metadata: dict[str, Any]
-    output_seq: int
-    output_truncated: bool = Field(description="Whether output past the log cap was dropped.")
 
 
 def _storable_text_path(value: Any, path: str = "") -> str | None:
@@ -233,39 +215,44 @@ def _duration(duration_us: int | None) -> float | None:
     return None if duration_us is None else duration_us / 1_000_000
 
 
+def _task_fields(t: Any) -> dict[str, Any]:
+    """The `_TaskFields` of a `Task` row (or of a list-query row with its columns)."""
+    return {
+        "task_id": t.task_id,
+        "status": t.status,
+        "agent_type": t.agent_type,
+        "assigned_agent": t.assigned_agent,
+        "source": t.source,
+        "user_id": t.user_id,
+        "conversation_id": t.conversation_id,
+        "parent_task_id": t.parent_task_id,
+        "flow_id": t.flow_id,
+        "model": t.model,
+        "cost_usd": micros_to_usd(t.cost_micros),
+        "cost_basis": "reported" if t.cost_reported else "computed",
+        "input_tokens": t.input_tokens,
+        "output_tokens": t.output_tokens,
+        "cache_read_tokens": t.cache_read_tokens,
+        "cache_write_tokens": t.cache_write_tokens,
+        "duration_seconds": _duration(t.duration_us),
+        "created_at": t.created_at,
+        "started_at": t.started_at,
+        "completed_at": t.completed_at,
+        "updated_at": t.updated_at,
+        "cancel_requested": t.cancel_requested,
+        "output_seq": t.output_seq,
+        "output_truncated": t.output_truncated,
+    }
+
+
 def task_public(t: Any) -> TaskPublic:
     """The API form of a `Task` row."""
-    from dashboard_api.money import micros_to_usd
-
     return TaskPublic(
-        task_id=t.task_id,
-        status=t.status,
-        agent_type=t.agent_type,
-        assigned_agent=t.assigned_agent,
-        source=t.source,
+        **_task_fields(t),
         input_message=t.input_message,
         result=t.result,
         error=t.error,
-        user_id=t.user_id,
-        conversation_id=t.conversation_id,
-        parent_task_id=t.parent_task_id,
-        flow_id=t.flow_id,
-        model=t.model,
-        cost_usd=micros_to_usd(t.cost_micros),
-        cost_basis="reported" if t.cost_reported else "computed",
-        input_tokens=t.input_tokens,
-        output_tokens=t.output_tokens,
-        cache_read_tokens=t.cache_read_tokens,
-        cache_write_tokens=t.cache_write_tokens,
-        duration_seconds=_duration(t.duration_us),
-        created_at=t.created_at,
-        started_at=t.started_at,
-        completed_at=t.completed_at,
-        updated_at=t.updated_at,
-        cancel_requested=t.cancel_requested,
         metadata=t.metadata_,
-        output_seq=t.output_seq,
-        output_truncated=t.output_truncated,
     )
 
 
@@ -283,34 +270,9 @@ def task_summary(
     t: Any, *, input_preview: str | None = None, has_error: bool | None = None
 ) -> TaskSummary:
     """The summary form of a `Task` row, or of a list-query row with preview and has_error."""
-    from dashboard_api.money import micros_to_usd
-
     preview = input_preview if input_preview is not None else t.input_message[:200]
     return TaskSummary(
-        task_id=t.task_id,
-        status=t.status,
-        agent_type=t.agent_type,
-        assigned_agent=t.assigned_agent,
-        source=t.source,
-        user_id=t.user_id,
-        conversation_id=t.conversation_id,
-        parent_task_id=t.parent_task_id,
-        flow_id=t.flow_id,
-        model=t.model,
-        cost_usd=micros_to_usd(t.cost_micros),
-        cost_basis="reported" if t.cost_reported else "computed",
-        input_tokens=t.input_tokens,
-        output_tokens=t.output_tokens,
-        cache_read_tokens=t.cache_read_tokens,
-        cache_write_tokens=t.cache_write_tokens,
-        duration_seconds=_duration(t.duration_us),
-        created_at=t.created_at,
-        started_at=t.started_at,
-        completed_at=t.completed_at,
-        updated_at=t.updated_at,
-        cancel_requested=t.cancel_requested,
-        output_seq=t.output_seq,
-        output_truncated=t.output_truncated,
+        **_task_fields(t),
         input_preview=preview,
         has_error=has_error if has_error is not None else t.error is not None,
     )

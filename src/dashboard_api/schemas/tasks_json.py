@@ -89,9 +89,6 @@ def public_doc(t: Any) -> dict[str, Any]:
         "agent_type": t.agent_type,
         "assigned_agent": t.assigned_agent,
         "source": t.source,
-        "input_message": t.input_message,
-        "result": t.result,
-        "error": t.error,
         "user_id": t.user_id,
         "conversation_id": t.conversation_id,
         "parent_task_id": t.parent_task_id,
@@ -109,9 +106,12 @@ def public_doc(t: Any) -> dict[str, Any]:
         "completed_at": ts_or_none(t.completed_at),
         "updated_at": ts(t.updated_at),
         "cancel_requested": bool(t.cancel_requested),
-        "metadata": t.metadata_,
         "output_seq": t.output_seq,
         "output_truncated": bool(t.output_truncated),
+        "input_message": t.input_message,
+        "result": t.result,
+        "error": t.error,
+        "metadata": t.metadata_,
     }
 
 
