@@ -117,7 +117,7 @@ def log_seqs(page: Page) -> list[int]:
     return [
         int(s)
         for s in page.eval_on_selector_all(
-            "[data-testid=task-log] .chunk", "els => els.map(e => e.dataset.seq)"
+            "[data-testid=task-log] .chunk[data-seq]", "els => els.map(e => e.dataset.seq)"
         )
     ]
 
@@ -354,7 +354,7 @@ def test_the_log_resumes_after_a_server_restart_with_no_gap_and_no_duplicate(
     last = full["last_seq"]
     expect(page.locator(f"[data-testid=task-log] .chunk[data-seq='{last}']")).to_have_count(1)
     assert log_seqs(page) == list(range(1, last + 1))
-    assert page.get_by_test_id("task-log").inner_text() == full["output"]
+    assert page.get_by_test_id("task-log").text_content() == full["output"]
     assert last >= len(sent)  # every acknowledged line is there
 
 

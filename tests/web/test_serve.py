@@ -122,6 +122,17 @@ def test_no_script_touches_html_parsing_sinks() -> None:
         assert not sinks.search(js.read_text()), js
 
 
+def test_the_page_preloads_every_module() -> None:
+    """The module graph loads in one round trip: index.html names every module (a new
+    module left out would load a level later)."""
+    page = (STATIC_DIR / "index.html").read_text()
+    named = set(re.findall(r'<link rel="modulepreload" href="(/static/[^"]+)">', page))
+    named |= set(re.findall(r'<script type="module" src="(/static/[^"]+)">', page))
+    modules = {f"/static/{p.relative_to(STATIC_DIR)}" for p in (STATIC_DIR / "app").rglob("*.js")}
+    modules |= {f"/static/vendor/{n}" for n in ("preact.js", "hooks.js", "htm.js")}
+    assert named == modules
+
+
 def test_first_load_fits_the_budget() -> None:
     """What the first page load transfers (page, CSS, every module and vendored file)."""
     files = [STATIC_DIR / "index.html", STATIC_DIR / "app.css", STATIC_DIR / "favicon.svg"]

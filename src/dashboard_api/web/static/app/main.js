@@ -174,6 +174,9 @@ function App() {
   };
   useEffect(() => {
     if (session.token && !session.me) check();
+    // Signed in earlier in this tab: the page renders at once and the token is checked
+    // alongside (a refused token signs the page out with the reason).
+    else if (session.token) get("/api/me").then((me) => signIn(session.token, me), () => {});
   }, []);
   useEffect(() => {
     if (session.token && session.me) live.connect();

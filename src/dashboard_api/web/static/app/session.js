@@ -2,13 +2,22 @@
 // tab (a reload or a typed URL keeps the user signed in) and goes when the tab closes. It
 // is sent only in the Authorization header and the WebSocket's subprotocol, never in a URL.
 const KEY = "dashboard.token";
+const ME_KEY = "dashboard.me"; // who the token is, so a reload renders before re-checking it
 const listeners = new Set();
 
 export const session = {
   token: sessionStorage.getItem(KEY),
-  me: null, // {user_id, role, token_id} once checked
+  me: readMe(), // {user_id, role, token_id} once checked
   notice: null, // why the user was signed out, shown on the sign-in form
 };
+
+function readMe() {
+  try {
+    return sessionStorage.getItem(KEY) ? JSON.parse(sessionStorage.getItem(ME_KEY)) : null;
+  } catch {
+    return null;
+  }
+}
 
 export function onSessionChange(fn) {
   listeners.add(fn);
@@ -24,6 +33,7 @@ export function signIn(token, me) {
   session.me = me;
   session.notice = null;
   sessionStorage.setItem(KEY, token);
+  sessionStorage.setItem(ME_KEY, JSON.stringify(me));
   changed();
 }
 
@@ -32,6 +42,7 @@ export function signOut(notice = null) {
   session.me = null;
   session.notice = notice;
   sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem(ME_KEY);
   changed();
 }
 

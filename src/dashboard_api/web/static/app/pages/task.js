@@ -28,13 +28,18 @@ export function LiveLog({ taskId, initialSeq = 0, limit = DEFAULT_LIMIT, compact
     v.followListeners.add(setFollow);
     // A long log starts near its end: the earlier chunks stay one download away.
     const start = Math.max(0, initialSeq - limit);
+    let shown = false;
     v.startAfter(start);
     if (start > 0) setTrimmed(start);
     const stop = live.subscribe(
       `task:${taskId}`,
       (event) => {
         if (event.type === "task_output") {
-          if (v.push(event)) setEmpty(false);
+          // Once, not per chunk: a state update per event would re-render at the output's rate.
+          if (v.push(event) && v.lastSeq === event.seq && !shown) {
+            shown = true;
+            setEmpty(false);
+          }
         } else if (event.type === "task_status" || event.type === "task_cancel_requested") {
           statusRef.current?.(event);
         } else if (event.type === "error") {
@@ -65,8 +70,8 @@ export function LiveLog({ taskId, initialSeq = 0, limit = DEFAULT_LIMIT, compact
         onChange=${(e) => view.current.setFollow(e.target.checked)} /> Follow</label>
       <button type="button" onClick=${downloadLog}>Download as text</button>
     </div>
-    ${trimmed > 0 && html`<p class="muted small" data-testid="log-trimmed">${fmtInt(trimmed)} earlier
-      chunk${trimmed === 1 ? "" : "s"} not shown here; download the log for all of it.</p>`}
+    ${trimmed > 0 && html`<p class="muted small" data-testid="log-trimmed">The first ${fmtInt(trimmed)}
+      chunk${trimmed === 1 ? " is" : "s are"} not shown here; download the log for all of it.</p>`}
     ${error && html`<p class="error-text" role="alert">${error}</p>`}
     <pre class="log" data-testid="task-log" ref=${box} tabindex="0" aria-live="off"
       aria-label="Task output"></pre>

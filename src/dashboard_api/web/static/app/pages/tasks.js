@@ -1,7 +1,7 @@
 // The task list: filters in the URL, exact total, cursor "load more", live status updates
 // from the `tasks` channel applied in place (new matching tasks wait behind a banner, so
 // the rows the user is reading never move).
-import { html, useEffect, useMemo, useRef, useState } from "../html.js";
+import { html, useEffect, useLayoutEffect, useMemo, useRef, useState } from "../html.js";
 import { get, hasPath, download } from "../api.js";
 import { setQuery } from "../router.js";
 import { fmtUsd, fmtDuration, fmtTime, fmtShort, fmtInt, isoToLocalInput, localInputToIso } from "../format.js";
@@ -110,7 +110,8 @@ export function TaskList({ query }) {
       .finally(() => mine === generation.current && setLoading(false));
   };
 
-  useEffect(() => {
+  // A layout effect: the list's request leaves before the first paint, not after it.
+  useLayoutEffect(() => {
     setQuery({
       status: filters.status,
       agent_type: filters.agent_type,
