@@ -20,7 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dashboard_api import __version__
 from dashboard_api.api import (
     agents,
+    alerts,
     analytics,
+    budgets,
     conversations,
     health,
     oauth,
@@ -339,6 +341,8 @@ _ROUTERS = (
     oauth.router,
     sources.router,
     analytics.router,
+    budgets.router,
+    alerts.router,
     stream.router,  # realtime: /ws and /api/tasks/{task_id}/stream
     otlp.router,  # POST /v1/traces: OpenTelemetry GenAI spans -> tasks
 )

@@ -131,6 +131,25 @@ class Settings(BaseSettings):
     # How often one replica deletes the spans past that retention (0: never).
     otlp_prune_interval_seconds: float = Field(60.0, ge=0)
 
+    # --- budgets and alerts (API.md §14, §15) ----------------------------------------------
+    # How often one replica recomputes budgets' spend and announces state changes (a hold
+    # itself is set by the task write that reaches the limit, not by this).
+    budgets_evaluate_interval_seconds: float = Field(1.0, ge=0, le=2)
+    # How often one replica evaluates the alert rules (0: never).
+    alerts_evaluate_interval_seconds: float = Field(15.0, ge=0, le=15)
+    # How often one replica looks for due notification deliveries (0: never).
+    alerts_sender_interval_seconds: float = Field(1.0, ge=0, le=60)
+    # Channel URLs resolving to loopback, link-local, private or reserved addresses are
+    # refused unless this is true (tests; receivers on a private network).
+    alerts_allow_private_urls: bool = False
+    alerts_delivery_timeout_seconds: float = Field(5.0, gt=0, le=30)
+    # Backoff of a failed delivery: the first retry within this (jittered down to half),
+    # then doubling, each wait at most `..._max_seconds`; retries stop once a delivery is
+    # `..._retry_for_seconds` old.
+    alerts_retry_first_seconds: float = Field(8.0, gt=0, le=10)
+    alerts_retry_max_seconds: float = Field(300.0, gt=0, le=300)
+    alerts_retry_for_seconds: float = Field(900.0, gt=0)
+
     # --- demo ---------------------------------------------------------------------------
     demo: bool = False
     # Sample tasks seeded (over the last `demo_days`) when a demo starts on a database

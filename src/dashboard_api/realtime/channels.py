@@ -15,8 +15,12 @@ from typing import Literal
 
 from dashboard_api.auth import Principal
 
-ChannelKind = Literal["task", "tasks", "conversation", "webhooks", "sources", "agents"]
-FIXED_CHANNELS: frozenset[str] = frozenset({"tasks", "webhooks", "sources", "agents"})
+ChannelKind = Literal[
+    "task", "tasks", "conversation", "webhooks", "sources", "agents", "budgets", "alerts"
+]
+FIXED_CHANNELS: frozenset[str] = frozenset(
+    {"tasks", "webhooks", "sources", "agents", "budgets", "alerts"}
+)
 _ID = re.compile(r"[A-Za-z0-9._:@-]{1,255}")
 
 # async (resource_id) -> owner user id, or None when the resource is missing.

@@ -26,6 +26,7 @@ class TaskSnapshot:
     user_id: str | None
     conversation_id: str | None
     parent_task_id: str | None
+    flow_id: str | None
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
@@ -65,6 +66,7 @@ async def task_written(
     # Features register their reactions here, in a fixed and visible order.
     # Imported here: services.conversations itself writes tasks through services.tasks.
     from dashboard_api.services.analytics_rollups import apply_task_write
+    from dashboard_api.services.budgets.service import on_task_written as hold_budgets
     from dashboard_api.services.conversations import on_task_written
 
     # Lock order on PostgreSQL is task rows -> conversation row in every transaction
@@ -72,3 +74,5 @@ async def task_written(
     # conversations run first; analytics only appends a row (no shared row locked).
     await on_task_written(session, before, after)
     await apply_task_write(session, before, after)
+    # After analytics: the spend it reads includes this write's own contribution.
+    await hold_budgets(session, before, after)

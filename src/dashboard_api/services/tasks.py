@@ -74,6 +74,7 @@ from dashboard_api.services.analytics_rollups import (
     SERIES_MARGINAL,
     epoch_seconds,
 )
+from dashboard_api.services.budgets.holds import not_held
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import (
     PLAIN_APPENDS_NEED_NO_HOOKS,
@@ -1447,7 +1448,12 @@ async def claim_task(
     take different tasks) and written without the ORM."""
     pick = (
         select(*_TASK_ROW)
-        .where(_T.c.status == "queued", _T.c.agent_type.in_(list(agent_types)))
+        .where(
+            _T.c.status == "queued",
+            _T.c.agent_type.in_(list(agent_types)),
+            # Budgets on hold: part of this statement, so no check can go stale (holds.py).
+            not_held(_T, now),
+        )
         .order_by(_T.c.created_at, _T.c.task_id)
         .limit(1)
     )

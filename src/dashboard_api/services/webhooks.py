@@ -45,6 +45,19 @@ _DELIVERY_CONFLICT: dict[str, Any] = {
 }
 
 
+# Every detail a `SignatureRejected` carries (stored as the failed event's `error`): the
+# `webhook_signature_failures` alert rule counts the failed events that hold one
+# (tests/alerts/test_rules.py checks that each raise below is listed).
+SIGNATURE_REJECTIONS = (
+    "Missing X-Hub-Signature-256.",
+    "Missing X-Hub-Signature.",
+    "Missing X-Slack-Signature or X-Slack-Request-Timestamp.",
+    "X-Slack-Request-Timestamp is not a number.",
+    "X-Slack-Request-Timestamp is too far from now.",
+    "The signature does not match.",
+)
+
+
 class SignatureRejected(ProblemError):
     """401 without `WWW-Authenticate: Bearer` (this is not a bearer-token endpoint)."""
 

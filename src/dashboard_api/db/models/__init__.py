@@ -12,6 +12,14 @@ from dashboard_api.db.models.conversations import (
     ConversationMessage,
     ConversationTask,
 )
+from dashboard_api.db.models.guards import (
+    Alert,
+    AlertChannel,
+    AlertDelivery,
+    AlertDeliveryAttempt,
+    AlertRule,
+    Budget,
+)
 from dashboard_api.db.models.ingress import IngressMessage
 from dashboard_api.db.models.oauth import OAuthInstallation
 from dashboard_api.db.models.otlp import OtlpSpan
@@ -22,11 +30,17 @@ from dashboard_api.db.models.webhooks import WebhookConfig, WebhookEvent
 
 __all__ = [
     "Agent",
+    "Alert",
+    "AlertChannel",
+    "AlertDelivery",
+    "AlertDeliveryAttempt",
+    "AlertRule",
     "AnalyticsHistogram",
     "AnalyticsPending",
     "AnalyticsRollup",
     "AnalyticsState",
     "ApiToken",
+    "Budget",
     "Conversation",
     "ConversationMessage",
     "ConversationTask",

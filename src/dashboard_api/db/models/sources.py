@@ -50,6 +50,8 @@ class IndexJob(Base):
         ),
         CheckConstraint("progress >= 0 AND progress <= 1", name="progress"),
         Index("ix_index_jobs_source_created", "source_id", "created_at", "job_id"),
+        # Failed jobs by finish time (the `index_job_failed` alert rule).
+        Index("ix_index_jobs_status_finished", "status", "finished_at"),
         # The claim queue: queued rows only, oldest first.
         Index(
             "ix_index_jobs_queue",

@@ -1,0 +1,180 @@
+"""One evaluation round of the alert rules (a periodic job, one replica at a time).
+
+Each enabled rule is measured (`kinds.measure`); a rule that holds without an open
+alert opens one, an open alert whose rule no longer holds (or was disabled) resolves.
+Nothing happens while the state holds, so a rule notifies once when it starts holding
+and once when it stops. Each transition, its deliveries (the outbox) and its `alert`
+event are written in one transaction. Opening is an insert that the unique index of
+open alerts per rule refuses a second time, and resolving is a conditional update, so
+even two overlapping rounds make each transition once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import Table, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dashboard_api.db.dialect import upsert
+from dashboard_api.db.engine import Database, emit
+from dashboard_api.db.models.guards import Alert, AlertRule
+from dashboard_api.ids import new_id
+from dashboard_api.services.alerts.kinds import ROLLUP_KINDS, Measure, measure
+from dashboard_api.services.alerts.outbox import enqueue
+from dashboard_api.services.analytics_fold import fold_before_read
+from dashboard_api.settings import Settings
+from dashboard_api.timeutil import format_ts
+
+log = logging.getLogger(__name__)
+
+ALERTS_CHANNEL = "alerts"
+_AL: Table = Alert.__table__  # type: ignore[assignment]
+
+
+def alert_document(row: Any) -> dict[str, Any]:
+    """The alert as API.md §15 shows it (also the body of a webhook notification)."""
+    return {
+        "alert_id": row.alert_id,
+        "rule_id": row.rule_id,
+        "rule_name": row.rule_name,
+        "kind": row.kind,
+        "state": row.state,
+        "value": row.value,
+        "threshold": row.threshold,
+        "summary": row.summary,
+        "started_at": format_ts(row.started_at),
+        "resolved_at": format_ts(row.resolved_at) if row.resolved_at is not None else None,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    rule: AlertRule
+    measure: Measure | None  # None: resolve because the rule is disabled
+    open_alert: Alert | None  # the alert to resolve; None: open one
+
+
+def _announce(
+    session: AsyncSession,
+    doc: dict[str, Any],
+    rule: AlertRule,
+    *,
+    now: datetime,
+    settings: Settings,
+) -> None:
+    emit(session, ALERTS_CHANNEL, {"type": "alert", "alert": doc})
+    enqueue(
+        session,
+        alert_id=doc["alert_id"],
+        document=doc,
+        channel_ids=list(rule.channels),
+        event=doc["state"],
+        now=now,
+        settings=settings,
+    )
+
+
+async def _open(
+    session: AsyncSession, t: Transition, now: datetime, settings: Settings
+) -> dict[str, Any] | None:
+    assert t.measure is not None
+    values = {
+        "alert_id": new_id(),
+        "rule_id": t.rule.rule_id,
+        "rule_name": t.rule.name,
+        "kind": t.rule.kind,
+        "state": "firing",
+        "value": float(t.measure.value),
+        "threshold": t.rule.threshold,
+        "summary": t.measure.summary,
+        "started_at": now,
+        "resolved_at": None,
+    }
+    stmt = (
+        upsert(session, _AL)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["rule_id"], index_where=text("state = 'firing'"))
+        .returning(_AL.c.alert_id)
+    )
+    if (await session.execute(stmt)).first() is None:
+        return None  # another round opened it
+    doc = alert_document(SimpleNamespace(**values))
+    _announce(session, doc, t.rule, now=now, settings=settings)
+    return doc
+
+
+async def _resolve(
+    session: AsyncSession, t: Transition, now: datetime, settings: Settings
+) -> dict[str, Any] | None:
+    assert t.open_alert is not None
+    summary = t.measure.summary if t.measure is not None else "the rule was disabled"
+    row = (
+        await session.execute(
+            update(_AL)
+            .where(_AL.c.alert_id == t.open_alert.alert_id, _AL.c.state == "firing")
+            .values(state="resolved", resolved_at=now, summary=f"resolved: {summary}")
+            .returning(*_AL.c)
+        )
+    ).first()
+    if row is None:
+        return None  # another round resolved it
+    doc = alert_document(row)
+    _announce(session, doc, t.rule, now=now, settings=settings)
+    return doc
+
+
+async def evaluate_rules(
+    db: Database,
+    settings: Settings,
+    *,
+    now: datetime,
+    kinds: Collection[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One round (of the rules of `kinds`, default all); the alert documents that changed."""
+    async with db.read() as session:
+        stmt = select(AlertRule).order_by(AlertRule.rule_id)
+        if kinds is not None:
+            stmt = stmt.where(AlertRule.kind.in_(list(kinds)))
+        rules = list((await session.scalars(stmt)).all())
+        open_alerts = {
+            a.rule_id: a
+            for a in (await session.scalars(select(Alert).where(Alert.state == "firing"))).all()
+        }
+    if not rules:
+        return []
+    if any(r.enabled and r.kind in ROLLUP_KINDS for r in rules):
+        await fold_before_read(db)
+    transitions: list[Transition] = []
+    async with db.read_statements() as session:
+        for rule in rules:
+            current = open_alerts.get(rule.rule_id)
+            if not rule.enabled:
+                if current is not None:
+                    transitions.append(Transition(rule, None, current))
+                continue
+            try:
+                m = await measure(session, rule, now=now, settings=settings)
+            except Exception:
+                # One rule's failure (say, a kind this database cannot answer) must not
+                # stop the others; its state stays as it is.
+                log.exception("alert rule %s could not be evaluated", rule.rule_id)
+                continue
+            if m.holds and current is None:
+                transitions.append(Transition(rule, m, None))
+            elif not m.holds and current is not None:
+                transitions.append(Transition(rule, m, current))
+    if not transitions:
+        return []
+    changed: list[dict[str, Any]] = []
+    async with db.write() as session:
+        for t in transitions:
+            doc = await (_resolve if t.open_alert is not None else _open)(session, t, now, settings)
+            if doc is not None:
+                changed.append(doc)
+    return changed
