@@ -48,7 +48,9 @@ async def test_roles_and_validation(client: httpx.AsyncClient, auth: Auth) -> No
     assert (await client.delete("/api/budgets/none", headers=auth("admin"))).status_code == 404
     created = await put_budget(client, auth("admin"), "b1", warn_at=[0.9, 0.5])
     assert created["warn_at"] == [0.5, 0.9]
-    assert created["state"] == "ok" and created["spent_usd"] == 0 and created["remaining_usd"] == 10
+    assert created["state"] == "ok"
+    assert created["spent_usd"] == 0
+    assert created["remaining_usd"] == 10
     listed = await budgets_by_id(client, auth("user"))
     assert list(listed) == ["b1"]
     assert (await client.delete("/api/budgets/b1", headers=auth("admin"))).status_code == 204
@@ -66,13 +68,17 @@ async def test_spend_states_and_scopes(client: httpx.AsyncClient, auth: Auth) ->
     await set_cost(client, agent, "t1", 1.25)
     await set_cost(client, agent, "t2", 4.000001)
     b = await budgets_by_id(client, auth("user"))
-    assert b["fleet"]["spent_usd"] == 5.250001 and b["fleet"]["state"] == "warning"
-    assert b["coder"]["spent_usd"] == 1.25 and b["coder"]["state"] == "ok"
-    assert b["alice"]["spent_usd"] == 1.25 and b["alice"]["remaining_usd"] == 0.75
+    assert b["fleet"]["spent_usd"] == 5.250001
+    assert b["fleet"]["state"] == "warning"
+    assert b["coder"]["spent_usd"] == 1.25
+    assert b["coder"]["state"] == "ok"
+    assert b["alice"]["spent_usd"] == 1.25
+    assert b["alice"]["remaining_usd"] == 0.75
     assert b["flow"]["spent_usd"] == 1.25  # t2 is from github
     await set_cost(client, agent, "t1", 2.0)
     b = await budgets_by_id(client, auth("user"))
-    assert b["alice"]["state"] == "exceeded" and b["alice"]["remaining_usd"] == 0
+    assert b["alice"]["state"] == "exceeded"
+    assert b["alice"]["remaining_usd"] == 0
 
 
 async def test_a_task_of_another_period_does_not_count(
@@ -199,7 +205,8 @@ async def test_hold_skips_scope_at_claim_until_the_limit_is_raised(
     await set_cost(client, agent, "spender", 1.0)
     claim = {"agent": "a1", "agent_type": ["coder", "reviewer"]}
     r = await client.post("/api/tasks/claim", json=claim, headers=agent)
-    assert r.status_code == 200 and r.json()["task_id"] == "other"
+    assert r.status_code == 200
+    assert r.json()["task_id"] == "other"
     r = await client.post("/api/tasks/claim", json=claim, headers=agent)
     assert r.status_code == 204
     assert (await client.get("/api/tasks/q1", headers=agent)).json()["status"] == "queued"
@@ -213,4 +220,5 @@ async def test_hold_skips_scope_at_claim_until_the_limit_is_raised(
         client, admin, "cap", limit_usd=5, action=action, scope={"agent_type": "coder"}
     )
     r = await client.post("/api/tasks/claim", json=claim, headers=agent)
-    assert r.status_code == 200 and r.json()["task_id"] == "q1"
+    assert r.status_code == 200
+    assert r.json()["task_id"] == "q1"
