@@ -30,7 +30,6 @@ def settings(backend: Backend) -> Settings:
         alerts_allow_private_urls=True,
         alerts_retry_first_seconds=0.2,
         alerts_retry_max_seconds=1.0,
-        alerts_delivery_timeout_seconds=1.0,
         **QUIET_JOBS,
     )
 
