@@ -16,7 +16,10 @@ from dashboard_api.jobs import Job, JobRunner, leadership_for
 from dashboard_api.observability.setup import metrics_of
 from dashboard_api.otlp.store import prune_spans
 from dashboard_api.services.agents import stale_agents, sweep_offline
+from dashboard_api.services.alerts.evaluate import evaluate_rules
+from dashboard_api.services.alerts.outbox import run_sender_once
 from dashboard_api.services.analytics_fold import fold_waiting
+from dashboard_api.services.budgets.jobs import run_budgets_once
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,25 @@ def periodic_jobs(ctx: AppContext) -> list[Job]:
             lambda: fold_analytics_once(ctx),
         ),
         Job("otlp-prune", settings.otlp_prune_interval_seconds, lambda: prune_otlp_once(ctx)),
+        # Budgets (API.md §14): states announced, running tasks of exceeded
+        # hold_and_cancel budgets asked to stop (a hold itself is set by the task write).
+        Job(
+            "budgets",
+            settings.budgets_evaluate_interval_seconds,
+            lambda: run_budgets_once(ctx.db, settings, ctx.clock),
+        ),
+        # Alert rules (API.md §15): alerts opened and resolved, deliveries written.
+        Job(
+            "alert-rules",
+            settings.alerts_evaluate_interval_seconds,
+            lambda: evaluate_rules(ctx.db, settings, now=ctx.clock.now()),
+        ),
+        # The notification outbox: due deliveries sent, every attempt recorded.
+        Job(
+            "alert-sender",
+            settings.alerts_sender_interval_seconds,
+            lambda: run_sender_once(ctx.db, settings, ctx.clock),
+        ),
     ]
 
 

@@ -112,6 +112,14 @@ async def claim_due(db: Database, *, now: datetime, settings: Settings) -> list[
     """Claim due deliveries and commit their attempt records (before anything is sent)."""
     key = box_key(settings)
     claimed: list[Claimed] = []
+    async with db.read() as session:  # the usual case, nothing due, costs no write
+        due = await session.scalar(
+            select(AlertDelivery.delivery_id)
+            .where(AlertDelivery.state == "pending", AlertDelivery.next_attempt_at <= now)
+            .limit(1)
+        )
+    if due is None:
+        return []
     async with db.write() as session:
         pick = (
             select(AlertDelivery)
