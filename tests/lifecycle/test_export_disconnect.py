@@ -69,7 +69,15 @@ async def export_queries_running(app: object) -> list[str]:
 
 @pytest.mark.parametrize("how", ["reset", "close"])
 async def test_a_client_leaving_mid_export_stops_it(backend: Backend, how: str) -> None:
-    settings = backend.settings(export_batch_rows=BATCH)
+    # Periodic jobs off: they check connections out too, and this counts the export's.
+    settings = backend.settings(
+        export_batch_rows=BATCH,
+        agent_sweep_interval_seconds=0,
+        analytics_fold_interval_seconds=0,
+        budgets_evaluate_interval_seconds=0,
+        alerts_evaluate_interval_seconds=0,
+        alerts_sender_interval_seconds=0,
+    )
     async with serve_app(settings) as (app, port):
         await insert_tasks(app, ROWS)
         token = await make_token(app, role="user", user_id="alice")
