@@ -30,6 +30,7 @@ LAYERS: dict[str, str] = {
     "jobs": "entry",
     "cli": "entry",
     "cli_errors": "entry",
+    "cli_guards": "entry",
     "__main__": "entry",
     "demo": "entry",
     "app": "entry",

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from dashboard_api.cli_guards import add_commands
 from dashboard_api.settings import Settings
 
 # Plain tracebacks (for bugs only: expected failures are one line, see main()); typer's
@@ -49,6 +50,9 @@ def _migrated_settings() -> Settings:
             raise CliFailure(f"cannot create {path}: its directory does not exist")
     upgrade_to_head(settings.database_url)
     return settings
+
+
+add_commands(app, _migrated_settings)  # budgets list, alerts test (cli_guards.py)
 
 
 def _port_in_use(host: str, port: int) -> str | None:
