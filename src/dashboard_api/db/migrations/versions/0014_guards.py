@@ -1,7 +1,7 @@
 """budgets, alert rules, notification channels, alerts and the delivery outbox
 
-Revision ID: 0012_guards
-Revises: 0010_search
+Revision ID: 0014_guards
+Revises: 0013_otlp_spans
 Create Date: 2026-12-07 13:30:00.000000
 
 New tables only (API.md §14 and §15), plus an index that the `index_job_failed` rule
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0012_guards"
-down_revision: str | Sequence[str] | None = "0010_search"
+revision: str = "0014_guards"
+down_revision: str | Sequence[str] | None = "0013_otlp_spans"
 branch_labels: str | Sequence[str] | None = None
 # index_jobs (the index of the `index_job_failed` rule) comes from that branch.
 depends_on: str | Sequence[str] | None = "0004_integrations"
