@@ -7,7 +7,7 @@ small Protocols: what routes, health checks and metrics use of them, nothing mor
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -15,6 +15,7 @@ from starlette.websockets import WebSocket
 
 from dashboard_api.auth import Principal, TokenCache
 from dashboard_api.db.engine import Database
+from dashboard_api.observability.metrics import Metrics
 from dashboard_api.security.ratelimit import RateLimiter
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.settings import Settings
@@ -89,4 +90,4 @@ class AppContext:
     ingress: IngressView | None = None
     jobs: JobsView | None = None  # the periodic jobs (background.py)
     limiter: RateLimiter | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics | None = None  # installed by observability/setup.py

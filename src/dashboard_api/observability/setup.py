@@ -10,23 +10,21 @@ from dashboard_api.observability.logging import configure_logging
 from dashboard_api.observability.metrics import Metrics
 from dashboard_api.observability.middleware import ObservabilityMiddleware
 
-_METRICS_KEY = "metrics"
-
 
 def install_observability(app: FastAPI, ctx: Any) -> Metrics:
     """Configure logging, give the app its metrics registry and the outermost middleware."""
     configure_logging(ctx.settings)
     metrics = Metrics(cache_seconds=ctx.settings.metrics_cache_seconds)
     metrics.bind(lambda: ctx)
-    ctx.extras[_METRICS_KEY] = metrics
+    ctx.metrics = metrics
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return metrics
 
 
 def metrics_of(ctx: Any) -> Metrics:
     """The app's metrics (a fresh, unexported set when observability is not installed)."""
-    found = ctx.extras.get(_METRICS_KEY)
+    found = ctx.metrics
     if not isinstance(found, Metrics):
-        found = ctx.extras[_METRICS_KEY] = Metrics()
+        found = ctx.metrics = Metrics()
         found.bind(lambda: ctx)
     return found
