@@ -12,6 +12,7 @@ from typing import Any
 from dashboard_api.aiotasks import stop_tasks
 from dashboard_api.context import AppContext
 from dashboard_api.db.engine import PendingEvent
+from dashboard_api.demo import start_demo
 from dashboard_api.jobs import Job, JobRunner, leadership_for
 from dashboard_api.observability.setup import metrics_of
 from dashboard_api.otlp.store import prune_spans
@@ -106,8 +107,6 @@ async def background_lifespan(ctx: AppContext) -> AsyncIterator[None]:
     runner.start()
     tasks: list[asyncio.Task[Any]] = []
     if ctx.settings.demo:
-        from dashboard_api.demo import start_demo
-
         tasks.extend(await start_demo(ctx))
     try:
         yield

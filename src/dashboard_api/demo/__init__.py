@@ -17,10 +17,19 @@ from typing import Any
 from dashboard_api.aiotasks import raise_if_cancelled
 from dashboard_api.context import AppContext
 from dashboard_api.db.dialect import advisory_xact_lock_sql
+from dashboard_api.db.paging import PageRequest
 from dashboard_api.demo.data import DEMO_USER, has_tasks, new_task_prompt, seed_demo
 from dashboard_api.demo.inprocess import ServiceBackend
 from dashboard_api.demo.simulator import SimulatedAgent
+from dashboard_api.schemas.conversations import MessageCreate
+from dashboard_api.schemas.sources import JobUpdate
+from dashboard_api.schemas.tasks import TaskCreate
+from dashboard_api.schemas.webhooks import WebhookEventCreate
+from dashboard_api.services import conversations as conversation_service
+from dashboard_api.services import sources as source_service
 from dashboard_api.services.seed import AGENT_TYPES, SOURCES
+from dashboard_api.services.tasks import register_task
+from dashboard_api.services.webhooks import record_event
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +46,6 @@ async def _claim_seeding(ctx: AppContext) -> bool:
             return False
         # A placeholder task, so that other processes see a non-empty database at once;
         # it becomes the first live demo task.
-        from dashboard_api.schemas.tasks import TaskCreate
-        from dashboard_api.services.tasks import register_task
 
         agent_type, prompt = new_task_prompt(random.Random())
         await register_task(
@@ -109,8 +116,6 @@ async def _producer(ctx: AppContext) -> None:
 
 
 async def _new_task(ctx: AppContext, rng: random.Random) -> None:
-    from dashboard_api.schemas.tasks import TaskCreate
-    from dashboard_api.services.tasks import register_task
 
     agent_type, prompt = new_task_prompt(rng)
     async with ctx.db.write() as session:
@@ -128,15 +133,12 @@ async def _new_task(ctx: AppContext, rng: random.Random) -> None:
 
 
 async def _new_conversation_message(ctx: AppContext, rng: random.Random) -> None:
-    from dashboard_api.db.paging import PageRequest
-    from dashboard_api.schemas.conversations import MessageCreate
-    from dashboard_api.services import conversations as service
 
     async with ctx.db.read() as session:
-        page = await service.list_conversations(
+        page = await conversation_service.list_conversations(
             session,
             principal=DEMO_USER,
-            filters=service.ConversationFilters(),
+            filters=conversation_service.ConversationFilters(),
             page=PageRequest(per_page=20),
         )
     if not page.items:
@@ -151,7 +153,7 @@ async def _new_conversation_message(ctx: AppContext, rng: random.Random) -> None
         )
     )
     async with ctx.db.write() as session:
-        await service.post_message(
+        await conversation_service.post_message(
             session,
             conversation_id=conversation.conversation_id,
             principal=DEMO_USER,
@@ -163,8 +165,6 @@ async def _new_conversation_message(ctx: AppContext, rng: random.Random) -> None
 
 
 async def _new_webhook_event(ctx: AppContext, rng: random.Random) -> None:
-    from dashboard_api.schemas.webhooks import WebhookEventCreate
-    from dashboard_api.services.webhooks import record_event
 
     source = rng.choice(("github", "github", "jira", "slack"))
     event_type = {"github": "pull_request.opened", "jira": "jira:issue_updated"}.get(
@@ -185,29 +185,27 @@ async def _new_webhook_event(ctx: AppContext, rng: random.Random) -> None:
 
 async def _index_step(ctx: AppContext, rng: random.Random) -> None:
     """Advance the demo indexer: claim a queued job and finish it, or queue a reindex."""
-    from dashboard_api.schemas.sources import JobUpdate
-    from dashboard_api.services import sources as service
 
     now = ctx.clock.now()
     async with ctx.db.write() as session:
-        claimed = await service.claim_job(session, agent="demo-indexer", now=now)
+        claimed = await source_service.claim_job(session, agent="demo-indexer", now=now)
         if claimed is not None:
-            await service.update_job(
+            await source_service.update_job(
                 session, job_id=claimed[0].job_id, body=JobUpdate(progress=0.5), now=now
             )
             job_id: str | None = claimed[0].job_id
         else:
             job_id = None
-            sources = await service.list_sources(session)
+            sources = await source_service.list_sources(session)
             if sources:
-                await service.request_reindex(
+                await source_service.request_reindex(
                     session, source_id=rng.choice(sources).source_id, now=now
                 )
     if job_id is not None:
         await asyncio.sleep(rng.uniform(2.0, 5.0))
         with contextlib.suppress(Exception):
             async with ctx.db.write() as session:
-                await service.update_job(
+                await source_service.update_job(
                     session,
                     job_id=job_id,
                     body=JobUpdate(status="succeeded", progress=1.0),

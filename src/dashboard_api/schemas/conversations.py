@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from dashboard_api.ids import SLUG_PATTERN, TASK_ID_PATTERN
+from dashboard_api.money import micros_to_usd
 from dashboard_api.schemas.common import ApiModel
 from dashboard_api.timeutil import UtcDateTime
 
@@ -146,7 +147,6 @@ class TaskLink(ApiModel):
 
 def conversation_public(c: Any) -> ConversationPublic:
     """The API form of a `Conversation` row."""
-    from dashboard_api.money import micros_to_usd
 
     return ConversationPublic(
         conversation_id=c.conversation_id,
