@@ -124,6 +124,21 @@ async def test_otlp_json_with_reported_cost(client: Any, auth: Auth) -> None:
     assert task["duration_seconds"] == 2.5
     assert task["created_at"] == "2025-12-06T05:46:40.000Z"
     assert task["input_message"] == "Plan the release"
+    # The analytics rollups count it like any task.
+    r = await client.get(
+        "/api/analytics/summary",
+        params={
+            "from": "2025-12-06T00:00:00Z",
+            "to": "2025-12-07T00:00:00Z",
+            "source": "opentelemetry",
+        },
+        headers=auth("user"),
+    )
+    summary = r.json()
+    assert (summary["total_tasks"], summary["completed_tasks"]) == (1, 1)
+    assert (summary["input_tokens"], summary["output_tokens"]) == (4000, 1000)
+    assert summary["total_cost_usd"] == 0.25
+    assert summary["avg_duration_seconds"] == 2.5
 
 
 async def test_sdk_spans_as_gzipped_json_and_protobuf_give_one_task(

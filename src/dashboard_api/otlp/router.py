@@ -96,7 +96,7 @@ async def export_traces(
             spans,
             now=ctx.clock.now(),
             prices=ctx.prices,
-            output=OutputLimits(settings.output_cap_bytes, settings.max_chunk_bytes),
+            output=OutputLimits(settings.output_cap_bytes),
         )
     except ProblemError as error:
         content, media = wire.failure(encoding, error)

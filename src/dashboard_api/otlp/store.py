@@ -26,10 +26,9 @@ from sqlalchemy import Table, bindparam, delete, select, text, update
 from dashboard_api.db.dialect import backend_of, upsert
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models.otlp import OtlpSpan
-from dashboard_api.errors import Conflict
 from dashboard_api.otlp.mapping import SOURCE, TaskPlan, plan_task, subtrees
 from dashboard_api.otlp.spans import SpanFacts
-from dashboard_api.schemas.tasks import OutputChunkIn, TaskCreate, TaskUpdate
+from dashboard_api.schemas.tasks import TaskCreate, TaskUpdate
 from dashboard_api.services import tasks
 from dashboard_api.services.pricing import PriceTable
 
@@ -40,8 +39,7 @@ _LOCK_CLASS = 0x07E1
 
 @dataclass(frozen=True, slots=True)
 class OutputLimits:
-    cap_bytes: int
-    max_chunk_bytes: int
+    cap_bytes: int  # a task's log (setting output_cap_bytes)
 
 
 @dataclass(slots=True)
@@ -99,6 +97,7 @@ async def store_spans(
         for key in new_keys:
             known[key[0]].append(unique[key])
         marks: list[dict[str, str]] = []
+        finished: list[tasks.FinishedTask] = []
         for trace_id in touched:
             for root, tree in subtrees(known[trace_id]):
                 fresh = [s for s in tree if (s.trace_id, s.span_id) in new_keys]
@@ -111,10 +110,16 @@ async def store_spans(
                     await _update(session, plan, now=now, prices=prices)
                     result.updated.append(plan.task_id)
                 else:
-                    if await _create(session, plan, prices=prices, output=output):
-                        result.created.append(plan.task_id)
+                    finished.append(_finished(plan))
                     marks.append({"t": root.trace_id, "s": root.span_id, "task_id": plan.task_id})
+        if finished:
+            recorded = await tasks.record_finished_tasks(
+                session, records=finished, prices=prices, cap_bytes=output.cap_bytes
+            )
+            result.created += [t.task_id for t in recorded]
         if marks:
+            # A root whose task existed already (its spans were pruned, then sent again)
+            # is marked too: the task is not made twice.
             await session.execute(_MARK_ROOT, marks)
     return result
 
@@ -169,14 +174,10 @@ _LOCK_SQL = text(
 )
 
 
-async def _create(
-    session: Any, plan: TaskPlan, *, prices: PriceTable, output: OutputLimits
-) -> bool:
-    """Register, fill and finish the task of a newly whole invocation; False when a task
-    of that id exists already (its spans were pruned and sent again). The caller records
-    the task on the root's row either way."""
+def _finished(plan: TaskPlan) -> tasks.FinishedTask:
+    """A newly whole invocation's task: registered running at the root's start, with the
+    subtree's content as output, ended at the root's end with the plan's figures."""
     root = plan.root
-    started, ended = _ts(root.start_ns), _ts(root.end_ns)
     body = TaskCreate(
         task_id=plan.task_id,
         agent_type=plan.agent_type,
@@ -186,26 +187,14 @@ async def _create(
         assigned_agent=plan.assigned_agent,
         model=plan.model,
         metadata=plan.metadata,
-        created_at=started,
     )
-    try:
-        await tasks.register_task(session, body=body, now=started, prices=prices)
-    except Conflict:
-        return False
-    chunks = [OutputChunkIn(stream=s, content=c) for s, c in plan.chunks()]
-    if chunks:
-        await tasks.append_output(
-            session,
-            task_id=plan.task_id,
-            chunks=chunks,
-            now=ended,
-            cap_bytes=output.cap_bytes,
-            max_chunk_bytes=output.max_chunk_bytes,
-        )
-    await tasks.update_task(
-        session, task_id=plan.task_id, body=_figures(plan, final=True), now=ended, prices=prices
+    return tasks.FinishedTask(
+        body=body,
+        started_at=_ts(root.start_ns),
+        completed_at=_ts(root.end_ns),
+        final=_figures(plan, final=True),
+        chunks=plan.chunks(),
     )
-    return True
 
 
 async def _update(session: Any, plan: TaskPlan, *, now: datetime, prices: PriceTable) -> None:

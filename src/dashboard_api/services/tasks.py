@@ -945,7 +945,42 @@ async def register_task(
     the ORM: its existence check, unit-of-work flush and instance bookkeeping were a third
     of a registration's server CPU. INSERT ... ON CONFLICT DO NOTHING is the existence
     check too, so two concurrent registrations of one id give one 201 and one 409."""
-    task = SimpleNamespace(
+    task = _new_task(body, now)
+    _recompute_cost(task, prices)
+    values = {("metadata" if k == "metadata_" else k): v for k, v in vars(task).items()}
+    inserted = await session.execute(_insert_new_task(session), values)
+    if inserted.first() is None:
+        raise Conflict(f"Task {task.task_id!r} already exists.")
+    await session.execute(
+        _INSERT_EVENT, {"task_id": task.task_id, "type": "status", "status": task.status, "at": now}
+    )
+    await task_written(session, None, snapshot(task))
+    _publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
+    return task
+
+
+_INSERT_EVENT = insert(_E_TABLE)
+_INSERT_NEW_TASK: dict[str, Any] = {}
+
+
+def _insert_new_task(session: AsyncSession) -> Any:
+    """INSERT INTO tasks ... ON CONFLICT (task_id) DO NOTHING RETURNING task_id, built once
+    per backend (values bound at execution)."""
+    backend = backend_of(session)
+    stmt = _INSERT_NEW_TASK.get(backend)
+    if stmt is None:
+        stmt = (
+            upsert(session, _T_TABLE)
+            .on_conflict_do_nothing(index_elements=[_T.c.task_id])
+            .returning(_T.c.task_id)
+        )
+        _INSERT_NEW_TASK[backend] = stmt
+    return stmt
+
+
+def _new_task(body: TaskCreate, now: datetime) -> SimpleNamespace:
+    """The attributes of a task as `body` registers it at `now` (cost not computed yet)."""
+    return SimpleNamespace(
         task_id=body.task_id or new_id(),
         status=body.status,
         agent_type=body.agent_type,
@@ -977,36 +1012,110 @@ async def register_task(
         output_bytes=0,
         output_truncated=False,
     )
-    _recompute_cost(task, prices)
-    values = {("metadata" if k == "metadata_" else k): v for k, v in vars(task).items()}
-    inserted = await session.execute(_insert_new_task(session), values)
-    if inserted.first() is None:
-        raise Conflict(f"Task {task.task_id!r} already exists.")
-    await session.execute(
-        _INSERT_EVENT, {"task_id": task.task_id, "type": "status", "status": task.status, "at": now}
-    )
-    await task_written(session, None, snapshot(task))
-    _publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
-    return task
 
 
-_INSERT_EVENT = insert(_E_TABLE)
-_INSERT_NEW_TASK: dict[str, Any] = {}
+@dataclass(frozen=True, slots=True)
+class FinishedTask:
+    """A task recorded after it ended (from an OpenTelemetry trace, say): how it was
+    registered, when it started and ended, its output, and its final update."""
+
+    body: TaskCreate  # status "running"; task_id given
+    started_at: datetime
+    completed_at: datetime
+    final: TaskUpdate  # a terminal status, the figures
+    chunks: Sequence[tuple[str, str]] = ()  # (stream, content)
 
 
-def _insert_new_task(session: AsyncSession) -> Any:
-    """INSERT INTO tasks ... ON CONFLICT (task_id) DO NOTHING RETURNING task_id, built once
-    per backend (values bound at execution)."""
-    backend = backend_of(session)
-    stmt = _INSERT_NEW_TASK.get(backend)
-    if stmt is None:
-        stmt = (
-            upsert(session, _T_TABLE)
-            .on_conflict_do_nothing(index_elements=[_T.c.task_id])
-            .returning(_T.c.task_id)
+async def record_finished_tasks(
+    session: AsyncSession,
+    *,
+    records: Sequence[FinishedTask],
+    prices: PriceTable,
+    cap_bytes: int,
+) -> list[Any]:
+    """Record tasks that have already ended, in a few statements whatever their number.
+
+    Each gets the row and the status history (running at `started_at`, its final status
+    at `completed_at`) that `register_task`, `append_output` and `update_task` one after
+    the other would give it, the state machine and the price table applied by the same
+    code; the hooks see it once, new and final, and it is announced once: its
+    `task_output` events, then one `task_status` with its final state. A task whose id
+    exists is left alone. Returns the tasks recorded (plain objects)."""
+    planned = []
+    for record in records:
+        task = _new_task(record.body, record.started_at)
+        _recompute_cost(task, prices)
+        stored, size, truncated = _fit_output(record.chunks, cap_bytes)
+        if stored:
+            task.output_seq, task.output_bytes = len(stored), size
+            task.first_output_at = record.completed_at
+        task.output_truncated = truncated
+        _apply_update(task, task.task_id, record.final, record.completed_at, prices)
+        planned.append((task, record, stored))
+    if not planned:
+        return []
+    values = [
+        {("metadata" if k == "metadata_" else k): v for k, v in vars(task).items()}
+        for task, _, _ in planned
+    ]
+    inserted = {row.task_id for row in await session.execute(_insert_new_task(session), values)}
+    done = [p for p in planned if p[0].task_id in inserted]
+    if not done:
+        return []
+    events = []
+    chunks = []
+    for task, record, stored in done:
+        events.append(
+            {"task_id": task.task_id, "type": "status", "status": "running", "at": task.started_at}
         )
-        _INSERT_NEW_TASK[backend] = stmt
-    return stmt
+        events.append(
+            {
+                "task_id": task.task_id,
+                "type": "status",
+                "status": task.status,
+                "at": task.completed_at,
+            }
+        )
+        chunks += [
+            {
+                "task_id": task.task_id,
+                "seq": i,
+                "stream": st,
+                "content": c,
+                "created_at": record.completed_at,
+            }
+            for i, (st, c) in enumerate(stored, start=1)
+        ]
+    await session.execute(_INSERT_EVENT, events)
+    if chunks:
+        await session.execute(insert(_C_TABLE), chunks)
+    for task, record, stored in done:
+        await task_written(session, None, snapshot(task))
+        if stored:
+            _emit_output(session, task.task_id, 1, stored, record.completed_at)
+        _publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
+    return [task for task, _, _ in done]
+
+
+def _fit_output(
+    chunks: Sequence[tuple[str, str]], cap_bytes: int
+) -> tuple[list[tuple[str, str]], int, bool]:
+    """The chunks a new task's log keeps under its cap (as `append_output` cuts them),
+    their size, and whether any content was dropped."""
+    room = cap_bytes
+    stored: list[tuple[str, str]] = []
+    for stream, content in chunks:
+        size = len(content.encode())
+        if size <= room:
+            stored.append((stream, content))
+            room -= size
+            continue
+        head = content.encode()[: max(room, 0)].decode("utf-8", errors="ignore")
+        if head:
+            stored.append((stream, head))
+            room -= len(head.encode())
+        return stored, cap_bytes - room, True
+    return stored, cap_bytes - room, False
 
 
 async def update_task(
