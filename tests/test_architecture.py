@@ -57,6 +57,7 @@ LAYERS: dict[str, str] = {
     "observability": "base",
     "security": "base",
     "settings": "base",
+    "task_statuses": "base",
     "timeutil": "base",
 }
 

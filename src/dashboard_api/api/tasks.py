@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from dashboard_api.api.deps import AgentRole, AnyRole, CtxDep, PageDep, UserRole, split_multi
-from dashboard_api.db.models.tasks import TASK_STATUSES
 from dashboard_api.errors import Unprocessable
 from dashboard_api.ids import TASK_ID_PATTERN
 from dashboard_api.observability.setup import metrics_of
@@ -32,6 +31,7 @@ from dashboard_api.schemas.tasks import (
 from dashboard_api.schemas.tasks_json import dumps, page_json, public_doc, ts
 from dashboard_api.services import task_export as export
 from dashboard_api.services import tasks as service
+from dashboard_api.task_statuses import TASK_STATUSES
 from dashboard_api.timeutil import UtcDateTime
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], responses=problem_responses(401, 403, 422))

@@ -23,7 +23,7 @@ import orjson
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+from dashboard_api.task_statuses import TERMINAL_STATUSES
 
 
 class ApiError(Exception):

@@ -11,8 +11,6 @@ import orjson
 
 from dashboard_api.timeutil import format_ts
 
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-
 
 def _default(value: Any) -> Any:
     if isinstance(value, datetime):

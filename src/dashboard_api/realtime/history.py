@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dashboard_api.realtime.events import TERMINAL_STATUSES
+from dashboard_api.task_statuses import TERMINAL_STATUSES
 
 
 @dataclass(slots=True)

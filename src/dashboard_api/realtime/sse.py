@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from dashboard_api.realtime.events import TERMINAL_STATUSES, OutEvent
+from dashboard_api.realtime.events import OutEvent
 from dashboard_api.realtime.hub import Hub
 from dashboard_api.realtime.sinks import QueueSink
 from dashboard_api.realtime.subscriptions import TaskSubscription
+from dashboard_api.task_statuses import TERMINAL_STATUSES
 
 KEEPALIVE_SECONDS = 15.0
 

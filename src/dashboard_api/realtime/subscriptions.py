@@ -12,10 +12,11 @@ from collections import deque
 from typing import Any, Protocol
 
 from dashboard_api.aiotasks import raise_if_cancelled
-from dashboard_api.realtime.events import TERMINAL_STATUSES, OutEvent, output_event
+from dashboard_api.realtime.events import OutEvent, output_event
 from dashboard_api.realtime.groups import Group
 from dashboard_api.realtime.history import TaskState
 from dashboard_api.realtime.sinks import QueueSink, Sink, SinkClosed
+from dashboard_api.task_statuses import TERMINAL_STATUSES
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,10 @@
+"""A task's statuses, defined once for the database, the wire, the hub and the client."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+TaskStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+TASK_STATUSES: tuple[TaskStatus, ...] = ("queued", "running", "completed", "failed", "cancelled")
+# A task in one of these never changes again (its stream ends, its hooks have run).
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
