@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dashboard_api.auth import Principal
 from dashboard_api.context import AppContext
 from dashboard_api.db.models import Task
+from dashboard_api.demo.guards import seed_guards
 from dashboard_api.schemas.conversations import ConversationCreate, MessageCreate
 from dashboard_api.schemas.oauth import InstallationUpsert
 from dashboard_api.schemas.sources import JobUpdate, SourceCreate
@@ -81,6 +82,7 @@ async def seed_demo(ctx: AppContext, *, rng: random.Random | None = None) -> Non
     await _seed_webhook_events(ctx, rng)
     await _seed_oauth(ctx)
     await _seed_sources(ctx)
+    await seed_guards(ctx)  # after the tasks: the budget's limit is set from today's spend
 
 
 async def _seed_conversations(ctx: AppContext) -> None:
