@@ -48,8 +48,8 @@ from dashboard_api.realtime import Realtime, realtime_lifespan
 from dashboard_api.realtime.channels import ChannelAuthorizer
 from dashboard_api.security.headers import SecurityHeadersMiddleware
 from dashboard_api.security.ratelimit import MemoryRateLimiter, RedisRateLimiter
-from dashboard_api.services import task_search
 from dashboard_api.services.pricing import PriceTable
+from dashboard_api.services.tasks import search as task_search
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import Clock, SystemClock
 from dashboard_api.web import install_dashboard
@@ -259,7 +259,7 @@ def build_context(settings: Settings, clock: Clock) -> AppContext:
     models, default = settings.price_table()
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
     # analytics: read by the rollup hook on every task write (off only in benchmarks)
-    # q totals: per-hour match counts this app's requests share (services/task_search.py)
+    # q totals: per-hour match counts this app's requests share (services/tasks/search.py)
     db.sessions.configure(
         info={
             "analytics_rollups_enabled": settings.analytics_rollups_enabled,

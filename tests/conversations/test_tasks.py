@@ -187,7 +187,7 @@ async def test_output_of_linked_and_child_tasks(
     """Appends to a conversation's tasks (linked, or counted as a descendant) keep the
     conversation's figures; on PostgreSQL a descendant, which looks plain from its own
     row, is tried alone once at most and then goes through the transaction."""
-    from dashboard_api.services import tasks as tasks_service
+    from dashboard_api.services.tasks import output as tasks_service
 
     cid = (await new_conversation(client, auth))["conversation_id"]
     root = (await post(client, auth, cid, content="plan")).json()["task_id"]

@@ -802,7 +802,7 @@ async def test_deep_pages_stay_exact_when_writes_land_between_statements(
     page were two more statements; a task sorting before the page in between returned the
     page one row off the total it came with."""
     from dashboard_api.db import paging
-    from dashboard_api.services import tasks
+    from dashboard_api.services.tasks import listing as tasks
 
     monkeypatch.setattr(paging, "SEEK_FROM_OFFSET", 0)
     await clear_tasks(app)
@@ -876,7 +876,7 @@ async def test_q_plans_match_brute_force(
     order's index walked with the count alongside) give the brute-force pages and totals,
     in page mode (deep pages included) and cursor mode, whatever the previous run hinted."""
     from dashboard_api.db import paging
-    from dashboard_api.services import tasks
+    from dashboard_api.services.tasks import listing as tasks
 
     monkeypatch.setattr(paging, "SEEK_FROM_OFFSET", 4)
     monkeypatch.setattr(tasks, "FEW_MATCHES", 10**9 if plan == "matches first" else -1)

@@ -1,4 +1,4 @@
-"""`q` totals from per-hour counts cached per process (services/task_search.py).
+"""`q` totals from per-hour counts cached per process (services/tasks/search.py).
 
 A random history of registrations (also into old hours: back-fills), status moves, folds
 and rebuilds, interleaved with q lists served by two app instances (two caches) over one

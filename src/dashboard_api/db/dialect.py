@@ -33,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
-# date_bin (the per-hour q counts, services/task_search.py) arrived in PostgreSQL 14.
+# date_bin (the per-hour q counts, services/tasks/search.py) arrived in PostgreSQL 14.
 MIN_POSTGRESQL = 14
 
 

@@ -6,7 +6,7 @@ row, and adds the sums to the rollups in the same transaction that deletes them:
 thousand registrations of the current blocks become one upsert of a few dozen rows, and
 no task write ever waits for another one's rollup rows. Each row's `changes` grows by
 the number of contributions folded into it, so that a block's `changes` plus its pending
-rows stays the same across a fold (the token `services.task_search` checks).
+rows stays the same across a fold (the token `services.tasks.search` checks).
 
 Who folds: the `analytics-fold` periodic job (`fold_waiting`, on one replica at a time,
 see jobs/), and every analytics read

@@ -459,7 +459,7 @@ async def rebuild_rollups(session: AsyncSession, *, bulk: bool = False) -> None:
     counters = _finest_counters(session)
     await _build(session, _ROLLUPS, ROLLUP_VALUES, GRAINS, counters, _COUNTER_MARGINALS, bulk)
     # Every `changes` restarts from the block's tasks: tokens read before this rebuild
-    # must never match again (services/task_search.py).
+    # must never match again (services/tasks/search.py).
     await upsert_add_many(session, _STATE, ["id"], ["rebuilds"], [(1, 1)])
     await _build_histograms(session)
     # Fresh planner statistics: without them PostgreSQL misjudges the block ranges.

@@ -45,7 +45,7 @@ class AnalyticsRollup(Base):
     # rows still in `analytics_pending`, it grows with every task write that touches the
     # block and never shrinks until a rebuild (which bumps `AnalyticsState.rebuilds`): a
     # block whose (rebuilds, changes + pending) is unchanged holds the same tasks with
-    # the same statuses (services/task_search.py caches counts on it). Read on the overall
+    # the same statuses (services/tasks/search.py caches counts on it). Read on the overall
     # rows (series 2) only.
     changes: Mapped[int] = mapped_column(BigInteger, default=0)
 

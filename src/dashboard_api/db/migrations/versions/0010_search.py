@@ -5,7 +5,7 @@ Revises: 0009_analytics_pending
 Create Date: 2026-11-26 03:30:00.000000
 
 A task list with `q` counts its matches per hour block and caches them per process
-(services/task_search.py); a cached count is reused while the block's token (rebuild
+(services/tasks/search.py); a cached count is reused while the block's token (rebuild
 count, folded contributions + pending ones) is unchanged. The fold adds each folded
 contribution to `changes`; a rebuild sets it to the block's tasks and bumps
 `analytics_state.rebuilds`. Only the overall rows (series 2) are read, so only they are

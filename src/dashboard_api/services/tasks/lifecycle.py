@@ -1,0 +1,375 @@
+"""A task's life: registration, the status state machine, updates, claims, cancellation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import (
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.util import identity_key
+
+from dashboard_api.db.dialect import (
+    backend_of,
+    lock_for_update,
+    lock_skip_locked,
+    upsert,
+)
+from dashboard_api.db.engine import emit
+from dashboard_api.db.models import Task, TaskEvent
+from dashboard_api.errors import Conflict, NotFound
+from dashboard_api.ids import new_id
+from dashboard_api.money import usd_to_micros
+from dashboard_api.schemas.tasks import (
+    TERMINAL_STATUSES,
+    TaskCreate,
+    TaskUpdate,
+)
+from dashboard_api.schemas.tasks_json import summary_from_row
+from dashboard_api.services.budgets.holds import not_held
+from dashboard_api.services.pricing import PriceTable
+from dashboard_api.services.task_hooks import (
+    TaskSnapshot,
+    snapshot,
+    task_written,
+)
+from dashboard_api.services.tasks.reads import (
+    EVENTS_TABLE,
+    TASK_ROW,
+    TASKS_TABLE,
+    AnyRow,
+)
+from dashboard_api.timeutil import format_ts
+
+_T = Task.__table__
+
+
+ALLOWED_MOVES: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "cancelled", "failed"}),
+    "running": frozenset({"completed", "failed", "cancelled"}),
+    "completed": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+
+# Literal (not bound) constants, so that PostgreSQL matches the expression indexes.
+
+
+def publish_status(session: AsyncSession, task: Task) -> None:
+    # The same document as task_summary(task).model_dump(mode="json"), without the model.
+    summary = summary_from_row(
+        (
+            task.task_id,
+            task.status,
+            task.agent_type,
+            task.assigned_agent,
+            task.source,
+            task.user_id,
+            task.conversation_id,
+            task.parent_task_id,
+            task.flow_id,
+            task.model,
+            task.cost_micros,
+            task.cost_reported,
+            task.input_tokens,
+            task.output_tokens,
+            task.cache_read_tokens,
+            task.cache_write_tokens,
+            task.duration_us,
+            task.created_at,
+            task.started_at,
+            task.completed_at,
+            task.updated_at,
+            task.cancel_requested,
+            task.output_seq,
+            task.output_truncated,
+            task.input_message[:200],
+            task.error is not None,
+        )
+    )
+    payload = {"type": "task_status", **summary}
+    emit(session, f"task:{task.task_id}", payload)
+    emit(session, "tasks", payload)
+
+
+async def locked_task(session: AsyncSession, task_id: str) -> Task:
+    """The task row, locked for the rest of the transaction."""
+    stmt = lock_for_update(session, select(Task).where(Task.task_id == task_id))
+    result = await session.scalars(stmt.execution_options(populate_existing=True))
+    task: Task | None = result.first()
+    if task is None:
+        raise NotFound(f"No task {task_id!r}.")
+    return task
+
+
+async def after_write(session: AsyncSession, before: TaskSnapshot | None, task: Task) -> None:
+    await session.flush()
+    await task_written(session, before, snapshot(task))
+
+
+def _record_status(session: AsyncSession, task: Task, at: datetime) -> None:
+    session.add(TaskEvent(task_id=task.task_id, type="status", status=task.status, at=at))
+
+
+def _enter_status(task: Any, status: str, now: datetime) -> None:  # a Task or its attributes
+    task.status = status
+    if status == "running" and task.started_at is None:
+        task.started_at = now
+    if status in TERMINAL_STATUSES:
+        task.completed_at = now
+        if task.started_at is not None:
+            task.duration_us = max(0, int((now - task.started_at).total_seconds() * 1_000_000))
+
+
+def recompute_cost(task: Any, prices: PriceTable) -> None:  # a Task or its attributes
+    if task.cost_reported:
+        return
+    task.cost_micros = prices.cost_micros(
+        task.model,
+        input_tokens=task.input_tokens,
+        output_tokens=task.output_tokens,
+        cache_read_tokens=task.cache_read_tokens,
+        cache_write_tokens=task.cache_write_tokens,
+    )
+
+
+async def register_task(
+    session: AsyncSession, *, body: TaskCreate, now: datetime, prices: PriceTable
+) -> Any:
+    """Create a task; its initial status is its first status event. 409 if the id exists.
+
+    Returns the task's attributes (a plain object, like `update_task`). Written without
+    the ORM: its existence check, unit-of-work flush and instance bookkeeping were a third
+    of a registration's server CPU. INSERT ... ON CONFLICT DO NOTHING is the existence
+    check too, so two concurrent registrations of one id give one 201 and one 409."""
+    task = new_task(body, now)
+    recompute_cost(task, prices)
+    values = {("metadata" if k == "metadata_" else k): v for k, v in vars(task).items()}
+    inserted = await session.execute(insert_new_task(session), values)
+    if inserted.first() is None:
+        raise Conflict(f"Task {task.task_id!r} already exists.")
+    await session.execute(
+        INSERT_EVENT, {"task_id": task.task_id, "type": "status", "status": task.status, "at": now}
+    )
+    await task_written(session, None, snapshot(task))
+    publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
+    return task
+
+
+INSERT_EVENT = insert(EVENTS_TABLE)
+_INSERT_NEW_TASK: dict[str, Any] = {}
+
+
+def insert_new_task(session: AsyncSession) -> Any:
+    """INSERT INTO tasks ... ON CONFLICT (task_id) DO NOTHING RETURNING task_id, built once
+    per backend (values bound at execution)."""
+    backend = backend_of(session)
+    stmt = _INSERT_NEW_TASK.get(backend)
+    if stmt is None:
+        stmt = (
+            upsert(session, TASKS_TABLE)
+            .on_conflict_do_nothing(index_elements=[_T.c.task_id])
+            .returning(_T.c.task_id)
+        )
+        _INSERT_NEW_TASK[backend] = stmt
+    return stmt
+
+
+def new_task(body: TaskCreate, now: datetime) -> SimpleNamespace:
+    """The attributes of a task as `body` registers it at `now` (cost not computed yet)."""
+    return SimpleNamespace(
+        task_id=body.task_id or new_id(),
+        status=body.status,
+        agent_type=body.agent_type,
+        assigned_agent=body.assigned_agent,
+        source=body.source,
+        input_message=body.input_message,
+        result=None,
+        error=None,
+        user_id=body.user_id,
+        conversation_id=body.conversation_id,
+        parent_task_id=body.parent_task_id,
+        flow_id=body.flow_id,
+        model=body.model,
+        cost_micros=0,
+        cost_reported=False,
+        input_tokens=0,
+        output_tokens=0,
+        cache_read_tokens=0,
+        cache_write_tokens=0,
+        duration_us=None,
+        created_at=body.created_at or now,
+        started_at=now if body.status == "running" else None,
+        completed_at=None,
+        updated_at=now,
+        first_output_at=None,
+        cancel_requested=False,
+        metadata_=body.metadata,
+        output_seq=0,
+        output_bytes=0,
+        output_truncated=False,
+    )
+
+
+async def update_task(
+    session: AsyncSession, *, task_id: str, body: TaskUpdate, now: datetime, prices: PriceTable
+) -> Any:
+    """Apply a producer update: a legal status move and/or new metrics, result, metadata.
+
+    Returns the task as it is now (a `Task`, or a plain object with its attributes)."""
+    if identity_key(Task, task_id) in session.identity_map:
+        # The caller holds the ORM object: change it, so that it stays true.
+        return await _update_task_orm(session, task_id, body, now, prices)
+    # Without the ORM (its load and unit-of-work flush were much of this request's CPU):
+    # the locked row is read into a plain object that the same rules below change, and
+    # the changed columns are written with one UPDATE.
+    stmt = lock_for_update(session, select(*TASK_ROW).where(_T.c.task_id == task_id))
+    row = (await session.execute(stmt)).first()
+    if row is None:
+        raise NotFound(f"No task {task_id!r}.")
+    task = SimpleNamespace(**row._mapping)
+    before = snapshot(task)
+    changed, moved = apply_update(task, task_id, body, now, prices)
+    if not changed:
+        return task
+    await _store_changes(session, task, row, moved=moved, now=now)
+    await task_written(session, before, snapshot(task))
+    publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
+    return task
+
+
+async def _store_changes(
+    session: AsyncSession, task: SimpleNamespace, row: AnyRow, *, moved: bool, now: datetime
+) -> None:
+    """Write the attributes of `task` that differ from `row` (its locked row as read, by
+    `TASK_ROW`) with one UPDATE, and a status event when its status moved."""
+    old = row._mapping
+    values = {
+        ("metadata" if name == "metadata_" else name): value
+        for name, value in vars(task).items()
+        if value != old[name]
+    }
+    await session.execute(update(TASKS_TABLE).where(_T.c.task_id == task.task_id).values(values))
+    if moved:
+        await session.execute(
+            INSERT_EVENT,
+            {"task_id": task.task_id, "type": "status", "status": task.status, "at": now},
+        )
+
+
+def apply_update(
+    task: Any, task_id: str, body: TaskUpdate, now: datetime, prices: PriceTable
+) -> tuple[bool, bool]:
+    """Change `task` (a `Task` or its attributes) as `body` says: (changed, status moved
+    so a status event is due). 409 for a move the state machine forbids."""
+    fields = body.model_fields_set
+    changed = moved = False
+    if body.status is not None and body.status != task.status:
+        if body.status not in ALLOWED_MOVES[task.status]:
+            raise Conflict(
+                f"Task {task_id!r} is {task.status}; it cannot move to {body.status}.",
+                extra={"current_status": task.status},
+            )
+        _enter_status(task, body.status, now)
+        changed = moved = True
+    for name in ("assigned_agent", "result", "error", "model"):
+        if name in fields and getattr(body, name) != getattr(task, name):
+            setattr(task, name, getattr(body, name))
+            changed = True
+    for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+        value = getattr(body, name)
+        if value is not None and value != getattr(task, name):
+            setattr(task, name, value)
+            changed = True
+    if body.cost_usd is not None:
+        micros = usd_to_micros(body.cost_usd)
+        if not task.cost_reported or micros != task.cost_micros:
+            task.cost_reported = True
+            task.cost_micros = micros
+            changed = True
+    if body.metadata is not None and body.metadata != task.metadata_:
+        task.metadata_ = body.metadata
+        changed = True
+    if changed:
+        recompute_cost(task, prices)
+        task.updated_at = now
+    return changed, moved
+
+
+async def _update_task_orm(
+    session: AsyncSession, task_id: str, body: TaskUpdate, now: datetime, prices: PriceTable
+) -> Task:
+    task = await locked_task(session, task_id)
+    before = snapshot(task)
+    changed, moved = apply_update(task, task_id, body, now, prices)
+    if moved:
+        _record_status(session, task, now)
+    if changed:
+        await after_write(session, before, task)
+        publish_status(session, task)
+    return task
+
+
+async def claim_task(
+    session: AsyncSession, *, agent_types: Sequence[str], agent: str, now: datetime
+) -> Any:
+    """Atomically move the oldest queued task of these types to running for `agent`: the
+    task's attributes (a plain object, like `update_task`), or None when none is queued.
+
+    The oldest row is read and locked in one statement (SKIP LOCKED: concurrent claimers
+    take different tasks) and written without the ORM."""
+    pick = (
+        select(*TASK_ROW)
+        .where(
+            _T.c.status == "queued",
+            _T.c.agent_type.in_(list(agent_types)),
+            # Budgets on hold: part of this statement, so no check can go stale (holds.py).
+            not_held(_T, now),
+        )
+        .order_by(_T.c.created_at, _T.c.task_id)
+        .limit(1)
+    )
+    row = (await session.execute(lock_skip_locked(session, pick))).first()
+    if row is None:
+        return None
+    task = SimpleNamespace(**row._mapping)
+    before = snapshot(task)
+    task.assigned_agent = agent
+    _enter_status(task, "running", now)
+    task.updated_at = now
+    await _store_changes(session, task, row, moved=True, now=now)
+    await task_written(session, before, snapshot(task))
+    publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
+    return task
+
+
+async def cancel_task(session: AsyncSession, *, task_id: str, now: datetime) -> Task:
+    """Cancel a queued task now; ask a running task's agent to stop; 409 when already ended."""
+    task = await locked_task(session, task_id)
+    if task.status in TERMINAL_STATUSES:
+        raise Conflict(
+            f"Task {task_id!r} is already {task.status}.", extra={"current_status": task.status}
+        )
+    before = snapshot(task)
+    if task.status == "queued":
+        _enter_status(task, "cancelled", now)
+        _record_status(session, task, now)
+    elif not task.cancel_requested:
+        task.cancel_requested = True
+        emit(
+            session,
+            f"task:{task_id}",
+            {"type": "task_cancel_requested", "task_id": task_id, "requested_at": format_ts(now)},
+        )
+    else:
+        return task
+    task.updated_at = now
+    await after_write(session, before, task)
+    publish_status(session, task)
+    return task

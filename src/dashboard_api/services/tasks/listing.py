@@ -1,0 +1,287 @@
+"""Task lists: one page of summaries in the requested order, with its exact total.
+
+Totals without `q` come from the rollups (`counts`); a `q` list's total from the per-hour
+match counts cached per process (`search`), checked in the page's own statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    bindparam,
+    false,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dashboard_api.db.dialect import (
+    backend_of,
+)
+from dashboard_api.db.paging import (
+    SEEK_FROM_OFFSET,
+    Ordering,
+    PageRequest,
+    PageResult,
+    decode_cursor,
+    paginate,
+)
+from dashboard_api.schemas.tasks import (
+    SUMMARY_COLUMNS,
+)
+from dashboard_api.schemas.tasks_json import summary_from_row
+from dashboard_api.services.tasks import search as task_search
+from dashboard_api.services.tasks.counts import count_expression, count_raw, rollup_seek
+from dashboard_api.services.tasks.filters import ORDERINGS, TASKS, TaskFilters
+
+_T = TASKS
+
+
+def summary_columns() -> tuple[ColumnElement[Any], ...]:
+    """The columns of a list row (`schemas.tasks_json.summary_from_row` reads them)."""
+    return (
+        *(_T.c[c] for c in SUMMARY_COLUMNS),
+        func.substr(_T.c.input_message, 1, 200).label("input_preview"),
+        _T.c.error.is_not(None).label("has_error"),
+    )
+
+
+async def list_tasks(
+    session: AsyncSession, *, filters: TaskFilters, sort: str, page: PageRequest
+) -> PageResult[dict[str, Any]]:
+    """One page of task summaries (as `TaskSummary` documents) in the requested order."""
+    await read_without_transaction(session)
+    columns = summary_columns()
+    stmt: Select[Any] = select(*columns)
+    where = filters.clauses(session)
+    if where:
+        stmt = stmt.where(and_(*where))
+
+    ordering = ORDERINGS[sort]
+    if not filters.q:
+        total = await count_expression(session, filters=filters)
+
+        async def seek(offset: int) -> tuple[Select[Any], dict[str, Any]] | None:
+            found = await rollup_seek(session, filters, ordering)
+            return None if found is None else (found, {"seek_offset": offset})
+
+        return await paginate(
+            session,
+            stmt,
+            ordering,
+            page,
+            convert=summary_from_row,
+            total_expression=total,
+            seek=seek,
+        )
+    hint = _q_hint_key(filters)
+    cache = task_search.cache_of(session)
+    if cache is not None and all(
+        v is None for v in (filters.conversation_id, filters.flow_id, filters.user_id)
+    ):
+        found = await _list_q_counted(session, cache, filters, stmt, columns, ordering, page)
+        if found is not None:
+            _remember_matches(hint, found.total)
+            return found
+    result = await _q_page(session, filters, stmt, columns, ordering, page, None, ())
+    _remember_matches(hint, result.total)
+    return result
+
+
+async def _list_q_counted(
+    session: AsyncSession,
+    cache: task_search.QCountCache,
+    filters: TaskFilters,
+    stmt: Select[Any],
+    columns: Sequence[ColumnElement[Any]],
+    ordering: Ordering,
+    page: PageRequest,
+) -> PageResult[dict[str, Any]] | None:
+    """A `q` page whose total comes from per-hour counts cached in this process, checked
+    in the page's own statement (`search`); None when the window is too
+    short to hold a whole hour, or the cache kept missing writes (a plain count then)."""
+    unbounded = replace(filters, created_after=None, created_before=None)
+    plain = unbounded.clauses(session), unbounded.clauses(session, indexed=False)
+    key = (
+        tuple(sorted(set(filters.status))),
+        tuple(sorted(set(filters.agent_type))),
+        tuple(sorted(set(filters.source))),
+        filters.q,
+    )
+    changed: Sequence[int] = ()
+    hint = _q_hint_key(filters)
+    rare = _Q_MATCHES.get(hint, 0) <= FEW_MATCHES
+    lo, hi = filters.created_after, filters.created_before
+    for _ in range(_Q_COUNT_ATTEMPTS):
+        q = task_search.plan(session, cache, key, plain, lo, hi, changed, rare=rare, fill=True)
+        if q is not None and q.fill:
+            # Many hours to count (a first request): counted in a statement of their
+            # own, one scan, then the page is planned like any warm request; its count
+            # also tells the page's plan whether q is common.
+            await task_search.fill(session, cache, q, plain[0], count_first=hint not in _Q_MATCHES)
+            q = task_search.plan(session, cache, key, plain, lo, hi, rare=rare)
+            if q is not None and hint not in _Q_MATCHES:
+                _remember_matches(hint, q.known_count)
+        if q is None:
+            return None
+        narrowed = _by_cached_keys(session, filters, columns, ordering, page, q)
+        if narrowed is not None:
+            result = await paginate(
+                session,
+                narrowed,
+                ordering,
+                page,
+                convert=summary_from_row,
+                total_expression=q.edges,
+                extras=q.extras,
+            )
+        else:
+            result = await _q_page(
+                session, filters, stmt, columns, ordering, page, q.edges, q.extras
+            )
+        total = task_search.settle(cache, q, result.total, result.extras)
+        if total is not None:
+            pages = -(-total // page.per_page) if total else 0
+            return replace(result, total=total, pages=pages, extras=())
+        changed = await task_search.changed_hours(session, q)
+    return None
+
+
+def _by_cached_keys(
+    session: AsyncSession,
+    filters: TaskFilters,
+    columns: Sequence[ColumnElement[Any]],
+    ordering: Ordering,
+    page: PageRequest,
+    q: task_search.QTotal,
+) -> Select[Any] | None:
+    """A rare q's page in created_at order, read by the keys of the matches the cache
+    holds (plus every row of the hours it does not trust and of the window's edges)
+    instead of through the trigram index, which reads every match; None otherwise.
+    Right only if the digest in the same statement confirms the cache (see `settle`)."""
+    if ordering.name not in ("created_at", "-created_at"):
+        return None
+    after = None
+    if page.cursor is not None:
+        after = decode_cursor(ordering, page.cursor)[0]
+        wanted = page.per_page + 1
+    else:
+        offset = ((page.page or 1) - 1) * page.per_page
+        if offset >= SEEK_FROM_OFFSET:
+            return None
+        wanted = offset + page.per_page + 1
+    found = task_search.page_keys(q, ordering.descending, after, wanted)
+    if found is None:
+        return None
+    ids, ranges = found
+    raw = [and_(_T.c.created_at >= a, _T.c.created_at < b) for a, b in ranges]
+    # One expanding parameter: a list coerced value by value cost more than the query.
+    listed = _T.c.task_id.in_(bindparam("q_ids", ids, expanding=True, type_=String))
+    where = or_(false(), listed, *raw) if ids else or_(false(), *raw)
+    return select(*columns).where(*filters.clauses(session, indexed=False), where)
+
+
+# A cached count found changed this many times in a row gives way to a plain count.
+_Q_COUNT_ATTEMPTS = 3
+
+
+async def _q_page(
+    session: AsyncSession,
+    filters: TaskFilters,
+    stmt: Select[Any],
+    columns: Sequence[ColumnElement[Any]],
+    ordering: Ordering,
+    page: PageRequest,
+    total: ColumnElement[Any] | None,
+    extras: Sequence[ColumnElement[Any]],
+) -> PageResult[dict[str, Any]]:
+    """A page of a `q` list, with `total` (default: the exact count of the matches) and
+    `extras` carried in its statement."""
+    where = filters.clauses(session)
+    if _Q_MATCHES.get(_q_hint_key(filters), 0) > FEW_MATCHES:
+        # A common substring: the order's index finds a page after a few hundred rows;
+        # the exact count, when not given, rechecks every match in the same statement.
+        return await paginate(
+            session,
+            stmt,
+            ordering,
+            page,
+            convert=summary_from_row,
+            total_expression=count_raw(where) if total is None else total,
+            extras=extras,
+        )
+    # A rare substring (or one not seen yet): walking the order's index and testing each
+    # row would read tens of thousands of rows to fill one page. The matching rows are
+    # found once (the trigram index on PostgreSQL; reading each to recheck it, so their
+    # summary comes at no extra cost), then counted and paged from that same set, in one
+    # statement.
+    keys = [k.label(f"k{i}") for i, k in enumerate(ordering.keys)]
+    matches = select(*columns, *keys).where(*where).cte("q_matches")
+    found = Ordering(ordering.name, tuple(matches.c[k.name] for k in keys), ordering.descending)
+    if total is None:
+        total = select(func.count()).select_from(matches).scalar_subquery()
+    return await paginate(
+        session,
+        select(*(matches.c[c.name] for c in columns)),
+        found,
+        page,
+        convert=summary_from_row,
+        total_expression=total,
+        extras=extras,
+    )
+
+
+# How many tasks matched a `q` query (with its other filters) the last time it ran: only
+# a hint for choosing the plan, never an answer.
+_Q_MATCHES: dict[tuple[Any, ...], int] = {}
+_Q_HINTS_KEPT = 4096
+
+
+def _q_hint_key(f: TaskFilters) -> tuple[Any, ...]:
+    return (
+        tuple(f.status),
+        tuple(f.agent_type),
+        tuple(f.source),
+        f.created_after,
+        f.created_before,
+        f.conversation_id,
+        f.flow_id,
+        f.user_id,
+        (f.q or "").casefold(),
+    )
+
+
+def _remember_matches(key: tuple[Any, ...], total: int) -> None:
+    _Q_MATCHES.pop(key, None)
+    if len(_Q_MATCHES) >= _Q_HINTS_KEPT:
+        del _Q_MATCHES[next(iter(_Q_MATCHES))]
+    _Q_MATCHES[key] = total
+
+
+async def read_without_transaction(session: AsyncSession) -> None:
+    """Run this session's reads outside a transaction block (PostgreSQL).
+
+    Under READ COMMITTED every statement takes its own snapshot, inside a transaction
+    or not, so BEGIN and ROLLBACK only add two round trips to each read request. Call
+    before the session's first statement.
+    """
+    if backend_of(session) == "postgresql":
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+# More matches of `q` than this (the last time): walk the order's index (see list_tasks).
+FEW_MATCHES = 5000
+
+
+async def count_tasks(session: AsyncSession, *, filters: TaskFilters) -> int:
+    """The exact number of tasks matching `filters` (see `count_expression`)."""
+    total = await count_expression(session, filters=filters)
+    return int((await session.execute(select(total))).scalar_one())
