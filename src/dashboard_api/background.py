@@ -19,7 +19,7 @@ from dashboard_api.otlp.store import prune_spans
 from dashboard_api.services.agents import stale_agents, sweep_offline
 from dashboard_api.services.alerts.evaluate import evaluate_rules
 from dashboard_api.services.alerts.outbox import run_sender_once
-from dashboard_api.services.analytics_fold import fold_waiting
+from dashboard_api.services.analytics.fold import fold_waiting
 from dashboard_api.services.budgets.jobs import run_budgets_once
 
 log = logging.getLogger(__name__)

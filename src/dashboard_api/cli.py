@@ -379,7 +379,7 @@ def rollups_rebuild() -> None:
 
     async def run() -> None:
         from dashboard_api.db.engine import Database
-        from dashboard_api.services.analytics_rollups import rebuild_rollups
+        from dashboard_api.services.analytics.rollups import rebuild_rollups
 
         db = Database(settings.database_url, command_timeout=None)  # minutes on 1M tasks
         try:

@@ -19,8 +19,10 @@ from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dashboard_api.services.analytics import cover_window
-from dashboard_api.services.analytics_rollups import GRAINS, HIST_GRAINS
+from dashboard_api.services.analytics.layout import GRAINS, HIST_GRAINS
+from dashboard_api.services.analytics.window import cover_window
+
+# GRAINS, HIST_GRAINS
 from dashboard_api.timeutil import format_ts
 from tests.analytics import brute
 from tests.analytics.test_property import _close, _metrics

@@ -16,8 +16,8 @@ from sqlalchemy import text
 
 from dashboard_api.db.engine import Database
 from dashboard_api.db.migrate import alembic_config
-from dashboard_api.services.analytics_rollups import (
-    HIST_GRAINS,
+from dashboard_api.services.analytics.layout import HIST_GRAINS
+from dashboard_api.services.analytics.rollups import (
     add_histogram_deltas,
     rollup_rows,
 )

@@ -9,7 +9,7 @@ from array import array
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dashboard_api.services.analytics_bins import BinSum, nearest_rank, pack, unpack
+from dashboard_api.services.analytics.bins import BinSum, nearest_rank, pack, unpack
 
 INT64 = st.integers(-(2**40), 2**40)
 bins_st = st.lists(st.tuples(st.integers(0, 1200), INT64), max_size=40)

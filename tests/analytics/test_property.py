@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dashboard_api.services.analytics import decompose, split_window
+from dashboard_api.services.analytics.window import decompose, split_window
 from dashboard_api.timeutil import format_ts
 from tests.analytics import brute
 from tests.tasks.helpers import FakeClock

@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from dashboard_api.db.models import Task
-from dashboard_api.services.analytics_rollups import COUNTERS, rollup_rows, task_deltas
+from dashboard_api.services.analytics.layout import COUNTERS
+from dashboard_api.services.analytics.rollups import rollup_rows, task_deltas
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.seed import seed_tasks
 from dashboard_api.services.task_hooks import snapshot

@@ -22,8 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dashboard_api.app import create_app
-from dashboard_api.services.analytics_fold import fold_pending
-from dashboard_api.services.analytics_rollups import rebuild_rollups
+from dashboard_api.services.analytics.fold import fold_pending
+from dashboard_api.services.analytics.rollups import rebuild_rollups
 from dashboard_api.services.tasks import ALLOWED_MOVES
 from tests.conftest import Backend, make_token
 from tests.tasks.helpers import T0, clear_tasks

@@ -18,8 +18,10 @@ from dashboard_api.errors import Unprocessable
 from dashboard_api.observability.setup import metrics_of
 from dashboard_api.schemas.analytics import CostHistogram, Performance, Period, Summary
 from dashboard_api.schemas.common import problem_responses
-from dashboard_api.services import analytics as service
-from dashboard_api.services.analytics_fold import fold_before_read
+from dashboard_api.services.analytics import performance as performance_service
+from dashboard_api.services.analytics import reads
+from dashboard_api.services.analytics.fold import fold_before_read
+from dashboard_api.services.analytics.window import AnalyticsFilters
 from dashboard_api.timeutil import UtcDateTime
 
 router = APIRouter(
@@ -33,7 +35,7 @@ DEFAULT_WINDOW = timedelta(days=30)
 class Window:
     start: datetime
     end: datetime
-    filters: service.AnalyticsFilters
+    filters: AnalyticsFilters
 
 
 async def window_query(  # async: a plain def would run in the thread pool (a hop per request)
@@ -57,7 +59,7 @@ async def window_query(  # async: a plain def would run in the thread pool (a ho
         ) from None
     if start >= end:
         raise Unprocessable("`from` must be before `to`.", loc=["query", "from"])
-    filters = service.AnalyticsFilters(
+    filters = AnalyticsFilters(
         agent_type=split_multi(agent_type, name="agent_type"),
         source=split_multi(source, name="source"),
     )
@@ -92,7 +94,7 @@ class _WindowFigures(Protocol):
         *,
         start: datetime,
         end: datetime,
-        filters: service.AnalyticsFilters,
+        filters: AnalyticsFilters,
         now: datetime,
     ) -> BaseModel: ...
 
@@ -109,7 +111,7 @@ async def _figures(ctx: AppContext, window: Window, compute: _WindowFigures) -> 
 @router.get("/summary", response_model=Summary)
 async def summary(ctx: CtxDep, _: UserRole, window: WindowDep) -> Response:
     """Totals of the tasks created in the window."""
-    return await _figures(ctx, window, service.summary)
+    return await _figures(ctx, window, reads.summary)
 
 
 @router.get("/costs/histogram", response_model=CostHistogram)
@@ -122,7 +124,7 @@ async def cost_histogram(
 ) -> Response:
     """Tasks, outcomes, cost and tokens per local hour or day; empty buckets included."""
     async with folded_read(ctx) as session:
-        answer = await service.histogram(
+        answer = await reads.histogram(
             session,
             start=window.start,
             end=window.end,
@@ -138,4 +140,4 @@ async def cost_histogram(
 @router.get("/performance", response_model=Performance)
 async def performance(ctx: CtxDep, _: UserRole, window: WindowDep) -> Response:
     """Outcomes, durations with p50/p95, and cost: overall, per agent type, source and model."""
-    return await _figures(ctx, window, service.performance)
+    return await _figures(ctx, window, performance_service.performance)

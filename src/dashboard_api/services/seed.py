@@ -196,7 +196,7 @@ async def seed_tasks(
     await rebuild_indexes(session, dropped)
     # analytics: COPY bypasses the task-write hook, so the rollups are recomputed (in this
     # transaction, so that they never disagree with the tasks).
-    from dashboard_api.services.analytics_rollups import rebuild_rollups
+    from dashboard_api.services.analytics.rollups import rebuild_rollups
 
     await rebuild_rollups(session, bulk=True)
     return done

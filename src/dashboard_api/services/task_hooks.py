@@ -65,7 +65,7 @@ async def task_written(
     """Apply the consequences of one task write (None before: the task is new)."""
     # Features register their reactions here, in a fixed and visible order.
     # Imported here: services.conversations itself writes tasks through services.tasks.
-    from dashboard_api.services.analytics_rollups import apply_task_write
+    from dashboard_api.services.analytics.rollups import apply_task_write
     from dashboard_api.services.budgets.service import on_task_written as hold_budgets
     from dashboard_api.services.conversations import on_task_written
 

@@ -4,7 +4,7 @@ Blocks come in nested grains (15 min, 1 h, 4 h, 1 day, 4 days, ...), all aligned
 Unix epoch, so that any window aligned to 15 minutes splits into a few whole blocks.
 Each block is kept in series: per (agent_type, source) for every model together
 (series 0, model ''), per (agent_type, source, model) (series 1), and marginals (see
-services/analytics_rollups.py). Keys start with the series, so that reading one series
+services/analytics/rollups.py). Keys start with the series, so that reading one series
 over a run of blocks is one contiguous index range.
 """
 
@@ -64,7 +64,7 @@ class AnalyticsHistogram(Base):
     """How many tasks of one block have a value (µs) in each log bin (kind 0: duration,
     kind 1: first output minus start), packed in one row: `counts` holds the counts of
     bins `bin_lo`, `bin_lo + 1`, ... as little-endian signed 64-bit integers
-    (services/analytics_bins.py). A percentile query then reads one row per block and
+    (services/analytics/bins.py). A percentile query then reads one row per block and
     group, not one per bin."""
 
     __tablename__ = "analytics_histograms"
@@ -85,7 +85,7 @@ class AnalyticsPending(Base):
 
     A task write appends its before (sign -1) and after (sign +1) figures here instead of
     updating the rollup rows, so that concurrent writers never queue on the same few hot
-    rows (every task created now shares the current blocks). `services.analytics_fold`
+    rows (every task created now shares the current blocks). `services.analytics.fold`
     moves these into the rollups in batches; readers fold first (analytics) or add the
     pending rows to what they read (task-list totals).
     """

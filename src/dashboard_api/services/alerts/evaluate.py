@@ -27,7 +27,7 @@ from dashboard_api.db.models.guards import Alert, AlertRule
 from dashboard_api.ids import new_id
 from dashboard_api.services.alerts.kinds import ROLLUP_KINDS, Measure, measure
 from dashboard_api.services.alerts.outbox import enqueue
-from dashboard_api.services.analytics_fold import fold_before_read
+from dashboard_api.services.analytics.fold import fold_before_read
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import format_ts
 

@@ -2,7 +2,7 @@
 
 Windows of task figures are over `created_at`, the time axis of the analytics rollups:
 the last `window_minutes` are whole rollup blocks plus the raw rows of at most half a
-15-minute block at the start (`analytics.summary`). Counts of events (lease expiries,
+15-minute block at the start (`analytics.reads.summary`). Counts of events (lease expiries,
 signature failures, failed index jobs) are ranges of time-ordered indexes. A rule holds
 when its value is above zero and at least its threshold (for `oauth_expiring` the
 threshold is a number of days, and any installation found makes it hold).
@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.models import Agent, IndexJob, OAuthInstallation, Task, WebhookEvent
 from dashboard_api.db.models.guards import AlertRule, Budget
-from dashboard_api.services.analytics import AnalyticsFilters, performance, summary
+from dashboard_api.services.analytics.performance import performance
+from dashboard_api.services.analytics.reads import summary
+from dashboard_api.services.analytics.window import AnalyticsFilters
 from dashboard_api.services.webhooks import SIGNATURE_REJECTIONS
 from dashboard_api.settings import Settings
 

@@ -26,12 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.models import Task
 from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup
-from dashboard_api.services.analytics import split_window
-from dashboard_api.services.analytics_rollups import (
+from dashboard_api.services.analytics.layout import (
     SERIES_ALL_MODELS,
     SERIES_MARGINAL,
     epoch_seconds,
 )
+from dashboard_api.services.analytics.window import split_window
 
 _R = AnalyticsRollup.__table__.c
 _P = AnalyticsPending.__table__.c

@@ -38,7 +38,7 @@ from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup
 from dashboard_api.db.paging import (
     Ordering,
 )
-from dashboard_api.services.analytics_rollups import (
+from dashboard_api.services.analytics.layout import (
     DAY,
     EPOCH,
     GRAINS,

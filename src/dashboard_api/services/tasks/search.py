@@ -74,7 +74,7 @@ from dashboard_api.db.dialect import (
 )
 from dashboard_api.db.models import Task
 from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup, AnalyticsState
-from dashboard_api.services.analytics_rollups import EPOCH, GRAINS, SERIES_MARGINAL
+from dashboard_api.services.analytics.layout import EPOCH, GRAINS, SERIES_MARGINAL
 from dashboard_api.timeutil import merge_ranges, to_utc
 
 HOUR = 3600

@@ -7,7 +7,7 @@ Create Date: 2026-11-25 23:55:00.000000
 Task writes used to add their deltas to the rollup rows in their own transaction, so
 every concurrent write of the current time blocks queued on the same rows until the
 previous one committed. They now append to this table, and a fold moves the rows into
-the rollups in batches (`services/analytics_fold.py`). Nothing to migrate: the rollups
+the rollups in batches (`services/analytics/fold.py`). Nothing to migrate: the rollups
 are complete when this table is created empty.
 """
 

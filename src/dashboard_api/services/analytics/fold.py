@@ -1,7 +1,7 @@
 """Folding pending rollup contributions into the rollups, in batches.
 
 Task writes append their contributions to `analytics_pending` (see
-`analytics_rollups.apply_task_write`). A fold takes a batch of them, sums them per rollup
+`rollups.apply_task_write`). A fold takes a batch of them, sums them per rollup
 row, and adds the sums to the rollups in the same transaction that deletes them: a
 thousand registrations of the current blocks become one upsert of a few dozen rows, and
 no task write ever waits for another one's rollup rows. Each row's `changes` grows by
@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dashboard_api.db.dialect import advisory_xact_lock_sql, try_advisory_xact_lock_sql
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models.analytics import AnalyticsPending
-from dashboard_api.services.analytics_rollups import (
-    FOLD_LOCK_KEY,
+from dashboard_api.services.analytics.layout import FOLD_LOCK_KEY
+from dashboard_api.services.analytics.rollups import (
     apply_deltas,
     contribution_of_pending,
     deltas,

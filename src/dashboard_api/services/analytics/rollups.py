@@ -8,12 +8,10 @@ changes land in the right blocks without recomputation.
 
 from __future__ import annotations
 
-import bisect
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Column,
@@ -58,167 +56,31 @@ from dashboard_api.db.models.analytics import (
     AnalyticsState,
 )
 from dashboard_api.db.models.tasks import Task
-from dashboard_api.services.analytics_bins import BinSum, unpack
+from dashboard_api.services.analytics.bins import BinSum, unpack
+from dashboard_api.services.analytics.layout import (
+    BIN_THRESHOLDS,
+    COUNTERS,
+    FOLD_LOCK_KEY,
+    GRAINS,
+    HIST_GRAINS,
+    HIST_ROW_KEY,
+    HIST_VALUES,
+    KEY_COLUMNS,
+    KIND_DURATION,
+    KIND_FIRST_OUTPUT,
+    ROLLUP_VALUES,
+    SERIES_ALL_MODELS,
+    SERIES_MARGINAL,
+    SERIES_MODEL_MARGINAL,
+    SERIES_PER_MODEL,
+    STATUS_INDEX,
+    counters_of,
+    epoch_seconds,
+    first_output_us,
+    hist_points,
+    value_bin,
+)
 from dashboard_api.services.task_hooks import TaskSnapshot
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-QUARTER = 900
-DAY = 86400
-# Nested block lengths in seconds: each divides the next, all aligned to the epoch. 15
-# minutes is the finest so that every current IANA offset (30/45 min) lands on a block
-# boundary; the coarser ones keep long windows down to a few dozen blocks. Each grain
-# costs every task write two upserted rows, so there are no more than needed.
-GRAINS: tuple[int, ...] = (
-    QUARTER,
-    3600,
-    4 * 3600,
-    DAY,
-    4 * DAY,
-    16 * DAY,
-    64 * DAY,
-    256 * DAY,
-)
-# Histograms are kept from 4 hours up: percentiles need window totals only, and the
-# partial 4-hour blocks at a window's edges are binned from the raw rows (in SQL). At 1M
-# tasks over 90 days the 15-minute and 1-hour grains would hold most of the histogram
-# rows (60 % when a row was one bin), and cost every write and rebuild.
-HIST_GRAINS: tuple[int, ...] = GRAINS[GRAINS.index(4 * 3600) :]
-SERIES_ALL_MODELS = 0
-SERIES_PER_MODEL = 1
-# Marginals for unfiltered queries, which then read one row (per bin) per block instead
-# of one per (agent_type, source[, model]) combination. Counters: series 2 holds the
-# overall row (agent_type, source and model ''). Histograms: series 2 holds one row set
-# per agent type (source ''), per source (agent_type '') and overall (both ''); series 3
-# one per model (agent_type and source '').
-SERIES_MARGINAL = 2
-SERIES_MODEL_MARGINAL = 3
-KIND_DURATION = 0
-# The PostgreSQL advisory lock that folds of pending contributions (and rebuilds) hold, so
-# that one runs at a time across every replica ("DASHFOLD" in ASCII).
-FOLD_LOCK_KEY = 0x4441534846_4F4C44
-KIND_FIRST_OUTPUT = 1
-
-COUNTERS: tuple[str, ...] = (
-    "tasks",
-    "queued",
-    "running",
-    "completed",
-    "failed",
-    "cancelled",
-    "cost_micros",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "duration_sum_us",
-    "duration_count",
-)
-# What a fold adds to a rollup row: the counters and the row's change counter.
-ROLLUP_VALUES: tuple[str, ...] = (*COUNTERS, "changes")
-_STATUS_INDEX = {"queued": 1, "running": 2, "completed": 3, "failed": 4, "cancelled": 5}
-KEY_COLUMNS = ("grain", "bucket", "series", "agent_type", "source", "model")
-# A histogram delta row (of `task_deltas`) is (*HIST_KEY_COLUMNS, count); a stored
-# histogram row is (*HIST_ROW_KEY, *HIST_VALUES), one per HIST_ROW_KEY.
-HIST_KEY_COLUMNS = (*KEY_COLUMNS, "kind", "bin")
-HIST_ROW_KEY = (*KEY_COLUMNS, "kind")
-HIST_VALUES = ("bin_lo", "counts")
-
-
-def _thresholds() -> tuple[int, ...]:
-    # Lower bounds (µs) of the log bins: exact integers below 25 µs, then each bin at most
-    # 4 % wider than its start, so its harmonic-mean representative is within 1.97 %.
-    out = [1]
-    limit = 2**63 - 1
-    while True:
-        nxt = max(out[-1] + 1, out[-1] * 104 // 100)
-        if nxt > limit:
-            return tuple(out)
-        out.append(nxt)
-
-
-BIN_THRESHOLDS = _thresholds()
-
-
-def value_bin(value_us: int) -> int:
-    """The log bin of a non-negative value in µs (0 for 0)."""
-    return bisect.bisect_right(BIN_THRESHOLDS, value_us)
-
-
-def bin_value(index: int) -> float:
-    """The representative value (µs) of a bin: within 2 % of anything in it."""
-    if index <= 0:
-        return 0.0
-    lo = BIN_THRESHOLDS[index - 1]
-    hi = BIN_THRESHOLDS[index] - 1 if index < len(BIN_THRESHOLDS) else lo * 104 // 100
-    return 2.0 * lo * hi / (lo + hi)
-
-
-def epoch_seconds(at: datetime) -> int:
-    """Whole seconds since the epoch, floored."""
-    return (at - EPOCH) // timedelta(seconds=1)
-
-
-def block_start(at: datetime, grain: int) -> int:
-    """The start (epoch seconds) of the block of `grain` seconds holding `at`."""
-    seconds = epoch_seconds(at)
-    return seconds - seconds % grain
-
-
-class TaskFigures(Protocol):
-    """What analytics reads of a task (a TaskSnapshot, or a row of the tasks table)."""
-
-    @property
-    def status(self) -> str: ...
-    @property
-    def cost_micros(self) -> int: ...
-    @property
-    def input_tokens(self) -> int: ...
-    @property
-    def output_tokens(self) -> int: ...
-    @property
-    def cache_read_tokens(self) -> int: ...
-    @property
-    def cache_write_tokens(self) -> int: ...
-    @property
-    def duration_us(self) -> int | None: ...
-    @property
-    def started_at(self) -> datetime | None: ...
-    @property
-    def first_output_at(self) -> datetime | None: ...
-
-
-def counters_of(s: TaskFigures) -> list[int]:
-    """What one task adds to its block, in the order of COUNTERS."""
-    out = [0] * len(COUNTERS)
-    out[0] = 1
-    out[_STATUS_INDEX[s.status]] = 1
-    out[6] = s.cost_micros
-    out[7] = s.input_tokens
-    out[8] = s.output_tokens
-    out[9] = s.cache_read_tokens
-    out[10] = s.cache_write_tokens
-    if s.duration_us is not None:
-        out[11] = s.duration_us
-        out[12] = 1
-    return out
-
-
-def first_output_us(s: TaskFigures) -> int | None:
-    """Time from start to first output in µs (0 when output came before the start)."""
-    if s.first_output_at is None or s.started_at is None:
-        return None
-    return max(0, (s.first_output_at - s.started_at) // timedelta(microseconds=1))
-
-
-def hist_points(s: TaskFigures) -> list[tuple[int, int]]:
-    """(kind, bin) of each histogram value of a task."""
-    out = []
-    if s.duration_us is not None:
-        out.append((KIND_DURATION, value_bin(max(0, s.duration_us))))
-    first = first_output_us(s)
-    if first is not None:
-        out.append((KIND_FIRST_OUTPUT, value_bin(first)))
-    return out
 
 
 class Contribution(NamedTuple):
@@ -370,7 +232,7 @@ async def apply_task_write(
 
     It is appended to `analytics_pending`, not added to the rollup rows: those are shared
     by every task of the same blocks, and each writer would hold them locked until its
-    commit. `services.analytics_fold` moves pending rows into the rollups in batches.
+    commit. `services.analytics.fold` moves pending rows into the rollups in batches.
     """
     if not session.info.get("analytics_rollups_enabled", True):
         return
@@ -532,7 +394,7 @@ def _finest_counters(session: AsyncSession) -> list[Select[Any]]:
     bucket = epoch_bucket(session, Task.created_at, GRAINS[0]).label("bucket")
     sums = [
         func.count().label("tasks"),
-        *(_status_count(s).label(s) for s in _STATUS_INDEX),
+        *(_status_count(s).label(s) for s in STATUS_INDEX),
         *(
             func.coalesce(func.sum(getattr(Task, c)), 0).label(c)
             for c in (
@@ -598,7 +460,7 @@ async def _build_histograms(session: AsyncSession) -> None:
 
     Every count here is positive, so a block's bins are one non-negative integer whose
     64-bit lanes are the bins from its lowest bin up: adding two blocks is one shift to
-    align them and one integer addition, with no sign to handle (`analytics_bins.BinSum`
+    align them and one integer addition, with no sign to handle (`bins.BinSum`
     handles signs too, for reads and writes).
     """
     grain = HIST_GRAINS[0]

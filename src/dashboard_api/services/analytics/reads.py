@@ -1,0 +1,350 @@
+"""The summary and the histogram of a window of `created_at` (see `window` for how a
+window is read: whole rollup blocks in the middle, raw rows at the edges)."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dashboard_api.db.dialect import (
+    bisect_instants,
+    bisect_sql,
+)
+from dashboard_api.db.models.analytics import AnalyticsRollup
+from dashboard_api.db.models.tasks import Task
+from dashboard_api.errors import Unprocessable
+from dashboard_api.money import micros_to_usd
+from dashboard_api.schemas.analytics import (
+    Period,
+    Summary,
+)
+from dashboard_api.services.analytics.layout import (
+    COUNTERS,
+    GRAINS,
+    counters_of,
+    epoch_seconds,
+)
+from dashboard_api.services.analytics.window import (
+    Agg,
+    AnalyticsFilters,
+    Block,
+    BlocksWhere,
+    Cover,
+    FiltersWhere,
+    Ranges,
+    avg_seconds,
+    avg_usd,
+    block_statement,
+    blocks_clause,
+    counter_series,
+    cover_window,
+    from_epoch,
+    ratio,
+    raw_rows,
+    signed,
+    sums,
+)
+from dashboard_api.timeutil import format_ts
+
+_C = {name: i for i, name in enumerate(COUNTERS)}
+
+# --- figures -----------------------------------------------------------------------------
+
+
+async def summary(
+    session: AsyncSession,
+    *,
+    start: datetime,
+    end: datetime,
+    filters: AnalyticsFilters,
+    now: datetime | None = None,
+) -> Summary:
+    """Totals of the tasks created in [start, end) (`now`: see `cover_window`)."""
+    cover = cover_window(start, end, now=now)
+    agg = Agg()
+    if cover.blocks:
+        r = AnalyticsRollup.__table__.c
+
+        def build(where: BlocksWhere, filtered: FiltersWhere) -> Select[Any]:
+            return select(*sums(r)).where(
+                *counter_series(r, filters, bound=True), where(r), *filtered(r)
+            )
+
+        stmt, params = block_statement(session, "summary", cover.blocks, filters, build)
+        conn = await session.connection()
+        agg.add_counters((await conn.execute(stmt, params)).one())
+    for row in await raw_rows(session, cover.raw(), filters):
+        agg.add_counters(signed(cover.sign(row.created_at), counters_of(row)))
+    tasks = agg["tasks"]
+    days = (end - start) / timedelta(days=1)
+    return Summary(
+        from_=start,
+        to=end,
+        total_tasks=tasks,
+        queued_tasks=agg["queued"],
+        running_tasks=agg["running"],
+        completed_tasks=agg["completed"],
+        failed_tasks=agg["failed"],
+        cancelled_tasks=agg["cancelled"],
+        total_cost_usd=micros_to_usd(agg["cost_micros"]),
+        avg_cost_per_task_usd=avg_usd(agg["cost_micros"], tasks),
+        input_tokens=agg["input_tokens"],
+        output_tokens=agg["output_tokens"],
+        cache_read_tokens=agg["cache_read_tokens"],
+        cache_write_tokens=agg["cache_write_tokens"],
+        total_tokens=agg["input_tokens"] + agg["output_tokens"],
+        success_rate=ratio(agg["completed"], agg["completed"] + agg["failed"]),
+        avg_duration_seconds=avg_seconds(agg["duration_sum_us"], agg["duration_count"]),
+        tasks_per_day=tasks / days,
+    )
+
+
+def parse_tz(name: str) -> ZoneInfo:
+    """The IANA zone, or 422."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise Unprocessable(f"Unknown time zone {name!r}.", loc=["query", "tz"]) from None
+
+
+def _boundaries(tz: ZoneInfo, period: Period, start: datetime) -> Iterator[datetime]:
+    """Local period starts (as UTC instants) from the one holding `start`, increasing."""
+    local = start.astimezone(tz)
+    if period == "day":
+        day = local.date()
+        last: datetime | None = None
+        while True:
+            at = datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+            # A day that a zone skipped entirely (Samoa, 2011-12-30) maps onto the next.
+            if last is None or at > last:
+                yield at
+                last = at
+            day += timedelta(days=1)
+    at = local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+    while True:
+        yield at
+        nxt = at + timedelta(hours=1)
+        loc = nxt.astimezone(tz)
+        if loc.minute or loc.second or loc.microsecond:
+            # The offset moved by a fraction of an hour: go back to the local hour.
+            back = nxt - timedelta(minutes=loc.minute, seconds=loc.second)
+            nxt = back if back > at else back + timedelta(hours=1)
+        at = nxt
+
+
+def bucket_starts(
+    tz: ZoneInfo, period: Period, start: datetime, end: datetime, max_buckets: int
+) -> tuple[list[datetime], datetime]:
+    """The histogram's bucket starts and the end of its last bucket; 422 when too many."""
+    starts: list[datetime] = []
+    try:
+        for at in _boundaries(tz, period, start):
+            if at >= end:
+                return starts, at
+            if len(starts) == max_buckets:
+                raise Unprocessable(
+                    f"The window holds more than {max_buckets} {period} buckets; "
+                    "narrow it or use a longer period.",
+                    loc=["query", "period"],
+                )
+            starts.append(at)
+    except OverflowError:
+        # A bucket edge past year 9999 (or before year 1) in this zone.
+        raise Unprocessable(
+            "The window reaches the limits of the calendar.", loc=["query", "to"]
+        ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _common_grain(edges: Sequence[int]) -> int | None:
+    """The coarsest grain that every edge (epoch seconds) is a multiple of, if any."""
+    common = math.gcd(*edges)
+    return next((g for g in reversed(GRAINS) if common % g == 0), None)
+
+
+# What a histogram bucket shows: the other counters are not read.
+_HISTOGRAM_COUNTERS = (
+    "tasks",
+    "completed",
+    "failed",
+    "cost_micros",
+    "input_tokens",
+    "output_tokens",
+)
+_HISTOGRAM_INDEX = tuple(_C[name] for name in _HISTOGRAM_COUNTERS)
+
+
+async def histogram(
+    session: AsyncSession,
+    *,
+    start: datetime,
+    end: datetime,
+    period: Period,
+    tz_name: str,
+    filters: AnalyticsFilters,
+    max_buckets: int,
+    now: datetime | None = None,
+) -> HistogramAnswer:
+    """Tasks, outcomes, cost and tokens per local hour or day of `tz_name` (`now`: see
+    `cover_window`)."""
+    tz = parse_tz(tz_name)
+    starts, last_end = bucket_starts(tz, period, start, end, max_buckets)
+    ends = [*starts[1:], last_end]
+    # One list of _HISTOGRAM_COUNTERS per bucket (720 objects cost more than the query).
+    sums = [[0] * len(_HISTOGRAM_COUNTERS) for _ in starts]
+    bounds = [epoch_seconds(at) for at in starts]
+    add: Ranges = []
+    sub: Ranges = []
+    blocks: list[Block] = []
+    grain = _common_grain(bounds[1:]) if len(starts) > 2 else None
+    # With a grain that every inner bucket edge is a multiple of, the inner buckets are
+    # one range of blocks of that grain, and only the first and last bucket are split.
+    split = [0, len(starts) - 1] if grain else range(len(starts))
+    for i in sorted(set(split)):
+        part = cover_window(
+            max(starts[i], start), min(ends[i], end), now=now, within=(starts[i], ends[i])
+        )
+        add.extend(part.add)
+        sub.extend(part.sub)
+        blocks.extend(part.blocks)
+    cover = Cover(add, sub, blocks)
+    r = AnalyticsRollup
+    which: list[ColumnElement[bool]] = []
+    if grain:
+        which.append(and_(r.grain == grain, r.bucket >= bounds[1], r.bucket < bounds[-1]))
+    if blocks:
+        which.append(blocks_clause(session, r, blocks))
+    conds = (*counter_series(r, filters), or_(*which)) if which else ()
+    conn = await session.connection()
+    local = bisect_sql(session, r.bucket, bounds)
+    if local is not None:
+        # One statement: the rollup rows and the raw rows (signed) of the window, summed
+        # per local bucket in the database; one row per non-empty bucket.
+        parts: list[Select[Any]] = []
+        if which:
+            parts.append(select(local, *(getattr(r, c) for c in _HISTOGRAM_COUNTERS)).where(*conds))
+        if cover.add or cover.sub:
+            parts.append(_raw_histogram_rows(session, cover, filters, starts))
+        if parts:
+            both = union_all(*parts).subquery()
+            index_col, *values = both.c
+            stmt = select(index_col, *(sql_cast(func.sum(v), BigInteger) for v in values))
+            stmt = stmt.group_by(index_col)
+            for index, *counts in await conn.execute(stmt):
+                sums[index - 1] = counts
+        return HistogramAnswer(period, tz_name, start, end, bounds, sums)
+    if which:
+        columns = [func.sum(getattr(r, c)) for c in _HISTOGRAM_COUNTERS]
+        stmt = select(r.bucket, *columns).where(*conds).group_by(r.grain, r.bucket)
+        for bucket, *values in await conn.execute(stmt):
+            acc = sums[bisect.bisect_right(bounds, bucket) - 1]
+            for k, v in enumerate(values):
+                acc[k] += int(v)
+    for row in await raw_rows(session, cover.raw(), filters):
+        acc = sums[bisect.bisect_right(starts, row.created_at) - 1]
+        counters = counters_of(row)
+        sign = cover.sign(row.created_at)
+        for k, c in enumerate(_HISTOGRAM_INDEX):
+            acc[k] += sign * counters[c]
+    return HistogramAnswer(period, tz_name, start, end, bounds, sums)
+
+
+def _raw_histogram_rows(
+    session: AsyncSession, cover: Cover, filters: AnalyticsFilters, starts: Sequence[datetime]
+) -> Select[Any]:
+    """The cover's raw tasks as rows (local bucket, *_HISTOGRAM_COUNTERS), each counted
+    -1 in a subtracted range (PostgreSQL: the bucket by `width_bucket` on the starts)."""
+    t = Task
+    window = or_(*(and_(t.created_at >= lo, t.created_at < hi) for lo, hi in cover.raw()))
+    sign: ColumnElement[int] = (
+        case(
+            (or_(*(and_(t.created_at >= lo, t.created_at < hi) for lo, hi in cover.sub)), -1),
+            else_=1,
+        )
+        if cover.sub
+        else literal(1)
+    )
+    local = bisect_instants(session, t.created_at, starts)
+    assert local is not None
+    return select(
+        local,
+        sign,
+        case((t.status == "completed", sign), else_=0),
+        case((t.status == "failed", sign), else_=0),
+        sign * t.cost_micros,
+        sign * t.input_tokens,
+        sign * t.output_tokens,
+    ).where(window, *filters.clauses(t))
+
+
+# Bucket starts (epoch seconds) as the API writes them: a moving window meets the same
+# hours again and again, and formatting 720 of them cost more than the query. Bounded.
+_TS_TEXT: dict[int, str] = {}
+_TS_TEXT_MAX = 200_000
+
+
+def _ts_text(epoch_s: int) -> str:
+    text = _TS_TEXT.get(epoch_s)
+    if text is None:
+        if len(_TS_TEXT) >= _TS_TEXT_MAX:
+            _TS_TEXT.clear()
+        text = _TS_TEXT[epoch_s] = format_ts(from_epoch(epoch_s))
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramAnswer:
+    """A histogram answer (schema `CostHistogram`), rendered straight to JSON: building
+    and serializing 2,000 bucket models took longer than the query."""
+
+    period: Period
+    tz: str
+    start: datetime
+    end: datetime
+    starts: list[int]  # epoch seconds
+    sums: list[list[int]]  # _HISTOGRAM_COUNTERS of each bucket
+
+    def json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "period": self.period,
+                "tz": self.tz,
+                "from": format_ts(self.start),
+                "to": format_ts(self.end),
+                "buckets": [
+                    {
+                        "start": _ts_text(at),
+                        "tasks": tasks,
+                        "completed": completed,
+                        "failed": failed,
+                        "cost_usd": micros_to_usd(cost),
+                        "input_tokens": input_tokens,
+                        "output_tokens": output_tokens,
+                    }
+                    for at, (tasks, completed, failed, cost, input_tokens, output_tokens) in zip(
+                        self.starts, self.sums, strict=True
+                    )
+                ],
+            }
+        )

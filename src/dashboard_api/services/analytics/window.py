@@ -1,0 +1,391 @@
+"""Analytics over a window of `created_at`: whole blocks from rollups, raw rows at the edges.
+
+A window [from, to) is cut at the 15-minute boundaries inside it: the aligned middle is
+summed from a few rollup blocks of nested grains, and the partial quarter-hour at each
+end is read from the tasks table, either as its part inside the window (added) or as
+the whole block minus the part outside it (subtracted), whichever is shorter before now
+(`cover_window`), so a query's cost follows the window and not the number of tasks.
+Unfiltered queries read the marginal series (one row per block, or per block and kind).
+Percentiles come from histogram blocks of 4 hours and up (one packed row per block,
+group and kind), the partial 4-hour blocks at the window's ends covered the same way
+with their raw tasks binned in SQL; the rows are added up and walked here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dashboard_api.db.dialect import (
+    backend_of,
+    in_int_pairs,
+    in_ints,
+    int_pairs_params,
+)
+from dashboard_api.db.models.tasks import Task
+from dashboard_api.services.analytics.layout import (
+    COUNTERS,
+    EPOCH,
+    GRAINS,
+    QUARTER,
+    SERIES_ALL_MODELS,
+    SERIES_MARGINAL,
+    block_start,
+    counters_of,
+)
+from dashboard_api.timeutil import merge_ranges
+
+_C = {name: i for i, name in enumerate(COUNTERS)}
+_US = timedelta(microseconds=1)
+_QUARTER_US = QUARTER * 1_000_000
+
+Block = tuple[int, int]  # (grain seconds, bucket start in epoch seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsFilters:
+    """The common filters: repeatable agent types and sources (empty: all)."""
+
+    agent_type: Sequence[str] = ()
+    source: Sequence[str] = ()
+
+    def clauses(self, table: Any) -> list[ColumnElement[bool]]:
+        out: list[ColumnElement[bool]] = []
+        if self.agent_type:
+            out.append(table.agent_type.in_(list(self.agent_type)))
+        if self.source:
+            out.append(table.source.in_(list(self.source)))
+        return out
+
+
+@dataclass(slots=True)
+class Agg:
+    """Counters (in COUNTERS order) of some tasks."""
+
+    c: list[int] = field(default_factory=lambda: [0] * len(COUNTERS))
+
+    def add_counters(self, values: Iterable[Any]) -> None:
+        for i, v in enumerate(values):
+            self.c[i] += int(v or 0)
+
+    def add_task(self, row: Any) -> None:
+        self.add_counters(counters_of(row))
+
+    def add_named(self, names: Sequence[str], values: Iterable[Any]) -> None:
+        for name, v in zip(names, values, strict=True):
+            self.c[_C[name]] += int(v or 0)
+
+    def merge(self, other: Agg) -> None:
+        self.add_counters(other.c)
+
+    def __getitem__(self, name: str) -> int:
+        return self.c[_C[name]]
+
+
+# --- windows and blocks ------------------------------------------------------------------
+
+
+def from_epoch(epoch_s: int) -> datetime:
+    return EPOCH + timedelta(seconds=epoch_s)
+
+
+def decompose(start_s: int, end_s: int, grains: Sequence[int] = GRAINS) -> list[Block]:
+    """Cover [start_s, end_s) (multiples of grains[0]) with the fewest nested blocks."""
+    out: list[Block] = []
+    pos = start_s
+    while pos < end_s:
+        grain = grains[0]
+        for g in reversed(grains):
+            if pos % g == 0 and pos + g <= end_s:
+                grain = g
+                break
+        out.append((grain, pos))
+        pos += grain
+    return out
+
+
+def split_window(
+    start: datetime, end: datetime, grains: Sequence[int] = GRAINS
+) -> tuple[list[tuple[datetime, datetime]], list[Block]]:
+    """Raw edge ranges and whole blocks of `grains` that cover [start, end) exactly once."""
+    if start >= end:
+        return [], []
+    unit = grains[0]
+    unit_us = unit * 1_000_000
+    start_us = (start - EPOCH) // _US
+    end_us = (end - EPOCH) // _US
+    a = -(-start_us // unit_us) * unit
+    b = end_us // unit_us * unit
+    if a >= b:
+        return [(start, end)], []
+    raw: list[tuple[datetime, datetime]] = []
+    if start < from_epoch(a):
+        raw.append((start, from_epoch(a)))
+    if from_epoch(b) < end:
+        raw.append((from_epoch(b), end))
+    return raw, decompose(a, b, grains)
+
+
+Ranges = list[tuple[datetime, datetime]]
+
+
+@dataclass(frozen=True, slots=True)
+class Cover:
+    """[start, end) as whole blocks, plus raw ranges to add, minus raw ranges to subtract:
+    every instant of the window is counted once, every other instant zero times."""
+
+    add: Ranges
+    sub: Ranges
+    blocks: list[Block]
+
+    def raw(self) -> Ranges:
+        """Every raw range, merged: what to read from the tasks table."""
+        return merge_ranges([*self.add, *self.sub])
+
+    def sign(self, at: datetime) -> int:
+        """-1 for a raw row created in a subtracted range, 1 otherwise."""
+        return -1 if any(lo <= at < hi for lo, hi in self.sub) else 1
+
+
+def _weight(lo: datetime, hi: datetime, now: datetime | None) -> timedelta:
+    """How many tasks a raw range may hold, as a length of time: none are created after
+    `now` (back-fills aside, which only make the choice less good, never wrong)."""
+    if now is not None:
+        hi = min(hi, now)
+    return max(hi - lo, timedelta(0))
+
+
+def cover_window(
+    start: datetime,
+    end: datetime,
+    grains: Sequence[int] = GRAINS,
+    *,
+    now: datetime | None = None,
+    within: tuple[datetime, datetime] | None = None,
+) -> Cover:
+    """Cover [start, end) with blocks of `grains` and as few raw rows as the finest grain
+    allows: a partial block at an edge is read either as its part inside the window
+    (raw rows added) or as the whole block minus the part outside (raw rows subtracted),
+    whichever spans less time before `now`. A window ending now thus reads almost no raw
+    rows at its end, and at most half a block at its start. Exact either way: the rows
+    subtracted are exactly those the block counts outside the window. A whole block is
+    used only if it lies inside `within` (histogram buckets: a block's sums go to one
+    bucket, so it must not reach into the next)."""
+    raw, blocks = split_window(start, end, grains)
+    if not raw:
+        return Cover([], [], blocks)
+    unit = grains[0]
+    add: Ranges = []
+    sub: Ranges = []
+    for lo, hi in raw:
+        # The finest blocks this raw range touches: one, or two when it is the whole
+        # window and straddles a block edge (then each side is decided on its own).
+        try:
+            mid = from_epoch(block_start(lo, unit) + unit)
+        except OverflowError:  # the last block before year 10000: read raw
+            add.append((lo, hi))
+            continue
+        pieces = [(lo, mid), (mid, hi)] if mid < hi else [(lo, hi)]
+        for a, b in pieces:
+            bucket = block_start(a, unit)
+            try:
+                block_lo, block_hi = from_epoch(bucket), from_epoch(bucket + unit)
+            except OverflowError:
+                add.append((a, b))
+                continue
+            outside = [r for r in ((block_lo, a), (b, block_hi)) if r[0] < r[1]]
+            fits = within is None or (within[0] <= block_lo and block_hi <= within[1])
+            cost_in = _weight(a, b, now)
+            cost_out = sum((_weight(x, y, now) for x, y in outside), timedelta(0))
+            if fits and cost_out < cost_in:
+                blocks.append((unit, bucket))
+                sub.extend(outside)
+            else:
+                add.append((a, b))
+    return Cover(add, sub, blocks)
+
+
+# A run of at least this many consecutive blocks of one grain is read as a range; shorter
+# ones as a list (an OR of hundreds of short ranges would cost more to plan than to run).
+_RANGE_RUN = 16
+
+
+def blocks_clause(
+    session: AsyncSession, table: Any, blocks: Iterable[Block]
+) -> ColumnElement[bool]:
+    by_grain: dict[int, list[int]] = {}
+    for grain, bucket in blocks:
+        by_grain.setdefault(grain, []).append(bucket)
+    parts: list[ColumnElement[bool]] = []
+    for grain, buckets in sorted(by_grain.items()):
+        buckets.sort()
+        runs: list[list[int]] = []
+        for bucket in buckets:
+            if runs and bucket == runs[-1][1] + grain:
+                runs[-1][1] = bucket
+            else:
+                runs.append([bucket, bucket])
+        singles: list[int] = []
+        conds: list[ColumnElement[bool]] = []
+        for lo, hi in runs:
+            if (hi - lo) // grain + 1 >= _RANGE_RUN:
+                conds.append(and_(table.bucket >= lo, table.bucket <= hi))
+            else:
+                singles.extend(range(lo, hi + grain, grain))
+        if singles:
+            conds.append(in_ints(session, table.bucket, singles))
+        parts.append(and_(table.grain == grain, or_(*conds)))
+    return or_(*parts)
+
+
+def counter_series(
+    r: Any, filters: AnalyticsFilters, *, bound: bool = False
+) -> list[ColumnElement[bool]]:
+    """The rollup rows to sum: the overall marginal when unfiltered (one row per block);
+    with `bound`, without the filters (the caller adds `_filter_clauses`)."""
+    if filters.agent_type or filters.source:
+        return [r.series == SERIES_ALL_MODELS, *([] if bound else filters.clauses(r))]
+    return [r.series == SERIES_MARGINAL, r.agent_type == "", r.source == "", r.model == ""]
+
+
+def _filter_clauses(table: Any, filters: AnalyticsFilters) -> list[ColumnElement[bool]]:
+    """The filters as clauses bound at execution (`_filter_params`)."""
+    out: list[ColumnElement[bool]] = []
+    if filters.agent_type:
+        out.append(table.agent_type.in_(bindparam("agent_types", expanding=True)))
+    if filters.source:
+        out.append(table.source.in_(bindparam("sources", expanding=True)))
+    return out
+
+
+def _filter_params(filters: AnalyticsFilters) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if filters.agent_type:
+        out["agent_types"] = list(filters.agent_type)
+    if filters.source:
+        out["sources"] = list(filters.source)
+    return out
+
+
+# Block statements by (what, filters' shape), built once: their blocks and filters are
+# bound at each execution (PostgreSQL). Building one cost as much as running it.
+_BLOCK_STATEMENTS: dict[tuple[str, bool, bool], Any] = {}
+BlocksWhere = Callable[[Any], ColumnElement[bool]]
+FiltersWhere = Callable[[Any], list[ColumnElement[bool]]]
+
+
+def block_statement(
+    session: AsyncSession,
+    what: str,
+    blocks: Sequence[Block],
+    filters: AnalyticsFilters,
+    build: Callable[[BlocksWhere, FiltersWhere], Any],
+) -> tuple[Any, dict[str, Any]]:
+    """`build(blocks, filters)` (a statement over the rows of a table that
+    `blocks(table)` and `filters(table)` select) and its parameters: on PostgreSQL built
+    once per shape, the blocks a join with array parameters (`in_int_pairs`); on SQLite
+    built each time."""
+    params = _filter_params(filters)
+
+    def filtered(table: Any) -> list[ColumnElement[bool]]:
+        return _filter_clauses(table, filters)
+
+    if backend_of(session) != "postgresql":
+        return build(lambda table: blocks_clause(session, table, blocks), filtered), params
+    key = (what, bool(filters.agent_type), bool(filters.source))
+    stmt = _BLOCK_STATEMENTS.get(key)
+    if stmt is None:
+
+        def where(table: Any) -> ColumnElement[bool]:
+            clause = in_int_pairs(session, table.grain, table.bucket, "blocks")
+            assert clause is not None
+            return clause
+
+        stmt = _BLOCK_STATEMENTS[key] = build(where, filtered)
+    return stmt, {**params, **int_pairs_params("blocks", blocks)}
+
+
+_RAW_COLUMNS = (
+    Task.created_at,
+    Task.status,
+    Task.agent_type,
+    Task.source,
+    Task.model,
+    Task.cost_micros,
+    Task.input_tokens,
+    Task.output_tokens,
+    Task.cache_read_tokens,
+    Task.cache_write_tokens,
+    Task.duration_us,
+    Task.started_at,
+    Task.first_output_at,
+)
+
+
+# Raw-row statements by (ranges, filters' shape), built once; values bound per execution.
+_RAW_STATEMENTS: dict[tuple[int, bool, bool], Any] = {}
+
+
+def _raw_statement(n_ranges: int, filters: AnalyticsFilters) -> Any:
+    key = (n_ranges, bool(filters.agent_type), bool(filters.source))
+    stmt = _RAW_STATEMENTS.get(key)
+    if stmt is None:
+        at, ts = Task.created_at, Task.created_at.type
+        window = or_(
+            *(
+                and_(at >= bindparam(f"lo{i}", type_=ts), at < bindparam(f"hi{i}", type_=ts))
+                for i in range(n_ranges)
+            )
+        )
+        stmt = select(*_RAW_COLUMNS).where(window, *_filter_clauses(Task, filters))
+        _RAW_STATEMENTS[key] = stmt
+    return stmt
+
+
+async def raw_rows(
+    session: AsyncSession, ranges: Sequence[tuple[datetime, datetime]], filters: AnalyticsFilters
+) -> Sequence[Any]:
+    if not ranges:
+        return []
+    params = _filter_params(filters)
+    for i, (lo, hi) in enumerate(ranges):
+        params[f"lo{i}"], params[f"hi{i}"] = lo, hi
+    conn = await session.connection()
+    rows: Sequence[Any] = (await conn.execute(_raw_statement(len(ranges), filters), params)).all()
+    return rows
+
+
+def signed(sign: int, values: list[int]) -> list[int]:
+    return values if sign == 1 else [-v for v in values]
+
+
+def sums(table: Any) -> list[Any]:
+    return [func.coalesce(func.sum(getattr(table, c)), 0) for c in COUNTERS]
+
+
+# --- figures -----------------------------------------------------------------------------
+
+
+def ratio(num: int, den: int) -> float | None:
+    return None if den == 0 else num / den
+
+
+def avg_usd(micros: int, count: int) -> float | None:
+    return None if count == 0 else float(Decimal(micros) / count / 1_000_000)
+
+
+def avg_seconds(sum_us: int, count: int) -> float | None:
+    return None if count == 0 else sum_us / count / 1_000_000
