@@ -470,6 +470,16 @@ async def measure(
                 ),
             ]  # fmt: skip
 
+    await measure_httpx(servers, uh, agent, n, results)
+
+
+async def measure_httpx(
+    servers: list[tuple[str, int]],
+    uh: dict[str, str],
+    agent: str,
+    n: int,
+    results: list[Result],
+) -> None:
     # The same first page through httpx: what a heavier client adds to each request.
     async with contextlib.AsyncExitStack() as stack:
         hcs = [

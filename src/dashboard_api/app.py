@@ -48,7 +48,11 @@ from dashboard_api.realtime import Realtime, realtime_lifespan
 from dashboard_api.realtime.channels import ChannelAuthorizer
 from dashboard_api.security.headers import SecurityHeadersMiddleware
 from dashboard_api.security.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from dashboard_api.services import conversations as conversations_service
+from dashboard_api.services.analytics import rollups
+from dashboard_api.services.budgets import service as budgets_service
 from dashboard_api.services.pricing import PriceTable
+from dashboard_api.services.task_hooks import TaskWriteHook, with_task_hooks
 from dashboard_api.services.tasks import search as task_search
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import Clock, SystemClock
@@ -258,13 +262,26 @@ def build_context(settings: Settings, clock: Clock) -> AppContext:
     """The app's resources, none of them opened yet."""
     models, default = settings.price_table()
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
+    # What every task write does besides, in this order (services/task_hooks.py). Lock
+    # order on PostgreSQL is task rows -> conversation row in every transaction (posting
+    # a message locks its conversation before it creates the task), so conversations run
+    # first; analytics only appends a row (no shared row locked).
+    task_hooks: tuple[TaskWriteHook, ...] = (
+        conversations_service.on_task_written,  # replies, and the conversation's totals
+        rollups.apply_task_write,  # the write's analytics rollup contribution
+        # After analytics: the spend it reads includes this write's own contribution.
+        budgets_service.on_task_written,  # holds a `hold` budget that reached its limit
+    )
     # analytics: read by the rollup hook on every task write (off only in benchmarks)
     # q totals: per-hour match counts this app's requests share (services/tasks/search.py)
-    db.sessions.configure(
-        info={
-            "analytics_rollups_enabled": settings.analytics_rollups_enabled,
-            task_search.CACHE_KEY: task_search.QCountCache(),
-        }
+    db.configure_sessions(
+        with_task_hooks(
+            {
+                "analytics_rollups_enabled": settings.analytics_rollups_enabled,
+                task_search.CACHE_KEY: task_search.QCountCache(),
+            },
+            task_hooks,
+        )
     )
     ctx = AppContext(
         settings=settings,

@@ -9,6 +9,7 @@ queue. The end-to-end counterpart on real sockets is in `test_write_path.py`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -288,6 +289,35 @@ def test_every_subscriber_gets_every_seq_once_in_order(
     asyncio.run(_run_steps(steps, interval))
 
 
+_OUTPUT_STEPS = ("next", "swap", "late", "skip")
+
+
+async def _output_step(
+    broker: MemoryBroker,
+    history: FakeHistory,
+    add: Callable[[], Awaitable[dict[str, Any]]],
+    kind: str,
+    arg: int,
+) -> None:
+    """One step that adds chunks to the history and publishes them in some order."""
+    if kind == "next":
+        for _ in range(arg):
+            await _output(broker, await add())
+    elif kind == "repeat":
+        await _output(broker, history.chunks[-1])
+    elif kind == "swap":
+        one, two = await add(), await add()
+        await _output(broker, two)
+        await _output(broker, one)
+    elif kind == "late":
+        first = await add()
+        for _ in range(arg):
+            await _output(broker, await add())
+        await _output(broker, first)
+    else:  # skip: a chunk stored but never published
+        await add()
+
+
 async def _run_steps(steps: list[tuple[str, int]], interval: float) -> None:
     broker, history = MemoryBroker(), FakeHistory()
     hub = Hub(broker, history, write_interval=interval, write_slice=2, gap_wait=0.001)
@@ -300,24 +330,10 @@ async def _run_steps(steps: list[tuple[str, int]], interval: float) -> None:
         return history.add(last)
 
     for kind, arg in steps:
-        if kind == "next":
-            for _ in range(arg):
-                await _output(broker, await add())
-        elif kind == "repeat" and last:
-            await _output(broker, history.chunks[-1])
-        elif kind == "swap":
-            one, two = await add(), await add()
-            await _output(broker, two)
-            await _output(broker, one)
-        elif kind == "late":
-            first = await add()
-            for _ in range(arg):
-                await _output(broker, await add())
-            await _output(broker, first)
+        if kind in _OUTPUT_STEPS or (kind == "repeat" and last):
+            await _output_step(broker, history, add, kind, arg)
         elif kind == "wait":
             await asyncio.sleep(0.005)  # past the group's gap wait (3 x 1 ms)
-        elif kind == "skip":
-            await add()
         elif kind == "status":
             status = {"type": "task_status", "status": "running", "output_seq": last}
             await _publish(broker, status | {"updated_at": "2026-01-01T00:00:00.000Z"})

@@ -8,14 +8,21 @@ them: whoever adds that hook then sets the flag to False (or narrows what "plain
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 
+from dashboard_api.db.engine import Database
 from dashboard_api.db.models import Task
+from dashboard_api.schemas.tasks import TaskCreate
+from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import snapshot, task_written
+from dashboard_api.services.tasks import register_task
+from tests.conftest import Backend
 from tests.tasks.test_output import Headers, append, full_log, new_task
 
 
@@ -82,3 +89,22 @@ async def test_appends_alone_and_in_a_transaction_share_one_numbering(
     assert r.status_code == 200
     r = await append(client, auth, {"content": "late"}, task_id="mix")
     assert r.status_code == 409
+
+
+async def test_a_session_given_no_task_hooks_refuses_to_write_tasks(backend: Backend) -> None:
+    """The hooks come with the sessions of the app's database (create_app hands them
+    down): a database set up elsewhere cannot write a task and skip the derived data."""
+    db = Database(backend.database_url)
+    try:
+        with pytest.raises(RuntimeError, match="no task hooks"):
+            async with db.write() as session:
+                await register_task(
+                    session,
+                    body=TaskCreate(agent_type="coder", input_message="x", source="api"),
+                    now=datetime.now(UTC),
+                    prices=PriceTable(*backend.settings().price_table()),
+                )
+        async with db.read() as session:
+            assert (await session.scalar(select(func.count()).select_from(Task))) == 0
+    finally:
+        await db.dispose()

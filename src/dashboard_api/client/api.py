@@ -208,45 +208,29 @@ class DashboardClient:
                     )
                     async for raw in ws:
                         msg = orjson.loads(raw)
-                        kind = msg.get("type")
-                        if kind == "subscribed":
+                        if msg.get("type") == "subscribed":
                             failures = 0
-                        elif kind == "error":
-                            if msg.get("channel") == channel:
-                                raise StreamError(str(msg.get("code")), str(msg.get("message")))
-                        elif kind == "task_output":
-                            seq = int(msg["seq"])
-                            if seq <= last_seq:
-                                continue
-                            last_seq = seq
-                            yield TaskEvent(
-                                "output",
-                                task_id,
-                                seq=seq,
-                                stream=msg.get("stream"),
-                                content=msg.get("content"),
-                                data=msg,
-                            )
-                        elif kind == "task_status":
-                            event = TaskEvent("status", task_id, status=msg.get("status"), data=msg)
-                            yield event
-                            if event.terminal and stop_at_end:
-                                return
-                        elif kind == "task_cancel_requested":
-                            yield TaskEvent("cancel_requested", task_id, data=msg)
+                            continue
+                        event = _event_of(msg, task_id, channel)
+                        if event is None or (event.seq is not None and event.seq <= last_seq):
+                            continue
+                        last_seq = event.seq if event.seq is not None else last_seq
+                        yield event
+                        if event.terminal and stop_at_end:
+                            return
                     # The server closed the connection: reconnect below.
                     if ws.close_code == 4401:
                         raise StreamError("unauthorized", "the token was refused")
-            except ConnectionClosed as exc:
-                if exc.rcvd is not None and exc.rcvd.code == 4401:
+            except (
+                ConnectionClosed,
+                InvalidStatus,
+                OSError,
+                TimeoutError,
+                InvalidHandshake,
+            ) as exc:
+                if _refused(exc):
                     raise StreamError("unauthorized", "the token was refused") from exc
                 error: Exception = exc
-            except InvalidStatus as exc:
-                if exc.response.status_code in (401, 403):
-                    raise StreamError("unauthorized", "the token was refused") from exc
-                error = exc
-            except (OSError, TimeoutError, InvalidHandshake) as exc:
-                error = exc
             else:
                 error = ConnectionError("connection closed")
             failures += 1
@@ -254,3 +238,34 @@ class DashboardClient:
                 raise error
             delay = min(max_backoff, initial_backoff * 2 ** (failures - 1))
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+
+def _event_of(msg: dict[str, Any], task_id: str, channel: str) -> TaskEvent | None:
+    """The `follow` item a server message stands for (None: nothing to yield); raises
+    `StreamError` when the server refuses the channel."""
+    kind = msg.get("type")
+    if kind == "error" and msg.get("channel") == channel:
+        raise StreamError(str(msg.get("code")), str(msg.get("message")))
+    if kind == "task_output":
+        return TaskEvent(
+            "output",
+            task_id,
+            seq=int(msg["seq"]),
+            stream=msg.get("stream"),
+            content=msg.get("content"),
+            data=msg,
+        )
+    if kind == "task_status":
+        return TaskEvent("status", task_id, status=msg.get("status"), data=msg)
+    if kind == "task_cancel_requested":
+        return TaskEvent("cancel_requested", task_id, data=msg)
+    return None
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether a connection error means the token was refused (close 4401, HTTP 401/403)."""
+    if isinstance(exc, ConnectionClosed):
+        return exc.rcvd is not None and exc.rcvd.code == 4401
+    if isinstance(exc, InvalidStatus):
+        return exc.response.status_code in (401, 403)
+    return False

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -211,7 +213,6 @@ async def prepare_log_bin(session: AsyncSession, thresholds: Sequence[int]) -> N
     """Make `log_bin` usable on this session's connection (registers a function on SQLite)."""
     if backend_of(session) == "postgresql":
         return
-    import bisect
 
     def log_bin_fn(value: int | None) -> int | None:
         return None if value is None else bisect.bisect_right(thresholds, value)
@@ -254,8 +255,6 @@ def int_list_agg(
 def int_list(value: Any) -> list[int]:
     """The list an `int_list_agg` gave (an array on PostgreSQL, JSON text on SQLite)."""
     if isinstance(value, str):
-        import orjson
-
         out: list[int] = orjson.loads(value)
         return out
     return list(value)

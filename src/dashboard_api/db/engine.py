@@ -145,6 +145,13 @@ class Database:
                 mode = "IMMEDIATE" if conn.get_execution_options().get("dashboard_write") else ""
                 conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
+    def configure_sessions(self, info: dict[str, Any]) -> None:
+        """Hand `info` (what the services read of the app: settings, shared caches, the
+        task write hooks) to every session of this database."""
+        self.sessions.configure(info=info)
+        if self._statement_sessions is not self.sessions:
+            self._statement_sessions.configure(info=info)
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session for reads; its transaction is rolled back at the end."""

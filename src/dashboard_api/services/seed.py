@@ -22,6 +22,7 @@ from dashboard_api.db.bulk import (
 )
 from dashboard_api.db.models import Task, TaskEvent
 from dashboard_api.ids import new_id
+from dashboard_api.services.analytics.rollups import rebuild_rollups
 from dashboard_api.services.pricing import PriceTable
 
 AGENT_TYPES = ("claude-code", "reviewer", "triage", "docs-writer", "test-fixer", "planner")
@@ -196,8 +197,6 @@ async def seed_tasks(
     await rebuild_indexes(session, dropped)
     # analytics: COPY bypasses the task-write hook, so the rollups are recomputed (in this
     # transaction, so that they never disagree with the tasks).
-    from dashboard_api.services.analytics.rollups import rebuild_rollups
-
     await rebuild_rollups(session, bulk=True)
     return done
 

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from dashboard_api import __version__
 from dashboard_api.context import AppContext
 from dashboard_api.db.models import Task
+from dashboard_api.db.models.tasks import TASK_STATUSES
 from dashboard_api.schemas.agents import (
     AgentCounts,
     BrokerComponent,
@@ -160,8 +161,6 @@ async def task_counts_by_status(
     ctx: AppContext, statuses: Sequence[str] | None = None
 ) -> dict[str, int]:
     """Tasks per status (all statuses, zeros included; or only `statuses`), for `/metrics`."""
-    from dashboard_api.db.models.tasks import TASK_STATUSES
-
     wanted = list(statuses) if statuses is not None else list(TASK_STATUSES)
     counts = dict.fromkeys(wanted, 0)
     stmt = select(Task.status, func.count()).group_by(Task.status)

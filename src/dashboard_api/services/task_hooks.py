@@ -4,12 +4,18 @@ Every write path of `services.tasks` (register, update, claim, cancel, output) c
 `task_written` with the task as it was before and as it is now, in the same transaction,
 so that derived data (analytics rollups, conversation replies and totals) can never
 disagree with the tasks themselves.
+
+The reactions are `TaskWriteHook`s, assembled in a fixed order by `create_app` and handed
+down to every session of the app's database (`with_task_hooks`), the way settings are.
+This module is a leaf: the features' hooks import it, never the other way round.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,7 +56,7 @@ class TaskSnapshot:
 # therefore written as one statement without a transaction and without calling
 # `task_written` (`services.tasks.append_output_alone`: three round trips fewer on the
 # agents' hottest path). A hook that must see them sets this to False (and
-# tests/test_task_hooks.py tells whoever adds a hook).
+# tests/tasks/test_plain_appends.py tells whoever adds a hook).
 PLAIN_APPENDS_NEED_NO_HOOKS = True
 
 
@@ -59,20 +65,32 @@ def snapshot(task: object) -> TaskSnapshot:
     return TaskSnapshot(**{f: getattr(task, f) for f in TaskSnapshot.__slots__})
 
 
+class TaskWriteHook(Protocol):
+    """A feature's reaction to one task write, run inside the write's transaction (None
+    before: the task is new)."""
+
+    async def __call__(
+        self, session: AsyncSession, before: TaskSnapshot | None, after: TaskSnapshot
+    ) -> None: ...
+
+
+# Where the app's hooks travel: the info of every session of its database.
+_HOOKS_KEY = "task_write_hooks"
+
+
+def with_task_hooks(info: dict[str, Any], hooks: Sequence[TaskWriteHook]) -> dict[str, Any]:
+    """`info` (a session's) with the hooks every task write of that session runs, in order."""
+    return {**info, _HOOKS_KEY: tuple(hooks)}
+
+
 async def task_written(
     session: AsyncSession, before: TaskSnapshot | None, after: TaskSnapshot
 ) -> None:
     """Apply the consequences of one task write (None before: the task is new)."""
-    # Features register their reactions here, in a fixed and visible order.
-    # Imported here: services.conversations itself writes tasks through services.tasks.
-    from dashboard_api.services.analytics.rollups import apply_task_write
-    from dashboard_api.services.budgets.service import on_task_written as hold_budgets
-    from dashboard_api.services.conversations import on_task_written
-
-    # Lock order on PostgreSQL is task rows -> conversation row in every transaction
-    # (posting a message locks its conversation before it creates the task), so
-    # conversations run first; analytics only appends a row (no shared row locked).
-    await on_task_written(session, before, after)
-    await apply_task_write(session, before, after)
-    # After analytics: the spend it reads includes this write's own contribution.
-    await hold_budgets(session, before, after)
+    hooks: tuple[TaskWriteHook, ...] | None = session.info.get(_HOOKS_KEY)
+    if hooks is None:
+        # A session of a database that create_app did not set up (a test's, a script's):
+        # writing tasks there would leave the derived data behind without a word.
+        raise RuntimeError("This session writes tasks but was given no task hooks.")
+    for hook in hooks:
+        await hook(session, before, after)

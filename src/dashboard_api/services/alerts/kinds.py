@@ -93,6 +93,18 @@ async def measure(
         p = await performance(session, start=start, end=now, filters=_filters(rule), now=now)
         p95 = p.overall.p95_duration_seconds or 0.0
         return Measure(p95, _holds(p95, threshold), f"p95 duration {p95:.1f} s {last}")
+    if kind in ("agent_offline", "lease_expired", "webhook_signature_failures"):
+        return await _measure_events(session, rule, now=now, settings=settings)
+    return await _measure_integrations(session, rule, now=now, settings=settings)
+
+
+async def _measure_events(
+    session: AsyncSession, rule: AlertRule, *, now: datetime, settings: Settings
+) -> Measure:
+    """The rules that count events: agents gone quiet, expired leases, bad signatures."""
+    start = now - timedelta(minutes=rule.window_minutes)
+    last = f"in the last {rule.window_minutes} min{_where(rule)}"
+    kind, threshold = rule.kind, rule.threshold
     if kind == "agent_offline":
         cut = now - timedelta(seconds=settings.agent_online_seconds)
         t = Task.__table__.c
@@ -132,6 +144,15 @@ async def measure(
             stmt = stmt.where(w.source == rule.scope_source)
         n = await _count(session, stmt)
         return Measure(n, _holds(n, threshold), f"{n} webhook signature failure(s) {last}")
+    raise ValueError(f"unknown rule kind {kind!r}")
+
+
+async def _measure_integrations(
+    session: AsyncSession, rule: AlertRule, *, now: datetime, settings: Settings
+) -> Measure:
+    """The rules on integrations and budgets: OAuth installations, index jobs, budgets."""
+    start = now - timedelta(minutes=rule.window_minutes)
+    kind, threshold = rule.kind, rule.threshold
     if kind == "oauth_expiring":
         soon = now + timedelta(days=threshold)
         o = OAuthInstallation

@@ -28,11 +28,7 @@ from dashboard_api.db.dialect import advisory_xact_lock_sql, try_advisory_xact_l
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models.analytics import AnalyticsPending
 from dashboard_api.services.analytics.layout import FOLD_LOCK_KEY
-from dashboard_api.services.analytics.rollups import (
-    apply_deltas,
-    contribution_of_pending,
-    deltas,
-)
+from dashboard_api.services.analytics.rollups import apply_deltas, contribution_of_pending, deltas
 
 # Rows per fold transaction: large enough that a backlog drains in a few transactions,
 # small enough that one holds its locks for well under a second.

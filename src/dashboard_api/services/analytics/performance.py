@@ -23,10 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import (
-    backend_of,
-    prepare_log_bin,
-)
+from dashboard_api.db.dialect import backend_of, prepare_log_bin
 from dashboard_api.db.models.analytics import AnalyticsHistogram, AnalyticsRollup
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.money import micros_to_usd

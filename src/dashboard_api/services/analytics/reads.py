@@ -27,24 +27,13 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import (
-    bisect_instants,
-    bisect_sql,
-)
+from dashboard_api.db.dialect import bisect_instants, bisect_sql
 from dashboard_api.db.models.analytics import AnalyticsRollup
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.errors import Unprocessable
 from dashboard_api.money import micros_to_usd
-from dashboard_api.schemas.analytics import (
-    Period,
-    Summary,
-)
-from dashboard_api.services.analytics.layout import (
-    COUNTERS,
-    GRAINS,
-    counters_of,
-    epoch_seconds,
-)
+from dashboard_api.schemas.analytics import Period, Summary
+from dashboard_api.services.analytics.layout import COUNTERS, GRAINS, counters_of, epoch_seconds
 from dashboard_api.services.analytics.window import (
     Agg,
     AnalyticsFilters,

@@ -19,22 +19,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    and_,
-    bindparam,
-    func,
-    or_,
-    select,
-)
+from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import (
-    backend_of,
-    in_int_pairs,
-    in_ints,
-    int_pairs_params,
-)
+from dashboard_api.db.dialect import backend_of, in_int_pairs, in_ints, int_pairs_params
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.services.analytics.layout import (
     COUNTERS,

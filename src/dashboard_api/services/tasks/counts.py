@@ -29,15 +29,9 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import (
-    backend_of,
-    epoch_seconds_to_ts,
-    reuses_cte_results,
-)
+from dashboard_api.db.dialect import backend_of, epoch_seconds_to_ts, reuses_cte_results
 from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup
-from dashboard_api.db.paging import (
-    Ordering,
-)
+from dashboard_api.db.paging import Ordering
 from dashboard_api.services.analytics.layout import (
     DAY,
     EPOCH,

@@ -10,22 +10,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Select,
-    String,
-    and_,
-    bindparam,
-    false,
-    func,
-    or_,
-    select,
-)
+from sqlalchemy import ColumnElement, Select, String, and_, bindparam, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import (
-    backend_of,
-)
+import dashboard_api.services.tasks.search as task_search
+from dashboard_api.db.dialect import backend_of
 from dashboard_api.db.paging import (
     SEEK_FROM_OFFSET,
     Ordering,
@@ -34,11 +23,8 @@ from dashboard_api.db.paging import (
     decode_cursor,
     paginate,
 )
-from dashboard_api.schemas.tasks import (
-    SUMMARY_COLUMNS,
-)
+from dashboard_api.schemas.tasks import SUMMARY_COLUMNS
 from dashboard_api.schemas.tasks_json import summary_from_row
-from dashboard_api.services.tasks import search as task_search
 from dashboard_api.services.tasks.counts import count_expression, count_raw, rollup_seek
 from dashboard_api.services.tasks.filters import ORDERINGS, TASKS, TaskFilters
 

@@ -6,24 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import (
-    insert,
-    text,
-    update,
-)
+from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.util import identity_key
 
-from dashboard_api.db.dialect import (
-    backend_of,
-)
+from dashboard_api.db.dialect import backend_of
 from dashboard_api.db.engine import Database, PendingEvent, emit
 from dashboard_api.db.models import Task, TaskOutputChunk
 from dashboard_api.errors import Conflict, PayloadTooLarge
-from dashboard_api.schemas.tasks import (
-    TERMINAL_STATUSES,
-    OutputChunkIn,
-)
+from dashboard_api.schemas.tasks import TERMINAL_STATUSES, OutputChunkIn
 from dashboard_api.services.task_hooks import (
     PLAIN_APPENDS_NEED_NO_HOOKS,
     TaskSnapshot,
