@@ -72,24 +72,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
 }
 
 # Cycles known today, each with the reason it is tolerated and until when. Empty is the goal.
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # Task write hooks reached through function-local imports; engineer `split` is turning
-    # them into a Protocol assembled in create_app (issue 16 item 1). Remove on landing.
-    frozenset(
-        f"{PACKAGE}.services.{name}"
-        for name in (
-            "tasks",
-            "task_search",
-            "analytics",
-            "analytics_rollups",
-            "task_hooks",
-            "conversations",
-            # the budget hold hook, reached the same way until that Protocol lands
-            "budgets.service",
-            "budgets.spend",
-        )
-    ),
-]
+KNOWN_CYCLES: list[frozenset[str]] = []
 
 
 def module_name(path: Path) -> str:
