@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from decimal import Decimal, InvalidOperation
+from operator import attrgetter
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -79,13 +80,12 @@ class SpanFacts:
     chunks: tuple[Chunk, ...] = field(default=())
 
     def to_doc(self) -> dict[str, Any]:
-        """The stored form (JSON-able, defaults left out)."""
-        doc: dict[str, Any] = {}
-        for name in self.__slots__:
-            value = getattr(self, name)
-            if name in _REQUIRED or value != _DEFAULTS[name]:
-                doc[name] = [list(c) for c in value] if name == "chunks" else value
-        return doc
+        """The stored form (JSON-able; fields at their default left out)."""
+        return {
+            name: value
+            for name, value, default in zip(_NAMES, _ALL_FIELDS(self), _DEFAULT_VALUES, strict=True)
+            if default is _NO_DEFAULT or value != default
+        }
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> SpanFacts:
@@ -93,10 +93,13 @@ class SpanFacts:
         return cls(**doc, chunks=tuple((str(s), str(c)) for s, c in chunks))
 
 
-_REQUIRED = frozenset({"trace_id", "span_id", "parent_id", "name", "start_ns", "end_ns", "status"})
-_DEFAULTS: dict[str, Any] = {
-    name: f.default for name, f in SpanFacts.__dataclass_fields__.items() if name not in _REQUIRED
-}
+_NO_DEFAULT = object()
+_NAMES = tuple(SpanFacts.__slots__)
+_ALL_FIELDS = attrgetter(*_NAMES)
+_DEFAULT_VALUES = tuple(
+    _NO_DEFAULT if f.default is MISSING else f.default
+    for f in (SpanFacts.__dataclass_fields__[name] for name in _NAMES)
+)
 
 
 class SpanRejected(ValueError):
@@ -163,6 +166,8 @@ def clean(value: str | None, cap: int) -> str:
         return ""
     if len(value) > cap:
         value = value[:cap]
+    if value.isascii() and "\x00" not in value:
+        return value  # the common case, without the regular expression
     return _UNSTORABLE.sub("\ufffd", value)
 
 
