@@ -9,7 +9,6 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator, model
 from dashboard_api.ids import SLUG_PATTERN, TASK_ID_PATTERN
 from dashboard_api.money import micros_to_usd
 from dashboard_api.schemas.common import ApiModel
-from dashboard_api.task_statuses import TERMINAL_STATUSES as TERMINAL_STATUSES  # re-exported
 from dashboard_api.task_statuses import TaskStatus
 from dashboard_api.timeutil import UtcDateTime
 

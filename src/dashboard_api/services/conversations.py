@@ -46,10 +46,11 @@ from dashboard_api.schemas.conversations import (
     conversation_public,
     message_public,
 )
-from dashboard_api.schemas.tasks import TERMINAL_STATUSES, TaskCreate, task_summary
+from dashboard_api.schemas.tasks import TaskCreate, task_summary
 from dashboard_api.services import tasks as task_service
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import TaskSnapshot, snapshot, task_written
+from dashboard_api.task_statuses import TERMINAL_STATUSES
 
 CONVERSATION_ORDER = Ordering(
     "conversations",

@@ -13,7 +13,6 @@ from sqlalchemy import func, select
 from dashboard_api import __version__
 from dashboard_api.context import AppContext
 from dashboard_api.db.models import Task
-from dashboard_api.db.models.tasks import TASK_STATUSES
 from dashboard_api.schemas.agents import (
     AgentCounts,
     BrokerComponent,
@@ -24,6 +23,7 @@ from dashboard_api.schemas.agents import (
     TaskCounts,
 )
 from dashboard_api.services.agents import count_agents
+from dashboard_api.task_statuses import TASK_STATUSES
 
 log = logging.getLogger(__name__)
 

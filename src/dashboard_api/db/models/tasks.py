@@ -20,7 +20,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dashboard_api.db.base import Base
-from dashboard_api.task_statuses import TASK_STATUSES as TASK_STATUSES  # re-exported
 
 # Sort keys that put tasks without a duration last in each direction (API.md §3).
 DURATION_ASC_KEY = func.coalesce(text("duration_us"), 9223372036854775807)

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard_api.bounded import BoundedCache
 from dashboard_api.db.dialect import bisect_instants, bisect_sql
 from dashboard_api.db.models.analytics import AnalyticsRollup
 from dashboard_api.db.models.tasks import Task
@@ -289,16 +290,13 @@ def _raw_histogram_rows(
 
 # Bucket starts (epoch seconds) as the API writes them: a moving window meets the same
 # hours again and again, and formatting 720 of them cost more than the query. Bounded.
-_TS_TEXT: dict[int, str] = {}
-_TS_TEXT_MAX = 200_000
+_TS_TEXT: BoundedCache[int, str] = BoundedCache(200_000)
 
 
 def _ts_text(epoch_s: int) -> str:
     text = _TS_TEXT.get(epoch_s)
     if text is None:
-        if len(_TS_TEXT) >= _TS_TEXT_MAX:
-            _TS_TEXT.clear()
-        text = _TS_TEXT[epoch_s] = format_ts(from_epoch(epoch_s))
+        text = _TS_TEXT.put(epoch_s, format_ts(from_epoch(epoch_s)))
     return text
 
 

@@ -17,12 +17,13 @@ from dashboard_api.db.models import Task, TaskEvent
 from dashboard_api.errors import Conflict, NotFound
 from dashboard_api.ids import new_id
 from dashboard_api.money import usd_to_micros
-from dashboard_api.schemas.tasks import TERMINAL_STATUSES, TaskCreate, TaskUpdate
+from dashboard_api.schemas.tasks import TaskCreate, TaskUpdate
 from dashboard_api.schemas.tasks_json import summary_from_row
 from dashboard_api.services.budgets.holds import not_held
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import TaskSnapshot, snapshot, task_written
 from dashboard_api.services.tasks.reads import EVENTS_TABLE, TASK_ROW, TASKS_TABLE, AnyRow
+from dashboard_api.task_statuses import TERMINAL_STATUSES
 from dashboard_api.timeutil import format_ts
 
 _T = Task.__table__

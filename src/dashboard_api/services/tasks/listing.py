@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, Select, String, and_, bindparam, false, fu
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import dashboard_api.services.tasks.search as task_search
+from dashboard_api.bounded import BoundedCache
 from dashboard_api.db.dialect import backend_of
 from dashboard_api.db.paging import (
     SEEK_FROM_OFFSET,
@@ -75,10 +76,10 @@ async def list_tasks(
     ):
         found = await _list_q_counted(session, cache, filters, stmt, columns, ordering, page)
         if found is not None:
-            _remember_matches(hint, found.total)
+            _Q_MATCHES.put(hint, found.total)
             return found
     result = await _q_page(session, filters, stmt, columns, ordering, page, None, ())
-    _remember_matches(hint, result.total)
+    _Q_MATCHES.put(hint, result.total)
     return result
 
 
@@ -115,7 +116,7 @@ async def _list_q_counted(
             await task_search.fill(session, cache, q, plain[0], count_first=hint not in _Q_MATCHES)
             q = task_search.plan(session, cache, key, plain, lo, hi, rare=rare)
             if q is not None and hint not in _Q_MATCHES:
-                _remember_matches(hint, q.known_count)
+                _Q_MATCHES.put(hint, q.known_count)
         if q is None:
             return None
         narrowed = _by_cached_keys(session, filters, columns, ordering, page, q)
@@ -227,8 +228,7 @@ async def _q_page(
 
 # How many tasks matched a `q` query (with its other filters) the last time it ran: only
 # a hint for choosing the plan, never an answer.
-_Q_MATCHES: dict[tuple[Any, ...], int] = {}
-_Q_HINTS_KEPT = 4096
+_Q_MATCHES: BoundedCache[tuple[Any, ...], int] = BoundedCache(4096)
 
 
 def _q_hint_key(f: TaskFilters) -> tuple[Any, ...]:
@@ -243,13 +243,6 @@ def _q_hint_key(f: TaskFilters) -> tuple[Any, ...]:
         f.user_id,
         (f.q or "").casefold(),
     )
-
-
-def _remember_matches(key: tuple[Any, ...], total: int) -> None:
-    _Q_MATCHES.pop(key, None)
-    if len(_Q_MATCHES) >= _Q_HINTS_KEPT:
-        del _Q_MATCHES[next(iter(_Q_MATCHES))]
-    _Q_MATCHES[key] = total
 
 
 async def read_without_transaction(session: AsyncSession) -> None:

@@ -10,11 +10,12 @@ from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.util import identity_key
 
+from dashboard_api.bounded import BoundedCache
 from dashboard_api.db.dialect import backend_of
 from dashboard_api.db.engine import Database, PendingEvent, emit
 from dashboard_api.db.models import Task, TaskOutputChunk
 from dashboard_api.errors import Conflict, PayloadTooLarge
-from dashboard_api.schemas.tasks import TERMINAL_STATUSES, OutputChunkIn
+from dashboard_api.schemas.tasks import OutputChunkIn
 from dashboard_api.services.task_hooks import (
     PLAIN_APPENDS_NEED_NO_HOOKS,
     TaskSnapshot,
@@ -23,6 +24,7 @@ from dashboard_api.services.task_hooks import (
 )
 from dashboard_api.services.tasks.lifecycle import after_write, locked_task
 from dashboard_api.services.tasks.reads import CHUNKS_TABLE
+from dashboard_api.task_statuses import TERMINAL_STATUSES
 from dashboard_api.timeutil import format_ts
 
 _T = Task.__table__
@@ -192,14 +194,7 @@ _APPEND_ALONE_PG = text(
 # runs on every write): not tried alone again. Unknown tasks (each one's first output
 # among them) go straight to the transaction, so that a failed attempt, one wasted round
 # trip, is rare.
-_ALONE: dict[str, bool] = {}
-_ALONE_MAX = 8192
-
-
-def _remember_alone(task_id: str, alone: bool) -> None:
-    if task_id not in _ALONE and len(_ALONE) >= _ALONE_MAX:
-        del _ALONE[next(iter(_ALONE))]
-    _ALONE[task_id] = alone
+_ALONE: BoundedCache[str, bool] = BoundedCache(8192)
 
 
 async def store_output(
@@ -293,14 +288,14 @@ def _note_plain(task_id: str, after: TaskSnapshot | Task, *, after_alone: bool) 
     if after_alone:
         # A common append (it was written by `_append_whole` or found nothing special)
         # that the single statement refused: the task is in a conversation.
-        _remember_alone(task_id, False)
+        _ALONE.put(task_id, False)
     elif (
         after.conversation_id is None
         and after.status not in TERMINAL_STATUSES
         and after.first_output_at is not None
         and _ALONE.get(task_id) is None
     ):
-        _remember_alone(task_id, True)
+        _ALONE.put(task_id, True)
 
 
 async def _append_whole(

@@ -41,7 +41,6 @@ in its fold (0010 and later), or tokens could fall back to an earlier value.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -63,6 +62,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard_api.bounded import BoundedCache
 from dashboard_api.db.dialect import (
     epoch_bucket,
     hour_bin,
@@ -164,20 +164,13 @@ class QCountCache:
     """The `HourCounts` of the most recently used filter sets of one process."""
 
     def __init__(self, entries: int = CACHE_ENTRIES) -> None:
-        self._entries: OrderedDict[tuple[Any, ...], HourCounts] = OrderedDict()
-        self._kept = entries
+        self._entries: BoundedCache[tuple[Any, ...], HourCounts] = BoundedCache(entries)
 
     def get(self, key: tuple[Any, ...]) -> HourCounts | None:
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-        return entry
+        return self._entries.get_recent(key)
 
     def put(self, key: tuple[Any, ...], entry: HourCounts) -> None:
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._kept:
-            self._entries.popitem(last=False)
+        self._entries.put(key, entry)
 
     def drop(self, key: tuple[Any, ...]) -> None:
         self._entries.pop(key, None)
