@@ -84,7 +84,10 @@ async def scratch_database(
         async with db.write() as session:
             for role in roles:
                 tokens[role], _ = await create_token(
-                    session, user_id=f"bench-{role}", role=role, now=SystemClock().now()
+                    session,
+                    user_id=f"bench-{role}",
+                    role=role,  # type: ignore[arg-type]
+                    now=SystemClock().now(),
                 )
         await db.dispose()
         yield url, tokens

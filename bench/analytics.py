@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -183,7 +183,9 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def timed_alternately(n: int, calls: list[Callable[[], Awaitable[Any]]]) -> list[list[float]]:
+async def timed_alternately(
+    n: int, calls: Sequence[Callable[[], Awaitable[Any]]]
+) -> list[list[float]]:
     """Milliseconds of `n` calls of each, one of each in turn (after a warm-up of each),
     so that every server sees the same moments of a shared machine."""
     for call in calls:
@@ -244,7 +246,7 @@ async def measure_reads(
                 calls = [functools.partial(_get_json, client, path, params) for client in clients]
                 answers = [await call() for call in calls]
                 times = await timed_alternately(n, calls)
-                raw = await timed(max(3, n // 10), lambda b=baseline: run_baseline(conn, b))
+                raw = await timed(max(3, n // 10), functools.partial(run_baseline, conn, baseline))
                 expected = await run_baseline(conn, baseline)
                 for label, answer, api in zip(("", "before: "), answers, times, strict=False):
                     check = verify(answer, expected, baseline[0])

@@ -105,7 +105,7 @@ async def _tokens(database_url: str) -> dict[str, str]:
                 out[role], _ = await create_token(
                     session,
                     user_id=f"soak-{role}",
-                    role=role,  # type: ignore[arg-type]
+                    role=role,
                     now=SystemClock().now(),
                 )
     finally:

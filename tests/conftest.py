@@ -1,19 +1,15 @@
 """Fixtures: every storage test runs on SQLite (+ in-process broker) and PostgreSQL (+ Redis).
 
-PostgreSQL: one fresh database per test session (and xdist worker), migrated once and
-truncated between tests. SQLite: one migrated template file copied for each test.
-Under CI=true a missing PostgreSQL or Redis fails the run instead of skipping.
+What the fixtures build on (backends, tokens, servers, clocks) is in tests/support/.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 import shutil
-import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +21,24 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hyp_settings
 
 from dashboard_api.app import create_app
-from dashboard_api.db.base import Base
-from dashboard_api.db.engine import Database
 from dashboard_api.db.migrate import upgrade_to_head
-from dashboard_api.services.tokens import create_token
 from dashboard_api.settings import Settings
-from dashboard_api.timeutil import SystemClock
+from tests.support.env import (
+    BACKENDS,
+    PG_HOST,
+    PG_PORT,
+    REDIS_URL,
+    Backend,
+    flush_redis_prefix,
+    pg_admin,
+    require_services,
+    run_sync,
+    truncate,
+    worker_name,
+)
+from tests.support.figures import FIGURE_LINES
+from tests.support.servers import LiveServer, ServeFactory, serve_app
+from tests.support.tokens import Headers, Tokens, make_tokens
 
 # A test about to run over its timeout gets its event loop's tasks dumped (tests/hangwatch.py).
 pytest_plugins = ["tests.hangwatch"]
@@ -43,19 +51,9 @@ hyp_settings.register_profile(
 )
 hyp_settings.load_profile("default")
 
-PG_HOST = os.environ.get("DASHBOARD_TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("DASHBOARD_TEST_PG_PORT", "5432"))
-PG_ADMIN_URL = f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/test"
-REDIS_URL = os.environ.get("DASHBOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI") == "true"
-BACKENDS = ("sqlite", "postgres")
-
-
-# Figures the hardening tests measured (examples tried, faults survived), printed in the
-# terminal summary of every run so that CI logs carry them (see RELIABILITY.md). Under
-# xdist a test runs in a worker whose summary nobody sees: each line rides to the
-# controller on the report of the test phase that added it.
-FIGURE_LINES: list[str] = []
+# The hardening figures (tests/support/figures.py) in the terminal summary. Under xdist a
+# test runs in a worker whose summary nobody sees: each line rides to the controller on
+# the report of the test phase that added it.
 _FIGURES_SHOWN: list[str] = []
 _FIGURE_KEY = "hardening_figure"
 
@@ -69,7 +67,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    _FIGURES_SHOWN.extend(v for k, v in report.user_properties if k == _FIGURE_KEY)
+    _FIGURES_SHOWN.extend(str(v) for k, v in report.user_properties if k == _FIGURE_KEY)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -85,68 +83,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-def _port_open(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def _redis_host_port() -> tuple[str, int]:
-    from urllib.parse import urlparse
-
-    parsed = urlparse(REDIS_URL)
-    return parsed.hostname or "127.0.0.1", parsed.port or 6379
-
-
-def require_services() -> None:
-    """Skip (locally) or fail (CI) when PostgreSQL or Redis is not reachable."""
-    missing = []
-    if not _port_open(PG_HOST, PG_PORT):
-        missing.append(f"PostgreSQL at {PG_HOST}:{PG_PORT}")
-    if not _port_open(*_redis_host_port()):
-        missing.append(f"Redis at {REDIS_URL}")
-    if missing:
-        message = "not reachable: " + ", ".join(missing)
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def _worker() -> str:
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
-
-
-def run_sync(coro: Any) -> Any:
-    """Run a coroutine to completion from sync code, even inside a running loop."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-async def _pg_admin(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test")
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A migrated PostgreSQL database of this test session's own."""
     require_services()
-    name = f"dash_test_{_worker()}_{os.getpid()}"
-    run_sync(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    run_sync(_pg_admin(f'CREATE DATABASE "{name}"'))
+    name = f"dash_test_{worker_name()}_{os.getpid()}"
+    run_sync(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_sync(pg_admin(f'CREATE DATABASE "{name}"'))
     url = f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
     upgrade_to_head(url)
     yield url
-    run_sync(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_sync(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -155,57 +102,6 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sqlite") / "template.db"
     upgrade_to_head(f"sqlite+aiosqlite:///{path}")
     return path
-
-
-_TABLES = ", ".join(f'"{t.name}"' for t in reversed(Base.metadata.sorted_tables))
-
-
-async def _truncate(url: str) -> None:
-    db = Database(url)
-    try:
-        async with db.engine.begin() as conn:
-            from sqlalchemy import text
-
-            tables = [t.name for t in Base.metadata.sorted_tables]
-            if tables:
-                await conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-    finally:
-        await db.dispose()
-
-
-async def _flush_redis_prefix(prefix: str) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-@dataclass
-class Backend:
-    """Where one test's app keeps its data."""
-
-    name: str  # "sqlite" or "postgres"
-    database_url: str
-    redis_url: str | None
-    redis_prefix: str
-
-    def settings(self, **overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "database_url": self.database_url,
-            "redis_url": self.redis_url,
-            "redis_prefix": self.redis_prefix,
-            # Pub/Sub channels are shared by every test (and every checkout's run) on
-            # this Redis: the ingress of a test's app hears only its own producers.
-            "redis_ingress_prefix": self.redis_prefix,
-            "token_cache_seconds": 0,
-        }
-        values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -219,9 +115,27 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield Backend("sqlite", f"sqlite+aiosqlite:///{path}", None, prefix)
         return
     url = request.getfixturevalue("pg_url")
-    await _truncate(url)
+    await truncate(url)
     yield Backend("postgres", url, REDIS_URL, prefix)
-    await _flush_redis_prefix(prefix)
+    await flush_redis_prefix(prefix)
+
+
+@pytest.fixture(params=BACKENDS)
+def sync_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> Iterator[Backend]:
+    """Like `backend`, for sync tests: SQLite + memory broker, or PostgreSQL + Redis."""
+    prefix = f"dashhard:{os.urandom(6).hex()}:"
+    if request.param == "sqlite":
+        path = tmp_path / "dashboard.db"
+        shutil.copyfile(sqlite_template, path)
+        yield Backend("sqlite", f"sqlite+aiosqlite:///{path}", None, prefix)
+        return
+    require_services()
+    url = request.getfixturevalue("pg_url")
+    run_sync(truncate(url))
+    yield Backend("postgres", url, REDIS_URL, prefix)
+    run_sync(flush_redis_prefix(prefix))
 
 
 @pytest.fixture
@@ -244,36 +158,54 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def make_token(app: FastAPI, *, role: str, user_id: str) -> str:
-    """A real token stored in the app's database."""
-    db = app.state.ctx.db
-    async with db.write() as session:
-        token, _ = await create_token(session, user_id=user_id, role=role, now=SystemClock().now())  # type: ignore[arg-type]
-    return token
-
-
-@dataclass
-class Tokens:
-    admin: str
-    user: str
-    other_user: str
-    agent: str
-
-    def headers(self, role: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {getattr(self, role)}"}
-
-
 @pytest.fixture
 async def tokens(app: FastAPI) -> Tokens:
-    return Tokens(
-        admin=await make_token(app, role="admin", user_id="root"),
-        user=await make_token(app, role="user", user_id="alice"),
-        other_user=await make_token(app, role="user", user_id="bob"),
-        agent=await make_token(app, role="agent", user_id="agent-1"),
-    )
+    return await make_tokens(app)
 
 
 @pytest.fixture
-def auth(tokens: Tokens) -> Callable[[str], dict[str, str]]:
+def auth(tokens: Tokens) -> Headers:
     """`auth("agent")` gives the Authorization header of that role's token."""
     return tokens.headers
+
+
+@pytest.fixture
+async def serve(backend: Backend) -> AsyncIterator[ServeFactory]:
+    """`await serve(**settings_overrides)` starts a live uvicorn server on the test's backend.
+
+    `uvicorn_options={...}` overrides uvicorn's configuration (e.g. its WebSocket protocol).
+    """
+    stack = contextlib.AsyncExitStack()
+
+    async def start(uvicorn_options: dict[str, Any] | None = None, **overrides: Any) -> LiveServer:
+        settings = backend.settings(**overrides)
+        app, port = await stack.enter_async_context(serve_app(settings, **(uvicorn_options or {})))
+        tokens = await make_tokens(app)
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        )
+        return LiveServer(app, port, tokens, http)
+
+    async with stack:
+        yield start
+
+
+@pytest.fixture
+async def live(serve: ServeFactory) -> LiveServer:
+    return await serve()
+
+
+@pytest.fixture
+def published(app: FastAPI) -> list[tuple[str, dict[str, Any]]]:
+    """Every event the app publishes after a commit (forwarded to the real publisher)."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    db = app.state.ctx.db
+    inner = db.publisher
+
+    async def spy(events: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        seen.extend(events)
+        if inner is not None:
+            await inner(events)
+
+    db.publisher = spy
+    return seen

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from dashboard_api.cli import app as cli_app
-from tests.conftest import Tokens, make_token
+from tests.support.tokens import Tokens, make_token
 
 Headers = Callable[[str], dict[str, str]]
 
@@ -193,7 +193,7 @@ async def test_cli_token_authenticates_and_revocation_applies(tmp_path: Path) ->
     _run_in_thread(env, "migrate")
     token = _run_in_thread(env, "token", "create", "--user", "fred", "--role", "user")
     token = token.strip().splitlines()[-1]
-    settings = Settings(_env_file=None, database_url=env["DASHBOARD_DATABASE_URL"])  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, database_url=env["DASHBOARD_DATABASE_URL"])
     settings = settings.model_copy(update={"token_cache_seconds": 0})
     application = create_app(settings)
     async with LifespanManager(application):

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import text
 
 from dashboard_api.db.engine import Database
-from tests.conftest import Backend
+from tests.support.env import Backend
 
 
 async def test_dispose_waits_for_a_connection_still_in_use(backend: Backend) -> None:
@@ -22,7 +22,9 @@ async def test_dispose_waits_for_a_connection_still_in_use(backend: Backend) -> 
     async def request() -> None:
         async with db.read() as session:
             await session.execute(text("SELECT 1"))
-            raw.append((await session.connection()).sync_connection.connection.driver_connection)
+            sync = (await session.connection()).sync_connection
+            assert sync is not None
+            raw.append(sync.connection.driver_connection)
             in_use.set()
             await release.wait()
 

@@ -23,7 +23,7 @@ async def test_health_and_ready_need_no_token(client: httpx.AsyncClient) -> None
 async def test_ready_is_503_when_the_database_is_down(tmp_path: Path) -> None:
     # Nothing listens on port 1: the database "is down" from the start.
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url="postgresql+asyncpg://postgres@127.0.0.1:1/nothing",
         dependency_timeout_seconds=2,
         token_cache_seconds=0,

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import dashboard_api.db.models  # noqa: F401 - every table registered on the metadata
 from dashboard_api.db.base import Base
 from dashboard_api.db.dialect import require_supported_server
-from tests.conftest import Backend
+from tests.support.env import Backend
 
 # Made by migrations on PostgreSQL only, outside the models: the trigram index behind `q`
 # (an extension's operator class, which SQLite has no equivalent of).

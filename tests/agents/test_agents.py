@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from dashboard_api.background import sweep_agents_once
 from dashboard_api.timeutil import format_ts
-from tests.agents.conftest import ChannelListener, FakeClock
-from tests.conftest import Tokens
+from tests.support.clock import FakeClock
+from tests.support.tokens import Tokens
+from tests.support.ws import ChannelListener
 
 Clocked = tuple[FastAPI, httpx.AsyncClient, Tokens]
 AGENT_KEYS = {
@@ -98,7 +99,12 @@ async def test_roles_and_bad_input(clocked: Clocked) -> None:
         r = await client.post("/api/agents/a/heartbeat", json=body, headers=tokens.headers("agent"))
         assert r.status_code == 422, body
         assert r.headers["content-type"].startswith("application/problem+json")
-    for body in ({"capabilities": "python"}, {"capabilities": [""]}, {"name": "x"}):
+    bad_bodies: tuple[dict[str, Any], ...] = (
+        {"capabilities": "python"},
+        {"capabilities": [""]},
+        {"name": "x"},
+    )
+    for body in bad_bodies:
         r = await client.put("/api/agents/a", json=body, headers=tokens.headers("agent"))
         assert r.status_code == 422, body
 
@@ -121,11 +127,11 @@ async def test_online_window_boundary(clocked: Clocked, clock: FakeClock) -> Non
         assert first["agent"]["status"] == "online"
 
         # Exactly at the edge of the window: still online, and the sweeper says nothing.
-        clock.current = beat_at + timedelta(seconds=window)
+        clock.at = beat_at + timedelta(seconds=window)
         assert (await _agents(client, tokens))["runner-1"]["status"] == "online"
         assert await sweep_agents_once(app.state.ctx) == []
         # One millisecond later: offline on read, and announced once by the sweeper.
-        clock.current = beat_at + timedelta(seconds=window, milliseconds=1)
+        clock.at = beat_at + timedelta(seconds=window, milliseconds=1)
         assert (await _agents(client, tokens))["runner-1"]["status"] == "offline"
         assert await sweep_agents_once(app.state.ctx) == ["runner-1"]
         assert await sweep_agents_once(app.state.ctx) == []

@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -19,12 +20,14 @@ def _agent_client(app: FastAPI, headers: dict[str, str]) -> httpx.AsyncClient:
     )
 
 
-async def _wait_status(client: httpx.AsyncClient, task_id: str, statuses: set[str]) -> dict:
+async def _wait_status(
+    client: httpx.AsyncClient, task_id: str, statuses: set[str]
+) -> dict[str, Any]:
     async with asyncio.timeout(30):
         while True:
             task = (await client.get(f"/api/tasks/{task_id}")).json()
             if task["status"] in statuses:
-                return task
+                return dict(task)
             await asyncio.sleep(0.05)
 
 

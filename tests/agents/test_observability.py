@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dashboard_api.app import create_app
 from dashboard_api.observability.logging import redact_text, redact_value
-from tests.conftest import Backend, make_token
+from tests.support.env import Backend
+from tests.support.tokens import make_token
 
 
 def _samples(text: str) -> dict[str, list[Any]]:

@@ -19,8 +19,8 @@ import orjson
 import pytest
 import websockets
 
-from tests.agents.faults import free_port
-from tests.conftest import PG_HOST, PG_PORT, REDIS_URL, _pg_admin, require_services, run_sync
+from tests.support.env import PG_HOST, PG_PORT, REDIS_URL, pg_admin, require_services, run_sync
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -204,9 +204,9 @@ async def test_demo_if_empty_decides_by_tasks_not_by_file(tmp_path: Path, seeded
 def throwaway_pg() -> Iterator[str]:
     require_services()
     name = f"dash_workers_{uuid.uuid4().hex[:10]}"
-    run_sync(_pg_admin(f'CREATE DATABASE "{name}"'))
+    run_sync(pg_admin(f'CREATE DATABASE "{name}"'))
     yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    run_sync(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_sync(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def _token(env: dict[str, str], role: str, cwd: Path) -> str:

@@ -15,8 +15,9 @@ from fastapi import FastAPI
 from dashboard_api.app import create_app
 from dashboard_api.db.migrate import upgrade_to_head
 from dashboard_api.settings import Settings
-from tests.agents.faults import RedisServer, TcpProxy
-from tests.conftest import Backend, make_token, require_services
+from tests.support.dependencies import OwnRedis, TcpProxy
+from tests.support.env import Backend, require_services
+from tests.support.tokens import make_token
 
 STATUS_KEYS = {
     "status", "version", "started_at", "uptime_seconds", "components", "realtime", "tasks",
@@ -76,7 +77,7 @@ async def test_status_document(
 async def test_status_counts_realtime_subscriptions(
     running: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
-    from tests.agents.conftest import ChannelListener
+    from tests.support.ws import ChannelListener
 
     app, client = running
     user = await make_token(app, role="user", user_id="u")
@@ -97,7 +98,7 @@ async def test_database_down_and_back(pg_via_proxy: tuple[str, str, int]) -> Non
     proxy = TcpProxy(host, port)
     await proxy.start()
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{name}",
         redis_url=None,
         token_cache_seconds=300,
@@ -158,12 +159,12 @@ async def test_database_down_and_back(pg_via_proxy: tuple[str, str, int]) -> Non
 
 async def test_redis_down_and_back(tmp_path: Path) -> None:
     require_services()
-    redis = RedisServer()
+    redis = OwnRedis()
     redis.start()
     url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
     upgrade_to_head(url)
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=url,
         redis_url=redis.url,
         dependency_timeout_seconds=0.5,

@@ -13,8 +13,9 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import Backend, make_token
-from tests.realtime.conftest import serve_app
+from tests.support.env import Backend
+from tests.support.servers import serve_app
+from tests.support.tokens import make_token
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

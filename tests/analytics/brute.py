@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -71,7 +72,7 @@ def nearest_rank(values: Sequence[float], p: float) -> float | None:
 def first_output_seconds(t: Any) -> float | None:
     if t.first_output_at is None or t.started_at is None:
         return None
-    return max(0.0, (t.first_output_at - t.started_at) / timedelta(microseconds=1)) / 1e6
+    return float(max(0.0, (t.first_output_at - t.started_at) / timedelta(microseconds=1)) / 1e6)
 
 
 def summary(tasks: Sequence[Any], start: datetime, end: datetime) -> dict[str, Any]:
@@ -165,3 +166,29 @@ def histogram(
             }
         )
     return out
+
+
+def assert_close(got: Any, want: Any, what: str) -> None:
+    """Exact, or to 1e-9 relative for floats."""
+    if want is None:
+        assert got is None, what
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), what
+    else:
+        assert got == want, what
+
+
+def _assert_percentile(got: Any, want: Any, what: str) -> None:
+    if want is None:
+        assert got is None, what
+    else:
+        assert abs(got - want) <= 0.02 * want + 1e-9, f"{what}: {got} vs {want}"
+
+
+def assert_metrics(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
+    """Every figure as `assert_close`, percentiles within 2 %."""
+    for key, value in want.items():
+        if key.startswith("p50") or key.startswith("p95"):
+            _assert_percentile(got[key], value, f"{what}.{key}")
+        else:
+            assert_close(got[key], value, f"{what}.{key}")

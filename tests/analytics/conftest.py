@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from dashboard_api.app import create_app
 from dashboard_api.settings import Settings
-from tests.tasks.helpers import FakeClock
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from dashboard_api.app import create_app
-from tests.conftest import Backend, make_token
+from tests.support.env import Backend
+from tests.support.tokens import make_token
 
 Headers = Callable[[str], dict[str, str]]
 MILLION = 1_000_000

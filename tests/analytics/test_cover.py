@@ -25,8 +25,8 @@ from dashboard_api.services.analytics.window import cover_window
 # GRAINS, HIST_GRAINS
 from dashboard_api.timeutil import format_ts
 from tests.analytics import brute
-from tests.analytics.test_property import _close, _metrics
-from tests.tasks.helpers import FakeClock
+from tests.analytics.brute import assert_close, assert_metrics
+from tests.support.clock import FakeClock
 
 Headers = Callable[[str], dict[str, str]]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -175,8 +175,9 @@ async def test_edges_read_as_blocks_minus_rows_match_brute_force(
     raw = await brute.load_tasks(app)
     user = auth("user")
     for filters in ({}, {"agent_type": ["reviewer"]}, {"source": ["github", "api"]}):
-        for params in ({"from": START.isoformat()}, {"from": START.isoformat(), "to": NOW}):
-            params = {**params, **filters}
+        windows: tuple[dict[str, Any], ...] = ({"from": START.isoformat()}, {"to": NOW})
+        for window in windows:
+            params: dict[str, Any] = {"from": START.isoformat(), **window, **filters}
             if "to" in params:
                 params["to"] = NOW.isoformat()
             rows = brute.in_window(
@@ -185,7 +186,7 @@ async def test_edges_read_as_blocks_minus_rows_match_brute_force(
             assert rows, "the window holds tasks"
             got = (await client.get("/api/analytics/summary", params=params, headers=user)).json()
             for key, value in brute.summary(rows, START, NOW).items():
-                _close(got[key], value, f"summary.{key}")
+                assert_close(got[key], value, f"summary.{key}")
             for tz, period in (("UTC", "hour"), ("Asia/Kolkata", "hour"), ("UTC", "day")):
                 r = await client.get(
                     "/api/analytics/costs/histogram",
@@ -198,11 +199,11 @@ async def test_edges_read_as_blocks_minus_rows_match_brute_force(
                 assert [b["start"] for b in got_buckets] == [format_ts(b["start"]) for b in want]
                 for g, e in zip(got_buckets, want, strict=True):
                     for key in ("tasks", "completed", "failed", "cost_usd", "input_tokens"):
-                        _close(g[key], e[key], f"histogram {tz} {period}.{key}")
+                        assert_close(g[key], e[key], f"histogram {tz} {period}.{key}")
             got = (
                 await client.get("/api/analytics/performance", params=params, headers=user)
             ).json()
-            _metrics(got["overall"], brute.metrics(rows), "overall")
+            assert_metrics(got["overall"], brute.metrics(rows), "overall")
             for name, groups in (
                 ("agent_type", got["by_agent_type"]),
                 ("source", got["by_source"]),
@@ -213,4 +214,4 @@ async def test_edges_read_as_blocks_minus_rows_match_brute_force(
                 )
                 for g in groups:
                     part = [t for t in rows if (getattr(t, name) or "") == (g[name] or "")]
-                    _metrics(g, brute.metrics(part), f"{name}={g[name]}")
+                    assert_metrics(g, brute.metrics(part), f"{name}={g[name]}")

@@ -28,7 +28,7 @@ from dashboard_api.services.tasks import (
 )
 from dashboard_api.settings import Settings
 from tests.analytics.brute import assert_rollups_equal_a_rebuild
-from tests.conftest import Backend
+from tests.support.env import Backend
 
 Headers = Callable[[str], dict[str, str]]
 

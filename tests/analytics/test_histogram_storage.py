@@ -22,7 +22,7 @@ from dashboard_api.services.analytics.rollups import (
     rollup_rows,
 )
 from dashboard_api.settings import Settings
-from tests.conftest import PG_HOST, PG_PORT, _pg_admin, require_services, run_sync
+from tests.support.env import PG_HOST, PG_PORT, pg_admin, require_services, run_sync
 
 Row = tuple[Any, ...]
 
@@ -110,11 +110,11 @@ def _backend_url(kind: str, tmp_path: Path) -> Iterator[str]:
         return
     require_services()
     name = f"dash_test_mig_{uuid.uuid4().hex[:10]}"
-    run_sync(_pg_admin(f'CREATE DATABASE "{name}"'))
+    run_sync(pg_admin(f'CREATE DATABASE "{name}"'))
     try:
         yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
     finally:
-        run_sync(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_sync(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

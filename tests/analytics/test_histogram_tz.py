@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.tasks.helpers import FakeClock
+from tests.support.clock import FakeClock
 
 Headers = Callable[[str], dict[str, str]]
 

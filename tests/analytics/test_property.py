@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from dashboard_api.services.analytics.window import decompose, split_window
 from dashboard_api.timeutil import format_ts
 from tests.analytics import brute
-from tests.tasks.helpers import FakeClock
+from tests.analytics.brute import assert_close, assert_metrics
+from tests.support.clock import FakeClock
 
 Headers = Callable[[str], dict[str, str]]
 
@@ -68,30 +69,6 @@ window_st = st.fixed_dictionaries(
         "period": st.sampled_from(("hour", "day")),
     }
 )
-
-
-def _close(got: Any, want: Any, what: str) -> None:
-    if want is None:
-        assert got is None, what
-    elif isinstance(want, float):
-        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), what
-    else:
-        assert got == want, what
-
-
-def _pct(got: Any, want: Any, what: str) -> None:
-    if want is None:
-        assert got is None, what
-    else:
-        assert abs(got - want) <= 0.02 * want + 1e-9, f"{what}: {got} vs {want}"
-
-
-def _metrics(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
-    for key, value in want.items():
-        if key.startswith("p50") or key.startswith("p95"):
-            _pct(got[key], value, f"{what}.{key}")
-        else:
-            _close(got[key], value, f"{what}.{key}")
 
 
 async def _apply(
@@ -174,7 +151,7 @@ async def test_figures_match_brute_force(
 
         got = (await client.get("/api/analytics/summary", params=params, headers=user)).json()
         for key, value in brute.summary(rows, start, end).items():
-            _close(got[key], value, f"summary.{key}")
+            assert_close(got[key], value, f"summary.{key}")
 
         r = await client.get(
             "/api/analytics/costs/histogram",
@@ -194,10 +171,10 @@ async def test_figures_match_brute_force(
                 "input_tokens",
                 "output_tokens",
             ):
-                _close(g[key], e[key], f"histogram.{key}")
+                assert_close(g[key], e[key], f"histogram.{key}")
 
         got = (await client.get("/api/analytics/performance", params=params, headers=user)).json()
-        _metrics(got["overall"], brute.metrics(rows), "overall")
+        assert_metrics(got["overall"], brute.metrics(rows), "overall")
         for name, groups in (
             ("agent_type", got["by_agent_type"]),
             ("source", got["by_source"]),
@@ -207,7 +184,7 @@ async def test_figures_match_brute_force(
             assert [g[name] or "" for g in groups] == keys, name
             for g in groups:
                 part = [t for t in rows if (getattr(t, name) or "") == (g[name] or "")]
-                _metrics(g, brute.metrics(part), f"{name}={g[name]}")
+                assert_metrics(g, brute.metrics(part), f"{name}={g[name]}")
 
     await brute.assert_rollups_equal_a_rebuild(app)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -11,29 +11,17 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from dashboard_api.app import create_app
-from tests.conftest import Backend
-
-
-class ManualClock:
-    """Time stands still until `advance`, so that tests can make ties on purpose."""
-
-    def __init__(self) -> None:
-        self.current = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, ms: int) -> None:
-        self.current += timedelta(milliseconds=ms)
+from tests.support.clock import FakeClock
+from tests.support.env import Backend
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC))
 
 
 @pytest.fixture
-async def clocked_app(backend: Backend, clock: ManualClock) -> AsyncIterator[FastAPI]:
+async def clocked_app(backend: Backend, clock: FakeClock) -> AsyncIterator[FastAPI]:
     app = create_app(backend.settings(), clock=clock)
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
         yield app

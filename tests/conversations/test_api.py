@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 
-from tests.conversations.helpers import Auth, messages, new_conversation, post, register
+from tests.support.conversations import messages, new_conversation, post, register
+from tests.support.tokens import Headers
 
 
-async def test_create_get_patch_list_delete(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_create_get_patch_list_delete(client: httpx.AsyncClient, auth: Headers) -> None:
     conv = await new_conversation(client, auth)
     assert conv["title"] == "New conversation"
     assert conv["user_id"] == "alice"
@@ -42,7 +44,9 @@ async def test_create_get_patch_list_delete(client: httpx.AsyncClient, auth: Aut
     assert r.headers["content-type"].startswith("application/problem+json")
 
 
-async def test_title_search_and_agent_type_default(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_title_search_and_agent_type_default(
+    client: httpx.AsyncClient, auth: Headers
+) -> None:
     a = await new_conversation(client, auth, title="Fix 100% of the Bugs", agent_type="coder")
     await new_conversation(client, auth, title="Write docs")
     r = await client.get("/api/conversations", params={"q": "100%"}, headers=auth("user"))
@@ -70,7 +74,7 @@ async def test_title_search_and_agent_type_default(client: httpx.AsyncClient, au
     assert task["agent_type"] == "general"
 
 
-async def test_updated_at_moves_with_messages(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_updated_at_moves_with_messages(client: httpx.AsyncClient, auth: Headers) -> None:
     first = await new_conversation(client, auth, title="first")
     second = await new_conversation(client, auth, title="second")
     order = (await client.get("/api/conversations", headers=auth("user"))).json()["items"]
@@ -85,7 +89,7 @@ async def test_updated_at_moves_with_messages(client: httpx.AsyncClient, auth: A
     assert second["updated_at"] <= order[0]["updated_at"]
 
 
-async def test_isolation_every_endpoint(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_isolation_every_endpoint(client: httpx.AsyncClient, auth: Headers) -> None:
     mine = await new_conversation(client, auth, title="alice's")
     cid = mine["conversation_id"]
     r = await post(client, auth, cid, content="secret", create_task=False)
@@ -137,7 +141,7 @@ async def test_isolation_every_endpoint(client: httpx.AsyncClient, auth: Auth) -
     assert r.json()["total"] == 1
 
 
-async def test_roles(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_roles(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     for role in ("assistant", "system"):
         r = await post(client, auth, cid, content="I am the bot", role=role)
@@ -150,7 +154,7 @@ async def test_roles(client: httpx.AsyncClient, auth: Auth) -> None:
     assert r.json()["task_id"] is None
 
 
-async def test_agent_roles_and_access(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_agent_roles_and_access(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     hdr = auth("agent")
     url = f"/api/conversations/{cid}/messages"
@@ -191,7 +195,7 @@ BAD_MESSAGES: list[dict[str, object]] = [
 ]
 
 
-async def test_message_validation(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_message_validation(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     for body in BAD_MESSAGES:
         r = await client.post(f"/api/conversations/{cid}/messages", json=body, headers=auth("user"))
@@ -201,7 +205,7 @@ async def test_message_validation(client: httpx.AsyncClient, auth: Auth) -> None
     assert (await client.get("/api/tasks", headers=auth("user"))).json()["total"] == 0
 
 
-async def test_message_limits_accept_edges(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_message_limits_accept_edges(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     for content in ("x", "é" * 100_000):
         r = await post(client, auth, cid, content=content, create_task=False)
@@ -219,7 +223,7 @@ BAD_CONVERSATIONS: list[dict[str, object]] = [
 ]
 
 
-async def test_conversation_validation(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_conversation_validation(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth, title="t" * 500))["conversation_id"]
     for body in BAD_CONVERSATIONS:
         r = await client.post("/api/conversations", json=body, headers=auth("user"))
@@ -235,7 +239,7 @@ async def test_conversation_validation(client: httpx.AsyncClient, auth: Auth) ->
     assert listed["items"][0]["title"] == "t" * 500
 
 
-async def test_unknowns(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_unknowns(client: httpx.AsyncClient, auth: Headers) -> None:
     for method, url, body in [
         ("GET", "/api/conversations/nope", None),
         ("PATCH", "/api/conversations/nope", {"title": "x"}),
@@ -255,7 +259,12 @@ async def test_unknowns(client: httpx.AsyncClient, auth: Auth) -> None:
         f"/api/conversations/{cid}/tasks", json={"task_id": "bad id!"}, headers=auth("user")
     )
     assert r.status_code == 422
-    for params in ({"page": 1, "cursor": "x"}, {"cursor": "garbage!"}, {"per_page": 0}):
+    bad_pages: tuple[dict[str, Any], ...] = (
+        {"page": 1, "cursor": "x"},
+        {"cursor": "garbage!"},
+        {"per_page": 0},
+    )
+    for params in bad_pages:
         r = await client.get("/api/conversations", params=params, headers=auth("user"))
         assert r.status_code == 422, params
         r = await client.get(
@@ -266,7 +275,7 @@ async def test_unknowns(client: httpx.AsyncClient, auth: Auth) -> None:
     assert r.status_code == 422
 
 
-async def test_unstorable_text_is_422(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_unstorable_text_is_422(client: httpx.AsyncClient, auth: Headers) -> None:
     """PostgreSQL cannot store NUL or lone surrogates: refused on both backends, never 5xx."""
     cid = (await new_conversation(client, auth))["conversation_id"]
     hdr = {**auth("user"), "Content-Type": "application/json"}
@@ -280,7 +289,8 @@ async def test_unstorable_text_is_422(client: httpx.AsyncClient, auth: Auth) -> 
             f"/api/conversations/{cid}/messages", content=json.dumps(body), headers=hdr
         )
         assert r.status_code == 422, (body, r.text)
-    for body in ({"title": "a\x00"}, {"metadata": {"x": "\ud800"}}):
+    unstorable: tuple[dict[str, Any], ...] = ({"title": "a\x00"}, {"metadata": {"x": "\ud800"}})
+    for body in unstorable:
         r = await client.post("/api/conversations", content=json.dumps(body), headers=hdr)
         assert r.status_code == 422, (body, r.text)
         r = await client.patch(f"/api/conversations/{cid}", content=json.dumps(body), headers=hdr)

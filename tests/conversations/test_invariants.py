@@ -8,17 +8,20 @@ from typing import Any
 
 import httpx
 
-from tests.conversations.helpers import Auth, messages, new_conversation, patch_task, post
+from tests.support.conversations import messages, new_conversation, patch_task, post
+from tests.support.tokens import Headers
 
 
-async def _all_tasks(client: httpx.AsyncClient, auth: Auth) -> list[dict[str, Any]]:
+async def _all_tasks(client: httpx.AsyncClient, auth: Headers) -> list[dict[str, Any]]:
     """Every task's summary (it carries status, cost, conversation and parent)."""
     r = await client.get("/api/tasks", params={"per_page": 200}, headers=auth("admin"))
     assert r.json()["total"] <= 200
     return list(r.json()["items"])
 
 
-async def test_concurrent_burst_keeps_totals_exact(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_concurrent_burst_keeps_totals_exact(
+    client: httpx.AsyncClient, auth: Headers
+) -> None:
     rng = random.Random(7)
     convs = [(await new_conversation(client, auth))["conversation_id"] for _ in range(3)]
     roots: list[str] = []
@@ -92,30 +95,30 @@ async def test_concurrent_burst_keeps_totals_exact(client: httpx.AsyncClient, au
         assert (
             await patch_task(client, auth, t["task_id"], cost_usd=0.01 * len(t["task_id"]))
         ).status_code == 200
-    tasks = {t["task_id"]: t for t in await _all_tasks(client, auth)}
+    by_id = {t["task_id"]: t for t in await _all_tasks(client, auth)}
 
     assert (
         await client.get(f"/api/conversations/{convs[0]}", headers=auth("user"))
     ).status_code == 404
-    assert all(t["conversation_id"] != convs[0] for t in tasks.values())
+    assert all(t["conversation_id"] != convs[0] for t in by_id.values())
     for cid in convs[1:]:
         conv = (await client.get(f"/api/conversations/{cid}", headers=auth("user"))).json()
-        direct = {tid for tid, t in tasks.items() if t["conversation_id"] == cid}
+        direct = {tid for tid, t in by_id.items() if t["conversation_id"] == cid}
         counted = set(direct)
-        for tid, t in tasks.items():  # descendants by parent_task_id
+        for tid, t in by_id.items():  # descendants by parent_task_id
             parent = t["parent_task_id"]
             while parent is not None and parent not in counted:
-                parent = tasks[parent]["parent_task_id"] if parent in tasks else None
+                parent = by_id[parent]["parent_task_id"] if parent in tasks else None
             if parent is not None:
                 counted.add(tid)
         assert conv["task_count"] == len(counted)
-        expected_micros = sum(round(tasks[tid]["cost_usd"] * 1_000_000) for tid in counted)
+        expected_micros = sum(round(by_id[tid]["cost_usd"] * 1_000_000) for tid in counted)
         assert round(conv["total_cost_usd"] * 1_000_000) == expected_micros
         items = await messages(client, auth, cid)
         assert conv["message_count"] == len(items)
         replies = [m["task_id"] for m in items if m["metadata"].get("kind") == "task_reply"]
         assert len(replies) == len(set(replies))
         ended = {
-            tid for tid in direct if tasks[tid]["status"] in ("completed", "failed", "cancelled")
+            tid for tid in direct if by_id[tid]["status"] in ("completed", "failed", "cancelled")
         }
         assert set(replies) == ended

@@ -10,8 +10,8 @@ from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import make_token
-from tests.conversations.conftest import ManualClock
+from tests.support.clock import FakeClock
+from tests.support.tokens import make_token
 
 
 async def walk(
@@ -71,7 +71,7 @@ async def walk(
 async def test_conversation_walks(
     clocked_app: FastAPI,
     clocked_client: httpx.AsyncClient,
-    clock: ManualClock,
+    clock: FakeClock,
     plan: list[tuple[str, int, int]],
     per_page: int,
     needle: str | None,
@@ -82,7 +82,7 @@ async def test_conversation_walks(
     }
     model: dict[str, dict[str, Any]] = {}
     for action, ms, pick in plan:
-        clock.advance(ms)
+        clock.advance(ms=ms)
         if action == "create" or not model:
             title = ["alpha", "Beta", "gamma", "zz top"][len(model) % 4]
             r = await clocked_client.post(
@@ -142,7 +142,7 @@ async def test_conversation_walks(
 async def test_message_walks(
     clocked_app: FastAPI,
     clocked_client: httpx.AsyncClient,
-    clock: ManualClock,
+    clock: FakeClock,
     gaps: list[int],
     per_page: int,
 ) -> None:
@@ -154,7 +154,7 @@ async def test_message_walks(
     cid = r.json()["conversation_id"]
     posted: list[tuple[Any, str]] = []
     for i, gap in enumerate(gaps):
-        clock.advance(gap)
+        clock.advance(ms=gap)
         r = await clocked_client.post(
             f"/api/conversations/{cid}/messages",
             json={"content": f"m{i}", "create_task": i % 5 == 0},

@@ -8,9 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Backend
-from tests.conversations.helpers import (
-    Auth,
+from tests.support.conversations import (
     get_conv,
     messages,
     new_conversation,
@@ -18,9 +16,11 @@ from tests.conversations.helpers import (
     post,
     register,
 )
+from tests.support.env import Backend
+from tests.support.tokens import Headers
 
 
-async def test_chat_round_trip(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_chat_round_trip(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth, agent_type="coder"))["conversation_id"]
     r = await post(client, auth, cid, content="Please fix the flaky test")
     assert r.status_code == 201, r.text
@@ -79,7 +79,7 @@ REPLIES: list[tuple[list[str], dict[str, Any], str, str]] = [
 ]
 
 
-async def test_reply_kinds(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_reply_kinds(client: httpx.AsyncClient, auth: Headers) -> None:
     for moves, body, role, content in REPLIES:
         cid = (await new_conversation(client, auth))["conversation_id"]
         task_id = (await post(client, auth, cid, content="do it")).json()["task_id"]
@@ -92,7 +92,7 @@ async def test_reply_kinds(client: httpx.AsyncClient, auth: Auth) -> None:
         assert items[1]["metadata"] == {"kind": "task_reply", "task_status": moves[-1]}
 
 
-async def test_user_cancel_replies_once(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_user_cancel_replies_once(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     task_id = (await post(client, auth, cid, content="do it")).json()["task_id"]
     r = await client.post(f"/api/tasks/{task_id}/cancel", headers=auth("user"))
@@ -106,7 +106,7 @@ async def test_user_cancel_replies_once(client: httpx.AsyncClient, auth: Auth) -
 
 
 async def test_concurrent_terminal_updates_reply_once(
-    client: httpx.AsyncClient, auth: Auth, backend: Backend
+    client: httpx.AsyncClient, auth: Headers, backend: Backend
 ) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     ids = []
@@ -131,7 +131,7 @@ async def test_concurrent_terminal_updates_reply_once(
     assert conv["task_count"] == 3
 
 
-async def test_concurrent_mixed_terminal_updates(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_concurrent_mixed_terminal_updates(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     task_id = (await post(client, auth, cid, content="race")).json()["task_id"]
     assert (await patch_task(client, auth, task_id, status="running")).status_code == 200
@@ -148,7 +148,7 @@ async def test_concurrent_mixed_terminal_updates(client: httpx.AsyncClient, auth
     assert items[1]["metadata"]["task_status"] == final
 
 
-async def test_children_and_late_costs(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_children_and_late_costs(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     root = (await post(client, auth, cid, content="plan")).json()["task_id"]
     await register(client, auth, "child-1", parent_task_id=root)
@@ -182,7 +182,7 @@ async def test_children_and_late_costs(client: httpx.AsyncClient, auth: Auth) ->
 
 
 async def test_output_of_linked_and_child_tasks(
-    backend: Backend, client: httpx.AsyncClient, auth: Auth
+    backend: Backend, client: httpx.AsyncClient, auth: Headers
 ) -> None:
     """Appends to a conversation's tasks (linked, or counted as a descendant) keep the
     conversation's figures; on PostgreSQL a descendant, which looks plain from its own
@@ -213,7 +213,7 @@ async def test_output_of_linked_and_child_tasks(
         assert tasks_service._ALONE.get("out-plain") is True
 
 
-async def test_computed_costs_follow_tokens(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_computed_costs_follow_tokens(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     root = (await post(client, auth, cid, content="x")).json()["task_id"]
     r = await patch_task(client, auth, root, model="claude-sonnet-4", input_tokens=1_000_000)
@@ -228,7 +228,7 @@ async def test_computed_costs_follow_tokens(client: httpx.AsyncClient, auth: Aut
     assert [t["task_id"] for t in tasks["items"]] == [root]
 
 
-async def test_link_existing_tasks(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_link_existing_tasks(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     await register(client, auth, "ext")
     await register(client, auth, "ext-child", parent_task_id="ext")
@@ -272,7 +272,7 @@ async def test_link_existing_tasks(client: httpx.AsyncClient, auth: Auth) -> Non
     assert (await get_conv(client, auth, second))["message_count"] == 1
 
 
-async def test_registered_with_conversation_id(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_registered_with_conversation_id(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     await register(client, auth, "producer-task", conversation_id=cid, status="running")
     await register(client, auth, "dangling", conversation_id="not-a-conversation")
@@ -284,7 +284,7 @@ async def test_registered_with_conversation_id(client: httpx.AsyncClient, auth: 
     assert [m["content"] for m in items] == ["from producer"]
 
 
-async def test_delete_unlinks_tasks(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_delete_unlinks_tasks(client: httpx.AsyncClient, auth: Headers) -> None:
     cid = (await new_conversation(client, auth))["conversation_id"]
     task_id = (await post(client, auth, cid, content="x")).json()["task_id"]
     await register(client, auth, "kid", parent_task_id=task_id)
@@ -308,7 +308,7 @@ async def test_delete_unlinks_tasks(client: httpx.AsyncClient, auth: Auth) -> No
     assert (conv["task_count"], conv["message_count"]) == (2, 1)
 
 
-async def test_delete_racing_task_writes(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_delete_racing_task_writes(client: httpx.AsyncClient, auth: Headers) -> None:
     """Deleting while linked tasks end, children register and messages arrive: no 5xx."""
     cid = (await new_conversation(client, auth))["conversation_id"]
     ids = [(await post(client, auth, cid, content=f"j{i}")).json()["task_id"] for i in range(4)]
@@ -344,7 +344,9 @@ async def test_delete_racing_task_writes(client: httpx.AsyncClient, auth: Auth) 
     assert all(t["conversation_id"] is None for t in tasks["items"])
 
 
-async def test_appends_racing_a_delete_leave_no_link(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_appends_racing_a_delete_leave_no_link(
+    client: httpx.AsyncClient, auth: Headers
+) -> None:
     """Output appended to linked tasks while their conversation is deleted: a linked
     task's appends take the transaction with the hooks (which unlink a task the delete
     had to skip), so none is left pointing at the deleted conversation."""
@@ -378,13 +380,13 @@ async def test_appends_racing_a_delete_leave_no_link(client: httpx.AsyncClient, 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # the ingress needs Redis
 async def test_terminal_update_through_redis_ingress(
-    app: Any, client: httpx.AsyncClient, auth: Auth, backend: Backend
+    app: Any, client: httpx.AsyncClient, auth: Headers, backend: Backend
 ) -> None:
     """API.md §11: a status published to Redis (twice) answers the conversation once."""
     import orjson
     import redis.asyncio as aioredis
 
-    from tests.conftest import REDIS_URL
+    from tests.support.env import REDIS_URL
 
     cid = (await new_conversation(client, auth))["conversation_id"]
     task_id = (await post(client, auth, cid, content="via redis")).json()["task_id"]

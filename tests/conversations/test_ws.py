@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.realtime.conftest import LiveServer, live, recv_json, recv_until, send_json, serve
-
-__all__ = ["live", "serve"]  # fixtures used below
+from tests.support.servers import LiveServer
+from tests.support.ws import recv_json, recv_until, send_json
 
 
 async def _subscribe(ws: Any, name: str) -> dict[str, Any]:

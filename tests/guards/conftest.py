@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from dashboard_api.app import create_app
 from dashboard_api.settings import Settings
-from tests.conftest import Backend
+from tests.support.env import Backend
 
 QUIET_JOBS: dict[str, Any] = {
     "budgets_evaluate_interval_seconds": 0,

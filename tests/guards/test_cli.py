@@ -11,9 +11,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import Backend
 from tests.guards.helpers import put_budget, register, set_cost
 from tests.guards.receiver import running_receiver
+from tests.support.env import Backend
 
 pytestmark = pytest.mark.slow
 Auth = Callable[[str], dict[str, str]]

@@ -15,8 +15,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from dashboard_api.app import create_app
-from tests.conftest import Backend, make_token
 from tests.guards.conftest import QUIET_JOBS
+from tests.support.env import Backend
+from tests.support.tokens import make_token
 
 pytestmark = pytest.mark.slow
 

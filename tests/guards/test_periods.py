@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from dashboard_api.app import create_app
 from dashboard_api.services.budgets.periods import period_bounds
-from tests.conftest import Backend, make_token
 from tests.guards.conftest import QUIET_JOBS
+from tests.support.env import Backend
+from tests.support.tokens import make_token
 
 PARIS = ZoneInfo("Europe/Paris")
 US = timedelta(microseconds=1)

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.agents.faults import free_port
 from tests.guards.receiver import running_receiver
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def _kill(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 async def _all_attempts(client: httpx.AsyncClient, admin: dict[str, str]) -> list[dict[str, Any]]:
     r = await client.get("/api/alerts", params={"per_page": 200}, headers=admin)
-    out = []
+    out: list[dict[str, Any]] = []
     for alert in r.json()["items"]:
         d = await client.get(f"/api/alerts/{alert['alert_id']}/deliveries", headers=admin)
         out.extend({**t, "alert_id": alert["alert_id"]} for t in d.json()["items"])

@@ -19,7 +19,8 @@ from websockets.exceptions import ConnectionClosed
 
 from dashboard_api import auth as auth_module
 from dashboard_api.app import create_app
-from tests.conftest import Backend, Tokens, make_token
+from tests.support.env import Backend
+from tests.support.tokens import Tokens, make_token
 
 Headers = Callable[[str], dict[str, str]]
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -135,7 +136,7 @@ async def test_redis_rate_limit_is_shared_by_replicas(backend: Backend) -> None:
 
 
 async def test_websocket_connections_per_token_are_limited(backend: Backend) -> None:
-    from tests.realtime.conftest import serve_app
+    from tests.support.servers import serve_app
 
     settings = backend.settings(ws_max_connections_per_token=2)
     async with serve_app(settings) as (app, port):
@@ -194,7 +195,7 @@ async def test_tokens_are_stored_hashed_and_compared_in_constant_time(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(auth_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # the module auth compares tokens with
     app.state.ctx.tokens.clear()
     r = await client.get("/api/tasks", headers=tokens.headers("user"))
     assert r.status_code == 200

@@ -19,9 +19,9 @@ import httpx
 from fastapi import FastAPI
 
 from tests.analytics import brute
-from tests.conftest import Backend
 from tests.hardening.analytics_audit import Window, compare
-from tests.hardening.conftest import FIGURE_LINES
+from tests.support.env import Backend
+from tests.support.figures import FIGURE_LINES
 
 Auth = Callable[[str], dict[str, str]]
 

@@ -26,14 +26,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from dashboard_api.client import DashboardClient
 from dashboard_api.db.migrate import upgrade_to_head
-from tests.hardening.conftest import (
-    FIGURE_LINES,
-    OwnPostgres,
-    OwnRedis,
-    UvicornProcess,
-    base_env,
-    create_tokens,
-)
+from tests.support.dependencies import OwnPostgres, OwnRedis
+from tests.support.figures import FIGURE_LINES
+from tests.support.servers import UvicornProcess, base_env
+from tests.support.tokens import create_tokens
 
 # One PostgreSQL cluster and redis-server for the module: its tests stay on one xdist worker.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hardening-faults")]

@@ -13,7 +13,8 @@ import httpx
 import websockets
 
 from dashboard_api.db.migrate import upgrade_to_head
-from tests.hardening.conftest import create_tokens, free_port
+from tests.support.servers import free_port
+from tests.support.tokens import create_tokens
 
 
 def test_query_string_and_header_tokens_are_redacted_from_access_logs(tmp_path: Path) -> None:

@@ -45,15 +45,15 @@ from dashboard_api.app import create_app
 from dashboard_api.db.engine import Database
 from dashboard_api.services.tokens import create_token
 from dashboard_api.timeutil import SystemClock
-from tests.conftest import (
+from tests.support.env import (
     REDIS_URL,
     Backend,
-    _flush_redis_prefix,
-    _truncate,
+    flush_redis_prefix,
     require_services,
     run_sync,
+    truncate,
 )
-from tests.hardening.conftest import FIGURE_LINES
+from tests.support.figures import FIGURE_LINES
 
 # One app per backend for the module (and one figure line each): one xdist worker.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hardening-schema-fuzz")]
@@ -112,7 +112,7 @@ async def _tokens(url: str) -> dict[str, str]:
 
 
 def _seed(app: FastAPI, tokens: dict[str, str]) -> str | None:
-    client = st_asgi.get_client(app)
+    client = st_asgi.get_client(app)  # type: ignore[arg-type]  # any ASGI app
     agent = {"Authorization": f"Bearer {tokens['agent']}"}
     for task_id, status in zip(KNOWN_TASKS, ("queued", "running", "running"), strict=True):
         r = client.post(
@@ -177,9 +177,9 @@ class Targets:
             return Backend("sqlite", f"sqlite+aiosqlite:///{path}", None, "fuzz:")
         require_services()
         url = self.request.getfixturevalue("pg_url")
-        run_sync(_truncate(url))
+        run_sync(truncate(url))
         prefix = f"dashfuzz:{uuid.uuid4().hex[:12]}:"
-        self.cleanups.append(lambda: run_sync(_flush_redis_prefix(prefix)))
+        self.cleanups.append(lambda: run_sync(flush_redis_prefix(prefix)))
         return Backend("postgres", url, REDIS_URL, prefix)
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import event
 from sqlalchemy.engine.interfaces import CacheStats
 from sqlalchemy.sql.compiler import DDLCompiler
 
-from tests.tasks.test_output import Headers
+from tests.support.tokens import Headers
 
 
 async def _round(client: httpx.AsyncClient, auth: Headers, k: int) -> None:

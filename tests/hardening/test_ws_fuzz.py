@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
 from dashboard_api.settings import Settings
-from tests.conftest import Backend
-from tests.hardening.conftest import create_tokens, threaded_server
+from tests.support.env import Backend
+from tests.support.servers import threaded_server
+from tests.support.tokens import create_tokens
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
 MAX_MESSAGE_BYTES = Settings.model_fields["ws_max_message_bytes"].default

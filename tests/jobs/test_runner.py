@@ -23,7 +23,7 @@ from dashboard_api.app import create_app
 from dashboard_api.db.engine import Database
 from dashboard_api.jobs import Job, JobRunner, leadership_for
 from dashboard_api.jobs.leadership import lock_key
-from tests.conftest import Backend
+from tests.support.env import Backend
 
 EVERY = 0.02
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from dashboard_api.services.task_export import EXPORT_FIELDS
 from dashboard_api.settings import Settings
-from tests.conftest import Backend
-from tests.tasks.helpers import Row, clear_tasks, load_rows
+from tests.support.env import Backend
+from tests.support.tasks import Row, clear_tasks, load_rows
 from tests.tasks.test_list import SORTS, datasets, queries, reference, wire
 
 Headers = Callable[[str], dict[str, str]]

@@ -14,9 +14,10 @@ from sqlalchemy import insert, text
 
 from dashboard_api.db.models import Task
 from dashboard_api.observability.setup import metrics_of
-from tests.conftest import Backend, make_token
-from tests.realtime.conftest import serve_app
-from tests.tasks.helpers import T0
+from tests.support.clock import T0
+from tests.support.env import Backend
+from tests.support.servers import serve_app
+from tests.support.tokens import make_token
 
 ROWS = 20_000
 BATCH = 100

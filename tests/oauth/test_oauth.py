@@ -14,25 +14,17 @@ from fastapi import FastAPI
 
 from dashboard_api.app import create_app
 from dashboard_api.timeutil import format_ts
-from tests.conftest import Backend, make_token
+from tests.support.clock import FakeClock
+from tests.support.env import Backend
+from tests.support.tokens import make_token
 
 T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
-
-
-class FixedClock:
-    """A clock that stands still until moved."""
-
-    def __init__(self, now: datetime) -> None:
-        self.current = now
-
-    def now(self) -> datetime:
-        return self.current
 
 
 @dataclass
 class Env:
     client: httpx.AsyncClient
-    clock: FixedClock
+    clock: FakeClock
     app: FastAPI
     admin: dict[str, str]
     user: dict[str, str]
@@ -41,7 +33,7 @@ class Env:
 
 @pytest.fixture
 async def env(backend: Backend) -> AsyncIterator[Env]:
-    clock = FixedClock(T0)
+    clock = FakeClock(T0)
     settings = backend.settings(
         github_client_id="gh-id",
         github_client_secret="gh-client-secret",
@@ -86,7 +78,7 @@ async def test_upsert_then_update_then_delete(env: Env) -> None:
     assert first["missing_scopes"] == ["read:org"]
     assert "token" not in first
 
-    env.clock.current = T0 + timedelta(hours=1)
+    env.clock.at = T0 + timedelta(hours=1)
     body = {
         **body,
         "scopes": ["repo", "read:org", "repo"],
@@ -193,9 +185,9 @@ async def test_token_status_follows_the_clock(env: Env) -> None:
         return str(r.json()["installations"][0]["token_status"])
 
     assert await status() == "valid"
-    env.clock.current = T0 + timedelta(days=1, seconds=1)
+    env.clock.at = T0 + timedelta(days=1, seconds=1)
     assert await status() == "expiring_soon"
-    env.clock.current = T0 + timedelta(days=8)
+    env.clock.at = T0 + timedelta(days=8)
     assert await status() == "expired"
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 from sqlalchemy import func, select
 
 from dashboard_api.db.models import OtlpSpan
@@ -58,7 +58,7 @@ def invocations(draw: st.DrawFn) -> list[Span]:
                 start_time_unix_nano=start,
                 end_time_unix_nano=start + 3 * 10**9,
                 attributes=attributes,
-                status={"code": draw(st.sampled_from([0, 1, 2]))},
+                status=Status(code=draw(st.sampled_from(list(Status.StatusCode.values())))),
             )
         )
     return spans

@@ -13,7 +13,8 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.otlp.helpers import agent_run, exporter, recorder, root_of, task_id_of
-from tests.realtime.conftest import LiveServer, recv_until, send_json
+from tests.support.servers import LiveServer
+from tests.support.ws import recv_until, send_json
 
 # Prices (settings' defaults): claude-sonnet-4 is $3 in / $15 out per million tokens. The
 # task's model is the first chat's, and the computed cost prices all its tokens by it.

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from dashboard_api.app import create_app
-from tests.conftest import make_token
 from tests.otlp.helpers import (
     PROTOBUF,
     agent_run,
@@ -28,6 +27,7 @@ from tests.otlp.helpers import (
     root_of,
     task_id_of,
 )
+from tests.support.tokens import make_token
 
 JSON = "application/json"
 Auth = Callable[[str], dict[str, str]]

@@ -21,7 +21,7 @@ from dashboard_api.realtime.events import OutEvent, dumps
 from dashboard_api.realtime.hub import Hub
 from dashboard_api.realtime.sinks import QueueSink
 from dashboard_api.realtime.subscriptions import TaskSubscription
-from tests.realtime.test_hub import FakeHistory
+from tests.support.ws import FakeHistory
 
 
 def _frames(data: bytes) -> list[dict[str, Any]]:

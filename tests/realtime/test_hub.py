@@ -11,30 +11,7 @@ from dashboard_api.realtime.history import TaskState
 from dashboard_api.realtime.hub import Hub
 from dashboard_api.realtime.sinks import QueueSink
 from dashboard_api.realtime.subscriptions import TaskSubscription
-
-
-class FakeHistory:
-    def __init__(self) -> None:
-        self.chunks: list[dict[str, Any]] = []
-        self.status = "running"
-        self.reads = 0
-        self.read_delay = 0.0
-
-    def add(self, seq: int) -> dict[str, Any]:
-        chunk = {"seq": seq, "stream": "stdout", "content": f"c{seq}", "created_at": "x"}
-        self.chunks.append(chunk)
-        return chunk
-
-    async def task_state(self, task_id: str) -> TaskState:
-        n = len(self.chunks)
-        event = {"type": "task_status", "task_id": task_id, "status": self.status}
-        event |= {"output_seq": n, "updated_at": "2026-01-01T00:00:00.000Z"}
-        return TaskState(task_id, self.status, n, event)
-
-    async def chunks_after(self, task_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
-        self.reads += 1
-        await asyncio.sleep(self.read_delay)
-        return [c for c in self.chunks if c["seq"] > after_seq][:limit]
+from tests.support.ws import FakeHistory
 
 
 async def _publish(broker: MemoryBroker, chunk: dict[str, Any]) -> None:

@@ -26,8 +26,9 @@ from dashboard_api.realtime.broker import BrokerUnavailable
 from dashboard_api.services.tokens import create_token
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import SystemClock
-from tests.conftest import REDIS_URL, _flush_redis_prefix, _truncate, require_services
-from tests.realtime.conftest import free_port, recv_json, send_json, serve_app
+from tests.support.env import REDIS_URL, flush_redis_prefix, require_services, truncate
+from tests.support.servers import free_port, serve_app
+from tests.support.ws import recv_json, send_json
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 async def pg(pg_url: str) -> str:
     require_services()
-    await _truncate(pg_url)
+    await truncate(pg_url)
     return pg_url
 
 
@@ -48,7 +49,7 @@ async def _tokens(url: str) -> dict[str, str]:
                 token, _ = await create_token(
                     session,
                     user_id=f"{role}-1",
-                    role=role,  # type: ignore[arg-type]
+                    role=role,
                     now=SystemClock().now(),
                 )
                 out[role] = token
@@ -250,7 +251,7 @@ async def test_two_replicas_share_events_and_ingress_stores_once(pg: str) -> Non
             assert _metric(lead, 'dashboard_ingress_messages_total{outcome="skipped"}') >= 4
     finally:
         await redis.aclose()
-        await _flush_redis_prefix(prefix)
+        await flush_redis_prefix(prefix)
 
 
 @pytest.fixture
@@ -315,7 +316,7 @@ async def test_redis_restart_mid_stream_recovers_without_loss(
 ) -> None:
     port, control = own_redis
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=pg,
         redis_url=f"redis://127.0.0.1:{port}/0",
         token_cache_seconds=0,
@@ -392,7 +393,7 @@ async def test_redis_restart_mid_stream_recovers_without_loss(
 async def test_one_upstream_subscription_per_channel(pg: str) -> None:
     prefix = f"dashtest:{uuid.uuid4().hex[:12]}:"
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=pg,
         redis_url=REDIS_URL,
         redis_prefix=prefix,
@@ -425,7 +426,7 @@ async def test_one_upstream_subscription_per_channel(pg: str) -> None:
                 assert await numsub() == 0
     finally:
         await redis.aclose()
-        await _flush_redis_prefix(prefix)
+        await flush_redis_prefix(prefix)
 
 
 @pytest.mark.parametrize("stop", ["kill", "terminate"])
@@ -500,7 +501,7 @@ async def test_ingress_leader_change_stores_every_message_exactly_once(pg: str, 
                 assert contents == [f"m{i}" for i in range(n)]
     finally:
         await redis.aclose()
-        await _flush_redis_prefix(prefix)
+        await flush_redis_prefix(prefix)
 
 
 async def test_a_replica_that_just_started_does_not_take_over_the_ingress(pg: str) -> None:
@@ -620,7 +621,7 @@ async def test_a_replica_that_just_started_does_not_take_over_the_ingress(pg: st
             proc_a.kill()
     finally:
         await redis.aclose()
-        await _flush_redis_prefix(prefix)
+        await flush_redis_prefix(prefix)
 
 
 async def test_an_ingress_prefix_keeps_deployments_on_one_redis_apart(pg: str) -> None:
@@ -629,7 +630,7 @@ async def test_an_ingress_prefix_keeps_deployments_on_one_redis_apart(pg: str) -
     tokens = await _tokens(pg)
     agent = {"Authorization": f"Bearer {tokens['agent']}"}
     deployment = f"acme-{uuid.uuid4().hex[:8]}:"
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None,
         database_url=pg,
         redis_url=REDIS_URL,
@@ -675,4 +676,4 @@ async def test_an_ingress_prefix_keeps_deployments_on_one_redis_apart(pg: str) -
             assert [c for c in await chunks() if c != "probe"] == ["ours"]
     finally:
         await redis.aclose()
-        await _flush_redis_prefix(settings.redis_prefix)
+        await flush_redis_prefix(settings.redis_prefix)

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
 from dashboard_api.client import DashboardClient
-from tests.realtime.conftest import LiveServer, recv_json, send_json
+from tests.support.servers import LiveServer
+from tests.support.ws import recv_json, send_json
 
 _ids = itertools.count()
 

@@ -17,7 +17,8 @@ import pytest
 import uvicorn
 
 from dashboard_api.realtime.ws import Connection
-from tests.realtime.conftest import LiveServer, ServeFactory, recv_json, recv_until, send_json
+from tests.support.servers import LiveServer, ServeFactory
+from tests.support.ws import recv_json, recv_until, send_json
 
 FAST = "websockets-sansio"
 FALLBACK = "websockets"  # uvicorn's other WebSocket protocol: ASGI sends only

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
-from tests.realtime.conftest import LiveServer, ServeFactory, recv_json, recv_until, send_json
+from tests.support.servers import LiveServer, ServeFactory
+from tests.support.ws import recv_json, recv_until, send_json
 
 
 async def _closed_code(ws: Any) -> int | None:
@@ -43,17 +45,21 @@ async def test_subprotocol_bearer_auth_keeps_the_token_out_of_the_url(live: Live
     """What a browser can send: the subprotocols `bearer, <token>`; the answer selects
     `bearer` (the token is never echoed), and a bad token still closes with 4401."""
     await live.create_task("t-sub")
-    async with websockets.connect(live.ws_url(), subprotocols=["bearer", live.tokens.user]) as ws:
+    async with websockets.connect(
+        live.ws_url(), subprotocols=[Subprotocol("bearer"), Subprotocol(live.tokens.user)]
+    ) as ws:
         assert ws.subprotocol == "bearer"
         await send_json(ws, {"type": "subscribe", "channel": "task:t-sub", "since_seq": 0})
         assert await recv_json(ws) == {"type": "subscribed", "channel": "task:t-sub", "last_seq": 0}
         await live.append("t-sub", "hello")
         event = await recv_json(ws)
         assert (event["type"], event["seq"], event["content"]) == ("task_output", 1, "hello")
-    ws = await websockets.connect(live.ws_url(), subprotocols=["bearer", "dash_wrong"])
+    ws = await websockets.connect(
+        live.ws_url(), subprotocols=[Subprotocol("bearer"), Subprotocol("dash_wrong")]
+    )
     assert await _closed_code(ws) == 4401
     # `bearer` with nothing after it is no token at all.
-    ws = await websockets.connect(live.ws_url(), subprotocols=["bearer"])
+    ws = await websockets.connect(live.ws_url(), subprotocols=[Subprotocol("bearer")])
     assert await _closed_code(ws) == 4401
 
 

@@ -9,7 +9,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from dashboard_api.app import create_app
-from tests.conftest import Backend, make_token
+from tests.support.env import Backend
+from tests.support.tokens import make_token
 
 
 async def test_security_headers_on_api_errors_and_docs(

@@ -9,8 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.webhooks.conftest import published  # noqa: F401  (fixture)
-
 Auth = Callable[[str], dict[str, str]]
 
 GITHUB = {"type": "github_repo", "config": {"owner": "acme", "repo": "api"}}
@@ -318,7 +316,7 @@ async def test_concurrent_reindex_gives_one_active_job(
 async def test_job_life_cycle(
     client: httpx.AsyncClient,
     auth: Auth,
-    published: list[tuple[str, dict[str, Any]]],  # noqa: F811
+    published: list[tuple[str, dict[str, Any]]],
 ) -> None:
     sid = (await _create(client, auth, JIRA))["source_id"]
     assert (await client.post("/api/sources/jobs/claim", headers=auth("agent"))).status_code == 204
@@ -447,7 +445,7 @@ async def test_claims_take_the_oldest_and_never_twice(
 async def test_delete_cancels_active_jobs(
     client: httpx.AsyncClient,
     auth: Auth,
-    published: list[tuple[str, dict[str, Any]]],  # noqa: F811
+    published: list[tuple[str, dict[str, Any]]],
 ) -> None:
     running_src = (await _create(client, auth, GITHUB))["source_id"]
     queued_src = (await _create(client, auth, JIRA))["source_id"]

@@ -12,8 +12,8 @@ import pytest
 from fastapi import FastAPI
 
 from dashboard_api.timeutil import format_ts
-from tests.conftest import Backend
-from tests.tasks.helpers import FakeClock
+from tests.support.clock import FakeClock
+from tests.support.env import Backend
 
 Headers = Callable[[str], dict[str, str]]
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")

@@ -17,7 +17,8 @@ from fastapi import FastAPI
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.tasks.helpers import T0, Row, clear_tasks, load_rows
+from tests.support.clock import T0
+from tests.support.tasks import Row, clear_tasks, load_rows
 
 Headers = Callable[[str], dict[str, str]]
 
@@ -682,7 +683,7 @@ async def read_page(
     client: httpx.AsyncClient, auth: Headers, sort: str, page: int, per_page: int
 ) -> tuple[int, list[str]]:
     """(total, task ids) of one page of the whole list."""
-    params = {"sort": sort, "page": page, "per_page": per_page}
+    params: dict[str, str | int] = {"sort": sort, "page": page, "per_page": per_page}
     resp = await client.get("/api/tasks", params=params, headers=auth("user"))
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -824,7 +825,9 @@ async def test_deep_pages_stay_exact_when_writes_land_between_statements(
     real = paging.paginate  # not tasks.paginate: an earlier example patched that
 
     async def interleaved(session: Any, *args: Any, **kwargs: Any) -> Any:
-        return await real(_WritesBetween(session, register_next), *args, **kwargs)
+        # A stand-in for the session that paginate uses only through execute().
+        writes_between = _WritesBetween(session, register_next)
+        return await real(writes_between, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(tasks, "paginate", interleaved)
     offset = max(per_page, (n + beyond) // per_page * per_page)

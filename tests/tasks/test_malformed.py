@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-from tests.conftest import Backend
-from tests.tasks.test_output import running_app
+from tests.support.env import Backend
+from tests.support.tasks import running_app
 
 Headers = Callable[[str], dict[str, str]]
 JSON = {"Content-Type": "application/json"}
@@ -150,7 +150,7 @@ async def test_huge_bodies_are_413(backend: Backend) -> None:
         assert r.status_code == 413
         assert r.headers["content-type"].startswith("application/problem+json")
 
-        async def stream() -> object:
+        async def stream() -> AsyncIterator[bytes]:
             for _ in range(10):
                 yield b"x" * 1000
 

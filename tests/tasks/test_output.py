@@ -3,45 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from dashboard_api.app import create_app
-from dashboard_api.settings import Settings
-from tests.conftest import Backend, make_token
-
-Headers = Callable[[str], dict[str, str]]
-MIB = 1024 * 1024
-
-
-async def new_task(client: httpx.AsyncClient, auth: Headers, task_id: str = "o1") -> None:
-    r = await client.post(
-        "/api/tasks",
-        json={"task_id": task_id, "agent_type": "coder", "input_message": "x"},
-        headers=auth("agent"),
-    )
-    assert r.status_code == 201, r.text
-
-
-async def append(
-    client: httpx.AsyncClient, auth: Headers, body: dict[str, Any], task_id: str = "o1"
-) -> httpx.Response:
-    return await client.post(f"/api/tasks/{task_id}/output", json=body, headers=auth("agent"))
-
-
-async def full_log(
-    client: httpx.AsyncClient, auth: Headers, task_id: str = "o1", **params: Any
-) -> dict[str, Any]:
-    r = await client.get(f"/api/tasks/{task_id}/logs/full", params=params, headers=auth("user"))
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
+from tests.support.env import Backend
+from tests.support.tasks import MIB, append, full_log, new_task, running_app
+from tests.support.tokens import Headers
 
 
 async def test_concurrent_appends_are_gap_free(client: httpx.AsyncClient, auth: Headers) -> None:
@@ -197,21 +167,6 @@ async def test_full_log_forms(client: httpx.AsyncClient, auth: Headers) -> None:
 
 
 # --- durability ---------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def running_app(
-    settings: Settings,
-) -> AsyncIterator[tuple[httpx.AsyncClient, Headers]]:
-    application = create_app(settings)
-    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
-        tokens = {
-            role: await make_token(application, role=role, user_id=role)
-            for role in ("agent", "user")
-        }
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client, lambda role: {"Authorization": f"Bearer {tokens[role]}"}
 
 
 async def test_acknowledged_writes_survive_a_restart(backend: Backend) -> None:

@@ -22,8 +22,9 @@ from dashboard_api.schemas.tasks import TaskCreate
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import snapshot, task_written
 from dashboard_api.services.tasks import register_task
-from tests.conftest import Backend
-from tests.tasks.test_output import Headers, append, full_log, new_task
+from tests.support.env import Backend
+from tests.support.tasks import append, full_log, new_task
+from tests.support.tokens import Headers
 
 
 async def test_a_plain_append_runs_no_hook_statement(

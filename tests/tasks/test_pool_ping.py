@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from dashboard_api.db import engine as engine_module
 from dashboard_api.db.engine import Database
-from tests.conftest import Backend
+from tests.support.env import Backend
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 

@@ -25,8 +25,10 @@ from dashboard_api.app import create_app
 from dashboard_api.services.analytics.fold import fold_pending
 from dashboard_api.services.analytics.rollups import rebuild_rollups
 from dashboard_api.services.tasks import ALLOWED_MOVES
-from tests.conftest import Backend, make_token
-from tests.tasks.helpers import T0, clear_tasks
+from tests.support.clock import T0
+from tests.support.env import Backend
+from tests.support.tasks import clear_tasks
+from tests.support.tokens import make_token
 
 MESSAGES = ("pay the bill", "PAYMENTS due", "flaky job #12", "x%y pay", "nothing", "Pay_me")
 NEEDLES = ("pay", "PAYMENTS", "flaky job #12", "%", "_", "zz")

@@ -26,7 +26,7 @@ from dashboard_api.schemas.tasks import (
 )
 from dashboard_api.schemas.tasks_json import public_doc, summary_from_row, ts, usd
 from dashboard_api.timeutil import format_ts
-from tests.tasks.helpers import Row, load_rows
+from tests.support.tasks import Row, load_rows
 
 Headers = Callable[[str], dict[str, str]]
 

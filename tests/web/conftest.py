@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dashboard_api.settings import Settings
-from tests.conftest import Backend
+from tests.support.env import Backend
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from dashboard_api.web.serve import PAGE_CSP, STATIC_DIR
-from tests.conftest import Tokens
+from tests.support.tokens import Tokens
 
 CLIENT_ROUTES = ("/", "/tasks", "/tasks/t-1", "/analytics", "/conversations", "/integrations")
 

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from dashboard_api.services.secrets_box import seal, unseal
 from dashboard_api.services.webhooks import SignatureRejected, verify_delivery
 from dashboard_api.timeutil import format_ts
-from tests.webhooks.conftest import (
+from tests.support.webhooks import (
     SECRETS,
     dumps,
     github_headers,
@@ -74,7 +74,7 @@ async def test_put_config_roles_and_unset(client: httpx.AsyncClient, auth: Auth)
 
 async def test_recorded_events_filters_and_paging(client: httpx.AsyncClient, auth: Auth) -> None:
     base = datetime(2026, 11, 1, tzinfo=UTC)
-    bodies = [
+    bodies: list[dict[str, Any]] = [
         {"source": "github", "event_type": "push", "status": "success", "delivery_id": "a"},
         {"source": "github", "event_type": "issues.opened", "status": "failed", "error": "boom"},
         {"source": "jira", "event_type": "jira:issue_created", "status": "success"},

@@ -11,8 +11,9 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from dashboard_api.app import create_app
-from tests.conftest import Backend, make_token
-from tests.webhooks.conftest import (
+from tests.support.env import Backend
+from tests.support.tokens import make_token
+from tests.support.webhooks import (
     SECRETS,
     configure,
     dumps,
@@ -281,7 +282,7 @@ async def test_jira_events(client: httpx.AsyncClient, auth: Auth) -> None:
 
 
 def hex_only(secret: str, body: bytes) -> str:
-    from tests.webhooks.conftest import hex_hmac
+    from tests.support.webhooks import hex_hmac
 
     return hex_hmac(secret, body)  # without the "sha256=" prefix: refused
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -184,7 +184,7 @@ class DashboardClient:
         initial_backoff: float = 0.2,
         max_backoff: float = 10.0,
         max_attempts: int | None = None,
-    ) -> AsyncIterator[TaskEvent]:
+    ) -> AsyncGenerator[TaskEvent, None]:
         """A task's output and status changes from `since_seq` on, reconnecting by itself.
 
         Stops after the terminal status when `stop_at_end`. Raises `StreamError` when the

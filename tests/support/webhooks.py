@@ -1,4 +1,4 @@
-"""Helpers for webhook tests: real provider signatures, and a spy on published events."""
+"""Webhook helpers: real provider signatures (GitHub, Jira, Slack) and configured secrets."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
-import pytest
-from fastapi import FastAPI
 
 SECRETS = {
     "github": "gh-secret-Q7v1x9zz",
@@ -68,19 +66,3 @@ async def configure(
         )
         assert r.status_code == 200, r.text
         assert r.json()["configured"] is True
-
-
-@pytest.fixture
-def published(app: FastAPI) -> list[tuple[str, dict[str, Any]]]:
-    """Every event the app publishes after a commit (forwarded to the real publisher)."""
-    seen: list[tuple[str, dict[str, Any]]] = []
-    db = app.state.ctx.db
-    inner = db.publisher
-
-    async def spy(events: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        seen.extend(events)
-        if inner is not None:
-            await inner(events)
-
-    db.publisher = spy
-    return seen

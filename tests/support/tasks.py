@@ -1,32 +1,63 @@
-"""Shared helpers of the task tests: a controllable clock and direct row loading."""
+"""Task helpers: register, append and read over HTTP; load rows straight into the database."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import delete
 
+from dashboard_api.app import create_app
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
+from dashboard_api.settings import Settings
+from tests.support.tokens import Headers, make_token
 
-T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
+MIB = 1024 * 1024
 
 
-@dataclass
-class FakeClock:
-    """A clock the test moves by hand."""
+async def new_task(client: httpx.AsyncClient, auth: Headers, task_id: str = "o1") -> None:
+    r = await client.post(
+        "/api/tasks",
+        json={"task_id": task_id, "agent_type": "coder", "input_message": "x"},
+        headers=auth("agent"),
+    )
+    assert r.status_code == 201, r.text
 
-    at: datetime = T0
 
-    def now(self) -> datetime:
-        return self.at
+async def append(
+    client: httpx.AsyncClient, auth: Headers, body: dict[str, Any], task_id: str = "o1"
+) -> httpx.Response:
+    return await client.post(f"/api/tasks/{task_id}/output", json=body, headers=auth("agent"))
 
-    def advance(self, seconds: float) -> datetime:
-        self.at += timedelta(seconds=seconds)
-        return self.at
+
+async def full_log(
+    client: httpx.AsyncClient, auth: Headers, task_id: str = "o1", **params: Any
+) -> dict[str, Any]:
+    r = await client.get(f"/api/tasks/{task_id}/logs/full", params=params, headers=auth("user"))
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+@asynccontextmanager
+async def running_app(
+    settings: Settings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, Headers]]:
+    application = create_app(settings)
+    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+        tokens = {
+            role: await make_token(application, role=role, user_id=role)
+            for role in ("agent", "user")
+        }
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client, lambda role: {"Authorization": f"Bearer {tokens[role]}"}
 
 
 @dataclass
