@@ -40,7 +40,7 @@ async def insert_tasks(app: object, n: int) -> None:
     ]
     async with db.write() as session:
         for start in range(0, n, 2000):
-            await session.execute(insert(Task.__table__), rows[start : start + 2000])
+            await session.execute(insert(Task), rows[start : start + 2000])
 
 
 def exported(app: object) -> float:
