@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -368,6 +369,52 @@ def demo_agent(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        float,
+        typer.Option(
+            "--older-than",
+            metavar="DAYS",
+            help="Delete terminal tasks created more than DAYS ago (fractions allowed)",
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing")
+    ] = False,
+) -> None:
+    """Delete old terminal tasks with their output and events now (as retention does)."""
+    import math
+    import time
+
+    from dashboard_api.cli_errors import CliFailure
+
+    if not (math.isfinite(older_than) and 0 < older_than <= 36_500):
+        raise CliFailure("--older-than must be a number of days above 0 and at most 36500")
+    settings = _migrated_settings()
+
+    async def run() -> str:
+        from dashboard_api.db.engine import Database
+        from dashboard_api.services.retention import prune_once
+        from dashboard_api.timeutil import SystemClock
+
+        db = Database(settings.database_url)
+        try:
+            report = await prune_once(
+                db,
+                older_than=SystemClock().now() - timedelta(days=older_than),
+                dry_run=dry_run,
+                batch_size=settings.prune_batch_rows,
+            )
+        finally:
+            await db.dispose()
+        return report.line()
+
+    start = time.perf_counter()
+    line = asyncio.run(run())
+    typer.echo(f"{line} ({time.perf_counter() - start:.1f} s)")
 
 
 @rollups_app.command("rebuild")

@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     # Rows per keyset batch of `GET /api/tasks/export` (services/task_export.py).
     export_batch_rows: int = Field(2000, ge=1, le=100_000)
 
+    # --- retention (docs/retention.md) --------------------------------------------------
+    # Terminal tasks created more than this many days ago are deleted with their output
+    # and events (unset: everything is kept); one replica at a time prunes every
+    # `prune_interval_seconds`, `prune_batch_rows` tasks per transaction.
+    retention_days: float | None = Field(None, gt=0)
+    prune_interval_seconds: float = Field(900.0, ge=1, le=3600)
+    prune_batch_rows: int = Field(1000, ge=1, le=100_000)
+
     # --- analytics ----------------------------------------------------------------------
     analytics_max_buckets: int = Field(2000, ge=1, le=100_000)
     # Only for benchmarks that measure what rollup upkeep costs a task write: with False,

@@ -51,13 +51,20 @@ class AnalyticsRollup(Base):
 
 
 class AnalyticsState(Base):
-    """One row (id 1): how many times the rollups were rebuilt. A rebuild resets every
-    row's `changes`, so the count is part of every validity token taken from them."""
+    """One row (id 1): how many times the rollups were rebuilt, and what retention pruned.
+
+    A rebuild resets every row's `changes`, and a prune removes tasks without a
+    contribution: both counts are part of every validity token taken from the rollups.
+    The rollups keep counting pruned tasks (analytics of pruned periods do not change),
+    so task-list totals count the tasks created before `pruned_before_s` (epoch seconds,
+    on a block boundary) from the tasks table instead (services/retention.py)."""
 
     __tablename__ = "analytics_state"
 
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     rebuilds: Mapped[int] = mapped_column(BigInteger, default=0)
+    prunes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    pruned_before_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class AnalyticsHistogram(Base):
