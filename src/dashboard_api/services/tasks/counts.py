@@ -1,7 +1,8 @@
 """Exact counts of tasks from the rollups, and the row at an offset found through them.
 
 Whole rollup blocks are counted from the rollups (plus the contributions not folded in
-yet, `analytics_pending`), the partial blocks at a window's edges on the tasks.
+yet, `analytics_pending`), the partial blocks at a window's edges on the tasks, and so is
+everything before the horizon retention pruned (the rollups still count pruned tasks).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     false,
     func,
     literal,
@@ -30,7 +32,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import backend_of, epoch_seconds_to_ts, reuses_cte_results
-from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup
+from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup, AnalyticsState
 from dashboard_api.db.paging import Ordering
 from dashboard_api.services.analytics.layout import (
     DAY,
@@ -63,7 +65,65 @@ async def count_expression(session: AsyncSession, *, filters: TaskFilters) -> Co
     rollups_kept = session.info.get("analytics_rollups_enabled", True)
     if not rollups_kept or filters.q or any(v is not None for v in selective):
         return count_raw(filters.clauses(session))
+    horizon = await pruned_before(session)
+    return _horizon_checked(await _count_by_rollups(session, filters, horizon), horizon)
+
+
+# --- the pruned horizon ----------------------------------------------------------------
+# The rollups keep counting the tasks retention pruned (services/retention.py), so the
+# tasks created before `analytics_state.pruned_before_s` are counted from the table. Each
+# process remembers the horizon it last saw, per database; every count built on it
+# checks it in its own statement and answers HORIZON_MOVED when a prune has moved it
+# since, and the caller forgets it and counts again (`HORIZON_ATTEMPTS` times at most).
+HORIZON_MOVED = -1
+HORIZON_ATTEMPTS = 3
+_STATE: Table = AnalyticsState.__table__  # type: ignore[assignment]
+_PRUNED_BEFORE: dict[str, int | None] = {}
+
+
+def _database_key(session: AsyncSession) -> str:
+    return str(getattr(session.bind, "url", ""))
+
+
+async def pruned_before(session: AsyncSession) -> int | None:
+    """The pruned horizon (epoch seconds) as this process last saw it."""
+    key = _database_key(session)
+    if key not in _PRUNED_BEFORE:
+        _PRUNED_BEFORE[key] = await session.scalar(_horizon_now())
+    return _PRUNED_BEFORE[key]
+
+
+def forget_pruned_before(session: AsyncSession) -> None:
+    _PRUNED_BEFORE.pop(_database_key(session), None)
+
+
+def _horizon_now() -> Select[Any]:
+    return select(_STATE.c.pruned_before_s).where(_STATE.c.id == 1)
+
+
+def _horizon_checked(total: ColumnElement[Any], horizon: int | None) -> ColumnElement[Any]:
+    """`total`, or HORIZON_MOVED when the horizon in this snapshot is not `horizon`."""
+    current = _horizon_now().scalar_subquery()
+    return case(
+        (current.is_not_distinct_from(literal(horizon, BigInteger)), total),
+        else_=literal(HORIZON_MOVED, BigInteger),
+    )
+
+
+async def _count_by_rollups(
+    session: AsyncSession, filters: TaskFilters, horizon: int | None
+) -> ColumnElement[Any]:
     lo, hi = filters.created_after, filters.created_before
+    if horizon is not None:
+        pruned = EPOCH + timedelta(seconds=horizon)
+        if lo is None or lo < pruned:
+            # Before the horizon the rollups also count pruned tasks: count the rows.
+            early = replace(filters, created_before=pruned if hi is None or hi > pruned else hi)
+            raw = count_raw(early.clauses(session))
+            if hi is not None and hi <= pruned:
+                return raw
+            late = replace(filters, created_after=pruned)
+            return raw + await _count_by_rollups(session, late, None)
     if lo is None and hi is None:
         # Every task is in exactly one block of the coarsest grain.
         return _count_blocks(filters, [(GRAINS[-1], None)])
@@ -184,7 +244,8 @@ async def rollup_seek(
     if not reuses_cte_results(session):
         return None
     lo, hi = filters.created_after, filters.created_before
-    if (lo is None) != (hi is None):
+    horizon = await pruned_before(session)
+    if (lo is None) != (hi is None) or (horizon is not None and lo is None):
         oldest, newest = (
             await session.execute(select(func.min(_T.c.created_at), func.max(_T.c.created_at)))
         ).one()
@@ -202,10 +263,11 @@ async def rollup_seek(
         tuple(filters.source),
         lo,
         hi,
+        horizon,
     )
     stmt = _SEEKS.pop(key, None)
     if stmt is None:
-        stmt = _seek_statement(session, filters, ordering, lo, hi)
+        stmt = _seek_statement(session, filters, ordering, lo, hi, horizon)
         if len(_SEEKS) >= _SEEKS_KEPT:
             del _SEEKS[next(iter(_SEEKS))]
     _SEEKS[key] = stmt
@@ -223,6 +285,7 @@ def _seek_statement(
     ordering: Ordering,
     lo: datetime | None,
     hi: datetime | None,
+    horizon: int | None,
 ) -> Select[Any]:
     plain = replace(filters, created_after=None, created_before=None)
     # The top pieces: (lo_s, hi_s, grain, n), epoch seconds [lo_s, hi_s) intersected with
@@ -238,7 +301,7 @@ def _seek_statement(
     else:
         if lo is None or hi is None or lo >= hi:
             return select(*ordering.keys).where(false(), literal(0) == _SEEK_OFFSET)
-        edges, whole = _split_window(lo, hi)
+        edges, whole = _split_at_horizon(lo, hi, horizon)
         parts: list[Any] = []
         if whole:
             asked = [(g, b) for g, b in whole if b is not None]
@@ -400,6 +463,20 @@ def _pending_blocks(filters: TaskFilters, grain: int) -> Select[Any]:
 
 
 _QUARTER_US = QUARTER * 1_000_000
+
+
+def _split_at_horizon(
+    lo: datetime, hi: datetime, horizon: int | None
+) -> tuple[list[tuple[datetime, datetime]], list[tuple[int, int | None]]]:
+    """`_split_window`, with the part before the pruned horizon a raw range of its own."""
+    if horizon is not None:
+        pruned = EPOCH + timedelta(seconds=horizon)
+        if lo < pruned:
+            if hi <= pruned:
+                return [(lo, hi)], []
+            edges, whole = _split_window(pruned, hi)
+            return [(lo, pruned), *edges], whole
+    return _split_window(lo, hi)
 
 
 def _split_window(

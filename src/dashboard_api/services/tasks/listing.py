@@ -26,7 +26,14 @@ from dashboard_api.db.paging import (
 )
 from dashboard_api.schemas.tasks import SUMMARY_COLUMNS
 from dashboard_api.schemas.tasks_json import summary_from_row
-from dashboard_api.services.tasks.counts import count_expression, count_raw, rollup_seek
+from dashboard_api.services.tasks.counts import (
+    HORIZON_ATTEMPTS,
+    HORIZON_MOVED,
+    count_expression,
+    count_raw,
+    forget_pruned_before,
+    rollup_seek,
+)
 from dashboard_api.services.tasks.filters import ORDERINGS, TASKS, TaskFilters
 
 _T = TASKS
@@ -54,20 +61,32 @@ async def list_tasks(
 
     ordering = ORDERINGS[sort]
     if not filters.q:
-        total = await count_expression(session, filters=filters)
 
         async def seek(offset: int) -> tuple[Select[Any], dict[str, Any]] | None:
             found = await rollup_seek(session, filters, ordering)
             return None if found is None else (found, {"seek_offset": offset})
 
+        for _ in range(HORIZON_ATTEMPTS):
+            result = await paginate(
+                session,
+                stmt,
+                ordering,
+                page,
+                convert=summary_from_row,
+                total_expression=await count_expression(session, filters=filters),
+                seek=seek,
+            )
+            if result.total != HORIZON_MOVED:
+                return result
+            forget_pruned_before(session)
+        # Prunes kept moving the horizon: count the rows themselves.
         return await paginate(
             session,
             stmt,
             ordering,
             page,
             convert=summary_from_row,
-            total_expression=total,
-            seek=seek,
+            total_expression=count_raw(filters.clauses(session)),
         )
     hint = _q_hint_key(filters)
     cache = task_search.cache_of(session)
@@ -262,5 +281,10 @@ FEW_MATCHES = 5000
 
 async def count_tasks(session: AsyncSession, *, filters: TaskFilters) -> int:
     """The exact number of tasks matching `filters` (see `count_expression`)."""
-    total = await count_expression(session, filters=filters)
-    return int((await session.execute(select(total))).scalar_one())
+    for _ in range(HORIZON_ATTEMPTS):
+        total = await count_expression(session, filters=filters)
+        found = int((await session.execute(select(total))).scalar_one())
+        if found != HORIZON_MOVED:
+            return found
+        forget_pruned_before(session)
+    return int((await session.execute(select(count_raw(filters.clauses(session))))).scalar_one())

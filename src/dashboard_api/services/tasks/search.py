@@ -3,15 +3,16 @@
 A common substring matches ~15 % of the tasks, and counting them rechecks every match
 (280 ms at 1M tasks). Which tasks of an hour match `q` (with status, agent_type, source)
 changes only when a task of that hour is registered or changes status: `input_message`,
-`agent_type`, `source` and `created_at` never change, and tasks are never deleted. Every
-such write records its contributions in `analytics_pending` in its own transaction, and
-the fold moves them into the rollups atomically while adding their number to the block's
-`changes`. So an hour's token
+`agent_type`, `source` and `created_at` never change, and tasks are deleted only by
+retention. Every such write records its contributions in `analytics_pending` in its own
+transaction, and the fold moves them into the rollups atomically while adding their
+number to the block's `changes`. So an hour's token
 
-    (rollup rebuilds, changes of its overall 1-hour rollup row + its pending rows)
+    (rollup rebuilds + prune batches, changes of its overall 1-hour rollup row + its pending rows)
 
 grows with every write that can change what the hour holds, a fold leaves it as it is,
-and a rebuild (which resets `changes`) bumps the first part. A count taken together
+and a rebuild (which resets `changes`) or a prune batch (which deletes tasks without a
+contribution, services/retention.py) bumps the first part. A count taken together
 with its token stays exact for as long as a later read sees the same token.
 
 Each process keeps, per (q, status, agent_type, source), the count and token of every
@@ -434,7 +435,9 @@ def _tokens(a: int, b: int) -> Any:
 
 
 def _rebuilds() -> ColumnElement[Any]:
-    return select(func.coalesce(func.max(_S.c.rebuilds), 0)).scalar_subquery()
+    """Rebuilds plus prune batches: either changes hours without a contribution."""
+    generation = _S.c.rebuilds + _S.c.prunes
+    return select(func.coalesce(func.max(generation), 0)).scalar_subquery()
 
 
 def _digest(a: int, b: int) -> ColumnElement[Any]:
