@@ -86,9 +86,7 @@ async def make_data(client: httpx.AsyncClient, auth: Headers) -> dict[str, tuple
             for k in range(2):
                 task_id = f"t-{i:03d}"
                 created = NOW - timedelta(days=age, minutes=k * 37)
-                await make_task(
-                    client, auth, task_id, created, end, i, conversation if k else None
-                )
+                await make_task(client, auth, task_id, created, end, i, conversation if k else None)
                 made[task_id] = (created, end)
                 i += 1
     return made
