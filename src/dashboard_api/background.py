@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Any
 
 from dashboard_api.aiotasks import stop_tasks
@@ -21,6 +22,7 @@ from dashboard_api.services.alerts.evaluate import evaluate_rules
 from dashboard_api.services.alerts.outbox import run_sender_once
 from dashboard_api.services.analytics.fold import fold_waiting
 from dashboard_api.services.budgets.jobs import run_budgets_once
+from dashboard_api.services.retention import PruneReport, prune_once
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,28 @@ def periodic_jobs(ctx: AppContext) -> list[Job]:
             settings.alerts_sender_interval_seconds,
             lambda: run_sender_once(ctx.db, settings, ctx.clock),
         ),
+        # Retention (API.md §16): old terminal tasks deleted with their output and events.
+        Job(
+            "retention-prune",
+            settings.prune_interval_seconds if settings.retention_days is not None else 0,
+            lambda: prune_expired_once(ctx),
+        ),
     ]
+
+
+async def prune_expired_once(ctx: AppContext) -> PruneReport | None:
+    """Delete the terminal tasks older than `retention_days` (services/retention.py)."""
+    days = ctx.settings.retention_days
+    if days is None:
+        return None
+    report = await prune_once(
+        ctx.db,
+        older_than=ctx.clock.now() - timedelta(days=days),
+        batch_size=ctx.settings.prune_batch_rows,
+    )
+    if report.tasks:
+        log.info("retention: %s", report.line())
+    return report
 
 
 async def prune_otlp_once(ctx: AppContext) -> None:

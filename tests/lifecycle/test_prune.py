@@ -10,9 +10,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from dashboard_api.app import create_app
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
 from dashboard_api.services.retention import PRUNE_ALIGNMENT, aligned_cutoff, prune_once
@@ -357,3 +359,19 @@ async def test_deep_page_seeks_count_the_pruned_period_from_the_rows(
                         assert key[1] == expected[offset], (params, offset)
                     else:
                         assert key is None
+
+
+async def test_retention_runs_as_a_periodic_job_when_set(
+    backend: Backend, client: httpx.AsyncClient, auth: Headers, app: FastAPI
+) -> None:
+    """DASHBOARD_RETENTION_DAYS turns the `retention-prune` job on (one leader per job,
+    jobs/); unset, it is not scheduled and nothing is deleted."""
+    made = await make_data(client, auth)
+    assert "retention-prune" not in app.state.ctx.jobs.jobs
+    kept = create_app(backend.settings(retention_days=30, prune_interval_seconds=3600))
+    async with LifespanManager(kept, startup_timeout=30, shutdown_timeout=30):
+        runner = kept.state.ctx.jobs
+        assert runner.jobs["retention-prune"].every == 3600
+        assert await runner.tick("retention-prune")
+        assert runner.stats["retention-prune"].failures == 0
+        assert await task_ids(kept.state.ctx.db) == set(made) - prunable(made)

@@ -5,8 +5,8 @@ prune removes tasks without recording a contribution); `pruned_before_s` is the 
 (epoch seconds) before which terminal tasks may have been pruned while the rollups still
 count them, so task-list totals count the tasks before it from the tasks table.
 
-Revision ID: 0011_retention
-Revises: 0010_search
+Revision ID: 0015_retention
+Revises: 0014_guards
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0011_retention"
-down_revision: str | Sequence[str] | None = "0010_search"
+revision: str = "0015_retention"
+down_revision: str | Sequence[str] | None = "0014_guards"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
