@@ -18,7 +18,7 @@ from dashboard_api.app import create_app
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
 from dashboard_api.services.retention import PRUNE_ALIGNMENT, aligned_cutoff, prune_once
-from tests.conftest import Backend
+from tests.support.env import Backend
 
 Headers = Callable[[str], dict[str, str]]
 NOW = datetime.now(UTC)

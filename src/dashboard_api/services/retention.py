@@ -55,8 +55,8 @@ from dashboard_api.db.dialect import lock_skip_locked, upsert
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models import ConversationTask, Task, TaskEvent, TaskOutputChunk
 from dashboard_api.db.models.analytics import AnalyticsState
-from dashboard_api.schemas.tasks import TERMINAL_STATUSES
 from dashboard_api.services.analytics.layout import EPOCH, HIST_GRAINS
+from dashboard_api.task_statuses import TERMINAL_STATUSES
 from dashboard_api.timeutil import format_ts
 
 # The cut-off is aligned to the finest histogram block (4 hours; counters have 15-minute
