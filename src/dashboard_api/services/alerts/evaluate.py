@@ -25,7 +25,7 @@ from dashboard_api.db.dialect import upsert
 from dashboard_api.db.engine import Database, emit
 from dashboard_api.db.models.guards import Alert, AlertRule
 from dashboard_api.ids import new_id
-from dashboard_api.services.alerts.kinds import ROLLUP_KINDS, Measure, measure
+from dashboard_api.services.alerts.kinds import ROLLUP_KINDS, Measure, Windows, measure
 from dashboard_api.services.alerts.outbox import enqueue
 from dashboard_api.services.analytics.fold import fold_before_read
 from dashboard_api.settings import Settings
@@ -152,6 +152,7 @@ async def evaluate_rules(
         await fold_before_read(db)
     transitions: list[Transition] = []
     async with db.read_statements() as session:
+        windows = Windows(session, now)
         for rule in rules:
             current = open_alerts.get(rule.rule_id)
             if not rule.enabled:
@@ -159,7 +160,7 @@ async def evaluate_rules(
                     transitions.append(Transition(rule, None, current))
                 continue
             try:
-                m = await measure(session, rule, now=now, settings=settings)
+                m = await measure(session, rule, now=now, settings=settings, windows=windows)
             except Exception:
                 # One rule's failure (say, a kind this database cannot answer) must not
                 # stop the others; its state stays as it is.

@@ -349,3 +349,49 @@ def _edge_statement(
             .group_by(tasks.c.model, b)
         )
     return union_all(*parts)
+
+
+# --- one window, every scope at once (alert rules) ---------------------------------------
+
+
+async def counters_by_combination(
+    session: AsyncSession, *, start: datetime, end: datetime, now: datetime | None = None
+) -> dict[tuple[str, str], Agg]:
+    """The counters of the tasks created in [start, end) per (agent_type, source): any
+    scope of agent types and sources sums from these, so many rules over one window cost
+    one block statement and one raw-row statement."""
+    cover = cover_window(start, end, now=now)
+    combos: dict[tuple[str, str], Agg] = {}
+    everything = AnalyticsFilters()
+    if cover.blocks:
+        stmt, params = block_statement(
+            session, "counter_groups", cover.blocks, everything, _counter_groups
+        )
+        conn = await session.connection()
+        for part, agent_type, source, _model, *values in await conn.execute(stmt, params):
+            if part == 0:
+                combos.setdefault((agent_type, source), Agg()).add_counters(values)
+    for row in await raw_rows(session, cover.raw(), everything):
+        values = signed(cover.sign(row.created_at), counters_of(row))
+        combos.setdefault((row.agent_type, row.source), Agg()).add_counters(values)
+    return combos
+
+
+async def p95_durations(
+    session: AsyncSession,
+    *,
+    start: datetime,
+    end: datetime,
+    filters: AnalyticsFilters,
+    now: datetime | None = None,
+) -> dict[tuple[str, str], float]:
+    """The p95 duration (seconds) of the tasks created in [start, end) per group:
+    ("", "") overall, ("agent_type", name), ("source", name); unfiltered, one call
+    answers every single-dimension scope."""
+    names = {_OVERALL: "", _AGENT: "agent_type", _SOURCE: "source"}
+    out: dict[tuple[str, str], float] = {}
+    for (dim, group), picks in (await _percentiles(session, start, end, filters, now)).items():
+        b = picks.get((KIND_DURATION, 95))
+        if dim in names and b is not None:
+            out[(names[dim], group)] = bin_value(b) / 1_000_000
+    return out
