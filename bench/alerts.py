@@ -137,7 +137,7 @@ async def main(args: argparse.Namespace) -> int:
         log(f"reusing {DB_NAME} ({count:,} tasks)")
         cli("migrate", env=env)
 
-    settings = Settings(_env_file=None, database_url=url)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, database_url=url)
     db = Database(url)
     clock = SystemClock()
     try:

@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 import websockets
 
-from tests.conftest import Backend, make_token
 from tests.guards.receiver import running_receiver
-from tests.realtime.conftest import serve_app
+from tests.support.env import Backend
+from tests.support.servers import serve_app
+from tests.support.tokens import make_token
 
 
 async def _next_event(ws: Any, type_: str, timeout: float = 20) -> dict[str, Any]:
