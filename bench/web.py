@@ -250,12 +250,6 @@ def measure_log(page: Any, base: str, agent: str, rate: int, seconds: float) -> 
     page.wait_for_function(
         "document.querySelector('[data-testid=live-state]').textContent === 'Live'"
     )
-    idle = []
-    for _ in range(5):
-        t = time.perf_counter()
-        page.evaluate("1")
-        idle.append((time.perf_counter() - t) * 1000)
-        time.sleep(0.2)
     page.evaluate(PROBE_JS)
     sent: list[int] = []
     producer = threading.Thread(
@@ -263,14 +257,6 @@ def measure_log(page: Any, base: str, agent: str, rate: int, seconds: float) -> 
     )
     started = time.monotonic()
     producer.start()
-    # While it streams, how long the page takes to run a trivial script (a round trip that
-    # waits for the main thread) once a second.
-    clicks = []
-    while producer.is_alive():
-        time.sleep(1)
-        t = time.perf_counter()
-        page.evaluate("1")
-        clicks.append((time.perf_counter() - t) * 1000)
     producer.join()
     produced_for = time.monotonic() - started
     last = sent[-1] if sent else 0
@@ -282,8 +268,6 @@ def measure_log(page: Any, base: str, agent: str, rate: int, seconds: float) -> 
         "appended": last,
         "seconds": produced_for,
         "catch_up_ms": catch_up,
-        "click_ms": clicks,
-        "idle_rtt_ms": idle,
         **probe,
     }
 
@@ -342,9 +326,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"p99 {pct(lg['lags'], 0.99):.0f} ms, max {max(lg['lags']):.0f} ms"
     )
     print(
-        f"  frame gaps: p50 {pct(lg['frames'], 0.5):.0f} ms, p99 {pct(lg['frames'], 0.99):.0f} ms; "
-        f"page round trip: p50 {pct(lg['click_ms'], 0.5):.0f} ms, max {max(lg['click_ms']):.0f} ms "
-        f"(idle page: p50 {pct(lg['idle_rtt_ms'], 0.5):.0f} ms)"
+        f"  frame gaps: p50 {pct(lg['frames'], 0.5):.0f} ms, p99 {pct(lg['frames'], 0.99):.0f} ms, "
+        f"max {max(lg['frames']):.0f} ms"
     )
     heap = f"{lg['heap'] / 1e6:.0f} MB" if lg["heap"] else "n/a"
     print(

@@ -42,7 +42,7 @@ def start(workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     )
     out = workdir / "serve.out"
     with out.open("wb") as stdout:
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
             [sys.executable, "-m", "dashboard_api", "serve", "--demo", "--port", str(port)],
             env=env,
             stdout=stdout,
@@ -61,11 +61,13 @@ def start(workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     return proc, base, token
 
 
-def shoot(page: Page, base: str, path: str, out: Path, wait_ms: int = 2500) -> None:
+def shoot(
+    page: Page, base: str, path: str, out: Path, wait_ms: int = 2500, full: bool = False
+) -> None:
     page.goto(base + path)
     page.wait_for_load_state("networkidle")
     page.wait_for_timeout(wait_ms)
-    page.screenshot(path=str(out), full_page=False)
+    page.screenshot(path=str(out), full_page=full)
     print(f"{out}  <- {path}")
 
 
@@ -75,15 +77,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         proc, base, token = start(Path(tmp))
         try:
-            time.sleep(8)  # the simulated agents start tasks and stream output
             headers = {"Authorization": f"Bearer {token}"}
-            running = httpx.get(
-                f"{base}/api/tasks", params={"status": "running", "per_page": 1}, headers=headers
-            ).json()["items"]
-            done = httpx.get(
-                f"{base}/api/tasks", params={"status": "completed", "per_page": 1}, headers=headers
-            ).json()["items"]
-            task = (running or done)[0]["task_id"]
+            task = None
+            for _ in range(60):  # the simulated agents start tasks and stream output
+                time.sleep(0.5)
+                running = httpx.get(
+                    f"{base}/api/tasks", params={"status": "running"}, headers=headers
+                ).json()["items"]
+                busy = [t for t in running if t["output_seq"] >= 4]
+                if busy:
+                    task = busy[0]["task_id"]
+                    break
+            if task is None:
+                task = httpx.get(f"{base}/api/tasks", headers=headers).json()["items"][0]["task_id"]
             convs = httpx.get(f"{base}/api/conversations", headers=headers).json()["items"]
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -96,7 +102,7 @@ def main() -> int:
                 page.wait_for_selector("[data-testid=whoami]")
                 shoot(page, base, "/", out_dir / "overview.png")
                 shoot(page, base, "/tasks", out_dir / "tasks.png")
-                shoot(page, base, f"/tasks/{task}", out_dir / "task.png", wait_ms=4000)
+                shoot(page, base, f"/tasks/{task}", out_dir / "task.png", wait_ms=3000, full=True)
                 shoot(page, base, "/analytics", out_dir / "analytics.png")
                 if convs:
                     path = f"/conversations/{convs[0]['conversation_id']}"

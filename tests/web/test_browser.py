@@ -23,6 +23,7 @@ import pytest
 from tests.web.server import ServeProcess
 
 CHROMIUM = "/usr/bin/chromium"
+VIEWER_ZONE = "Asia/Tokyo"  # UTC+09:00 all year
 IN_CI = os.environ.get("CI") == "true"
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("web-browser")]
@@ -97,7 +98,10 @@ def console() -> Console:
 
 @pytest.fixture
 def page(browser: Browser, console: Console) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    # A zone other than the machine's: the page must show times in the viewer's zone.
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900}, timezone_id=VIEWER_ZONE, locale="en-GB"
+    )
     p = context.new_page()
     p.set_default_timeout(15_000)
     p.on("console", console.on_message)
@@ -111,6 +115,12 @@ def sign_in(page: Page, site: Site, token: str | None = None, path: str = "/") -
     page.fill("input[name=token]", token or site.user)
     page.click("button[type=submit]")
     expect(page.get_by_test_id("whoami")).to_be_visible()
+
+
+def _epoch(ts: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
 def log_seqs(page: Page) -> list[int]:
@@ -200,8 +210,16 @@ def test_every_page_renders_without_console_errors(
         expect(page.locator("h1").first).to_contain_text(heading)
         page.wait_for_load_state("networkidle")
         expect(page.get_by_role("alert")).to_have_count(0)
+        # Every control has an accessible name (a label, or aria-label).
+        unlabelled = page.eval_on_selector_all(
+            "input:not([type=hidden]), select, textarea",
+            "els => els.filter(e => !(e.labels && e.labels.length)"
+            " && !e.getAttribute('aria-label')).map(e => e.outerHTML)",
+        )
+        assert unlabelled == [], (path, unlabelled)
     # Charts are drawn (uPlot canvases) where the contract's hooks say.
     page.goto(site.server.url + "/analytics")
+    expect(page.get_by_label("Time zone")).to_have_value(VIEWER_ZONE)
     for name in ("cost", "tasks", "tokens"):
         expect(page.locator(f"[data-testid=chart-{name}] canvas")).to_have_count(1)
     page.goto(site.server.url + "/")
@@ -299,6 +317,13 @@ def test_output_appended_by_a_producer_shows_live(page: Page, site: Site) -> Non
     expect(log.locator(".stream-system")).to_have_text("agent restarted")
     assert "\x1b" not in log.inner_text()
     assert log_seqs(page) == [1, 2, 3, 4]
+    # The times are the viewer's: created_at (UTC) shown at UTC+09:00.
+    created = site.api("GET", "/api/tasks/live-1", "user")["created_at"]
+    hh_mm = time.strftime("%H:%M", time.gmtime(_epoch(created) + 9 * 3600))
+    expect(page.locator(".kv", has_text="Created")).to_contain_text(hh_mm)
+    # A user may cancel a running task: the agent is asked, the page shows it at once.
+    page.get_by_role("button", name="Cancel task").click()
+    expect(page.locator(".page-head")).to_contain_text("cancel requested")
     # The task's status arrives live too.
     site.api("PATCH", "/api/tasks/live-1", json={"status": "completed", "result": "done"})
     expect(page.locator(".page-head .badge").first).to_have_text("completed")

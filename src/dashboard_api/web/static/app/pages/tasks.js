@@ -183,6 +183,11 @@ export function TaskList({ query }) {
   };
   const exportAs = (format) =>
     download("/api/tasks/export", { ...apiParams(filters), format }, `tasks.${format}`).catch(setError);
+  // Phones start with the filters folded away (the list is what they came for).
+  const [wide] = useState(() => matchMedia("(min-width: 761px)").matches);
+  const activeCount =
+    (filters.status.length ? 1 : 0) +
+    ["agent_type", "source", "created_after", "created_before", "q"].filter((k) => filters[k]).length;
   const filtered = useMemo(
     () => Boolean(filters.status.length || filters.agent_type || filters.source || filters.created_after || filters.created_before || filters.q),
     [filters],
@@ -199,6 +204,8 @@ export function TaskList({ query }) {
         <button type="button" onClick=${() => exportAs("jsonl")}>Export JSONL</button>
       </div>`}
     </div>
+    <details class="filters-box" open=${wide}>
+    <summary>Filters${activeCount ? ` (${activeCount} active)` : ""}</summary>
     <form class="filters card" role="search" aria-label="Task filters" onSubmit=${(e) => e.preventDefault()}>
       <fieldset class="statuses"><legend>Status</legend>
         ${STATUSES.map((s) => html`<label class="check"><input type="checkbox" name="status" value=${s}
@@ -223,6 +230,7 @@ export function TaskList({ query }) {
       </select><//>
       <button type="button" onClick=${clear} disabled=${!filtered}>Clear filters</button>
     </form>
+    </details>
     ${fresh > 0 && html`<button type="button" class="banner" onClick=${load}>
       ${fresh} new task${fresh === 1 ? "" : "s"} match these filters — show them</button>`}
     <${ErrorBox} error=${error} retry=${load} />
