@@ -24,7 +24,12 @@ async def backend(tmp_path: Path, sqlite_template: Path) -> Backend:
 
 @pytest.fixture
 def settings(backend: Backend) -> Settings:
-    # No periodic background work: these apps live for one or two requests, and a fold or
-    # sweep cancelled while aiosqlite opens its connection leaves that connection's thread
+    # No periodic background work: these apps live for one or two requests, and a job
+    # cancelled while aiosqlite opens its connection leaves that connection's thread
     # calling into the closed loop (a warning that fails the next test).
-    return backend.settings(analytics_fold_interval_seconds=0, agent_sweep_interval_seconds=0)
+    quiet = {
+        name: 0
+        for name in Settings.model_fields
+        if name.endswith("_interval_seconds") and not name.startswith("ws_")
+    }
+    return backend.settings(**quiet)

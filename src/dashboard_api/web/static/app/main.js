@@ -1,5 +1,5 @@
 // The dashboard's shell: sign-in, navigation, theme, and the route table (API.md §18).
-import { html, render, useEffect, useState } from "./html.js";
+import { html, render, useEffect, useLayoutEffect, useState } from "./html.js";
 import { session, onSessionChange, signIn, signOut, isAdmin } from "./session.js";
 import { get, hasPath, ApiError } from "./api.js";
 import { live } from "./live.js";
@@ -151,7 +151,9 @@ function App() {
   const [loc, setLoc] = useState(currentLocation());
   const [checking, setChecking] = useState(Boolean(session.token && !session.me));
   const [error, setError] = useState(null);
-  useEffect(() => onSessionChange(() => setTick((t) => t + 1)), []);
+  // Layout effects: subscribed in the same commit as the pages' first requests, so that
+  // an answer that signs the tab out (401) cannot arrive before anyone listens.
+  useLayoutEffect(() => onSessionChange(() => setTick((t) => t + 1)), []);
   useEffect(
     () =>
       onNavigate((l) => {
@@ -165,8 +167,9 @@ function App() {
   const check = () => {
     setChecking(true);
     setError(null);
+    const token = session.token;
     get("/api/me")
-      .then((me) => signIn(session.token, me))
+      .then((me) => session.token === token && signIn(token, me))
       .catch((err) => {
         if (!(err instanceof ApiError && err.status === 401)) setError(err);
       })
@@ -176,7 +179,10 @@ function App() {
     if (session.token && !session.me) check();
     // Signed in earlier in this tab: the page renders at once and the token is checked
     // alongside (a refused token signs the page out with the reason).
-    else if (session.token) get("/api/me").then((me) => signIn(session.token, me), () => {});
+    else if (session.token) {
+      const token = session.token;
+      get("/api/me").then((me) => session.token === token && signIn(token, me), () => {});
+    }
   }, []);
   useEffect(() => {
     if (session.token && session.me) live.connect();
