@@ -108,6 +108,8 @@ def main() -> int:
                     path = f"/conversations/{convs[0]['conversation_id']}"
                     shoot(page, base, path, out_dir / "conversations.png")
                 shoot(page, base, "/integrations", out_dir / "integrations.png")
+                shoot(page, base, "/budgets", out_dir / "budgets.png")
+                shoot(page, base, "/alerts", out_dir / "alerts.png")
                 page.select_option("select[name=theme]", "dark")
                 shoot(page, base, "/", out_dir / "overview-dark.png")
                 page.select_option("select[name=theme]", "auto")

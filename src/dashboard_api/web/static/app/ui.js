@@ -80,6 +80,18 @@ export function useData(load, deps) {
   return { ...state, reload: run, setData };
 }
 
+// Call `fn` every `ms` while mounted and the tab is visible (figures with no live channel).
+export function useEvery(ms, fn) {
+  const ref = useRef(fn);
+  ref.current = fn;
+  useEffect(() => {
+    const timer = setInterval(() => {
+      if (document.visibilityState === "visible") ref.current();
+    }, ms);
+    return () => clearInterval(timer);
+  }, [ms]);
+}
+
 // Listen to a channel while the component is mounted.
 export function useChannel(channel, handler, deps = []) {
   const ref = useRef(handler);

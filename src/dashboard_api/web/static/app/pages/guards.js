@@ -24,7 +24,7 @@ export function Budgets() {
       <th scope="col">Action</th></tr></thead>
     <tbody>${data.items.map((b) => html`<tr key=${b.budget_id}><th scope="row">${b.name}</th>
       <td class="small">${Object.entries(b.scope || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "whole fleet"}</td>
-      <td><${Badge} value=${b.state} /></td>
+      <td><${Badge} value=${b.state} />${b.held ? html` <span class="badge badge-bad" title="Claims in scope hand out no work">holding</span>` : null}</td>
       <td><meter min="0" max=${b.limit_usd} value=${Math.min(b.spent_usd, b.limit_usd)} aria-label=${`${b.name} spent`}></meter>
         ${fmtUsd(b.spent_usd)}</td><td class="num">${fmtUsd(b.limit_usd)}</td>
       <td class="small">${b.period} (${b.tz}) · ${fmtTime(b.period_start)} – ${fmtTime(b.period_end)}</td>

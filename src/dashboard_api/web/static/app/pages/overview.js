@@ -3,12 +3,13 @@
 import { html, useMemo, useState } from "../html.js";
 import { get, hasPath } from "../api.js";
 import { fmtUsd, fmtInt, fmtPct, fmtAgo, fmtNum, browserZone, startOfLocalDay } from "../format.js";
-import { Badge, Card, ErrorBox, Empty, Loading, Stat, useChannel, useData } from "../ui.js";
+import { Badge, Card, ErrorBox, Empty, Loading, Stat, useChannel, useData, useEvery } from "../ui.js";
 import { Chart, bucketsToX } from "../chart.js";
 import { TaskTable } from "./tasks.js";
 
 function Status() {
   const { data, error, reload } = useData(() => get("/api/status"), []);
+  useEvery(10_000, reload);
   if (error) return html`<${Card} title="System"><${ErrorBox} error=${error} retry=${reload} /><//>`;
   if (!data) return html`<${Card} title="System"><${Loading} /><//>`;
   const c = data.components;
@@ -84,7 +85,7 @@ function RunningTasks() {
 }
 
 function Spend() {
-  const { data, error, reload } = useData(async () => {
+  const spend = useData(async () => {
     const now = new Date();
     const today = startOfLocalDay(now);
     const yesterday = new Date(today);
@@ -96,6 +97,13 @@ function Spend() {
     ]);
     return { t, y, budgets };
   }, []);
+  const { data, error, reload, setData } = spend;
+  useEvery(30_000, reload);
+  useChannel(hasPath("/api/budgets") ? "budgets" : null, (event) => {
+    if (event.type !== "budget_state" || !event.budget) return;
+    const replace = (b) => (b.budget_id === event.budget.budget_id ? event.budget : b);
+    setData((d) => (d?.budgets ? { ...d, budgets: { ...d.budgets, items: d.budgets.items.map(replace) } } : d));
+  });
   if (error) return html`<${Card} title="Spend"><${ErrorBox} error=${error} retry=${reload} /><//>`;
   if (!data) return html`<${Card} title="Spend"><${Loading} /><//>`;
   const { t, y, budgets } = data;
