@@ -14,12 +14,15 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, SpanFlags
 
 from dashboard_api.otlp.mapping import plan_task, plan_tasks, slug, subtrees
 from dashboard_api.otlp.spans import (
+    MAX_TOKENS,
     STATUS_ERROR,
     Limits,
     SpanFacts,
     SpanRejected,
+    clean,
     span_facts,
 )
+from dashboard_api.otlp.store import task_figures, task_record
 
 TRACE = "ab" * 16
 
@@ -242,3 +245,46 @@ def test_the_plan_depends_on_the_set_of_spans_only(spans: list[SpanFacts], data:
     assert plan_tasks(shuffled) == plan_tasks(spans)
     again = plan_tasks(shuffled + shuffled[: len(shuffled) // 2])  # repeats change nothing
     assert [p.input_tokens for p in again] == [p.input_tokens for p in plan_tasks(spans)]
+
+
+# --- any plan is a valid task ------------------------------------------------------------
+
+_texts = st.text(max_size=300) | st.sampled_from(["", "-", "Ünïcode Agent", "a" * 400, "x\x00y"])
+
+
+@st.composite
+def odd_trees(draw: st.DrawFn) -> list[SpanFacts]:
+    """Trees whose facts take any value span_facts can give (clean text, capped counts)."""
+    n = draw(st.integers(min_value=0, max_value=5))
+    spans = []
+    for i in range(n + 1):
+        text = draw(_texts)
+        spans.append(
+            facts(
+                f"{i + 1:016x}",
+                None if i == 0 else f"{draw(st.integers(1, i)):016x}",
+                name=clean(text, 255) or "span",
+                genai=True,
+                status=draw(st.sampled_from([0, 1, 2])),
+                status_message=clean(draw(_texts), 1000),
+                service=clean(draw(_texts), 255) or None,
+                agent_name=clean(draw(_texts), 255) or None,
+                agent_id=clean(draw(_texts), 255) or None,
+                request_model=clean(draw(_texts), 255) or None,
+                usage=True,
+                input_tokens=draw(st.integers(0, MAX_TOKENS)),
+                output_tokens=draw(st.integers(0, MAX_TOKENS)),
+                cost_usd=draw(st.sampled_from([None, "0", "0.000001", "999999999.99"])),
+                prompt=clean(draw(_texts), 1000) or None,
+                completion=clean(draw(_texts), 1000) or None,
+            )
+        )
+    return spans
+
+
+@given(spans=odd_trees())
+def test_every_plan_makes_valid_service_bodies(spans: list[SpanFacts]) -> None:
+    for plan in plan_tasks(spans):
+        record = task_record(plan)  # TaskCreate and TaskUpdate validate here
+        assert record.final.status in ("completed", "failed")
+        assert task_figures(plan, final=False).status is None

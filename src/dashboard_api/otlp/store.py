@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, cast
 
 import orjson
@@ -26,6 +27,7 @@ from sqlalchemy import Table, bindparam, delete, select, text, update
 from dashboard_api.db.dialect import backend_of, upsert
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models.otlp import OtlpSpan
+from dashboard_api.errors import NotFound
 from dashboard_api.otlp.mapping import SOURCE, TaskPlan, plan_task, subtrees
 from dashboard_api.otlp.spans import SpanFacts
 from dashboard_api.schemas.tasks import TaskCreate, TaskUpdate
@@ -33,6 +35,8 @@ from dashboard_api.services import tasks
 from dashboard_api.services.pricing import PriceTable
 
 _S = cast(Table, OtlpSpan.__table__)
+# The largest cost a task takes (TaskUpdate.cost_usd); a reported sum past it is capped.
+MAX_COST_USD = Decimal(10**9)
 # The advisory-lock class of trace locks (the two-key form: a key space of its own).
 _LOCK_CLASS = 0x07E1
 
@@ -107,10 +111,10 @@ async def store_spans(
                 if plan is None:
                     continue
                 if (root.trace_id, root.span_id) in has_task:
-                    await _update(session, plan, now=now, prices=prices)
-                    result.updated.append(plan.task_id)
+                    if await _update(session, plan, now=now, prices=prices):
+                        result.updated.append(plan.task_id)
                 else:
-                    finished.append(_finished(plan))
+                    finished.append(task_record(plan))
                     marks.append({"t": root.trace_id, "s": root.span_id, "task_id": plan.task_id})
         if finished:
             recorded = await tasks.record_finished_tasks(
@@ -174,7 +178,7 @@ _LOCK_SQL = text(
 )
 
 
-def _finished(plan: TaskPlan) -> tasks.FinishedTask:
+def task_record(plan: TaskPlan) -> tasks.FinishedTask:
     """A newly whole invocation's task: registered running at the root's start, with the
     subtree's content as output, ended at the root's end with the plan's figures."""
     root = plan.root
@@ -192,19 +196,28 @@ def _finished(plan: TaskPlan) -> tasks.FinishedTask:
         body=body,
         started_at=_ts(root.start_ns),
         completed_at=_ts(root.end_ns),
-        final=_figures(plan, final=True),
+        final=task_figures(plan, final=True),
         chunks=plan.chunks(),
     )
 
 
-async def _update(session: Any, plan: TaskPlan, *, now: datetime, prices: PriceTable) -> None:
-    """New spans of an invocation whose task exists: its figures, recomputed from all."""
-    await tasks.update_task(
-        session, task_id=plan.task_id, body=_figures(plan, final=False), now=now, prices=prices
-    )
+async def _update(session: Any, plan: TaskPlan, *, now: datetime, prices: PriceTable) -> bool:
+    """New spans of an invocation whose task exists: its figures, recomputed from all.
+    False when the task is gone (deleted since): the spans are kept, nothing else."""
+    try:
+        await tasks.update_task(
+            session,
+            task_id=plan.task_id,
+            body=task_figures(plan, final=False),
+            now=now,
+            prices=prices,
+        )
+    except NotFound:
+        return False
+    return True
 
 
-def _figures(plan: TaskPlan, *, final: bool) -> TaskUpdate:
+def task_figures(plan: TaskPlan, *, final: bool) -> TaskUpdate:
     values: dict[str, Any] = {
         "model": plan.model,
         "input_tokens": plan.input_tokens,
@@ -215,7 +228,7 @@ def _figures(plan: TaskPlan, *, final: bool) -> TaskUpdate:
     if plan.result is not None:
         values["result"] = plan.result
     if plan.cost_usd is not None:
-        values["cost_usd"] = float(plan.cost_usd)
+        values["cost_usd"] = float(min(plan.cost_usd, MAX_COST_USD))
     if final:
         values["status"] = plan.status
         if plan.error is not None:
