@@ -418,19 +418,38 @@ def prune(
 
 
 @rollups_app.command("rebuild")
-def rollups_rebuild() -> None:
+def rollups_rebuild(
+    discard_pruned: Annotated[
+        bool,
+        typer.Option(
+            "--discard-pruned",
+            help="Rebuild even though retention pruned tasks: their periods' analytics are lost",
+        ),
+    ] = False,
+) -> None:
     """Recompute the analytics rollups from the raw tasks (task writes wait meanwhile)."""
     import time
+
+    from dashboard_api.cli_errors import CliFailure
 
     settings = _migrated_settings()
 
     async def run() -> None:
         from dashboard_api.db.engine import Database
         from dashboard_api.services.analytics.rollups import rebuild_rollups
+        from dashboard_api.services.retention import pruned_before
+        from dashboard_api.timeutil import format_ts
 
         db = Database(settings.database_url, command_timeout=None)  # minutes on 1M tasks
         try:
             async with db.write() as session:
+                pruned = await pruned_before(session)
+                if pruned is not None and not discard_pruned:
+                    raise CliFailure(
+                        f"tasks created before {format_ts(pruned)} were pruned and the rollups "
+                        "still hold their analytics, which a rebuild from the tasks would drop; "
+                        "pass --discard-pruned to rebuild anyway"
+                    )
                 await rebuild_rollups(session)
         finally:
             await db.dispose()

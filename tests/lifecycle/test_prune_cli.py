@@ -45,6 +45,15 @@ def test_prune_prints_what_it_deletes_and_a_dry_run_deletes_nothing(tmp_path: Pa
     again = _run(tmp_path, "prune", "--older-than", "30")
     assert _figures(again.stdout) == (0, 0, 0)
 
+    # A rebuild would drop the pruned periods' analytics: refused unless asked for.
+    refused = _run(tmp_path, "rollups", "rebuild")
+    assert refused.returncode == 1, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "--discard-pruned" in refused.stderr
+    rebuilt = _run(tmp_path, "rollups", "rebuild", "--discard-pruned")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+
 
 @pytest.mark.parametrize("days", ["0", "-3", "nan", "99999999"])
 def test_a_bad_age_is_one_line(tmp_path: Path, days: str) -> None:

@@ -203,6 +203,12 @@ async def _raise_pruned_before(db: Database, before: datetime) -> None:
         )
 
 
+async def pruned_before(session: AsyncSession) -> datetime | None:
+    """The instant before which terminal tasks may have been pruned (None: never)."""
+    seconds = await session.scalar(select(_STATE.c.pruned_before_s).where(_STATE.c.id == 1))
+    return None if seconds is None else EPOCH + timedelta(seconds=seconds)
+
+
 async def _ensure_state_row(session: AsyncSession) -> None:
     stmt = upsert(session, _STATE).values(id=1, rebuilds=0, prunes=0)
     await session.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))

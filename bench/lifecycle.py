@@ -1,0 +1,230 @@
+"""Data lifecycle: export throughput and peak server RSS, prune rate with list latency during it.
+
+    python -m bench.lifecycle [--tasks 200000] [--days 60] [--chunks 3] [--samples 200]
+
+One real uvicorn server on a PostgreSQL database of its own (dropped at the end). The
+database is seeded through the CLI (`dashboard-api seed --tasks N --days D`: status events
+included) and given `--chunks` output chunks of 200 bytes per task (SQL, before timing).
+
+- Export: `GET /api/tasks/export` as CSV and as JSON Lines, read as fast as one client
+  can: rows per second, and the server's resident memory (VmRSS, sampled every 20 ms)
+  before and at its peak during each export. In the same run, `GET /api/health` requests
+  per second on one keep-alive connection give the floor the machine allows.
+- Prune: `dashboard-api prune --older-than D/2` (about half the tasks, with their chunks
+  and events) while one client keeps reading the first page of `GET /api/tasks` (and
+  one with `status=completed`) back to back: tasks deleted per second, and the list's
+  p50/p99 before the prune (same client, same requests) and during it.
+- Analytics: the summary and performance over every day of the data, before the prune
+  and after it, must be equal (checked, not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import time
+from typing import Any
+
+from bench._common import (
+    BIN,
+    KeepAliveClient,
+    connect,
+    free_port,
+    log,
+    pct,
+    scratch_database,
+)
+from bench.ws_fanout import _start_server, _stop, _wait_healthy
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def sample_peak(pid: int, stop: asyncio.Event) -> int:
+    peak = 0
+    while not stop.is_set():
+        peak = max(peak, rss_kib(pid))
+        await asyncio.sleep(0.02)
+    return max(peak, rss_kib(pid))
+
+
+async def stream_export(port: int, token: str, fmt: str) -> tuple[int, int, float]:
+    """(rows, bytes, seconds) of one export read to its end on a raw connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    start = time.perf_counter()
+    writer.write(
+        (
+            f"GET /api/tasks/export?format={fmt} HTTP/1.1\r\nHost: bench\r\n"
+            f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ).encode()
+    )
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    newlines = size = 0
+    while chunk := await reader.read(1 << 20):
+        size += len(chunk)
+        newlines += chunk.count(b"\n")
+    seconds = time.perf_counter() - start
+    writer.close()
+    # Chunked framing adds a CRLF line per chunk; a header row for CSV. Rows are counted
+    # by the server's metric instead (exact), this is the wire size.
+    return newlines, size, seconds
+
+
+async def exported_rows(client: KeepAliveClient, fmt: str) -> float:
+    _, body = await client.get("/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(f'dashboard_export_rows_total{{format="{fmt}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def list_latencies(port: int, token: str, stop: asyncio.Event | None, n: int) -> list[float]:
+    """Milliseconds of list requests, alternating two queries, until `stop` (or `n`)."""
+    queries: list[dict[str, Any]] = [{}, {"status": "completed"}]
+    out: list[float] = []
+    async with KeepAliveClient("127.0.0.1", port, {"Authorization": f"Bearer {token}"}) as c:
+        await c.get_json("/api/tasks", queries[0])
+        i = 0
+        while (stop is None and len(out) < n) or (stop is not None and not stop.is_set()):
+            t0 = time.perf_counter()
+            await c.get_json("/api/tasks", queries[i % 2])
+            out.append((time.perf_counter() - t0) * 1000)
+            i += 1
+    return out
+
+
+async def analytics_figures(port: int, token: str, days: int) -> list[Any]:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    start = (now - timedelta(days=days + 2)).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = (now + timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+    window = {
+        "from": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "to": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    out = []
+    async with KeepAliveClient("127.0.0.1", port, {"Authorization": f"Bearer {token}"}) as c:
+        for path in ("/api/analytics/summary", "/api/analytics/performance"):
+            out.append(await c.get_json(path, window))
+        out.append(await c.get_json("/api/analytics/costs/histogram", {**window, "period": "day"}))
+    return out
+
+
+async def main(args: argparse.Namespace) -> None:
+    async with scratch_database("dash_bench_life_", ("user",)) as (db_url, tokens):
+        env = {**os.environ, "DASHBOARD_DATABASE_URL": db_url, "DASHBOARD_LOG_LEVEL": "WARNING"}
+        env.pop("DASHBOARD_REDIS_URL", None)
+        log(f"seeding {args.tasks} tasks over {args.days} days ...")
+        t0 = time.perf_counter()
+        subprocess.run(
+            [str(BIN / "dashboard-api"), "seed", "--tasks", str(args.tasks), "--days",
+             str(args.days), "--random-seed", "1"],
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        name = db_url.rsplit("/", 1)[1]
+        conn = await connect(name)
+        try:
+            await conn.execute(
+                "INSERT INTO task_output_chunks (task_id, seq, stream, content, created_at)"
+                " SELECT task_id, g, 'stdout', repeat('x', 199) || chr(10), created_at"
+                " FROM tasks, generate_series(1, $1::int) g",
+                args.chunks,
+            )
+            await conn.execute("UPDATE tasks SET output_seq = $1::int", args.chunks)
+            await conn.execute("VACUUM ANALYZE")
+            chunks = await conn.fetchval("SELECT count(*) FROM task_output_chunks")
+            events = await conn.fetchval("SELECT count(*) FROM task_events")
+            size = await conn.fetchval("SELECT pg_database_size(current_database())")
+        finally:
+            await conn.close()
+        log(f"seeded in {time.perf_counter() - t0:.0f} s: {chunks} chunks, {events} events, "
+            f"{size / 2**20:.0f} MiB")  # fmt: skip
+
+        port = free_port()
+        server = _start_server(port, env, None)
+        try:
+            await _wait_healthy(port)
+            token = tokens["user"]
+            auth = {"Authorization": f"Bearer {token}"}
+            # The floor: health requests per second on one keep-alive connection.
+            async with KeepAliveClient("127.0.0.1", port) as c:
+                n, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < 2:
+                    await c.get("/api/health")
+                    n += 1
+                health_rps = n / (time.perf_counter() - t0)
+            print(f"floor: /api/health {health_rps:.0f} req/s on one connection")
+
+            async with KeepAliveClient("127.0.0.1", port, auth) as metrics:
+                for fmt in ("csv", "jsonl"):
+                    idle = rss_kib(server.pid)
+                    before_rows = await exported_rows(metrics, fmt)
+                    stop = asyncio.Event()
+                    sampler = asyncio.create_task(sample_peak(server.pid, stop))
+                    _, size, seconds = await stream_export(port, token, fmt)
+                    stop.set()
+                    peak = await sampler
+                    rows = int(await exported_rows(metrics, fmt) - before_rows)
+                    mib_s = size / 2**20 / seconds
+                    print(
+                        f"export {fmt:5}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f}"
+                        f" rows/s ({mib_s:.1f} MiB/s); server RSS {idle / 1024:.0f} MiB before,"
+                        f" peak {peak / 1024:.0f} MiB (+{(peak - idle) / 1024:.0f})"
+                    )
+
+            figures = await analytics_figures(port, token, args.days)
+            baseline = await list_latencies(port, token, None, args.samples)
+            print(
+                f"list before prune: p50 {pct(baseline, 0.5):.1f} ms, p99 "
+                f"{pct(baseline, 0.99):.1f} ms ({len(baseline)} requests)"
+            )
+            stop = asyncio.Event()
+            during_task = asyncio.create_task(list_latencies(port, token, stop, 0))
+            t0 = time.perf_counter()
+            proc = await asyncio.create_subprocess_exec(
+                str(BIN / "dashboard-api"), "prune", "--older-than", str(args.days / 2),
+                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await proc.communicate()
+            prune_seconds = time.perf_counter() - t0
+            stop.set()
+            during = await during_task
+            if proc.returncode != 0:
+                raise RuntimeError(err.decode())
+            line = out.decode().strip()
+            deleted = int(line.split()[1])
+            # The command's own time (its last field), without interpreter start and migrate.
+            own = float(line.rsplit("(", 1)[1].split()[0])
+            print(f"prune: {line}; {prune_seconds:.1f} s with process start")
+            print(f"prune rate: {deleted / own:,.0f} tasks/s (with their chunks and events)")
+            print(
+                f"list during prune: p50 {pct(during, 0.5):.1f} ms, p99 {pct(during, 0.99):.1f} ms"
+                f" ({len(during)} requests); p99 ratio during/before "
+                f"{pct(during, 0.99) / pct(baseline, 0.99):.2f}"
+            )
+            after = await analytics_figures(port, token, args.days)
+            same = after == figures
+            print(f"analytics (summary, performance, daily histogram) unchanged: {same}")
+            if not same:
+                raise SystemExit("analytics changed across the prune")
+        finally:
+            _stop(server)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=200_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--chunks", type=int, default=3, help="output chunks per task")
+    parser.add_argument("--samples", type=int, default=200, help="list requests before")
+    asyncio.run(main(parser.parse_args()))
