@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -151,6 +152,12 @@ async def test_sdk_spans_as_gzipped_json_and_protobuf_give_one_task(
         "/v1/traces",
         content=gzip.compress(json_body(spans)),
         headers=_headers(auth, JSON, **{"Content-Encoding": "gzip"}),
+    )
+    assert r.status_code == 200, r.text
+    r = await client.post(
+        "/v1/traces",
+        content=zlib.compress(protobuf_body(spans)),
+        headers=_headers(auth, PROTOBUF, **{"Content-Encoding": "deflate"}),
     )
     assert r.status_code == 200, r.text
     r = await client.post(

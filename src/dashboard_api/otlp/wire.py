@@ -60,26 +60,31 @@ def encoding_of(content_type: str | None) -> Encoding:
 
 
 def inflate(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
-    """The body without its Content-Encoding (identity or gzip), at most `max_bytes` once
-    decompressed (413 past it, as OTLP/HTTP asks); 400 for a broken gzip stream."""
+    """The body without its Content-Encoding (identity, gzip or deflate), at most
+    `max_bytes` once decompressed (413 past it, as OTLP/HTTP asks); 400 for a broken
+    stream."""
     coding = (content_encoding or "identity").strip().lower()
     if coding in ("identity", ""):
         return body
-    if coding != "gzip":
-        raise UnsupportedMediaType(f"Content-Encoding must be gzip or identity, not {coding!r}.")
+    if coding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding must be gzip, deflate or identity, not {coding!r}."
+        )
+    # gzip members (OTLP/HTTP), or zlib's format for deflate (the SDK exporters offer it).
+    wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
     out = bytearray()
     rest = body
     try:
         while rest:
-            stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            stream = zlib.decompressobj(wbits)
             out += stream.decompress(rest, max_bytes + 1 - len(out))
             if len(out) > max_bytes:
                 raise PayloadTooLarge(f"The request body is over {max_bytes} bytes decompressed.")
             if not stream.eof:
-                raise BadRequest("The gzip body is truncated.")
-            rest = stream.unused_data  # another gzip member follows
+                raise BadRequest(f"The {coding} body is truncated.")
+            rest = stream.unused_data  # another member follows
     except zlib.error as exc:
-        raise BadRequest(f"The body is not valid gzip: {exc}.") from None
+        raise BadRequest(f"The body is not valid {coding}: {exc}.") from None
     return bytes(out)
 
 
