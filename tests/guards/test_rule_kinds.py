@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from dashboard_api.db.models import Agent, IndexJob, OAuthInstallation, WebhookEvent
+from dashboard_api.db.models import Agent, IndexJob, OAuthInstallation, Task, WebhookEvent
 from dashboard_api.ids import new_id
 from dashboard_api.services import webhooks
 from dashboard_api.services.webhooks import SIGNATURE_REJECTIONS
@@ -198,3 +198,29 @@ def test_signature_rejections_list_every_rejection() -> None:
     }
     assert raised
     assert raised == set(SIGNATURE_REJECTIONS)
+
+
+async def test_lease_expired(app: FastAPI, client: httpx.AsyncClient, auth: Auth) -> None:
+    """Counts tasks failed by lease expiry in the window (API.md §13's `failure_reason`);
+    on a version without leases the kind is refused with the reason."""
+    body = {"name": "l", "kind": "lease_expired", "threshold": 1, "window_minutes": 10}
+    r = await client.put("/api/alerts/rules/l", json=body, headers=auth("admin"))
+    if not hasattr(Task, "failure_reason"):
+        assert r.status_code == 422
+        assert "leases" in r.json()["detail"]
+        return
+    assert r.status_code == 200, r.text
+    ctx = app.state.ctx
+    now = ctx.clock.now()
+    async with ctx.db.write() as session:
+        for i, (reason, ended) in enumerate(
+            [("lease_expired", now), ("lease_expired", now - timedelta(minutes=30)), ("agent", now)]
+        ):
+            session.add(
+                Task(task_id=f"l{i}", status="failed", agent_type="coder", source="api",
+                     input_message="x", created_at=now - timedelta(hours=3), updated_at=ended,
+                     started_at=now - timedelta(hours=3), completed_at=ended, failure_reason=reason,
+                     metadata_={})
+            )  # fmt: skip
+    fired = await _firing(app)
+    assert fired["l"]["value"] == 1
