@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -31,10 +32,16 @@ async def put_channel(ctx: CtxDep, _: AdminRole, channel_id: IdPath, body: Chann
     """Create or replace a channel (admin). A URL whose host resolves to a loopback,
     link-local, private or reserved address is 422 unless
     DASHBOARD_ALERTS_ALLOW_PRIVATE_URLS=true. The secret is never returned."""
+    settings = ctx.settings
     try:
-        target = await check_url(body.url, allow_private=ctx.settings.alerts_allow_private_urls)
+        async with asyncio.timeout(settings.alerts_delivery_timeout_seconds):
+            target = await check_url(body.url, allow_private=settings.alerts_allow_private_urls)
     except UrlRefused as exc:
         raise Unprocessable(f"The URL is refused: {exc}.", loc=["body", "url"]) from None
+    except TimeoutError:
+        raise Unprocessable(
+            "The URL is refused: its host did not resolve in time.", loc=["body", "url"]
+        ) from None
     async with ctx.db.write() as session:
         doc = await channels.put_channel(
             session,
