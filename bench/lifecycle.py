@@ -10,10 +10,11 @@ included) and given `--chunks` output chunks of 200 bytes per task (SQL, before 
   can: rows per second, and the server's resident memory (VmRSS, sampled every 20 ms)
   before and at its peak during each export. In the same run, `GET /api/health` requests
   per second on one keep-alive connection give the floor the machine allows.
-- Prune: `dashboard-api prune --older-than D/2` (about half the tasks, with their chunks
-  and events) while one client keeps reading the first page of `GET /api/tasks` (and
-  one with `status=completed`) back to back: tasks deleted per second, and the list's
-  p50/p99 before the prune (same client, same requests) and during it.
+- Prune: `prune_once` of what is older than D/2 days (about half the tasks, with their
+  chunks and events; what `dashboard-api prune --older-than D/2` runs) in a process of
+  its own, started before the clock, while one client keeps reading the first page of
+  `GET /api/tasks` (and of `status=completed`) back to back: tasks deleted per second,
+  and the list's p50/p99 before the prune (same client, same requests) and during it.
 - Analytics: the summary and performance over every day of the data, before the prune
   and after it, must be equal (checked, not timed).
 """
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import os
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -37,6 +39,25 @@ from bench._common import (
     scratch_database,
 )
 from bench.ws_fanout import _start_server, _stop, _wait_healthy
+
+PRUNER = """
+import asyncio, sys, time
+from datetime import UTC, datetime, timedelta
+from dashboard_api.db.engine import Database
+from dashboard_api.services.retention import prune_once
+
+async def main():
+    db = Database(sys.argv[1])
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t0 = time.perf_counter()
+    older = datetime.now(UTC) - timedelta(days=float(sys.argv[2]))
+    report = await prune_once(db, older_than=older)
+    print(f"{report.line()} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    await db.dispose()
+
+asyncio.run(main())
+"""
 
 
 def rss_kib(pid: int) -> int:
@@ -79,8 +100,11 @@ async def stream_export(port: int, token: str, fmt: str) -> tuple[int, int, floa
     return newlines, size, seconds
 
 
-async def exported_rows(client: KeepAliveClient, fmt: str) -> float:
-    _, body = await client.get("/metrics")
+async def exported_rows(port: int, fmt: str) -> float:
+    """The server's count of rows read for exports (a connection of its own: a kept-alive
+    one would have been closed by the server while an export ran)."""
+    async with KeepAliveClient("127.0.0.1", port) as client:
+        _, body = await client.get("/metrics")
     for line in body.decode().splitlines():
         if line.startswith(f'dashboard_export_rows_total{{format="{fmt}"}}'):
             return float(line.split()[-1])
@@ -155,7 +179,6 @@ async def main(args: argparse.Namespace) -> None:
         try:
             await _wait_healthy(port)
             token = tokens["user"]
-            auth = {"Authorization": f"Bearer {token}"}
             # The floor: health requests per second on one keep-alive connection.
             async with KeepAliveClient("127.0.0.1", port) as c:
                 n, t0 = 0, time.perf_counter()
@@ -165,22 +188,21 @@ async def main(args: argparse.Namespace) -> None:
                 health_rps = n / (time.perf_counter() - t0)
             print(f"floor: /api/health {health_rps:.0f} req/s on one connection")
 
-            async with KeepAliveClient("127.0.0.1", port, auth) as metrics:
-                for fmt in ("csv", "jsonl"):
-                    idle = rss_kib(server.pid)
-                    before_rows = await exported_rows(metrics, fmt)
-                    stop = asyncio.Event()
-                    sampler = asyncio.create_task(sample_peak(server.pid, stop))
-                    _, size, seconds = await stream_export(port, token, fmt)
-                    stop.set()
-                    peak = await sampler
-                    rows = int(await exported_rows(metrics, fmt) - before_rows)
-                    mib_s = size / 2**20 / seconds
-                    print(
-                        f"export {fmt:5}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f}"
-                        f" rows/s ({mib_s:.1f} MiB/s); server RSS {idle / 1024:.0f} MiB before,"
-                        f" peak {peak / 1024:.0f} MiB (+{(peak - idle) / 1024:.0f})"
-                    )
+            for fmt in ("csv", "jsonl"):
+                idle = rss_kib(server.pid)
+                before_rows = await exported_rows(port, fmt)
+                stop = asyncio.Event()
+                sampler = asyncio.create_task(sample_peak(server.pid, stop))
+                _, size, seconds = await stream_export(port, token, fmt)
+                stop.set()
+                peak = await sampler
+                rows = int(await exported_rows(port, fmt) - before_rows)
+                mib_s = size / 2**20 / seconds
+                print(
+                    f"export {fmt:5}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f}"
+                    f" rows/s ({mib_s:.1f} MiB/s); server RSS {idle / 1024:.0f} MiB before,"
+                    f" peak {peak / 1024:.0f} MiB (+{(peak - idle) / 1024:.0f})"
+                )
 
             figures = await analytics_figures(port, token, args.days)
             baseline = await list_latencies(port, token, None, args.samples)
@@ -188,24 +210,29 @@ async def main(args: argparse.Namespace) -> None:
                 f"list before prune: p50 {pct(baseline, 0.5):.1f} ms, p99 "
                 f"{pct(baseline, 0.99):.1f} ms ({len(baseline)} requests)"
             )
+            # The prune runs in a process of its own (as the CLI or another replica's job
+            # would), started and imported before the clock starts.
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", PRUNER, db_url, str(args.days / 2),
+                env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            assert (await proc.stdout.readline()).strip() == b"ready"
             stop = asyncio.Event()
             during_task = asyncio.create_task(list_latencies(port, token, stop, 0))
-            t0 = time.perf_counter()
-            proc = await asyncio.create_subprocess_exec(
-                str(BIN / "dashboard-api"), "prune", "--older-than", str(args.days / 2),
-                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, err = await proc.communicate()
-            prune_seconds = time.perf_counter() - t0
+            await asyncio.sleep(0.5)
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
+            line = (await proc.stdout.readline()).decode().strip()
+            await asyncio.sleep(0.5)
             stop.set()
             during = await during_task
-            if proc.returncode != 0:
-                raise RuntimeError(err.decode())
-            line = out.decode().strip()
+            if await proc.wait() != 0 or not line:
+                raise RuntimeError("the prune failed")
             deleted = int(line.split()[1])
-            # The command's own time (its last field), without interpreter start and migrate.
             own = float(line.rsplit("(", 1)[1].split()[0])
-            print(f"prune: {line}; {prune_seconds:.1f} s with process start")
+            print(f"prune: {line}")
             print(f"prune rate: {deleted / own:,.0f} tasks/s (with their chunks and events)")
             print(
                 f"list during prune: p50 {pct(during, 0.5):.1f} ms, p99 {pct(during, 0.99):.1f} ms"
