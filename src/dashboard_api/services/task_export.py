@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import operator
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal
 
@@ -33,6 +34,10 @@ ExportFormat = Literal["csv", "jsonl"]
 EXPORT_BATCH = 2000
 # Every field of a task summary, in the order of the list's items (the CSV header).
 EXPORT_FIELDS: tuple[str, ...] = tuple(TaskSummary.model_fields)
+_FIELD_VALUES = operator.itemgetter(*EXPORT_FIELDS)
+_BOOLEAN_FIELDS = tuple(
+    i for i, f in enumerate(EXPORT_FIELDS) if TaskSummary.model_fields[f].annotation is bool
+)
 MEDIA_TYPES: dict[str, str] = {
     "csv": "text/csv; charset=utf-8",
     "jsonl": "application/jsonl",
@@ -76,21 +81,20 @@ def csv_header() -> bytes:
 
 def csv_rows(docs: Sequence[dict[str, Any]]) -> bytes:
     """RFC 4180 lines (CRLF; fields with commas, quotes or line breaks quoted); null is an
-    empty field, booleans `true`/`false` as in the JSON form."""
-    return _csv_lines([[_csv_value(d[f]) for f in EXPORT_FIELDS] for d in docs])
+    empty field (the csv module writes None so), booleans `true`/`false` as in JSON."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    for doc in docs:
+        values = list(_FIELD_VALUES(doc))
+        for i in _BOOLEAN_FIELDS:
+            values[i] = "true" if values[i] else "false"
+        writer.writerow(values)
+    return out.getvalue().encode()
 
 
 def jsonl_rows(docs: Sequence[dict[str, Any]]) -> bytes:
     """One JSON object per line, each the list item of the same task."""
     return b"".join(orjson.dumps(d) + b"\n" for d in docs)
-
-
-def _csv_value(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value
 
 
 def _csv_lines(rows: Sequence[Sequence[Any]]) -> bytes:
