@@ -168,3 +168,32 @@ async def test_spend_counts_tasks_between_local_midnights_across_dst(
         )
         assert want == 6  # at_start + before_end, by the oracle
         assert Decimal(str(got["spent_usd"])) == want
+
+
+async def test_a_hold_ends_when_the_local_period_rolls_over(
+    paris_client: tuple[httpx.AsyncClient, dict[str, str], dict[str, str], FixedClock],
+) -> None:
+    """Held tasks stay queued and are claimable at the next local midnight, with nothing
+    run in between (the claim compares the hold's end with its own now)."""
+    client, admin, agent, clock = paris_client
+    clock.at = datetime(2026, 10, 25, 12, tzinfo=UTC)  # a 25-hour day in Paris
+    body = {"name": "cap", "period": "day", "tz": "Europe/Paris", "limit_usd": 1, "action": "hold"}
+    assert (await client.put("/api/budgets/cap", json=body, headers=admin)).status_code == 200
+    for task_id in ("spender", "waiting"):
+        r = await client.post(
+            "/api/tasks",
+            json={"task_id": task_id, "agent_type": "coder", "input_message": "x"},
+            headers=agent,
+        )
+        assert r.status_code == 201
+    claim = {"agent": "a1", "agent_type": "coder"}
+    assert (await client.post("/api/tasks/claim", json=claim, headers=agent)).status_code == 200
+    r = await client.patch("/api/tasks/spender", json={"cost_usd": 1}, headers=agent)
+    assert r.status_code == 200
+    assert (await client.post("/api/tasks/claim", json=claim, headers=agent)).status_code == 204
+    clock.at = datetime(2026, 10, 25, 23, tzinfo=UTC) - US  # still the 25th in Paris
+    assert (await client.post("/api/tasks/claim", json=claim, headers=agent)).status_code == 204
+    clock.at = datetime(2026, 10, 25, 23, tzinfo=UTC)  # local midnight
+    r = await client.post("/api/tasks/claim", json=claim, headers=agent)
+    assert r.status_code == 200
+    assert r.json()["task_id"] == "waiting"
