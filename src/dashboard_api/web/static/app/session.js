@@ -3,12 +3,13 @@
 // is sent only in the Authorization header and the WebSocket's subprotocol, never in a URL.
 const KEY = "dashboard.token";
 const ME_KEY = "dashboard.me"; // who the token is, so a reload renders before re-checking it
+const NOTICE_KEY = "dashboard.notice"; // why the tab was signed out, shown after a reload too
 const listeners = new Set();
 
 export const session = {
   token: sessionStorage.getItem(KEY),
   me: readMe(), // {user_id, role, token_id} once checked
-  notice: null, // why the user was signed out, shown on the sign-in form
+  notice: sessionStorage.getItem(NOTICE_KEY), // why the tab was signed out (sign-in form)
 };
 
 function readMe() {
@@ -34,6 +35,7 @@ export function signIn(token, me) {
   session.notice = null;
   sessionStorage.setItem(KEY, token);
   sessionStorage.setItem(ME_KEY, JSON.stringify(me));
+  sessionStorage.removeItem(NOTICE_KEY);
   changed();
 }
 
@@ -43,6 +45,8 @@ export function signOut(notice = null) {
   session.notice = notice;
   sessionStorage.removeItem(KEY);
   sessionStorage.removeItem(ME_KEY);
+  if (notice) sessionStorage.setItem(NOTICE_KEY, notice);
+  else sessionStorage.removeItem(NOTICE_KEY);
   changed();
 }
 
