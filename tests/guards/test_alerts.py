@@ -96,6 +96,8 @@ async def test_channel_secrets_are_sealed_and_never_shown(
         "http://[::ffff:127.0.0.1]/x",
         "http://0.0.0.0/x",
         "http://100.64.0.1/x",
+        "http://2130706433/x",  # 127.0.0.1 written as one number
+        "http://0x7f.0.0.1/x",
         "ftp://example.com/x",
         "http://user:pw@example.com/x",
         "http://no-such-host.invalid/x",
