@@ -144,7 +144,26 @@ async def test_a_failing_run_is_logged_counted_and_retried(
     assert [bool(r.exc_info) for r in failed] == [True, False, False]
 
 
-async def test_stop_cancels_a_run_in_progress_and_releases_the_lead(backend: Backend) -> None:
+async def test_stop_lets_a_short_run_finish(backend: Backend) -> None:
+    """A run in progress at stop ends by itself (not cancelled in the middle of its
+    database calls) when it takes less than the grace."""
+    started, finished = asyncio.Event(), asyncio.Event()
+
+    async def short() -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+        finished.set()
+
+    async with replica(backend.database_url, Job("probe", EVERY, short)) as a:
+        await asyncio.wait_for(started.wait(), 10)
+        await a.stop(grace=5)
+        assert finished.is_set()
+        assert a.stats["probe"].failures == 0
+
+
+async def test_stop_cancels_a_run_past_its_grace_and_releases_the_lead(
+    backend: Backend,
+) -> None:
     started = asyncio.Event()
 
     async def slow() -> None:
@@ -155,7 +174,7 @@ async def test_stop_cancels_a_run_in_progress_and_releases_the_lead(backend: Bac
     async with replica(backend.database_url, Job("probe", EVERY, slow)) as a:
         await asyncio.wait_for(started.wait(), 10)
         begun = time.monotonic()
-        await a.stop()
+        await a.stop(grace=0.5)
         assert time.monotonic() - begun < 5
         assert not a.stats["probe"].leader
         # The lead is free at once: a new replica takes it at its first tick.

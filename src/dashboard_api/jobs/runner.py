@@ -20,6 +20,7 @@ take a lock of their own), and the usual case, a replica that stops or dies, has
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,9 @@ from dashboard_api.aiotasks import raise_if_cancelled, stop_tasks
 from dashboard_api.jobs.leadership import Leadership
 
 log = logging.getLogger(__name__)
+
+# How long `JobRunner.stop` lets a run in progress finish before cancelling it.
+STOP_RUN_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class JobRunner:
         self.jobs: dict[str, Job] = {}
         self.stats: dict[str, JobStats] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     def add(self, job: Job) -> None:
         """Schedule a job (before `start`). A job with `every` <= 0 is off."""
@@ -75,8 +80,19 @@ class JobRunner:
         for job in self.jobs.values():
             self._tasks.append(asyncio.create_task(self._loop(job), name=f"job-{job.name}"))
 
-    async def stop(self) -> None:
-        """Cancel the loops (a run in progress with them), then give up every lead."""
+    async def stop(self, *, grace: float = STOP_RUN_GRACE_SECONDS) -> None:
+        """End the loops, then give up every lead.
+
+        A loop between runs ends at once; a run in progress is given `grace` seconds to
+        finish before it is cancelled. Cancelling a run in the middle of a database call
+        is what shutdowns should avoid: an aiosqlite connection cancelled while it opens
+        finishes in its own thread after the event loop has closed ("Event loop is
+        closed"), and a PostgreSQL statement cancelled mid-flight costs a connection.
+        """
+        self._stopping.set()
+        running = [t for t in self._tasks if not t.done()]
+        if running:
+            await asyncio.wait(running, timeout=grace)
         await stop_tasks(self._tasks, what="periodic jobs")
         self._tasks.clear()
         try:
@@ -125,7 +141,12 @@ class JobRunner:
         return True
 
     async def _loop(self, job: Job) -> None:
-        while True:
+        while not self._stopping.is_set():
             raise_if_cancelled()
-            await asyncio.sleep(job.every)
+            # Sleep the interval, or less when `stop` is called meanwhile.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(job.every):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
             await self.tick(job.name)
