@@ -15,6 +15,7 @@ from dashboard_api.context import AppContext
 from dashboard_api.db.engine import PendingEvent
 from dashboard_api.demo import start_demo
 from dashboard_api.jobs import Job, JobRunner, leadership_for
+from dashboard_api.jobs.reaper import reap_expired_leases
 from dashboard_api.observability.setup import metrics_of
 from dashboard_api.otlp.store import prune_spans
 from dashboard_api.services.agents import stale_agents, sweep_offline
@@ -80,6 +81,7 @@ def periodic_jobs(ctx: AppContext) -> list[Job]:
             settings.prune_interval_seconds if settings.retention_days is not None else 0,
             lambda: prune_expired_once(ctx),
         ),
+        Job("lease-reaper", settings.lease_reap_interval_seconds, lambda: reap_expired_leases(ctx)),
     ]
 
 

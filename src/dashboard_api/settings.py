@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     max_chunk_bytes: int = Field(1024 * 1024, ge=1)
     max_chunks_per_request: int = Field(1000, ge=1)
     default_agent_type: str = "general"
+    # Leases (API.md §13): a running task or index job fails when its producer has not
+    # been heard of for this long (claim or register may ask for another length).
+    task_lease_seconds: int = Field(300, ge=10, le=86_400)
+    # How often the `lease-reaper` job fails expired tasks and jobs (one replica does).
+    lease_reap_interval_seconds: float = Field(5.0, ge=0, le=10)
     prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
     default_price: ModelPrice = ModelPrice(input=3, output=15, cache_read="0.3", cache_write="3.75")
     prices_file: Path | None = None

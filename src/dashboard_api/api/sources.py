@@ -38,7 +38,10 @@ async def claim_job(
     """Take the oldest queued job, now running (with its source, so the indexer knows what)."""
     async with ctx.db.write() as session:
         claimed = await service.claim_job(
-            session, agent=body.agent if body else None, now=ctx.clock.now()
+            session,
+            agent=body.agent if body else None,
+            now=ctx.clock.now(),
+            lease_seconds=(body.lease_seconds if body else None) or ctx.settings.task_lease_seconds,
         )
         if claimed is None:
             return Response(status_code=204)
@@ -48,9 +51,16 @@ async def claim_job(
 
 @router.patch("/jobs/{job_id}", response_model=JobPublic, responses=problem_responses(404, 409))
 async def update_job(ctx: CtxDep, _: AgentRole, job_id: IdPath, body: JobUpdate) -> JobPublic:
-    """Report progress, or move the job: running, then succeeded or failed; or cancelled."""
+    """Report progress, or move the job: running, then succeeded or failed; or cancelled.
+    Every PATCH of a running job renews its lease (409 once the reaper has failed it)."""
     async with ctx.db.write() as session:
-        job = await service.update_job(session, job_id=job_id, body=body, now=ctx.clock.now())
+        job = await service.update_job(
+            session,
+            job_id=job_id,
+            body=body,
+            now=ctx.clock.now(),
+            lease_seconds=ctx.settings.task_lease_seconds,
+        )
         return job_public(job)
 
 

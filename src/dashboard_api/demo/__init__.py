@@ -34,6 +34,10 @@ from dashboard_api.services.webhooks import record_event
 log = logging.getLogger(__name__)
 
 _SEED_LOCK_KEY = 0x64656D6F  # "demo": one process seeds when several start together
+# Demo work holds short leases, and now and then its agent dies, so that lost work (failed
+# by the lease reaper, retried when attempts are left) shows within a minute.
+DEMO_LEASE_SECONDS = 30
+DEMO_DEATH_RATE = 0.05
 
 
 async def _claim_seeding(ctx: AppContext) -> bool:
@@ -188,10 +192,16 @@ async def _index_step(ctx: AppContext, rng: random.Random) -> None:
 
     now = ctx.clock.now()
     async with ctx.db.write() as session:
-        claimed = await source_service.claim_job(session, agent="demo-indexer", now=now)
+        claimed = await source_service.claim_job(
+            session, agent="demo-indexer", now=now, lease_seconds=DEMO_LEASE_SECONDS
+        )
         if claimed is not None:
             await source_service.update_job(
-                session, job_id=claimed[0].job_id, body=JobUpdate(progress=0.5), now=now
+                session,
+                job_id=claimed[0].job_id,
+                body=JobUpdate(progress=0.5),
+                now=now,
+                lease_seconds=DEMO_LEASE_SECONDS,
             )
             job_id: str | None = claimed[0].job_id
         else:
@@ -202,6 +212,11 @@ async def _index_step(ctx: AppContext, rng: random.Random) -> None:
                     session, source_id=rng.choice(sources).source_id, now=now
                 )
     if job_id is not None:
+        if rng.random() < DEMO_DEATH_RATE:
+            # The indexer "dies": the job stays running until its lease runs out, and
+            # the lease reaper fails it (the dashboard shows lost work).
+            log.info("demo: the indexer of job %s dies", job_id)
+            return
         await asyncio.sleep(rng.uniform(2.0, 5.0))
         with contextlib.suppress(Exception):
             async with ctx.db.write() as session:
@@ -210,4 +225,5 @@ async def _index_step(ctx: AppContext, rng: random.Random) -> None:
                     job_id=job_id,
                     body=JobUpdate(status="succeeded", progress=1.0),
                     now=ctx.clock.now(),
+                    lease_seconds=DEMO_LEASE_SECONDS,
                 )

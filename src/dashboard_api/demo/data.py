@@ -178,7 +178,9 @@ async def _seed_sources(ctx: AppContext) -> None:
         if outcome is None:
             continue
         async with ctx.db.write() as session:
-            claimed = await source_service.claim_job(session, agent="demo-indexer", now=now)
+            claimed = await source_service.claim_job(
+                session, agent="demo-indexer", now=now, lease_seconds=60
+            )
             if claimed is None:
                 continue
             await source_service.update_job(
@@ -190,6 +192,7 @@ async def _seed_sources(ctx: AppContext) -> None:
                     error="Rate limited by the provider" if outcome == "failed" else None,
                 ),
                 now=now,
+                lease_seconds=60,
             )
 
 

@@ -127,6 +127,10 @@ class JobPublic(BaseModel):
     finished_at: UtcDateTime | None
     error: str | None
     agent: str | None = Field(default=None, description="Who claimed it.")
+    lease_expires_at: UtcDateTime | None = Field(
+        default=None,
+        description="While running: when the job fails unless a PATCH renews its lease.",
+    )
 
 
 class SourcePublic(BaseModel):
@@ -150,6 +154,10 @@ class ClaimedJob(JobPublic):
 
 class JobClaim(ApiModel):
     agent: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+    lease_seconds: Annotated[int, Field(ge=10, le=86_400)] | None = Field(
+        default=None,
+        description="Lease length (default DASHBOARD_TASK_LEASE_SECONDS); each PATCH renews it.",
+    )
 
 
 class JobUpdate(ApiModel):
@@ -172,6 +180,7 @@ def job_public(j: Any) -> JobPublic:
         finished_at=j.finished_at,
         error=j.error,
         agent=j.agent,
+        lease_expires_at=j.lease_expires_at,
     )
 
 

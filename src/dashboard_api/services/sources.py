@@ -3,6 +3,10 @@
 Lock order, everywhere: the source row first, then its job rows. Claims take both with
 SKIP LOCKED, so a claimer never waits on (or deadlocks with) a delete, a re-index request
 or a progress report of the same source.
+
+A running job holds a lease (API.md §13), renewed by its PATCHes; the lease reaper
+(`expire_jobs`) fails a job whose lease ran out, and a re-index request does the same for
+the source's stuck job before queueing a new one.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ from dashboard_api.schemas.sources import (
     SourcePublic,
     job_public,
     source_public,
+)
+from dashboard_api.services.leases import (
+    LEASE_EXPIRED_ERROR,
+    MIN_LEASE_SECONDS,
+    lease_end,
+    renewed,
 )
 
 ENDED_JOB_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
@@ -203,11 +213,17 @@ async def delete_source(session: AsyncSession, *, source_id: str, now: datetime)
 async def request_reindex(
     session: AsyncSession, *, source_id: str, now: datetime
 ) -> tuple[IndexJob, bool]:
-    """Queue a job unless one is queued or running: (job, created)."""
+    """Queue a job unless one is queued or running: (job, created). A running job whose
+    lease has run out is failed first (the reaper would have), so a dead indexer never
+    blocks re-indexing."""
     # The source row lock serializes concurrent requests; the partial unique index on
     # active jobs is the backstop.
-    await _source(session, source_id, lock=True)
-    active = await _active_jobs(session, source_id)
+    source = await _source(session, source_id, lock=True)
+    active = list(await _active_jobs(session, source_id))
+    for job in active:
+        if _lease_ran_out(job, now):
+            _expire(session, job, source, now)
+    active = [job for job in active if job.status in ACTIVE_JOB_STATUSES]
     if active:
         return active[0], False
     job = IndexJob(
@@ -229,9 +245,10 @@ async def request_reindex(
 
 
 async def claim_job(
-    session: AsyncSession, *, agent: str | None, now: datetime
+    session: AsyncSession, *, agent: str | None, now: datetime, lease_seconds: int
 ) -> tuple[IndexJob, DataSource] | None:
-    """Move the oldest claimable queued job to running; None when there is none."""
+    """Move the oldest claimable queued job to running, with a lease of `lease_seconds`;
+    None when there is none."""
     candidates = (
         await session.execute(
             select(IndexJob.job_id, IndexJob.source_id)
@@ -256,6 +273,7 @@ async def claim_job(
         if job is None:  # taken meanwhile
             continue
         job.agent = agent
+        job.lease_seconds = lease_seconds
         _start(job, source, now)
         await session.flush()
         _publish(session, job)
@@ -264,9 +282,12 @@ async def claim_job(
 
 
 async def update_job(
-    session: AsyncSession, *, job_id: str, body: JobUpdate, now: datetime
+    session: AsyncSession, *, job_id: str, body: JobUpdate, now: datetime, lease_seconds: int
 ) -> IndexJob:
-    """Report progress or move a job; its source's status follows. 409 once ended."""
+    """Report progress or move a job; its source's status follows. 409 once ended.
+
+    Any update of a running job renews its lease (lazily, see services/leases.py); one
+    entering running gets a lease of its own length, else of `lease_seconds`."""
     found = await session.get(IndexJob, job_id)
     if found is None:
         raise NotFound(f"No job {job_id!r}.")
@@ -306,11 +327,20 @@ async def update_job(
         changed = True
     if target == "running":
         assert source is not None  # a live job's source exists (deletion cancels jobs)
+        job.lease_seconds = job.lease_seconds or lease_seconds
         _start(job, source, now)
         changed = True
     elif target is not None:
         _end(job, target, now, source)
         changed = True
+    elif job.status == "running":
+        renewal = renewed(job.lease_expires_at, job.lease_seconds or lease_seconds, now)
+        if renewal is not None:
+            job.lease_expires_at = renewal
+            if not changed:
+                # A renewal alone is not news: no event, the row keeps its updated_at.
+                await session.flush()
+                return job
     if changed:
         job.updated_at = now
         await session.flush()
@@ -318,10 +348,66 @@ async def update_job(
     return job
 
 
+async def expire_jobs(session: AsyncSession, *, now: datetime, limit: int = 100) -> list[IndexJob]:
+    """Fail running jobs whose lease ran out before `now` (the lease reaper): each
+    becomes `failed` with error "lease expired", its source `failed`.
+
+    Lock order as everywhere (source, then job), both with SKIP LOCKED: a source or job
+    being written right now is left for the next run. The job is re-read under its lock
+    with the expiry condition, so a PATCH that renewed the lease first wins, and one
+    arriving after the move finds the job ended (409)."""
+    candidates = (
+        await session.execute(
+            select(IndexJob.job_id, IndexJob.source_id)
+            .where(IndexJob.status == "running", IndexJob.lease_expires_at < now)
+            .order_by(IndexJob.lease_expires_at)
+            .limit(limit)
+        )
+    ).all()
+    expired: list[IndexJob] = []
+    for job_id, source_id in candidates:
+        source_stmt = lock_skip_locked(
+            session, select(DataSource).where(DataSource.source_id == source_id)
+        )
+        source = (
+            await session.scalars(source_stmt.execution_options(populate_existing=True))
+        ).first()
+        if source is None:  # being written right now: the next run
+            continue
+        job_stmt = lock_skip_locked(
+            session,
+            select(IndexJob).where(
+                IndexJob.job_id == job_id,
+                IndexJob.status == "running",
+                IndexJob.lease_expires_at < now,
+            ),
+        )
+        job = (await session.scalars(job_stmt.execution_options(populate_existing=True))).first()
+        if job is None:  # renewed, ended or being written meanwhile
+            continue
+        _expire(session, job, source, now)
+        expired.append(job)
+    await session.flush()
+    return expired
+
+
+def _lease_ran_out(job: IndexJob, now: datetime) -> bool:
+    return (
+        job.status == "running" and job.lease_expires_at is not None and job.lease_expires_at < now
+    )
+
+
+def _expire(session: AsyncSession, job: IndexJob, source: DataSource | None, now: datetime) -> None:
+    job.error = LEASE_EXPIRED_ERROR
+    _end(job, "failed", now, source)
+    _publish(session, job)
+
+
 def _start(job: IndexJob, source: DataSource, now: datetime) -> None:
     job.status = "running"
     job.started_at = now
     job.updated_at = now
+    job.lease_expires_at = lease_end(now, job.lease_seconds or MIN_LEASE_SECONDS)
     source.status = "indexing"
     source.updated_at = now
 
@@ -330,6 +416,7 @@ def _end(job: IndexJob, status: str, now: datetime, source: DataSource | None = 
     job.status = status
     job.finished_at = now
     job.updated_at = now
+    job.lease_expires_at = None
     if status == "succeeded":
         job.progress = 1.0
     if source is None:

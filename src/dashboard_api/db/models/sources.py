@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, Float, Index, String, Text, text
+from sqlalchemy import Boolean, CheckConstraint, Float, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dashboard_api.db.base import Base
@@ -68,6 +68,13 @@ class IndexJob(Base):
             postgresql_where=_ACTIVE,
             sqlite_where=_ACTIVE,
         ),
+        # The lease reaper's probe: running jobs by lease end.
+        Index(
+            "ix_index_jobs_lease",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
     )
 
     job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -80,3 +87,6 @@ class IndexJob(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+    # Leases (API.md §13): set while running, renewed by PATCH.
+    lease_expires_at: Mapped[datetime | None]
+    lease_seconds: Mapped[int | None] = mapped_column(Integer)

@@ -52,6 +52,29 @@ class Task(Base):
             postgresql_where=text("status = 'queued'"),
             sqlite_where=text("status = 'queued'"),
         ),
+        # The lease reaper's probe: running tasks by lease end.
+        Index(
+            "ix_tasks_lease",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
+        # One retry per task, whatever the concurrency of retry requests.
+        Index(
+            "ux_tasks_retry_of",
+            "retry_of",
+            unique=True,
+            postgresql_where=text("retry_of IS NOT NULL"),
+            sqlite_where=text("retry_of IS NOT NULL"),
+        ),
+        Index(
+            "ix_tasks_failure_reason_created",
+            "failure_reason",
+            "created_at",
+            "task_id",
+            postgresql_where=text("failure_reason IS NOT NULL"),
+            sqlite_where=text("failure_reason IS NOT NULL"),
+        ),
     )
 
     task_id: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -85,6 +108,14 @@ class Task(Base):
     output_seq: Mapped[int] = mapped_column(Integer, default=0)
     output_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     output_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Leases (API.md §13): set while running, renewed by producer calls and heartbeats.
+    lease_expires_at: Mapped[datetime | None]
+    lease_seconds: Mapped[int | None] = mapped_column(Integer)
+    failure_reason: Mapped[str | None] = mapped_column(String(32))  # see FAILURE_REASONS
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    max_attempts: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    retry_of: Mapped[str | None] = mapped_column(String(255))
+    retry_task_id: Mapped[str | None] = mapped_column(String(255))
 
 
 class TaskEvent(Base):

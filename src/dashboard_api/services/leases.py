@@ -1,0 +1,34 @@
+"""Lease arithmetic shared by tasks and index jobs (API.md §13).
+
+A running task or index job holds a lease until `lease_expires_at`; its producer's calls
+renew it to `now + lease_seconds`. Renewal is lazy: only when less than half the lease is
+left, so that a producer streaming output does not rewrite the lease (an indexed column)
+with every chunk. After any producer call at least half of the lease is left.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+# The error an expired task or job is failed with, and its task `failure_reason`.
+LEASE_EXPIRED_ERROR = "lease expired"
+LEASE_EXPIRED = "lease_expired"
+# The `failure_reason` of a failure a producer reported.
+REPORTED_BY_AGENT = "agent"
+MIN_LEASE_SECONDS = 10
+MAX_LEASE_SECONDS = 86_400
+
+
+def lease_end(now: datetime, seconds: int) -> datetime:
+    """When a lease taken or renewed at `now` runs out."""
+    return now + timedelta(seconds=seconds)
+
+
+def renewal_due(expires_at: datetime | None, seconds: int, now: datetime) -> bool:
+    """Whether a producer call at `now` must renew the lease (less than half is left)."""
+    return expires_at is None or expires_at - now < timedelta(seconds=seconds / 2)
+
+
+def renewed(expires_at: datetime | None, seconds: int, now: datetime) -> datetime | None:
+    """The new end of a lease after a producer call at `now`, or None when it stays."""
+    return lease_end(now, seconds) if renewal_due(expires_at, seconds, now) else None
