@@ -341,8 +341,13 @@ def demo_agent(
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Tasks worked at once")] = 1,
     pace: Annotated[float, typer.Option(min=0, help="Mean seconds between output lines")] = 0.4,
+    lease_seconds: Annotated[
+        int | None,
+        typer.Option(min=10, max=86_400, help="Lease of each claimed task (default: the server's)"),
+    ] = None,
 ) -> None:
-    """A simulated agent over HTTP: heartbeats, claims tasks, streams output, honours cancels."""
+    """A simulated agent over HTTP: heartbeats, claims tasks, streams output, honours cancels,
+    and renews the lease of the task it works on (killed, its task fails by lease expiry)."""
     import httpx
 
     from dashboard_api.demo.simulator import HttpBackend, SimulatedAgent
@@ -360,7 +365,7 @@ def demo_agent(
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
             agent = SimulatedAgent(
                 HttpBackend(client), name=name or types[0], agent_types=types,
-                workers=workers, pace=pace,
+                workers=workers, pace=pace, lease_seconds=lease_seconds,
             )  # fmt: skip
             typer.echo(f"demo agent {agent.name} serving {', '.join(types)} at {url}")
             await agent.run()

@@ -69,6 +69,41 @@ def ws_url(base_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
+class LeaseKeeper:
+    """Renews one task's lease in the background (see `DashboardClient.keep_lease`)."""
+
+    def __init__(self, client: DashboardClient, task_id: str, every: float) -> None:
+        self.client = client
+        self.task_id = task_id
+        self.every = every
+        self.lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LeaseKeeper:
+        self._task = asyncio.create_task(self._beat(), name=f"lease-{self.task_id}")
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            # wait(), not `await task`: the beat's CancelledError stays inside it, and a
+            # cancellation of the caller still propagates.
+            await asyncio.wait([self._task])
+            self._task = None
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                await self.client.heartbeat_task(self.task_id)
+            except ApiError as exc:
+                if exc.status in (404, 409):
+                    self.lost.set()
+                    return
+            except httpx.HTTPError:
+                pass  # the service may be briefly unreachable; beat again soon
+
+
 class DashboardClient:
     """REST and live-stream access with one bearer token."""
 
@@ -158,6 +193,40 @@ class DashboardClient:
         result: dict[str, Any] = await self.request(
             "POST", f"/api/tasks/{quote(task_id)}/output", json={"chunks": chunks}
         )
+        return result
+
+    async def claim_task(
+        self, agent_type: str | list[str], agent: str, *, lease_seconds: int | None = None
+    ) -> dict[str, Any] | None:
+        """`POST /api/tasks/claim` (agent role): the oldest queued task, now running and
+        leased to `agent`, or None when none is queued. Keep the lease alive while working
+        (`keep_lease`, or any output/PATCH on the task)."""
+        body: dict[str, Any] = {"agent_type": agent_type, "agent": agent}
+        if lease_seconds is not None:
+            body["lease_seconds"] = lease_seconds
+        result: dict[str, Any] | None = await self.request("POST", "/api/tasks/claim", json=body)
+        return result
+
+    async def heartbeat_task(self, task_id: str) -> None:
+        """`POST /api/tasks/{task_id}/heartbeat` (agent role): renew the task's lease.
+        `ApiError` 409 means the task is no longer running (its lease may have expired)."""
+        await self.request("POST", f"/api/tasks/{quote(task_id)}/heartbeat")
+
+    def keep_lease(self, task_id: str, every: float) -> LeaseKeeper:
+        """An async context manager that renews a running task's lease every `every`
+        seconds (a third of the lease is a good value) while the caller works on it:
+
+            async with client.keep_lease(task_id, every=100):
+                ...  # long work with no output
+
+        `keeper.lost` is set when the service answers 409 (the task ended, e.g. failed by
+        lease expiry): stop working on it. Other errors are retried at the next beat."""
+        return LeaseKeeper(self, task_id, every)
+
+    async def retry_task(self, task_id: str) -> dict[str, Any]:
+        """`POST /api/tasks/{task_id}/retry`: the retry of a failed or cancelled task
+        (created once; asking again returns the same one)."""
+        result: dict[str, Any] = await self.request("POST", f"/api/tasks/{quote(task_id)}/retry")
         return result
 
     async def cancel_task(self, task_id: str) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """Simulated agents: claim queued tasks, stream output at a human pace, finish with tokens
-and cost, honour cancel requests, and heartbeat. The same code drives the in-process demo
+and cost, honour cancel requests, heartbeat, and keep their tasks' leases alive (API.md
+§13). With `death_rate`, a worker now and then "dies" in the middle of a task: it stops
+everything about it, lease renewals included, so the lease reaper fails the task. The same code drives the in-process demo
 (`ServiceBackend`, service calls) and `dashboard-api demo-agent` (`HttpBackend`, REST).
 """
 
@@ -28,7 +30,10 @@ class AgentBackend(Protocol):
 
     async def register(self, name: str, description: str, capabilities: list[str]) -> None: ...
     async def heartbeat(self, name: str, status: str) -> None: ...
-    async def claim(self, agent_types: Sequence[str], agent: str) -> dict[str, Any] | None: ...
+    async def claim(
+        self, agent_types: Sequence[str], agent: str, lease_seconds: int | None
+    ) -> dict[str, Any] | None: ...
+    async def renew(self, task_id: str) -> None: ...
     async def append(self, task_id: str, content: str, stream: str) -> None: ...
     async def update(self, task_id: str, fields: dict[str, Any]) -> dict[str, Any]: ...
     async def get(self, task_id: str) -> dict[str, Any]: ...
@@ -140,9 +145,12 @@ class SimulatedAgent:
     idle_poll: float = 2.0
     heartbeat_every: float = 10.0
     failure_rate: float = 0.08
+    lease_seconds: int | None = None  # None: the service's default
+    death_rate: float = 0.0  # the share of tasks a worker abandons midway, as if it died
     seed: int | None = None
     busy: set[int] = field(default_factory=set)
     completed: int = 0
+    died: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -193,7 +201,7 @@ class SimulatedAgent:
         while True:
             raise_if_cancelled()  # a swallowed cancellation must still end the worker
             try:
-                task = await self.backend.claim(self.agent_types, agent_id)
+                task = await self.backend.claim(self.agent_types, agent_id, self.lease_seconds)
                 adopt = getattr(self.backend, "adopt", None)
                 if task is None and adopt is not None:
                     # In-process demo only: pick up seeded running tasks nobody works on.
@@ -208,7 +216,7 @@ class SimulatedAgent:
                 continue
             self.busy.add(index)
             try:
-                await self.perform(task)
+                await self.perform_leased(task)
             except asyncio.CancelledError:
                 raise
             except BackendConflict:
@@ -218,16 +226,47 @@ class SimulatedAgent:
             finally:
                 self.busy.discard(index)
 
+    async def perform_leased(self, task: dict[str, Any]) -> str:
+        """`perform`, renewing the task's lease meanwhile (every third of it): output and
+        updates renew it too, but a real agent may think for minutes without either."""
+        lease = float(self.lease_seconds or _lease_of(task) or 300)
+        task_id = str(task["task_id"])
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(lease / 3)
+                try:
+                    await self.backend.renew(task_id)
+                except asyncio.CancelledError:
+                    raise
+                except BackendConflict:
+                    return  # ended elsewhere (or failed by its lease): perform finds out
+                except Exception as exc:  # the service may be briefly down
+                    log.warning("demo agent %s: lease renewal of %s: %s", self.name, task_id, exc)
+
+        keeper = asyncio.create_task(renew(), name=f"lease-{task_id}")
+        try:
+            return await self.perform(task)
+        finally:
+            keeper.cancel()
+            await asyncio.wait([keeper])
+
     async def perform(self, task: dict[str, Any]) -> str:
-        """Work one claimed (running) task to its end; returns the final status."""
+        """Work one claimed (running) task to its end; returns the final status ("died"
+        when the worker abandoned it, leaving it running until its lease runs out)."""
         rng = self.rng
         task_id = str(task["task_id"])
+        dies_at = rng.randint(1, 4) if rng.random() < self.death_rate else None
         model = task.get("model") or rng.choices(MODELS, MODEL_WEIGHTS)[0]
         in_tok = int(rng.lognormvariate(8.5, 0.8))
         out_tok = 0
         cache_read = int(in_tok * rng.uniform(0.5, 3))
         lines = script_for(task, rng)
         for i, (stream, content) in enumerate(lines):
+            if i == dies_at:
+                log.info("demo agent %s dies while working on %s", self.name, task_id)
+                self.died += 1
+                return "died"
             await self.backend.append(task_id, content, stream)
             out_tok += len(content) // 3 + rng.randint(5, 60)
             if i % 3 == 2:
@@ -268,6 +307,19 @@ class SimulatedAgent:
         return str(final["status"])
 
 
+def _lease_of(task: dict[str, Any]) -> float | None:
+    """The lease length a claimed task was given (from its `lease_expires_at`), if any."""
+    from datetime import datetime
+
+    expires, started = task.get("lease_expires_at"), task.get("started_at")
+    if not expires or not started:
+        return None
+    span = datetime.fromisoformat(str(expires).replace("Z", "+00:00")) - datetime.fromisoformat(
+        str(started).replace("Z", "+00:00")
+    )
+    return max(span.total_seconds(), 1.0)
+
+
 # --- backends ----------------------------------------------------------------------------
 
 
@@ -287,15 +339,24 @@ class HttpBackend:
         r = await self.client.post(f"/api/agents/{name}/heartbeat", json={"status": status})
         r.raise_for_status()
 
-    async def claim(self, agent_types: Sequence[str], agent: str) -> dict[str, Any] | None:
-        r = await self.client.post(
-            "/api/tasks/claim", json={"agent_type": list(agent_types), "agent": agent}
-        )
+    async def claim(
+        self, agent_types: Sequence[str], agent: str, lease_seconds: int | None
+    ) -> dict[str, Any] | None:
+        body: dict[str, Any] = {"agent_type": list(agent_types), "agent": agent}
+        if lease_seconds is not None:
+            body["lease_seconds"] = lease_seconds
+        r = await self.client.post("/api/tasks/claim", json=body)
         if r.status_code == 204:
             return None
         r.raise_for_status()
         task: dict[str, Any] = r.json()
         return task
+
+    async def renew(self, task_id: str) -> None:
+        r = await self.client.post(f"/api/tasks/{task_id}/heartbeat")
+        if r.status_code in (404, 409):
+            raise BackendConflict(task_id)
+        r.raise_for_status()
 
     async def append(self, task_id: str, content: str, stream: str) -> None:
         r = await self.client.post(

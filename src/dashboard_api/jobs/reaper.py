@@ -14,6 +14,7 @@ from sqlalchemy import exists, select
 
 from dashboard_api.context import AppContext
 from dashboard_api.db.models.sources import IndexJob
+from dashboard_api.observability.setup import metrics_of
 from dashboard_api.services import sources
 
 log = logging.getLogger(__name__)
@@ -35,5 +36,6 @@ async def reap_expired_leases(ctx: AppContext) -> int:
             expired = await sources.expire_jobs(session, now=now, limit=BATCH)
         for job in expired:
             log.info("index job %s failed: its lease ran out", job.job_id)
+        metrics_of(ctx).index_job_leases_expired.inc(len(expired))
         failed += len(expired)
     return failed

@@ -225,6 +225,24 @@ class Metrics:
             ["format"],
             registry=self.registry,
         )
+        self.leases_expired = Counter(
+            "dashboard_leases_expired",
+            "Running tasks failed by the lease reaper (their agent went silent), by agent type",
+            ["agent_type"],
+            registry=self.registry,
+        )
+        self.index_job_leases_expired = Counter(
+            "dashboard_index_job_leases_expired",
+            "Running index jobs failed by the lease reaper (their indexer went silent)",
+            registry=self.registry,
+        )
+        self.retries_created = Counter(
+            "dashboard_task_retries_created",
+            "Retries of failed or cancelled tasks created: `manual` (POST .../retry) or "
+            "`automatic` (a lease expiry with attempts left)",
+            ["trigger"],
+            registry=self.registry,
+        )
         self.ctx_getter: Callable[[], Any] | None = None
         self.events_published = 0
         self.analytics_folded = 0  # pending rollup contributions this replica folded
