@@ -1,0 +1,185 @@
+"""The lease reaper across replicas: it runs on one of them only (the others' reaper job
+stays idle) and moves to another when that one stops; and a demo agent SIGKILLed in the
+middle of a task on a real server leaves the task failed by its lease within the bound."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from dashboard_api.app import create_app
+from tests.agents.conftest import FakeClock
+from tests.conftest import Backend, make_token
+from tests.leases.test_tasks import metric
+from tests.realtime.test_redis import _replica_process, _tokens, pg  # noqa: F401 (fixture)
+
+
+@asynccontextmanager
+async def replica(
+    backend: Backend, clock: FakeClock
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    app = create_app(
+        backend.settings(agent_sweep_interval_seconds=0, lease_reap_interval_seconds=0.05),
+        clock=clock,
+    )
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield app, client
+
+
+async def test_the_reaper_runs_on_one_replica_and_moves_when_it_stops(backend: Backend) -> None:
+    clock = FakeClock()
+    async with AsyncExitStack() as first_stack:
+        a_app, a = await first_stack.enter_async_context(replica(backend, clock))
+        async with replica(backend, clock) as (b_app, b):
+            agent = {
+                "Authorization": f"Bearer {await make_token(a_app, role='agent', user_id='ag')}"
+            }
+            user = {"Authorization": f"Bearer {await make_token(a_app, role='user', user_id='u')}"}
+
+            async def leased_tasks(prefix: str, n: int) -> list[str]:
+                ids = [f"{prefix}-{i}" for i in range(n)]
+                for i, task_id in enumerate(ids):
+                    body = {"task_id": task_id, "agent_type": "coder", "input_message": "x",
+                            "status": "running", "lease_seconds": 10}  # fmt: skip
+                    r = await (a if i % 2 else b).post("/api/tasks", json=body, headers=agent)
+                    assert r.status_code == 201
+                return ids
+
+            async def wait_failed(ids: list[str]) -> None:
+                async with asyncio.timeout(20):
+                    while True:
+                        r = await a.get(
+                            "/api/tasks",
+                            params={"failure_reason": "lease_expired", "per_page": 200},
+                            headers=user,
+                        )
+                        if r.json()["total"] == len(ids):
+                            return
+                        await asyncio.sleep(0.05)
+
+            first = await leased_tasks("one", 20)
+            clock.advance(11)
+            await wait_failed(first)
+            for task_id in first:  # failed once each, whichever replica did it
+                log = (await a.get(f"/api/tasks/{task_id}/logs/full", headers=user)).json()
+                assert [e["status"] for e in log["events"]] == ["running", "failed"]
+            stats = {
+                name: app.state.ctx.jobs.stats["lease-reaper"]
+                for name, app in (("a", a_app), ("b", b_app))
+            }
+            leaders = [name for name, s in stats.items() if s.leader]
+            assert len(leaders) == 1, stats
+            idle = "b" if leaders == ["a"] else "a"
+            assert stats[idle].runs == 0
+            texts = {"a": (await a.get("/metrics")).text, "b": (await b.get("/metrics")).text}
+            assert (
+                metric(texts[leaders[0]], "dashboard_leases_expired_total", agent_type="coder")
+                == 20
+            )
+            assert metric(texts[idle], "dashboard_leases_expired_total", agent_type="coder") == 0
+
+            if leaders == ["a"]:
+                await first_stack.aclose()  # the leader stops; b takes the reaper over
+                survivor, survivor_app = b, b_app
+            else:
+                survivor, survivor_app = a, a_app
+        # Here the leader has stopped (a explicitly, or b on leaving its block).
+        second_ids = [f"two-{i}" for i in range(5)]
+        for task_id in second_ids:
+            body = {
+                "task_id": task_id,
+                "agent_type": "coder",
+                "input_message": "x",
+                "status": "running",
+                "lease_seconds": 10,
+            }
+            assert (await survivor.post("/api/tasks", json=body, headers=agent)).status_code == 201
+        clock.advance(11)
+        async with asyncio.timeout(20):
+            while True:
+                r = await survivor.get(
+                    "/api/tasks",
+                    params={"failure_reason": "lease_expired", "per_page": 200},
+                    headers=user,
+                )
+                if r.json()["total"] == 25:
+                    break
+                await asyncio.sleep(0.05)
+        assert survivor_app.state.ctx.jobs.stats["lease-reaper"].leader
+
+
+@pytest.mark.slow
+async def test_a_sigkilled_demo_agent_leaves_its_task_failed_by_lease_in_time(pg: str) -> None:  # noqa: F811
+    """A real server (uvicorn, PostgreSQL + Redis) and `dashboard-api demo-agent` with a
+    10 s lease; the agent is SIGKILLed after its first output line. The task must end
+    failed by its lease no later than lease + 10 s after the kill (the agent's last
+    renewal was before it)."""
+    from tests.conftest import REDIS_URL
+
+    lease = 10
+    prefix = f"dashtest:{os.urandom(6).hex()}:"
+    env = {
+        "DASHBOARD_DATABASE_URL": pg,
+        "DASHBOARD_REDIS_URL": REDIS_URL,
+        "DASHBOARD_REDIS_PREFIX": prefix,
+        "DASHBOARD_REDIS_INGRESS_PREFIX": prefix,
+        "DASHBOARD_TOKEN_CACHE_SECONDS": "0",
+    }
+    tokens = await _tokens(pg)
+    async with (
+        _replica_process(env) as (url, _),
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        agent = {"Authorization": f"Bearer {tokens['agent']}"}
+        r = await http.post(
+            "/api/tasks",
+            json={"task_id": "doomed", "agent_type": "doomed-type", "input_message": "work"},
+            headers=agent,
+        )
+        assert r.status_code == 201
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dashboard_api", "demo-agent", "--agent-type", "doomed-type",
+            "--url", url, "--token", tokens["agent"], "--lease-seconds", str(lease),
+            "--pace", "2",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(60):
+                while True:
+                    task = (await http.get("/api/tasks/doomed", headers=agent)).json()
+                    if task["status"] == "running" and task["output_seq"] >= 1:
+                        break
+                    await asyncio.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            killed_at = datetime.now(UTC)
+            await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert task["assigned_agent"] == "doomed-type"
+        async with asyncio.timeout(lease + 30):
+            while True:
+                task = (await http.get("/api/tasks/doomed", headers=agent)).json()
+                if task["status"] != "running":
+                    break
+                await asyncio.sleep(0.2)
+    assert (task["status"], task["failure_reason"], task["error"]) == (
+        "failed",
+        "lease_expired",
+        "lease expired",
+    )
+    failed_at = datetime.fromisoformat(task["completed_at"].replace("Z", "+00:00"))
+    assert (failed_at - killed_at).total_seconds() <= lease + 10, (killed_at, failed_at)
