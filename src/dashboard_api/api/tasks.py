@@ -31,7 +31,7 @@ from dashboard_api.schemas.tasks import (
 from dashboard_api.schemas.tasks_json import dumps, page_json, public_doc, ts
 from dashboard_api.services import task_export as export
 from dashboard_api.services import tasks as service
-from dashboard_api.task_statuses import TASK_STATUSES
+from dashboard_api.task_statuses import FAILURE_REASONS, TASK_STATUSES
 from dashboard_api.timeutil import UtcDateTime
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], responses=problem_responses(401, 403, 422))
@@ -55,6 +55,10 @@ def task_filters(
             max_length=1000, pattern=NO_NUL, description="Case-insensitive substring of the input"
         ),
     ] = None,
+    failure_reason: Annotated[
+        list[str] | None,
+        Query(description="`lease_expired` or `agent`; repeatable or comma list"),
+    ] = None,
 ) -> service.TaskFilters:
     """The task list's filters (the list and the export take the same ones)."""
     return service.TaskFilters(
@@ -67,6 +71,7 @@ def task_filters(
         flow_id=flow_id,
         user_id=user_id,
         q=q,
+        failure_reason=split_multi(failure_reason, name="failure_reason", allowed=FAILURE_REASONS),
     )
 
 
@@ -144,11 +149,16 @@ async def register_task(ctx: CtxDep, _: AgentRole, body: TaskCreate) -> Response
     responses={204: {"description": "No queued task of those types"}},
 )
 async def claim_task(ctx: CtxDep, _: AgentRole, body: TaskClaim) -> Response:
-    """Take the oldest queued task of the given types, atomically moving it to running."""
+    """Take the oldest queued task of the given types, atomically moving it to running,
+    leased to the agent (`lease_seconds`; renew it with output, PATCH or heartbeats)."""
     agent_types = body.agent_type if isinstance(body.agent_type, list) else [body.agent_type]
     async with ctx.db.write() as session:
         task = await service.claim_task(
-            session, agent_types=agent_types, agent=body.agent, now=ctx.clock.now()
+            session,
+            agent_types=agent_types,
+            agent=body.agent,
+            now=ctx.clock.now(),
+            lease_seconds=body.lease_seconds,
         )
     if task is None:
         return Response(status_code=204)
@@ -206,6 +216,39 @@ async def append_output(
         "truncated": result.truncated,
     }
     return Response(orjson.dumps(doc), media_type="application/json")
+
+
+@router.post(
+    "/{task_id}/heartbeat",
+    status_code=204,
+    response_class=Response,
+    responses=problem_responses(404, 409),
+)
+async def heartbeat_task(ctx: CtxDep, _: AgentRole, task_id: TaskIdPath) -> Response:
+    """Renew a running task's lease (producer); 409 with the current status when the task
+    is not running (its lease may have expired)."""
+    async with ctx.db.write() as session:
+        await service.heartbeat_task(session, task_id=task_id, now=ctx.clock.now())
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{task_id}/retry",
+    status_code=201,
+    response_model=TaskPublic,
+    responses={200: {"model": TaskPublic, "description": "The retry made before"}}
+    | problem_responses(404, 409),
+)
+async def retry_task(ctx: CtxDep, _: UserRole, task_id: TaskIdPath) -> Response:
+    """Queue a retry of a failed or cancelled task (201); asking again answers the same
+    retry (200). 409 with the current status for a task in any other status."""
+    async with ctx.db.write() as session:
+        task, created = await service.retry_task(
+            session, task_id=task_id, now=ctx.clock.now(), prices=ctx.prices
+        )
+    if created:
+        metrics_of(ctx).retries_created.labels("manual").inc()
+    return _task_response(task, status_code=201 if created else 200)
 
 
 @router.post("/{task_id}/cancel", response_model=TaskPublic, responses=problem_responses(404, 409))

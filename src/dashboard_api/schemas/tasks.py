@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator, model
 from dashboard_api.ids import SLUG_PATTERN, TASK_ID_PATTERN
 from dashboard_api.money import micros_to_usd
 from dashboard_api.schemas.common import ApiModel
-from dashboard_api.task_statuses import TaskStatus
+from dashboard_api.task_statuses import FailureReason, TaskStatus
 from dashboard_api.timeutil import UtcDateTime
 
 Stream = Literal["stdout", "stderr", "system"]
@@ -21,6 +21,15 @@ TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 Count = Annotated[int, Field(ge=0, le=2**62)]
+LeaseSeconds = Annotated[
+    int,
+    Field(
+        ge=10,
+        le=86_400,
+        description="Lease of the running task (default DASHBOARD_TASK_LEASE_SECONDS): it "
+        "fails unless a producer call or heartbeat renews it in time.",
+    ),
+]
 
 
 class _TaskFields(BaseModel):
@@ -50,6 +59,19 @@ class _TaskFields(BaseModel):
     cancel_requested: bool
     output_seq: int
     output_truncated: bool = Field(description="Whether output past the log cap was dropped.")
+    lease_expires_at: UtcDateTime | None = Field(
+        description="While running: when the task fails unless its producer is heard from."
+    )
+    failure_reason: FailureReason | None = Field(
+        description="Why it failed: `lease_expired` (its agent went silent) or `agent` "
+        "(a producer reported it); null unless failed."
+    )
+    attempt: int = Field(description="1 for a first run, n for the (n-1)th retry.")
+    max_attempts: int = Field(
+        description="Runs allowed in all; a lease expiry with runs left is retried once."
+    )
+    retry_of: str | None = Field(description="The task this one retries.")
+    retry_task_id: str | None = Field(description="The retry of this task, once there is one.")
 
 
 class TaskSummary(_TaskFields):
@@ -120,6 +142,10 @@ class TaskCreate(_TaskBody):
     flow_id: ShortText | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: UtcDateTime | None = None
+    lease_seconds: LeaseSeconds | None = None
+    max_attempts: int = Field(
+        1, ge=1, le=10, description="Runs allowed in all; a lease expiry with runs left is retried."
+    )
 
 
 class TaskUpdate(_TaskBody):
@@ -178,6 +204,7 @@ class OutputAppended(BaseModel):
 class TaskClaim(_TaskBody):
     agent_type: Slug | Annotated[list[Slug], Field(min_length=1, max_length=100)]
     agent: ShortText
+    lease_seconds: LeaseSeconds | None = None
 
     @field_validator("agent_type")
     @classmethod
@@ -241,6 +268,12 @@ def _task_fields(t: Any) -> dict[str, Any]:
         "cancel_requested": t.cancel_requested,
         "output_seq": t.output_seq,
         "output_truncated": t.output_truncated,
+        "lease_expires_at": t.lease_expires_at,
+        "failure_reason": t.failure_reason,
+        "attempt": t.attempt,
+        "max_attempts": t.max_attempts,
+        "retry_of": t.retry_of,
+        "retry_task_id": t.retry_task_id,
     }
 
 
@@ -261,7 +294,8 @@ SUMMARY_COLUMNS = (
     "conversation_id", "parent_task_id", "flow_id", "model", "cost_micros", "cost_reported",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "duration_us",
     "created_at", "started_at", "completed_at", "updated_at", "cancel_requested", "output_seq",
-    "output_truncated",
+    "output_truncated", "lease_expires_at", "failure_reason", "attempt", "max_attempts",
+    "retry_of", "retry_task_id",
 )  # fmt: skip
 
 

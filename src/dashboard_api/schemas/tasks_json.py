@@ -49,8 +49,9 @@ def summary_from_row(row: Sequence[Any]) -> dict[str, Any]:
         parent_task_id, flow_id, model, cost_micros, cost_reported, input_tokens,
         output_tokens, cache_read_tokens, cache_write_tokens, duration_us, created_at,
         started_at, completed_at, updated_at, cancel_requested, output_seq, output_truncated,
+        lease_expires_at, failure_reason, attempt, max_attempts, retry_of, retry_task_id,
         input_preview, has_error,
-    ) = row[:26]  # fmt: skip
+    ) = row[:32]  # fmt: skip
     return {
         "task_id": task_id,
         "status": status,
@@ -76,6 +77,12 @@ def summary_from_row(row: Sequence[Any]) -> dict[str, Any]:
         "cancel_requested": bool(cancel_requested),
         "output_seq": output_seq,
         "output_truncated": bool(output_truncated),
+        "lease_expires_at": None if lease_expires_at is None else ts(lease_expires_at),
+        "failure_reason": failure_reason,
+        "attempt": attempt,
+        "max_attempts": max_attempts,
+        "retry_of": retry_of,
+        "retry_task_id": retry_task_id,
         "input_preview": input_preview,
         "has_error": bool(has_error),
     }
@@ -108,6 +115,12 @@ def public_doc(t: Any) -> dict[str, Any]:
         "cancel_requested": bool(t.cancel_requested),
         "output_seq": t.output_seq,
         "output_truncated": bool(t.output_truncated),
+        "lease_expires_at": ts_or_none(t.lease_expires_at),
+        "failure_reason": t.failure_reason,
+        "attempt": t.attempt,
+        "max_attempts": t.max_attempts,
+        "retry_of": t.retry_of,
+        "retry_task_id": t.retry_task_id,
         "input_message": t.input_message,
         "result": t.result,
         "error": t.error,
