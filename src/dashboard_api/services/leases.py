@@ -9,6 +9,7 @@ with every chunk. After any producer call at least half of the lease is left.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 # The error an expired task or job is failed with, and its task `failure_reason`.
 LEASE_EXPIRED_ERROR = "lease expired"
@@ -32,3 +33,15 @@ def renewal_due(expires_at: datetime | None, seconds: int, now: datetime) -> boo
 def renewed(expires_at: datetime | None, seconds: int, now: datetime) -> datetime | None:
     """The new end of a lease after a producer call at `now`, or None when it stays."""
     return lease_end(now, seconds) if renewal_due(expires_at, seconds, now) else None
+
+
+# Where an app's default lease length travels: the info of every session of its
+# database (set by create_app, like the task hooks), so that every task write path knows
+# it without a parameter.
+LEASE_SECONDS_KEY = "task_lease_seconds"
+DEFAULT_LEASE_SECONDS = 300
+
+
+def default_lease_seconds(session: Any) -> int:
+    """The app's DASHBOARD_TASK_LEASE_SECONDS, as handed to this session."""
+    return int(session.info.get(LEASE_SECONDS_KEY, DEFAULT_LEASE_SECONDS))
