@@ -406,3 +406,22 @@ async def test_expiry_racing_a_final_call_never_contradicts_an_acknowledgement(
         )
     # Both sides won some rounds (the race was real), none was contradicted.
     assert outcomes["call"] + outcomes["reaper"] == 30
+
+
+async def test_concurrent_retry_requests_make_one_retry(leased: Leased) -> None:
+    import asyncio
+
+    await register(leased, task_id="c-1", status="running")
+    await leased.client.patch(
+        "/api/tasks/c-1", json={"status": "failed"}, headers=leased.auth("agent")
+    )
+    answers = await asyncio.gather(
+        *(leased.client.post("/api/tasks/c-1/retry", headers=leased.auth("user")) for _ in range(8))
+    )
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [200] * 7 + [201], [r.text for r in answers]
+    assert len({r.json()["task_id"] for r in answers}) == 1
+    r = await leased.client.get(
+        "/api/tasks", params={"agent_type": "coder"}, headers=leased.auth("user")
+    )
+    assert r.json()["total"] == 2
