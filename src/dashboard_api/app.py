@@ -51,6 +51,7 @@ from dashboard_api.security.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from dashboard_api.services import conversations as conversations_service
 from dashboard_api.services.analytics import rollups
 from dashboard_api.services.budgets import service as budgets_service
+from dashboard_api.services.leases import LEASE_SECONDS_KEY
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import TaskWriteHook, with_task_hooks
 from dashboard_api.services.tasks import search as task_search
@@ -279,6 +280,8 @@ def build_context(settings: Settings, clock: Clock) -> AppContext:
             {
                 "analytics_rollups_enabled": settings.analytics_rollups_enabled,
                 task_search.CACHE_KEY: task_search.QCountCache(),
+                # the lease a task entering running takes (services/leases.py)
+                LEASE_SECONDS_KEY: settings.task_lease_seconds,
             },
             task_hooks,
         )

@@ -40,84 +40,61 @@ async def replica(
 
 async def test_the_reaper_runs_on_one_replica_and_moves_when_it_stops(backend: Backend) -> None:
     clock = FakeClock()
-    async with AsyncExitStack() as first_stack:
-        a_app, a = await first_stack.enter_async_context(replica(backend, clock))
-        async with replica(backend, clock) as (b_app, b):
-            agent = {
-                "Authorization": f"Bearer {await make_token(a_app, role='agent', user_id='ag')}"
-            }
-            user = {"Authorization": f"Bearer {await make_token(a_app, role='user', user_id='u')}"}
+    async with AsyncExitStack() as a_stack, AsyncExitStack() as b_stack:
+        stacks = {"a": a_stack, "b": b_stack}
+        replicas = {
+            "a": await a_stack.enter_async_context(replica(backend, clock)),
+            "b": await b_stack.enter_async_context(replica(backend, clock)),
+        }
+        first_app = replicas["a"][0]
+        agent = {
+            "Authorization": f"Bearer {await make_token(first_app, role='agent', user_id='ag')}"
+        }
+        user = {"Authorization": f"Bearer {await make_token(first_app, role='user', user_id='u')}"}
 
-            async def leased_tasks(prefix: str, n: int) -> list[str]:
-                ids = [f"{prefix}-{i}" for i in range(n)]
-                for i, task_id in enumerate(ids):
-                    body = {"task_id": task_id, "agent_type": "coder", "input_message": "x",
-                            "status": "running", "lease_seconds": 10}  # fmt: skip
-                    r = await (a if i % 2 else b).post("/api/tasks", json=body, headers=agent)
-                    assert r.status_code == 201
-                return ids
+        async def leased_tasks(prefix: str, n: int, via: list[str]) -> None:
+            for i in range(n):
+                body = {"task_id": f"{prefix}-{i}", "agent_type": "coder", "input_message": "x",
+                        "status": "running", "lease_seconds": 10}  # fmt: skip
+                client = replicas[via[i % len(via)]][1]
+                assert (
+                    await client.post("/api/tasks", json=body, headers=agent)
+                ).status_code == 201
 
-            async def wait_failed(ids: list[str]) -> None:
-                async with asyncio.timeout(20):
-                    while True:
-                        r = await a.get(
-                            "/api/tasks",
-                            params={"failure_reason": "lease_expired", "per_page": 200},
-                            headers=user,
-                        )
-                        if r.json()["total"] == len(ids):
-                            return
-                        await asyncio.sleep(0.05)
+        async def wait_failed(client: httpx.AsyncClient, total: int) -> None:
+            async with asyncio.timeout(20):
+                while True:
+                    params = {"failure_reason": "lease_expired", "per_page": 200}
+                    r = await client.get("/api/tasks", params=params, headers=user)
+                    if r.json()["total"] == total:
+                        return
+                    await asyncio.sleep(0.05)
 
-            first = await leased_tasks("one", 20)
-            clock.advance(11)
-            await wait_failed(first)
-            for task_id in first:  # failed once each, whichever replica did it
-                log = (await a.get(f"/api/tasks/{task_id}/logs/full", headers=user)).json()
-                assert [e["status"] for e in log["events"]] == ["running", "failed"]
-            stats = {
-                name: app.state.ctx.jobs.stats["lease-reaper"]
-                for name, app in (("a", a_app), ("b", b_app))
-            }
-            leaders = [name for name, s in stats.items() if s.leader]
-            assert len(leaders) == 1, stats
-            idle = "b" if leaders == ["a"] else "a"
-            assert stats[idle].runs == 0
-            texts = {"a": (await a.get("/metrics")).text, "b": (await b.get("/metrics")).text}
-            assert (
-                metric(texts[leaders[0]], "dashboard_leases_expired_total", agent_type="coder")
-                == 20
-            )
-            assert metric(texts[idle], "dashboard_leases_expired_total", agent_type="coder") == 0
-
-            if leaders == ["a"]:
-                await first_stack.aclose()  # the leader stops; b takes the reaper over
-                survivor, survivor_app = b, b_app
-            else:
-                survivor, survivor_app = a, a_app
-        # Here the leader has stopped (a explicitly, or b on leaving its block).
-        second_ids = [f"two-{i}" for i in range(5)]
-        for task_id in second_ids:
-            body = {
-                "task_id": task_id,
-                "agent_type": "coder",
-                "input_message": "x",
-                "status": "running",
-                "lease_seconds": 10,
-            }
-            assert (await survivor.post("/api/tasks", json=body, headers=agent)).status_code == 201
+        await leased_tasks("one", 20, ["a", "b"])
         clock.advance(11)
-        async with asyncio.timeout(20):
-            while True:
-                r = await survivor.get(
-                    "/api/tasks",
-                    params={"failure_reason": "lease_expired", "per_page": 200},
-                    headers=user,
-                )
-                if r.json()["total"] == 25:
-                    break
-                await asyncio.sleep(0.05)
-        assert survivor_app.state.ctx.jobs.stats["lease-reaper"].leader
+        await wait_failed(replicas["a"][1], 20)
+        for i in range(20):  # failed once each, whichever replica did it
+            r = await replicas["a"][1].get(f"/api/tasks/one-{i}/logs/full", headers=user)
+            assert [e["status"] for e in r.json()["events"]] == ["running", "failed"]
+        stats = {
+            name: app.state.ctx.jobs.stats["lease-reaper"] for name, (app, _) in replicas.items()
+        }
+        leaders = [name for name, s in stats.items() if s.leader]
+        assert len(leaders) == 1, stats
+        leader = leaders[0]
+        idle = "b" if leader == "a" else "a"
+        assert stats[idle].runs == 0
+        texts = {
+            name: (await client.get("/metrics")).text for name, (_, client) in replicas.items()
+        }
+        assert metric(texts[leader], "dashboard_leases_expired_total", agent_type="coder") == 20
+        assert metric(texts[idle], "dashboard_leases_expired_total", agent_type="coder") == 0
+
+        await stacks[leader].aclose()  # the leader stops; the other takes the reaper over
+        await leased_tasks("two", 5, [idle])
+        clock.advance(11)
+        await wait_failed(replicas[idle][1], 25)
+        assert replicas[idle][0].state.ctx.jobs.stats["lease-reaper"].leader
 
 
 @pytest.mark.slow

@@ -236,8 +236,10 @@ async def heartbeat_task(ctx: CtxDep, _: AgentRole, task_id: TaskIdPath) -> Resp
     "/{task_id}/retry",
     status_code=201,
     response_model=TaskPublic,
-    responses={200: {"model": TaskPublic, "description": "The retry made before"}}
-    | problem_responses(404, 409),
+    responses={
+        200: {"model": TaskPublic, "description": "The retry made before"},
+        **problem_responses(404, 409),
+    },
 )
 async def retry_task(ctx: CtxDep, _: UserRole, task_id: TaskIdPath) -> Response:
     """Queue a retry of a failed or cancelled task (201); asking again answers the same

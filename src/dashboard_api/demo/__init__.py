@@ -81,6 +81,8 @@ async def run_demo(ctx: AppContext) -> None:
             workers=settings.demo_agents,
             pace=settings.demo_pace_seconds,
             heartbeat_every=max(1.0, min(10.0, settings.agent_online_seconds / 3)),
+            lease_seconds=DEMO_LEASE_SECONDS,
+            death_rate=DEMO_DEATH_RATE,
         )
         for agent_type in types
     ]

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from dashboard_api.context import AppContext
 from dashboard_api.db.models import Task
 from dashboard_api.demo.simulator import BackendConflict
-from dashboard_api.errors import Conflict
+from dashboard_api.errors import Conflict, NotFound
 from dashboard_api.schemas.agents import AgentRegister
 from dashboard_api.schemas.tasks import OutputChunkIn, TaskUpdate, task_public
 from dashboard_api.services import agents as agent_service
@@ -40,12 +40,27 @@ class ServiceBackend:
                 session, name=name, status=status, now=self.ctx.clock.now(), window=self._window
             )
 
-    async def claim(self, agent_types: Sequence[str], agent: str) -> dict[str, Any] | None:
+    async def claim(
+        self, agent_types: Sequence[str], agent: str, lease_seconds: int | None
+    ) -> dict[str, Any] | None:
         async with self.ctx.db.write() as session:
             task = await task_service.claim_task(
-                session, agent_types=agent_types, agent=agent, now=self.ctx.clock.now()
+                session,
+                agent_types=agent_types,
+                agent=agent,
+                now=self.ctx.clock.now(),
+                lease_seconds=lease_seconds,
             )
             return None if task is None else task_public(task).model_dump(mode="json")
+
+    async def renew(self, task_id: str) -> None:
+        try:
+            async with self.ctx.db.write() as session:
+                await task_service.heartbeat_task(
+                    session, task_id=task_id, now=self.ctx.clock.now()
+                )
+        except (Conflict, NotFound) as exc:
+            raise BackendConflict(task_id) from exc
 
     async def adopt(self, agent_types: Sequence[str], agent: str) -> dict[str, Any] | None:
         """A running task of these types whose agent is gone (seeded data), taken over."""

@@ -28,6 +28,7 @@ from dashboard_api.db.dialect import lock_for_update, upsert
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models import Agent, Task
 from dashboard_api.schemas.agents import AgentPublic, AgentRegister
+from dashboard_api.services.tasks.leases import renew_agent_leases
 
 AGENTS_CHANNEL = "agents"
 
@@ -259,7 +260,9 @@ async def register_agent(
 async def heartbeat(
     session: AsyncSession, *, name: str, status: str, now: datetime, window: float
 ) -> None:
-    """Record a sign of life (registering unknown names); announce a changed status."""
+    """Record a sign of life (registering unknown names); announce a changed status. The
+    leases of the running tasks assigned to this agent are renewed (API.md §13)."""
+    await renew_agent_leases(session, agent=name, now=now)
     agent, _ = await _locked_or_created(session, name=name, now=now)
     agent.last_heartbeat_at = now
     agent.reported_status = status

@@ -10,6 +10,7 @@ One module per concern:
 - `lifecycle` register, update, claim, cancel (the status state machine)
 - `output`    output appends
 - `recorded`  tasks recorded after they ended (many at once)
+- `leases`    task heartbeats, the lease reaper's move, retries
 
 The names callers use are re-exported here.
 """
@@ -18,6 +19,13 @@ from __future__ import annotations
 
 from dashboard_api.services.tasks.counts import count_expression, locate_by_rollups, rollup_seek
 from dashboard_api.services.tasks.filters import ORDERINGS, TaskFilters
+from dashboard_api.services.tasks.leases import (
+    Expired,
+    expire_tasks,
+    heartbeat_task,
+    renew_agent_leases,
+    retry_task,
+)
 from dashboard_api.services.tasks.lifecycle import (
     ALLOWED_MOVES,
     cancel_task,
@@ -56,6 +64,7 @@ __all__ = [
     "ORDERINGS",
     "AnyRow",
     "AppendResult",
+    "Expired",
     "FinishedTask",
     "TaskFilters",
     "append_output",
@@ -65,8 +74,10 @@ __all__ = [
     "claim_task",
     "count_expression",
     "count_tasks",
+    "expire_tasks",
     "get_task",
     "get_task_row",
+    "heartbeat_task",
     "list_chunks",
     "list_status_events",
     "list_tasks",
@@ -74,6 +85,8 @@ __all__ = [
     "read_without_transaction",
     "record_finished_tasks",
     "register_task",
+    "renew_agent_leases",
+    "retry_task",
     "rollup_seek",
     "status_event_rows",
     "store_output",

@@ -58,12 +58,12 @@ async def count_expression(session: AsyncSession, *, filters: TaskFilters) -> Co
     Every task write records its contribution in `analytics_pending` in its own
     transaction, and the rows not folded into the rollups yet are counted with them in
     the same statement, so this stays exact.
-    The selective filters (ids, `q`) are counted on their own indexes. An expression, so
-    that the list query can carry it as a column (one round trip for page and total).
+    The selective filters (ids, failure reason, `q`) are counted on their own indexes. An
+    expression, so that the list query can carry it as a column (one round trip for page
+    and total).
     """
-    selective = (filters.conversation_id, filters.flow_id, filters.user_id)
     rollups_kept = session.info.get("analytics_rollups_enabled", True)
-    if not rollups_kept or filters.q or any(v is not None for v in selective):
+    if not rollups_kept or filters.q or filters.beyond_rollups:
         return count_raw(filters.clauses(session))
     horizon = await pruned_before(session)
     return _horizon_checked(await _count_by_rollups(session, filters, horizon), horizon)
@@ -146,11 +146,10 @@ async def _count_by_rollups(
 
 
 def _counts_by_rollups(session: AsyncSession, filters: TaskFilters) -> bool:
-    selective = (filters.conversation_id, filters.flow_id, filters.user_id)
     return bool(
         session.info.get("analytics_rollups_enabled", True)
         and not filters.q
-        and all(v is None for v in selective)
+        and not filters.beyond_rollups
     )
 
 

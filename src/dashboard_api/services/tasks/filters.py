@@ -49,6 +49,14 @@ class TaskFilters:
     flow_id: str | None = None
     user_id: str | None = None
     q: str | None = None
+    failure_reason: Sequence[str] = ()
+
+    @property
+    def beyond_rollups(self) -> bool:
+        """Whether a filter the analytics rollups cannot count is set (ids, failure
+        reason): such lists are counted on their own indexes."""
+        ids = (self.conversation_id, self.flow_id, self.user_id)
+        return any(v is not None for v in ids) or bool(self.failure_reason)
 
     def clauses(self, session: AsyncSession, *, indexed: bool = True) -> list[ColumnElement[bool]]:
         """The WHERE clauses; not `indexed`: `q` cannot use its trigram index (for rows
@@ -58,6 +66,7 @@ class TaskFilters:
             (_T.c.status, self.status),
             (_T.c.agent_type, self.agent_type),
             (_T.c.source, self.source),
+            (_T.c.failure_reason, self.failure_reason),
         )
         for column, values in multi:
             if len(values) == 1:

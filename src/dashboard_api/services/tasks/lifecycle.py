@@ -17,9 +17,15 @@ from dashboard_api.db.models import Task, TaskEvent
 from dashboard_api.errors import Conflict, NotFound
 from dashboard_api.ids import new_id
 from dashboard_api.money import usd_to_micros
-from dashboard_api.schemas.tasks import TaskCreate, TaskUpdate
+from dashboard_api.schemas.tasks import SUMMARY_COLUMNS, TaskCreate, TaskUpdate
 from dashboard_api.schemas.tasks_json import summary_from_row
 from dashboard_api.services.budgets.holds import not_held
+from dashboard_api.services.leases import (
+    REPORTED_BY_AGENT,
+    default_lease_seconds,
+    lease_end,
+    renewed,
+)
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import TaskSnapshot, snapshot, task_written
 from dashboard_api.services.tasks.reads import EVENTS_TABLE, TASK_ROW, TASKS_TABLE, AnyRow
@@ -40,34 +46,13 @@ ALLOWED_MOVES: dict[str, frozenset[str]] = {
 # Literal (not bound) constants, so that PostgreSQL matches the expression indexes.
 
 
-def publish_status(session: AsyncSession, task: Task) -> None:
+def publish_status(session: AsyncSession, task: Any) -> None:
+    """Queue the task's `task_status` event on `task:{id}` and `tasks` (a `Task` or its
+    attributes), published after the commit."""
     # The same document as task_summary(task).model_dump(mode="json"), without the model.
     summary = summary_from_row(
         (
-            task.task_id,
-            task.status,
-            task.agent_type,
-            task.assigned_agent,
-            task.source,
-            task.user_id,
-            task.conversation_id,
-            task.parent_task_id,
-            task.flow_id,
-            task.model,
-            task.cost_micros,
-            task.cost_reported,
-            task.input_tokens,
-            task.output_tokens,
-            task.cache_read_tokens,
-            task.cache_write_tokens,
-            task.duration_us,
-            task.created_at,
-            task.started_at,
-            task.completed_at,
-            task.updated_at,
-            task.cancel_requested,
-            task.output_seq,
-            task.output_truncated,
+            *(getattr(task, column) for column in SUMMARY_COLUMNS),
             task.input_message[:200],
             task.error is not None,
         )
@@ -96,14 +81,35 @@ def _record_status(session: AsyncSession, task: Task, at: datetime) -> None:
     session.add(TaskEvent(task_id=task.task_id, type="status", status=task.status, at=at))
 
 
-def _enter_status(task: Any, status: str, now: datetime) -> None:  # a Task or its attributes
+def enter_status(task: Any, status: str, now: datetime, *, lease_seconds: int) -> None:
+    """Move `task` (a `Task` or its attributes) to `status` at `now`: a task entering
+    running takes a lease (its own `lease_seconds`, else the one given), an ended one
+    holds none."""
     task.status = status
-    if status == "running" and task.started_at is None:
-        task.started_at = now
+    if status == "running":
+        if task.started_at is None:
+            task.started_at = now
+        task.lease_seconds = task.lease_seconds or lease_seconds
+        task.lease_expires_at = lease_end(now, task.lease_seconds)
     if status in TERMINAL_STATUSES:
         task.completed_at = now
+        task.lease_expires_at = None
         if task.started_at is not None:
             task.duration_us = max(0, int((now - task.started_at).total_seconds() * 1_000_000))
+
+
+def renew_lease(task: Any, now: datetime, *, lease_seconds: int) -> bool:
+    """Renew a running task's lease when less than half of it is left (a producer call at
+    `now`); whether it did."""
+    if task.status != "running":
+        return False
+    seconds = task.lease_seconds or lease_seconds
+    renewal = renewed(task.lease_expires_at, seconds, now)
+    if renewal is None:
+        return False
+    task.lease_seconds = seconds
+    task.lease_expires_at = renewal
+    return True
 
 
 def recompute_cost(task: Any, prices: PriceTable) -> None:  # a Task or its attributes
@@ -119,15 +125,25 @@ def recompute_cost(task: Any, prices: PriceTable) -> None:  # a Task or its attr
 
 
 async def register_task(
-    session: AsyncSession, *, body: TaskCreate, now: datetime, prices: PriceTable
+    session: AsyncSession,
+    *,
+    body: TaskCreate,
+    now: datetime,
+    prices: PriceTable,
+    attempt: int = 1,
+    retry_of: str | None = None,
 ) -> Any:
     """Create a task; its initial status is its first status event. 409 if the id exists.
 
     Returns the task's attributes (a plain object, like `update_task`). Written without
     the ORM: its existence check, unit-of-work flush and instance bookkeeping were a third
     of a registration's server CPU. INSERT ... ON CONFLICT DO NOTHING is the existence
-    check too, so two concurrent registrations of one id give one 201 and one 409."""
-    task = new_task(body, now)
+    check too, so two concurrent registrations of one id give one 201 and one 409.
+
+    A task registered running takes its lease at once; `attempt` and `retry_of` are
+    set for a retry (services/tasks/leases.py)."""
+    task = new_task(body, now, lease_seconds=default_lease_seconds(session))
+    task.attempt, task.retry_of = attempt, retry_of
     recompute_cost(task, prices)
     values = {("metadata" if k == "metadata_" else k): v for k, v in vars(task).items()}
     inserted = await session.execute(insert_new_task(session), values)
@@ -137,7 +153,7 @@ async def register_task(
         INSERT_EVENT, {"task_id": task.task_id, "type": "status", "status": task.status, "at": now}
     )
     await task_written(session, None, snapshot(task))
-    publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
+    publish_status(session, task)
     return task
 
 
@@ -160,9 +176,17 @@ def insert_new_task(session: AsyncSession) -> Any:
     return stmt
 
 
-def new_task(body: TaskCreate, now: datetime) -> SimpleNamespace:
-    """The attributes of a task as `body` registers it at `now` (cost not computed yet)."""
-    return SimpleNamespace(
+async def insert_status_event(session: AsyncSession, task: Any, at: datetime) -> None:
+    """Record the task's current status in its history (written without the ORM)."""
+    await session.execute(
+        INSERT_EVENT, {"task_id": task.task_id, "type": "status", "status": task.status, "at": at}
+    )
+
+
+def new_task(body: TaskCreate, now: datetime, *, lease_seconds: int) -> SimpleNamespace:
+    """The attributes of a task as `body` registers it at `now` (cost not computed yet);
+    registered running, it holds a lease (`lease_seconds` unless the body names one)."""
+    task = SimpleNamespace(
         task_id=body.task_id or new_id(),
         status=body.status,
         agent_type=body.agent_type,
@@ -193,13 +217,25 @@ def new_task(body: TaskCreate, now: datetime) -> SimpleNamespace:
         output_seq=0,
         output_bytes=0,
         output_truncated=False,
+        lease_expires_at=None,
+        lease_seconds=body.lease_seconds,
+        failure_reason=None,
+        attempt=1,
+        max_attempts=body.max_attempts,
+        retry_of=None,
+        retry_task_id=None,
     )
+    if body.status == "running":
+        enter_status(task, "running", now, lease_seconds=lease_seconds)
+    return task
 
 
 async def update_task(
     session: AsyncSession, *, task_id: str, body: TaskUpdate, now: datetime, prices: PriceTable
 ) -> Any:
     """Apply a producer update: a legal status move and/or new metrics, result, metadata.
+    On a running task it also renews the lease (when due); a task reported failed gets
+    `failure_reason` "agent".
 
     Returns the task as it is now (a `Task`, or a plain object with its attributes)."""
     if identity_key(Task, task_id) in session.identity_map:
@@ -214,12 +250,15 @@ async def update_task(
         raise NotFound(f"No task {task_id!r}.")
     task = SimpleNamespace(**row._mapping)
     before = snapshot(task)
-    changed, moved = apply_update(task, task_id, body, now, prices)
-    if not changed:
+    lease = default_lease_seconds(session)
+    changed, moved = apply_update(task, task_id, body, now, prices, lease_seconds=lease)
+    renewed_lease = not moved and renew_lease(task, now, lease_seconds=lease)
+    if not changed and not renewed_lease:
         return task
     await _store_changes(session, task, row, moved=moved, now=now)
-    await task_written(session, before, snapshot(task))
-    publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
+    if changed:  # a renewal alone is no news: no hooks, no event
+        await task_written(session, before, snapshot(task))
+        publish_status(session, task)
     return task
 
 
@@ -243,7 +282,13 @@ async def _store_changes(
 
 
 def apply_update(
-    task: Any, task_id: str, body: TaskUpdate, now: datetime, prices: PriceTable
+    task: Any,
+    task_id: str,
+    body: TaskUpdate,
+    now: datetime,
+    prices: PriceTable,
+    *,
+    lease_seconds: int,
 ) -> tuple[bool, bool]:
     """Change `task` (a `Task` or its attributes) as `body` says: (changed, status moved
     so a status event is due). 409 for a move the state machine forbids."""
@@ -255,7 +300,9 @@ def apply_update(
                 f"Task {task_id!r} is {task.status}; it cannot move to {body.status}.",
                 extra={"current_status": task.status},
             )
-        _enter_status(task, body.status, now)
+        enter_status(task, body.status, now, lease_seconds=lease_seconds)
+        if body.status == "failed":
+            task.failure_reason = REPORTED_BY_AGENT
         changed = moved = True
     for name in ("assigned_agent", "result", "error", "model"):
         if name in fields and getattr(body, name) != getattr(task, name):
@@ -286,23 +333,32 @@ async def _update_task_orm(
 ) -> Task:
     task = await locked_task(session, task_id)
     before = snapshot(task)
-    changed, moved = apply_update(task, task_id, body, now, prices)
+    lease = default_lease_seconds(session)
+    changed, moved = apply_update(task, task_id, body, now, prices, lease_seconds=lease)
     if moved:
         _record_status(session, task, now)
     if changed:
         await after_write(session, before, task)
         publish_status(session, task)
+    elif renew_lease(task, now, lease_seconds=lease):
+        await session.flush()
     return task
 
 
 async def claim_task(
-    session: AsyncSession, *, agent_types: Sequence[str], agent: str, now: datetime
+    session: AsyncSession,
+    *,
+    agent_types: Sequence[str],
+    agent: str,
+    now: datetime,
+    lease_seconds: int | None = None,
 ) -> Any:
     """Atomically move the oldest queued task of these types to running for `agent`: the
     task's attributes (a plain object, like `update_task`), or None when none is queued.
 
     The oldest row is read and locked in one statement (SKIP LOCKED: concurrent claimers
-    take different tasks) and written without the ORM."""
+    take different tasks) and written without the ORM. The task is leased to the agent for
+    `lease_seconds` (else the length it was registered with, else the app's default)."""
     pick = (
         select(*TASK_ROW)
         .where(
@@ -320,11 +376,13 @@ async def claim_task(
     task = SimpleNamespace(**row._mapping)
     before = snapshot(task)
     task.assigned_agent = agent
-    _enter_status(task, "running", now)
+    if lease_seconds is not None:
+        task.lease_seconds = lease_seconds
+    enter_status(task, "running", now, lease_seconds=default_lease_seconds(session))
     task.updated_at = now
     await _store_changes(session, task, row, moved=True, now=now)
     await task_written(session, before, snapshot(task))
-    publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
+    publish_status(session, task)
     return task
 
 
@@ -337,7 +395,7 @@ async def cancel_task(session: AsyncSession, *, task_id: str, now: datetime) -> 
         )
     before = snapshot(task)
     if task.status == "queued":
-        _enter_status(task, "cancelled", now)
+        enter_status(task, "cancelled", now, lease_seconds=default_lease_seconds(session))
         _record_status(session, task, now)
     elif not task.cancel_requested:
         task.cancel_requested = True

@@ -90,9 +90,7 @@ async def list_tasks(
         )
     hint = _q_hint_key(filters)
     cache = task_search.cache_of(session)
-    if cache is not None and all(
-        v is None for v in (filters.conversation_id, filters.flow_id, filters.user_id)
-    ):
+    if cache is not None and not filters.beyond_rollups:
         found = await _list_q_counted(session, cache, filters, stmt, columns, ordering, page)
         if found is not None:
             _Q_MATCHES.put(hint, found.total)
@@ -260,6 +258,7 @@ def _q_hint_key(f: TaskFilters) -> tuple[Any, ...]:
         f.conversation_id,
         f.flow_id,
         f.user_id,
+        tuple(f.failure_reason),
         (f.q or "").casefold(),
     )
 

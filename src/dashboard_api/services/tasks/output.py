@@ -16,13 +16,14 @@ from dashboard_api.db.engine import Database, PendingEvent, emit
 from dashboard_api.db.models import Task, TaskOutputChunk
 from dashboard_api.errors import Conflict, PayloadTooLarge
 from dashboard_api.schemas.tasks import OutputChunkIn
+from dashboard_api.services.leases import default_lease_seconds, lease_end, renewal_due
 from dashboard_api.services.task_hooks import (
     PLAIN_APPENDS_NEED_NO_HOOKS,
     TaskSnapshot,
     snapshot,
     task_written,
 )
-from dashboard_api.services.tasks.lifecycle import after_write, locked_task
+from dashboard_api.services.tasks.lifecycle import after_write, locked_task, renew_lease
 from dashboard_api.services.tasks.reads import CHUNKS_TABLE
 from dashboard_api.task_statuses import TERMINAL_STATUSES
 from dashboard_api.timeutil import format_ts
@@ -63,7 +64,11 @@ async def append_output(
         return fast
     task = await locked_task(session, task_id)
     if task.status in TERMINAL_STATUSES:
-        raise Conflict(f"Task {task_id!r} is {task.status}; it takes no more output.")
+        raise Conflict(
+            f"Task {task_id!r} is {task.status}; it takes no more output.",
+            extra={"current_status": task.status},
+        )
+    renew_lease(task, now, lease_seconds=default_lease_seconds(session))
 
     room = cap_bytes - task.output_bytes
     stored: list[tuple[str, str]] = []
@@ -148,6 +153,9 @@ _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 # The common append (a running task that already has output, and whose log has room for
 # every chunk) in one statement: the UPDATE both takes the row lock and moves the seq
 # counter, so concurrent appends still get contiguous, gap-free seqs in commit order.
+# It renews a running task's lease in the same statement, only when less than half of it
+# is left (services/leases.py): otherwise the indexed lease column keeps its value, and
+# the append stays the same write it was (a heap-only update when the page has room).
 def _append_sql(*, returning: str, extra_where: str = "") -> str:
     # Interpolated: column names and status literals from our own constants, no input.
     return f"""
@@ -155,7 +163,12 @@ def _append_sql(*, returning: str, extra_where: str = "") -> str:
         UPDATE tasks
         SET output_seq = output_seq + CAST(:n AS integer),
             output_bytes = output_bytes + CAST(:size AS bigint),
-            updated_at = CAST(:now AS timestamptz)
+            updated_at = CAST(:now AS timestamptz),
+            lease_expires_at = CASE
+                WHEN status = 'running' AND lease_expires_at
+                    < CAST(:now AS timestamptz) + lease_seconds * interval '0.5 second'
+                THEN CAST(:now AS timestamptz) + lease_seconds * interval '1 second'
+                ELSE lease_expires_at END
         WHERE task_id = CAST(:task_id AS varchar)
           AND status NOT IN ({_TERMINAL_SQL})
           AND NOT output_truncated
@@ -339,10 +352,22 @@ async def _append_whole(
                 output_bytes=_T.c.output_bytes + size,
                 updated_at=now,
             )
-            .returning(*_SNAPSHOT_COLUMNS)
+            .returning(*_SNAPSHOT_COLUMNS, _T.c.lease_expires_at, _T.c.lease_seconds)
         )
         row = (await session.execute(moved)).first()
         if row is not None:
+            # SQLite cannot compute the renewal in the statement (its timestamps are
+            # text); a second one renews, once per half lease (writers are serialized).
+            if (
+                row.status == "running"
+                and row.lease_seconds
+                and renewal_due(row.lease_expires_at, row.lease_seconds, now)
+            ):
+                await session.execute(
+                    update(Task)
+                    .where(_T.c.task_id == task_id)
+                    .values(lease_expires_at=lease_end(now, row.lease_seconds))
+                )
             base = row.output_seq - n
             # Rows as execution parameters: a multi-row `.values(rows)` has no cache key
             # and would be compiled on every append.
@@ -353,7 +378,7 @@ async def _append_whole(
             await session.execute(insert(CHUNKS_TABLE), rows)
     if row is None:
         return None
-    after = TaskSnapshot(**row._mapping)
+    after = TaskSnapshot(**{name: row._mapping[name] for name in TaskSnapshot.__slots__})
     await task_written(session, replace(after, output_seq=after.output_seq - n), after)
     first_seq = after.output_seq - n + 1
     emit_output(session, task_id, first_seq, stored, now)

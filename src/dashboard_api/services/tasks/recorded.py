@@ -13,6 +13,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.schemas.tasks import TaskCreate, TaskUpdate
+from dashboard_api.services.leases import default_lease_seconds
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import snapshot, task_written
 from dashboard_api.services.tasks.lifecycle import (
@@ -56,14 +57,17 @@ async def record_finished_tasks(
     exists is left alone. Returns the tasks recorded (plain objects)."""
     planned = []
     for record in records:
-        task = new_task(record.body, record.started_at)
+        lease = default_lease_seconds(session)
+        task = new_task(record.body, record.started_at, lease_seconds=lease)
         recompute_cost(task, prices)
         stored, size, truncated = _fit_output(record.chunks, cap_bytes)
         if stored:
             task.output_seq, task.output_bytes = len(stored), size
             task.first_output_at = record.completed_at
         task.output_truncated = truncated
-        apply_update(task, task.task_id, record.final, record.completed_at, prices)
+        apply_update(
+            task, task.task_id, record.final, record.completed_at, prices, lease_seconds=lease
+        )
         planned.append((task, record, stored))
     if not planned:
         return []
@@ -106,7 +110,7 @@ async def record_finished_tasks(
         await task_written(session, None, snapshot(task))
         if stored:
             emit_output(session, task.task_id, 1, stored, record.completed_at)
-        publish_status(session, task)  # type: ignore[arg-type]  # a Task's attributes
+        publish_status(session, task)
     return [task for task, _, _ in done]
 
 
