@@ -429,3 +429,37 @@ async def test_concurrent_retry_requests_make_one_retry(leased: Leased) -> None:
         "/api/tasks", params={"agent_type": "coder"}, headers=leased.auth("user")
     )
     assert r.json()["total"] == 2
+
+
+async def test_redis_ingress_messages_renew_the_lease(
+    leased: Leased, clock: FakeClock, backend: Any
+) -> None:
+    """Producer messages on Redis go through the same service calls as HTTP: they renew."""
+    if backend.name != "postgres":
+        pytest.skip("the Redis ingress needs Redis")
+    import asyncio
+
+    import orjson
+    import redis.asyncio as aioredis
+
+    from tests.conftest import REDIS_URL
+
+    task = await register(leased, task_id="via-redis", status="running")
+    assert (await append(leased, "via-redis", "first\n")).status_code == 200
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    prefix = leased.app.state.ctx.settings.redis_ingress_prefix
+    try:
+        for kind, body, field, want in (
+            ("output", {"content": "from redis\n", "message_id": "m-1"}, "output_seq", 2),
+            ("status", {"input_tokens": 3}, "input_tokens", 3),
+        ):
+            clock.advance(200)  # 100 s left of 300: the next producer call renews
+            async with asyncio.timeout(20):
+                while (await get(leased, "via-redis"))[field] != want:
+                    await redis.publish(f"{prefix}task:via-redis:{kind}", orjson.dumps(body))
+                    await asyncio.sleep(0.2)
+            current = await get(leased, "via-redis")
+            assert ts_of(current["lease_expires_at"]) == clock.now() + timedelta(seconds=300)
+    finally:
+        await redis.aclose()
+    assert task["status"] == "running"

@@ -87,6 +87,12 @@ def task_rows(draw: st.DrawFn) -> SimpleNamespace:
         metadata_=draw(st.dictionaries(TEXT, st.none() | st.integers() | TEXT, max_size=3)),
         output_seq=draw(st.integers(0, 2**31 - 1)),
         output_truncated=draw(st.booleans()),
+        lease_expires_at=draw(st.none() | TIMES),
+        failure_reason=draw(st.sampled_from([None, "lease_expired", "agent"])),
+        attempt=draw(st.integers(1, 10)),
+        max_attempts=draw(st.integers(1, 10)),
+        retry_of=draw(OPT_TEXT),
+        retry_task_id=draw(OPT_TEXT),
     )
 
 

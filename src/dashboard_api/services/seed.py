@@ -23,6 +23,7 @@ from dashboard_api.db.bulk import (
 from dashboard_api.db.models import Task, TaskEvent
 from dashboard_api.ids import new_id
 from dashboard_api.services.analytics.rollups import rebuild_rollups
+from dashboard_api.services.leases import DEFAULT_LEASE_SECONDS, REPORTED_BY_AGENT
 from dashboard_api.services.pricing import PriceTable
 
 AGENT_TYPES = ("claude-code", "reviewer", "triage", "docs-writer", "test-fixer", "planner")
@@ -49,6 +50,7 @@ TASK_COLUMNS = (
     "cost_reported", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
     "duration_us", "created_at", "started_at", "completed_at", "updated_at", "first_output_at",
     "cancel_requested", "metadata", "output_seq", "output_bytes", "output_truncated",
+    "lease_expires_at", "lease_seconds", "failure_reason",
 )  # fmt: skip
 EVENT_COLUMNS = ("task_id", "type", "status", "at")
 TABLES = (Task.__tablename__, TaskEvent.__tablename__)
@@ -102,6 +104,7 @@ def generate(
     indexes and the table's pages in time order)."""
     rng = random.Random(seed)
     rand = rng.random
+    lease = now + timedelta(seconds=DEFAULT_LEASE_SECONDS)
     for created in _created_times(n, now, days, rng):
         age = now - created
         if age < _TEN_MINUTES:
@@ -159,6 +162,11 @@ def generate(
             model, cost, False, in_tok, out_tok, cr_tok, cw_tok, duration_us,
             created, started, completed, completed or started or created,
             first_output if started else None, False, {}, 0, 0, False,
+            # A running sample holds the default lease from now: nobody works on it, so
+            # unless an agent takes it over it ends failed by the lease reaper.
+            lease if status == "running" else None,
+            DEFAULT_LEASE_SECONDS if status == "running" else None,
+            REPORTED_BY_AGENT if status == "failed" else None,
         )  # fmt: skip
         yield row, events
 
