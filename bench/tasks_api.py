@@ -570,7 +570,13 @@ async def append_throughput(client: httpx.AsyncClient, agent: str, prefix: str) 
     for i in range(4):
         r = await client.post(
             "/api/tasks",
-            json={"agent_type": "claude-code", "input_message": f"append bench {i}"},
+            # Running, as an agent's task is while it streams: it holds a lease, which
+            # an append renews in its own statement when less than half is left.
+            json={
+                "agent_type": "claude-code",
+                "input_message": f"append bench {i}",
+                "status": "running",
+            },
             headers=ah,
         )
         r.raise_for_status()
