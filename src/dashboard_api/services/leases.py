@@ -2,7 +2,7 @@
 
 A running task or index job holds a lease until `lease_expires_at`; its producer's calls
 renew it to `now + lease_seconds`. Renewal is lazy: only when less than half the lease is
-left, so that a producer streaming output does not rewrite the lease (an indexed column)
+left, so that a producer streaming output does not rewrite the lease
 with every chunk. After any producer call at least half of the lease is left.
 """
 

@@ -52,29 +52,6 @@ class Task(Base):
             postgresql_where=text("status = 'queued'"),
             sqlite_where=text("status = 'queued'"),
         ),
-        # The lease reaper's probe: running tasks by lease end.
-        Index(
-            "ix_tasks_lease",
-            "lease_expires_at",
-            postgresql_where=text("status = 'running'"),
-            sqlite_where=text("status = 'running'"),
-        ),
-        # One retry per task, whatever the concurrency of retry requests.
-        Index(
-            "ux_tasks_retry_of",
-            "retry_of",
-            unique=True,
-            postgresql_where=text("retry_of IS NOT NULL"),
-            sqlite_where=text("retry_of IS NOT NULL"),
-        ),
-        Index(
-            "ix_tasks_failure_reason_created",
-            "failure_reason",
-            "created_at",
-            "task_id",
-            postgresql_where=text("failure_reason IS NOT NULL"),
-            sqlite_where=text("failure_reason IS NOT NULL"),
-        ),
     )
 
     task_id: Mapped[str] = mapped_column(String(255), primary_key=True)

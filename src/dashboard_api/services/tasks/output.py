@@ -154,8 +154,8 @@ _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 # every chunk) in one statement: the UPDATE both takes the row lock and moves the seq
 # counter, so concurrent appends still get contiguous, gap-free seqs in commit order.
 # It renews a running task's lease in the same statement, only when less than half of it
-# is left (services/leases.py): otherwise the indexed lease column keeps its value, and
-# the append stays the same write it was (a heap-only update when the page has room).
+# is left (services/leases.py): otherwise the lease keeps its value, and the append
+# stays the write it was.
 def _append_sql(*, returning: str, extra_where: str = "") -> str:
     # Interpolated: column names and status literals from our own constants, no input.
     return f"""

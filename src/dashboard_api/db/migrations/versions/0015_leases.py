@@ -46,31 +46,9 @@ def upgrade() -> None:
     )
     op.add_column("tasks", sa.Column("retry_of", sa.String(length=255), nullable=True))
     op.add_column("tasks", sa.Column("retry_task_id", sa.String(length=255), nullable=True))
-    # The reaper's probe: running tasks by lease end.
-    op.create_index(
-        "ix_tasks_lease",
-        "tasks",
-        ["lease_expires_at"],
-        postgresql_where=_RUNNING,
-        sqlite_where=_RUNNING,
-    )
-    # One retry per task, whatever the concurrency of retry requests.
-    op.create_index(
-        "ux_tasks_retry_of",
-        "tasks",
-        ["retry_of"],
-        unique=True,
-        postgresql_where=sa.text("retry_of IS NOT NULL"),
-        sqlite_where=sa.text("retry_of IS NOT NULL"),
-    )
-    # The list's failure_reason filter: failed tasks only, newest first.
-    op.create_index(
-        "ix_tasks_failure_reason_created",
-        "tasks",
-        ["failure_reason", "created_at", "task_id"],
-        postgresql_where=sa.text("failure_reason IS NOT NULL"),
-        sqlite_where=sa.text("failure_reason IS NOT NULL"),
-    )
+    # No index on tasks for these: the reaper reads the running tasks through the status
+    # index (few rows), one retry per task is settled under the original's row lock, and
+    # each index more made a task write slower (SQLite planned the q counts worse too).
     op.add_column("index_jobs", sa.Column("lease_expires_at", _ts(), nullable=True))
     op.add_column("index_jobs", sa.Column("lease_seconds", sa.Integer(), nullable=True))
     op.create_index(
@@ -101,9 +79,6 @@ def downgrade() -> None:
     op.drop_index("ix_index_jobs_lease", table_name="index_jobs")
     op.drop_column("index_jobs", "lease_seconds")
     op.drop_column("index_jobs", "lease_expires_at")
-    op.drop_index("ix_tasks_failure_reason_created", table_name="tasks")
-    op.drop_index("ux_tasks_retry_of", table_name="tasks")
-    op.drop_index("ix_tasks_lease", table_name="tasks")
     for column in (
         "retry_task_id", "retry_of", "max_attempts", "attempt", "failure_reason",
         "lease_seconds", "lease_expires_at",
