@@ -11,8 +11,9 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from dashboard_api.app import create_app
-from tests.agents.conftest import FakeClock
-from tests.conftest import Backend, Tokens, make_token
+from tests.support.clock import FakeClock
+from tests.support.env import Backend
+from tests.support.tokens import Tokens, make_token
 
 
 @pytest.fixture

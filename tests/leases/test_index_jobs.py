@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from tests.agents.conftest import FakeClock
 from tests.leases.conftest import Leased, ts_of
+from tests.support.clock import FakeClock
 
 GITHUB = {"type": "github_repo", "config": {"owner": "acme", "repo": "lease"}}
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -18,10 +19,11 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from dashboard_api.app import create_app
-from tests.agents.conftest import FakeClock
-from tests.conftest import Backend, make_token
 from tests.leases.test_tasks import metric
 from tests.realtime.test_redis import _replica_process, _tokens, pg  # noqa: F401 (fixture)
+from tests.support.clock import FakeClock
+from tests.support.env import Backend
+from tests.support.tokens import make_token
 
 
 @asynccontextmanager
@@ -64,7 +66,7 @@ async def test_the_reaper_runs_on_one_replica_and_moves_when_it_stops(backend: B
         async def wait_failed(client: httpx.AsyncClient, total: int) -> None:
             async with asyncio.timeout(20):
                 while True:
-                    params = {"failure_reason": "lease_expired", "per_page": 200}
+                    params: dict[str, Any] = {"failure_reason": "lease_expired", "per_page": 200}
                     r = await client.get("/api/tasks", params=params, headers=user)
                     if r.json()["total"] == total:
                         return
@@ -103,7 +105,7 @@ async def test_a_sigkilled_demo_agent_leaves_its_task_failed_by_lease_in_time(pg
     10 s lease; the agent is SIGKILLed after its first output line. The task must end
     failed by its lease no later than lease + 10 s after the kill (the agent's last
     renewal was before it)."""
-    from tests.conftest import REDIS_URL
+    from tests.support.env import REDIS_URL
 
     lease = 10
     prefix = f"dashtest:{os.urandom(6).hex()}:"

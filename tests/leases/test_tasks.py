@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.agents.conftest import ChannelListener, FakeClock
 from tests.leases.conftest import Leased, ts_of
+from tests.support.clock import FakeClock
+from tests.support.ws import ChannelListener
 
 
 async def register(leased: Leased, **body: Any) -> dict[str, Any]:
@@ -442,7 +443,7 @@ async def test_redis_ingress_messages_renew_the_lease(
     import orjson
     import redis.asyncio as aioredis
 
-    from tests.conftest import REDIS_URL
+    from tests.support.env import REDIS_URL
 
     task = await register(leased, task_id="via-redis", status="running")
     assert (await append(leased, "via-redis", "first\n")).status_code == 200

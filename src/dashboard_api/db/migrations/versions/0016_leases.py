@@ -1,7 +1,7 @@
 """leases: running tasks and index jobs hold a lease; failure reasons; retries
 
-Revision ID: 0015_leases
-Revises: 0014_guards
+Revision ID: 0016_leases
+Revises: 0015_retention
 Create Date: 2026-12-07 13:45:00.000000
 
 Tasks gain `lease_expires_at`/`lease_seconds` (API.md §13), `failure_reason`, `attempt`,
@@ -22,8 +22,8 @@ from alembic import op
 
 import dashboard_api.db.base
 
-revision: str = "0015_leases"
-down_revision: str | Sequence[str] | None = "0014_guards"
+revision: str = "0016_leases"
+down_revision: str | Sequence[str] | None = "0015_retention"
 branch_labels: str | Sequence[str] | None = None
 # index_jobs comes from the integrations branch of the history.
 depends_on: str | Sequence[str] | None = "0004_integrations"
