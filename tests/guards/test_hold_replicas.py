@@ -44,6 +44,8 @@ async def replicas(
         yield out
 
 
+# PostgreSQL only: two replicas share a PostgreSQL database.
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 async def _ok(response: Any, status: int = 200) -> dict[str, Any]:
     r = await response
     assert r.status_code == status, r.text
@@ -53,8 +55,6 @@ async def _ok(response: Any, status: int = 200) -> dict[str, Any]:
 async def test_concurrent_cost_writes_on_two_replicas_cannot_both_miss_the_limit(
     backend: Backend,
 ) -> None:
-    if backend.name != "postgres":
-        pytest.skip("two replicas share a PostgreSQL database")
     async with replicas(backend) as (a, b):
         for round_ in range(6):
             budget = {
@@ -104,9 +104,9 @@ async def test_concurrent_cost_writes_on_two_replicas_cannot_both_miss_the_limit
             assert cap["spent_usd"] == 1.2
 
 
+# PostgreSQL only: two replicas share a PostgreSQL database.
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 async def test_no_claim_slips_past_a_limit_on_either_replica(backend: Backend) -> None:
-    if backend.name != "postgres":
-        pytest.skip("two replicas share a PostgreSQL database")
     async with replicas(backend) as (a, b):
         budget = {
             "name": "cap",

@@ -182,11 +182,11 @@ async def test_stop_cancels_a_run_past_its_grace_and_releases_the_lead(
             await until(lambda: len(rec.runs) >= 1)
 
 
+# PostgreSQL only: the lead is a PostgreSQL session lock.
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 async def test_a_lock_connection_that_dies_loses_the_lead(backend: Backend) -> None:
     """PostgreSQL ends the leader's lock session: its locks go with it, and within a
     few ticks one replica leads again (the old leader reconnects as a candidate)."""
-    if backend.name != "postgres":
-        pytest.skip("the lead is a PostgreSQL session lock")
     rec = Recorder()
     async with (
         replica(backend.database_url, rec.job("a")) as a,
