@@ -33,6 +33,7 @@ from dashboard_api.api import (
     tasks,
     webhooks,
 )
+from dashboard_api.api.openapi import API_DESCRIPTION, allowed_methods
 from dashboard_api.api.openapi import install as install_openapi
 from dashboard_api.api.task_history import ServiceTaskHistory
 from dashboard_api.auth import TokenCache
@@ -109,13 +110,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, PayloadTooLarge):
             too_large = exc.__cause__
             return problem_response(413, too_large.title, too_large.detail)
         title = _TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else title
-        return problem_response(exc.status_code, title, detail, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (methods := allowed_methods(app, request.scope)):
+            # Starlette names only the methods of the first route that matched the path.
+            headers["Allow"] = ", ".join(methods)
+        return problem_response(exc.status_code, title, detail, headers)
 
     @app.exception_handler(sa_exc.IntegrityError)
     async def _integrity(_: Request, exc: sa_exc.IntegrityError) -> JSONResponse:
@@ -242,9 +247,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app = FastAPI(
         title="Dashboard API",
         version=__version__,
-        description=(
-            "Tasks, live output, analytics, conversations and integrations of AI coding agents."
-        ),
+        description=API_DESCRIPTION,
         lifespan=_lifespan(ctx),
     )
     app.state.ctx = ctx
@@ -253,7 +256,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     for router in _ROUTERS:
         app.include_router(router)
     # hardening: document the cross-cutting problem answers (400/401/403/413/422/429/503)
-    install_openapi(app)
+    install_openapi(app, metrics_need_token=ctx.settings.metrics_require_token)
     # web: the dashboard's files, and its page for any other GET outside the API (last)
     install_dashboard(app)
     return app

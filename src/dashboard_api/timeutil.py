@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Protocol, TypeVar
 
-from pydantic import AfterValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer, TypeAdapter
 
 
 def to_utc(value: datetime) -> datetime:
@@ -39,9 +40,30 @@ def format_ts(value: datetime) -> str:
     return v.strftime("%Y-%m-%dT%H:%M:%S.") + f"{v.microsecond // 1000:03d}Z"
 
 
+# A date and a time, as RFC 3339 and ISO 8601 write them (offset optional: naive is UTC).
+_TIMESTAMP_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+_LAX_DATETIME = TypeAdapter(datetime)
+
+
+def parse_timestamp_text(value: object) -> object:
+    """A timestamp given as text, parsed; anything else but a datetime is refused.
+
+    The schema says `string` with `format: date-time`, so a number (`0`, `"0.5"`), which
+    pydantic would read as seconds since 1970, or a bare date is a 422, not a timestamp.
+    Parsed here, so that request models can be strict (no other coercion) and still take
+    timestamps from JSON text.
+    """
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and _TIMESTAMP_TEXT.match(value):
+        return _LAX_DATETIME.validate_python(value)
+    raise ValueError("must be an RFC 3339 timestamp such as 2026-11-25T17:03:44Z")
+
+
 # A datetime that accepts any offset (naive = UTC) and always serializes as RFC 3339 UTC.
 UtcDateTime = Annotated[
     datetime,
+    BeforeValidator(parse_timestamp_text),
     AfterValidator(to_utc),
     PlainSerializer(format_ts, return_type=str, when_used="json"),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import zoneinfo
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.api.deps import CtxDep, UserRole, split_multi
+from dashboard_api.api.deps import CtxDep, MultiFilter, UserRole, split_multi
 from dashboard_api.context import AppContext
 from dashboard_api.errors import Unprocessable
 from dashboard_api.observability.setup import metrics_of
@@ -23,6 +24,10 @@ from dashboard_api.services.analytics import reads
 from dashboard_api.services.analytics.fold import fold_before_read
 from dashboard_api.services.analytics.window import AnalyticsFilters
 from dashboard_api.timeutil import UtcDateTime
+
+# The zones the histogram takes, listed in the schema (the IANA database that tzdata ships).
+TIME_ZONES = sorted(zoneinfo.available_timezones() | {"UTC"})
+_KNOWN_TIME_ZONES = frozenset(TIME_ZONES)
 
 router = APIRouter(
     prefix="/api/analytics", tags=["analytics"], responses=problem_responses(401, 403, 422)
@@ -42,13 +47,20 @@ async def window_query(  # async: a plain def would run in the thread pool (a ho
     ctx: CtxDep,
     from_: Annotated[
         UtcDateTime | None,
-        Query(alias="from", description="Start (inclusive) of created_at; default: to - 30 days"),
+        Query(
+            alias="from",
+            description=(
+                "Start (inclusive) of created_at; default: to - 30 days. Must be before `to` "
+                "(and without it, `to` must leave room for the default window): else 422."
+            ),
+        ),
     ] = None,
     to: Annotated[
-        UtcDateTime | None, Query(description="End (exclusive) of created_at; default: now")
+        UtcDateTime | None,
+        Query(description="End (exclusive) of created_at; default: now. After `from`."),
     ] = None,
-    agent_type: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
-    source: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
+    agent_type: MultiFilter = None,
+    source: MultiFilter = None,
 ) -> Window:
     end = to if to is not None else ctx.clock.now()
     try:
@@ -120,9 +132,18 @@ async def cost_histogram(
     _: UserRole,
     window: WindowDep,
     period: Period = "day",
-    tz: Annotated[str, Query(max_length=64, description="IANA time zone")] = "UTC",
+    tz: Annotated[
+        str,
+        Query(
+            max_length=64,
+            description="IANA time zone",
+            json_schema_extra={"enum": TIME_ZONES},
+        ),
+    ] = "UTC",
 ) -> Response:
     """Tasks, outcomes, cost and tokens per local hour or day; empty buckets included."""
+    if tz not in _KNOWN_TIME_ZONES:
+        raise Unprocessable(f"Unknown time zone {tz!r}.", loc=["query", "tz"])
     async with folded_read(ctx) as session:
         answer = await reads.histogram(
             session,

@@ -5,11 +5,13 @@ Only the FastAPI side lives here; what a token means is `services/authentication
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import StringConstraints
 
 from dashboard_api.auth import Principal, Role
 from dashboard_api.context import AppContext, LiveDelivery
@@ -60,10 +62,20 @@ AdminRole = Annotated[Principal, require_roles("admin")]
 
 
 async def page_request(
-    page: Annotated[int | None, Query(ge=1, le=10_000_000, description="1-based page")] = None,
+    page: Annotated[
+        int | None,
+        Query(ge=1, le=10_000_000, description="1-based page (offset paging); not with `cursor`"),
+    ] = None,
     per_page: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
-        str | None, Query(max_length=4096, description="Opaque cursor from `next_cursor`")
+        str | None,
+        Query(
+            max_length=4096,
+            description=(
+                "Keyset paging: the `next_cursor` of the previous page, with the same filters; "
+                "not with `page`. Opaque: a cursor the service did not issue is 422."
+            ),
+        ),
     ] = None,
 ) -> PageRequest:
     if page is not None and cursor is not None:
@@ -72,6 +84,25 @@ async def page_request(
 
 
 PageDep = Annotated[PageRequest, Depends(page_request)]
+
+
+# PostgreSQL text cannot hold NUL, so a filter containing one is refused (on both backends).
+NO_NUL = r"^[^\x00]*$"
+MULTI_DESCRIPTION = "Repeatable (`?x=a&x=b`) or a comma list (`?x=a,b`)"
+
+
+def choice_items(allowed: Sequence[str]) -> StringConstraints:
+    """The schema of one value of a repeatable filter of known values, as `split_multi`
+    reads it: a comma list of them, blanks and spaces around each ignored."""
+    one = "|".join(re.escape(v) for v in allowed)
+    return StringConstraints(pattern=rf"^\s*(?:(?:{one})\s*)?(?:,\s*(?:(?:{one})\s*)?)*$")
+
+
+# A repeatable filter of free values (agent types, sources...).
+MultiFilter = Annotated[
+    list[Annotated[str, StringConstraints(pattern=NO_NUL)]] | None,
+    Query(description=MULTI_DESCRIPTION),
+]
 
 
 def split_multi(

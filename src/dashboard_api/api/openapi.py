@@ -17,9 +17,30 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from starlette.types import Scope
 
 from dashboard_api.api.deps import get_principal
 from dashboard_api.schemas.common import Problem, problem_description
+
+# The rules every operation follows that a JSON Schema of one parameter or body cannot say.
+API_DESCRIPTION = """\
+Tasks, live output, analytics, conversations and integrations of AI coding agents.
+
+Rules that hold for every operation (each operation's description repeats the ones it uses):
+
+- **Types are strict.** A value is taken only in the JSON type its schema gives: `"5"` or
+  `5.0` is no integer, `1` no boolean, and a timestamp is an RFC 3339 string
+  (`2026-11-25T17:03:44Z`; any offset, none means UTC), never a number. Otherwise 422.
+- **Text is stored as given**, so it may not hold U+0000 (NUL) or an unpaired surrogate
+  (`\\ud800`), which the database cannot store: 422.
+- **Windows.** Where an operation takes `from` and `to`, `from` may not come after `to`
+  (analytics: must come before it), and a `to` given alone must leave room for the default
+  window: else 422.
+- **Paging.** A list takes either `page` (offset paging) or `cursor` (keyset paging, the
+  `next_cursor` of a previous page, with the same filters), not both: 422. A cursor is
+  opaque: one the service did not issue is 422.
+- **Errors** are RFC 9457 problem documents (`application/problem+json`).
+"""
 
 PROBLEM_JSON = "application/problem+json"
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -43,6 +64,24 @@ def api_routes(app: FastAPI) -> list[Any]:
         for context in iter_route_contexts(app.routes)
         if isinstance(context.original_route, APIRoute)
     ]
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods of the resource the request's path names, for a 405's `Allow`.
+
+    The resource is the first path template (in routing order) that matches the path, as
+    the schema groups operations: `/api/tasks/claim` is its own resource even though
+    `/api/tasks/{task_id}` would also match it.
+    """
+    template: str | None = None
+    methods: set[str] = set()
+    for context in api_routes(app):
+        if not context.route.path_regex.match(scope["path"]):
+            continue
+        template = template or context.path_format
+        if context.path_format == template:
+            methods |= set(context.methods)
+    return sorted(methods)
 
 
 def route_access(route: Any) -> tuple[bool, frozenset[str]]:
@@ -86,7 +125,14 @@ def _normalize(responses: dict[str, Any]) -> None:
             response["content"] = {PROBLEM_JSON: {"schema": dict(_PROBLEM_REF)}, **others}
 
 
-def complete_schema(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
+# Operations open by default whose token requirement is a setting: the schema states the
+# configuration the app runs with (DASHBOARD_METRICS_REQUIRE_TOKEN for /metrics).
+METRICS_PATH = "/metrics"
+
+
+def complete_schema(
+    app: FastAPI, schema: dict[str, Any], *, metrics_need_token: bool = False
+) -> dict[str, Any]:
     """Add the cross-cutting problem answers to every operation of `schema` (in place)."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     if "Problem" not in components:
@@ -111,6 +157,11 @@ def complete_schema(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
                 statuses.add(422)
             if route.dependant.header_params:
                 statuses.add(422)
+            if route.path_format == METRICS_PATH:
+                if metrics_need_token:
+                    statuses.add(401)
+                else:
+                    operation["security"] = []  # open: no token is asked for nor checked
             if needs_token:
                 statuses |= {401, 429}
             if roles != _ALL_ROLES:
@@ -122,13 +173,15 @@ def complete_schema(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, metrics_need_token: bool = False) -> None:
     """Make `app.openapi()` return the completed schema (built once, then cached)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = complete_schema(app, generate())
+            app.openapi_schema = complete_schema(
+                app, generate(), metrics_need_token=metrics_need_token
+            )
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

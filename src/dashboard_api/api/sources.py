@@ -6,7 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query, Response
 
-from dashboard_api.api.deps import AdminRole, AgentRole, CtxDep, PageDep, UserRole, split_multi
+from dashboard_api.api.deps import (
+    MULTI_DESCRIPTION,
+    AdminRole,
+    AgentRole,
+    CtxDep,
+    PageDep,
+    UserRole,
+    choice_items,
+    split_multi,
+)
 from dashboard_api.db.models.sources import SOURCE_TYPES
 from dashboard_api.schemas.common import Items, Page, problem_responses
 from dashboard_api.schemas.sources import (
@@ -68,7 +77,10 @@ async def update_job(ctx: CtxDep, _: AgentRole, job_id: IdPath, body: JobUpdate)
 async def list_sources(
     ctx: CtxDep,
     _: UserRole,
-    type: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
+    type: Annotated[
+        list[Annotated[str, choice_items(SOURCE_TYPES)]] | None,
+        Query(description=MULTI_DESCRIPTION),
+    ] = None,
 ) -> Items[SourcePublic]:
     """Every source, oldest first, with its newest job."""
     types = split_multi(type, name="type", allowed=SOURCE_TYPES)

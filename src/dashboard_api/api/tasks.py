@@ -9,7 +9,18 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from dashboard_api.api.deps import AgentRole, AnyRole, CtxDep, PageDep, UserRole, split_multi
+from dashboard_api.api.deps import (
+    MULTI_DESCRIPTION,
+    NO_NUL,
+    AgentRole,
+    AnyRole,
+    CtxDep,
+    MultiFilter,
+    PageDep,
+    UserRole,
+    choice_items,
+    split_multi,
+)
 from dashboard_api.errors import Unprocessable
 from dashboard_api.ids import TASK_ID_PATTERN
 from dashboard_api.observability.setup import metrics_of
@@ -36,14 +47,15 @@ from dashboard_api.timeutil import UtcDateTime
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], responses=problem_responses(401, 403, 422))
 TaskIdPath = Annotated[str, Path(pattern=TASK_ID_PATTERN)]
-# PostgreSQL text cannot hold NUL, so a filter containing one is refused (on both backends).
-NO_NUL = r"^[^\x00]*$"
 
 
 def task_filters(
-    status: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
-    agent_type: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
-    source: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
+    status: Annotated[
+        list[Annotated[str, choice_items(TASK_STATUSES)]] | None,
+        Query(description=MULTI_DESCRIPTION),
+    ] = None,
+    agent_type: MultiFilter = None,
+    source: MultiFilter = None,
     created_after: UtcDateTime | None = None,
     created_before: UtcDateTime | None = None,
     conversation_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,

@@ -8,7 +8,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from dashboard_api.api.deps import AdminRole, AgentRole, CtxDep, PageDep, UserRole, split_multi
+from dashboard_api.api.deps import (
+    MULTI_DESCRIPTION,
+    AdminRole,
+    AgentRole,
+    CtxDep,
+    MultiFilter,
+    PageDep,
+    UserRole,
+    choice_items,
+    split_multi,
+)
 from dashboard_api.db.models.webhooks import WEBHOOK_SOURCES, WEBHOOK_STATUSES
 from dashboard_api.errors import Unprocessable
 from dashboard_api.schemas.common import Items, Page, problem_responses
@@ -46,9 +56,15 @@ async def list_events(
     ctx: CtxDep,
     _: UserRole,
     page: PageDep,
-    source: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
-    status: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
-    event_type: Annotated[list[str] | None, Query(description="Repeatable or comma list")] = None,
+    source: Annotated[
+        list[Annotated[str, choice_items(WEBHOOK_SOURCES)]] | None,
+        Query(description=MULTI_DESCRIPTION),
+    ] = None,
+    status: Annotated[
+        list[Annotated[str, choice_items(WEBHOOK_STATUSES)]] | None,
+        Query(description=MULTI_DESCRIPTION),
+    ] = None,
+    event_type: MultiFilter = None,
     from_: Annotated[UtcDateTime | None, Query(alias="from", description="received_at >=")] = None,
     to: Annotated[UtcDateTime | None, Query(description="received_at <")] = None,
 ) -> Page[WebhookEventPublic]:
@@ -87,8 +103,17 @@ async def record_event(
 async def stats(
     ctx: CtxDep,
     _: UserRole,
-    from_: Annotated[UtcDateTime | None, Query(alias="from")] = None,
-    to: UtcDateTime | None = None,
+    from_: Annotated[
+        UtcDateTime | None,
+        Query(
+            alias="from",
+            description=(
+                "Start (inclusive); default: to - 24 h. Not after `to` (and without it, `to` "
+                "must leave room for the default window): else 422."
+            ),
+        ),
+    ] = None,
+    to: Annotated[UtcDateTime | None, Query(description="End (exclusive); default: now")] = None,
 ) -> WebhookStats:
     """Per-provider counts over `from <= received_at < to` (default: the last 24 h)."""
     end = to or ctx.clock.now()

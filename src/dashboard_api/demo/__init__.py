@@ -24,7 +24,7 @@ from dashboard_api.demo.simulator import SimulatedAgent
 from dashboard_api.schemas.conversations import MessageCreate
 from dashboard_api.schemas.sources import JobUpdate
 from dashboard_api.schemas.tasks import TaskCreate
-from dashboard_api.schemas.webhooks import WebhookEventCreate
+from dashboard_api.schemas.webhooks import WebhookEventCreate, WebhookSource
 from dashboard_api.services import conversations as conversation_service
 from dashboard_api.services import sources as source_service
 from dashboard_api.services.seed import AGENT_TYPES, SOURCES
@@ -172,7 +172,7 @@ async def _new_conversation_message(ctx: AppContext, rng: random.Random) -> None
 
 async def _new_webhook_event(ctx: AppContext, rng: random.Random) -> None:
 
-    source = rng.choice(("github", "github", "jira", "slack"))
+    source: WebhookSource = rng.choice(("github", "github", "jira", "slack"))
     event_type = {"github": "pull_request.opened", "jira": "jira:issue_updated"}.get(
         source, "app_mention"
     )

@@ -19,8 +19,8 @@ from dashboard_api.db.models import Task
 from dashboard_api.demo.guards import seed_guards
 from dashboard_api.schemas.conversations import ConversationCreate, MessageCreate
 from dashboard_api.schemas.oauth import InstallationUpsert
-from dashboard_api.schemas.sources import JobUpdate, SourceCreate
-from dashboard_api.schemas.webhooks import WebhookEventCreate
+from dashboard_api.schemas.sources import JobStatus, JobUpdate, SourceCreate
+from dashboard_api.schemas.webhooks import WebhookEventCreate, WebhookSource
 from dashboard_api.services import conversations as conversation_service
 from dashboard_api.services import oauth as oauth_service
 from dashboard_api.services import sources as source_service
@@ -48,6 +48,7 @@ _CONVERSATIONS = (
         "What would it take to move acme/search to the new auth service?",
     )),
 )  # fmt: skip
+_WEBHOOK_SOURCES: tuple[WebhookSource, ...] = ("github", "jira", "slack")
 _WEBHOOK_TYPES = {
     "github": ("push", "pull_request.opened", "issues.opened", "issue_comment.created"),
     "jira": ("jira:issue_created", "jira:issue_updated", "comment_created"),
@@ -130,7 +131,7 @@ async def _seed_webhook_events(ctx: AppContext, rng: random.Random, count: int =
     now = ctx.clock.now()
     async with ctx.db.write() as session:
         for i in range(count):
-            source = rng.choices(("github", "jira", "slack"), (60, 25, 15))[0]
+            source: WebhookSource = rng.choices(_WEBHOOK_SOURCES, (60, 25, 15))[0]
             failed = rng.random() < 0.06
             body = WebhookEventCreate(
                 source=source,
@@ -167,7 +168,8 @@ async def _seed_oauth(ctx: AppContext) -> None:
 
 
 async def _seed_sources(ctx: AppContext) -> None:
-    outcomes = ("succeeded", "succeeded", "failed", None)  # None: left queued for the indexer
+    # None: left queued for the indexer
+    outcomes: tuple[JobStatus | None, ...] = ("succeeded", "succeeded", "failed", None)
     for raw, outcome in zip(_SOURCES, outcomes, strict=True):
         now = ctx.clock.now()
         async with ctx.db.write() as session:

@@ -94,7 +94,7 @@ class ServiceBackend:
                 await task_service.append_output(
                     session,
                     task_id=task_id,
-                    chunks=[OutputChunkIn(content=content, stream=stream)],
+                    chunks=[OutputChunkIn.model_validate({"content": content, "stream": stream})],
                     now=self.ctx.clock.now(),
                     cap_bytes=settings.output_cap_bytes,
                     max_chunk_bytes=settings.max_chunk_bytes,

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+import types
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    ClassVar,
+    Generic,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from dashboard_api.db.paging import PageResult
@@ -12,10 +23,48 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class ApiModel(BaseModel):
-    """Base of request bodies: unknown fields are refused so that typos surface as 422."""
+def _takes_int(annotation: Any) -> bool:
+    """Whether a field's type admits an int (through Optional, unions and Annotated)."""
+    if annotation is int:
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _takes_int(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return any(_takes_int(arg) for arg in get_args(annotation))
+    return False
 
-    model_config = ConfigDict(extra="forbid")
+
+class ApiModel(BaseModel):
+    """Base of request bodies: unknown fields are refused so that typos surface as 422, and
+    values are taken only in the JSON type the schema gives them (strict: `"5"` is no
+    integer, `1` no boolean, a number no timestamp; see `timeutil.UtcDateTime`).
+
+    JSON Schema counts `5.0` as an integer, so an integer field takes an integral number
+    written with a fraction too (and nothing else that strict mode refuses).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    _integer_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._integer_fields = frozenset(
+            name for name, field in cls.model_fields.items() if _takes_int(field.annotation)
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_numbers(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls._integer_fields:
+            return data
+        fixed = {
+            name: int(value)
+            for name in cls._integer_fields
+            if isinstance(value := data.get(name), float) and value.is_integer()
+        }
+        return {**data, **fixed} if fixed else data
 
 
 class Page(BaseModel, Generic[T]):

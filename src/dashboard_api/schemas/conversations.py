@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from dashboard_api.ids import SLUG_PATTERN, TASK_ID_PATTERN
 from dashboard_api.money import micros_to_usd
@@ -95,12 +96,15 @@ class ConversationCreate(_Body):
 class ConversationUpdate(_Body):
     """Rename, archive or unarchive; absent fields stay as they are."""
 
-    title: Title | None = None
-    archived: bool | None = None
+    # Absent means "leave as is"; null is refused (the schema does not offer it).
+    title: Title | SkipJsonSchema[None] = None
+    archived: bool | SkipJsonSchema[None] = None
     agent_type: Slug | None = Field(
         default=None, description="Default agent type of new tasks; null clears it."
     )
-    metadata: dict[str, Any] | None = Field(default=None, description="Replaces the stored object.")
+    metadata: dict[str, Any] | SkipJsonSchema[None] = Field(
+        default=None, description="Replaces the stored object."
+    )
 
     @field_validator("title", "archived", "metadata")
     @classmethod
@@ -115,7 +119,7 @@ class MessageCreate(_Body):
     """Post a message. A `user` message with `create_task` also queues a task for an agent."""
 
     content: Content
-    role: MessageRole | None = Field(
+    role: MessageRole | SkipJsonSchema[None] = Field(
         default=None,
         description=(
             "Default `user` (for an `agent` token: `assistant`). A `user` token may post only "

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from dashboard_api.ids import SLUG_PATTERN, TASK_ID_PATTERN
 from dashboard_api.money import micros_to_usd
@@ -20,7 +28,8 @@ SortKey = Literal[
 TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-Count = Annotated[int, Field(ge=0, le=2**62)]
+# At most 2**53 - 1, the largest integer every JSON parser reads exactly.
+Count = Annotated[int, Field(ge=0, le=2**53 - 1)]
 LeaseSeconds = Annotated[
     int,
     Field(
@@ -170,14 +179,25 @@ class OutputChunkIn(ApiModel):
 
 
 class OutputAppend(_TaskBody):
-    """Either one chunk (`content`, `stream`) or a batch (`chunks`)."""
+    """Either one chunk (`content`, with an optional `stream`) or a batch (`chunks`)."""
 
-    content: str | None = None
-    stream: Stream | None = None
-    chunks: list[OutputChunkIn] | None = None
+    # The schema states the two forms (oneOf); null is no value for any of the fields.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [{"required": ["content"]}, {"required": ["chunks"]}],
+            "not": {"required": ["chunks", "stream"]},
+        }
+    )
+
+    content: str | SkipJsonSchema[None] = None
+    stream: Stream | SkipJsonSchema[None] = None
+    chunks: Annotated[list[OutputChunkIn], Field(min_length=1)] | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
     def _one_form(self) -> OutputAppend:
+        given_null = [f for f in self.model_fields_set if getattr(self, f) is None]
+        if given_null:
+            raise ValueError(f"`{given_null[0]}` may not be null (leave it out)")
         if (self.content is None) == (self.chunks is None):
             raise ValueError("give either `content` (with an optional `stream`) or `chunks`")
         if self.chunks is not None and self.stream is not None:
