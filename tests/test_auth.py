@@ -25,7 +25,7 @@ async def _seed_task(client: httpx.AsyncClient, auth: Headers, task_id: str = "t
     assert r.status_code == 201, r.text
 
 
-# (method, path, json body) for every endpoint family of API.md §3.
+# (method, path, json body) for every endpoint family of docs/api.md §3.
 READS = [
     ("GET", "/api/tasks", None),
     ("GET", "/api/tasks/t-auth", None),

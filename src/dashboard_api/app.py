@@ -317,7 +317,7 @@ def _lifespan(ctx: AppContext) -> Callable[[FastAPI], AbstractAsyncContextManage
             # realtime: broker + hub, and the database's publisher of committed events
             rt = _realtime(ctx)
             await stack.enter_async_context(realtime_lifespan(rt, ctx.db))
-            # with Redis: the producer channels of API.md §11 (stops before the realtime)
+            # with Redis: the producer channels of docs/api.md §11 (stops before the realtime)
             await stack.enter_async_context(ingress_lifespan(ctx))
             # agents sweeper, published-event count, demo data and simulated agents
             await stack.enter_async_context(background_lifespan(ctx))

@@ -56,14 +56,14 @@ def periodic_jobs(ctx: AppContext) -> list[Job]:
             lambda: fold_analytics_once(ctx),
         ),
         Job("otlp-prune", settings.otlp_prune_interval_seconds, lambda: prune_otlp_once(ctx)),
-        # Budgets (API.md §14): states announced, running tasks of exceeded
+        # Budgets (docs/api.md §14): states announced, running tasks of exceeded
         # hold_and_cancel budgets asked to stop (a hold itself is set by the task write).
         Job(
             "budgets",
             settings.budgets_evaluate_interval_seconds,
             lambda: run_budgets_once(ctx.db, settings, ctx.clock),
         ),
-        # Alert rules (API.md §15): alerts opened and resolved, deliveries written.
+        # Alert rules (docs/api.md §15): alerts opened and resolved, deliveries written.
         Job(
             "alert-rules",
             settings.alerts_evaluate_interval_seconds,

@@ -1,4 +1,4 @@
-"""`dashboard-api budgets …` and `dashboard-api alerts …` (API.md §14, §15)."""
+"""`dashboard-api budgets …` and `dashboard-api alerts …` (docs/api.md §14, §15)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ class LiveDelivery(Protocol):
 
 
 class IngressView(Protocol):
-    """The Redis ingress consumer of this replica (API.md §11), as metrics and tests see it."""
+    """The Redis ingress consumer of this replica (docs/api.md §11), as metrics and tests see it."""
 
     @property
     def is_leader(self) -> bool: ...

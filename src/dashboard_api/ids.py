@@ -6,7 +6,7 @@ import re
 
 from uuid6 import uuid7
 
-# Producer-given task ids: 1-255 chars of this alphabet (API.md §1).
+# Producer-given task ids: 1-255 chars of this alphabet (docs/api.md §1).
 TASK_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,255}$"
 TASK_ID_RE = re.compile(TASK_ID_PATTERN)
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     # Prefix of every Redis key and channel, so that several deployments (or test runs)
     # can share one Redis server.
     redis_prefix: str = "dashboard:"
-    # Prefix of the producer channels of the Redis ingress (API.md §11 names them without
+    # Prefix of the producer channels of the Redis ingress (docs/api.md §11 names them without
     # one: `task:{id}:output`); set it when several deployments share one Redis server.
     redis_ingress_prefix: str = Field("", max_length=100)
     # Redis ingress leader lease; a replica holds 3 leases of messages (ingress/consumer.py).
@@ -144,7 +144,7 @@ class Settings(BaseSettings):
     # How often one replica deletes the spans past that retention (0: never).
     otlp_prune_interval_seconds: float = Field(60.0, ge=0)
 
-    # --- budgets and alerts (API.md §14, §15) ----------------------------------------------
+    # --- budgets and alerts (docs/api.md §14, §15) ----------------------------------------------
     # How often one replica recomputes budgets' spend and announces state changes (a hold
     # itself is set by the task write that reaches the limit, not by this).
     budgets_evaluate_interval_seconds: float = Field(1.0, ge=0, le=2)

@@ -1,4 +1,4 @@
-"""Brute-force analytics over the raw task rows, written from API.md §5 alone."""
+"""Brute-force analytics over the raw task rows, written from docs/api.md §5 alone."""
 
 from __future__ import annotations
 

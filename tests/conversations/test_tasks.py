@@ -382,7 +382,7 @@ async def test_appends_racing_a_delete_leave_no_link(
 async def test_terminal_update_through_redis_ingress(
     app: Any, client: httpx.AsyncClient, auth: Headers, backend: Backend
 ) -> None:
-    """API.md §11: a status published to Redis (twice) answers the conversation once."""
+    """docs/api.md §11: a status published to Redis (twice) answers the conversation once."""
     import orjson
     import redis.asyncio as aioredis
 

@@ -1,4 +1,4 @@
-"""Alert rules, channels and notifications (API.md §15): the state machine, deliveries to
+"""Alert rules, channels and notifications (docs/api.md §15): the state machine, deliveries to
 a real local receiver, signatures, the SSRF guard."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ async def attempts(client: httpx.AsyncClient, auth: Auth, alert_id: str) -> list
 
 
 def verify_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """An implementation of API.md §15's signature written from the text alone."""
+    """An implementation of docs/api.md §15's signature written from the text alone."""
     timestamp = headers["x-dashboard-timestamp"]
     message = timestamp.encode("ascii") + b"." + body
     expected = "sha256=" + hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()

@@ -1,4 +1,4 @@
-"""Budgets (API.md §14): exact spend from the rollups, states, events, holds at claim."""
+"""Budgets (docs/api.md §14): exact spend from the rollups, states, events, holds at claim."""
 
 from __future__ import annotations
 

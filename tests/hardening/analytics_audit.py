@@ -2,7 +2,7 @@
 
 Shared by the soak's final audit (`bench/soak.py`) and its bounded CI version
 (`hardening/test_analytics_under_load.py`). The brute force is `tests/analytics/brute.py`
-(written from API.md §5 alone), compared with the semantics of
+(written from docs/api.md §5 alone), compared with the semantics of
 `analytics/test_property.py`: everything exact (to 1e-9 relative), percentiles within 2 %.
 """
 

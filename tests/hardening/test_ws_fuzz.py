@@ -95,7 +95,7 @@ def _flatten(items: list[Any]) -> list[str | bytes]:
 
 
 def _is_ping(frame: str | bytes) -> bool:
-    """Whether the server answers this frame with a pong (API.md §10: a JSON object of
+    """Whether the server answers this frame with a pong (docs/api.md §10: a JSON object of
     type `ping` within the message size limit, sent as text or binary)."""
     raw = frame.encode() if isinstance(frame, str) else frame
     if len(raw) > MAX_MESSAGE_BYTES:

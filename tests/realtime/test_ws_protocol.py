@@ -1,4 +1,4 @@
-"""`/ws` protocol (API.md §10) against a real uvicorn, on SQLite+memory and PostgreSQL+Redis."""
+"""`/ws` protocol (docs/api.md §10) against a real uvicorn, on SQLite and PostgreSQL+Redis."""
 
 from __future__ import annotations
 

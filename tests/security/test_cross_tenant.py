@@ -8,7 +8,7 @@ included), bob — another `user` — calls it aimed at alice's resources:
   the very answer a conversation that does not exist gets — and changes nothing;
 - every GET, plain and with each of its filters pointed at alice (`user_id=alice`,
   `conversation_id=<hers>`, `q=<her secret>`), never carries one of her secrets, and
-  never names her conversation outside a task (tasks are readable by every user, API.md
+  never names her conversation outside a task (tasks are readable by every user, docs/api.md
   §1, and a task says which conversation it belongs to; a task's live SSE stream, which
   never ends, is left out).
 
@@ -33,7 +33,7 @@ TITLE = f"title {SECRET}"
 MESSAGE = f"message {SECRET}"
 META = f"meta {SECRET}"
 # Operations whose answers are tasks: a task names its conversation, and every user reads
-# every task (API.md §1), so alice's conversation id may appear there, never her secrets.
+# every task (docs/api.md §1), so alice's conversation id may appear there, never her secrets.
 TASK_PATHS = ("/api/tasks",)
 # A valid body for every non-GET operation on a conversation. A new one fails the test
 # until it is listed here, so that it cannot escape the check.

@@ -88,7 +88,7 @@ def ts(d: datetime) -> str:
 
 
 def reference(rows: list[Row], params: dict[str, Any], sort: str) -> list[str]:
-    """Filter and sort by brute force, as API.md §3 words it."""
+    """Filter and sort by brute force, as docs/api.md §3 words it."""
 
     def multi(name: str) -> set[str] | None:
         v = params.get(name)

@@ -1,4 +1,4 @@
-"""The dashboard's page and files as the app serves them (API.md §18), and `/api/me`."""
+"""The dashboard's page and files as the app serves them (docs/api.md §18), and `/api/me`."""
 
 from __future__ import annotations
 

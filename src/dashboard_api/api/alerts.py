@@ -1,4 +1,4 @@
-"""`/api/alerts`: notification channels, alert rules, alerts and deliveries (API.md §15)."""
+"""`/api/alerts`: notification channels, alert rules, alerts and deliveries (docs/api.md §15)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`/api/budgets`: spending caps per scope and calendar period (API.md §14)."""
+"""`/api/budgets`: spending caps per scope and calendar period (docs/api.md §14)."""
 
 from __future__ import annotations
 

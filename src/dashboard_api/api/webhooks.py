@@ -182,7 +182,7 @@ async def _read_body(request: Request, limit: int) -> tuple[bytes, bool, int]:
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"type": "object"}}},
-            "description": "The provider's payload, signed as its headers say (API.md §7).",
+            "description": "The provider's payload, signed as its headers say (docs/api.md §7).",
         },
         "security": [],
     },

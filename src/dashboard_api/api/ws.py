@@ -1,5 +1,5 @@
 """`/ws`: the WebSocket handshake (a token in `?token=`, `Authorization: Bearer` or the
-subprotocols `bearer, <token>`); the session itself is `realtime/ws.py` (API.md §10)."""
+subprotocols `bearer, <token>`); the session itself is `realtime/ws.py` (docs/api.md §10)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ async def _principal(ctx: AppContext, token: str | None) -> Principal | None:
 
 @router.websocket("/ws", name="websocket")
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    """Subscribe to live events; see API.md §10.
+    """Subscribe to live events; see docs/api.md §10.
 
     The token comes from `?token=`, the `Authorization` header, or the subprotocols
     `bearer, <token>` (what a browser can send; the answer selects `bearer`).

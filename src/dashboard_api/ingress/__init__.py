@@ -1,4 +1,4 @@
-"""The Redis ingress (API.md §11): an entry point, like `api/`, for agents that publish their
+"""The Redis ingress (docs/api.md §11): an entry point, like `api/`, for agents that publish their
 output and status to Redis instead of calling the HTTP producer endpoints."""
 
 from dashboard_api.ingress.consumer import Ingress, ingress_lifespan

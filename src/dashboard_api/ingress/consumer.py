@@ -1,4 +1,4 @@
-"""Redis ingress (API.md §11): agents publish to `task:{id}:output` and `task:{id}:status`.
+"""Redis ingress (docs/api.md §11): agents publish to `task:{id}:output` and `task:{id}:status`.
 
 Pub/Sub delivers every message to every replica, so exactly one replica per Redis stores
 them: the leader, elected with `SET key token NX PX ttl` and renewed every ttl/3 by a
@@ -25,7 +25,7 @@ a cluster restarted all at once still gets a leader in bounded time.
 `PUBLISH` answers how many subscribers received a message; every replica subscribes, so 0
 means that no replica took it and the producer should publish it again (same id).
 
-`DASHBOARD_REDIS_INGRESS_PREFIX` (default empty, as API.md has it) puts a prefix before
+`DASHBOARD_REDIS_INGRESS_PREFIX` (default empty, as docs/api.md has it) puts a prefix before
 those channel names, so that several deployments can share one Redis server without
 storing each other's producer messages.
 

@@ -1,4 +1,4 @@
-"""Producer messages of the Redis ingress (API.md §11): their channels, and storing one.
+"""Producer messages of the Redis ingress (docs/api.md §11): their channels, and storing one.
 
 Each message goes through the same service functions as the HTTP producer endpoints, so
 its events fan out the same way. A message may carry a `message_id` (unique per task): the
@@ -29,7 +29,7 @@ ID_RETENTION = timedelta(hours=24)
 
 
 def ingress_patterns(prefix: str = "") -> tuple[str, str]:
-    """The channel patterns producers publish to (API.md §11), after `prefix`."""
+    """The channel patterns producers publish to (docs/api.md §11), after `prefix`."""
     return f"{prefix}task:*:output", f"{prefix}task:*:status"
 
 

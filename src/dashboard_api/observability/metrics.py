@@ -128,7 +128,7 @@ class _ScrapeCollector(Collector):
         if ingress is not None:
             family = CounterMetricFamily(
                 "dashboard_ingress_messages",
-                "Redis ingress messages (API.md section 11) handled by this replica, by outcome",
+                "Redis ingress messages handled here, by outcome (docs/api.md section 11)",
                 labels=["outcome"],
             )
             for outcome, attr in _INGRESS_OUTCOMES:

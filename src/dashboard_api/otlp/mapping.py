@@ -1,4 +1,4 @@
-"""GenAI spans to tasks (API.md §17), a pure function of the spans known so far.
+"""GenAI spans to tasks (docs/api.md §17), a pure function of the spans known so far.
 
 An **invocation** is a root span (no parent, or a remote one) whose subtree carries a
 `gen_ai.*` attribute or event, itself or below; each is one task:

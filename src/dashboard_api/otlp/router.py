@@ -1,4 +1,4 @@
-"""`POST /v1/traces`: OTLP/HTTP traces in (API.md §17; docs/otlp.md)."""
+"""`POST /v1/traces`: OTLP/HTTP traces in (docs/api.md §17; docs/otlp.md)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ async def export_traces(
     ctx: CtxDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Response:
-    """OpenTelemetry spans in (agent role): GenAI invocations become tasks (API.md §17).
+    """OpenTelemetry spans in (agent role): GenAI invocations become tasks (docs/api.md §17).
 
     Answers as an OTLP collector does: 200 with an `ExportTraceServiceResponse`, in the
     request's encoding; failures as `google.rpc.Status` for protobuf requests (an RFC 9457

@@ -37,7 +37,7 @@ class Channel:
 
 
 def parse_channel(name: object) -> Channel | None:
-    """The channel, or None when the name is not one of API.md §10."""
+    """The channel, or None when the name is not one of docs/api.md §10."""
     if not isinstance(name, str) or len(name) > 300:
         return None
     if name in FIXED_CHANNELS:

@@ -1,4 +1,4 @@
-"""The WebSocket session of API.md §10 (subscribe/unsubscribe/ping, errors, slow consumers).
+"""The WebSocket session of docs/api.md §10 (subscribe/unsubscribe/ping, errors, slow consumers).
 
 The route (`api/ws.py`) authenticates the handshake and hands the socket to `run_session`;
 everything after that, down to the frames written to uvicorn's protocol, is here.
@@ -424,7 +424,7 @@ async def run_session(
     hub: Hub,
     channels: ChannelAuthorizer,
 ) -> None:
-    """Serve an accepted, authenticated socket until it closes (API.md §10)."""
+    """Serve an accepted, authenticated socket until it closes (docs/api.md §10)."""
     limit = settings.ws_max_connections_per_token
     if limit and _connections_of(hub, principal) >= limit:
         # Checked and counted with no await in between, so concurrent handshakes cannot

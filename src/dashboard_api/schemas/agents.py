@@ -1,4 +1,4 @@
-"""Agents (API.md §4) and the system status (API.md §2)."""
+"""Agents (docs/api.md §4) and the system status (docs/api.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Alert rules, notification channels, alerts and delivery attempts (API.md §15)."""
+"""Alert rules, notification channels, alerts and delivery attempts (docs/api.md §15)."""
 
 from __future__ import annotations
 

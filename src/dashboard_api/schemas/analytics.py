@@ -1,4 +1,4 @@
-"""Shapes of the analytics endpoints (API.md §5)."""
+"""Shapes of the analytics endpoints (docs/api.md §5)."""
 
 from __future__ import annotations
 

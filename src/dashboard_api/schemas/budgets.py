@@ -1,4 +1,4 @@
-"""Budgets on the wire (API.md §14)."""
+"""Budgets on the wire (docs/api.md §14)."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ class ApiModel(BaseModel):
 
 
 class Page(BaseModel, Generic[T]):
-    """The list envelope of API.md §1."""
+    """The list envelope of docs/api.md §1."""
 
     items: list[T]
     total: int

@@ -1,4 +1,4 @@
-"""Conversations and messages on the wire (API.md §6)."""
+"""Conversations and messages on the wire (docs/api.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""OAuth installation status on the wire (API.md §8)."""
+"""OAuth installation status on the wire (docs/api.md §8)."""
 
 from __future__ import annotations
 

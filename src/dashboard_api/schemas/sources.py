@@ -1,4 +1,4 @@
-"""Knowledge sources and re-index jobs on the wire (API.md §9)."""
+"""Knowledge sources and re-index jobs on the wire (docs/api.md §9)."""
 
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ class TaskSummary(_TaskFields):
 
 
 class TaskPublic(_TaskFields):
-    """The whole task (API.md §3)."""
+    """The whole task (docs/api.md §3)."""
 
     input_message: str
     result: str | None

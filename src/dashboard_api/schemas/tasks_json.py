@@ -129,7 +129,7 @@ def public_doc(t: Any) -> dict[str, Any]:
 
 
 def page_json(result: PageResult[dict[str, Any]]) -> bytes:
-    """The list envelope (API.md §1) of one page of documents."""
+    """The list envelope (docs/api.md §1) of one page of documents."""
     return orjson.dumps(
         {
             "items": result.items,

@@ -1,4 +1,4 @@
-"""Webhooks on the wire: per-source configs, recorded events, statistics (API.md §7)."""
+"""Webhooks on the wire: per-source configs, recorded events, statistics (docs/api.md §7)."""
 
 from __future__ import annotations
 

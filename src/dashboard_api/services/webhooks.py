@@ -186,7 +186,7 @@ def _clip(value: object) -> str | None:
 
 
 def _event_type(source: str, headers: Mapping[str, str], payload: dict[str, Any] | None) -> str:
-    """The event type of API.md §7; `unknown` when the delivery does not say."""
+    """The event type of docs/api.md §7; `unknown` when the delivery does not say."""
     payload = payload or {}
     if source == "github":
         name = headers.get("x-github-event") or "unknown"

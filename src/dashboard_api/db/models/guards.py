@@ -20,7 +20,7 @@ DELIVERY_STATES = ("pending", "delivered", "failed")
 
 
 class Budget(Base):
-    """A spending cap over a scope and a calendar period (API.md §14).
+    """A spending cap over a scope and a calendar period (docs/api.md §14).
 
     `state` is the state last announced on the `budgets` channel, for the period that
     starts at `state_period_start`; `held_until` is set (to the end of that period) while
@@ -74,7 +74,7 @@ class AlertChannel(Base):
 
 
 class AlertRule(Base):
-    """A condition over the fleet's health, evaluated periodically (API.md §15)."""
+    """A condition over the fleet's health, evaluated periodically (docs/api.md §15)."""
 
     __tablename__ = "alert_rules"
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from dashboard_api.db.base import Base
 
-# Sort keys that put tasks without a duration last in each direction (API.md §3).
+# Sort keys that put tasks without a duration last in each direction (docs/api.md §3).
 DURATION_ASC_KEY = func.coalesce(text("duration_us"), 9223372036854775807)
 DURATION_DESC_KEY = func.coalesce(text("duration_us"), -1)
 

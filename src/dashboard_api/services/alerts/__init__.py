@@ -1,4 +1,4 @@
-"""Alert rules, notification channels, alerts and their delivery outbox (API.md §15).
+"""Alert rules, notification channels, alerts and their delivery outbox (docs/api.md §15).
 
 - `urls`: which channel URLs may be called (the SSRF guard), `sender`: one POST to a
   checked address, `signing` and `formats`: what is sent;

@@ -38,7 +38,7 @@ _AL: Table = Alert.__table__  # type: ignore[assignment]
 
 
 def alert_document(row: Any) -> dict[str, Any]:
-    """The alert as API.md §15 shows it (also the body of a webhook notification)."""
+    """The alert as docs/api.md §15 shows it (also the body of a webhook notification)."""
     return {
         "alert_id": row.alert_id,
         "rule_id": row.rule_id,

@@ -1,4 +1,4 @@
-"""What each rule kind measures (API.md §15), from the rollups and small indexed queries.
+"""What each rule kind measures (docs/api.md §15), from the rollups and small indexed queries.
 
 Windows of task figures are over `created_at`, the time axis of the analytics rollups:
 the last `window_minutes` are whole rollup blocks plus the raw rows of at most half a
@@ -33,7 +33,7 @@ UNAVAILABLE_KINDS: dict[str, str] = (
 )
 # Kinds whose value comes from the analytics rollups (the round folds pending writes first).
 ROLLUP_KINDS = frozenset({"failure_rate", "cost_usd", "duration_p95_seconds"})
-# The longest lease (API.md §13): a task whose lease expired in the window was created
+# The longest lease (docs/api.md §13): a task whose lease expired in the window was created
 # at most this long before it.
 _MAX_LEASE = timedelta(seconds=86400)
 

@@ -1,4 +1,4 @@
-"""The signature of webhook notifications (API.md §15).
+"""The signature of webhook notifications (docs/api.md §15).
 
 `X-Dashboard-Signature: sha256=<hex HMAC-SHA256 of "{timestamp}.{body}">`, keyed with the
 channel's secret; `X-Dashboard-Timestamp` carries the timestamp (Unix seconds), so that a

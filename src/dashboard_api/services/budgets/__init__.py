@@ -1,4 +1,4 @@
-"""Budgets: spending caps per scope and calendar period (API.md §14).
+"""Budgets: spending caps per scope and calendar period (docs/api.md §14).
 
 - `periods`: a period's edges in the budget's time zone (DST included);
 - `spend`: exact spend of a scope over a period, in one statement;

@@ -1,5 +1,5 @@
 """Budget definitions, their live documents, the hold set by task writes, and the
-periodic evaluation that announces state changes (API.md §14).
+periodic evaluation that announces state changes (docs/api.md §14).
 
 Who writes a budget's `state`, `state_period_start` and `held_until`: the PUT, the task
 write hook (for `hold` budgets, in the transaction of the write that changes spend), and
@@ -71,7 +71,7 @@ async def figures(session: AsyncSession, row: Budget, at: datetime) -> Figures:
 
 
 def document(row: Budget, f: Figures, now: datetime) -> dict[str, Any]:
-    """The budget as API.md §14 shows it (JSON-ready)."""
+    """The budget as docs/api.md §14 shows it (JSON-ready)."""
     return {
         "budget_id": row.budget_id,
         "name": row.name,

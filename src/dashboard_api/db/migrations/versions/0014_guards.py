@@ -4,7 +4,7 @@ Revision ID: 0014_guards
 Revises: 0013_otlp_spans
 Create Date: 2026-12-07 13:30:00.000000
 
-New tables only (API.md §14 and §15), plus an index that the `index_job_failed` rule
+New tables only (docs/api.md §14 and §15), plus an index that the `index_job_failed` rule
 reads (failed jobs by finish time). Nothing existing is rewritten.
 """
 

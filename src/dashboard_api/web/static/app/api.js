@@ -1,4 +1,4 @@
-// REST calls (API.md): bearer token, problem documents turned into ApiError, and the
+// REST calls (docs/api.md): bearer token, problem documents turned into ApiError, and the
 // OpenAPI paths this server has (some endpoints arrive in later releases).
 import { session, signOut } from "./session.js";
 

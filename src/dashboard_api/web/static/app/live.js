@@ -1,4 +1,4 @@
-// One WebSocket per tab (API.md §10), shared by every view. It authenticates with the
+// One WebSocket per tab (docs/api.md §10), shared by every view. It authenticates with the
 // subprotocols `bearer, <token>` (the token stays out of the URL), reconnects with backoff,
 // and on each (re)connect subscribes again to every channel in use; a task channel resumes
 // with `since_seq` = the last seq its consumer has, so a reconnect loses and repeats nothing.

@@ -1,4 +1,4 @@
-// The dashboard's shell: sign-in, navigation, theme, and the route table (API.md §18).
+// The dashboard's shell: sign-in, navigation, theme, and the route table (docs/api.md §18).
 import { html, render, useEffect, useLayoutEffect, useState } from "./html.js";
 import { session, onSessionChange, signIn, signOut, isAdmin } from "./session.js";
 import { get, hasPath, ApiError } from "./api.js";

@@ -1,4 +1,4 @@
-// Budgets (API.md §14) and alerts (§15): shown when the server has those endpoints.
+// Budgets (docs/api.md §14) and alerts (§15): shown when the server has those endpoints.
 import { html } from "../html.js";
 import { get } from "../api.js";
 import { fmtUsd, fmtTime, fmtNum } from "../format.js";
