@@ -75,7 +75,7 @@ def periodic_jobs(ctx: AppContext) -> list[Job]:
             settings.alerts_sender_interval_seconds,
             lambda: run_sender_once(ctx.db, settings, ctx.clock),
         ),
-        # Retention (API.md §16): old terminal tasks deleted with their output and events.
+        # Retention (docs/api.md §16): old terminal tasks deleted with their output and events.
         Job(
             "retention-prune",
             settings.prune_interval_seconds if settings.retention_days is not None else 0,

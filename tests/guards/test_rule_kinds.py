@@ -1,4 +1,4 @@
-"""Each rule kind of API.md §15 measures what it says, and holds past its threshold."""
+"""Each rule kind of docs/api.md §15 measures what it says, and holds past its threshold."""
 
 from __future__ import annotations
 
