@@ -140,7 +140,9 @@ async def test_spend_counts_tasks_between_local_midnights_across_dst(
         )
         assert r.status_code == 201, r.text
         r = await client.patch(
-            f"/api/tasks/{period}-{name}", json={"cost_usd": costs[name]}, headers=agent
+            f"/api/tasks/{period}-{name}",
+            json={"cost_usd": float(costs[name])},  # a JSON number, not a string
+            headers=agent,
         )
         assert r.status_code == 200
     # Rollup scopes (fleet, agent type) and index-range scopes (user, flow): one answer.

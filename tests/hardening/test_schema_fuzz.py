@@ -351,6 +351,12 @@ CROSS_FIELD_RULES = {
     "Give either `page` or `cursor`, not both.": "paging: page or cursor",
     "Malformed cursor.": "paging: a cursor the service issued",
 }
+# Rules over other resources or the network, stated in the field's description: a rule
+# names channels that exist; a channel URL reaches a public host.
+DOCUMENTED_PREFIXES = {
+    "No alert channel ": "alerts: a rule names existing channels",
+    "The URL is refused": "alerts: a channel URL reaches a public host",
+}
 
 
 @dataclass
@@ -364,9 +370,18 @@ class CheckFailure:
 
     @property
     def documented_rule(self) -> str | None:
-        if self.code == "ST202" and self.status == 422:
-            return CROSS_FIELD_RULES.get(self.detail)
-        return None
+        if self.code != "ST202" or self.status != 422:
+            return None
+        if self.detail in CROSS_FIELD_RULES:
+            return CROSS_FIELD_RULES[self.detail]
+        return next(
+            (
+                rule
+                for prefix, rule in DOCUMENTED_PREFIXES.items()
+                if self.detail.startswith(prefix)
+            ),
+            None,
+        )
 
 
 def _problem_detail(response: dict[str, Any] | None) -> str:

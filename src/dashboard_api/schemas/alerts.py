@@ -31,7 +31,16 @@ class ChannelIn(ApiModel):
     `null` removes it."""
 
     type: ChannelType
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    url: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=2048),
+        Field(
+            description=(
+                "An http or https URL whose host resolves to a public address (unless "
+                "DASHBOARD_ALERTS_ALLOW_PRIVATE_URLS): else 422."
+            )
+        ),
+    ]
     secret: Annotated[SecretStr, Field(min_length=1, max_length=1024)] | None = Field(
         default=None, description="Write-only: the HMAC key of `webhook` signatures."
     )
@@ -66,7 +75,11 @@ class RuleIn(ApiModel):
         le=1e12,
         description="The rule holds when the value is at least this (and above zero).",
     )
-    channels: list[ResourceId] = Field(default_factory=list, max_length=20)
+    channels: list[ResourceId] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Ids of existing channels (PUT them first): an unknown id is 422.",
+    )
     enabled: bool = True
 
     @field_validator("threshold")

@@ -36,7 +36,8 @@ class BudgetIn(ApiModel):
         "UTC", description="IANA time zone of the period's edges."
     )
     limit_usd: float = Field(ge=0, le=1e12)
-    warn_at: list[float] = Field(
+    # Bounds in the schema too (exclusive), so that it states what `_fractions` checks.
+    warn_at: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
         default_factory=lambda: [0.8],
         max_length=10,
         description="Fractions of the limit (0 < f < 1) from which the state is `warning`.",
