@@ -201,7 +201,7 @@ def test_signature_rejections_list_every_rejection() -> None:
 
 
 async def test_lease_expired(app: FastAPI, client: httpx.AsyncClient, auth: Auth) -> None:
-    """Counts tasks failed by lease expiry in the window (API.md §13's `failure_reason`);
+    """Counts tasks failed by lease expiry in the window (docs/api.md §13's `failure_reason`);
     on a version without leases the kind is refused with the reason."""
     body = {"name": "l", "kind": "lease_expired", "threshold": 1, "window_minutes": 10}
     r = await client.put("/api/alerts/rules/l", json=body, headers=auth("admin"))

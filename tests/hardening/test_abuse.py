@@ -341,7 +341,7 @@ def _holds_no_rows(r: httpx.Response) -> bool:
     export (CSV with its header row alone, JSON Lines with no line)."""
     content_type = r.headers["content-type"]
     if content_type.startswith("application/json"):
-        return r.json()["items"] == []
+        return bool(r.json()["items"] == [])
     if content_type.startswith("text/csv"):
         return len(r.text.splitlines()) == 1
     return r.text.strip() == ""
