@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zoneinfo
 from datetime import UTC, datetime
 from typing import Annotated, Protocol, TypeVar
 
@@ -39,6 +40,9 @@ def format_ts(value: datetime) -> str:
     v = to_utc(value)
     return v.strftime("%Y-%m-%dT%H:%M:%S.") + f"{v.microsecond // 1000:03d}Z"
 
+
+# The IANA time zones the API takes (the database tzdata ships), listed in the schema.
+TIME_ZONES = sorted(zoneinfo.available_timezones() | {"UTC"})
 
 # A date and a time, as RFC 3339 and ISO 8601 write them (offset optional: naive is UTC).
 _TIMESTAMP_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")

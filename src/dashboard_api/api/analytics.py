@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import zoneinfo
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,10 +22,8 @@ from dashboard_api.services.analytics import performance as performance_service
 from dashboard_api.services.analytics import reads
 from dashboard_api.services.analytics.fold import fold_before_read
 from dashboard_api.services.analytics.window import AnalyticsFilters
-from dashboard_api.timeutil import UtcDateTime
+from dashboard_api.timeutil import TIME_ZONES, UtcDateTime
 
-# The zones the histogram takes, listed in the schema (the IANA database that tzdata ships).
-TIME_ZONES = sorted(zoneinfo.available_timezones() | {"UTC"})
 _KNOWN_TIME_ZONES = frozenset(TIME_ZONES)
 
 router = APIRouter(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, JsonValue, StringConstraints, field_validator
 
 from dashboard_api.schemas.common import ApiModel
-from dashboard_api.timeutil import UtcDateTime
+from dashboard_api.timeutil import TIME_ZONES, UtcDateTime
 
 BudgetPeriod = Literal["day", "week", "month"]
 BudgetAction = Literal["notify", "hold", "hold_and_cancel"]
@@ -26,6 +26,9 @@ class BudgetScope(ApiModel):
     flow_id: LongDimension | None = None
 
 
+_TIME_ZONES: list[JsonValue] = [*TIME_ZONES]  # the schema lists the zones it takes
+
+
 class BudgetIn(ApiModel):
     """`PUT /api/budgets/{budget_id}`: the whole budget (create or replace)."""
 
@@ -33,7 +36,9 @@ class BudgetIn(ApiModel):
     scope: BudgetScope = Field(default_factory=BudgetScope)
     period: BudgetPeriod
     tz: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
-        "UTC", description="IANA time zone of the period's edges."
+        "UTC",
+        description="IANA time zone of the period's edges.",
+        json_schema_extra={"enum": _TIME_ZONES},
     )
     limit_usd: float = Field(ge=0, le=1e12)
     # Bounds in the schema too (exclusive), so that it states what `_fractions` checks.
