@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     max_chunk_bytes: int = Field(1024 * 1024, ge=1)
     max_chunks_per_request: int = Field(1000, ge=1)
     default_agent_type: str = "general"
-    # Leases (API.md §13): a running task or index job fails when its producer has not
+    # Leases (docs/api.md §13): a running task or index job fails when its producer has not
     # been heard of for this long (claim or register may ask for another length).
     task_lease_seconds: int = Field(300, ge=10, le=86_400)
     # How often the `lease-reaper` job fails expired tasks and jobs (one replica does).

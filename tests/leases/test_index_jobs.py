@@ -1,4 +1,4 @@
-"""Index jobs hold a lease (API.md §13): renewed by PATCH, failed by the reaper when it
+"""Index jobs hold a lease (docs/api.md §13): renewed by PATCH, failed by the reaper when it
 runs out, and the next re-index creates a new job."""
 
 from __future__ import annotations

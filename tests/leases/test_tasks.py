@@ -1,4 +1,4 @@
-"""Task leases (API.md §13): taken on entering running, renewed lazily by every producer
+"""Task leases (docs/api.md §13): taken on entering running, renewed lazily by every producer
 call and by the assigned agent's heartbeat, failed by the reaper when they run out (with
 the usual events, counted as failed), retries by hand and automatic ones."""
 

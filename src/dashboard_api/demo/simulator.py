@@ -1,5 +1,5 @@
 """Simulated agents: claim queued tasks, stream output at a human pace, finish with tokens
-and cost, honour cancel requests, heartbeat, and keep their tasks' leases alive (API.md
+and cost, honour cancel requests, heartbeat, and keep their tasks' leases alive (docs/api.md
 §13). With `death_rate`, a worker now and then "dies" in the middle of a task: it stops
 everything about it, lease renewals included, so the lease reaper fails the task. The
 same code drives the in-process demo (`ServiceBackend`, service calls) and

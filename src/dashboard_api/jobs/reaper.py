@@ -1,5 +1,5 @@
 """The lease reaper (periodic job `lease-reaper`): fails running tasks and index jobs
-whose lease ran out (API.md §13), on one replica at a time.
+whose lease ran out (docs/api.md §13), on one replica at a time.
 
 Each run first probes, in a read, whether anything has expired (one index range each on
 the partial lease indexes): the usual answer is no, and then no write transaction is

@@ -261,7 +261,7 @@ async def heartbeat(
     session: AsyncSession, *, name: str, status: str, now: datetime, window: float
 ) -> None:
     """Record a sign of life (registering unknown names); announce a changed status. The
-    leases of the running tasks assigned to this agent are renewed (API.md §13)."""
+    leases of the running tasks assigned to this agent are renewed (docs/api.md §13)."""
     await renew_agent_leases(session, agent=name, now=now)
     agent, _ = await _locked_or_created(session, name=name, now=now)
     agent.last_heartbeat_at = now

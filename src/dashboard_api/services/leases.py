@@ -1,4 +1,4 @@
-"""Lease arithmetic shared by tasks and index jobs (API.md §13).
+"""Lease arithmetic shared by tasks and index jobs (docs/api.md §13).
 
 A running task or index job holds a lease until `lease_expires_at`; its producer's calls
 renew it to `now + lease_seconds`. Renewal is lazy: only when less than half the lease is

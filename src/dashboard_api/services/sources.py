@@ -4,7 +4,7 @@ Lock order, everywhere: the source row first, then its job rows. Claims take bot
 SKIP LOCKED, so a claimer never waits on (or deadlocks with) a delete, a re-index request
 or a progress report of the same source.
 
-A running job holds a lease (API.md §13), renewed by its PATCHes; the lease reaper
+A running job holds a lease (docs/api.md §13), renewed by its PATCHes; the lease reaper
 (`expire_jobs`) fails a job whose lease ran out, and a re-index request does the same for
 the source's stuck job before queueing a new one.
 """

@@ -87,6 +87,6 @@ class IndexJob(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
-    # Leases (API.md §13): set while running, renewed by PATCH.
+    # Leases (docs/api.md §13): set while running, renewed by PATCH.
     lease_expires_at: Mapped[datetime | None]
     lease_seconds: Mapped[int | None] = mapped_column(Integer)

@@ -85,7 +85,7 @@ class Task(Base):
     output_seq: Mapped[int] = mapped_column(Integer, default=0)
     output_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     output_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Leases (API.md §13): set while running, renewed by producer calls and heartbeats.
+    # Leases (docs/api.md §13): set while running, renewed by producer calls and heartbeats.
     lease_expires_at: Mapped[datetime | None]
     lease_seconds: Mapped[int | None] = mapped_column(Integer)
     failure_reason: Mapped[str | None] = mapped_column(String(32))  # see FAILURE_REASONS

@@ -1,4 +1,4 @@
-"""Task leases (API.md §13): heartbeats, the lease reaper's move, retries.
+"""Task leases (docs/api.md §13): heartbeats, the lease reaper's move, retries.
 
 A running task holds a lease (`lease_expires_at`); the write paths in `lifecycle` and
 `output` take and renew it (lazily, see services/leases.py). This module holds what is

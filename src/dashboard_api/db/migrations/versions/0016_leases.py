@@ -4,7 +4,7 @@ Revision ID: 0016_leases
 Revises: 0015_retention
 Create Date: 2026-12-07 13:45:00.000000
 
-Tasks gain `lease_expires_at`/`lease_seconds` (API.md §13), `failure_reason`, `attempt`,
+Tasks gain `lease_expires_at`/`lease_seconds` (docs/api.md §13), `failure_reason`, `attempt`,
 `max_attempts`, `retry_of` and `retry_task_id`; index jobs gain the same lease. Tasks and
 jobs already running get a lease of the default length (300 s) from now, so that one whose
 agent is gone is failed by the reaper instead of staying running for ever. Failed tasks
