@@ -68,7 +68,7 @@ def task_filters(
         ),
     ] = None,
     failure_reason: Annotated[
-        list[str] | None,
+        list[Annotated[str, choice_items(FAILURE_REASONS)]] | None,
         Query(description="`lease_expired` or `agent`; repeatable or comma list"),
     ] = None,
 ) -> service.TaskFilters:
