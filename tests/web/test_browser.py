@@ -335,6 +335,29 @@ def test_output_appended_by_a_producer_shows_live(page: Page, site: Site) -> Non
     expect(page.locator(".page-head .badge").first).to_have_text("completed")
 
 
+def test_a_user_retries_a_failed_task_from_its_page(page: Page, site: Site) -> None:
+    # Agents cannot sign in to the page at all, so every signed-in role may retry (user role).
+    site.task("retry-1", status="running")
+    sign_in(page, site, path="/tasks/retry-1")
+    head = page.locator(".page-head")
+    retry = page.get_by_role("button", name="Retry")
+    expect(head.locator(".badge").first).to_have_text("running")
+    expect(retry).to_have_count(0)
+    # The failure arrives live and brings the button with it.
+    site.api("PATCH", "/api/tasks/retry-1", json={"status": "failed", "error": "boom"})
+    expect(head.locator(".badge").first).to_have_text("failed")
+    retry.click()
+    # The page moves to the new task, which links back to the one it retries.
+    expect(page).not_to_have_url(re.compile(r"/tasks/retry-1$"))
+    new_id = page.url.rsplit("/tasks/", 1)[1]
+    again = site.api("GET", f"/api/tasks/{new_id}", "user")
+    assert (again["retry_of"], again["attempt"], again["status"]) == ("retry-1", 2, "queued")
+    expect(page.locator(".kv", has_text="Attempt").get_by_role("link")).to_have_text("retry-1")
+    # A queued task (the retry itself) offers no Retry.
+    expect(head.locator(".badge").first).to_have_text("queued")
+    expect(retry).to_have_count(0)
+
+
 def test_the_log_resumes_after_a_server_restart_with_no_gap_and_no_duplicate(
     page: Page, site: Site
 ) -> None:
