@@ -20,7 +20,12 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def app(settings: Settings, clock: FakeClock) -> AsyncIterator[FastAPI]:
-    """The app on the test's backend, reading time from `clock`."""
-    application = create_app(settings, clock=clock)
+    """The app on the test's backend, reading time from `clock`.
+
+    The lease reaper is off: these tests move the clock by hours between writes, which
+    would expire every running task's lease while the test compares figures.
+    """
+    quiet = settings.model_copy(update={"lease_reap_interval_seconds": 0})
+    application = create_app(quiet, clock=clock)
     async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
         yield application

@@ -22,7 +22,8 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def clocked_app(backend: Backend, clock: FakeClock) -> AsyncIterator[FastAPI]:
-    app = create_app(backend.settings(), clock=clock)
+    # The lease reaper is off: tests move the clock past a running task's lease.
+    app = create_app(backend.settings(lease_reap_interval_seconds=0), clock=clock)
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
         yield app
 

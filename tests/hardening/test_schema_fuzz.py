@@ -427,6 +427,9 @@ def read_run(path: Path) -> tuple[int, Counter[str], list[CheckFailure]]:
     return requests, checks, failures
 
 
+# The whole schemathesis run (its coverage phase alone is ~1,500 requests per backend) takes
+# minutes, not the per-test default's 120 s.
+@pytest.mark.timeout(900)
 def test_an_independent_run_with_every_check_is_clean(
     sync_backend: Backend, tmp_path: Path
 ) -> None:
