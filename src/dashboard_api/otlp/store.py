@@ -30,7 +30,7 @@ from dashboard_api.db.models.otlp import OtlpSpan
 from dashboard_api.errors import NotFound
 from dashboard_api.otlp.mapping import SOURCE, TaskPlan, plan_task, subtrees
 from dashboard_api.otlp.spans import SpanFacts
-from dashboard_api.schemas.tasks import TaskCreate, TaskUpdate
+from dashboard_api.schemas.tasks import MAX_COUNT, TaskCreate, TaskUpdate
 from dashboard_api.services import tasks
 from dashboard_api.services.pricing import PriceTable
 
@@ -220,10 +220,12 @@ async def _update(session: Any, plan: TaskPlan, *, now: datetime, prices: PriceT
 def task_figures(plan: TaskPlan, *, final: bool) -> TaskUpdate:
     values: dict[str, Any] = {
         "model": plan.model,
-        "input_tokens": plan.input_tokens,
-        "output_tokens": plan.output_tokens,
-        "cache_read_tokens": plan.cache_read_tokens,
-        "cache_write_tokens": plan.cache_write_tokens,
+        # Token sums over a subtree can pass what a task takes (reported values are only
+        # bounded per span): capped, like the cost below.
+        "input_tokens": min(plan.input_tokens, MAX_COUNT),
+        "output_tokens": min(plan.output_tokens, MAX_COUNT),
+        "cache_read_tokens": min(plan.cache_read_tokens, MAX_COUNT),
+        "cache_write_tokens": min(plan.cache_write_tokens, MAX_COUNT),
     }
     if plan.result is not None:
         values["result"] = plan.result

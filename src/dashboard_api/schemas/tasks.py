@@ -29,7 +29,8 @@ TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 # At most 2**53 - 1, the largest integer every JSON parser reads exactly.
-Count = Annotated[int, Field(ge=0, le=2**53 - 1)]
+MAX_COUNT = 2**53 - 1
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 LeaseSeconds = Annotated[
     int,
     Field(
