@@ -432,12 +432,12 @@ async def test_concurrent_retry_requests_make_one_retry(leased: Leased) -> None:
     assert r.json()["total"] == 2
 
 
+# PostgreSQL + Redis only: the Redis ingress needs Redis.
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 async def test_redis_ingress_messages_renew_the_lease(
     leased: Leased, clock: FakeClock, backend: Any
 ) -> None:
     """Producer messages on Redis go through the same service calls as HTTP: they renew."""
-    if backend.name != "postgres":
-        pytest.skip("the Redis ingress needs Redis")
     import asyncio
 
     import orjson
