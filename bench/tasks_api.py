@@ -81,7 +81,7 @@ async def rollups_consistent() -> bool | None:
 async def rebuild_rollups() -> float:
     from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-    from dashboard_api.services.analytics.rollups import rebuild_rollups as rebuild
+    from dashboard_api.services.analytics.rebuild import rebuild_rollups as rebuild
 
     # Its own engine: a rebuild of 1M tasks outlasts the app's 60 s statement timeout.
     engine = create_async_engine(DB_URL, connect_args={"command_timeout": None})

@@ -441,7 +441,7 @@ def rollups_rebuild(
 
     async def run() -> None:
         from dashboard_api.db.engine import Database
-        from dashboard_api.services.analytics.rollups import rebuild_rollups
+        from dashboard_api.services.analytics.rebuild import rebuild_rollups
         from dashboard_api.services.retention import pruned_before
         from dashboard_api.timeutil import format_ts
 

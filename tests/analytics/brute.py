@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from dashboard_api.db.models import Task
 from dashboard_api.services.analytics.fold import fold_pending
-from dashboard_api.services.analytics.rollups import rebuild_rollups, rollup_rows
+from dashboard_api.services.analytics.rebuild import rebuild_rollups, rollup_rows
 
 
 async def assert_rollups_equal_a_rebuild(app: FastAPI) -> list[tuple[Any, ...]]:

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from dashboard_api.db.models import AnalyticsPending
 from dashboard_api.services.analytics.fold import fold_pending
-from dashboard_api.services.analytics.rollups import rebuild_rollups
+from dashboard_api.services.analytics.rebuild import rebuild_rollups
 from dashboard_api.services.tasks import (
     ORDERINGS,
     TaskFilters,

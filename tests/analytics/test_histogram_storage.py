@@ -17,10 +17,8 @@ from sqlalchemy import text
 from dashboard_api.db.engine import Database
 from dashboard_api.db.migrate import alembic_config
 from dashboard_api.services.analytics.layout import HIST_GRAINS
-from dashboard_api.services.analytics.rollups import (
-    add_histogram_deltas,
-    rollup_rows,
-)
+from dashboard_api.services.analytics.rebuild import rollup_rows
+from dashboard_api.services.analytics.rollups import add_histogram_deltas
 from dashboard_api.settings import Settings
 from tests.support.env import PG_HOST, PG_PORT, pg_admin, require_services, run_sync
 

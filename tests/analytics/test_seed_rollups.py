@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from dashboard_api.db.models import Task
 from dashboard_api.services.analytics.layout import COUNTERS
-from dashboard_api.services.analytics.rollups import rollup_rows, task_deltas
+from dashboard_api.services.analytics.rebuild import rollup_rows
+from dashboard_api.services.analytics.rollups import task_deltas
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.seed import seed_tasks
 from dashboard_api.services.task_hooks import snapshot

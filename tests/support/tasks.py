@@ -81,7 +81,7 @@ class Row:
 
 async def clear_tasks(app: FastAPI) -> None:
     """Remove every task (between hypothesis examples, which share one database)."""
-    from dashboard_api.services.analytics.rollups import rebuild_rollups
+    from dashboard_api.services.analytics.rebuild import rebuild_rollups
 
     async with app.state.ctx.db.write() as session:
         for model in (TaskOutputChunk, TaskEvent, Task):
@@ -95,7 +95,7 @@ async def load_rows(app: FastAPI, rows: Sequence[Row]) -> None:
     Like any bulk load that bypasses the task service, it rebuilds the analytics rollups
     (list totals are counted from them).
     """
-    from dashboard_api.services.analytics.rollups import rebuild_rollups
+    from dashboard_api.services.analytics.rebuild import rebuild_rollups
 
     async with app.state.ctx.db.write() as session:
         for r in rows:

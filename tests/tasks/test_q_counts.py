@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from dashboard_api.app import create_app
 from dashboard_api.services.analytics.fold import fold_pending
-from dashboard_api.services.analytics.rollups import rebuild_rollups
+from dashboard_api.services.analytics.rebuild import rebuild_rollups
 from dashboard_api.services.tasks import ALLOWED_MOVES
 from tests.support.clock import T0
 from tests.support.env import Backend

@@ -22,7 +22,7 @@ from dashboard_api.db.bulk import (
 )
 from dashboard_api.db.models import Task, TaskEvent
 from dashboard_api.ids import new_id
-from dashboard_api.services.analytics.rollups import rebuild_rollups
+from dashboard_api.services.analytics.rebuild import rebuild_rollups
 from dashboard_api.services.leases import DEFAULT_LEASE_SECONDS, REPORTED_BY_AGENT
 from dashboard_api.services.pricing import PriceTable
 

@@ -4,7 +4,7 @@ Blocks come in nested grains (15 min, 1 h, 4 h, 1 day, 4 days, ...), all aligned
 Unix epoch, so that any window aligned to 15 minutes splits into a few whole blocks.
 Each block is kept in series: per (agent_type, source) for every model together
 (series 0, model ''), per (agent_type, source, model) (series 1), and marginals (see
-services/analytics/rollups.py). Keys start with the series, so that reading one series
+services/analytics/layout.py). Keys start with the series, so that reading one series
 over a run of blocks is one contiguous index range.
 """
 

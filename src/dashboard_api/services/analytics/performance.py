@@ -48,7 +48,7 @@ from dashboard_api.services.analytics.layout import (
     bin_value,
     counters_of,
 )
-from dashboard_api.services.analytics.rollups import hist_bins_sql
+from dashboard_api.services.analytics.rebuild import hist_bins_sql
 from dashboard_api.services.analytics.window import (
     Agg,
     AnalyticsFilters,

@@ -1,50 +1,26 @@
-"""Analytics rollups: kept by deltas in the transaction of every task write, or rebuilt.
+"""Analytics rollups kept by deltas: what a task write contributes, and adding it.
 
 A task contributes to one block per grain, chosen by its `created_at`, in two series
 (all models together, and per model). Every write subtracts what the task contributed
 before and adds what it contributes now, so status moves, late metrics and model
-changes land in the right blocks without recomputation.
+changes land in the right blocks without recomputation. A write appends its
+contributions to `analytics_pending` (`apply_task_write`); `fold` sums them into rollup
+rows (`deltas`) and adds those (`apply_deltas`). Rebuilding from the tasks is `rebuild`.
 """
 
 from __future__ import annotations
 
-import sys
-from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    Column,
-    MetaData,
-    Select,
     Table,
-    case,
-    delete,
-    func,
     insert,
-    literal,
-    select,
-    text,
-    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.bulk import bulk_insert
 from dashboard_api.db.dialect import (
-    add_primary_key,
-    advisory_xact_lock_sql,
-    analyze_tables,
-    clear_tables,
-    drop_primary_key,
-    epoch_bucket,
     insert_missing,
-    int_list,
-    int_list_agg,
-    lock_tables_exclusive,
-    log_bin,
-    micros_between,
-    prepare_large_sort,
-    prepare_log_bin,
     select_for_update_by_keys,
     update_by_keys,
     upsert_add_many,
@@ -53,14 +29,10 @@ from dashboard_api.db.models.analytics import (
     AnalyticsHistogram,
     AnalyticsPending,
     AnalyticsRollup,
-    AnalyticsState,
 )
-from dashboard_api.db.models.tasks import Task
-from dashboard_api.services.analytics.bins import BinSum, unpack
+from dashboard_api.services.analytics.bins import BinSum
 from dashboard_api.services.analytics.layout import (
-    BIN_THRESHOLDS,
     COUNTERS,
-    FOLD_LOCK_KEY,
     GRAINS,
     HIST_GRAINS,
     HIST_ROW_KEY,
@@ -73,7 +45,6 @@ from dashboard_api.services.analytics.layout import (
     SERIES_MARGINAL,
     SERIES_MODEL_MARGINAL,
     SERIES_PER_MODEL,
-    STATUS_INDEX,
     counters_of,
     epoch_seconds,
     first_output_us,
@@ -188,7 +159,6 @@ def task_deltas(
 _ROLLUPS: Table = AnalyticsRollup.__table__  # type: ignore[assignment]
 _HIST: Table = AnalyticsHistogram.__table__  # type: ignore[assignment]
 _PENDING: Table = AnalyticsPending.__table__  # type: ignore[assignment]
-_STATE: Table = AnalyticsState.__table__  # type: ignore[assignment]
 # Built once, values bound at execution: `insert(...).values(rows)` was compiled anew
 # on every call (a profile of registrations showed SQLAlchemy's compiler as half of the
 # server CPU the rollups added to each).
@@ -283,319 +253,3 @@ async def add_histogram_deltas(session: AsyncSession, hrows: Sequence[tuple[Any,
         acc.add_packed(row[width], bytes(row[width + 1]))
         merged.append((*key, *acc.packed()))
     await update_by_keys(session, _HIST, HIST_ROW_KEY, HIST_VALUES, merged)
-
-
-# --- rebuild -----------------------------------------------------------------------------
-
-
-def _status_count(status: str) -> Any:
-    return func.coalesce(func.sum(case((Task.status == status, 1), else_=0)), 0)
-
-
-async def rebuild_rollups(session: AsyncSession, *, bulk: bool = False) -> None:
-    """Recompute every rollup from the raw tasks (in the caller's transaction).
-
-    Writers of tasks wait until this transaction ends (at their insert into
-    `analytics_pending`): their contributions then apply on top of a rebuild that already
-    saw every task committed before it, and the pending rows of those it saw are dropped.
-    Readers (analytics, list totals) keep reading the previous rollups meanwhile, unless
-    `bulk`: then the tables are truncated and the counter table's key is built after the
-    insert (PostgreSQL), several times faster, but readers wait too; for loads that hold
-    the tasks table anyway (seed). Histograms are packed in Python and inserted in key
-    order either way (~250,000 rows at 1M tasks).
-    """
-    # The fold's lock first: a fold holds pending rows and then takes rollup rows, the
-    # reverse of the table locks below, so the two must never run at once.
-    lock = advisory_xact_lock_sql(session, FOLD_LOCK_KEY)
-    if lock is not None:
-        await session.execute(lock)
-    await lock_tables_exclusive(session, [_ROLLUPS.name, _HIST.name, _PENDING.name])
-    if bulk:
-        await clear_tables(session, [_HIST, _ROLLUPS, _PENDING])
-    else:
-        await session.execute(delete(AnalyticsPending))
-        await session.execute(delete(AnalyticsHistogram))
-        await session.execute(delete(AnalyticsRollup))
-    await prepare_log_bin(session, BIN_THRESHOLDS)
-    await prepare_large_sort(session)
-    counters = _finest_counters(session)
-    await _build(session, _ROLLUPS, ROLLUP_VALUES, GRAINS, counters, _COUNTER_MARGINALS, bulk)
-    # Every `changes` restarts from the block's tasks: tokens read before this rebuild
-    # must never match again (services/tasks/search.py).
-    await upsert_add_many(session, _STATE, ["id"], ["rebuilds"], [(1, 1)])
-    await _build_histograms(session)
-    # Fresh planner statistics: without them PostgreSQL misjudges the block ranges.
-    await analyze_tables(session, [_ROLLUPS.name, _HIST.name])
-
-
-# (series summed, series written, agent_type, source, model): None keeps the column, ""
-# writes '' (summed over it).
-Marginal = tuple[int, int, str | None, str | None, str | None]
-_COUNTER_MARGINALS: tuple[Marginal, ...] = ((SERIES_ALL_MODELS, SERIES_MARGINAL, "", "", ""),)
-
-
-async def _build(
-    session: AsyncSession,
-    target: Table,
-    values: Sequence[str],
-    grains: Sequence[int],
-    finest: Sequence[Select[Any]],
-    marginals: Sequence[Marginal],
-    bulk: bool,
-) -> None:
-    """Fill `target` (empty) with every grain, staged in unindexed temporary tables.
-
-    Each grain is summed from the next finer one in its own small table, and `target`
-    gets all rows in one insert sorted by block (a run of blocks then shares heap pages),
-    in bulk with its primary key built afterwards on PostgreSQL. Inserting grain by grain
-    into the indexed table, reading the finer grain back from it, took six times longer.
-    """
-    names = [c.name for c in target.columns]
-    stages: list[Table] = []
-    for i, grain in enumerate(grains):
-        stage = Table(
-            f"rebuild_{target.name}_{i}", MetaData(), *(Column(c.name, c.type) for c in target.c)
-        )
-        await session.execute(text(f'DROP TABLE IF EXISTS "{stage.name}"'))
-        like = f'SELECT * FROM "{target.name}" WHERE 1 = 0'  # noqa: S608 - our names
-        await session.execute(text(f'CREATE TEMPORARY TABLE "{stage.name}" AS {like}'))
-        if i == 0:
-            for sel in finest:
-                await session.execute(insert(stage).from_select(names, sel))
-            for plan in marginals:
-                await session.execute(
-                    insert(stage).from_select(names, _marginal(stage, values, plan))
-                )
-        else:
-            await session.execute(
-                insert(stage).from_select(names, _coarser(stages[-1], values, grain))
-            )
-        stages.append(stage)
-    everything = union_all(*(select(*(st.c[n] for n in names)) for st in stages)).subquery()
-    # Sorted by block only: a block's rows then share heap pages; sorting on the whole key
-    # (three strings among eight columns) took six times longer for no fewer page reads.
-    blocks = (everything.c.series, everything.c.grain, everything.c.bucket)
-    ordered = select(*(everything.c[n] for n in names)).order_by(*blocks)
-    dropped = bulk and await drop_primary_key(session, target)
-    await session.execute(insert(target).from_select(names, ordered))
-    if dropped:
-        await add_primary_key(session, target)
-    for stage in stages:
-        await session.execute(text(f'DROP TABLE "{stage.name}"'))
-
-
-_SERIES_MODELS: tuple[tuple[int, Any], ...] = (
-    (SERIES_ALL_MODELS, literal("")),
-    (SERIES_PER_MODEL, func.coalesce(Task.model, "")),
-)
-
-
-def _finest_counters(session: AsyncSession) -> list[Select[Any]]:
-    bucket = epoch_bucket(session, Task.created_at, GRAINS[0]).label("bucket")
-    sums = [
-        func.count().label("tasks"),
-        *(_status_count(s).label(s) for s in STATUS_INDEX),
-        *(
-            func.coalesce(func.sum(getattr(Task, c)), 0).label(c)
-            for c in (
-                "cost_micros",
-                "input_tokens",
-                "output_tokens",
-                "cache_read_tokens",
-                "cache_write_tokens",
-            )
-        ),
-        func.coalesce(func.sum(Task.duration_us), 0).label("duration_sum_us"),
-        func.count(Task.duration_us).label("duration_count"),
-        func.count().label("changes"),
-    ]
-    out = []
-    for series, model_expr in _SERIES_MODELS:
-        model = model_expr.label("model")
-        out.append(
-            select(
-                literal(series).label("series"),
-                literal(GRAINS[0]).label("grain"),
-                bucket,
-                Task.agent_type,
-                Task.source,
-                model,
-                *sums,
-            ).group_by(bucket, Task.agent_type, Task.source, model)
-        )
-    return out
-
-
-def hist_bins_sql(session: AsyncSession) -> list[tuple[int, Any, Any]]:
-    """(kind, log bin of the task's value, whether the task has one) in SQL, for each kind
-    (needs `prepare_log_bin` on the session's connection)."""
-    first = micros_between(session, Task.first_output_at, Task.started_at)
-    return [
-        (
-            KIND_DURATION,
-            log_bin(session, Task.duration_us, BIN_THRESHOLDS),
-            Task.duration_us.is_not(None),
-        ),
-        (
-            KIND_FIRST_OUTPUT,
-            log_bin(session, case((first < 0, 0), else_=first), BIN_THRESHOLDS),
-            Task.first_output_at.is_not(None) & Task.started_at.is_not(None),
-        ),
-    ]
-
-
-# Rows of a streamed query fetched at a time while the histograms are rebuilt.
-_STREAM_ROWS = 20_000
-_LANE = 64
-
-
-async def _build_histograms(session: AsyncSession) -> None:
-    """Fill the (empty) histogram table from the raw tasks.
-
-    SQL counts the tasks per bin of each 4-hour block and (agent_type, source, model) and
-    hands each such block's bins over as two lists; here they are packed and added up into
-    every series and coarser grain, and the rows are inserted sorted by key (COPY on
-    PostgreSQL), so that the primary key grows at its right edge. At 1M tasks: ~150,000
-    finest blocks summed into ~250,000 rows in seconds.
-
-    Every count here is positive, so a block's bins are one non-negative integer whose
-    64-bit lanes are the bins from its lowest bin up: adding two blocks is one shift to
-    align them and one integer addition, with no sign to handle (`bins.BinSum`
-    handles signs too, for reads and writes).
-    """
-    grain = HIST_GRAINS[0]
-    model = func.coalesce(Task.model, "").label("model")
-    finest: list[tuple[tuple[Any, ...], int, bytes]] = []  # (key, bin_lo, counts)
-    conn = await session.connection()
-    for kind, bin_expr, present in hist_bins_sql(session):
-        bucket = epoch_bucket(session, Task.created_at, grain).label("bucket")
-        b = bin_expr.label("bin")
-        per_bin = (
-            select(bucket, Task.agent_type, Task.source, model, b, func.count().label("n"))
-            .where(present)
-            .group_by(bucket, Task.agent_type, Task.source, model, b)
-            .subquery()
-        )
-        c = per_bin.c
-        stmt = (
-            select(c.bucket, c.agent_type, c.source, c.model,
-                   int_list_agg(session, c.bin), int_list_agg(session, c.n))
-            .group_by(c.bucket, c.agent_type, c.source, c.model)
-            .execution_options(yield_per=_STREAM_ROWS)
-        )  # fmt: skip
-        result = await conn.stream(stmt)
-        async for part in result.partitions():
-            for blk, agent_type, source, mdl, bins, counts in part:
-                index, values = int_list(bins), int_list(counts)
-                lo = min(index)
-                dense = array("q", bytes(8 * (max(index) - lo + 1)))
-                for i, n in zip(index, values, strict=True):
-                    dense[i - lo] = n
-                if sys.byteorder == "big":  # pragma: no cover
-                    dense.byteswap()
-                finest.append(((blk, agent_type, source, mdl, kind), lo, dense.tobytes()))
-    if not finest:
-        return
-    # Each (block, agent_type, source, model) adds to the six series rows it belongs to.
-    # A row's sum is (its lowest bin, an integer whose lanes are the bins from there up):
-    # aligned on each row's own lowest bin, not on the lowest of all, so that no integer
-    # carries hundreds of empty low lanes (the seed's peak memory).
-    level: dict[tuple[Any, ...], tuple[int, int]] = {}
-    for (blk, agent_type, source, mdl, kind), lo, data in finest:
-        x = int.from_bytes(data, "little")
-        for key in (
-            (SERIES_PER_MODEL, blk, agent_type, source, mdl, kind),
-            (SERIES_ALL_MODELS, blk, agent_type, source, "", kind),
-            (SERIES_MARGINAL, blk, agent_type, "", "", kind),
-            (SERIES_MARGINAL, blk, "", source, "", kind),
-            (SERIES_MARGINAL, blk, "", "", "", kind),
-            (SERIES_MODEL_MARGINAL, blk, "", "", mdl, kind),
-        ):
-            level[key] = _add_lanes(level.get(key), lo, x)
-    finest.clear()
-    out: list[tuple[Any, ...]] = []
-    for i, g in enumerate(HIST_GRAINS):
-        if i:
-            coarser: dict[tuple[Any, ...], tuple[int, int]] = {}
-            for (series, blk, a, s, m, kind), (lo, x) in level.items():
-                key = (series, blk - blk % g, a, s, m, kind)
-                coarser[key] = _add_lanes(coarser.get(key), lo, x)
-            level = coarser
-        for (series, blk, a, s, m, kind), (lo, x) in level.items():
-            first = ((x & -x).bit_length() - 1) // _LANE  # the lowest non-zero lane
-            lanes = (x.bit_length() - 1) // _LANE - first + 1
-            counts = (x >> (_LANE * first)).to_bytes(8 * lanes, "little")
-            out.append((series, g, blk, a, s, m, kind, lo + first, counts))
-    out.sort(key=lambda r: r[:7])
-    names = ("series", "grain", "bucket", "agent_type", "source", "model", "kind", *HIST_VALUES)
-    await bulk_insert(session, _HIST, names, out)
-
-
-def _add_lanes(acc: tuple[int, int] | None, lo: int, x: int) -> tuple[int, int]:
-    """(lowest bin, lanes) of `acc` plus bins `x` from bin `lo` (lanes of non-negative
-    counts: adding is one integer addition once both start at the same bin)."""
-    if acc is None:
-        return lo, x
-    have_lo, have = acc
-    if lo >= have_lo:
-        return have_lo, have + (x << (_LANE * (lo - have_lo)))
-    return lo, (have << (_LANE * (have_lo - lo))) + x
-
-
-def _marginal(stage: Table, values: Sequence[str], plan: Marginal) -> Select[Any]:
-    """Rows of series `plan[1]` summed from series `plan[0]` over the '' columns."""
-    summed, series, *fixed = plan
-    dims = [
-        stage.c[name] if keep is None else literal(keep).label(name)
-        for name, keep in zip(("agent_type", "source", "model"), fixed, strict=True)
-    ]
-    rest = [col for col in stage.c if col.name not in (*KEY_COLUMNS, *values)]
-    kept = [
-        stage.c[n]
-        for n, keep in zip(("agent_type", "source", "model"), fixed, strict=True)
-        if keep is None
-    ]
-    groups = [stage.c.grain, stage.c.bucket, *kept, *rest]
-    return (
-        select(
-            literal(series).label("series"),
-            stage.c.grain,
-            stage.c.bucket,
-            *dims,
-            *rest,
-            *(func.sum(stage.c[v]).label(v) for v in values),
-        )
-        .where(stage.c.series == summed)
-        .group_by(*groups)
-    )
-
-
-def _coarser(stage: Table, values: Sequence[str], grain: int) -> Select[Any]:
-    """The blocks of `grain` summed from the blocks of the finer grain in `stage`."""
-    c = stage.c
-    bucket = (c.bucket - (c.bucket % grain + grain) % grain).label("bucket")
-    dims = [col for col in c if col.name not in ("series", "grain", "bucket", *values)]
-    return select(
-        c.series,
-        literal(grain).label("grain"),
-        bucket,
-        *dims,
-        *(func.sum(c[v]).label(v) for v in values),
-    ).group_by(c.series, bucket, *dims)
-
-
-async def rollup_rows(session: AsyncSession) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Every non-zero rollup row, and every non-zero histogram bin as a
-    (*HIST_KEY_COLUMNS, count) row, sorted (for comparing two states: the logical content,
-    whatever the packing)."""
-    r = await session.execute(
-        select(*(getattr(AnalyticsRollup, c) for c in (*KEY_COLUMNS, *COUNTERS)))
-    )
-    h = await session.execute(
-        select(*(getattr(AnalyticsHistogram, c) for c in (*HIST_ROW_KEY, *HIST_VALUES)))
-    )
-    rows = sorted(tuple(x) for x in r if any(x[len(KEY_COLUMNS) :]))
-    hrows = sorted(
-        (*x[:-2], index, count) for x in h for index, count in unpack(x[-2], bytes(x[-1]))
-    )
-    return rows, hrows
