@@ -23,6 +23,8 @@ down_revision: str | Sequence[str] | None = "0002_analytics"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# The table layout as it was at this revision, written out rather than imported: a migration
+# must keep doing what it did when later revisions change the application's layout module.
 _KEY = ("grain", "bucket", "series", "agent_type", "source", "model")
 _NEW_KEY = ("series", "grain", "bucket", "agent_type", "source", "model")
 _COUNTERS = (
