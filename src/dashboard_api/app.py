@@ -54,7 +54,7 @@ from dashboard_api.services.analytics import rollups
 from dashboard_api.services.budgets import service as budgets_service
 from dashboard_api.services.leases import LEASE_SECONDS_KEY
 from dashboard_api.services.pricing import PriceTable
-from dashboard_api.services.task_hooks import TaskWriteHook, with_task_hooks
+from dashboard_api.services.task_hooks import TaskHook, with_task_hooks
 from dashboard_api.services.tasks import search as task_search
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import Clock, SystemClock
@@ -270,11 +270,16 @@ def build_context(settings: Settings, clock: Clock) -> AppContext:
     # order on PostgreSQL is task rows -> conversation row in every transaction (posting
     # a message locks its conversation before it creates the task), so conversations run
     # first; analytics only appends a row (no shared row locked).
-    task_hooks: tuple[TaskWriteHook, ...] = (
-        conversations_service.on_task_written,  # replies, and the conversation's totals
-        rollups.apply_task_write,  # the write's analytics rollup contribution
+    # A batch of writes (task_hooks.tasks_written) runs each hook over the whole batch.
+    task_hooks: tuple[TaskHook, ...] = (
+        # replies, and the conversation's totals (a batch one by one: a write that is no
+        # conversation's costs no statement)
+        TaskHook(conversations_service.on_task_written),
+        # the write's analytics rollup contribution
+        TaskHook(rollups.apply_task_write, rollups.apply_task_writes),
         # After analytics: the spend it reads includes this write's own contribution.
-        budgets_service.on_task_written,  # holds a `hold` budget that reached its limit
+        # Holds a `hold` budget that reached its limit.
+        TaskHook(budgets_service.on_task_written, budgets_service.on_tasks_written),
     )
     # analytics: read by the rollup hook on every task write (off only in benchmarks)
     # q totals: per-hour match counts this app's requests share (services/tasks/search.py)

@@ -5,7 +5,13 @@ Every write path of `services.tasks` (register, update, claim, cancel, output) c
 so that derived data (analytics rollups, conversation replies and totals) can never
 disagree with the tasks themselves.
 
-The reactions are `TaskWriteHook`s, assembled in a fixed order by `create_app` and handed
+Paths that write many tasks in one transaction (`services.tasks.record_finished_tasks`:
+a request of OpenTelemetry spans) call `tasks_written` with all the writes instead: each
+hook then sees the whole batch at once and may handle it in a few statements whatever
+its size (one analytics insert, one read of the budgets), where one call per write
+would cost statements per task.
+
+The reactions are `TaskHook`s, assembled in a fixed order by `create_app` and handed
 down to every session of the app's database (`with_task_hooks`), the way settings are.
 This module is a leaf: the features' hooks import it, never the other way round.
 """
@@ -74,23 +80,64 @@ class TaskWriteHook(Protocol):
     ) -> None: ...
 
 
+# One write: the task before (None: new) and after.
+TaskWrite = tuple[TaskSnapshot | None, TaskSnapshot]
+
+
+class TaskBatchHook(Protocol):
+    """A feature's reaction to several writes of distinct tasks in one transaction: the
+    same rows as the one-write hook applied to each write in order (derived data stays
+    exact), in statements that do not grow with the number of writes. Announcements may
+    be coarser: a state that a budget passes through within the batch is not announced
+    on its own."""
+
+    async def __call__(self, session: AsyncSession, writes: Sequence[TaskWrite]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHook:
+    """A feature's hook: `one` for a single write; `many` for a batch (None: `one` for
+    each write in turn, for a feature whose writes cost no statement when they do not
+    concern it)."""
+
+    one: TaskWriteHook
+    many: TaskBatchHook | None = None
+
+
 # Where the app's hooks travel: the info of every session of its database.
 _HOOKS_KEY = "task_write_hooks"
 
 
-def with_task_hooks(info: dict[str, Any], hooks: Sequence[TaskWriteHook]) -> dict[str, Any]:
+def with_task_hooks(info: dict[str, Any], hooks: Sequence[TaskHook]) -> dict[str, Any]:
     """`info` (a session's) with the hooks every task write of that session runs, in order."""
     return {**info, _HOOKS_KEY: tuple(hooks)}
+
+
+def _hooks(session: AsyncSession) -> tuple[TaskHook, ...]:
+    hooks: tuple[TaskHook, ...] | None = session.info.get(_HOOKS_KEY)
+    if hooks is None:
+        # A session of a database that create_app did not set up (a test's, a script's):
+        # writing tasks there would leave the derived data behind without a word.
+        raise RuntimeError("This session writes tasks but was given no task hooks.")
+    return hooks
 
 
 async def task_written(
     session: AsyncSession, before: TaskSnapshot | None, after: TaskSnapshot
 ) -> None:
     """Apply the consequences of one task write (None before: the task is new)."""
-    hooks: tuple[TaskWriteHook, ...] | None = session.info.get(_HOOKS_KEY)
-    if hooks is None:
-        # A session of a database that create_app did not set up (a test's, a script's):
-        # writing tasks there would leave the derived data behind without a word.
-        raise RuntimeError("This session writes tasks but was given no task hooks.")
-    for hook in hooks:
-        await hook(session, before, after)
+    for hook in _hooks(session):
+        await hook.one(session, before, after)
+
+
+async def tasks_written(session: AsyncSession, writes: Sequence[TaskWrite]) -> None:
+    """Apply the consequences of writes of distinct tasks made in one transaction: each
+    hook in turn over the whole batch (its batch form when it has one)."""
+    if not writes:
+        return
+    for hook in _hooks(session):
+        if hook.many is not None:
+            await hook.many(session, writes)
+        else:
+            for before, after in writes:
+                await hook.one(session, before, after)

@@ -51,7 +51,7 @@ from dashboard_api.services.analytics.layout import (
     hist_points,
     value_bin,
 )
-from dashboard_api.services.task_hooks import TaskSnapshot
+from dashboard_api.services.task_hooks import TaskSnapshot, TaskWrite
 
 
 class Contribution(NamedTuple):
@@ -195,6 +195,18 @@ def contribution_of_pending(row: Any) -> Contribution:
     )
 
 
+def _pending_rows(before: TaskSnapshot | None, after: TaskSnapshot) -> list[dict[str, Any]]:
+    """The `analytics_pending` rows of one write: none when nothing analytics counts
+    changed (an output append, say)."""
+    new = _pending_row(1, after)
+    if before is None:
+        return [new]
+    old = _pending_row(-1, before)
+    if {**old, "sign": 1} == new:
+        return []
+    return [old, new]
+
+
 async def apply_task_write(
     session: AsyncSession, before: TaskSnapshot | None, after: TaskSnapshot
 ) -> None:
@@ -206,11 +218,19 @@ async def apply_task_write(
     """
     if not session.info.get("analytics_rollups_enabled", True):
         return
-    old = _pending_row(-1, before) if before is not None else None
-    new = _pending_row(1, after)
-    if old is not None and {**old, "sign": 1} == new:
-        return  # nothing analytics counts changed (an output append, say)
-    await session.execute(_INSERT_PENDING, new if old is None else [old, new])
+    rows = _pending_rows(before, after)
+    if rows:
+        await session.execute(_INSERT_PENDING, rows[0] if len(rows) == 1 else rows)
+
+
+async def apply_task_writes(session: AsyncSession, writes: Sequence[TaskWrite]) -> None:
+    """`apply_task_write` of several writes of distinct tasks: the same pending rows, in
+    one statement."""
+    if not session.info.get("analytics_rollups_enabled", True):
+        return
+    rows = [row for before, after in writes for row in _pending_rows(before, after)]
+    if rows:
+        await session.execute(_INSERT_PENDING, rows)
 
 
 async def apply_deltas(

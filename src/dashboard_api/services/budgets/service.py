@@ -183,6 +183,40 @@ async def on_task_written(session: AsyncSession, before: Any, after: Any) -> Non
         _settle(session, row, f, f.start)
 
 
+async def on_tasks_written(session: AsyncSession, writes: Sequence[Any]) -> None:
+    """`on_task_written` of several writes ((before, after) pairs of distinct tasks) in
+    statements that do not grow with their number: the `hold` budgets read once; each
+    one in scope of a write that changes cost locked once, in id order, and settled once
+    per period those writes fall in, earliest first. The spend read then includes every
+    write of the batch, and a settle never moves a budget back to an earlier period, so
+    the state that stands is the one the writes one by one would leave (a state passed
+    through within the batch is not announced)."""
+    changed = [
+        after
+        for before, after in writes
+        if after.cost_micros != (before.cost_micros if before is not None else 0)
+    ]
+    if not changed:
+        return
+    candidates = (
+        await session.scalars(select(Budget).where(Budget.action.in_(HOLD_ACTIONS)))
+    ).all()
+    touching = {
+        b.budget_id: [a.created_at for a in changed if scope_of(b).matches(a)] for b in candidates
+    }
+    for budget_id in sorted(k for k, ats in touching.items() if ats):
+        row = await _locked(session, budget_id)
+        if row is None or row.action not in HOLD_ACTIONS:
+            continue
+        one_per_period: dict[datetime, datetime] = {}
+        for at in touching[budget_id]:
+            start, _ = period_bounds(row.period, zone(row.tz), at)  # type: ignore[arg-type]
+            one_per_period[start] = at
+        for start in sorted(one_per_period):
+            f = await figures(session, row, one_per_period[start])
+            _settle(session, row, f, f.start)
+
+
 # --- the periodic evaluation -------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dashboard_api.schemas.tasks import TaskCreate, TaskUpdate
 from dashboard_api.services.leases import default_lease_seconds
 from dashboard_api.services.pricing import PriceTable
-from dashboard_api.services.task_hooks import snapshot, task_written
+from dashboard_api.services.task_hooks import snapshot, tasks_written
 from dashboard_api.services.tasks.lifecycle import (
     INSERT_EVENT,
     apply_update,
@@ -52,9 +52,10 @@ async def record_finished_tasks(
     Each gets the row and the status history (running at `started_at`, its final status
     at `completed_at`) that `register_task`, `append_output` and `update_task` one after
     the other would give it, the state machine and the price table applied by the same
-    code; the hooks see it once, new and final, and it is announced once: its
-    `task_output` events, then one `task_status` with its final state. A task whose id
-    exists is left alone. Returns the tasks recorded (plain objects)."""
+    code; the hooks see it once, new and final, all the tasks as one batch
+    (`tasks_written`), and it is announced once: its `task_output` events, then one
+    `task_status` with its final state. A task whose id exists is left alone. Returns the
+    tasks recorded (plain objects)."""
     planned = []
     for record in records:
         lease = default_lease_seconds(session)
@@ -106,8 +107,8 @@ async def record_finished_tasks(
     await session.execute(INSERT_EVENT, events)
     if chunks:
         await session.execute(insert(CHUNKS_TABLE), chunks)
+    await tasks_written(session, [(None, snapshot(task)) for task, _, _ in done])
     for task, record, stored in done:
-        await task_written(session, None, snapshot(task))
         if stored:
             emit_output(session, task.task_id, 1, stored, record.completed_at)
         publish_status(session, task)
