@@ -48,6 +48,7 @@ def in_window(
     end: datetime,
     agent_types: Sequence[str],
     sources: Sequence[str],
+    failure_reasons: Sequence[str] = (),
 ) -> list[Any]:
     return [
         t
@@ -55,6 +56,7 @@ def in_window(
         if start <= t.created_at < end
         and (not agent_types or t.agent_type in agent_types)
         and (not sources or t.source in sources)
+        and (not failure_reasons or t.failure_reason in failure_reasons)
     ]
 
 
@@ -99,6 +101,9 @@ def summary(tasks: Sequence[Any], start: datetime, end: datetime) -> dict[str, A
         "success_rate": None if done == 0 else by["completed"] / done,
         "avg_duration_seconds": None if not durations else sum(durations) / len(durations) / 1e6,
         "tasks_per_day": n / ((end - start).total_seconds() / 86400),
+        "failed_by_reason": {
+            r: sum(1 for t in tasks if t.failure_reason == r) for r in ("lease_expired", "agent")
+        },
     }
 
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from alembic import command
 from sqlalchemy import text
 
@@ -20,7 +16,7 @@ from dashboard_api.services.analytics.layout import HIST_GRAINS
 from dashboard_api.services.analytics.rebuild import rollup_rows
 from dashboard_api.services.analytics.rollups import add_histogram_deltas
 from dashboard_api.settings import Settings
-from tests.support.env import PG_HOST, PG_PORT, pg_admin, require_services, run_sync
+from tests.analytics.conftest import in_thread
 
 Row = tuple[Any, ...]
 
@@ -102,32 +98,6 @@ def _old_rows(rng: random.Random, n: int) -> list[Row]:
     return [(*k, v) for k, v in rows.items()]
 
 
-def _backend_url(kind: str, tmp_path: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'migrate.db'}"
-        return
-    require_services()
-    name = f"dash_test_mig_{uuid.uuid4().hex[:10]}"
-    run_sync(pg_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        run_sync(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    yield from _backend_url(request.param, tmp_path)
-
-
-def _in_thread(fn: Any, *args: Any) -> None:
-    # Alembic runs its own event loop; the test's loop is running.
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(fn, *args).result()
-
-
 async def _insert_old(url: str, rows: list[Row]) -> None:
     db = Database(url)
     try:
@@ -166,11 +136,11 @@ async def _read_packed(url: str) -> tuple[list[Row], int]:
 
 async def test_migration_0008_converts_both_ways(empty_url: str) -> None:
     cfg = alembic_config(empty_url)
-    _in_thread(command.upgrade, cfg, BEFORE)
+    in_thread(command.upgrade, cfg, BEFORE)
     old = _old_rows(random.Random(8), 21_000)
     await _insert_old(empty_url, old)
 
-    _in_thread(command.upgrade, cfg, "heads")
+    in_thread(command.upgrade, cfg, "heads")
     hrows, stored = await _read_packed(empty_url)
     # The logical content is unchanged (zero bins dropped), in one row per key.
     grain_first = [(r[1], r[2], r[0], *r[3:]) for r in old if r[-1]]
@@ -188,6 +158,6 @@ async def test_migration_0008_converts_both_ways(empty_url: str) -> None:
     after, _ = await _read_packed(empty_url)
     assert after == _sum([*hrows, *delta])
 
-    _in_thread(command.downgrade, cfg, BEFORE)
+    in_thread(command.downgrade, cfg, BEFORE)
     back = await _read_old(empty_url)
     assert back == sorted((r[2], r[0], r[1], *r[3:]) for r in after)

@@ -15,7 +15,9 @@ from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dashboard_api.jobs.reaper import reap_expired_leases
 from dashboard_api.services.analytics.window import decompose, split_window
+from dashboard_api.task_statuses import FAILURE_REASONS
 from dashboard_api.timeutil import format_ts
 from tests.analytics import brute
 from tests.analytics.brute import assert_close, assert_metrics
@@ -57,6 +59,9 @@ step_st = st.tuples(
         st.tuples(st.just("output"), st.none()),
         st.tuples(st.just("cancel"), st.none()),
         st.tuples(st.just("claim"), st.sampled_from(AGENTS)),
+        # The lease reaper fails the running tasks whose lease ran out by the clock
+        # (300 s leases; steps advance the clock by up to 4,000 s).
+        st.tuples(st.just("reap"), st.none()),
     ),
 )
 window_st = st.fixed_dictionaries(
@@ -65,6 +70,7 @@ window_st = st.fixed_dictionaries(
         "len_us": st.integers(1, SPAN_US + 86400 * 1_000_000),
         "agent_type": st.lists(st.sampled_from(AGENTS), max_size=2, unique=True),
         "source": st.lists(st.sampled_from(SOURCES), max_size=2, unique=True),
+        "failure_reason": st.lists(st.sampled_from(FAILURE_REASONS), max_size=2, unique=True),
         "tz": st.sampled_from(ZONES),
         "period": st.sampled_from(("hour", "day")),
     }
@@ -72,12 +78,20 @@ window_st = st.fixed_dictionaries(
 
 
 async def _apply(
-    client: httpx.AsyncClient, clock: FakeClock, auth: Headers, ids: list[str], step: Any
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    clock: FakeClock,
+    auth: Headers,
+    ids: list[str],
+    step: Any,
 ) -> None:
     idx, advance_us, (op, arg) = step
     clock.at += timedelta(microseconds=advance_us)
     task_id = ids[idx % len(ids)]
     agent = auth("agent")
+    if op == "reap":
+        await reap_expired_leases(app.state.ctx)
+        return
     if op == "status":
         r = await client.patch(f"/api/tasks/{task_id}", json={"status": arg}, headers=agent)
     elif op == "tokens":
@@ -133,7 +147,7 @@ async def test_figures_match_brute_force(
         assert r.status_code == 201, r.text
         ids.append(task_id)
     for step in steps:
-        await _apply(client, clock, auth, ids, step)
+        await _apply(app, client, clock, auth, ids, step)
 
     raw = await brute.load_tasks(app)
     everything = {"from_us": -86400 * 1_000_000, "len_us": SPAN_US + 2 * 86400 * 1_000_000}
@@ -145,13 +159,26 @@ async def test_figures_match_brute_force(
             "to": end.isoformat(),
             "agent_type": w["agent_type"],
             "source": w["source"],
+            "failure_reason": w["failure_reason"],
         }
-        rows = brute.in_window(raw, start, end, w["agent_type"], w["source"])
+        rows = brute.in_window(raw, start, end, w["agent_type"], w["source"], w["failure_reason"])
         user = auth("user")
 
         got = (await client.get("/api/analytics/summary", params=params, headers=user)).json()
         for key, value in brute.summary(rows, start, end).items():
             assert_close(got[key], value, f"summary.{key}")
+        # The task list, with the same filters and window, holds exactly these tasks.
+        listed = await client.get(
+            "/api/tasks",
+            params={
+                "created_after": params["from"],
+                "created_before": params["to"],
+                **{k: params[k] for k in ("agent_type", "source", "failure_reason")},
+            },
+            headers=user,
+        )
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["total"] == got["total_tasks"]
 
         r = await client.get(
             "/api/analytics/costs/histogram",

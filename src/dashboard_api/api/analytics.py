@@ -12,7 +12,13 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.api.deps import CtxDep, MultiFilter, UserRole, split_multi
+from dashboard_api.api.deps import (
+    CtxDep,
+    FailureReasonFilter,
+    MultiFilter,
+    UserRole,
+    split_multi,
+)
 from dashboard_api.context import AppContext
 from dashboard_api.errors import Unprocessable
 from dashboard_api.observability.setup import metrics_of
@@ -22,6 +28,7 @@ from dashboard_api.services.analytics import performance as performance_service
 from dashboard_api.services.analytics import reads
 from dashboard_api.services.analytics.fold import fold_before_read
 from dashboard_api.services.analytics.window import AnalyticsFilters
+from dashboard_api.task_statuses import FAILURE_REASONS
 from dashboard_api.timeutil import TIME_ZONES, UtcDateTime
 
 _KNOWN_TIME_ZONES = frozenset(TIME_ZONES)
@@ -58,6 +65,7 @@ async def window_query(  # async: a plain def would run in the thread pool (a ho
     ] = None,
     agent_type: MultiFilter = None,
     source: MultiFilter = None,
+    failure_reason: FailureReasonFilter = None,
 ) -> Window:
     end = to if to is not None else ctx.clock.now()
     try:
@@ -71,6 +79,7 @@ async def window_query(  # async: a plain def would run in the thread pool (a ho
     filters = AnalyticsFilters(
         agent_type=split_multi(agent_type, name="agent_type"),
         source=split_multi(source, name="source"),
+        failure_reason=split_multi(failure_reason, name="failure_reason", allowed=FAILURE_REASONS),
     )
     return Window(start, end, filters)
 

@@ -18,6 +18,7 @@ from dashboard_api.context import AppContext, LiveDelivery
 from dashboard_api.db.paging import PageRequest
 from dashboard_api.errors import Forbidden, ServiceUnavailable, Unprocessable
 from dashboard_api.services.authentication import authenticate
+from dashboard_api.task_statuses import FAILURE_REASONS
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
 
@@ -102,6 +103,18 @@ def choice_items(allowed: Sequence[str]) -> StringConstraints:
 MultiFilter = Annotated[
     list[Annotated[str, StringConstraints(pattern=NO_NUL)]] | None,
     Query(description=MULTI_DESCRIPTION),
+]
+
+
+# The `failure_reason` filter of task lists and analytics (docs/api.md §13).
+FailureReasonFilter = Annotated[
+    list[Annotated[str, choice_items(FAILURE_REASONS)]] | None,
+    Query(
+        description=(
+            "Only tasks with one of these `failure_reason`s: `lease_expired` or `agent`; "
+            "repeatable or comma list"
+        )
+    ),
 ]
 
 

@@ -15,6 +15,7 @@ from dashboard_api.api.deps import (
     AgentRole,
     AnyRole,
     CtxDep,
+    FailureReasonFilter,
     MultiFilter,
     PageDep,
     UserRole,
@@ -67,10 +68,7 @@ def task_filters(
             max_length=1000, pattern=NO_NUL, description="Case-insensitive substring of the input"
         ),
     ] = None,
-    failure_reason: Annotated[
-        list[Annotated[str, choice_items(FAILURE_REASONS)]] | None,
-        Query(description="`lease_expired` or `agent`; repeatable or comma list"),
-    ] = None,
+    failure_reason: FailureReasonFilter = None,
 ) -> service.TaskFilters:
     """The task list's filters (the list and the export take the same ones)."""
     return service.TaskFilters(

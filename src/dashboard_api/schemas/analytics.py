@@ -11,6 +11,13 @@ from dashboard_api.timeutil import UtcDateTime
 Period = Literal["hour", "day"]
 
 
+class FailedByReason(BaseModel):
+    """Tasks per `failure_reason` (docs/api.md §13)."""
+
+    lease_expired: int = Field(description="Failed by the lease reaper: the lease ran out.")
+    agent: int = Field(description="Failed as a producer reported.")
+
+
 class Summary(BaseModel):
     """Totals of the tasks created in the window."""
 
@@ -32,6 +39,9 @@ class Summary(BaseModel):
     success_rate: float | None = Field(description="completed / (completed + failed)")
     avg_duration_seconds: float | None
     tasks_per_day: float
+    failed_by_reason: FailedByReason = Field(
+        description="Beyond the contract: the failed tasks of the window by `failure_reason`."
+    )
 
 
 class HistogramBucket(BaseModel):

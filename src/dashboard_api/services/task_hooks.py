@@ -51,6 +51,7 @@ class TaskSnapshot:
     cache_write_tokens: int
     result: str | None
     error: str | None
+    failure_reason: str | None
     # Moves only on output appends, which publish no `task_status` (conversations use it).
     output_seq: int = 0
 

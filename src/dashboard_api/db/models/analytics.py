@@ -3,8 +3,9 @@
 Blocks come in nested grains (15 min, 1 h, 4 h, 1 day, 4 days, ...), all aligned to the
 Unix epoch, so that any window aligned to 15 minutes splits into a few whole blocks.
 Each block is kept in series: per (agent_type, source) for every model together
-(series 0, model ''), per (agent_type, source, model) (series 1), and marginals (see
-services/analytics/layout.py). Keys start with the series, so that reading one series
+(series 0, model ''), per (agent_type, source, model) (series 1), marginals, and the
+tasks with a failure reason once more per reason (see services/analytics/layout.py).
+Keys start with the series, so that reading one series
 over a run of blocks is one contiguous index range.
 """
 
@@ -107,6 +108,8 @@ class AnalyticsPending(Base):
     agent_type: Mapped[str] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(255))
+    # '' for none (the task's `failure_reason`): which failure series it also counts in.
+    failure_reason: Mapped[str] = mapped_column(String(32), default="", server_default="")
     status: Mapped[str] = mapped_column(String(16))
     cost_micros: Mapped[int] = mapped_column(BigInteger)
     input_tokens: Mapped[int] = mapped_column(BigInteger)

@@ -1,7 +1,8 @@
 """What the analytics rollups hold: grains, series, kinds, counters and log bins.
 
 A task contributes to one block per grain, chosen by its `created_at`, in two series
-(all models together, and per model) plus the marginals. These are the layout's facts,
+(all models together, and per model) plus the marginals, and a task with a
+`failure_reason` in that reason's series too. These are the layout's facts,
 shared by the writers (`rollups`, `fold`), the readers (`window`, `reads`,
 `performance`) and the task lists that count through the rollups (`services.tasks`);
 this module imports nothing from the services, so any of them can depend on it.
@@ -44,6 +45,16 @@ SERIES_PER_MODEL = 1
 # one per model (agent_type and source '').
 SERIES_MARGINAL = 2
 SERIES_MODEL_MARGINAL = 3
+# The tasks that have a `failure_reason`, once more per reason, so that a failure_reason
+# filter sums only their rows. Counters and histograms: one series per reason, per
+# (agent_type, source, model) (filtered queries, performance by model sum over them).
+# Counters also keep one overall row per block and reason (agent_type, source and model
+# ''), for the summary's breakdown and for queries filtered by failure_reason alone.
+# Only failed tasks have a reason (the lease reaper's, or the producer's), so these rows
+# cost the writes of failed tasks alone. A new reason needs a new pair of series and a
+# rebuild (a reason missing here is counted in no failure series).
+FAILURE_SERIES: dict[str, int] = {"lease_expired": 4, "agent": 5}
+FAILURE_MARGINAL_SERIES: dict[str, int] = {"lease_expired": 6, "agent": 7}
 KIND_DURATION = 0
 # The PostgreSQL advisory lock that folds of pending contributions (and rebuilds) hold, so
 # that one runs at a time across every replica ("DASHFOLD" in ASCII).

@@ -38,6 +38,7 @@ from dashboard_api.services.analytics.bins import BinSum, nearest_rank
 from dashboard_api.services.analytics.layout import (
     BIN_THRESHOLDS,
     COUNTERS,
+    FAILURE_SERIES,
     HIST_GRAINS,
     KIND_DURATION,
     KIND_FIRST_OUTPUT,
@@ -110,9 +111,8 @@ async def performance(
     combos: dict[tuple[str, str], Agg] = {}
     models: dict[str, Agg] = {}
     if cover.blocks:
-        stmt, params = block_statement(
-            session, "counter_groups", cover.blocks, filters, _counter_groups
-        )
+        build = _failure_counter_groups if filters.failure_reason else _counter_groups
+        stmt, params = block_statement(session, "counter_groups", cover.blocks, filters, build)
         for part, agent_type, source, model, *values in await conn.execute(stmt, params):
             if part == 0:
                 combos.setdefault((agent_type, source), Agg()).add_counters(values)
@@ -169,12 +169,29 @@ def _counter_groups(where: BlocksWhere, filtered: FiltersWhere) -> CompoundSelec
     )
 
 
+def _failure_counter_groups(where: BlocksWhere, filtered: FiltersWhere) -> CompoundSelect[Any]:
+    """`_counter_groups` of the tasks with the filtered failure reasons: both parts from
+    their series (per combination and model; bound: "failure_series")."""
+    r = AnalyticsRollup.__table__.c
+    empty = literal("")
+    series = r.series.in_(bindparam("failure_series", expanding=True))
+    return union_all(
+        select(literal(0), r.agent_type, r.source, empty, *sums(r))
+        .where(series, where(r), *filtered(r))
+        .group_by(r.agent_type, r.source),
+        select(literal(1), empty, empty, r.model, *sums(r))
+        .where(series, where(r), *filtered(r))
+        .group_by(r.model),
+    )
+
+
 _PERCENTS: tuple[tuple[int, int], ...] = (
     (KIND_DURATION, 50),
     (KIND_DURATION, 95),
     (KIND_FIRST_OUTPUT, 50),
 )
 
+_FAILURE_SERIES = frozenset(FAILURE_SERIES.values())
 # A histogram row's key as read: (series, agent_type, source, model, kind).
 RowKey = tuple[int, str, str, str, int]
 
@@ -182,6 +199,9 @@ RowKey = tuple[int, str, str, str, int]
 def _groups_of(key: RowKey) -> tuple[tuple[int, str], ...]:
     """The percentile groups a histogram row (or edge bin) adds to."""
     series, agent_type, source, model, _ = key
+    if series in _FAILURE_SERIES:
+        # Per combination and model: every group at once.
+        return ((_OVERALL, ""), (_AGENT, agent_type), (_SOURCE, source), (_MODEL, model))
     if series in (SERIES_PER_MODEL, SERIES_MODEL_MARGINAL):
         return ((_MODEL, model),)
     if series == SERIES_ALL_MODELS:
@@ -215,11 +235,13 @@ async def _percentiles(
     if cover.blocks:
         h = AnalyticsHistogram.__table__.c
         # Filtered: the groups are summed from the per-combination series; unfiltered:
-        # the marginal series hold each group's bins directly.
-        filtered = bool(filters.agent_type or filters.source)
-        series = (
-            (SERIES_ALL_MODELS, SERIES_PER_MODEL)
-            if filtered
+        # the marginal series hold each group's bins directly; by failure reason: the
+        # reasons' series (bound: "failure_series") hold every group.
+        series: Any = (
+            bindparam("failure_series", expanding=True)
+            if filters.failure_reason
+            else (SERIES_ALL_MODELS, SERIES_PER_MODEL)
+            if filters.by_dimension
             else (SERIES_MARGINAL, SERIES_MODEL_MARGINAL)
         )
 
@@ -263,7 +285,7 @@ async def _percentiles(
 
 # Edge statements by shape (backend, raw ranges, subtracted ranges, filters): building
 # one cost more than running it; the shape's values are bound at each execution.
-_EDGE_STATEMENTS: dict[tuple[str, int, int, bool, bool], CompoundSelect[Any]] = {}
+_EDGE_STATEMENTS: dict[tuple[str, int, int, bool, bool, bool], CompoundSelect[Any]] = {}
 
 
 async def _edge_bins(
@@ -278,13 +300,7 @@ async def _edge_bins(
     """
     await prepare_log_bin(session, BIN_THRESHOLDS)
     ranges = cover.raw()
-    shape = (
-        backend_of(session),
-        len(ranges),
-        len(cover.sub),
-        bool(filters.agent_type),
-        bool(filters.source),
-    )
+    shape = (backend_of(session), len(ranges), len(cover.sub), *filters.shape())
     params: dict[str, Any] = {}
     for i, (lo, hi) in enumerate(ranges):
         params[f"lo{i}"], params[f"hi{i}"] = lo, hi
@@ -294,6 +310,8 @@ async def _edge_bins(
         params["agent_types"] = list(filters.agent_type)
     if filters.source:
         params["sources"] = list(filters.source)
+    if filters.failure_reason:
+        params["failure_reasons"] = list(filters.failure_reason)
     stmt = _EDGE_STATEMENTS.get(shape)
     if stmt is None:
         stmt = _EDGE_STATEMENTS[shape] = _edge_statement(session, *shape[1:])
@@ -301,7 +319,12 @@ async def _edge_bins(
 
 
 def _edge_statement(
-    session: AsyncSession, n_ranges: int, n_sub: int, agent_types: bool, sources: bool
+    session: AsyncSession,
+    n_ranges: int,
+    n_sub: int,
+    agent_types: bool,
+    sources: bool,
+    failure_reasons: bool,
 ) -> CompoundSelect[Any]:
     at = Task.created_at
     ts = Task.created_at.type
@@ -316,6 +339,8 @@ def _edge_statement(
         conds.append(Task.agent_type.in_(bindparam("agent_types", expanding=True)))
     if sources:
         conds.append(Task.source.in_(bindparam("sources", expanding=True)))
+    if failure_reasons:
+        conds.append(Task.failure_reason.in_(bindparam("failure_reasons", expanding=True)))
     sign: ColumnElement[int] = (
         case((or_(*(within("sub_", i) for i in range(n_sub))), -1), else_=1)
         if n_sub

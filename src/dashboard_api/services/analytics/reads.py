@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
+    bindparam,
     case,
     func,
     literal,
@@ -33,8 +34,15 @@ from dashboard_api.db.models.analytics import AnalyticsRollup
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.errors import Unprocessable
 from dashboard_api.money import micros_to_usd
-from dashboard_api.schemas.analytics import Period, Summary
-from dashboard_api.services.analytics.layout import COUNTERS, GRAINS, counters_of, epoch_seconds
+from dashboard_api.schemas.analytics import FailedByReason, Period, Summary
+from dashboard_api.services.analytics.layout import (
+    COUNTERS,
+    FAILURE_MARGINAL_SERIES,
+    FAILURE_SERIES,
+    GRAINS,
+    counters_of,
+    epoch_seconds,
+)
 from dashboard_api.services.analytics.window import (
     Agg,
     AnalyticsFilters,
@@ -53,6 +61,7 @@ from dashboard_api.services.analytics.window import (
     ratio,
     raw_rows,
     signed,
+    summed_series,
     sums,
 )
 from dashboard_api.timeutil import format_ts
@@ -70,22 +79,33 @@ async def summary(
     filters: AnalyticsFilters,
     now: datetime | None = None,
 ) -> Summary:
-    """Totals of the tasks created in [start, end) (`now`: see `cover_window`)."""
+    """Totals of the tasks created in [start, end) (`now`: see `cover_window`), and the
+    failed ones per failure reason."""
     cover = cover_window(start, end, now=now)
     agg = Agg()
+    by_reason = dict.fromkeys(FAILURE_SERIES, 0)
     if cover.blocks:
-        r = AnalyticsRollup.__table__.c
-
-        def build(where: BlocksWhere, filtered: FiltersWhere) -> Select[Any]:
-            return select(*sums(r)).where(
-                *counter_series(r, filters, bound=True), where(r), *filtered(r)
-            )
-
-        stmt, params = block_statement(session, "summary", cover.blocks, filters, build)
+        # One statement, grouped by series: the rows that hold the filtered tasks once,
+        # and the failure series (with the same filters) for the breakdown. A series can
+        # be both (filtered by failure reason).
+        totals = set(summed_series(filters))
+        per_reason = FAILURE_SERIES if filters.by_dimension else FAILURE_MARGINAL_SERIES
+        reason_of = {
+            per_reason[r]: r for r in filters.failure_reason or FAILURE_SERIES if r in per_reason
+        }
+        stmt, params = block_statement(session, "summary", cover.blocks, filters, _summary_rows)
+        params["series"] = sorted(totals | set(reason_of))
         conn = await session.connection()
-        agg.add_counters((await conn.execute(stmt, params)).one())
+        for series, *values in await conn.execute(stmt, params):
+            if series in totals:
+                agg.add_counters(values)
+            if series in reason_of:
+                by_reason[reason_of[series]] += int(values[0])
     for row in await raw_rows(session, cover.raw(), filters):
-        agg.add_counters(signed(cover.sign(row.created_at), counters_of(row)))
+        sign = cover.sign(row.created_at)
+        agg.add_counters(signed(sign, counters_of(row)))
+        if row.failure_reason in by_reason:
+            by_reason[row.failure_reason] += sign
     tasks = agg["tasks"]
     days = (end - start) / timedelta(days=1)
     return Summary(
@@ -107,7 +127,15 @@ async def summary(
         success_rate=ratio(agg["completed"], agg["completed"] + agg["failed"]),
         avg_duration_seconds=avg_seconds(agg["duration_sum_us"], agg["duration_count"]),
         tasks_per_day=tasks / days,
+        failed_by_reason=FailedByReason(**by_reason),
     )
+
+
+def _summary_rows(where: BlocksWhere, filtered: FiltersWhere) -> Select[Any]:
+    """(series, *COUNTERS) of the rows of some blocks and series (bound: "series")."""
+    r = AnalyticsRollup.__table__.c
+    series = r.series.in_(bindparam("series", expanding=True))
+    return select(r.series, *sums(r)).where(series, where(r), *filtered(r)).group_by(r.series)
 
 
 def parse_tz(name: str) -> ZoneInfo:
@@ -285,7 +313,7 @@ def _raw_histogram_rows(
         sign * t.cost_micros,
         sign * t.input_tokens,
         sign * t.output_tokens,
-    ).where(window, *filters.clauses(t))
+    ).where(window, *filters.task_clauses())
 
 
 # Bucket starts (epoch seconds) as the API writes them: a moving window meets the same

@@ -58,6 +58,8 @@ from dashboard_api.services.analytics.bins import unpack
 from dashboard_api.services.analytics.layout import (
     BIN_THRESHOLDS,
     COUNTERS,
+    FAILURE_MARGINAL_SERIES,
+    FAILURE_SERIES,
     FOLD_LOCK_KEY,
     GRAINS,
     HIST_GRAINS,
@@ -123,7 +125,10 @@ async def rebuild_rollups(session: AsyncSession, *, bulk: bool = False) -> None:
 # (series summed, series written, agent_type, source, model): None keeps the column, ""
 # writes '' (summed over it).
 Marginal = tuple[int, int, str | None, str | None, str | None]
-_COUNTER_MARGINALS: tuple[Marginal, ...] = ((SERIES_ALL_MODELS, SERIES_MARGINAL, "", "", ""),)
+_COUNTER_MARGINALS: tuple[Marginal, ...] = (
+    (SERIES_ALL_MODELS, SERIES_MARGINAL, "", "", ""),
+    *((FAILURE_SERIES[r], FAILURE_MARGINAL_SERIES[r], "", "", "") for r in FAILURE_SERIES),
+)
 
 
 async def _build(
@@ -215,6 +220,21 @@ def _finest_counters(session: AsyncSession) -> list[Select[Any]]:
                 *sums,
             ).group_by(bucket, Task.agent_type, Task.source, model)
         )
+    # The tasks with a failure reason once more, per reason and model: their series.
+    model = func.coalesce(Task.model, "").label("model")
+    out.append(
+        select(
+            case(FAILURE_SERIES, value=Task.failure_reason).label("series"),
+            literal(GRAINS[0]).label("grain"),
+            bucket,
+            Task.agent_type,
+            Task.source,
+            model,
+            *sums,
+        )
+        .where(Task.failure_reason.in_(list(FAILURE_SERIES)))
+        .group_by(Task.failure_reason, bucket, Task.agent_type, Task.source, model)
+    )
     return out
 
 
@@ -257,27 +277,28 @@ async def _build_histograms(session: AsyncSession) -> None:
     """
     grain = HIST_GRAINS[0]
     model = func.coalesce(Task.model, "").label("model")
+    reason = func.coalesce(Task.failure_reason, "").label("failure_reason")
     finest: list[tuple[tuple[Any, ...], int, bytes]] = []  # (key, bin_lo, counts)
     conn = await session.connection()
     for kind, bin_expr, present in hist_bins_sql(session):
         bucket = epoch_bucket(session, Task.created_at, grain).label("bucket")
         b = bin_expr.label("bin")
         per_bin = (
-            select(bucket, Task.agent_type, Task.source, model, b, func.count().label("n"))
+            select(bucket, Task.agent_type, Task.source, model, reason, b, func.count().label("n"))
             .where(present)
-            .group_by(bucket, Task.agent_type, Task.source, model, b)
+            .group_by(bucket, Task.agent_type, Task.source, model, reason, b)
             .subquery()
         )
         c = per_bin.c
         stmt = (
-            select(c.bucket, c.agent_type, c.source, c.model,
+            select(c.bucket, c.agent_type, c.source, c.model, c.failure_reason,
                    int_list_agg(session, c.bin), int_list_agg(session, c.n))
-            .group_by(c.bucket, c.agent_type, c.source, c.model)
+            .group_by(c.bucket, c.agent_type, c.source, c.model, c.failure_reason)
             .execution_options(yield_per=_STREAM_ROWS)
         )  # fmt: skip
         result = await conn.stream(stmt)
         async for part in result.partitions():
-            for blk, agent_type, source, mdl, bins, counts in part:
+            for blk, agent_type, source, mdl, why, bins, counts in part:
                 index, values = int_list(bins), int_list(counts)
                 lo = min(index)
                 dense = array("q", bytes(8 * (max(index) - lo + 1)))
@@ -285,24 +306,19 @@ async def _build_histograms(session: AsyncSession) -> None:
                     dense[i - lo] = n
                 if sys.byteorder == "big":  # pragma: no cover
                     dense.byteswap()
-                finest.append(((blk, agent_type, source, mdl, kind), lo, dense.tobytes()))
+                where = (blk, agent_type, source, mdl, why, kind)
+                finest.append((where, lo, dense.tobytes()))
     if not finest:
         return
-    # Each (block, agent_type, source, model) adds to the six series rows it belongs to.
-    # A row's sum is (its lowest bin, an integer whose lanes are the bins from there up):
-    # aligned on each row's own lowest bin, not on the lowest of all, so that no integer
-    # carries hundreds of empty low lanes (the seed's peak memory).
+    # Each (block, agent_type, source, model, failure_reason) adds to the six series rows
+    # it belongs to (seven with a failure reason). A row's sum is (its lowest bin, an
+    # integer whose lanes are the bins from there up): aligned on each row's own lowest
+    # bin, not on the lowest of all, so that no integer carries hundreds of empty low
+    # lanes (the seed's peak memory).
     level: dict[tuple[Any, ...], tuple[int, int]] = {}
-    for (blk, agent_type, source, mdl, kind), lo, data in finest:
+    for where, lo, data in finest:
         x = int.from_bytes(data, "little")
-        for key in (
-            (SERIES_PER_MODEL, blk, agent_type, source, mdl, kind),
-            (SERIES_ALL_MODELS, blk, agent_type, source, "", kind),
-            (SERIES_MARGINAL, blk, agent_type, "", "", kind),
-            (SERIES_MARGINAL, blk, "", source, "", kind),
-            (SERIES_MARGINAL, blk, "", "", "", kind),
-            (SERIES_MODEL_MARGINAL, blk, "", "", mdl, kind),
-        ):
+        for key in _hist_series_keys(*where):
             level[key] = _add_lanes(level.get(key), lo, x)
     finest.clear()
     out: list[tuple[Any, ...]] = []
@@ -321,6 +337,24 @@ async def _build_histograms(session: AsyncSession) -> None:
     out.sort(key=lambda r: r[:7])
     names = ("series", "grain", "bucket", "agent_type", "source", "model", "kind", *HIST_VALUES)
     await bulk_insert(session, _HIST, names, out)
+
+
+def _hist_series_keys(
+    blk: int, agent_type: str, source: str, model: str, reason: str, kind: int
+) -> list[tuple[Any, ...]]:
+    """The histogram rows ((series, block, agent_type, source, model, kind)) that the
+    tasks of one finest block and group add to (as `rollups.deltas` spreads them)."""
+    keys: list[tuple[Any, ...]] = [
+        (SERIES_PER_MODEL, blk, agent_type, source, model, kind),
+        (SERIES_ALL_MODELS, blk, agent_type, source, "", kind),
+        (SERIES_MARGINAL, blk, agent_type, "", "", kind),
+        (SERIES_MARGINAL, blk, "", source, "", kind),
+        (SERIES_MARGINAL, blk, "", "", "", kind),
+        (SERIES_MODEL_MARGINAL, blk, "", "", model, kind),
+    ]
+    if reason in FAILURE_SERIES:
+        keys.append((FAILURE_SERIES[reason], blk, agent_type, source, model, kind))
+    return keys
 
 
 def _add_lanes(acc: tuple[int, int] | None, lo: int, x: int) -> tuple[int, int]:

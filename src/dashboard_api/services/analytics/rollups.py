@@ -33,6 +33,8 @@ from dashboard_api.db.models.analytics import (
 from dashboard_api.services.analytics.bins import BinSum
 from dashboard_api.services.analytics.layout import (
     COUNTERS,
+    FAILURE_MARGINAL_SERIES,
+    FAILURE_SERIES,
     GRAINS,
     HIST_GRAINS,
     HIST_ROW_KEY,
@@ -61,6 +63,7 @@ class Contribution(NamedTuple):
     agent_type: str
     source: str
     model: str
+    failure_reason: str  # '' for none
     counters: list[int]
     points: list[tuple[int, int]]
 
@@ -72,31 +75,41 @@ def contribution_of(s: TaskSnapshot) -> Contribution:
         s.agent_type,
         s.source,
         s.model or "",
+        s.failure_reason or "",
         counters_of(s),
         hist_points(s),
     )
 
 
-def _keys(c: Contribution) -> list[tuple[Any, ...]]:
-    keys: list[tuple[Any, ...]] = []
-    for grain in GRAINS:
-        bucket = c.created_s - c.created_s % grain
-        keys.append((grain, bucket, SERIES_ALL_MODELS, c.agent_type, c.source, ""))
-        keys.append((grain, bucket, SERIES_PER_MODEL, c.agent_type, c.source, c.model))
-        keys.append((grain, bucket, SERIES_MARGINAL, "", "", ""))
+# Where a contribution lands in one block: (agent_type, source, model, failure_reason).
+Place = tuple[str, str, str, str]
+
+
+def _keys(grain: int, bucket: int, place: Place) -> list[tuple[Any, ...]]:
+    agent_type, source, model, reason = place
+    keys: list[tuple[Any, ...]] = [
+        (grain, bucket, SERIES_ALL_MODELS, agent_type, source, ""),
+        (grain, bucket, SERIES_PER_MODEL, agent_type, source, model),
+        (grain, bucket, SERIES_MARGINAL, "", "", ""),
+    ]
+    if reason in FAILURE_SERIES:
+        keys.append((grain, bucket, FAILURE_SERIES[reason], agent_type, source, model))
+        keys.append((grain, bucket, FAILURE_MARGINAL_SERIES[reason], "", "", ""))
     return keys
 
 
-def _hist_keys(c: Contribution) -> list[tuple[Any, ...]]:
-    keys: list[tuple[Any, ...]] = []
-    for grain in HIST_GRAINS:
-        bucket = c.created_s - c.created_s % grain
-        keys.append((grain, bucket, SERIES_ALL_MODELS, c.agent_type, c.source, ""))
-        keys.append((grain, bucket, SERIES_PER_MODEL, c.agent_type, c.source, c.model))
-        keys.append((grain, bucket, SERIES_MARGINAL, c.agent_type, "", ""))
-        keys.append((grain, bucket, SERIES_MARGINAL, "", c.source, ""))
-        keys.append((grain, bucket, SERIES_MARGINAL, "", "", ""))
-        keys.append((grain, bucket, SERIES_MODEL_MARGINAL, "", "", c.model))
+def _hist_keys(grain: int, bucket: int, place: Place) -> list[tuple[Any, ...]]:
+    agent_type, source, model, reason = place
+    keys: list[tuple[Any, ...]] = [
+        (grain, bucket, SERIES_ALL_MODELS, agent_type, source, ""),
+        (grain, bucket, SERIES_PER_MODEL, agent_type, source, model),
+        (grain, bucket, SERIES_MARGINAL, agent_type, "", ""),
+        (grain, bucket, SERIES_MARGINAL, "", source, ""),
+        (grain, bucket, SERIES_MARGINAL, "", "", ""),
+        (grain, bucket, SERIES_MODEL_MARGINAL, "", "", model),
+    ]
+    if reason in FAILURE_SERIES:
+        keys.append((grain, bucket, FAILURE_SERIES[reason], agent_type, source, model))
     return keys
 
 
@@ -107,13 +120,15 @@ def deltas(
     dropped. With `changes`, each rollup row ends with its number of contributions (the
     `changes` column: either sign counts one), as `apply_deltas` takes them."""
     width = len(COUNTERS) + (1 if changes else 0)
-    # Contributions in the same finest block with the same agent type, source and model
-    # land on the same rows of every grain and series: they are summed first and spread
-    # once (a fold of a burst of registrations spreads a few groups, not every row).
-    groups: dict[tuple[int, str, str, str], list[int]] = {}
-    points: dict[tuple[int, str, str, str, int, int], int] = {}
+    # Contributions in the same finest block with the same agent type, source, model and
+    # failure reason land on the same rows of every grain and series: they are summed
+    # first and spread once (a fold of a burst of registrations spreads a few groups, not
+    # every row).
+    groups: dict[tuple[int, Place], list[int]] = {}
+    points: dict[tuple[int, Place, int, int], int] = {}
     for sign, c in signed:
-        where = (c.created_s - c.created_s % GRAINS[0], c.agent_type, c.source, c.model)
+        place = (c.agent_type, c.source, c.model, c.failure_reason)
+        where = (c.created_s - c.created_s % GRAINS[0], place)
         acc = groups.get(where)
         if acc is None:
             acc = groups[where] = [0] * width
@@ -122,25 +137,26 @@ def deltas(
         if changes:
             acc[-1] += 1
         for kind, b in c.points:
-            at = (c.created_s - c.created_s % HIST_GRAINS[0], c.agent_type, c.source, c.model)
-            point = (*at, kind, b)
+            point = (c.created_s - c.created_s % HIST_GRAINS[0], place, kind, b)
             points[point] = points.get(point, 0) + sign
     counters: dict[tuple[Any, ...], list[int]] = {}
-    for (start, agent_type, source, model), acc in groups.items():
-        for key in _keys(Contribution(start, agent_type, source, model, [], [])):
-            total = counters.get(key)
-            if total is None:
-                counters[key] = acc.copy()
-            else:
-                for i, v in enumerate(acc):
-                    total[i] += v
+    for (start, place), acc in groups.items():
+        for grain in GRAINS:
+            for key in _keys(grain, start - start % grain, place):
+                total = counters.get(key)
+                if total is None:
+                    counters[key] = acc.copy()
+                else:
+                    for i, v in enumerate(acc):
+                        total[i] += v
     hist: dict[tuple[Any, ...], int] = {}
-    for (start, agent_type, source, model, kind, b), n in points.items():
+    for (start, place, kind, b), n in points.items():
         if not n:
             continue
-        for key in _hist_keys(Contribution(start, agent_type, source, model, [], [])):
-            hkey = (*key, kind, b)
-            hist[hkey] = hist.get(hkey, 0) + n
+        for grain in HIST_GRAINS:
+            for key in _hist_keys(grain, start - start % grain, place):
+                hkey = (*key, kind, b)
+                hist[hkey] = hist.get(hkey, 0) + n
     rows = [(*k, *v) for k, v in sorted(counters.items()) if any(v)]
     hrows = [(*k, n) for k, n in sorted(hist.items()) if n]
     return rows, hrows
@@ -172,6 +188,7 @@ def _pending_row(sign: int, s: TaskSnapshot) -> dict[str, Any]:
         "agent_type": s.agent_type,
         "source": s.source,
         "model": s.model or "",
+        "failure_reason": s.failure_reason or "",
         "status": s.status,
         "cost_micros": s.cost_micros,
         "input_tokens": s.input_tokens,
@@ -191,7 +208,13 @@ def contribution_of_pending(row: Any) -> Contribution:
     if row.first_output_us is not None:
         points.append((KIND_FIRST_OUTPUT, value_bin(row.first_output_us)))
     return Contribution(
-        row.created_s, row.agent_type, row.source, row.model, counters_of(row), points
+        row.created_s,
+        row.agent_type,
+        row.source,
+        row.model,
+        row.failure_reason,
+        counters_of(row),
+        points,
     )
 
 

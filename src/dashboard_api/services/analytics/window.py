@@ -27,6 +27,8 @@ from dashboard_api.db.models.tasks import Task
 from dashboard_api.services.analytics.layout import (
     COUNTERS,
     EPOCH,
+    FAILURE_MARGINAL_SERIES,
+    FAILURE_SERIES,
     GRAINS,
     QUARTER,
     SERIES_ALL_MODELS,
@@ -45,18 +47,44 @@ Block = tuple[int, int]  # (grain seconds, bucket start in epoch seconds)
 
 @dataclass(frozen=True, slots=True)
 class AnalyticsFilters:
-    """The common filters: repeatable agent types and sources (empty: all)."""
+    """The common filters: repeatable agent types, sources and failure reasons (empty:
+    all). A failure reason selects rollup series (`failure_series`), not rows of a
+    column: on tasks it is `task_clauses`."""
 
     agent_type: Sequence[str] = ()
     source: Sequence[str] = ()
+    failure_reason: Sequence[str] = ()
 
     def clauses(self, table: Any) -> list[ColumnElement[bool]]:
+        """The agent type and source filters, on the tasks or on rollup rows."""
         out: list[ColumnElement[bool]] = []
         if self.agent_type:
             out.append(table.agent_type.in_(list(self.agent_type)))
         if self.source:
             out.append(table.source.in_(list(self.source)))
         return out
+
+    def task_clauses(self) -> list[ColumnElement[bool]]:
+        """Every filter, on the tasks table."""
+        out = self.clauses(Task)
+        if self.failure_reason:
+            out.append(Task.failure_reason.in_(list(self.failure_reason)))
+        return out
+
+    @property
+    def by_dimension(self) -> bool:
+        """Whether agent types or sources are filtered (rows per combination are read)."""
+        return bool(self.agent_type or self.source)
+
+    def failure_series(self, *, overall: bool) -> list[int]:
+        """The series of the filtered failure reasons: per combination and model, or
+        (`overall`) one row per block and reason."""
+        series = FAILURE_MARGINAL_SERIES if overall else FAILURE_SERIES
+        return [series[r] for r in self.failure_reason if r in series]
+
+    def shape(self) -> tuple[bool, bool, bool]:
+        """Which filters are set: statements are built once per shape."""
+        return bool(self.agent_type), bool(self.source), bool(self.failure_reason)
 
 
 @dataclass(slots=True)
@@ -239,23 +267,36 @@ def blocks_clause(
     return or_(*parts)
 
 
-def counter_series(
-    r: Any, filters: AnalyticsFilters, *, bound: bool = False
-) -> list[ColumnElement[bool]]:
+def counter_series(r: Any, filters: AnalyticsFilters) -> list[ColumnElement[bool]]:
     """The rollup rows to sum: the overall marginal when unfiltered (one row per block);
-    with `bound`, without the filters (the caller adds `_filter_clauses`)."""
-    if filters.agent_type or filters.source:
-        return [r.series == SERIES_ALL_MODELS, *([] if bound else filters.clauses(r))]
+    by failure reason, the reasons' series (their overall rows unless agent types or
+    sources are filtered too)."""
+    dims = filters.clauses(r)
+    if filters.failure_reason:
+        return [r.series.in_(filters.failure_series(overall=not filters.by_dimension)), *dims]
+    if filters.by_dimension:
+        return [r.series == SERIES_ALL_MODELS, *dims]
     return [r.series == SERIES_MARGINAL, r.agent_type == "", r.source == "", r.model == ""]
 
 
+def summed_series(filters: AnalyticsFilters) -> list[int]:
+    """The series whose rows hold the filtered tasks once (`counter_series`, as a list)."""
+    if filters.failure_reason:
+        return filters.failure_series(overall=not filters.by_dimension)
+    return [SERIES_ALL_MODELS if filters.by_dimension else SERIES_MARGINAL]
+
+
 def _filter_clauses(table: Any, filters: AnalyticsFilters) -> list[ColumnElement[bool]]:
-    """The filters as clauses bound at execution (`_filter_params`)."""
+    """The filters as clauses bound at execution (`_filter_params`): agent types and
+    sources on any table, failure reasons on the tasks table only (rollup rows are
+    selected by series: "failure_series" holds the reasons' series per combination)."""
     out: list[ColumnElement[bool]] = []
     if filters.agent_type:
         out.append(table.agent_type.in_(bindparam("agent_types", expanding=True)))
     if filters.source:
         out.append(table.source.in_(bindparam("sources", expanding=True)))
+    if filters.failure_reason and table is Task:
+        out.append(Task.failure_reason.in_(bindparam("failure_reasons", expanding=True)))
     return out
 
 
@@ -265,12 +306,15 @@ def _filter_params(filters: AnalyticsFilters) -> dict[str, Any]:
         out["agent_types"] = list(filters.agent_type)
     if filters.source:
         out["sources"] = list(filters.source)
+    if filters.failure_reason:
+        out["failure_reasons"] = list(filters.failure_reason)
+        out["failure_series"] = filters.failure_series(overall=False)
     return out
 
 
 # Block statements by (what, filters' shape), built once: their blocks and filters are
 # bound at each execution (PostgreSQL). Building one cost as much as running it.
-_BLOCK_STATEMENTS: dict[tuple[str, bool, bool], Any] = {}
+_BLOCK_STATEMENTS: dict[tuple[str, bool, bool, bool], Any] = {}
 BlocksWhere = Callable[[Any], ColumnElement[bool]]
 FiltersWhere = Callable[[Any], list[ColumnElement[bool]]]
 
@@ -293,7 +337,7 @@ def block_statement(
 
     if backend_of(session) != "postgresql":
         return build(lambda table: blocks_clause(session, table, blocks), filtered), params
-    key = (what, bool(filters.agent_type), bool(filters.source))
+    key = (what, *filters.shape())
     stmt = _BLOCK_STATEMENTS.get(key)
     if stmt is None:
 
@@ -320,15 +364,16 @@ _RAW_COLUMNS = (
     Task.duration_us,
     Task.started_at,
     Task.first_output_at,
+    Task.failure_reason,
 )
 
 
 # Raw-row statements by (ranges, filters' shape), built once; values bound per execution.
-_RAW_STATEMENTS: dict[tuple[int, bool, bool], Any] = {}
+_RAW_STATEMENTS: dict[tuple[int, bool, bool, bool], Any] = {}
 
 
 def _raw_statement(n_ranges: int, filters: AnalyticsFilters) -> Any:
-    key = (n_ranges, bool(filters.agent_type), bool(filters.source))
+    key = (n_ranges, *filters.shape())
     stmt = _RAW_STATEMENTS.get(key)
     if stmt is None:
         at, ts = Task.created_at, Task.created_at.type
