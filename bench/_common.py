@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -105,6 +106,18 @@ def cli(*args: str, env: dict[str, str]) -> str:
         [str(BIN / "dashboard-api"), *args], env=env, check=True, capture_output=True, text=True
     )
     return out.stdout
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server subprocess and wait for it. SIGINT, not SIGTERM: uvicorn shuts down
+    gracefully on either, then raises the signal again, and only SIGINT (as
+    KeyboardInterrupt) lets a `python -m cProfile` wrapper write its profile."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:

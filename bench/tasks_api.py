@@ -37,6 +37,7 @@ from bench._common import (
     log,
     pct,
     recreate_db,
+    stop_server,
     task_count,
     timed,
 )
@@ -97,6 +98,9 @@ async def rebuild_rollups() -> float:
 # --- measuring ----------------------------------------------------------------------------
 
 LIST_TARGET_MS = 10.0
+# The framework's floor: what a request costs the service without the database, timed
+# on the same connections in the same run; "x floor" columns are multiples of its p50.
+FLOOR = "floor: GET /api/health"
 # Needles the seed's messages hold about as often as the q cases' (`acme/<repo>`: ~146,000
 # matches each, like `payments`; `flaky job #1x`: ~1,400 each): each is new to a server,
 # so each first request is cold. One cold sample per case is noise on a shared machine;
@@ -262,8 +266,16 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def __aenter__(self) -> Server:
+        # BENCH_PROFILE=DIR (one worker): the server runs under cProfile and writes
+        # DIR/server-PORT.prof when it is stopped (`stop_server`).
+        profile = (
+            ["-m", "cProfile", "-o", f"{os.environ['BENCH_PROFILE']}/server-{self.port}.prof"]
+            if os.environ.get("BENCH_PROFILE") and self.workers == 1
+            else []
+        )
         self.proc = subprocess.Popen(
-            [str(BIN / "python"), "-m", "uvicorn", "dashboard_api.app:create_app", "--factory",
+            [str(BIN / "python"), *profile, "-m", "uvicorn", "dashboard_api.app:create_app",
+             "--factory",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
              "--no-access-log", "--workers", str(self.workers),
              # The measuring connection may idle for seconds (the other server's cold
@@ -283,11 +295,7 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_server(self.proc)
 
 
 @dataclass
@@ -407,9 +415,15 @@ async def measure(
                     start = time.perf_counter()
                     await get(c, path, params)
                     out[i].append((time.perf_counter() - start) * 1000)
+                    # The floor, on the same connection at the same moments: every
+                    # figure is also reported as a multiple of it.
+                    start = time.perf_counter()
+                    await get(c, "/api/health")
+                    floor[i].append((time.perf_counter() - start) * 1000)
             return out
 
         first = [0.0 for _ in clients]
+        floor: list[list[float]] = [[] for _ in clients]
         for case in setup.cases:
             count_ms = None
             if "q" in case.params:
@@ -473,6 +487,10 @@ async def measure(
                 Result(prefix + "task detail", pct(detail[i], 0.5), pct(detail[i], 0.99), n),
                 Result(
                     prefix + "full log (1,000 chunks)", pct(full[i], 0.5), pct(full[i], 0.99), n
+                ),
+                Result(
+                    prefix + FLOOR, pct(floor[i], 0.5), pct(floor[i], 0.99), len(floor[i]),
+                    note="one after each request above, on the same connection",
                 ),
             ]  # fmt: skip
 
@@ -605,7 +623,25 @@ async def append_throughput(client: httpx.AsyncClient, agent: str, prefix: str) 
 
 
 async def page_throughput(port: int, user: str, workers: int, prefix: str) -> Result:
-    """The first page from 32 keep-alive connections, each sending requests back to back."""
+    """The first page from 32 keep-alive connections, each sending requests back to back,
+    beside `/api/health` the same way right before and after (the floor's throughput)."""
+    health_before, _ = await throughput(port, user, "/api/health")
+    rate, latencies = await throughput(port, user, "/api/tasks")
+    health_after, _ = await throughput(port, user, "/api/health")
+    health = (health_before + health_after) / 2
+    return Result(
+        f"{prefix}first page, 32 connections, {workers} worker{'s' if workers > 1 else ''}",
+        pct(latencies, 0.5),
+        pct(latencies, 0.99),
+        len(latencies),
+        rate=f"{rate:,.0f} req/s",
+        note=f"{rate / health:.0%} of /api/health's {health:,.0f} req/s (before and after)",
+    )
+
+
+async def throughput(port: int, user: str, path: str) -> tuple[float, list[float]]:
+    """Requests/s of GET `path` from 32 keep-alive connections sending back to back, and
+    each request's milliseconds."""
     uh = {"Authorization": f"Bearer {user}"}
     conns, per_conn = 32, 40
     latencies: list[float] = []
@@ -614,12 +650,12 @@ async def page_throughput(port: int, user: str, workers: int, prefix: str) -> Re
             await stack.enter_async_context(KeepAliveClient("127.0.0.1", port, uh))
             for _ in range(conns)
         ]
-        await asyncio.gather(*(c.get("/api/tasks") for c in clients))
+        await asyncio.gather(*(c.get(path) for c in clients))
 
         async def worker(c: KeepAliveClient) -> None:
             for _ in range(per_conn):
                 t0 = time.perf_counter()
-                status, body = await c.get("/api/tasks")
+                status, body = await c.get(path)
                 if status != 200:
                     raise RuntimeError(f"{status} {body[:200]!r}")
                 latencies.append((time.perf_counter() - t0) * 1000)
@@ -627,13 +663,7 @@ async def page_throughput(port: int, user: str, workers: int, prefix: str) -> Re
         start = time.perf_counter()
         await asyncio.gather(*(worker(c) for c in clients))
         elapsed = time.perf_counter() - start
-    return Result(
-        f"{prefix}first page, 32 connections, {workers} worker{'s' if workers > 1 else ''}",
-        pct(latencies, 0.5),
-        pct(latencies, 0.99),
-        len(latencies),
-        rate=f"{len(latencies) / elapsed:,.0f} req/s",
-    )
+    return len(latencies) / elapsed, latencies
 
 
 async def baseline(setup: Setup, results: list[Result]) -> None:
@@ -666,11 +696,18 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     def fmt(v: float | None) -> str:
         return f"{v:.2f}" if v is not None else ""
 
+    def floor_of(r: Result) -> str:
+        prefix = "before: " if r.name.startswith("before: ") else ""
+        floor = by_name.get(prefix + FLOOR)
+        if r.name.startswith(("naive: ", "count(*): ")) or not (floor and floor.p50_ms):
+            return ""
+        return f"{r.p50_ms / floor.p50_ms:.1f}x" if r.p50_ms else ""
+
     print(
-        f"\n{'measurement':<52} {'p50 ms':>8} {'p99 ms':>8} {'n':>5}  {'target':<28} "
-        f"{'naive p50':>9} {'speedup':>8}  rate / note"
+        f"\n{'measurement':<52} {'p50 ms':>8} {'p99 ms':>8} {'x floor':>7} {'n':>5}  "
+        f"{'target':<28} {'naive p50':>9} {'speedup':>8}  rate / note"
     )
-    print("-" * 150)
+    print("-" * 158)
     for r in results:
         naive = by_name.get(r.naive)
         ratio = ""
@@ -679,10 +716,11 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         target = r.target + ("" if r.met is None else (" OK" if r.met else " MISSED"))
         tail = "  ".join(x for x in (r.rate, r.note) if x)
         print(
-            f"{r.name:<52} {fmt(r.p50_ms):>8} {fmt(r.p99_ms):>8} {r.n or '':>5}  {target:<28} "
-            f"{fmt(naive.p50_ms if naive else None):>9} {ratio:>8}  {tail}"
+            f"{r.name:<52} {fmt(r.p50_ms):>8} {fmt(r.p99_ms):>8} {floor_of(r):>7} "
+            f"{r.n or '':>5}  {target:<28} {fmt(naive.p50_ms if naive else None):>9} "
+            f"{ratio:>8}  {tail}"
         )
-    print("-" * 150)
+    print("-" * 158)
     for prefix in ("", "before: ") if args.before_src else ("",):
         deep = by_name.get(prefix + "list: cursor 500,000 deep")
         offset = by_name.get("naive: OFFSET 500,000")
