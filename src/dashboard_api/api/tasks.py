@@ -50,7 +50,7 @@ router = APIRouter(prefix="/api/tasks", tags=["tasks"], responses=problem_respon
 TaskIdPath = Annotated[str, Path(pattern=TASK_ID_PATTERN)]
 
 
-def task_filters(
+async def task_filters(  # async: a plain def would run in the thread pool (a hop per request)
     status: Annotated[
         list[Annotated[str, choice_items(TASK_STATUSES)]] | None,
         Query(description=MULTI_DESCRIPTION),
