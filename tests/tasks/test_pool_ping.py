@@ -1,4 +1,5 @@
-"""Pooled PostgreSQL connections are pinged on checkout only after being idle a while."""
+"""Pooled PostgreSQL connections: pinged on checkout only after being idle a while, and
+kept open once opened."""
 
 from __future__ import annotations
 
@@ -57,6 +58,35 @@ async def test_connection_killed_inside_the_window_fails_once_then_recovers(
             await _backend_pid(db)
         assert failed.value.connection_invalidated
         assert await _backend_pid(db) != pid
+    finally:
+        await db.dispose()
+
+
+async def test_connections_opened_under_load_stay_open(backend: Backend) -> None:
+    """Up to twice the pool size run at once, and every one of them is kept: a pool that
+    closed its overflow connections on checkin opened new ones (a backend process each)
+    all the time under load."""
+    db = Database(backend.database_url, pool_size=2)
+    try:
+
+        async def pids_at_once() -> set[int]:
+            gate = asyncio.Event()
+
+            async def hold() -> int:
+                async with db.read() as session:
+                    pid = int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+                    await gate.wait()
+                    return pid
+
+            held = [asyncio.create_task(hold()) for _ in range(4)]
+            while db.engine.sync_engine.pool.checkedout() < 4:  # type: ignore[attr-defined]
+                await asyncio.sleep(0.01)
+            gate.set()
+            return set(await asyncio.gather(*held))
+
+        first = await pids_at_once()
+        assert len(first) == 4
+        assert await pids_at_once() == first
     finally:
         await db.dispose()
 

@@ -49,7 +49,7 @@ class Realtime:
             history,
             buffer_limit=settings.ws_send_queue_size,
             write_interval=settings.ws_write_interval_ms / 1000,
-            # Resume replays: most of the pool (whose overflow is as large again), so that
+            # Resume replays: less than half the pool (twice the setting), so that
             # churning subscribers are not served four at a time; HTTP keeps the rest.
             db_concurrency=max(2, settings.database_pool_size * 4 // 5),
         )
