@@ -1,7 +1,7 @@
 """OTLP ingestion: spans per second through POST /v1/traces, one server process, PostgreSQL.
 
     python -m bench.otlp [--requests 200] [--batch 512] [--spans-per-trace 10]
-                         [--connections 4] [--content]
+                         [--connections 4] [--content] [--before-src DIR]
 
 One real uvicorn server (PostgreSQL + Redis, as in production) on a database of its own.
 The bodies are made before timing: binary protobuf `ExportTraceServiceRequest`s of
@@ -13,6 +13,12 @@ second of wall time, with the server's CPU seconds per 10,000 spans. In the same
 `GET /api/health` on the same connections gives the floor the machine allows (requests
 per second of a request that does nothing), and the ratio of OTLP requests per second
 to it. Finally every invocation is checked to have become exactly one task.
+
+`--before-src DIR` (a checkout of another commit: its `src` is served) starts a second
+server on the same database and sends it as many requests, alternately with this
+checkout's server in rounds of a tenth of the requests each (the first to go switching
+every round), so that both figures come from the same moments of a shared machine; the
+ratio after / before is reported.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import os
 import secrets
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -145,8 +153,44 @@ async def _health_rate(port: int, connections: int, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
+ROUNDS = 10
+
+
+async def _alternate(
+    ports: dict[str, int], pids: dict[str, int], token: str, payloads: list[bytes], c: int
+) -> dict[str, tuple[float, float]]:
+    """Each server's (wall seconds, server CPU seconds) for its share of `payloads`, sent
+    in alternating rounds."""
+    sides = list(ports)
+    share = len(payloads) // len(sides)
+    spent = {side: [0.0, 0.0] for side in sides}
+    for r in range(ROUNDS):
+        for side in sides if r % 2 == 0 else reversed(sides):
+            k = sides.index(side)
+            mine = payloads[k * share : (k + 1) * share]
+            part = mine[r * share // ROUNDS : (r + 1) * share // ROUNDS]
+            cpu0 = cpu_seconds(pids[side])
+            spent[side][0] += await _send_all(ports[side], token, part, c)
+            spent[side][1] += cpu_seconds(pids[side]) - cpu0
+    return {side: (wall, cpu) for side, (wall, cpu) in spent.items()}
+
+
+def _figures(spans: int, requests: int, wall: float, cpu: float, health: float) -> dict[str, Any]:
+    return {
+        "spans": spans,
+        "spans_per_second": round(spans / wall),
+        "requests_per_second": round(requests / wall, 1),
+        "server_cpu_s_per_10k_spans": round(cpu * 10_000 / spans, 3),
+        "spans_per_server_cpu_second": round(spans / cpu) if cpu else None,
+        "otlp_requests_vs_health_floor": round(requests / wall / health, 4),
+        "spans_vs_health_floor": round(spans / wall / health, 2),
+    }
+
+
 async def main(args: argparse.Namespace) -> None:
-    payloads = bodies(args.requests + 5, args.batch, args.spans_per_trace, args.content)
+    sides = ["after", "before"] if args.before_src else ["after"]
+    n = len(sides)
+    payloads = bodies(args.requests * n + 5 * n, args.batch, args.spans_per_trace, args.content)
     per_request = (args.batch // args.spans_per_trace) * args.spans_per_trace
     async with scratch_database("dash_bench_otlp_", ("agent",)) as (db_url, tokens):
         prefix = f"dashbench:{uuid.uuid4().hex[:8]}:"
@@ -159,18 +203,26 @@ async def main(args: argparse.Namespace) -> None:
             "DASHBOARD_LOG_LEVEL": "WARNING",
             "DASHBOARD_RATE_LIMIT_PER_MINUTE": "0",
         }
-        port = free_port()
-        server = _start_server(port, env, None)
+        srcs = {"after": None, "before": str(Path(args.before_src or ".") / "src")}
+        ports = {side: free_port() for side in sides}
+        servers = {side: _start_server(ports[side], env, srcs[side]) for side in sides}
         try:
-            await _wait_healthy(port)
-            await _send_all(port, tokens["agent"], payloads[:5], 1)  # warm-up
-            health_before = await _health_rate(port, args.connections, 3.0)
-            cpu0 = cpu_seconds(server.pid)
-            wall = await _send_all(port, tokens["agent"], payloads[5:], args.connections)
-            cpu = cpu_seconds(server.pid) - cpu0
-            health_after = await _health_rate(port, args.connections, 3.0)
+            for i, side in enumerate(sides):
+                await _wait_healthy(ports[side])
+                await _send_all(ports[side], tokens["agent"], payloads[5 * i : 5 * i + 5], 1)
+            timed = payloads[5 * n :]
+            health_before = await _health_rate(ports["after"], args.connections, 3.0)
+            spent = await _alternate(
+                ports,
+                {side: server.pid for side, server in servers.items()},
+                tokens["agent"],
+                timed,
+                args.connections,
+            )
+            health_after = await _health_rate(ports["after"], args.connections, 3.0)
         finally:
-            _stop(server)
+            for server in servers.values():
+                _stop(server)
         conn = await connect(db_url.rsplit("/", 1)[1])
         try:
             tasks = await conn.fetchval("SELECT count(*) FROM tasks")
@@ -178,20 +230,25 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             await conn.close()
     spans = args.requests * per_request
-    invocations = (args.requests + 5) * (per_request // args.spans_per_trace)
+    invocations = len(payloads) * (per_request // args.spans_per_trace)
     health = (health_before + health_after) / 2
-    result = {
-        "spans": spans,
-        "spans_per_second": round(spans / wall),
-        "requests_per_second": round(args.requests / wall, 1),
-        "server_cpu_s_per_10k_spans": round(cpu * 10_000 / spans, 3),
-        "health_requests_per_second": round(health),
-        "otlp_requests_vs_health_floor": round(args.requests / wall / health, 4),
-        "spans_vs_health_floor": round(spans / wall / health, 2),
-        "tasks_ok": tasks == invocations,
-        "spans_stored_ok": stored == invocations * args.spans_per_trace,
-        "loadavg_1m": os.getloadavg()[0],
+    result: dict[str, Any] = {
+        side: _figures(spans, args.requests, *spent[side], health) for side in sides
     }
+    if args.before_src:
+        after, before = result["after"], result["before"]
+        result["spans_per_second_after_vs_before"] = round(
+            after["spans_per_second"] / before["spans_per_second"], 2
+        )
+        result["server_cpu_per_span_after_vs_before"] = round(
+            after["server_cpu_s_per_10k_spans"] / before["server_cpu_s_per_10k_spans"], 2
+        )
+    result.update(
+        health_requests_per_second=round(health),
+        tasks_ok=tasks == invocations,
+        spans_stored_ok=stored == invocations * args.spans_per_trace,
+        loadavg_1m=os.getloadavg()[0],
+    )
     print(json.dumps(result, indent=2))
     if not (result["tasks_ok"] and result["spans_stored_ok"]):
         raise SystemExit(f"WRONG: {tasks} tasks for {invocations} invocations, {stored} spans")
@@ -204,6 +261,9 @@ def cli() -> None:
     parser.add_argument("--spans-per-trace", type=int, default=10)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--content", action="store_true", help="a completion event per chat")
+    parser.add_argument(
+        "--before-src", help="a checkout of another commit to serve and time in the same run"
+    )
     asyncio.run(main(parser.parse_args()))
 
 
