@@ -39,6 +39,7 @@ version_st = st.fixed_dictionaries(
         "cost_micros": st.sampled_from((0, 400_000, 1_500_000, 7_000_000)),
         "input_tokens": st.integers(0, 10_000),
         "duration_us": st.one_of(st.none(), st.integers(0, 10**9)),
+        "failure_reason": st.sampled_from(("lease_expired", "agent")),
     }
 )
 writes_st = st.lists(
@@ -71,6 +72,7 @@ def _snapshot(task_id: str, clock: FakeClock, v: dict[str, Any]) -> TaskSnapshot
         cache_write_tokens=0,
         result=None,
         error=None,
+        failure_reason=v["failure_reason"] if v["status"] == "failed" else None,
     )
 
 
