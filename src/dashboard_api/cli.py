@@ -37,18 +37,16 @@ def _migrated_settings() -> Settings:
     """
     from pathlib import Path
 
-    from sqlalchemy.engine import make_url
-
     from dashboard_api.cli_errors import CliFailure
+    from dashboard_api.db.dialect import dialect_for_url
     from dashboard_api.db.migrate import upgrade_to_head
 
     settings = _settings()
-    if settings.backend == "sqlite":
+    path = dialect_for_url(settings.database_url).database_file(settings.database_url)
+    if path and not Path(path).parent.is_dir():
         # Said up front: SQLite's own "unable to open database file" names no reason, and
         # aiosqlite then prints a stray thread traceback as the process exits.
-        path = make_url(settings.database_url).database
-        if path and path != ":memory:" and not Path(path).parent.is_dir():
-            raise CliFailure(f"cannot create {path}: its directory does not exist")
+        raise CliFailure(f"cannot create {path}: its directory does not exist")
     upgrade_to_head(settings.database_url)
     return settings
 
@@ -132,6 +130,8 @@ def serve(
 
     import uvicorn
 
+    from dashboard_api.db.dialect import dialect_for_url
+
     settings = _settings()
     if workers > 1 and not settings.redis_url:
         typer.echo(
@@ -140,7 +140,8 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
-    if workers > 1 and settings.backend == "sqlite":
+    if workers > 1 and dialect_for_url(settings.database_url).serializes_writers:
+        # One process owns an embedded database: its writers queue in that process.
         typer.echo("--workers > 1 needs PostgreSQL (DASHBOARD_DATABASE_URL).", err=True)
         raise typer.Exit(2)
     busy = _port_in_use(host, port)

@@ -1,4 +1,7 @@
-"""The database handle: engine, sessions, the single-writer rule on SQLite, events after commit."""
+"""The database handle: engine, sessions, the single-writer rule on SQLite, events after commit.
+
+What differs between backends is asked of `self.dialect` (db/dialect/), chosen once here.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from sqlalchemy import event, text
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -20,7 +21,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry
+
+from dashboard_api.db.dialect import SESSION_KEY, WRITE_OPTION, Dialect, dialect_for_url
 
 log = logging.getLogger(__name__)
 
@@ -39,53 +41,6 @@ def emit(session: AsyncSession, channel: str, payload: dict[str, Any]) -> None:
     session.info.setdefault(_EVENTS_KEY, []).append((channel, payload))
 
 
-def _sqlite_on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
-    # Let SQLAlchemy's "begin" hook emit BEGIN itself (the driver's implicit one cannot
-    # be made IMMEDIATE), and make the file safe for concurrent readers and one writer.
-    dbapi_conn.isolation_level = None
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")  # a 2xx means the commit is on disk
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
-    dbapi_conn.create_function("dashboard_casefold", 1, _casefold, deterministic=True)
-
-
-def _casefold(value: str | None) -> str | None:
-    return None if value is None else value.casefold()
-
-
-# A pooled connection used this recently is handed out without a ping (HikariCP's
-# "alive bypass window"). SQLAlchemy's pre-ping costs BEGIN, a query and ROLLBACK on every
-# checkout, as much as a whole read request; a connection that died inside the window
-# fails its query instead, which invalidates the pool (503 once, like any outage).
-PING_AFTER_IDLE_SECONDS = 1.0
-_RETURNED_AT = "dashboard_returned_at"
-
-
-def _note_checkin(_dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
-    record.info[_RETURNED_AT] = time.monotonic()
-
-
-def _ping_if_idle(dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
-    returned_at = record.info.get(_RETURNED_AT)
-    if returned_at is not None and time.monotonic() - returned_at < PING_AFTER_IDLE_SECONDS:
-        return
-    try:
-        dbapi_conn.ping()
-    except Exception as error:
-        # The pool discards this connection and checks out another (or a new one).
-        raise sa_exc.DisconnectionError(str(error)) from error
-
-
-# The service's queries are short and read through indexes, but some (a 30-day histogram
-# sum, an exact count over a broad filter) are estimated above `jit_above_cost`: compiling
-# them took 70 ms of a 125 ms answer that runs in 20 ms without. Maintenance commands
-# (command_timeout None), whose scans of millions of rows gain from JIT, keep it.
-_SERVICE_SETTINGS = {"jit": "off"}
-
-
 class Database:
     """One per app. Writes go through `write()`, which serializes writers on SQLite."""
 
@@ -98,61 +53,34 @@ class Database:
         command_timeout: float | None = 60,
     ) -> None:
         self.url = url
-        self.backend: Literal["postgresql", "sqlite"] = (
-            "sqlite" if url.startswith("sqlite") else "postgresql"
-        )
-        kwargs: dict[str, Any] = {"echo": echo}
-        if self.backend == "postgresql":
-            kwargs.update(
-                # Up to twice `pool_size` connections, every one kept once opened. An
-                # overflow connection is closed at checkin: with the overflow as large
-                # as the pool, 32 concurrent list requests opened a new session (a
-                # backend process, authentication, an empty statement cache) for one
-                # request in eight.
-                pool_size=2 * pool_size,
-                max_overflow=0,
-                # Checked on checkout by _ping_if_idle instead (a ping is three round trips).
-                pool_pre_ping=False,
-                pool_timeout=10,
-                # None for maintenance commands (bulk loads, rebuilds) that run for minutes.
-                connect_args={
-                    "timeout": 5,
-                    "command_timeout": command_timeout,
-                    "server_settings": _SERVICE_SETTINGS if command_timeout else {},
-                },
-            )
-        else:
-            kwargs.update(connect_args={"timeout": 30})
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        # Reads whose statements need no shared snapshot run in autocommit on PostgreSQL:
-        # no BEGIN and ROLLBACK round trips around them (two of a short read's four).
+        # Chosen once: every backend difference below and in the services asks it.
+        self.dialect: Dialect = dialect_for_url(url)
+        # The backend's name, for reports (status); behaviour asks the dialect.
+        self.backend: Literal["postgresql", "sqlite"] = self.dialect.backend
+        options = self.dialect.engine_options(pool_size=pool_size, command_timeout=command_timeout)
+        self.engine: AsyncEngine = create_async_engine(url, echo=echo, **options)
+        self.dialect.install(self.engine)
+        info = {SESSION_KEY: self.dialect}
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, info=info)
+        # Reads whose statements need no shared snapshot run in autocommit where the
+        # dialect allows: no BEGIN and ROLLBACK round trips around them (two of a short
+        # read's four).
         self._statement_sessions = (
             async_sessionmaker(
                 self.engine.execution_options(isolation_level="AUTOCOMMIT"),
                 expire_on_commit=False,
+                info=info,
             )
-            if self.backend == "postgresql"
+            if self.dialect.reads_in_autocommit
             else self.sessions
         )
         self.publisher: Publisher | None = None
-        self._write_lock = asyncio.Lock() if self.backend == "sqlite" else None
-        if self.backend == "postgresql":
-            event.listen(self.engine.sync_engine.pool, "connect", _note_checkin)
-            event.listen(self.engine.sync_engine.pool, "checkin", _note_checkin)
-            event.listen(self.engine.sync_engine.pool, "checkout", _ping_if_idle)
-        if self.backend == "sqlite":
-            sync_engine = self.engine.sync_engine
-            event.listen(sync_engine, "connect", _sqlite_on_connect)
-
-            @event.listens_for(sync_engine, "begin")
-            def _begin(conn: Any) -> None:
-                mode = "IMMEDIATE" if conn.get_execution_options().get("dashboard_write") else ""
-                conn.exec_driver_sql(f"BEGIN {mode}".strip())
+        self._write_lock = asyncio.Lock() if self.dialect.serializes_writers else None
 
     def configure_sessions(self, info: dict[str, Any]) -> None:
         """Hand `info` (what the services read of the app: settings, shared caches, the
-        task write hooks) to every session of this database."""
+        task write hooks) to every session of this database, with its dialect."""
+        info = {**info, SESSION_KEY: self.dialect}
         self.sessions.configure(info=info)
         if self._statement_sessions is not self.sessions:
             self._statement_sessions.configure(info=info)
@@ -167,7 +95,7 @@ class Database:
     async def read_statements(self) -> AsyncIterator[AsyncSession]:
         """A session for reads whose statements each see what was committed before them,
         and need no snapshot in common: the same as `read()` under PostgreSQL's READ
-        COMMITTED, without its BEGIN and ROLLBACK (autocommit). On SQLite, `read()`."""
+        COMMITTED, without its BEGIN and ROLLBACK (autocommit). Elsewhere (SQLite), `read()`."""
         async with self._statement_sessions() as session:
             yield session
 
@@ -178,7 +106,7 @@ class Database:
             try:
                 # Takes the SQLite write lock up front (BEGIN IMMEDIATE): a deferred
                 # transaction that upgrades later can fail with "database is locked".
-                await session.connection(execution_options={"dashboard_write": True})
+                await session.connection(execution_options={WRITE_OPTION: True})
                 yield session
                 await session.commit()
             except BaseException:
@@ -190,7 +118,7 @@ class Database:
     def writes_alone(self) -> bool:
         """Whether `alone()` is available: single-statement writes outside a transaction
         (PostgreSQL; on SQLite every write takes the process's write lock in `write()`)."""
-        return self.backend == "postgresql"
+        return self.dialect.writes_alone
 
     @asynccontextmanager
     async def alone(self) -> AsyncIterator[AsyncConnection]:

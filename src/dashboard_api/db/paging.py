@@ -16,7 +16,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
-from dashboard_api.db.dialect import reuses_cte_results
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.errors import Unprocessable
 from dashboard_api.timeutil import to_utc
 
@@ -206,7 +206,7 @@ async def paginate(
         offset = (request.page - 1) * request.per_page
         if offset < SEEK_FROM_OFFSET:
             page_stmt = page_stmt.offset(offset)
-        elif total_expression is not None and reuses_cte_results(session):
+        elif total_expression is not None and dialect_of(session).reuses_cte_results:
             deep_rows, carried_values = await _deep_page(
                 session, stmt, ordering, request, offset, extra, seek=seek, locate=locate
             )

@@ -16,7 +16,7 @@ from typing import Any
 
 from dashboard_api.aiotasks import raise_if_cancelled
 from dashboard_api.context import AppContext
-from dashboard_api.db.dialect import advisory_xact_lock_sql
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.paging import PageRequest
 from dashboard_api.demo.data import DEMO_USER, has_tasks, new_task_prompt, seed_demo
 from dashboard_api.demo.inprocess import ServiceBackend
@@ -43,7 +43,7 @@ DEMO_DEATH_RATE = 0.05
 async def _claim_seeding(ctx: AppContext) -> bool:
     """True for the one process that should seed (the database has no task yet)."""
     async with ctx.db.write() as session:
-        lock = advisory_xact_lock_sql(session, _SEED_LOCK_KEY)
+        lock = dialect_of(session).advisory_xact_lock_sql(_SEED_LOCK_KEY)
         if lock is not None:
             await session.execute(lock)
         if await has_tasks(session):

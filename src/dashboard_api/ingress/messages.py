@@ -17,7 +17,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.context import AppContext
-from dashboard_api.db.dialect import upsert
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.ingress import IngressMessage
 from dashboard_api.ids import TASK_ID_RE
 from dashboard_api.schemas.tasks import OutputAppend, TaskUpdate
@@ -54,7 +54,8 @@ async def claim_message(
     """
     table = IngressMessage.__table__
     stmt = (
-        upsert(session, table)  # type: ignore[arg-type]
+        dialect_of(session)
+        .insert(table)  # type: ignore[arg-type]
         .values(task_id=task_id, message_id=message_id, stored_at=now)
         .on_conflict_do_nothing(index_elements=["task_id", "message_id"])
         .returning(table.c.message_id)

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import lock_for_update, upsert
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models import Agent, Task
 from dashboard_api.schemas.agents import AgentPublic, AgentRegister
@@ -194,7 +194,8 @@ async def _locked_or_created(
 ) -> tuple[Agent, bool]:
     """The agent row locked for the transaction, created first when missing."""
     insert = (
-        upsert(session, Agent.__table__)  # type: ignore[arg-type]
+        dialect_of(session)
+        .insert(Agent.__table__)  # type: ignore[arg-type]
         .values(
             name=name,
             description=None,
@@ -208,7 +209,7 @@ async def _locked_or_created(
         .on_conflict_do_nothing(index_elements=["name"])
     )
     created = (await session.execute(insert)).rowcount == 1  # type: ignore[attr-defined]
-    stmt = lock_for_update(session, select(Agent).where(Agent.name == name))
+    stmt = dialect_of(session).lock_for_update(select(Agent).where(Agent.name == name))
     agent = (await session.scalars(stmt.execution_options(populate_existing=True))).one()
     return agent, created
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import lock_for_update, upsert
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.oauth import OAUTH_PLATFORMS, OAuthInstallation
 from dashboard_api.errors import Conflict, NotFound
 from dashboard_api.ids import new_id
@@ -117,20 +117,24 @@ async def upsert_installation(
         "installed_at": body.installed_at or now,
         "updated_at": now,
     }
-    stmt = lock_for_update(
-        session,
-        select(OAuthInstallation).where(
-            OAuthInstallation.platform == body.platform,
-            OAuthInstallation.organization == body.organization,
-        ),
-    ).execution_options(populate_existing=True)
+    stmt = (
+        dialect_of(session)
+        .lock_for_update(
+            select(OAuthInstallation).where(
+                OAuthInstallation.platform == body.platform,
+                OAuthInstallation.organization == body.organization,
+            ),
+        )
+        .execution_options(populate_existing=True)
+    )
     row: OAuthInstallation | None = None
     # Insert-or-nothing first, so that two concurrent reports create one row; try again
     # if the row it collided with is deleted before we lock it.
     for _ in range(2):
         inserted = (
             await session.execute(
-                upsert(session, OAuthInstallation.__table__)  # type: ignore[arg-type]
+                dialect_of(session)
+                .insert(OAuthInstallation.__table__)  # type: ignore[arg-type]
                 .values(**new_values)
                 .on_conflict_do_nothing(
                     index_elements=[OAuthInstallation.platform, OAuthInstallation.organization]

@@ -51,7 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import lock_skip_locked, upsert
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models import ConversationTask, Task, TaskEvent, TaskOutputChunk
 from dashboard_api.db.models.analytics import AnalyticsState
@@ -210,7 +210,7 @@ async def pruned_before(session: AsyncSession) -> datetime | None:
 
 
 async def _ensure_state_row(session: AsyncSession) -> None:
-    stmt = upsert(session, _STATE).values(id=1, rebuilds=0, prunes=0)
+    stmt = dialect_of(session).insert(_STATE).values(id=1, rebuilds=0, prunes=0)
     await session.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
 
 
@@ -225,8 +225,7 @@ async def _delete_batch(
     them; and the creation time of the last one (None: none found)."""
     report = PruneReport(cutoff=cutoff)
     async with db.write() as session:
-        pick = lock_skip_locked(
-            session,
+        pick = dialect_of(session).lock_skip_locked(
             select(_T.c.task_id, _T.c.created_at)
             .where(*_prunable(before), _T.c.created_at >= since)
             .order_by(_T.c.created_at, _T.c.task_id)

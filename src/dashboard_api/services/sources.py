@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import lock_for_update, lock_skip_locked
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models.sources import ACTIVE_JOB_STATUSES, DataSource, IndexJob
 from dashboard_api.db.paging import Ordering, PageRequest, PageResult, paginate
@@ -117,7 +117,7 @@ async def _latest_jobs(session: AsyncSession, source_ids: Sequence[str]) -> dict
 async def _source(session: AsyncSession, source_id: str, *, lock: bool = False) -> DataSource:
     stmt: Select[Any] = select(DataSource).where(DataSource.source_id == source_id)
     if lock:
-        stmt = lock_for_update(session, stmt).execution_options(populate_existing=True)
+        stmt = dialect_of(session).lock_for_update(stmt).execution_options(populate_existing=True)
     source: DataSource | None = (await session.scalars(stmt)).first()
     if source is None:
         raise NotFound(f"No source {source_id!r}.")
@@ -196,7 +196,7 @@ async def _active_jobs(session: AsyncSession, source_id: str) -> Sequence[IndexJ
     stmt = select(IndexJob).where(
         IndexJob.source_id == source_id, IndexJob.status.in_(ACTIVE_JOB_STATUSES)
     )
-    stmt = lock_for_update(session, stmt).execution_options(populate_existing=True)
+    stmt = dialect_of(session).lock_for_update(stmt).execution_options(populate_existing=True)
     return (await session.scalars(stmt)).all()
 
 
@@ -258,16 +258,16 @@ async def claim_job(
         )
     ).all()
     for job_id, source_id in candidates:
-        source_stmt = lock_skip_locked(
-            session, select(DataSource).where(DataSource.source_id == source_id)
+        source_stmt = dialect_of(session).lock_skip_locked(
+            select(DataSource).where(DataSource.source_id == source_id)
         )
         source = (
             await session.scalars(source_stmt.execution_options(populate_existing=True))
         ).first()
         if source is None:  # being changed by someone else right now
             continue
-        job_stmt = lock_skip_locked(
-            session, select(IndexJob).where(IndexJob.job_id == job_id, IndexJob.status == "queued")
+        job_stmt = dialect_of(session).lock_skip_locked(
+            select(IndexJob).where(IndexJob.job_id == job_id, IndexJob.status == "queued")
         )
         job = (await session.scalars(job_stmt.execution_options(populate_existing=True))).first()
         if job is None:  # taken meanwhile
@@ -296,7 +296,7 @@ async def update_job(
         source = await _source(session, found.source_id, lock=True)
     except NotFound:
         source = None  # deleted: its jobs were cancelled, so this update ends in a 409
-    stmt = lock_for_update(session, select(IndexJob).where(IndexJob.job_id == job_id))
+    stmt = dialect_of(session).lock_for_update(select(IndexJob).where(IndexJob.job_id == job_id))
     job: IndexJob = (await session.scalars(stmt.execution_options(populate_existing=True))).one()
 
     if job.status in ENDED_JOB_STATUSES:
@@ -366,16 +366,15 @@ async def expire_jobs(session: AsyncSession, *, now: datetime, limit: int = 100)
     ).all()
     expired: list[IndexJob] = []
     for job_id, source_id in candidates:
-        source_stmt = lock_skip_locked(
-            session, select(DataSource).where(DataSource.source_id == source_id)
+        source_stmt = dialect_of(session).lock_skip_locked(
+            select(DataSource).where(DataSource.source_id == source_id)
         )
         source = (
             await session.scalars(source_stmt.execution_options(populate_existing=True))
         ).first()
         if source is None:  # being written right now: the next run
             continue
-        job_stmt = lock_skip_locked(
-            session,
+        job_stmt = dialect_of(session).lock_skip_locked(
             select(IndexJob).where(
                 IndexJob.job_id == job_id,
                 IndexJob.status == "running",

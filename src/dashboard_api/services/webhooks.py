@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy import ColumnElement, Select, case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import lock_for_update, upsert
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models.webhooks import WEBHOOK_SOURCES, WebhookConfig, WebhookEvent
 from dashboard_api.db.paging import Ordering, PageRequest, PageResult, paginate
@@ -121,11 +121,14 @@ async def update_config(
     require_source(source)
     # Make the row exist (race-free), then lock it for the change.
     await session.execute(
-        upsert(session, WebhookConfig.__table__)  # type: ignore[arg-type]
+        dialect_of(session)
+        .insert(WebhookConfig.__table__)  # type: ignore[arg-type]
         .values(source=source, enabled=True, secret=None, updated_at=now)
         .on_conflict_do_nothing(index_elements=[WebhookConfig.source])
     )
-    stmt = lock_for_update(session, select(WebhookConfig).where(WebhookConfig.source == source))
+    stmt = dialect_of(session).lock_for_update(
+        select(WebhookConfig).where(WebhookConfig.source == source)
+    )
     row = (await session.scalars(stmt.execution_options(populate_existing=True))).one()
     fields = body.model_fields_set
     if "enabled" in fields and body.enabled is not None:
@@ -349,7 +352,8 @@ async def _insert_success(
     """Insert a successful event unless its delivery id was seen: (event, created)."""
     event_id = new_id()
     stmt = (
-        upsert(session, WebhookEvent.__table__)  # type: ignore[arg-type]
+        dialect_of(session)
+        .insert(WebhookEvent.__table__)  # type: ignore[arg-type]
         .values(
             event_id=event_id, source=source, delivery_id=delivery_id, status="success", **values
         )

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import lock_for_update
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models import Task
 from dashboard_api.db.models.guards import Budget
@@ -110,7 +110,7 @@ def _settle(
 
 
 async def _locked(session: AsyncSession, budget_id: str) -> Budget | None:
-    stmt = lock_for_update(session, select(Budget).where(Budget.budget_id == budget_id))
+    stmt = dialect_of(session).lock_for_update(select(Budget).where(Budget.budget_id == budget_id))
     result = await session.scalars(stmt.execution_options(populate_existing=True))
     return result.first()
 

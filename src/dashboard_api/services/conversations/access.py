@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.auth import Principal
-from dashboard_api.db.dialect import lock_for_update
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models import Conversation
 from dashboard_api.errors import Forbidden, NotFound
 
@@ -38,7 +38,7 @@ async def get_visible(
         Conversation.conversation_id == conversation_id, *visibility(principal)
     )
     if lock:
-        stmt = lock_for_update(session, stmt)
+        stmt = dialect_of(session).lock_for_update(stmt)
     result = await session.scalars(stmt.execution_options(populate_existing=True))
     conversation = result.first()
     if conversation is None:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.auth import Principal
-from dashboard_api.db.dialect import lock_for_update
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models import Task
 from dashboard_api.errors import Conflict, NotFound
@@ -51,7 +51,7 @@ async def link_task(
 
 
 async def _locked_task(session: AsyncSession, task_id: str) -> Task:
-    stmt = lock_for_update(session, select(Task).where(Task.task_id == task_id))
+    stmt = dialect_of(session).lock_for_update(select(Task).where(Task.task_id == task_id))
     task: Task | None = (
         await session.scalars(stmt.execution_options(populate_existing=True))
     ).first()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import lock_for_update
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models import Conversation, ConversationTask, Task
 from dashboard_api.services.task_hooks import TaskSnapshot
 
@@ -37,8 +37,7 @@ async def membership(session: AsyncSession, task_id: str) -> Member | None:
 
 async def lock_conversation(session: AsyncSession, conversation_id: str) -> bool:
     """Lock the conversation row; False when it does not exist (or was just deleted)."""
-    stmt = lock_for_update(
-        session,
+    stmt = dialect_of(session).lock_for_update(
         select(Conversation.conversation_id).where(Conversation.conversation_id == conversation_id),
     )
     return (await session.execute(stmt)).first() is not None

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.auth import Principal
-from dashboard_api.db.dialect import upsert
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models import Conversation, ConversationMessage
 from dashboard_api.db.paging import Ordering, PageRequest, PageResult, paginate
@@ -83,7 +83,8 @@ async def insert_message(
         "metadata": metadata,
     }
     stmt = (
-        upsert(session, ConversationMessage.__table__)  # type: ignore[arg-type]
+        dialect_of(session)
+        .insert(ConversationMessage.__table__)  # type: ignore[arg-type]
         .values(values)
         .on_conflict_do_nothing(index_elements=["conversation_id", "reply_task_id"])
         .returning(ConversationMessage.__table__.c.message_id)

@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, u
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.auth import Principal
-from dashboard_api.db.dialect import contains_ci, lock_for_update, lock_skip_locked
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models import Conversation, ConversationTask, Task
 from dashboard_api.db.paging import Ordering, PageRequest, PageResult, paginate
 from dashboard_api.ids import new_id
@@ -84,7 +84,7 @@ async def list_conversations(
     if filters.user_id is not None:
         where.append(Conversation.user_id == filters.user_id)
     if filters.q:
-        where.append(contains_ci(session, Conversation.title, filters.q))
+        where.append(dialect_of(session).contains_ci(Conversation.title, filters.q))
     stmt: Select[Any] = select(Conversation).where(and_(*where))
     count_stmt = select(func.count()).select_from(Conversation).where(and_(*where))
     return await paginate(
@@ -140,14 +140,13 @@ async def delete_conversation(
         ConversationTask.conversation_id == conversation_id
     )
     counted = or_(Task.conversation_id == conversation_id, Task.task_id.in_(members))
-    first = lock_for_update(session, select(Task).where(counted).order_by(Task.task_id))
+    first = dialect_of(session).lock_for_update(select(Task).where(counted).order_by(Task.task_id))
     tasks = list((await session.scalars(first.execution_options(populate_existing=True))).all())
     await get_visible(session, conversation_id, principal, lock=True)
     # Tasks linked by writers that committed between the two locks. One still locked by a
     # writer that now waits for this conversation is skipped (waiting would deadlock);
     # that writer finds the conversation gone and unlinks its task itself (on_task_written).
-    late = lock_skip_locked(
-        session,
+    late = dialect_of(session).lock_skip_locked(
         select(Task)
         .where(counted, Task.task_id.not_in([t.task_id for t in tasks]))
         .order_by(Task.task_id),

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import lock_for_update, lock_skip_locked
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models import Task
 from dashboard_api.errors import Conflict, NotFound
 from dashboard_api.schemas.tasks import TaskCreate
@@ -51,8 +51,7 @@ RETRIABLE_STATUSES = frozenset({"failed", "cancelled"})
 async def heartbeat_task(session: AsyncSession, *, task_id: str, now: datetime) -> None:
     """A producer's sign of life on a running task: renew its lease (when due). 404 for
     an unknown task; 409 with the current status when it is not running."""
-    stmt = lock_for_update(
-        session,
+    stmt = dialect_of(session).lock_for_update(
         select(_T.c.status, _T.c.lease_expires_at, _T.c.lease_seconds).where(
             _T.c.task_id == task_id
         ),
@@ -122,7 +121,7 @@ async def expire_tasks(
         .order_by(_T.c.lease_expires_at, _T.c.task_id)
         .limit(limit)
     )
-    rows = (await session.execute(lock_skip_locked(session, pick))).all()
+    rows = (await session.execute(dialect_of(session).lock_skip_locked(pick))).all()
     out: list[Expired] = []
     for row in rows:
         task = SimpleNamespace(**row._mapping)
@@ -165,7 +164,7 @@ async def retry_task(
 ) -> tuple[Any, bool]:
     """The retry of a failed or cancelled task: (new queued task, True), or (the retry
     made before, False). 404 for an unknown task; 409 with the current status otherwise."""
-    stmt = lock_for_update(session, select(*TASK_ROW).where(_T.c.task_id == task_id))
+    stmt = dialect_of(session).lock_for_update(select(*TASK_ROW).where(_T.c.task_id == task_id))
     row = (await session.execute(stmt)).first()
     if row is None:
         raise NotFound(f"No task {task_id!r}.")

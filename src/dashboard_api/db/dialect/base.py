@@ -1,0 +1,338 @@
+"""What the service needs of a database backend: the `Dialect` every backend implements.
+
+A `Database` chooses its dialect once, from its URL (`dialect_for_url`), and hands it
+to every session it makes (`dialect_of(session)`). Code above `db/` asks the dialect
+for a statement, a clause or an operation, never which backend it talks to: each
+difference between PostgreSQL and SQLite is one method here, written twice
+(`postgresql.py`, `sqlite.py`). A few answers are capabilities (`reuses_cte_results`,
+`binds_arrays`, ...) that a caller uses to pick between two plans of its own; each says
+why the plans differ.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Select, Table, TextClause
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import QueryableAttribute
+
+from dashboard_api.db.dialect.locks import NamedLocks
+
+Column = ColumnElement[Any] | QueryableAttribute[Any]
+
+# The execution option `Database.write` sets on its connection: SQLite's BEGIN takes the
+# write lock up front for it (BEGIN IMMEDIATE).
+WRITE_OPTION = "dashboard_write"
+
+
+class Dialect(ABC):
+    """One backend's way of doing what differs between PostgreSQL and SQLite."""
+
+    # Which backend this is (its SQLAlchemy dialect name), for reports such as
+    # /api/status: behaviour asks the dialect's methods, never this.
+    backend: Literal["postgresql", "sqlite"]
+
+    # --- the engine and its sessions ------------------------------------------------------
+
+    @abstractmethod
+    def engine_options(self, *, pool_size: int, command_timeout: float | None) -> dict[str, Any]:
+        """The keyword arguments of `create_async_engine` for this backend."""
+
+    @abstractmethod
+    def install(self, engine: AsyncEngine) -> None:
+        """Set up the engine's connections (pragmas, functions, pool checks)."""
+
+    @property
+    @abstractmethod
+    def serializes_writers(self) -> bool:
+        """Whether one writer at a time is all the backend takes, so that `Database.write`
+        queues writers in the process (SQLite: one file, one process, one writer), and row
+        locks are not needed for what that order guarantees already."""
+
+    @property
+    @abstractmethod
+    def writes_alone(self) -> bool:
+        """Whether single-statement writes may run outside a transaction, each committing
+        on its own (`Database.alone`)."""
+
+    @property
+    @abstractmethod
+    def reads_in_autocommit(self) -> bool:
+        """Whether reads that need no shared snapshot run without BEGIN and ROLLBACK
+        (`Database.read_statements`): the same answers under READ COMMITTED, two round
+        trips fewer."""
+
+    @abstractmethod
+    def database_file(self, url: str) -> str | None:
+        """The file an embedded database lives in (as the URL names it), None for a server
+        or a database in memory."""
+
+    @abstractmethod
+    def check_server_version(self, version: tuple[int | str, ...] | None) -> None:
+        """Refuse (with the reason) a server older than the service needs."""
+
+    @abstractmethod
+    def bind_timestamp(self, value: datetime) -> datetime:
+        """An aware UTC instant in the form this backend stores (db/base.UTCDateTime)."""
+
+    @abstractmethod
+    def exclusive_locks(
+        self, url: str, *, owner: object, timeout: float, key: Callable[[str], int], what: str
+    ) -> NamedLocks:
+        """Locks by name (`key` maps a name to a 64-bit lock key), held until released or
+        the holder is gone, that one process among all that share the database holds at a
+        time: who leads a periodic job. `owner` stands for a database kept in memory."""
+
+    # --- statements and clauses -------------------------------------------------------------
+
+    @abstractmethod
+    def insert(self, table: Table) -> Any:
+        """An INSERT that supports `.on_conflict_do_update` / `.on_conflict_do_nothing`."""
+
+    @abstractmethod
+    def lock_for_update(self, stmt: Select[Any]) -> Select[Any]:
+        """Row-lock the selected rows until commit (none needed where writers are serialized)."""
+
+    @abstractmethod
+    def lock_skip_locked(self, stmt: Select[Any]) -> Select[Any]:
+        """Row-lock the selected rows, skipping those other transactions hold."""
+
+    @property
+    @abstractmethod
+    def reuses_cte_results(self) -> bool:
+        """Whether a CTE referenced several times is computed once (PostgreSQL materializes
+        it). SQLite evaluates it again at every reference: ~10x the time for the deep-page
+        seek's descent (100+ ms a page even on a small database), while walking its index
+        with OFFSET is cheap at the sizes one embedded process holds."""
+
+    @property
+    @abstractmethod
+    def indexes_substrings(self) -> bool:
+        """Whether `contains_ci` searches run on an index (PostgreSQL's trigram GIN), so
+        that a second scan of a rare substring's matches is cheap; on SQLite every scan
+        reads the whole table."""
+
+    @property
+    @abstractmethod
+    def binds_arrays(self) -> bool:
+        """Whether a list of values travels as one array parameter, so that a statement
+        over any number of values is built (and planned) once: `in_ints`, `in_int_pairs`,
+        `bisect_sql`, `bisect_instants`."""
+
+    @abstractmethod
+    def contains_ci(
+        self, column: Column, needle: str, *, indexed: bool = True
+    ) -> ColumnElement[bool]:
+        """Case-insensitive substring match with `%` and `_` taken literally. Not `indexed`:
+        a trigram index cannot serve it (PostgreSQL), for a match tested on the few rows
+        another condition selects (the planner would AND the index's whole bitmap in)."""
+
+    # --- time ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def epoch_seconds_to_ts(self, seconds: Column) -> ColumnElement[Any]:
+        """The instant `seconds` (whole, since the epoch) as a value comparable with stored
+        timestamps (on SQLite the stored text form without its fraction, which sorts just
+        before every stored instant of that same second)."""
+
+    @abstractmethod
+    def epoch_bucket(self, column: Column, seconds: int) -> ColumnElement[int]:
+        """The start (whole seconds since the epoch) of the `seconds`-long block holding a time."""
+
+    @abstractmethod
+    def hour_bin(self, column: Column) -> ColumnElement[Any]:
+        """The hour holding a stored instant, as a value to GROUP BY (cheap per row); read a
+        group's with `hour_bin_seconds`."""
+
+    @abstractmethod
+    def hour_bin_seconds(self, value: ColumnElement[Any]) -> ColumnElement[int]:
+        """A `hour_bin` value as whole seconds since the epoch (once per group, not per row)."""
+
+    @abstractmethod
+    def micros_between(self, later: Column, earlier: Column) -> ColumnElement[int]:
+        """Exact `later - earlier` in microseconds (integer arithmetic)."""
+
+    # --- analytics ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def prepare_log_bin(self, session: AsyncSession, thresholds: Sequence[int]) -> None:
+        """Make `log_bin` usable on this session's connection."""
+
+    @abstractmethod
+    def log_bin(self, value: Column, thresholds: Sequence[int]) -> ColumnElement[int]:
+        """How many of the sorted `thresholds` are <= value (`bisect_right`), in SQL."""
+
+    @abstractmethod
+    def int_list_agg(self, column: Column) -> ColumnElement[Any]:
+        """An aggregate of a group's integers as a list (read it with `int_list`). Two of
+        them in one query list their group's rows in the same order."""
+
+    @abstractmethod
+    def int_rows_agg(self, columns: Sequence[ColumnElement[Any]]) -> ColumnElement[str]:
+        """An aggregate of a group's rows of integers as one text value (read it with
+        `int_rows`): a scalar subquery can then carry a whole small table in one column."""
+
+    @abstractmethod
+    def json_rows_agg(self, columns: Sequence[ColumnElement[Any]]) -> ColumnElement[str]:
+        """An aggregate of a group's rows as one JSON array of arrays (text); timestamps
+        come as ISO text or as stored: read them with `to_utc(fromisoformat)`."""
+
+    @abstractmethod
+    def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
+        """`column IN values` (one array parameter where `binds_arrays`: one cached plan,
+        and no thousands of bind parameters to render and send)."""
+
+    @abstractmethod
+    def in_int_pairs(self, first: Column, second: Column, name: str) -> ColumnElement[bool]:
+        """`(first, second) IN pairs` with the pairs bound at execution by
+        `int_pairs_params(name, pairs)`: one statement whatever the pairs. Only where
+        `binds_arrays` (elsewhere the caller writes the pairs into its statement)."""
+
+    @abstractmethod
+    def bisect_sql(self, value: Column, bounds: Sequence[int]) -> ColumnElement[int] | None:
+        """How many of the sorted `bounds` are <= value (`bisect_right`), in SQL; None
+        where arrays are not bound (the caller maps the rows itself)."""
+
+    @abstractmethod
+    def bisect_instants(
+        self, value: Column, instants: Sequence[datetime]
+    ) -> ColumnElement[int] | None:
+        """How many of the sorted aware `instants` are <= value, in SQL; None where arrays
+        are not bound."""
+
+    # --- locks ----------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def lock_tables_exclusive(self, session: AsyncSession, tables: Sequence[str]) -> None:
+        """Block other writers of these tables until commit."""
+
+    @abstractmethod
+    def advisory_xact_lock_sql(self, key: int) -> TextClause | None:
+        """A statement that takes a lock on `key` held until the transaction ends, or None
+        where `Database.write()` transactions are serialized already."""
+
+    @abstractmethod
+    def try_advisory_xact_lock_sql(self, key: int) -> TextClause | None:
+        """A statement answering whether it took that lock without waiting, or None (the
+        writer has it: writers are serialized)."""
+
+    @abstractmethod
+    async def lock_keys(self, session: AsyncSession, space: int, keys: Sequence[int]) -> None:
+        """Hold a lock on each (space, key) until the transaction ends, taken in key order
+        so that two transactions never wait for each other in a cycle (32-bit keys)."""
+
+    # --- writes of many rows by key ---------------------------------------------------------------
+
+    @abstractmethod
+    async def insert_missing(
+        self,
+        session: AsyncSession,
+        table: Table,
+        keys: Sequence[str],
+        values: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Insert the rows (keys then values) whose key is not there yet; leave the others.
+        An insert that meets a concurrent uncommitted insert of the same key waits for it
+        and then skips the row."""
+
+    @abstractmethod
+    async def insert_missing_returning(
+        self,
+        session: AsyncSession,
+        table: Table,
+        keys: Sequence[str],
+        rows: Sequence[dict[str, Any]],
+        constants: dict[str, Any],
+    ) -> list[tuple[Any, ...]]:
+        """Insert the rows (each a dict of the same columns, plus the `constants` they all
+        share) whose key is not there yet; the keys of the rows inserted."""
+
+    @abstractmethod
+    async def select_for_update_by_keys(
+        self,
+        session: AsyncSession,
+        table: Table,
+        keys: Sequence[str],
+        values: Sequence[str],
+        key_rows: Sequence[tuple[Any, ...]],
+    ) -> list[tuple[Any, ...]]:
+        """The rows (keys then values) with these keys, locked until commit in the order of
+        `keys`, so that writers of overlapping sets lock them in the same order."""
+
+    @abstractmethod
+    async def update_by_keys(
+        self,
+        session: AsyncSession,
+        table: Table,
+        keys: Sequence[str],
+        values: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Set the values of existing rows (keys then values)."""
+
+    @abstractmethod
+    async def upsert_add_many(
+        self,
+        session: AsyncSession,
+        table: Table,
+        keys: Sequence[str],
+        values: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Insert rows (keys then values), or add their values to the rows already there;
+        rows are applied in the given order, so callers sort them to lock shared rows in
+        one order."""
+
+    # --- maintenance and bulk loads -----------------------------------------------------------
+
+    @abstractmethod
+    async def prepare_large_sort(self, session: AsyncSession) -> None:
+        """Let this transaction sort and group millions of rows in memory."""
+
+    @abstractmethod
+    async def clear_tables(self, session: AsyncSession, tables: Sequence[Table]) -> None:
+        """Delete every row of the tables."""
+
+    @abstractmethod
+    async def drop_primary_key(self, session: AsyncSession, table: Table) -> bool:
+        """Drop the table's primary key before a bulk insert; whether it did (put it back
+        with `add_primary_key`). Building the index once over millions of sorted rows is
+        about five times cheaper than growing it row by row."""
+
+    @abstractmethod
+    async def add_primary_key(self, session: AsyncSession, table: Table) -> None:
+        """Put back the primary key that `drop_primary_key` dropped (same name and columns)."""
+
+    @abstractmethod
+    async def analyze_tables(self, session: AsyncSession, tables: Sequence[str]) -> None:
+        """Refresh planner statistics after a bulk change."""
+
+    @abstractmethod
+    async def prepare_bulk_load(self, session: AsyncSession) -> None:
+        """Tune the current transaction for loading many rows."""
+
+    @abstractmethod
+    async def drop_secondary_indexes(
+        self, session: AsyncSession, tables: Sequence[str]
+    ) -> list[str]:
+        """Drop the indexes of `tables` that back no constraint, for a load that at least
+        doubles a table; the statements that rebuild them (`rebuild_indexes`)."""
+
+    @abstractmethod
+    async def rebuild_indexes(self, session: AsyncSession, definitions: Sequence[str]) -> None:
+        """Run the statements `drop_secondary_indexes` returned."""
+
+    @abstractmethod
+    async def bulk_insert(
+        self,
+        session: AsyncSession,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Insert many rows fast. Values must already be in storage form (aware UTC)."""

@@ -1,0 +1,478 @@
+"""PostgreSQL (asyncpg): row locks, trigram searches, arrays as parameters, COPY."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Integer,
+    Select,
+    String,
+    Table,
+    TextClause,
+    any_,
+    bindparam,
+    cast,
+    event,
+    func,
+    literal,
+    literal_column,
+    select,
+    text,
+    tuple_,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from dashboard_api.db.dialect.base import Column, Dialect
+from dashboard_api.db.dialect.locks import AdvisoryLocks, NamedLocks
+from dashboard_api.db.dialect.pg_arrays import quoted, unnest_arrays, unnest_insert
+from dashboard_api.db.dialect.values import escape_like
+
+# date_bin (the per-hour q counts, services/tasks/search.py) arrived in PostgreSQL 14.
+MIN_POSTGRESQL = 14
+
+# A pooled connection used this recently is handed out without a ping (HikariCP's
+# "alive bypass window"). SQLAlchemy's pre-ping costs BEGIN, a query and ROLLBACK on every
+# checkout, as much as a whole read request; a connection that died inside the window
+# fails its query instead, which invalidates the pool (503 once, like any outage).
+PING_AFTER_IDLE_SECONDS = 1.0
+_RETURNED_AT = "dashboard_returned_at"
+
+# The service's queries are short and read through indexes, but some (a 30-day histogram
+# sum, an exact count over a broad filter) are estimated above `jit_above_cost`: compiling
+# them took 70 ms of a 125 ms answer that runs in 20 ms without. Maintenance commands
+# (command_timeout None), whose scans of millions of rows gain from JIT, keep it.
+_SERVICE_SETTINGS = {"jit": "off"}
+
+
+def _note_checkin(_dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+    record.info[_RETURNED_AT] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+    returned_at = record.info.get(_RETURNED_AT)
+    if returned_at is not None and time.monotonic() - returned_at < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        dbapi_conn.ping()
+    except Exception as error:
+        # The pool discards this connection and checks out another (or a new one).
+        raise sa_exc.DisconnectionError(str(error)) from error
+
+
+@functools.lru_cache(maxsize=8)
+def _int_array_literal(values: tuple[int, ...]) -> ColumnElement[Any]:
+    """A constant bigint[] written into the statement: prepared once per connection, it is
+    not sent again with every execution (1,070 thresholds are 9 KB of Bind message)."""
+    return literal_column("'{" + ",".join(str(int(v)) for v in values) + "}'::bigint[]")
+
+
+class PostgreSQLDialect(Dialect):
+    backend = "postgresql"
+
+    # --- the engine and its sessions ------------------------------------------------------
+
+    def engine_options(self, *, pool_size: int, command_timeout: float | None) -> dict[str, Any]:
+        return {
+            # Up to twice `pool_size` connections, every one kept once opened. An overflow
+            # connection is closed at checkin: with the overflow as large as the pool, 32
+            # concurrent list requests opened a new session (a backend process,
+            # authentication, an empty statement cache) for one request in eight.
+            "pool_size": 2 * pool_size,
+            "max_overflow": 0,
+            # Checked on checkout by _ping_if_idle instead (a ping is three round trips).
+            "pool_pre_ping": False,
+            "pool_timeout": 10,
+            # None for maintenance commands (bulk loads, rebuilds) that run for minutes.
+            "connect_args": {
+                "timeout": 5,
+                "command_timeout": command_timeout,
+                "server_settings": _SERVICE_SETTINGS if command_timeout else {},
+            },
+        }
+
+    def install(self, engine: AsyncEngine) -> None:
+        pool = engine.sync_engine.pool
+        event.listen(pool, "connect", _note_checkin)
+        event.listen(pool, "checkin", _note_checkin)
+        event.listen(pool, "checkout", _ping_if_idle)
+
+    @property
+    def serializes_writers(self) -> bool:
+        return False
+
+    @property
+    def writes_alone(self) -> bool:
+        return True
+
+    @property
+    def reads_in_autocommit(self) -> bool:
+        return True
+
+    def database_file(self, url: str) -> str | None:
+        return None
+
+    def check_server_version(self, version: tuple[int | str, ...] | None) -> None:
+        if not version or not isinstance(version[0], int):
+            return
+        if version[0] < MIN_POSTGRESQL:
+            found = ".".join(map(str, version))
+            raise RuntimeError(
+                f"PostgreSQL {MIN_POSTGRESQL} or later is required; the server is {found}."
+            )
+
+    def bind_timestamp(self, value: datetime) -> datetime:
+        return value  # timestamptz
+
+    def exclusive_locks(
+        self, url: str, *, owner: object, timeout: float, key: Callable[[str], int], what: str
+    ) -> NamedLocks:
+        return AdvisoryLocks(url, timeout=timeout, key=key, what=what)
+
+    # --- statements and clauses -------------------------------------------------------------
+
+    def insert(self, table: Table) -> Any:
+        return postgresql.insert(table)
+
+    def lock_for_update(self, stmt: Select[Any]) -> Select[Any]:
+        return stmt.with_for_update()
+
+    def lock_skip_locked(self, stmt: Select[Any]) -> Select[Any]:
+        return stmt.with_for_update(skip_locked=True)
+
+    @property
+    def reuses_cte_results(self) -> bool:
+        return True
+
+    @property
+    def indexes_substrings(self) -> bool:
+        return True
+
+    @property
+    def binds_arrays(self) -> bool:
+        return True
+
+    def contains_ci(
+        self, column: Column, needle: str, *, indexed: bool = True
+    ) -> ColumnElement[bool]:
+        pattern = f"%{escape_like(needle)}%"
+        if not indexed:
+            column = column + literal_column("''")
+        # The pattern goes into the statement's text (quoted by SQLAlchemy), not a bind
+        # parameter: after five runs of a prepared statement PostgreSQL may switch to a
+        # generic plan, which cannot know how rare the substring is and plans the trigram
+        # search badly (2x slower for a common one in the benchmark). Other parameters
+        # keep the compiled form cached.
+        return column.ilike(literal(pattern, String, literal_execute=True), escape="\\")
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def epoch_seconds_to_ts(self, seconds: Column) -> ColumnElement[Any]:
+        return func.to_timestamp(seconds)
+
+    def epoch_bucket(self, column: Column, seconds: int) -> ColumnElement[int]:
+        epoch = func.extract("epoch", column)
+        return cast(func.floor(epoch / seconds), BigInteger) * seconds
+
+    def hour_bin(self, column: Column) -> ColumnElement[Any]:
+        # `epoch_bucket` computes in numeric (extract returns numeric): 0.3-0.5 µs a row,
+        # 40-70 ms of grouping 145,000 matches per hour, against 13-23 ms for date_bin's
+        # integer arithmetic on the timestamp. The origin precedes every storable instant
+        # (no bin before it to round) and is a whole number of hours from the epoch.
+        return func.date_bin(
+            literal_column("interval '1 hour'"),
+            column,
+            literal_column("timestamptz '0001-01-01 00:00:00+00'"),
+        )
+
+    def hour_bin_seconds(self, value: ColumnElement[Any]) -> ColumnElement[int]:
+        return cast(func.extract("epoch", value), BigInteger)
+
+    def micros_between(self, later: Column, earlier: Column) -> ColumnElement[int]:
+        return cast(func.extract("epoch", later - earlier) * 1_000_000, BigInteger)
+
+    # --- analytics ------------------------------------------------------------------------------
+
+    async def prepare_log_bin(self, session: AsyncSession, thresholds: Sequence[int]) -> None:
+        return  # width_bucket is built in
+
+    def log_bin(self, value: Column, thresholds: Sequence[int]) -> ColumnElement[int]:
+        return func.width_bucket(value, _int_array_literal(tuple(thresholds)), type_=Integer)
+
+    def int_list_agg(self, column: Column) -> ColumnElement[Any]:
+        return func.array_agg(column)
+
+    def int_rows_agg(self, columns: Sequence[ColumnElement[Any]]) -> ColumnElement[str]:
+        row: ColumnElement[Any] = cast(columns[0], String)
+        for column in columns[1:]:
+            row = row + literal(":", String) + cast(column, String)
+        return func.string_agg(row, literal(",", String), type_=String)
+
+    def json_rows_agg(self, columns: Sequence[ColumnElement[Any]]) -> ColumnElement[str]:
+        return cast(func.json_agg(func.json_build_array(*columns)), String)
+
+    def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(BigInteger)))
+
+    def in_int_pairs(self, first: Column, second: Column, name: str) -> ColumnElement[bool]:
+        # A join with two array parameters, whose generic plan probes the index once per
+        # pair. An OR of `first = a AND second = ANY(...)` per value of `first` got a
+        # generic plan with a parallel bitmap scan (workers started for 2 ms of work: 10 ms
+        # instead of 3).
+        values = (
+            func.unnest(
+                bindparam(f"{name}_a", type_=postgresql.ARRAY(BigInteger)),
+                bindparam(f"{name}_b", type_=postgresql.ARRAY(BigInteger)),
+            )
+            .table_valued("a", "b")
+            .render_derived()
+        )
+        return tuple_(first, second).in_(select(values.c.a, values.c.b))
+
+    def bisect_sql(self, value: Column, bounds: Sequence[int]) -> ColumnElement[int] | None:
+        array = bindparam(None, list(bounds), type_=postgresql.ARRAY(BigInteger))
+        return func.width_bucket(value, array, type_=Integer)
+
+    def bisect_instants(
+        self, value: Column, instants: Sequence[datetime]
+    ) -> ColumnElement[int] | None:
+        array = bindparam(None, list(instants), type_=postgresql.ARRAY(DateTime(timezone=True)))
+        return func.width_bucket(value, array, type_=Integer)
+
+    # --- locks ----------------------------------------------------------------------------------
+
+    async def lock_tables_exclusive(self, session: AsyncSession, tables: Sequence[str]) -> None:
+        names = ", ".join(f'"{t}"' for t in tables)
+        await session.execute(text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
+
+    def advisory_xact_lock_sql(self, key: int) -> TextClause | None:
+        return text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=key)
+
+    def try_advisory_xact_lock_sql(self, key: int) -> TextClause | None:
+        return text("SELECT pg_try_advisory_xact_lock(:key)").bindparams(key=key)
+
+    async def lock_keys(self, session: AsyncSession, space: int, keys: Sequence[int]) -> None:
+        await session.execute(_LOCK_KEYS, {"space": space, "keys": sorted(set(keys))})
+
+    # --- writes of many rows by key ---------------------------------------------------------------
+    # One statement over one array parameter per column: one round trip and one plan
+    # whatever the number of rows, applied in the given order.
+
+    async def insert_missing(
+        self,
+        session: AsyncSession,
+        table: Table,
+        keys: Sequence[str],
+        values: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        if not rows:
+            return
+        sql, params = unnest_insert(table, keys, [*keys, *values], rows, "DO NOTHING")
+        await session.execute(text(sql), params)
+
+    async def insert_missing_returning(
+        self,
+        session: AsyncSession,
+        table: Table,
+        keys: Sequence[str],
+        rows: Sequence[dict[str, Any]],
+        constants: dict[str, Any],
+    ) -> list[tuple[Any, ...]]:
+        if not rows:
+            return []
+        names = tuple(rows[0])
+        stmt = _insert_missing_returning(table, tuple(keys), names, tuple(constants))
+        params: dict[str, Any] = {f"p{i}": [r[n] for r in rows] for i, n in enumerate(names)}
+        params.update({f"c{i}": v for i, v in enumerate(constants.values())})
+        return [tuple(r) for r in await session.execute(stmt, params)]
+
+    async def select_for_update_by_keys(
+        self,
+        session: AsyncSession,
+        table: Table,
+        keys: Sequence[str],
+        values: Sequence[str],
+        key_rows: Sequence[tuple[Any, ...]],
+    ) -> list[tuple[Any, ...]]:
+        if not key_rows:
+            return []
+        names = [*keys, *values]
+        # ORDER BY before FOR UPDATE: the rows are locked in key order.
+        source, params = unnest_arrays(table, keys, key_rows)
+        sql = (
+            f"SELECT {quoted(names, 't.')} FROM {table.name} AS t "  # noqa: S608 - names come from the table
+            f"WHERE ({quoted(keys, 't.')}) IN (SELECT * FROM {source}) "
+            f"ORDER BY {quoted(keys, 't.')} FOR UPDATE"
+        )
+        return [tuple(r) for r in await session.execute(text(sql), params)]
+
+    async def update_by_keys(
+        self,
+        session: AsyncSession,
+        table: Table,
+        keys: Sequence[str],
+        values: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        if not rows:
+            return
+        names = [*keys, *values]
+        source, params = unnest_arrays(table, names, rows)
+        sets = ", ".join(f'"{v}" = v."{v}"' for v in values)
+        match = " AND ".join(f't."{k}" = v."{k}"' for k in keys)
+        sql = (
+            f"UPDATE {table.name} AS t SET {sets} "  # noqa: S608 - names come from the table
+            f"FROM {source} AS v({quoted(names)}) WHERE {match}"
+        )
+        await session.execute(text(sql), params)
+
+    async def upsert_add_many(
+        self,
+        session: AsyncSession,
+        table: Table,
+        keys: Sequence[str],
+        values: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        if not rows:
+            return
+        updates = ", ".join(f'"{v}" = {table.name}."{v}" + EXCLUDED."{v}"' for v in values)
+        sql, params = unnest_insert(table, keys, [*keys, *values], rows, f"DO UPDATE SET {updates}")
+        await session.execute(text(sql), params)
+
+    # --- maintenance and bulk loads -----------------------------------------------------------
+
+    async def prepare_large_sort(self, session: AsyncSession) -> None:
+        await session.execute(text("SET LOCAL work_mem = '256MB'"))
+
+    async def clear_tables(self, session: AsyncSession, tables: Sequence[Table]) -> None:
+        # TRUNCATE: no dead rows left behind (it holds the tables exclusively until commit).
+        names = ", ".join(f'"{t.name}"' for t in tables)
+        await session.execute(text(f"TRUNCATE {names}"))
+
+    async def drop_primary_key(self, session: AsyncSession, table: Table) -> bool:
+        # The ALTER holds the table exclusively (readers too) until the transaction ends.
+        await session.execute(text(f'ALTER TABLE "{table.name}" DROP CONSTRAINT "pk_{table.name}"'))
+        return True
+
+    async def add_primary_key(self, session: AsyncSession, table: Table) -> None:
+        columns = ", ".join(f'"{c.name}"' for c in table.primary_key.columns)
+        await session.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
+        await session.execute(
+            text(
+                f'ALTER TABLE "{table.name}" ADD CONSTRAINT "pk_{table.name}" '
+                f"PRIMARY KEY ({columns})"
+            )
+        )
+
+    async def analyze_tables(self, session: AsyncSession, tables: Sequence[str]) -> None:
+        for name in tables:
+            await session.execute(text(f'ANALYZE "{name}"'))
+
+    async def prepare_bulk_load(self, session: AsyncSession) -> None:
+        # The trigram index on `tasks.input_message` is a GIN index: by default each insert
+        # merges into it through a 4 MB pending list, which dominates a large load. A large
+        # pending list turns that into a few big sorted merges (measured: about half the
+        # time of a 100,000-task seed); VACUUM (or autovacuum) merges what is left.
+        await session.execute(text("SET LOCAL gin_pending_list_limit = '1GB'"))
+        await session.execute(text("SET LOCAL work_mem = '256MB'"))
+
+    async def drop_secondary_indexes(
+        self, session: AsyncSession, tables: Sequence[str]
+    ) -> list[str]:
+        # One sorted build per index afterwards costs a fraction of growing 14 indexes row
+        # by row (measured on 100,000 tasks in random order: 0.7 s to load plus 4 s to
+        # build, against 12 s). The DROP holds the tables exclusively until the load commits.
+        rows = (await session.execute(_SECONDARY_INDEXES, {"tables": list(tables)})).all()
+        for name, _ in rows:
+            await session.execute(text(f"DROP INDEX {name}"))
+        return [definition for _, definition in rows]
+
+    async def rebuild_indexes(self, session: AsyncSession, definitions: Sequence[str]) -> None:
+        if not definitions:
+            return
+        await session.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
+        for definition in definitions:
+            await session.execute(text(definition))
+
+    async def bulk_insert(
+        self,
+        session: AsyncSession,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        if not rows:
+            return
+        conn = await session.connection()
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        # asyncpg's COPY takes JSON columns as text.
+        json_idx = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
+        if json_idx:
+            rows = [_json_as_text(row, json_idx) for row in rows]
+        await driver.copy_records_to_table(table.name, records=rows, columns=list(columns))
+
+
+# unnest keeps the array's order: the locks are taken in key order.
+_LOCK_KEYS = text(
+    "SELECT count(pg_advisory_xact_lock(CAST(:space AS integer), k)) "
+    "FROM unnest(CAST(:keys AS integer[])) AS k"
+)
+
+_SECONDARY_INDEXES = text(
+    "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) "
+    "FROM pg_index i WHERE i.indrelid = ANY(CAST(:tables AS regclass[])) "
+    "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)"
+)
+
+
+@functools.lru_cache(maxsize=32)
+def _insert_missing_returning(
+    table: Table, keys: tuple[str, ...], names: tuple[str, ...], constants: tuple[str, ...]
+) -> TextClause:
+    """INSERT … SELECT from one array per column of `names` and one value per constant,
+    ON CONFLICT (keys) DO NOTHING RETURNING keys; built once per shape."""
+    source, _ = unnest_arrays(table, names, [])
+    shared = ", ".join(
+        f"CAST(:c{i} AS {_scalar_type(table.c[n])})" for i, n in enumerate(constants)
+    )
+    picked = ", ".join([quoted(names, "u."), *([shared] if shared else [])])
+    sql = (
+        f"INSERT INTO {table.name} ({quoted([*names, *constants])}) "  # noqa: S608 - names come from the table
+        f"SELECT {picked} FROM {source} AS u({quoted(names)}) "
+        f"ON CONFLICT ({quoted(keys)}) DO NOTHING RETURNING {quoted(keys)}"
+    )
+    return text(sql)
+
+
+def _scalar_type(column: Any) -> str:
+    type_ = column.type
+    if isinstance(type_, BigInteger):
+        return "bigint"
+    if isinstance(type_, Integer):
+        return "integer"
+    if isinstance(type_, DateTime):
+        return "timestamptz"
+    return "text"
+
+
+def _json_as_text(row: tuple[Any, ...], idx: list[int]) -> tuple[Any, ...]:
+    out = list(row)
+    for i in idx:
+        out[i] = orjson.dumps(out[i]).decode()
+    return tuple(out)
