@@ -79,6 +79,7 @@ async def test_a_client_leaving_mid_export_stops_it(backend: Backend, how: str) 
         alerts_evaluate_interval_seconds=0,
         alerts_sender_interval_seconds=0,
         otlp_prune_interval_seconds=0,
+        lease_reap_interval_seconds=0,
     )
     async with serve_app(settings) as (app, port):
         await insert_tasks(app, ROWS)
