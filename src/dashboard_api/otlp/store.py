@@ -86,15 +86,14 @@ async def store_spans(
             }
             for (t, s), f in unique.items()
         ]
-        inserted = await _insert_spans(session, rows)
-        new_keys = {(r.trace_id, r.span_id) for r in inserted}
+        new_keys, earlier = await _insert_spans(session, rows)
         result.new_spans = len(new_keys)
         if not new_keys:
             return result
         touched = sorted({t for t, _ in new_keys})
         known: dict[str, list[SpanFacts]] = {t: [] for t in touched}
         has_task: dict[tuple[str, str], str] = {}
-        for row in await session.execute(_LOAD, {"traces": touched, "batch": batch}):
+        for row in earlier:
             known[row.trace_id].append(SpanFacts.from_doc(orjson.loads(row.facts)))
             if row.task_id is not None:
                 has_task[(row.trace_id, row.span_id)] = row.task_id
@@ -128,30 +127,51 @@ async def store_spans(
     return result
 
 
-async def _insert_spans(session: Any, rows: list[dict[str, Any]]) -> Any:
-    """INSERT the rows, skipping keys already stored; the rows inserted (trace_id, span_id).
-    PostgreSQL: one statement over arrays (one plan whatever the number of rows)."""
+async def _insert_spans(
+    session: Any, rows: list[dict[str, Any]]
+) -> tuple[set[tuple[str, str]], Sequence[Any]]:
+    """INSERT the rows, skipping keys already stored: the keys inserted, and the spans
+    stored before of the traces that gained one (trace_id, span_id, task_id, facts).
+
+    PostgreSQL: one statement over arrays (one plan and one round trip whatever the
+    number of rows; its SELECT reads the snapshot from before its INSERT, so it sees the
+    earlier spans only)."""
     if backend_of(session) == "postgresql":
         params = {name: [r[name] for r in rows] for name in ("trace_id", "span_id", "facts")}
         params.update(batch=rows[0]["batch"], received_at=rows[0]["received_at"])
-        return await session.execute(_INSERT_PG, params)
-    return await session.execute(
+        out = (await session.execute(_INSERT_AND_LOAD_PG, params)).all()
+        new_keys = {(r.trace_id, r.span_id) for r in out if r.new}
+        return new_keys, [r for r in out if not r.new]
+    inserted = await session.execute(
         upsert(session, _S)
         .on_conflict_do_nothing(index_elements=[_S.c.trace_id, _S.c.span_id])
         .returning(_S.c.trace_id, _S.c.span_id),
         rows,
     )
+    new_keys = {(r.trace_id, r.span_id) for r in inserted}
+    if not new_keys:
+        return new_keys, []
+    traces = sorted({t for t, _ in new_keys})
+    earlier = await session.execute(_LOAD, {"traces": traces, "batch": rows[0]["batch"]})
+    return new_keys, earlier.all()
 
 
-_INSERT_PG = text(
+_INSERT_AND_LOAD_PG = text(
+    "WITH inserted AS ("
     "INSERT INTO otlp_spans (trace_id, span_id, task_id, batch, received_at, facts) "
     "SELECT t, s, NULL, CAST(:batch AS bigint), CAST(:received_at AS timestamptz), f "
     "FROM unnest(CAST(:trace_id AS varchar[]), CAST(:span_id AS varchar[]), "
     "CAST(:facts AS text[])) AS u(t, s, f) "
-    "ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id"
+    "ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id) "
+    "SELECT trace_id, span_id, NULL AS task_id, NULL AS facts, true AS new FROM inserted "
+    "UNION ALL "
+    "SELECT o.trace_id, o.span_id, o.task_id, o.facts, false "
+    "FROM (SELECT DISTINCT trace_id FROM inserted) AS i CROSS JOIN LATERAL ("
+    "SELECT span_id, task_id, facts, trace_id FROM otlp_spans WHERE trace_id = i.trace_id "
+    # OFFSET 0 keeps the subquery apart: one primary-key range scan per trace. Joined
+    # instead, the planner (misjudging the CTE's rows) scanned the whole table.
+    "OFFSET 0) AS o"
 )
-
-
 _LOAD = select(_S.c.trace_id, _S.c.span_id, _S.c.task_id, _S.c.facts).where(
     _S.c.trace_id.in_(bindparam("traces", expanding=True)), _S.c.batch != bindparam("batch")
 )
