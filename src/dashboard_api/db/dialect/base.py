@@ -204,6 +204,24 @@ class Dialect(ABC):
         """How many of the sorted aware `instants` are <= value, in SQL; None where arrays
         are not bound."""
 
+    @abstractmethod
+    def rows_table(
+        self, name: str, columns: Sequence[tuple[str, Any]], rows: Sequence[tuple[Any, ...]]
+    ) -> tuple[Any, dict[str, Any]]:
+        """A table of `rows` (columns `(name, type)`) to join in a statement, and the
+        parameters that bind it. Where `binds_arrays`, one array parameter per column
+        (`NAME_COLUMN`): the statement's text, and its prepared plan, are the same whatever
+        the rows. Elsewhere the rows are written into the statement (at least one)."""
+
+    @property
+    @abstractmethod
+    def joins_ranges_laterally(self) -> bool:
+        """Whether a join of a table of ranges to the rows of an indexed column within them
+        is written as a LATERAL subquery that the planner cannot flatten (PostgreSQL: as a
+        plain join it cannot estimate one range per row and reads the whole table, 330 ms
+        instead of 1 at 100,000 tasks). SQLite has no LATERAL, and walks the index once
+        per range of a plain join anyway."""
+
     # --- locks ----------------------------------------------------------------------------------
 
     @abstractmethod

@@ -242,6 +242,21 @@ class PostgreSQLDialect(Dialect):
         )
         return tuple_(first, second).in_(select(values.c.a, values.c.b))
 
+    def rows_table(
+        self, name: str, columns: Sequence[tuple[str, Any]], rows: Sequence[tuple[Any, ...]]
+    ) -> tuple[Any, dict[str, Any]]:
+        arrays = [
+            bindparam(f"{name}_{column}", type_=postgresql.ARRAY(_element_type(type_)))
+            for column, type_ in columns
+        ]
+        table = func.unnest(*arrays).table_valued(*(c for c, _ in columns)).render_derived()
+        params = {f"{name}_{c}": [r[i] for r in rows] for i, (c, _) in enumerate(columns)}
+        return table.alias(name), params
+
+    @property
+    def joins_ranges_laterally(self) -> bool:
+        return True
+
     def bisect_sql(self, value: Column, bounds: Sequence[int]) -> ColumnElement[int] | None:
         array = bindparam(None, list(bounds), type_=postgresql.ARRAY(BigInteger))
         return func.width_bucket(value, array, type_=Integer)
@@ -476,3 +491,9 @@ def _json_as_text(row: tuple[Any, ...], idx: list[int]) -> tuple[Any, ...]:
     for i in idx:
         out[i] = orjson.dumps(out[i]).decode()
     return tuple(out)
+
+
+def _element_type(type_: Any) -> Any:
+    """The element type of an array parameter: a type decorator's implementation."""
+    impl = getattr(type_, "impl", None)
+    return impl if impl is not None else type_

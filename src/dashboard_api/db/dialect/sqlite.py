@@ -25,6 +25,7 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import sqlite
@@ -213,6 +214,20 @@ class SQLiteDialect(Dialect):
 
     def in_int_pairs(self, first: Column, second: Column, name: str) -> ColumnElement[bool]:
         raise NotImplementedError("SQLite binds no arrays: write the pairs into the statement")
+
+    def rows_table(
+        self, name: str, columns: Sequence[tuple[str, Any]], rows: Sequence[tuple[Any, ...]]
+    ) -> tuple[Any, dict[str, Any]]:
+        assert rows, "an empty table of values"
+        selects = [
+            select(*(literal(v, t).label(c) for v, (c, t) in zip(row, columns, strict=True)))
+            for row in rows
+        ]
+        return union_all(*selects).subquery(name), {}
+
+    @property
+    def joins_ranges_laterally(self) -> bool:
+        return False
 
     def bisect_sql(self, value: Column, bounds: Sequence[int]) -> ColumnElement[int] | None:
         return None

@@ -18,16 +18,17 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Table, select, text, update
+from sqlalchemy import Select, Table, and_, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import upsert
 from dashboard_api.db.engine import Database, emit
 from dashboard_api.db.models.guards import Alert, AlertRule
 from dashboard_api.ids import new_id
-from dashboard_api.services.alerts.kinds import ROLLUP_KINDS, Measure, Windows, measure
+from dashboard_api.services.alerts.kinds import ROLLUP_KINDS, Measure, measure
 from dashboard_api.services.alerts.outbox import enqueue
-from dashboard_api.services.analytics.fold import fold_before_read
+from dashboard_api.services.alerts.reads import RoundReads, read_round
+from dashboard_api.services.analytics.fold import fold_pending, newest_pending_sql
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import format_ts
 
@@ -129,6 +130,57 @@ async def _resolve(
     return doc
 
 
+def _rules_statement(some_kinds: bool) -> Select[Any]:
+    """The rules (of the kinds bound as `kinds`) with their open alert, and the newest
+    contribution waiting to be folded into the rollups."""
+    stmt = (
+        select(AlertRule, Alert, newest_pending_sql())
+        .outerjoin(Alert, and_(Alert.rule_id == AlertRule.rule_id, Alert.state == "firing"))
+        .order_by(AlertRule.rule_id)
+    )
+    if some_kinds:
+        stmt = stmt.where(AlertRule.kind.in_(bindparam("kinds", expanding=True)))
+    return stmt
+
+
+_RULES = {some: _rules_statement(some) for some in (False, True)}
+
+
+async def _rules_and_alerts(
+    session: AsyncSession, kinds: Collection[str] | None
+) -> tuple[list[tuple[AlertRule, Alert | None]], int | None]:
+    """The rules (of `kinds`) with their open alert, and the newest contribution waiting
+    to be folded into the rollups: one statement."""
+    params = {} if kinds is None else {"kinds": list(kinds)}
+    rows = (await session.execute(_RULES[kinds is not None], params)).all()
+    newest = rows[0][2] if rows else None
+    return [(rule, alert) for rule, alert, _ in rows], newest
+
+
+def _transitions(
+    rules: list[tuple[AlertRule, Alert | None]], reads: RoundReads, settings: Settings
+) -> list[Transition]:
+    out: list[Transition] = []
+    for rule, current in rules:
+        if not rule.enabled:
+            if current is not None:
+                out.append(Transition(rule, None, current))
+            continue
+        try:
+            m = measure(rule, reads, settings)
+        except Exception:
+            # One rule's failure must not stop the others; its state stays as it is.
+            log.exception("alert rule %s could not be evaluated", rule.rule_id)
+            continue
+        if m is None:
+            continue  # its figures could not be read (logged): its state stays
+        if m.holds and current is None:
+            out.append(Transition(rule, m, None))
+        elif not m.holds and current is not None:
+            out.append(Transition(rule, m, current))
+    return out
+
+
 async def evaluate_rules(
     db: Database,
     settings: Settings,
@@ -136,40 +188,22 @@ async def evaluate_rules(
     now: datetime,
     kinds: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One round (of the rules of `kinds`, default all); the alert documents that changed."""
-    async with db.read() as session:
-        stmt = select(AlertRule).order_by(AlertRule.rule_id)
-        if kinds is not None:
-            stmt = stmt.where(AlertRule.kind.in_(list(kinds)))
-        rules = list((await session.scalars(stmt)).all())
-        open_alerts = {
-            a.rule_id: a
-            for a in (await session.scalars(select(Alert).where(Alert.state == "firing"))).all()
-        }
-    if not rules:
-        return []
-    if any(r.enabled and r.kind in ROLLUP_KINDS for r in rules):
-        await fold_before_read(db)
-    transitions: list[Transition] = []
+    """One round (of the rules of `kinds`, default all); the alert documents that changed.
+
+    A round reads in a fixed number of statements whatever the number of rules: the rules
+    with their open alerts, then every figure they need (`reads.read_round`)."""
     async with db.read_statements() as session:
-        windows = Windows(session, now)
-        for rule in rules:
-            current = open_alerts.get(rule.rule_id)
-            if not rule.enabled:
-                if current is not None:
-                    transitions.append(Transition(rule, None, current))
-                continue
-            try:
-                m = await measure(session, rule, now=now, settings=settings, windows=windows)
-            except Exception:
-                # One rule's failure (say, a kind this database cannot answer) must not
-                # stop the others; its state stays as it is.
-                log.exception("alert rule %s could not be evaluated", rule.rule_id)
-                continue
-            if m.holds and current is None:
-                transitions.append(Transition(rule, m, None))
-            elif not m.holds and current is not None:
-                transitions.append(Transition(rule, m, current))
+        rules, newest = await _rules_and_alerts(session, kinds)
+        enabled = [rule for rule, _ in rules if rule.enabled]
+        if newest is not None and any(r.kind in ROLLUP_KINDS for r in enabled):
+            # Every write acknowledged before the round counts (as for analytics reads).
+            await fold_pending(db, wait=True, upto=int(newest))
+            # SQLite: a new snapshot that sees the fold (the rules, detached first, keep
+            # what they loaded: a rollback would expire them).
+            session.expunge_all()
+            await session.rollback()
+        reads = await read_round(session, enabled, now=now, settings=settings)
+    transitions = _transitions(rules, reads, settings)
     if not transitions:
         return []
     changed: list[dict[str, Any]] = []

@@ -1,28 +1,25 @@
-"""What each rule kind measures (docs/api.md §15), from the rollups and small indexed queries.
+"""What each rule kind measures (docs/api.md §15), from the figures a round read at once
+(`reads.read_round`).
 
 Windows of task figures are over `created_at`, the time axis of the analytics rollups:
-the last `window_minutes` are whole rollup blocks plus the raw rows of at most half a
-15-minute block at the start (`analytics.reads.summary`). Counts of events (lease expiries,
-signature failures, failed index jobs) are ranges of time-ordered indexes. A rule holds
-when its value is above zero and at least its threshold (for `oauth_expiring` the
-threshold is a number of days, and any installation found makes it hold).
+the last `window_minutes` are whole rollup blocks plus or minus the raw rows of their
+partial blocks at the edges (`analytics.window.cover_window`). Counts of events (lease
+expiries, signature failures, failed index jobs) are ranges of time-ordered indexes. A
+rule holds when its value is above zero and at least its threshold (for
+`oauth_expiring` the threshold is a number of days, and any installation found makes it
+hold).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from dashboard_api.db.models import Agent, IndexJob, OAuthInstallation, Task, WebhookEvent
-from dashboard_api.db.models.guards import AlertRule, Budget
+from dashboard_api.db.models import Task
+from dashboard_api.db.models.guards import AlertRule
 from dashboard_api.money import micros_to_usd
-from dashboard_api.services.analytics.performance import counters_by_combination, p95_durations
-from dashboard_api.services.analytics.window import Agg, AnalyticsFilters
-from dashboard_api.services.webhooks import SIGNATURE_REJECTIONS
+from dashboard_api.services.alerts.reads import COUNT_KINDS, RoundReads, count_key
+from dashboard_api.services.analytics.window import Agg
 from dashboard_api.settings import Settings
 
 # Kinds that cannot be used yet, and why (PUT answers 422 with the reason).
@@ -33,75 +30,6 @@ UNAVAILABLE_KINDS: dict[str, str] = (
 )
 # Kinds whose value comes from the analytics rollups (the round folds pending writes first).
 ROLLUP_KINDS = frozenset({"failure_rate", "cost_usd", "duration_p95_seconds"})
-# The longest lease (docs/api.md §13): a task whose lease expired in the window was created
-# at most this long before it.
-_MAX_LEASE = timedelta(seconds=86400)
-
-
-class Windows:
-    """The rollup figures of one round, per window: every rule over the same window
-    reads the same per-(agent type, source) counters and per-group percentiles, so a
-    round costs a few statements per distinct window, not per rule."""
-
-    def __init__(self, session: AsyncSession, now: datetime) -> None:
-        self.session, self.now = session, now
-        self._combos: dict[int, dict[tuple[str, str], Agg]] = {}
-        self._p95: dict[tuple[int, str | None, str | None], dict[tuple[str, str], float]] = {}
-        self._counts: dict[tuple[Any, ...], int] = {}
-        self._rows: dict[tuple[Any, ...], list[Any]] = {}
-
-    async def scalars(self, rule: AlertRule, stmt: Any) -> list[Any]:
-        """A statement's rows, once per (kind, scope) in the round."""
-        key = (rule.kind, rule.scope_agent_type, rule.scope_source)
-        if key not in self._rows:
-            self._rows[key] = list((await self.session.scalars(stmt)).all())
-        return self._rows[key]
-
-    async def count(self, rule: AlertRule, stmt: Any) -> int:
-        """A count statement's value, once per (kind, window, scope) in the round."""
-        key = (rule.kind, rule.window_minutes, rule.scope_agent_type, rule.scope_source)
-        if key not in self._counts:
-            self._counts[key] = int(await self.session.scalar(stmt) or 0)
-        return self._counts[key]
-
-    async def counters(self, rule: AlertRule) -> Agg:
-        minutes = rule.window_minutes
-        combos = self._combos.get(minutes)
-        if combos is None:
-            start = self.now - timedelta(minutes=minutes)
-            combos = await counters_by_combination(
-                self.session, start=start, end=self.now, now=self.now
-            )
-            self._combos[minutes] = combos
-        total = Agg()
-        for (agent_type, source), agg in combos.items():
-            if rule.scope_agent_type not in (None, agent_type):
-                continue
-            if rule.scope_source not in (None, source):
-                continue
-            total.merge(agg)
-        return total
-
-    async def p95(self, rule: AlertRule) -> float | None:
-        both = rule.scope_agent_type is not None and rule.scope_source is not None
-        key = (
-            rule.window_minutes,
-            rule.scope_agent_type if both else None,
-            rule.scope_source if both else None,
-        )
-        groups = self._p95.get(key)
-        if groups is None:
-            start = self.now - timedelta(minutes=rule.window_minutes)
-            filters = _filters(rule) if both else AnalyticsFilters()
-            groups = await p95_durations(
-                self.session, start=start, end=self.now, filters=filters, now=self.now
-            )
-            self._p95[key] = groups
-        if both or (rule.scope_agent_type is None and rule.scope_source is None):
-            return groups.get(("", ""))
-        if rule.scope_agent_type is not None:
-            return groups.get(("agent_type", rule.scope_agent_type))
-        return groups.get(("source", rule.scope_source or ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +43,6 @@ def _holds(value: float, threshold: float) -> bool:
     return value > 0 and value >= threshold
 
 
-def _filters(rule: AlertRule) -> AnalyticsFilters:
-    return AnalyticsFilters(
-        agent_type=(rule.scope_agent_type,) if rule.scope_agent_type else (),
-        source=(rule.scope_source,) if rule.scope_source else (),
-    )
-
-
 def _where(rule: AlertRule) -> str:
     parts = [
         f"{k} {v}"
@@ -131,21 +52,31 @@ def _where(rule: AlertRule) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-async def measure(
-    session: AsyncSession,
-    rule: AlertRule,
-    *,
-    now: datetime,
-    settings: Settings,
-    windows: Windows | None = None,
-) -> Measure:
-    """The rule's value at `now` and whether it holds (`windows`: the round's shared
-    rollup figures and counts)."""
-    windows = windows or Windows(session, now)
+def _counters(rule: AlertRule, reads: RoundReads) -> Agg | None:
+    """The counters of the rule's window and scope, summed over (agent type, source)
+    once per window and scope in the round."""
+    if reads.counters is None:
+        return None
+    key = (rule.window_minutes, rule.scope_agent_type, rule.scope_source)
+    total = reads.scoped.get(key)
+    if total is None:
+        rows = [
+            agg.c
+            for (agent_type, source), agg in reads.counters[rule.window_minutes].items()
+            if rule.scope_agent_type in (None, agent_type) and rule.scope_source in (None, source)
+        ]
+        total = Agg([sum(column) for column in zip(*rows, strict=True)]) if rows else Agg()
+        reads.scoped[key] = total
+    return total
+
+
+def measure(rule: AlertRule, reads: RoundReads, settings: Settings) -> Measure | None:
+    """The rule's value and whether it holds; None when what it needs could not be read."""
     last = f"in the last {rule.window_minutes} min{_where(rule)}"
     kind, threshold = rule.kind, rule.threshold
     if kind == "failure_rate":
-        c = await windows.counters(rule)
+        if (c := _counters(rule, reads)) is None:
+            return None
         ended = c["completed"] + c["failed"] + c["cancelled"]
         rate = c["failed"] / ended if ended else 0.0
         holds = ended >= 5 and _holds(rate, threshold)
@@ -153,79 +84,53 @@ async def measure(
             rate, holds, f"{c['failed']} of {ended} ended tasks failed ({rate:.0%}) {last}"
         )
     if kind == "cost_usd":
-        cost = micros_to_usd((await windows.counters(rule))["cost_micros"])
+        if (c := _counters(rule, reads)) is None:
+            return None
+        cost = micros_to_usd(c["cost_micros"])
         return Measure(cost, _holds(cost, threshold), f"${cost:,.2f} spent {last}")
     if kind == "duration_p95_seconds":
-        p95 = await windows.p95(rule) or 0.0
+        if reads.p95 is None:
+            return None
+        scope = (rule.scope_agent_type, rule.scope_source)
+        p95 = reads.p95[rule.window_minutes].get(scope, 0.0)
         return Measure(p95, _holds(p95, threshold), f"p95 duration {p95:.1f} s {last}")
-    if kind in ("agent_offline", "lease_expired", "webhook_signature_failures"):
-        return await _measure_events(windows, rule, now=now, settings=settings)
-    return await _measure_integrations(windows, rule, now=now, settings=settings)
+    if kind in COUNT_KINDS:
+        return _measure_count(rule, reads)
+    return _measure_integrations(rule, reads, settings)
 
 
-async def _measure_events(
-    windows: Windows, rule: AlertRule, *, now: datetime, settings: Settings
-) -> Measure:
-    """The rules that count events: agents gone quiet, expired leases, bad signatures."""
-    start = now - timedelta(minutes=rule.window_minutes)
-    last = f"in the last {rule.window_minutes} min{_where(rule)}"
-    kind, threshold = rule.kind, rule.threshold
-    if kind == "agent_offline":
-        cut = now - timedelta(seconds=settings.agent_online_seconds)
-        t = Task.__table__.c
-        running = select(t.task_id).where(t.status == "running", t.assigned_agent == Agent.name)
-        if rule.scope_agent_type:
-            running = running.where(t.agent_type == rule.scope_agent_type)
-        n = await windows.count(
-            rule,
-            select(func.count())
-            .select_from(Agent)
-            .where(
-                or_(Agent.last_heartbeat_at.is_(None), Agent.last_heartbeat_at < cut),
-                running.exists(),
-            ),
-        )
-        return Measure(n, _holds(n, threshold), f"{n} agent(s) with running tasks and no heartbeat")
-    if kind == "lease_expired":
-        t = Task.__table__.c
-        stmt = select(func.count()).where(
-            t.status == "failed",
-            t.created_at >= start - _MAX_LEASE,
-            t.completed_at >= start,
-            t.failure_reason == "lease_expired",
-        )
-        if rule.scope_agent_type:
-            stmt = stmt.where(t.agent_type == rule.scope_agent_type)
-        if rule.scope_source:
-            stmt = stmt.where(t.source == rule.scope_source)
-        n = await windows.count(rule, stmt)
-        return Measure(n, _holds(n, threshold), f"{n} task lease(s) expired {last}")
-    if kind == "webhook_signature_failures":
-        w = WebhookEvent
-        stmt = select(func.count()).where(
-            w.status == "failed", w.received_at >= start, w.error.in_(SIGNATURE_REJECTIONS)
-        )
-        if rule.scope_source:
-            stmt = stmt.where(w.source == rule.scope_source)
-        n = await windows.count(rule, stmt)
-        return Measure(n, _holds(n, threshold), f"{n} webhook signature failure(s) {last}")
-    raise ValueError(f"unknown rule kind {kind!r}")
+_COUNT_SUMMARIES = {
+    "agent_offline": "{n} agent(s) with running tasks and no heartbeat",
+    "lease_expired": "{n} task lease(s) expired {last}",
+    "webhook_signature_failures": "{n} webhook signature failure(s) {last}",
+    "index_job_failed": "{n} index job(s) failed {last}",
+}
 
 
-async def _measure_integrations(
-    windows: Windows, rule: AlertRule, *, now: datetime, settings: Settings
-) -> Measure:
-    """The rules on integrations and budgets: OAuth installations, index jobs, budgets."""
-    start = now - timedelta(minutes=rule.window_minutes)
+def _measure_count(rule: AlertRule, reads: RoundReads) -> Measure | None:
+    n = reads.counts.get(count_key(rule))
+    if n is None:
+        return None
+    # Index jobs belong to no agent type or source: their summary names no scope.
+    scope = _where(rule) if rule.kind != "index_job_failed" else ""
+    last = f"in the last {rule.window_minutes} min{scope}"
+    return Measure(n, _holds(n, rule.threshold), _COUNT_SUMMARIES[rule.kind].format(n=n, last=last))
+
+
+def _measure_integrations(rule: AlertRule, reads: RoundReads, settings: Settings) -> Measure | None:
+    """The rules on integrations and budgets: OAuth installations, budgets."""
     kind, threshold = rule.kind, rule.threshold
     if kind == "oauth_expiring":
-        soon = now + timedelta(days=threshold)
-        o = OAuthInstallation
-        installs = select(o)
-        if rule.scope_source:
-            installs = installs.where(o.platform == rule.scope_source)
+        if reads.installations is None:
+            return None
+        try:
+            soon = reads.now + timedelta(days=threshold)
+        except OverflowError:  # a threshold past the calendar's end: any expiry is within
+            soon = datetime.max.replace(tzinfo=UTC)
         found = 0
-        for row in await windows.scalars(rule, installs):
+        for row in reads.installations:
+            if rule.scope_source is not None and row.platform != rule.scope_source:
+                continue
             required = getattr(settings, f"{row.platform}_required_scopes", [])
             missing = [s for s in required if s not in set(row.scopes)]
             expiring = row.token_expires_at is not None and row.token_expires_at <= soon
@@ -235,24 +140,15 @@ async def _measure_integrations(
             found > 0,
             f"{found} OAuth installation(s) expiring within {threshold:g} days or missing scopes",
         )
-    if kind == "index_job_failed":
-        j = IndexJob
-        n = await windows.count(
-            rule, select(func.count()).where(j.status == "failed", j.finished_at >= start)
-        )
-        return Measure(
-            n,
-            _holds(n, threshold),
-            f"{n} index job(s) failed in the last {rule.window_minutes} min",
-        )
     if kind == "budget":
-        b = Budget
-        budgets = select(b.budget_id).where(b.state.in_(("warning", "exceeded")))
-        if rule.scope_agent_type:
-            budgets = budgets.where(b.scope_agent_type == rule.scope_agent_type)
-        if rule.scope_source:
-            budgets = budgets.where(b.scope_source == rule.scope_source)
-        ids = await windows.scalars(rule, budgets.order_by(b.budget_id))
+        if reads.budgets is None:
+            return None
+        ids = [
+            b.budget_id
+            for b in reads.budgets
+            if rule.scope_agent_type in (None, b.agent_type)
+            and rule.scope_source in (None, b.source)
+        ]
         n = len(ids)
         names = ", ".join(ids[:5]) + ("…" if n > 5 else "")
         return Measure(

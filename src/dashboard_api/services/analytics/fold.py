@@ -21,7 +21,9 @@ or rolls back (both unchanged), so a crash never loses or doubles a contribution
 
 from __future__ import annotations
 
-from sqlalchemy import Table, delete, func, select
+from typing import Any
+
+from sqlalchemy import ScalarSelect, Table, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import advisory_xact_lock_sql, try_advisory_xact_lock_sql
@@ -85,6 +87,13 @@ async def fold_pending(db: Database, *, wait: bool = True, upto: int | None = No
         folded += n
         if n < BATCH:
             return folded
+
+
+def newest_pending_sql() -> ScalarSelect[Any]:
+    """The id of the newest contribution waiting to be folded (NULL if none; one index
+    probe), as a column a reader adds to its own first statement: then
+    `fold_pending(db, upto=that id)` before reading the rollups."""
+    return select(func.max(_P.c.id)).scalar_subquery()
 
 
 async def newest_pending(db: Database, session: AsyncSession | None = None) -> int | None:
