@@ -15,8 +15,9 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from dashboard_api.ids import SLUG_PATTERN, TASK_ID_PATTERN
-from dashboard_api.money import micros_to_usd
 from dashboard_api.schemas.common import ApiModel
+from dashboard_api.schemas.tasks_json import SUMMARY_COLUMNS as SUMMARY_COLUMNS
+from dashboard_api.schemas.tasks_json import public_doc, summary_doc
 from dashboard_api.task_statuses import FailureReason, TaskStatus
 from dashboard_api.timeutil import UtcDateTime
 
@@ -277,78 +278,20 @@ class FullLog(BaseModel):
     truncated: bool
 
 
-# --- conversions from storage rows ---------------------------------------------------------
-
-
-def _duration(duration_us: int | None) -> float | None:
-    return None if duration_us is None else duration_us / 1_000_000
-
-
-def _task_fields(t: Any) -> dict[str, Any]:
-    """The `_TaskFields` of a `Task` row (or of a list-query row with its columns)."""
-    return {
-        "task_id": t.task_id,
-        "status": t.status,
-        "agent_type": t.agent_type,
-        "assigned_agent": t.assigned_agent,
-        "source": t.source,
-        "user_id": t.user_id,
-        "conversation_id": t.conversation_id,
-        "parent_task_id": t.parent_task_id,
-        "flow_id": t.flow_id,
-        "model": t.model,
-        "cost_usd": micros_to_usd(t.cost_micros),
-        "cost_basis": "reported" if t.cost_reported else "computed",
-        "input_tokens": t.input_tokens,
-        "output_tokens": t.output_tokens,
-        "cache_read_tokens": t.cache_read_tokens,
-        "cache_write_tokens": t.cache_write_tokens,
-        "duration_seconds": _duration(t.duration_us),
-        "created_at": t.created_at,
-        "started_at": t.started_at,
-        "completed_at": t.completed_at,
-        "updated_at": t.updated_at,
-        "cancel_requested": t.cancel_requested,
-        "output_seq": t.output_seq,
-        "output_truncated": t.output_truncated,
-        "lease_expires_at": t.lease_expires_at,
-        "failure_reason": t.failure_reason,
-        "attempt": t.attempt,
-        "max_attempts": t.max_attempts,
-        "retry_of": t.retry_of,
-        "retry_task_id": t.retry_task_id,
-    }
+# --- the models of storage rows ---------------------------------------------------------
+# Built from the documents of `schemas.tasks_json` (the one statement of which column
+# becomes which field), timestamps left as datetimes for the models to write.
 
 
 def task_public(t: Any) -> TaskPublic:
     """The API form of a `Task` row."""
-    return TaskPublic(
-        **_task_fields(t),
-        input_message=t.input_message,
-        result=t.result,
-        error=t.error,
-        metadata=t.metadata_,
-    )
-
-
-# Columns a summary needs, in this order (the list query selects exactly these).
-SUMMARY_COLUMNS = (
-    "task_id", "status", "agent_type", "assigned_agent", "source", "user_id",
-    "conversation_id", "parent_task_id", "flow_id", "model", "cost_micros", "cost_reported",
-    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "duration_us",
-    "created_at", "started_at", "completed_at", "updated_at", "cancel_requested", "output_seq",
-    "output_truncated", "lease_expires_at", "failure_reason", "attempt", "max_attempts",
-    "retry_of", "retry_task_id",
-)  # fmt: skip
+    return TaskPublic.model_validate(public_doc(t, timestamps_as_text=False))
 
 
 def task_summary(
     t: Any, *, input_preview: str | None = None, has_error: bool | None = None
 ) -> TaskSummary:
     """The summary form of a `Task` row, or of a list-query row with preview and has_error."""
-    preview = input_preview if input_preview is not None else t.input_message[:200]
-    return TaskSummary(
-        **_task_fields(t),
-        input_preview=preview,
-        has_error=has_error if has_error is not None else t.error is not None,
+    return TaskSummary.model_validate(
+        summary_doc(t, input_preview=input_preview, has_error=has_error, timestamps_as_text=False)
     )

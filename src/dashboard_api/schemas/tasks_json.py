@@ -1,9 +1,11 @@
-"""Task answers written straight to JSON bytes from database rows.
+"""Task documents from database rows, written straight to JSON bytes.
 
-The Pydantic models in `schemas.tasks` stay the contract (OpenAPI `response_model`, and
-the reference the tests compare against); building fifty of them per list page and
-serializing them again cost more CPU than the queries. These functions produce the same
-documents (same fields, order and values) with plain dicts and orjson.
+The Pydantic models in `schemas.tasks` stay the contract (OpenAPI `response_model`); they
+are built from these documents (`task_summary`, `task_public`), and the hot paths write
+the documents with orjson instead: building fifty models per list page and serializing
+them again cost more CPU than the queries. `TASK_FIELDS` is the one statement of which
+column becomes which field; tests/tasks/test_wire.py checks every path against the
+models' JSON.
 """
 
 from __future__ import annotations
@@ -42,90 +44,105 @@ def seconds_or_none(micros: int | None) -> float | None:
     return None if micros is None else micros / _MICROS
 
 
+def basis(cost_reported: bool) -> str:
+    return "reported" if cost_reported else "computed"
+
+
+# The fields every task document starts with, in the models' order (`_TaskFields` in
+# `schemas.tasks`): (field, column or attribute, conversion of its value, None when the
+# value is the field's). The one statement of how a task row becomes a document: the
+# list rows, the whole task and the models (`task_summary`, `task_public`) all read it.
+TASK_FIELDS: tuple[tuple[str, str, Callable[[Any], Any] | None], ...] = (
+    ("task_id", "task_id", None),
+    ("status", "status", None),
+    ("agent_type", "agent_type", None),
+    ("assigned_agent", "assigned_agent", None),
+    ("source", "source", None),
+    ("user_id", "user_id", None),
+    ("conversation_id", "conversation_id", None),
+    ("parent_task_id", "parent_task_id", None),
+    ("flow_id", "flow_id", None),
+    ("model", "model", None),
+    ("cost_usd", "cost_micros", usd),
+    ("cost_basis", "cost_reported", basis),
+    ("input_tokens", "input_tokens", None),
+    ("output_tokens", "output_tokens", None),
+    ("cache_read_tokens", "cache_read_tokens", None),
+    ("cache_write_tokens", "cache_write_tokens", None),
+    ("duration_seconds", "duration_us", seconds_or_none),
+    ("created_at", "created_at", ts),
+    ("started_at", "started_at", ts_or_none),
+    ("completed_at", "completed_at", ts_or_none),
+    ("updated_at", "updated_at", ts),
+    ("cancel_requested", "cancel_requested", bool),
+    ("output_seq", "output_seq", None),
+    ("output_truncated", "output_truncated", bool),
+    ("lease_expires_at", "lease_expires_at", ts_or_none),
+    ("failure_reason", "failure_reason", None),
+    ("attempt", "attempt", None),
+    ("max_attempts", "max_attempts", None),
+    ("retry_of", "retry_of", None),
+    ("retry_task_id", "retry_task_id", None),
+)
+# Columns of a list row, in this order, then input_preview and has_error (the list query
+# selects exactly these).
+SUMMARY_COLUMNS = tuple(column for _, column, _ in TASK_FIELDS)
+_SUMMARY_NAMES = (*(name for name, _, _ in TASK_FIELDS), "input_preview", "has_error")
+_CONVERSIONS = (
+    *((name, convert) for name, _, convert in TASK_FIELDS if convert is not None),
+    ("has_error", bool),
+)
+
+
 def summary_from_row(row: Sequence[Any]) -> dict[str, Any]:
     """A `TaskSummary` document from a list row: SUMMARY_COLUMNS, input_preview, has_error."""
-    (
-        task_id, status, agent_type, assigned_agent, source, user_id, conversation_id,
-        parent_task_id, flow_id, model, cost_micros, cost_reported, input_tokens,
-        output_tokens, cache_read_tokens, cache_write_tokens, duration_us, created_at,
-        started_at, completed_at, updated_at, cancel_requested, output_seq, output_truncated,
-        lease_expires_at, failure_reason, attempt, max_attempts, retry_of, retry_task_id,
-        input_preview, has_error,
-    ) = row[:32]  # fmt: skip
+    # Positional, and only the converted fields touched: a page has fifty rows. The row
+    # may carry more columns after these (the page's total and order keys).
+    doc = dict(zip(_SUMMARY_NAMES, row, strict=False))
+    for name, convert in _CONVERSIONS:
+        doc[name] = convert(doc[name])
+    return doc
+
+
+# The same fields with their timestamps left as datetimes: what the models are built
+# from (they write timestamps themselves; text of a year before 1000 would not parse).
+_MODEL_FIELDS = tuple(
+    (name, attr, None if convert in (ts, ts_or_none) else convert)
+    for name, attr, convert in TASK_FIELDS
+)
+
+
+def _task_doc(t: Any, timestamps_as_text: bool) -> dict[str, Any]:
+    """The fields every task document starts with, from a `Task` (or its attributes)."""
     return {
-        "task_id": task_id,
-        "status": status,
-        "agent_type": agent_type,
-        "assigned_agent": assigned_agent,
-        "source": source,
-        "user_id": user_id,
-        "conversation_id": conversation_id,
-        "parent_task_id": parent_task_id,
-        "flow_id": flow_id,
-        "model": model,
-        "cost_usd": cost_micros / _MICROS,
-        "cost_basis": "reported" if cost_reported else "computed",
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cache_read_tokens": cache_read_tokens,
-        "cache_write_tokens": cache_write_tokens,
-        "duration_seconds": None if duration_us is None else duration_us / _MICROS,
-        "created_at": ts(created_at),
-        "started_at": None if started_at is None else ts(started_at),
-        "completed_at": None if completed_at is None else ts(completed_at),
-        "updated_at": ts(updated_at),
-        "cancel_requested": bool(cancel_requested),
-        "output_seq": output_seq,
-        "output_truncated": bool(output_truncated),
-        "lease_expires_at": None if lease_expires_at is None else ts(lease_expires_at),
-        "failure_reason": failure_reason,
-        "attempt": attempt,
-        "max_attempts": max_attempts,
-        "retry_of": retry_of,
-        "retry_task_id": retry_task_id,
-        "input_preview": input_preview,
-        "has_error": bool(has_error),
+        name: getattr(t, attr) if convert is None else convert(getattr(t, attr))
+        for name, attr, convert in (TASK_FIELDS if timestamps_as_text else _MODEL_FIELDS)
     }
 
 
-def public_doc(t: Any) -> dict[str, Any]:
+def summary_doc(
+    t: Any,
+    *,
+    input_preview: str | None = None,
+    has_error: bool | None = None,
+    timestamps_as_text: bool = True,
+) -> dict[str, Any]:
+    """A `TaskSummary` document from a `Task` (or its attributes); the preview and
+    has_error from its input and error unless given."""
+    doc = _task_doc(t, timestamps_as_text)
+    doc["input_preview"] = input_preview if input_preview is not None else t.input_message[:200]
+    doc["has_error"] = has_error if has_error is not None else t.error is not None
+    return doc
+
+
+def public_doc(t: Any, *, timestamps_as_text: bool = True) -> dict[str, Any]:
     """A `TaskPublic` document from a `Task` row (or anything with its attributes)."""
-    return {
-        "task_id": t.task_id,
-        "status": t.status,
-        "agent_type": t.agent_type,
-        "assigned_agent": t.assigned_agent,
-        "source": t.source,
-        "user_id": t.user_id,
-        "conversation_id": t.conversation_id,
-        "parent_task_id": t.parent_task_id,
-        "flow_id": t.flow_id,
-        "model": t.model,
-        "cost_usd": usd(t.cost_micros),
-        "cost_basis": "reported" if t.cost_reported else "computed",
-        "input_tokens": t.input_tokens,
-        "output_tokens": t.output_tokens,
-        "cache_read_tokens": t.cache_read_tokens,
-        "cache_write_tokens": t.cache_write_tokens,
-        "duration_seconds": seconds_or_none(t.duration_us),
-        "created_at": ts(t.created_at),
-        "started_at": ts_or_none(t.started_at),
-        "completed_at": ts_or_none(t.completed_at),
-        "updated_at": ts(t.updated_at),
-        "cancel_requested": bool(t.cancel_requested),
-        "output_seq": t.output_seq,
-        "output_truncated": bool(t.output_truncated),
-        "lease_expires_at": ts_or_none(t.lease_expires_at),
-        "failure_reason": t.failure_reason,
-        "attempt": t.attempt,
-        "max_attempts": t.max_attempts,
-        "retry_of": t.retry_of,
-        "retry_task_id": t.retry_task_id,
-        "input_message": t.input_message,
-        "result": t.result,
-        "error": t.error,
-        "metadata": t.metadata_,
-    }
+    doc = _task_doc(t, timestamps_as_text)
+    doc["input_message"] = t.input_message
+    doc["result"] = t.result
+    doc["error"] = t.error
+    doc["metadata"] = t.metadata_
+    return doc
 
 
 def page_json(result: PageResult[dict[str, Any]]) -> bytes:

@@ -17,8 +17,8 @@ from dashboard_api.db.models import Task, TaskEvent
 from dashboard_api.errors import Conflict, NotFound
 from dashboard_api.ids import new_id
 from dashboard_api.money import usd_to_micros
-from dashboard_api.schemas.tasks import SUMMARY_COLUMNS, TaskCreate, TaskUpdate
-from dashboard_api.schemas.tasks_json import summary_from_row
+from dashboard_api.schemas.tasks import TaskCreate, TaskUpdate
+from dashboard_api.schemas.tasks_json import summary_doc
 from dashboard_api.services.budgets.holds import not_held
 from dashboard_api.services.leases import (
     REPORTED_BY_AGENT,
@@ -50,14 +50,7 @@ def publish_status(session: AsyncSession, task: Any) -> None:
     """Queue the task's `task_status` event on `task:{id}` and `tasks` (a `Task` or its
     attributes), published after the commit."""
     # The same document as task_summary(task).model_dump(mode="json"), without the model.
-    summary = summary_from_row(
-        (
-            *(getattr(task, column) for column in SUMMARY_COLUMNS),
-            task.input_message[:200],
-            task.error is not None,
-        )
-    )
-    payload = {"type": "task_status", **summary}
+    payload = {"type": "task_status", **summary_doc(task)}
     emit(session, f"task:{task.task_id}", payload)
     emit(session, "tasks", payload)
 

@@ -24,8 +24,7 @@ from dashboard_api.db.paging import (
     decode_cursor,
     paginate,
 )
-from dashboard_api.schemas.tasks import SUMMARY_COLUMNS
-from dashboard_api.schemas.tasks_json import summary_from_row
+from dashboard_api.schemas.tasks_json import SUMMARY_COLUMNS, summary_from_row
 from dashboard_api.services.tasks.counts import (
     HORIZON_ATTEMPTS,
     HORIZON_MOVED,
