@@ -8,8 +8,9 @@ N task channels (one each), the same total rate spread round-robin over the task
 
 Latency is end-to-end: from just before the producer's POST (timestamp in the chunk) to
 the moment a subscriber's frame is parsed. Every subscriber checks its seqs: a message
-lost (or repeated) shows up as a gap. Subscribers run in a separate process with a
-minimal WebSocket client (asyncio protocol), so that the client side is not the limit.
+lost (or repeated) shows up as a gap. Subscribers run in separate processes
+(`--generators`, one per core by default) with a minimal WebSocket client (asyncio
+protocol), so that the client side is not the limit.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from array import array
@@ -250,13 +252,9 @@ async def run_subscribers(args: argparse.Namespace) -> None:
     deadline_task = asyncio.create_task(_wait_stdin_done(args.grace))
     done_task = asyncio.create_task(stats.all_done.wait())
     await asyncio.wait({deadline_task, done_task}, return_when=asyncio.FIRST_COMPLETED)
-    lat = sorted(stats.latencies)
-
-    def pct(p: float) -> float | None:
-        if not lat:
-            return None
-        return lat[min(len(lat) - 1, max(0, int(p * len(lat) + 0.999999) - 1))]
-
+    fd, lat_path = tempfile.mkstemp(prefix="ws_fanout_lat_")
+    with os.fdopen(fd, "wb") as f:
+        stats.latencies.tofile(f)
     result = {
         "received": stats.received,
         "expected": stats.expected_per_client * len(channels),
@@ -264,9 +262,7 @@ async def run_subscribers(args: argparse.Namespace) -> None:
         "duplicates": sum(c.dups for c in clients),
         "incomplete_clients": sum(1 for c in clients if c.count < args.expected),
         "closed": stats.closed,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "max_ms": lat[-1] if lat else None,
+        "latencies_file": lat_path,
         "last_receive": stats.last_receive,
         # Measured here: the process may be gone by the time the parent could look.
         "cpu_s": time.process_time() - cpu0,
@@ -392,6 +388,67 @@ async def _produce_redis(
     return t0, time.time(), 0
 
 
+async def _start_subscribers(
+    port: int, token: str, channels: list[str], expected: int
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.ws_fanout",
+        "--role",
+        "subscribers",
+        "--port",
+        str(port),
+        "--token",
+        token,
+        "--channels",
+        json.dumps(channels),
+        "--expected",
+        str(expected),
+        "--grace",
+        "15",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
+async def _subscriber_result(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+    assert proc.stdout is not None
+    result: dict[str, Any] = {}
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        if not line:
+            break
+        if line.startswith(b"RESULT "):
+            result = json.loads(line[7:])
+            break
+    await proc.wait()
+    return result
+
+
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The subscriber processes' results as one: sums, and percentiles over all samples."""
+    lat: array[float] = array("d")
+    for part in parts:
+        with open(part["latencies_file"], "rb") as f:
+            lat.frombytes(f.read())
+        os.unlink(part["latencies_file"])
+    ordered = sorted(lat)
+
+    def pct(p: float) -> float | None:
+        if not ordered:
+            return None
+        return ordered[min(len(ordered) - 1, max(0, int(p * len(ordered) + 0.999999) - 1))]
+
+    merged: dict[str, Any] = {
+        k: sum(part[k] for part in parts)
+        for k in ("received", "expected", "gaps", "duplicates", "closed", "cpu_s", "reads")
+    }
+    merged["last_receive"] = max(part["last_receive"] for part in parts)
+    merged.update(p50_ms=pct(0.50), p99_ms=pct(0.99), max_ms=pct(1.0))
+    return merged
+
+
 async def scenario(
     name: str,
     port: int,
@@ -404,6 +461,7 @@ async def scenario(
     producer: str = "http",
     prefix: str = "",
     server_pid: int = 0,
+    generators: int = 1,
 ) -> dict[str, Any]:
     import httpx
 
@@ -432,30 +490,15 @@ async def scenario(
     total = _total(rate, seconds, channels)
     per_channel = total // channels
     sub_channels = [f"task:{task_ids[i % channels]}" for i in range(subscribers)]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.ws_fanout",
-        "--role",
-        "subscribers",
-        "--port",
-        str(port),
-        "--token",
-        tokens["user"],
-        "--channels",
-        json.dumps(sub_channels),
-        "--expected",
-        str(per_channel),
-        "--grace",
-        "15",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    assert proc.stdin is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 120)
-    if line.strip() != b"READY":
-        raise RuntimeError(f"subscribers failed: {line!r}")
+    procs = [
+        await _start_subscribers(port, tokens["user"], sub_channels[g::generators], per_channel)
+        for g in range(generators)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        if line.strip() != b"READY":
+            raise RuntimeError(f"subscribers failed: {line!r}")
     server_cpu0 = cpu_seconds(server_pid)
     server_io0 = _syscalls(server_pid)
     hub0 = await _hub_counters(port, tokens["agent"])
@@ -463,24 +506,19 @@ async def scenario(
         t0, t1, errors = await _produce_redis(prefix, task_ids, rate, seconds)
     else:
         t0, t1, errors = await _produce(port, tokens["agent"], task_ids, rate, seconds, batch)
-    with contextlib.suppress(ConnectionError):  # the subscribers may have finished already
-        proc.stdin.write(b"DONE\n")
-        await proc.stdin.drain()
-    result: dict[str, Any] = {}
-    while True:
-        line = await asyncio.wait_for(proc.stdout.readline(), 120)
-        if not line:
-            break
-        if line.startswith(b"RESULT "):
-            result = json.loads(line[7:])
-            break
+    for proc in procs:
+        assert proc.stdin is not None
+        with contextlib.suppress(ConnectionError):  # they may have finished already
+            proc.stdin.write(b"DONE\n")
+            await proc.stdin.drain()
+    parts = [await _subscriber_result(proc) for proc in procs]
     server_cpu = cpu_seconds(server_pid) - server_cpu0
     hub1 = await _hub_counters(port, tokens["agent"])
     hub = {k: hub1[k] - hub0.get(k, 0.0) for k in hub1}
-    client_cpu = float(result["cpu_s"])
     server_writes = _syscalls(server_pid)[1] - server_io0[1]
+    result = _merge(parts)
+    client_cpu = float(result["cpu_s"])
     client_reads = int(result["reads"])
-    await proc.wait()
     window = max(result.get("last_receive", t1), t1) - t0
     lost = result["expected"] - result["received"]
     return {
@@ -644,6 +682,7 @@ async def main(args: argparse.Namespace) -> None:
                         args.producer,
                         prefix,
                         server.pid,
+                        args.generators,
                     )
                 finally:
                     _stop(server)
@@ -714,6 +753,12 @@ def cli() -> None:
         help="also run each scenario against this checkout's src first (e.g. "
         "`git archive <commit> src | tar -x -C /tmp/before` then /tmp/before/src), "
         "in the same run and database, for before/after figures",
+    )
+    parser.add_argument(
+        "--generators",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="subscriber processes (one per core: one alone was the p99's limit)",
     )
     # subscriber-process arguments
     parser.add_argument("--port", type=int, default=0)
