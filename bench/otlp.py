@@ -202,6 +202,9 @@ async def main(args: argparse.Namespace) -> None:
             "DASHBOARD_REDIS_INGRESS_PREFIX": prefix,
             "DASHBOARD_LOG_LEVEL": "WARNING",
             "DASHBOARD_RATE_LIMIT_PER_MINUTE": "0",
+            # As many connections as requests in flight (and as many again for the
+            # jobs): the shared PostgreSQL serves other databases too.
+            "DASHBOARD_DATABASE_POOL_SIZE": str(args.connections),
         }
         srcs = {"after": None, "before": str(Path(args.before_src or ".") / "src")}
         ports = {side: free_port() for side in sides}
