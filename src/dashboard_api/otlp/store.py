@@ -22,9 +22,9 @@ from decimal import Decimal
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, bindparam, delete, select, text, update
+from sqlalchemy import Table, bindparam, delete, select, update
 
-from dashboard_api.db.dialect import backend_of, upsert
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models.otlp import OtlpSpan
 from dashboard_api.errors import NotFound
@@ -74,26 +74,25 @@ async def store_spans(
         return result
     batch = secrets.randbits(62)
     async with db.write() as session:
-        await _lock_traces(session, sorted({t for t, _ in unique}))
+        dialect = dialect_of(session)
+        # Serializes the requests that carry spans of the same traces (PostgreSQL; SQLite
+        # writes are serialized already).
+        await dialect.lock_keys(session, _LOCK_CLASS, [int(t[:8], 16) - 2**31 for t, _ in unique])
         rows = [
-            {
-                "trace_id": t,
-                "span_id": s,
-                "task_id": None,
-                "batch": batch,
-                "received_at": now,
-                "facts": orjson.dumps(f.to_doc()).decode(),
-            }
+            {"trace_id": t, "span_id": s, "facts": orjson.dumps(f.to_doc()).decode()}
             for (t, s), f in unique.items()
         ]
-        new_keys, earlier = await _insert_spans(session, rows)
+        inserted = await dialect.insert_missing_returning(
+            session, _S, ("trace_id", "span_id"), rows, {"batch": batch, "received_at": now}
+        )
+        new_keys = {(t, s) for t, s in inserted}
         result.new_spans = len(new_keys)
         if not new_keys:
             return result
         touched = sorted({t for t, _ in new_keys})
         known: dict[str, list[SpanFacts]] = {t: [] for t in touched}
         has_task: dict[tuple[str, str], str] = {}
-        for row in earlier:
+        for row in await session.execute(_LOAD, {"traces": touched, "batch": batch}):
             known[row.trace_id].append(SpanFacts.from_doc(orjson.loads(row.facts)))
             if row.task_id is not None:
                 has_task[(row.trace_id, row.span_id)] = row.task_id
@@ -127,51 +126,6 @@ async def store_spans(
     return result
 
 
-async def _insert_spans(
-    session: Any, rows: list[dict[str, Any]]
-) -> tuple[set[tuple[str, str]], Sequence[Any]]:
-    """INSERT the rows, skipping keys already stored: the keys inserted, and the spans
-    stored before of the traces that gained one (trace_id, span_id, task_id, facts).
-
-    PostgreSQL: one statement over arrays (one plan and one round trip whatever the
-    number of rows; its SELECT reads the snapshot from before its INSERT, so it sees the
-    earlier spans only)."""
-    if backend_of(session) == "postgresql":
-        params = {name: [r[name] for r in rows] for name in ("trace_id", "span_id", "facts")}
-        params.update(batch=rows[0]["batch"], received_at=rows[0]["received_at"])
-        out = (await session.execute(_INSERT_AND_LOAD_PG, params)).all()
-        new_keys = {(r.trace_id, r.span_id) for r in out if r.new}
-        return new_keys, [r for r in out if not r.new]
-    inserted = await session.execute(
-        upsert(session, _S)
-        .on_conflict_do_nothing(index_elements=[_S.c.trace_id, _S.c.span_id])
-        .returning(_S.c.trace_id, _S.c.span_id),
-        rows,
-    )
-    new_keys = {(r.trace_id, r.span_id) for r in inserted}
-    if not new_keys:
-        return new_keys, []
-    traces = sorted({t for t, _ in new_keys})
-    earlier = await session.execute(_LOAD, {"traces": traces, "batch": rows[0]["batch"]})
-    return new_keys, earlier.all()
-
-
-_INSERT_AND_LOAD_PG = text(
-    "WITH inserted AS ("
-    "INSERT INTO otlp_spans (trace_id, span_id, task_id, batch, received_at, facts) "
-    "SELECT t, s, NULL, CAST(:batch AS bigint), CAST(:received_at AS timestamptz), f "
-    "FROM unnest(CAST(:trace_id AS varchar[]), CAST(:span_id AS varchar[]), "
-    "CAST(:facts AS text[])) AS u(t, s, f) "
-    "ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id) "
-    "SELECT trace_id, span_id, NULL AS task_id, NULL AS facts, true AS new FROM inserted "
-    "UNION ALL "
-    "SELECT o.trace_id, o.span_id, o.task_id, o.facts, false "
-    "FROM (SELECT DISTINCT trace_id FROM inserted) AS i CROSS JOIN LATERAL ("
-    "SELECT span_id, task_id, facts, trace_id FROM otlp_spans WHERE trace_id = i.trace_id "
-    # OFFSET 0 keeps the subquery apart: one primary-key range scan per trace. Joined
-    # instead, the planner (misjudging the CTE's rows) scanned the whole table.
-    "OFFSET 0) AS o"
-)
 _LOAD = select(_S.c.trace_id, _S.c.span_id, _S.c.task_id, _S.c.facts).where(
     _S.c.trace_id.in_(bindparam("traces", expanding=True)), _S.c.batch != bindparam("batch")
 )
@@ -179,22 +133,6 @@ _MARK_ROOT = (
     update(_S)
     .where(_S.c.trace_id == bindparam("t"), _S.c.span_id == bindparam("s"))
     .values(task_id=bindparam("task_id"))
-)
-
-
-async def _lock_traces(session: Any, trace_ids: Sequence[str]) -> None:
-    """Serialize the requests that carry spans of the same traces (PostgreSQL), taking
-    the locks in key order so that two requests never wait for each other in a cycle."""
-    if backend_of(session) != "postgresql":
-        return  # SQLite: `Database.write()` transactions are serialized already
-    keys = sorted({int(t[:8], 16) - 2**31 for t in trace_ids})
-    await session.execute(_LOCK_SQL, {"cls": _LOCK_CLASS, "keys": keys})
-
-
-# unnest keeps the array's order: the locks are taken in key order.
-_LOCK_SQL = text(
-    "SELECT count(pg_advisory_xact_lock(CAST(:cls AS integer), k)) "
-    "FROM unnest(CAST(:keys AS integer[])) AS k"
 )
 
 

@@ -476,7 +476,8 @@ def _insert_missing_returning(
 
 
 def _scalar_type(column: Any) -> str:
-    type_ = column.type
+    # Through a TypeDecorator (UTCDateTime) to the type it stores as.
+    type_ = getattr(column.type, "impl_instance", column.type)
     if isinstance(type_, BigInteger):
         return "bigint"
     if isinstance(type_, Integer):
