@@ -72,7 +72,10 @@ class Server:
         self.proc = subprocess.Popen(
             [str(BIN / "python"), *profile, "-m", "uvicorn", "dashboard_api.app:create_app",
              "--factory", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning", "--no-access-log"],
+             "--log-level", "warning", "--no-access-log",
+             # The timing connections idle while the raw GROUP BY runs (seconds):
+             # uvicorn closes keep-alive connections after 5 s by default.
+             "--timeout-keep-alive", "120"],
             env=env,
         )  # fmt: skip
 
