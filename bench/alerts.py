@@ -56,7 +56,7 @@ def rules() -> list[dict[str, Any]]:
     """100 rules: 85 over the rollups (every scope shape, windows 5 min .. 1 day) and 15
     counts and reads of the other six kinds (windows of 15 minutes to a day, scoped and
     not)."""
-    from dashboard_api.services.seed import AGENT_TYPES, SOURCES
+    from dashboard_api.services.seed_data import AGENT_TYPES, SOURCES
 
     out: list[dict[str, Any]] = []
     windows = (5, 15, 60, 240, 1440)
@@ -94,7 +94,7 @@ def rules() -> list[dict[str, Any]]:
 
 
 def budgets() -> list[dict[str, Any]]:
-    from dashboard_api.services.seed import AGENT_TYPES, SOURCES
+    from dashboard_api.services.seed_data import AGENT_TYPES, SOURCES
 
     out: list[dict[str, Any]] = [{"scope": {}, "period": p} for p in ("day", "week", "month")]
     out += [{"scope": {"agent_type": a}, "period": "month"} for a in AGENT_TYPES]

@@ -270,7 +270,7 @@ def seed(
     days: Annotated[int, typer.Option(min=1, help="Spread over the last N days")] = 90,
     random_seed: Annotated[int | None, typer.Option(help="Seed for repeatable data")] = None,
 ) -> None:
-    """Add realistic sample tasks (bulk insert; a million takes about a minute on PostgreSQL)."""
+    """Add realistic sample tasks (a bulk load: binary COPY on PostgreSQL)."""
     import time
 
     settings = _migrated_settings()

@@ -21,8 +21,9 @@ async def prepare_bulk_load(session: AsyncSession) -> None:
 
 
 async def drop_secondary_indexes(session: AsyncSession, tables: Sequence[str]) -> list[str]:
-    """Drop the indexes of `tables` that back no constraint; the statements that rebuild
-    them. For a load that at least doubles a table."""
+    """Drop the indexes of `tables` that back no constraint (and, on PostgreSQL, their
+    foreign keys); the statements that put them back. For a load that at least doubles a
+    table."""
     return await dialect_of(session).drop_secondary_indexes(session, tables)
 
 
@@ -36,3 +37,15 @@ async def bulk_insert(
 ) -> None:
     """Insert many rows fast. Values must already be in storage form (aware UTC datetimes)."""
     await dialect_of(session).bulk_insert(session, table, columns, rows)
+
+
+def copies_binary(session: AsyncSession) -> bool:
+    """Whether `copy_binary` works here (PostgreSQL)."""
+    return dialect_of(session).copies_binary
+
+
+async def copy_binary(
+    session: AsyncSession, table: str, columns: Sequence[str], data: bytes
+) -> None:
+    """Load binary COPY data (db/pgcopy.py) into `table`."""
+    await dialect_of(session).copy_binary(session, table, columns, data)

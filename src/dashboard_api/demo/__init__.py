@@ -27,7 +27,7 @@ from dashboard_api.schemas.tasks import TaskCreate
 from dashboard_api.schemas.webhooks import WebhookEventCreate, WebhookSource
 from dashboard_api.services import conversations as conversation_service
 from dashboard_api.services import sources as source_service
-from dashboard_api.services.seed import AGENT_TYPES, SOURCES
+from dashboard_api.services.seed_data import AGENT_TYPES, SOURCES
 from dashboard_api.services.tasks import register_task
 from dashboard_api.services.webhooks import record_event
 

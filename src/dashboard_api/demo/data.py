@@ -25,7 +25,8 @@ from dashboard_api.services import conversations as conversation_service
 from dashboard_api.services import oauth as oauth_service
 from dashboard_api.services import sources as source_service
 from dashboard_api.services import webhooks as webhook_service
-from dashboard_api.services.seed import AGENT_TYPES, PROMPTS, REPOS, seed_tasks
+from dashboard_api.services.seed import seed_tasks
+from dashboard_api.services.seed_data import AGENT_TYPES, PROMPTS, REPOS
 
 log = logging.getLogger(__name__)
 

@@ -354,3 +354,15 @@ class Dialect(ABC):
         rows: Sequence[tuple[Any, ...]],
     ) -> None:
         """Insert many rows fast. Values must already be in storage form (aware UTC)."""
+
+    @property
+    @abstractmethod
+    def copies_binary(self) -> bool:
+        """Whether `copy_binary` takes PostgreSQL's binary COPY data (db/pgcopy.py), which
+        a loader can build far cheaper than rows for `bulk_insert`."""
+
+    async def copy_binary(
+        self, session: AsyncSession, table: str, columns: Sequence[str], data: bytes
+    ) -> None:
+        """COPY `data` (header, rows, trailer) into `table`, in the session's transaction."""
+        raise NotImplementedError("binary COPY is PostgreSQL's")

@@ -370,6 +370,10 @@ class SQLiteDialect(Dialect):
     async def rebuild_indexes(self, session: AsyncSession, definitions: Sequence[str]) -> None:
         return  # nothing was dropped
 
+    @property
+    def copies_binary(self) -> bool:
+        return False
+
     async def bulk_insert(
         self,
         session: AsyncSession,

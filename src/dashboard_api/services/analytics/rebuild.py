@@ -318,8 +318,8 @@ async def _build_histograms(session: AsyncSession) -> None:
     level: dict[tuple[Any, ...], tuple[int, int]] = {}
     for where, lo, data in finest:
         x = int.from_bytes(data, "little")
-        for key in _hist_series_keys(*where):
-            level[key] = _add_lanes(level.get(key), lo, x)
+        for key in hist_series_keys(*where):
+            level[key] = add_lanes(level.get(key), lo, x)
     finest.clear()
     out: list[tuple[Any, ...]] = []
     for i, g in enumerate(HIST_GRAINS):
@@ -327,19 +327,16 @@ async def _build_histograms(session: AsyncSession) -> None:
             coarser: dict[tuple[Any, ...], tuple[int, int]] = {}
             for (series, blk, a, s, m, kind), (lo, x) in level.items():
                 key = (series, blk - blk % g, a, s, m, kind)
-                coarser[key] = _add_lanes(coarser.get(key), lo, x)
+                coarser[key] = add_lanes(coarser.get(key), lo, x)
             level = coarser
         for (series, blk, a, s, m, kind), (lo, x) in level.items():
-            first = ((x & -x).bit_length() - 1) // _LANE  # the lowest non-zero lane
-            lanes = (x.bit_length() - 1) // _LANE - first + 1
-            counts = (x >> (_LANE * first)).to_bytes(8 * lanes, "little")
-            out.append((series, g, blk, a, s, m, kind, lo + first, counts))
+            out.append((series, g, blk, a, s, m, kind, *pack_lanes(lo, x)))
     out.sort(key=lambda r: r[:7])
     names = ("series", "grain", "bucket", "agent_type", "source", "model", "kind", *HIST_VALUES)
     await bulk_insert(session, _HIST, names, out)
 
 
-def _hist_series_keys(
+def hist_series_keys(
     blk: int, agent_type: str, source: str, model: str, reason: str, kind: int
 ) -> list[tuple[Any, ...]]:
     """The histogram rows ((series, block, agent_type, source, model, kind)) that the
@@ -357,7 +354,15 @@ def _hist_series_keys(
     return keys
 
 
-def _add_lanes(acc: tuple[int, int] | None, lo: int, x: int) -> tuple[int, int]:
+def pack_lanes(lo: int, x: int) -> tuple[int, bytes]:
+    """(bin_lo, counts) of a histogram row from (lowest bin, lanes): the lanes from the
+    lowest non-zero one to the highest, as little-endian 64-bit integers."""
+    first = ((x & -x).bit_length() - 1) // _LANE
+    lanes = (x.bit_length() - 1) // _LANE - first + 1
+    return lo + first, (x >> (_LANE * first)).to_bytes(8 * lanes, "little")
+
+
+def add_lanes(acc: tuple[int, int] | None, lo: int, x: int) -> tuple[int, int]:
     """(lowest bin, lanes) of `acc` plus bins `x` from bin `lo` (lanes of non-negative
     counts: adding is one integer addition once both start at the same bin)."""
     if acc is None:
