@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 
 from dashboard_api.api.deps import AdminRole, CtxDep, PageDep, UserRole, split_multi
 from dashboard_api.db.models.guards import ALERT_STATES
@@ -54,6 +54,16 @@ async def put_channel(ctx: CtxDep, _: AdminRole, channel_id: IdPath, body: Chann
     return ChannelOut.model_validate(doc)
 
 
+@router.delete("/channels/{channel_id}", status_code=204, responses=problem_responses(404, 409))
+async def delete_channel(ctx: CtxDep, _: AdminRole, channel_id: IdPath) -> Response:
+    """Delete a channel (admin); 409 while a rule lists it. Deliveries already recorded
+    stay, with their attempts; one still pending fails at the sender's next run, its
+    attempt recorded as "the channel no longer exists"."""
+    async with ctx.db.write() as session:
+        await channels.delete_channel(session, channel_id=channel_id)
+    return Response(status_code=204)
+
+
 @router.get("/channels", response_model=Items[ChannelOut])
 async def list_channels(ctx: CtxDep, _: AdminRole) -> Items[ChannelOut]:
     async with ctx.db.read() as session:
@@ -67,6 +77,17 @@ async def put_rule(ctx: CtxDep, _: AdminRole, rule_id: IdPath, body: RuleIn) -> 
     async with ctx.db.write() as session:
         doc = await rules.put_rule(session, rule_id=rule_id, body=body, now=ctx.clock.now())
     return RuleOut.model_validate(doc)
+
+
+@router.delete("/rules/{rule_id}", status_code=204, responses=problem_responses(404))
+async def delete_rule(ctx: CtxDep, _: AdminRole, rule_id: IdPath) -> Response:
+    """Delete a rule (admin). Its open alert resolves ("the rule was deleted") and
+    notifies its channels once; its alerts and their deliveries stay as history."""
+    async with ctx.db.write() as session:
+        await rules.delete_rule(
+            session, rule_id=rule_id, now=ctx.clock.now(), settings=ctx.settings
+        )
+    return Response(status_code=204)
 
 
 @router.get("/rules", response_model=Items[RuleOut])

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.models.guards import AlertChannel
-from dashboard_api.errors import NotFound
+from dashboard_api.db.models.guards import AlertChannel, AlertRule
+from dashboard_api.errors import Conflict, NotFound
 from dashboard_api.schemas.alerts import ChannelIn
 from dashboard_api.services.alerts.urls import Target, display_url
 from dashboard_api.services.secrets_box import seal, unseal
@@ -54,6 +54,25 @@ async def put_channel(
     row.updated_at = now
     await session.flush()
     return channel_document(row)
+
+
+async def delete_channel(session: AsyncSession, *, channel_id: str) -> None:
+    """Delete a channel that no rule lists (409 names the rules that do). Deliveries to
+    it already recorded stay, with their attempts, for the alerts' history; one still
+    pending ends at the sender's next run as failed, its attempt recorded as "the
+    channel no longer exists"."""
+    row = await session.get(AlertChannel, channel_id)
+    if row is None:
+        raise NotFound(f"No alert channel {channel_id!r}.")
+    rules = (await session.execute(select(AlertRule.rule_id, AlertRule.channels))).all()
+    users = sorted(rule_id for rule_id, listed in rules if channel_id in listed)
+    if users:
+        named = ", ".join(repr(r) for r in users[:5]) + (", …" if len(users) > 5 else "")
+        raise Conflict(
+            f"Alert channel {channel_id!r} is used by the rules {named}: remove it from them first."
+        )
+    await session.delete(row)
+    await session.flush()
 
 
 async def list_channels(session: AsyncSession) -> list[dict[str, Any]]:

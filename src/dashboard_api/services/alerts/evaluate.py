@@ -18,7 +18,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Select, Table, and_, bindparam, select, text, update
+from sqlalchemy import Select, Table, and_, bindparam, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import upsert
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ALERTS_CHANNEL = "alerts"
 _AL: Table = Alert.__table__  # type: ignore[assignment]
+_RULES_TABLE: Table = AlertRule.__table__  # type: ignore[assignment]
 
 
 def alert_document(row: Any) -> dict[str, Any]:
@@ -57,8 +58,9 @@ def alert_document(row: Any) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class Transition:
     rule: AlertRule
-    measure: Measure | None  # None: resolve because the rule is disabled
+    measure: Measure | None  # None: resolve for `why` (the rule is disabled, or deleted)
     open_alert: Alert | None  # the alert to resolve; None: open one
+    why: str = "the rule was disabled"
 
 
 def _announce(
@@ -97,14 +99,19 @@ async def _open(
         "started_at": now,
         "resolved_at": None,
     }
+    # Inserted only while the rule exists, holding its row (FOR SHARE on PostgreSQL): a
+    # rule deleted meanwhile (`rules.delete_rule` locks it) leaves no alert behind it.
+    rule = select(*(literal(v, _AL.c[k].type) for k, v in values.items())).where(
+        _RULES_TABLE.c.rule_id == t.rule.rule_id
+    )
     stmt = (
         upsert(session, _AL)
-        .values(values)
+        .from_select(list(values), rule.with_for_update(read=True))
         .on_conflict_do_nothing(index_elements=["rule_id"], index_where=text("state = 'firing'"))
         .returning(_AL.c.alert_id)
     )
     if (await session.execute(stmt)).first() is None:
-        return None  # another round opened it
+        return None  # another round opened it, or the rule is gone
     doc = alert_document(SimpleNamespace(**values))
     _announce(session, doc, t.rule, now=now, settings=settings)
     return doc
@@ -114,7 +121,7 @@ async def _resolve(
     session: AsyncSession, t: Transition, now: datetime, settings: Settings
 ) -> dict[str, Any] | None:
     assert t.open_alert is not None
-    summary = t.measure.summary if t.measure is not None else "the rule was disabled"
+    summary = t.measure.summary if t.measure is not None else t.why
     row = (
         await session.execute(
             update(_AL)
@@ -128,6 +135,21 @@ async def _resolve(
     doc = alert_document(row)
     _announce(session, doc, t.rule, now=now, settings=settings)
     return doc
+
+
+async def resolve_for(
+    session: AsyncSession, rule: AlertRule, *, why: str, now: datetime, settings: Settings
+) -> dict[str, Any] | None:
+    """Resolve the rule's open alert, if any, in the caller's transaction (notifying its
+    channels once, as any resolution): the alert document, or None."""
+    alert = (
+        await session.scalars(
+            select(Alert).where(Alert.rule_id == rule.rule_id, Alert.state == "firing")
+        )
+    ).first()
+    if alert is None:
+        return None
+    return await _resolve(session, Transition(rule, None, alert, why), now, settings)
 
 
 def _rules_statement(some_kinds: bool) -> Select[Any]:

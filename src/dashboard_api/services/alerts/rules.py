@@ -8,11 +8,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.guards import AlertRule
-from dashboard_api.errors import Unprocessable
+from dashboard_api.errors import NotFound, Unprocessable
 from dashboard_api.schemas.alerts import RuleIn
 from dashboard_api.services.alerts.channels import existing_channel_ids
+from dashboard_api.services.alerts.evaluate import resolve_for
 from dashboard_api.services.alerts.kinds import UNAVAILABLE_KINDS
+from dashboard_api.settings import Settings
 from dashboard_api.timeutil import format_ts
 
 
@@ -61,6 +64,23 @@ async def put_rule(
     row.channels, row.enabled, row.updated_at = channels, body.enabled, now
     await session.flush()
     return rule_document(row)
+
+
+async def delete_rule(
+    session: AsyncSession, *, rule_id: str, now: datetime, settings: Settings
+) -> None:
+    """Delete a rule. Its open alert, if any, resolves ("the rule was deleted") and
+    notifies its channels once, in the same transaction; its alerts and their deliveries
+    stay, as the history they are. The rule's row is locked first: an evaluation round
+    opening an alert for it meanwhile either finished before (its alert is resolved
+    here) or waits and then finds the rule gone (no alert)."""
+    stmt = select(AlertRule).where(AlertRule.rule_id == rule_id)
+    row = (await session.scalars(dialect_of(session).lock_for_update(stmt))).first()
+    if row is None:
+        raise NotFound(f"No alert rule {rule_id!r}.")
+    await resolve_for(session, row, why="the rule was deleted", now=now, settings=settings)
+    await session.delete(row)
+    await session.flush()
 
 
 async def list_rules(session: AsyncSession) -> list[dict[str, Any]]:
