@@ -261,6 +261,7 @@ class Generator:
         self.finished = 0
         self.closed = 0
         self.errors = 0
+        self.connect_retries = 0
         self.all_done = asyncio.Event()
 
     async def connect(self) -> None:
@@ -270,12 +271,24 @@ class Generator:
 
         async def one(i: int) -> None:
             async with sem:
-                _, client = await loop.create_connection(
-                    lambda: Client(self, f"/ws?token={args.token}", f"127.0.0.1:{args.port}"),
-                    "127.0.0.1",
-                    args.port,
-                )
-                await asyncio.wait_for(client.open, 60)
+                for attempt in range(6):
+                    try:
+                        _, client = await loop.create_connection(
+                            lambda: Client(
+                                self, f"/ws?token={args.token}", f"127.0.0.1:{args.port}"
+                            ),
+                            "127.0.0.1",
+                            args.port,
+                        )
+                        await asyncio.wait_for(client.open, 60)
+                        break
+                    except (OSError, RuntimeError, TimeoutError):
+                        # A refused handshake (e.g. 503 while the shared database has no
+                        # free connection) is retried, and counted.
+                        if attempt == 5:
+                            raise
+                        self.connect_retries += 1
+                        await asyncio.sleep(0.5 * 2**attempt)
                 self.clients.append(client)
                 self.channel_of.append(f"task:{args.run}-{i % args.channels}")
 
@@ -347,7 +360,7 @@ class Generator:
 async def run_generator(args: argparse.Namespace) -> None:
     gen = Generator(args)
     await gen.connect()
-    print("CONNECTED", flush=True)
+    print(f"CONNECTED {gen.connect_retries}", flush=True)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

@@ -97,6 +97,11 @@ def _start_server(
             str(port),
             "--workers",
             str(workers),
+            # uvicorn's supervisor kills a worker that does not answer its health check
+            # within 5 s by default; with 5,000 sockets a worker on this shared machine
+            # missed it (a full garbage collection and a connect storm) and lost them all.
+            "--timeout-worker-healthcheck",
+            "60",
             "--backlog",
             "4096",
             "--log-level",
@@ -393,7 +398,7 @@ async def run_variant(
         rss0 = meter.rss_kb()
         t = time.perf_counter()
         gens = await _start_generators(args, port, tokens["user"], run)
-        await gens.expect("CONNECTED", 600)
+        retries = sum(int(n) for n in await gens.expect("CONNECTED", 600))
         connect_s = time.perf_counter() - t
         await asyncio.sleep(2.0)
         rss_idle = meter.rss_kb()
@@ -401,6 +406,7 @@ async def run_variant(
             "phase": "idle",
             "connections": args.connections,
             "connect_s": round(connect_s, 1),
+            "refused_handshakes_retried": retries,
             "rss_before_kb": rss0,
             "rss_idle_kb": rss_idle,
             "idle_kb_per_connection": round((rss_idle - rss0) / args.connections, 2),
