@@ -311,6 +311,10 @@ class Generator:
                 client.reset()
                 client.timed = (start + j) % timed_every == 0
                 client.subscribed = loop.create_future()
+                if client.transport is None or client.transport.is_closing():
+                    # Dropped by the server (e.g. a ping unanswered while this process
+                    # fell behind): its events count as lost.
+                    continue
                 waits.append(client.subscribed)
                 channel = self.channel_of[start + j] if kind == "task" else "tasks"
                 if kind == "tasks":

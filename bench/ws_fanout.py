@@ -8,9 +8,9 @@ N task channels (one each), the same total rate spread round-robin over the task
 
 Latency is end-to-end: from just before the producer's POST (timestamp in the chunk) to
 the moment a subscriber's frame is parsed. Every subscriber checks its seqs: a message
-lost (or repeated) shows up as a gap. Subscribers run in separate processes
-(`--generators`, one per core by default) with a minimal WebSocket client (asyncio
-protocol), so that the client side is not the limit.
+lost (or repeated) shows up as a gap. Subscribers run in a separate process (or
+`--generators N`) with a minimal WebSocket client (asyncio protocol), so that the client
+side is not the limit.
 """
 
 from __future__ import annotations
@@ -757,8 +757,9 @@ def cli() -> None:
     parser.add_argument(
         "--generators",
         type=int,
-        default=os.cpu_count() or 1,
-        help="subscriber processes (one per core: one alone was the p99's limit)",
+        default=1,
+        help="subscriber processes (more than one only where spare cores exist: on a "
+        "shared 2-core machine two were no faster than one)",
     )
     # subscriber-process arguments
     parser.add_argument("--port", type=int, default=0)
