@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,9 +32,22 @@ async def get_task(session: AsyncSession, task_id: str) -> Task:
     return task
 
 
+# The reads of one task, built once with their values bound at each execution: a
+# statement object built per request cost SQLAlchemy a walk of it for its cache key.
+_TASK_BY_ID = select(*TASK_ROW).where(_T.c.task_id == bindparam("task_id"))
+_EVENTS_OF_TASK = (
+    select(_E.c.status, _E.c.at).where(_E.c.task_id == bindparam("task_id")).order_by(_E.c.event_id)
+)
+_CHUNKS_AFTER = (
+    select(_C.c.seq, _C.c.stream, _C.c.content, _C.c.created_at)
+    .where(_C.c.task_id == bindparam("task_id"), _C.c.seq > bindparam("after_seq"))
+    .order_by(_C.c.seq)
+)
+
+
 async def get_task_row(session: AsyncSession, task_id: str) -> AnyRow:
     """The task as a plain row (the attributes of a `Task`), or 404."""
-    row = (await session.execute(select(*TASK_ROW).where(_T.c.task_id == task_id))).first()
+    row = (await session.execute(_TASK_BY_ID, {"task_id": task_id})).first()
     if row is None:
         raise NotFound(f"No task {task_id!r}.")
     return row
@@ -42,20 +55,15 @@ async def get_task_row(session: AsyncSession, task_id: str) -> AnyRow:
 
 async def status_event_rows(session: AsyncSession, task_id: str) -> Sequence[AnyRow]:
     """A task's status history (status, at), oldest first."""
-    stmt = select(_E.c.status, _E.c.at).where(_E.c.task_id == task_id).order_by(_E.c.event_id)
-    return (await session.execute(stmt)).all()
+    return (await session.execute(_EVENTS_OF_TASK, {"task_id": task_id})).all()
 
 
 async def chunk_rows(
     session: AsyncSession, task_id: str, *, after_seq: int = 0
 ) -> Sequence[AnyRow]:
     """Output chunks (seq, stream, content, created_at) with seq > after_seq, in order."""
-    stmt = (
-        select(_C.c.seq, _C.c.stream, _C.c.content, _C.c.created_at)
-        .where(_C.c.task_id == task_id, _C.c.seq > after_seq)
-        .order_by(_C.c.seq)
-    )
-    return (await session.execute(stmt)).all()
+    params = {"task_id": task_id, "after_seq": after_seq}
+    return (await session.execute(_CHUNKS_AFTER, params)).all()
 
 
 async def list_status_events(session: AsyncSession, task_id: str) -> Sequence[TaskEvent]:
