@@ -36,10 +36,38 @@ class Task(Base):
         Index("ix_tasks_status_created", "status", "created_at", "task_id"),
         Index("ix_tasks_agent_type_created", "agent_type", "created_at", "task_id"),
         Index("ix_tasks_source_created", "source", "created_at", "task_id"),
-        Index("ix_tasks_conversation_created", "conversation_id", "created_at", "task_id"),
-        Index("ix_tasks_flow_created", "flow_id", "created_at", "task_id"),
-        Index("ix_tasks_user_created", "user_id", "created_at", "task_id"),
-        Index("ix_tasks_parent", "parent_task_id"),
+        # The id filters' indexes hold only the tasks that have the id: every query
+        # reading them compares it with a value (migration 0018).
+        Index(
+            "ix_tasks_conversation_created",
+            "conversation_id",
+            "created_at",
+            "task_id",
+            postgresql_where=text("conversation_id IS NOT NULL"),
+            sqlite_where=text("conversation_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_tasks_flow_created",
+            "flow_id",
+            "created_at",
+            "task_id",
+            postgresql_where=text("flow_id IS NOT NULL"),
+            sqlite_where=text("flow_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_tasks_user_created",
+            "user_id",
+            "created_at",
+            "task_id",
+            postgresql_where=text("user_id IS NOT NULL"),
+            sqlite_where=text("user_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_tasks_parent",
+            "parent_task_id",
+            postgresql_where=text("parent_task_id IS NOT NULL"),
+            sqlite_where=text("parent_task_id IS NOT NULL"),
+        ),
         Index("ix_tasks_cost", "cost_micros", "task_id"),
         Index("ix_tasks_duration_asc", DURATION_ASC_KEY, "task_id"),
         Index("ix_tasks_duration_desc", DURATION_DESC_KEY, "task_id"),
@@ -99,7 +127,9 @@ class TaskEvent(Base):
     """A task's status history, in the order it happened."""
 
     __tablename__ = "task_events"
-    __table_args__ = (Index("ix_task_events_task", "task_id", "event_id"),)
+    # A task's events are read together and sorted in memory: on task_id alone, equal
+    # keys are stored once on PostgreSQL (B-tree deduplication; migration 0018).
+    __table_args__ = (Index("ix_task_events_task", "task_id"),)
 
     event_id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True

@@ -75,6 +75,7 @@ def _ts() -> sa.types.TypeEngine[datetime]:
 
 _TASKS = sa.table(
     "tasks",
+    sa.column("task_id", sa.String()),
     sa.column("created_at", _ts()),
     sa.column("agent_type", sa.String()),
     sa.column("source", sa.String()),
@@ -107,9 +108,22 @@ _HIST = sa.table(
 
 
 def _reasoned_tasks(bind: sa.Connection) -> Iterator[Any]:
-    """The tasks that have a reason, streamed (read to the end before anything is written)."""
-    stmt = sa.select(_TASKS).where(_TASKS.c.failure_reason.in_(list(_FAILURE_SERIES)))
-    yield from bind.execute(stmt.execution_options(yield_per=_BATCH))
+    """The tasks that have a reason, a page at a time by task_id (read to the end before
+    anything is written). Plain queries, not a server-side cursor: a cursor left open on
+    tasks makes any later DDL on the table in the same transaction (the next migrations)
+    fail on PostgreSQL."""
+    after = ""
+    while True:
+        page = bind.execute(
+            sa.select(_TASKS)
+            .where(_TASKS.c.failure_reason.in_(list(_FAILURE_SERIES)), _TASKS.c.task_id > after)
+            .order_by(_TASKS.c.task_id)
+            .limit(_BATCH)
+        ).all()
+        yield from page
+        if len(page) < _BATCH:
+            return
+        after = page[-1].task_id
 
 
 def _counters(task: Any) -> list[int]:
