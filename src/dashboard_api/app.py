@@ -147,13 +147,20 @@ async def _database_down(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# SQLSTATE classes of a server that cannot take the work now, whatever the request:
+# connection exceptions (08), insufficient resources (53: too many connections, out of
+# memory or disk) and a server starting or shutting down (57P0x). The driver reports
+# some of them, such as "too many clients already" at connect, as a plain DBAPIError.
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P0")
+
 # SQLSTATEs of transactions PostgreSQL aborted to resolve contention: safe to retry.
 _RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}
 
 
 async def _dbapi_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated:
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+        if exc.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
             return await _database_down(request, exc)
         if getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
             log.warning("transaction aborted by contention, client may retry: %s", exc.orig)

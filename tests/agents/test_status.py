@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlparse
@@ -16,7 +17,7 @@ from dashboard_api.app import create_app
 from dashboard_api.db.migrate import upgrade_to_head
 from dashboard_api.settings import Settings
 from tests.support.dependencies import OwnRedis, TcpProxy
-from tests.support.env import Backend, require_services
+from tests.support.env import Backend, pg_admin, require_services
 from tests.support.tokens import make_token
 
 STATUS_KEYS = {
@@ -216,3 +217,49 @@ async def test_redis_down_and_back(tmp_path: Path) -> None:
                 assert r.json()["status"] == "ok"
     finally:
         redis.stop()
+
+
+async def test_a_server_out_of_connections_gives_503_and_recovers(pg_url: str) -> None:
+    """PostgreSQL refusing new connections ("too many connections", SQLSTATE 53300) is a
+    dependency outage: 503 naming the database, then 200 once it takes connections again.
+    A role of the test's own with a connection limit of 0 makes the refusal real."""
+    suffix = uuid.uuid4().hex[:8]
+    role, name = f"dash_limited_{suffix}", f"dash_limited_{suffix}"
+    await pg_admin(f'CREATE ROLE "{role}" LOGIN')
+    await pg_admin(f'CREATE DATABASE "{name}" OWNER "{role}"')
+    parsed = urlparse(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    url = f"postgresql+asyncpg://{role}@{parsed.hostname}:{parsed.port or 5432}/{name}"
+    await asyncio.to_thread(upgrade_to_head, url)
+    settings = Settings(
+        _env_file=None,
+        database_url=url,
+        redis_url=None,
+        token_cache_seconds=0,
+        dependency_timeout_seconds=0.5,
+        agent_sweep_interval_seconds=0,
+        lease_reap_interval_seconds=0,
+        rate_limit_per_minute=0,
+    )
+    app = create_app(settings)
+    try:
+        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                token = await make_token(app, role="user", user_id="u")
+                auth = {"Authorization": f"Bearer {token}"}
+                assert (await client.get("/api/tasks", headers=auth)).status_code == 200
+
+                await pg_admin(f'ALTER ROLE "{role}" CONNECTION LIMIT 0')
+                await app.state.ctx.db.engine.dispose()  # every later request connects anew
+                for path in ("/api/tasks", "/api/me"):
+                    r = await client.get(path, headers=auth)
+                    assert r.status_code == 503, r.text
+                    assert r.headers["content-type"].startswith("application/problem+json")
+                    assert r.json()["dependency"] == "database"
+                    assert r.headers["retry-after"] == "1"
+
+                await pg_admin(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+                assert (await client.get("/api/tasks", headers=auth)).status_code == 200
+    finally:
+        await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await pg_admin(f'DROP ROLE IF EXISTS "{role}"')
