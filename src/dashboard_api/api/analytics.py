@@ -137,7 +137,16 @@ async def cost_histogram(
     ctx: CtxDep,
     _: UserRole,
     window: WindowDep,
-    period: Period = "day",
+    period: Annotated[
+        Period,
+        Query(
+            description=(
+                "Bucket length. The window may hold at most DASHBOARD_ANALYTICS_MAX_BUCKETS "
+                "(default 2000) buckets of it, and its buckets must stay within years "
+                "1-9999 in `tz`: else 422."
+            )
+        ),
+    ] = "day",
     tz: Annotated[
         str,
         Query(
