@@ -38,7 +38,7 @@ from bench._common import (
     pct,
     scratch_database,
 )
-from bench.ws_fanout import _start_server, _stop, _wait_healthy
+from bench._server import start_server, stop_server, wait_healthy
 
 PRUNER = """
 import asyncio, sys, time
@@ -175,9 +175,9 @@ async def main(args: argparse.Namespace) -> None:
             f"{size / 2**20:.0f} MiB")  # fmt: skip
 
         port = free_port()
-        server = _start_server(port, env, None)
+        server = start_server(port, env, None)
         try:
-            await _wait_healthy(port)
+            await wait_healthy(port)
             token = tokens["user"]
             # The floor: health requests per second on one keep-alive connection.
             async with KeepAliveClient("127.0.0.1", port) as c:
@@ -245,7 +245,7 @@ async def main(args: argparse.Namespace) -> None:
             if not same:
                 raise SystemExit("analytics changed across the prune")
         finally:
-            _stop(server)
+            stop_server(server)
 
 
 if __name__ == "__main__":

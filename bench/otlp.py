@@ -46,7 +46,7 @@ from bench._common import (
     free_port,
     scratch_database,
 )
-from bench.ws_fanout import _start_server, _stop, _wait_healthy
+from bench._server import start_server, stop_server, wait_healthy
 
 
 def _kv(key: str, value: str | int) -> KeyValue:
@@ -208,10 +208,10 @@ async def main(args: argparse.Namespace) -> None:
         }
         srcs = {"after": None, "before": str(Path(args.before_src or ".") / "src")}
         ports = {side: free_port() for side in sides}
-        servers = {side: _start_server(ports[side], env, srcs[side]) for side in sides}
+        servers = {side: start_server(ports[side], env, srcs[side]) for side in sides}
         try:
             for i, side in enumerate(sides):
-                await _wait_healthy(ports[side])
+                await wait_healthy(ports[side])
                 await _send_all(ports[side], tokens["agent"], payloads[5 * i : 5 * i + 5], 1)
             timed = payloads[5 * n :]
             health_before = await _health_rate(ports["after"], args.connections, 3.0)
@@ -225,7 +225,7 @@ async def main(args: argparse.Namespace) -> None:
             health_after = await _health_rate(ports["after"], args.connections, 3.0)
         finally:
             for server in servers.values():
-                _stop(server)
+                stop_server(server)
         conn = await connect(db_url.rsplit("/", 1)[1])
         try:
             tasks = await conn.fetchval("SELECT count(*) FROM tasks")

@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from bench._common import REDIS_URL, KeepAliveClient, cpu_seconds, free_port, scratch_database
-from bench.ws_fanout import _start_server, _stop, _wait_healthy
+from bench._server import start_server, stop_server, wait_healthy
 
 
 async def _measure(
@@ -79,14 +79,14 @@ async def main(args: argparse.Namespace) -> None:
         for round_ in range(args.rounds):
             for variant, src in variants:
                 port = free_port()
-                server = _start_server(port, env, src)
+                server = start_server(port, env, src)
                 try:
-                    await _wait_healthy(port)
+                    await wait_healthy(port)
                     result = await _measure(
                         port, server.pid, token, args.requests, tuple(args.kinds.split(","))
                     )
                 finally:
-                    _stop(server)
+                    stop_server(server)
                 for kind, ms in result.items():
                     samples.setdefault((kind, variant), []).append(ms)
                 line: dict[str, Any] = {"round": round_ + 1, "server": variant}

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import orjson
 
 from bench._common import REDIS_URL, cpu_seconds, free_port, scratch_database
+from bench._server import start_server, stop_server, wait_healthy
 
 # --- subscriber side (a child process) ----------------------------------------------------
 
@@ -590,59 +590,7 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
 
 
-TARGET_P99_MS = 50.0  # issue 3: 1,000 subscribers x 200 chunks/s on this 2-core machine
-
-
-def _start_server(port: int, env: dict[str, str], src: str | None) -> subprocess.Popen[bytes]:
-    """uvicorn on `port`; `src`: serve another checkout's `src` (before/after runs)."""
-    if src:
-        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))}
-    profile = (
-        ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]
-        if os.environ.get("BENCH_PROFILE")
-        else []
-    )
-    return subprocess.Popen(
-        [
-            sys.executable,
-            *profile,
-            "-m",
-            "uvicorn",
-            "dashboard_api.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--ws-per-message-deflate",
-            "false",
-        ],
-        env=env,
-    )
-
-
-async def _wait_healthy(port: int) -> None:
-    import httpx
-
-    async with httpx.AsyncClient() as http:
-        for _ in range(300):
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"http://127.0.0.1:{port}/api/health")).status_code == 200:
-                    return
-            await asyncio.sleep(0.05)
-    raise RuntimeError("the server did not start")
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    server.send_signal(2)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        server.wait(10)
-    if server.poll() is None:
-        server.kill()
-        server.wait()
+TARGET_P99_MS = 50.0  # 1,000 subscribers x 200 chunks/s on a 2-core machine
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -667,9 +615,9 @@ async def main(args: argparse.Namespace) -> None:
         for name, channels, batch in scenarios:
             for variant, src in variants:
                 port = free_port()
-                server = _start_server(port, env, src)
+                server = start_server(port, env, src)
                 try:
-                    await _wait_healthy(port)
+                    await wait_healthy(port)
                     result = await scenario(
                         name,
                         port,
@@ -685,7 +633,7 @@ async def main(args: argparse.Namespace) -> None:
                         args.generators,
                     )
                 finally:
-                    _stop(server)
+                    stop_server(server)
                 result["server"] = variant
                 results.append(result)
                 print(json.dumps(result), flush=True)

@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from bench._common import REDIS_URL, cpu_seconds, free_port, log, scratch_database
+from bench._server import start_server, stop_server, wait_healthy
 
 TARGET_IDLE_KB = 20.0
 TARGET_CHANNELS_P99_MS = 100.0
@@ -79,22 +80,12 @@ def _rss_kb(pids: list[int]) -> int:
 def _start_server(
     port: int, env: dict[str, str], src: str | None, workers: int
 ) -> subprocess.Popen[bytes]:
-    if src:
-        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))}
-    profile = os.environ.get("BENCH_PROFILE")
-    prefix = ["-m", "cProfile", "-o", profile] if profile and workers == 1 else []
-    return subprocess.Popen(
-        [
-            sys.executable,
-            *prefix,
-            "-m",
-            "uvicorn",
-            "dashboard_api.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
+    return start_server(
+        port,
+        env,
+        src,
+        profile=workers == 1,
+        uvicorn_args=[
             "--workers",
             str(workers),
             # uvicorn's supervisor kills a worker that does not answer its health check
@@ -104,35 +95,8 @@ def _start_server(
             "60",
             "--backlog",
             "4096",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--ws-per-message-deflate",
-            "false",
         ],
-        env=env,
     )
-
-
-async def _wait_healthy(port: int) -> None:
-    import httpx
-
-    async with httpx.AsyncClient() as http:
-        for _ in range(600):
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(f"http://127.0.0.1:{port}/api/health")).status_code == 200:
-                    return
-            await asyncio.sleep(0.05)
-    raise RuntimeError("the server did not start")
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    server.send_signal(2)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        server.wait(20)
-    if server.poll() is None:
-        server.kill()
-        server.wait()
 
 
 # --- producers --------------------------------------------------------------------------
@@ -390,7 +354,7 @@ async def run_variant(
     server = _start_server(port, env, src, args.workers)
     gens: Generators | None = None
     try:
-        await _wait_healthy(port)
+        await wait_healthy(port, timeout=30)
         run = f"b{uuid.uuid4().hex[:6]}"
         template = await _create_tasks(port, tokens["agent"], run, args.channels)
         await asyncio.sleep(1.0)
@@ -449,7 +413,7 @@ async def run_variant(
     finally:
         if gens is not None:
             await gens.close()
-        _stop(server)
+        stop_server(server, grace=20)
 
 
 def _raise_fd_limit(needed: int) -> None:
