@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import literal, select
 
-from dashboard_api.db.dialect import contains_ci
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import Database
 
 # ASCII letters and non-ASCII characters whose casefold differs, expands or lands in
@@ -36,5 +36,7 @@ async def test_sqlite_q_is_casefolded_substring(
 ) -> None:
     async with sqlite_db.read() as session:
         for text in texts:
-            found = await session.execute(select(contains_ci(session, literal(text), needle)))
+            found = await session.execute(
+                select(dialect_of(session).contains_ci(literal(text), needle))
+            )
             assert bool(found.scalar_one()) == (needle.casefold() in text.casefold()), text

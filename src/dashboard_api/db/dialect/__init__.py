@@ -8,7 +8,7 @@ job; `values.py` reads what the dialects' aggregates give, the same on both.
 
 from __future__ import annotations
 
-from dashboard_api.db.dialect.base import WRITE_OPTION, Dialect
+from dashboard_api.db.dialect.base import WRITE_OPTION, Dialect, OutputAppend
 from dashboard_api.db.dialect.choice import (
     POSTGRESQL,
     SESSION_KEY,
@@ -133,6 +133,7 @@ __all__ = [
     "SQLITE",
     "WRITE_OPTION",
     "Dialect",
+    "OutputAppend",
     "dialect_for_url",
     "dialect_named",
     "dialect_of",

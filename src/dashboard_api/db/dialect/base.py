@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, Table, TextClause
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
 from dashboard_api.db.dialect.locks import NamedLocks
@@ -27,6 +29,31 @@ Column = ColumnElement[Any] | QueryableAttribute[Any]
 # The execution option `Database.write` sets on its connection: SQLite's BEGIN takes the
 # write lock up front for it (BEGIN IMMEDIATE).
 WRITE_OPTION = "dashboard_write"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputAppend:
+    """One common append of output chunks to a task (services/tasks/output.py): a task
+    not ended, that has output already and room for every chunk. The UPDATE of the task
+    row both takes its lock and moves its seq counter, so concurrent appends still get
+    contiguous, gap-free seqs in commit order; a running task's lease is renewed only
+    when less than half of it is left (services/leases.py), so that the append otherwise
+    stays the write it is."""
+
+    tasks: Table
+    chunks_table: Table
+    task_id: str
+    chunks: Sequence[tuple[str, str]]  # (stream, content)
+    size: int  # bytes of all the contents
+    now: datetime
+    cap_bytes: int
+    returning: tuple[Any, ...]  # the task columns the row answered holds
+    # The lease end a renewal sets from the task's row (lease_expires_at, lease_seconds),
+    # None to keep it: for a backend that cannot compute it in the statement.
+    renewal: Callable[[Any], datetime | None]
+    # Only for a task that no row of this table (conversation memberships) names, nor its
+    # conversation_id: the append that needs no task-write hook (`append_alone`).
+    unless_member_of: Table | None = None
 
 
 class Dialect(ABC):
@@ -305,6 +332,19 @@ class Dialect(ABC):
         """Insert rows (keys then values), or add their values to the rows already there;
         rows are applied in the given order, so callers sort them to lock shared rows in
         one order."""
+
+    # --- task output ------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def append_output(self, session: AsyncSession, append: OutputAppend) -> Row[Any] | None:
+        """Store the chunks (seqs after the task's `output_seq`) and move the task's
+        counters, in the session's transaction; the task's row (`append.returning`, after
+        the write), or None (nothing written) when the task is not in the common case."""
+
+    @abstractmethod
+    async def append_alone(self, conn: AsyncConnection, append: OutputAppend) -> int | None:
+        """The same append as one statement that commits on its own (`Database.alone`,
+        where `writes_alone`); the task's new `output_seq`, or None (nothing written)."""
 
     # --- maintenance and bulk loads -----------------------------------------------------------
 

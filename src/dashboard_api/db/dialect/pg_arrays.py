@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, Integer, LargeBinary, Table
 
 
 def _array_type(column: Any) -> str:
-    type_ = column.type
+    type_ = getattr(column.type, "impl_instance", column.type)  # a TypeDecorator's storage type
     if isinstance(type_, BigInteger):
         return "bigint[]"
     if isinstance(type_, Integer):  # SmallInteger and Integer both fit

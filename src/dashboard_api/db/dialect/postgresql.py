@@ -32,12 +32,14 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Row
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from dashboard_api.db.dialect.base import Column, Dialect
+from dashboard_api.db.dialect.base import Column, Dialect, OutputAppend
 from dashboard_api.db.dialect.locks import AdvisoryLocks, NamedLocks
+from dashboard_api.db.dialect.pg_appends import append_statement
 from dashboard_api.db.dialect.pg_arrays import quoted, unnest_arrays, unnest_insert
 from dashboard_api.db.dialect.values import escape_like
 
@@ -369,6 +371,21 @@ class PostgreSQLDialect(Dialect):
         sql, params = unnest_insert(table, keys, [*keys, *values], rows, f"DO UPDATE SET {updates}")
         await session.execute(text(sql), params)
 
+    # --- task output ------------------------------------------------------------------------------
+
+    async def append_output(self, session: AsyncSession, append: OutputAppend) -> Row[Any] | None:
+        stmt = append_statement(
+            append.tasks, append.chunks_table, append.returning, append.unless_member_of
+        )
+        return (await session.execute(stmt, _append_params(append))).first()
+
+    async def append_alone(self, conn: AsyncConnection, append: OutputAppend) -> int | None:
+        stmt = append_statement(
+            append.tasks, append.chunks_table, append.returning, append.unless_member_of
+        )
+        seq: int | None = (await conn.execute(stmt, _append_params(append))).scalar()
+        return seq
+
     # --- maintenance and bulk loads -----------------------------------------------------------
 
     async def prepare_large_sort(self, session: AsyncSession) -> None:
@@ -503,6 +520,18 @@ def _insert_missing_returning(
         f"ON CONFLICT ({quoted(keys)}) DO NOTHING RETURNING {quoted(keys)}"
     )
     return text(sql)
+
+
+def _append_params(append: OutputAppend) -> dict[str, Any]:
+    return {
+        "task_id": append.task_id,
+        "n": len(append.chunks),
+        "size": append.size,
+        "now": append.now,
+        "cap": append.cap_bytes,
+        "streams": [s for s, _ in append.chunks],
+        "contents": [c for _, c in append.chunks],
+    }
 
 
 def _scalar_type(column: Any) -> str:

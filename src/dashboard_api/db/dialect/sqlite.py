@@ -21,6 +21,7 @@ from sqlalchemy import (
     cast,
     event,
     func,
+    insert,
     literal,
     or_,
     select,
@@ -29,14 +30,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Row, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from dashboard_api.db.dialect.base import WRITE_OPTION, Column, Dialect
+from dashboard_api.db.dialect.base import WRITE_OPTION, Column, Dialect, OutputAppend
 from dashboard_api.db.dialect.locks import NamedLocks, ProcessLocks
 from dashboard_api.db.dialect.values import escape_like
+from dashboard_api.task_statuses import TERMINAL_STATUSES
 
 # SQLite's limit of bound parameters per statement is 32,766 (999 before 3.32).
 _KEYS_PER_SELECT = 100
@@ -340,6 +342,57 @@ class SQLiteDialect(Dialect):
             index_elements=list(keys), set_={v: table.c[v] + stmt.excluded[v] for v in values}
         )
         await session.execute(stmt, [dict(zip(names, r, strict=True)) for r in rows])
+
+    # --- task output ------------------------------------------------------------------------------
+
+    async def append_output(self, session: AsyncSession, append: OutputAppend) -> Row[Any] | None:
+        tasks, n = append.tasks, len(append.chunks)
+        moved = (
+            update(tasks)
+            .where(
+                tasks.c.task_id == append.task_id,
+                tasks.c.status.not_in(TERMINAL_STATUSES),
+                tasks.c.output_truncated.is_(False),
+                tasks.c.first_output_at.is_not(None),
+                tasks.c.output_bytes + append.size <= append.cap_bytes,
+            )
+            .values(
+                output_seq=tasks.c.output_seq + n,
+                output_bytes=tasks.c.output_bytes + append.size,
+                updated_at=append.now,
+            )
+            .returning(*append.returning, tasks.c.lease_expires_at, tasks.c.lease_seconds)
+        )
+        row = (await session.execute(moved)).first()
+        if row is None:
+            return None
+        # The renewal cannot be computed in the statement (timestamps are text); a second
+        # one renews, once per half lease (writers are serialized).
+        renewed = append.renewal(row)
+        if renewed is not None:
+            await session.execute(
+                update(tasks)
+                .where(tasks.c.task_id == append.task_id)
+                .values(lease_expires_at=renewed)
+            )
+        base = row.output_seq - n
+        # Rows as execution parameters: a multi-row `.values(rows)` has no cache key and
+        # would be compiled on every append.
+        rows = [
+            {
+                "task_id": append.task_id,
+                "seq": base + i,
+                "stream": stream,
+                "content": content,
+                "created_at": append.now,
+            }
+            for i, (stream, content) in enumerate(append.chunks, start=1)
+        ]
+        await session.execute(insert(append.chunks_table), rows)
+        return row
+
+    async def append_alone(self, conn: AsyncConnection, append: OutputAppend) -> int | None:
+        raise NotImplementedError("SQLite writes go through Database.write (writes_alone)")
 
     # --- maintenance and bulk loads: the data one embedded process holds needs no tuning ------
 

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Select, Table, and_, bindparam, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import upsert
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import Database, emit
 from dashboard_api.db.models.guards import Alert, AlertRule
 from dashboard_api.ids import new_id
@@ -105,7 +105,8 @@ async def _open(
         _RULES_TABLE.c.rule_id == t.rule.rule_id
     )
     stmt = (
-        upsert(session, _AL)
+        dialect_of(session)
+        .insert(_AL)
         .from_select(list(values), rule.with_for_update(read=True))
         .on_conflict_do_nothing(index_elements=["rule_id"], index_where=text("state = 'firing'"))
         .returning(_AL.c.alert_id)

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import lock_skip_locked
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models.guards import AlertChannel, AlertDelivery, AlertDeliveryAttempt
 from dashboard_api.ids import new_id
@@ -127,7 +127,7 @@ async def claim_due(db: Database, *, now: datetime, settings: Settings) -> list[
             .order_by(AlertDelivery.next_attempt_at)
             .limit(BATCH)
         )
-        rows = (await session.scalars(lock_skip_locked(session, pick))).all()
+        rows = (await session.scalars(dialect_of(session).lock_skip_locked(pick))).all()
         if not rows:
             return []
         await session.execute(

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import ScalarSelect, Table, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import advisory_xact_lock_sql, try_advisory_xact_lock_sql
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models.analytics import AnalyticsPending
 from dashboard_api.services.analytics.layout import FOLD_LOCK_KEY
@@ -41,11 +41,11 @@ _P: Table = AnalyticsPending.__table__  # type: ignore[assignment]
 async def _lock(session: AsyncSession, *, wait: bool) -> bool:
     """Take the fold lock for this transaction; False if `wait` is off and it is taken."""
     if wait:
-        stmt = advisory_xact_lock_sql(session, FOLD_LOCK_KEY)
+        stmt = dialect_of(session).advisory_xact_lock_sql(FOLD_LOCK_KEY)
         if stmt is not None:
             await session.execute(stmt)
         return True
-    stmt = try_advisory_xact_lock_sql(session, FOLD_LOCK_KEY)
+    stmt = dialect_of(session).try_advisory_xact_lock_sql(FOLD_LOCK_KEY)
     return stmt is None or bool(await session.scalar(stmt))
 
 

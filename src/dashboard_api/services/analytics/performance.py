@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import backend_of, prepare_log_bin
+from dashboard_api.db.dialect import Dialect, dialect_of
 from dashboard_api.db.models.analytics import AnalyticsHistogram, AnalyticsRollup
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.money import micros_to_usd
@@ -285,7 +285,7 @@ async def _percentiles(
 
 # Edge statements by shape (backend, raw ranges, subtracted ranges, filters): building
 # one cost more than running it; the shape's values are bound at each execution.
-_EDGE_STATEMENTS: dict[tuple[str, int, int, bool, bool, bool], CompoundSelect[Any]] = {}
+_EDGE_STATEMENTS: dict[tuple[Dialect, int, int, bool, bool, bool], CompoundSelect[Any]] = {}
 
 
 async def _edge_bins(
@@ -298,9 +298,9 @@ async def _edge_bins(
     The edge tasks are read and binned once (a CTE) and grouped twice per kind, instead of
     reading them once per group and kind.
     """
-    await prepare_log_bin(session, BIN_THRESHOLDS)
+    await dialect_of(session).prepare_log_bin(session, BIN_THRESHOLDS)
     ranges = cover.raw()
-    shape = (backend_of(session), len(ranges), len(cover.sub), *filters.shape())
+    shape = (dialect_of(session), len(ranges), len(cover.sub), *filters.shape())
     params: dict[str, Any] = {}
     for i, (lo, hi) in enumerate(ranges):
         params[f"lo{i}"], params[f"hi{i}"] = lo, hi

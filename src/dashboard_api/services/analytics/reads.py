@@ -29,7 +29,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.bounded import BoundedCache
-from dashboard_api.db.dialect import bisect_instants, bisect_sql
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.analytics import AnalyticsRollup
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.errors import Unprocessable
@@ -255,7 +255,7 @@ async def histogram(
         which.append(blocks_clause(session, r, blocks))
     conds = (*counter_series(r, filters), or_(*which)) if which else ()
     conn = await session.connection()
-    local = bisect_sql(session, r.bucket, bounds)
+    local = dialect_of(session).bisect_sql(r.bucket, bounds)
     if local is not None:
         # One statement: the rollup rows and the raw rows (signed) of the window, summed
         # per local bucket in the database; one row per non-empty bucket.
@@ -303,7 +303,7 @@ def _raw_histogram_rows(
         if cover.sub
         else literal(1)
     )
-    local = bisect_instants(session, t.created_at, starts)
+    local = dialect_of(session).bisect_instants(t.created_at, starts)
     assert local is not None
     return select(
         local,

@@ -30,23 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.bulk import bulk_insert
-from dashboard_api.db.dialect import (
-    add_primary_key,
-    advisory_xact_lock_sql,
-    analyze_tables,
-    clear_tables,
-    drop_primary_key,
-    epoch_bucket,
-    int_list,
-    int_list_agg,
-    lock_tables_exclusive,
-    log_bin,
-    micros_between,
-    prepare_large_sort,
-    prepare_log_bin,
-    upsert_add_many,
-)
+from dashboard_api.db.dialect import dialect_of, int_list
 from dashboard_api.db.models.analytics import (
     AnalyticsHistogram,
     AnalyticsPending,
@@ -98,28 +82,29 @@ async def rebuild_rollups(session: AsyncSession, *, bulk: bool = False) -> None:
     the tasks table anyway (seed). Histograms are packed in Python and inserted in key
     order either way (~250,000 rows at 1M tasks).
     """
+    dialect = dialect_of(session)
     # The fold's lock first: a fold holds pending rows and then takes rollup rows, the
     # reverse of the table locks below, so the two must never run at once.
-    lock = advisory_xact_lock_sql(session, FOLD_LOCK_KEY)
+    lock = dialect.advisory_xact_lock_sql(FOLD_LOCK_KEY)
     if lock is not None:
         await session.execute(lock)
-    await lock_tables_exclusive(session, [_ROLLUPS.name, _HIST.name, _PENDING.name])
+    await dialect.lock_tables_exclusive(session, [_ROLLUPS.name, _HIST.name, _PENDING.name])
     if bulk:
-        await clear_tables(session, [_HIST, _ROLLUPS, _PENDING])
+        await dialect.clear_tables(session, [_HIST, _ROLLUPS, _PENDING])
     else:
         await session.execute(delete(AnalyticsPending))
         await session.execute(delete(AnalyticsHistogram))
         await session.execute(delete(AnalyticsRollup))
-    await prepare_log_bin(session, BIN_THRESHOLDS)
-    await prepare_large_sort(session)
+    await dialect.prepare_log_bin(session, BIN_THRESHOLDS)
+    await dialect.prepare_large_sort(session)
     counters = _finest_counters(session)
     await _build(session, _ROLLUPS, ROLLUP_VALUES, GRAINS, counters, _COUNTER_MARGINALS, bulk)
     # Every `changes` restarts from the block's tasks: tokens read before this rebuild
     # must never match again (services/tasks/search.py).
-    await upsert_add_many(session, _STATE, ["id"], ["rebuilds"], [(1, 1)])
+    await dialect.upsert_add_many(session, _STATE, ["id"], ["rebuilds"], [(1, 1)])
     await _build_histograms(session)
     # Fresh planner statistics: without them PostgreSQL misjudges the block ranges.
-    await analyze_tables(session, [_ROLLUPS.name, _HIST.name])
+    await dialect.analyze_tables(session, [_ROLLUPS.name, _HIST.name])
 
 
 # (series summed, series written, agent_type, source, model): None keeps the column, ""
@@ -173,10 +158,11 @@ async def _build(
     # (three strings among eight columns) took six times longer for no fewer page reads.
     blocks = (everything.c.series, everything.c.grain, everything.c.bucket)
     ordered = select(*(everything.c[n] for n in names)).order_by(*blocks)
-    dropped = bulk and await drop_primary_key(session, target)
+    dialect = dialect_of(session)
+    dropped = bulk and await dialect.drop_primary_key(session, target)
     await session.execute(insert(target).from_select(names, ordered))
     if dropped:
-        await add_primary_key(session, target)
+        await dialect.add_primary_key(session, target)
     for stage in stages:
         await session.execute(text(f'DROP TABLE "{stage.name}"'))
 
@@ -188,7 +174,7 @@ _SERIES_MODELS: tuple[tuple[int, Any], ...] = (
 
 
 def _finest_counters(session: AsyncSession) -> list[Select[Any]]:
-    bucket = epoch_bucket(session, Task.created_at, GRAINS[0]).label("bucket")
+    bucket = dialect_of(session).epoch_bucket(Task.created_at, GRAINS[0]).label("bucket")
     sums = [
         func.count().label("tasks"),
         *(_status_count(s).label(s) for s in STATUS_INDEX),
@@ -241,16 +227,17 @@ def _finest_counters(session: AsyncSession) -> list[Select[Any]]:
 def hist_bins_sql(session: AsyncSession) -> list[tuple[int, Any, Any]]:
     """(kind, log bin of the task's value, whether the task has one) in SQL, for each kind
     (needs `prepare_log_bin` on the session's connection)."""
-    first = micros_between(session, Task.first_output_at, Task.started_at)
+    dialect = dialect_of(session)
+    first = dialect.micros_between(Task.first_output_at, Task.started_at)
     return [
         (
             KIND_DURATION,
-            log_bin(session, Task.duration_us, BIN_THRESHOLDS),
+            dialect.log_bin(Task.duration_us, BIN_THRESHOLDS),
             Task.duration_us.is_not(None),
         ),
         (
             KIND_FIRST_OUTPUT,
-            log_bin(session, case((first < 0, 0), else_=first), BIN_THRESHOLDS),
+            dialect.log_bin(case((first < 0, 0), else_=first), BIN_THRESHOLDS),
             Task.first_output_at.is_not(None) & Task.started_at.is_not(None),
         ),
     ]
@@ -280,8 +267,9 @@ async def _build_histograms(session: AsyncSession) -> None:
     reason = func.coalesce(Task.failure_reason, "").label("failure_reason")
     finest: list[tuple[tuple[Any, ...], int, bytes]] = []  # (key, bin_lo, counts)
     conn = await session.connection()
+    dialect = dialect_of(session)
     for kind, bin_expr, present in hist_bins_sql(session):
-        bucket = epoch_bucket(session, Task.created_at, grain).label("bucket")
+        bucket = dialect.epoch_bucket(Task.created_at, grain).label("bucket")
         b = bin_expr.label("bin")
         per_bin = (
             select(bucket, Task.agent_type, Task.source, model, reason, b, func.count().label("n"))
@@ -292,7 +280,7 @@ async def _build_histograms(session: AsyncSession) -> None:
         c = per_bin.c
         stmt = (
             select(c.bucket, c.agent_type, c.source, c.model, c.failure_reason,
-                   int_list_agg(session, c.bin), int_list_agg(session, c.n))
+                   dialect.int_list_agg(c.bin), dialect.int_list_agg(c.n))
             .group_by(c.bucket, c.agent_type, c.source, c.model, c.failure_reason)
             .execution_options(yield_per=_STREAM_ROWS)
         )  # fmt: skip
@@ -333,7 +321,7 @@ async def _build_histograms(session: AsyncSession) -> None:
             out.append((series, g, blk, a, s, m, kind, *pack_lanes(lo, x)))
     out.sort(key=lambda r: r[:7])
     names = ("series", "grain", "bucket", "agent_type", "source", "model", "kind", *HIST_VALUES)
-    await bulk_insert(session, _HIST, names, out)
+    await dialect_of(session).bulk_insert(session, _HIST, names, out)
 
 
 def hist_series_keys(

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import backend_of, in_int_pairs, in_ints, int_pairs_params
+from dashboard_api.db.dialect import dialect_of, int_pairs_params
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.services.analytics.layout import (
     COUNTERS,
@@ -262,7 +262,7 @@ def blocks_clause(
             else:
                 singles.extend(range(lo, hi + grain, grain))
         if singles:
-            conds.append(in_ints(session, table.bucket, singles))
+            conds.append(dialect_of(session).in_ints(table.bucket, singles))
         parts.append(and_(table.grain == grain, or_(*conds)))
     return or_(*parts)
 
@@ -335,16 +335,15 @@ def block_statement(
     def filtered(table: Any) -> list[ColumnElement[bool]]:
         return _filter_clauses(table, filters)
 
-    if backend_of(session) != "postgresql":
+    dialect = dialect_of(session)
+    if not dialect.binds_arrays:
         return build(lambda table: blocks_clause(session, table, blocks), filtered), params
     key = (what, *filters.shape())
     stmt = _BLOCK_STATEMENTS.get(key)
     if stmt is None:
 
         def where(table: Any) -> ColumnElement[bool]:
-            clause = in_int_pairs(session, table.grain, table.bucket, "blocks")
-            assert clause is not None
-            return clause
+            return dialect.in_int_pairs(table.grain, table.bucket, "blocks")
 
         stmt = _BLOCK_STATEMENTS[key] = build(where, filtered)
     return stmt, {**params, **int_pairs_params("blocks", blocks)}

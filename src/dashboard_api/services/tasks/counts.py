@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import backend_of, epoch_seconds_to_ts, reuses_cte_results
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup, AnalyticsState
 from dashboard_api.db.paging import Ordering
 from dashboard_api.services.analytics.layout import (
@@ -240,7 +240,7 @@ async def rollup_seek(
         session, filters
     ):
         return None
-    if not reuses_cte_results(session):
+    if not dialect_of(session).reuses_cte_results:
         return None
     lo, hi = filters.created_after, filters.created_before
     horizon = await pruned_before(session)
@@ -255,7 +255,7 @@ async def rollup_seek(
     # The statement is the same for every offset: built once per shape (building it
     # costs more than running it).
     key = (
-        backend_of(session),
+        dialect_of(session),
         ordering.name,
         tuple(filters.status),
         tuple(filters.agent_type),
@@ -351,8 +351,8 @@ def _seek_statement(
     return (
         select(*ordering.keys)
         .where(
-            _T.c.created_at >= scalar(epoch_seconds_to_ts(session, pick.c.lo_s)),
-            _T.c.created_at < scalar(epoch_seconds_to_ts(session, pick.c.hi_s)),
+            _T.c.created_at >= scalar(dialect_of(session).epoch_seconds_to_ts(pick.c.lo_s)),
+            _T.c.created_at < scalar(dialect_of(session).epoch_seconds_to_ts(pick.c.hi_s)),
             *filters.clauses(session),
         )
         .order_by(*direction)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ColumnElement, func, literal_column
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import contains_ci
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models import Task
 from dashboard_api.db.paging import Ordering
 
@@ -86,5 +86,5 @@ class TaskFilters:
             if value is not None:
                 out.append(column == value)
         if self.q:
-            out.append(contains_ci(session, _T.c.input_message, self.q, indexed=indexed))
+            out.append(dialect_of(session).contains_ci(_T.c.input_message, self.q, indexed=indexed))
         return out

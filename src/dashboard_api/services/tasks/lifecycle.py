@@ -11,7 +11,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.util import identity_key
 
-from dashboard_api.db.dialect import backend_of, lock_for_update, lock_skip_locked, upsert
+from dashboard_api.db.dialect import Dialect, dialect_of
 from dashboard_api.db.engine import emit
 from dashboard_api.db.models import Task, TaskEvent
 from dashboard_api.errors import Conflict, NotFound
@@ -57,7 +57,7 @@ def publish_status(session: AsyncSession, task: Any) -> None:
 
 async def locked_task(session: AsyncSession, task_id: str) -> Task:
     """The task row, locked for the rest of the transaction."""
-    stmt = lock_for_update(session, select(Task).where(Task.task_id == task_id))
+    stmt = dialect_of(session).lock_for_update(select(Task).where(Task.task_id == task_id))
     result = await session.scalars(stmt.execution_options(populate_existing=True))
     task: Task | None = result.first()
     if task is None:
@@ -151,21 +151,21 @@ async def register_task(
 
 
 INSERT_EVENT = insert(EVENTS_TABLE)
-_INSERT_NEW_TASK: dict[str, Any] = {}
+_INSERT_NEW_TASK: dict[Dialect, Any] = {}
 
 
 def insert_new_task(session: AsyncSession) -> Any:
     """INSERT INTO tasks ... ON CONFLICT (task_id) DO NOTHING RETURNING task_id, built once
-    per backend (values bound at execution)."""
-    backend = backend_of(session)
-    stmt = _INSERT_NEW_TASK.get(backend)
+    per dialect (values bound at execution)."""
+    dialect = dialect_of(session)
+    stmt = _INSERT_NEW_TASK.get(dialect)
     if stmt is None:
         stmt = (
-            upsert(session, TASKS_TABLE)
+            dialect.insert(TASKS_TABLE)
             .on_conflict_do_nothing(index_elements=[_T.c.task_id])
             .returning(_T.c.task_id)
         )
-        _INSERT_NEW_TASK[backend] = stmt
+        _INSERT_NEW_TASK[dialect] = stmt
     return stmt
 
 
@@ -237,7 +237,7 @@ async def update_task(
     # Without the ORM (its load and unit-of-work flush were much of this request's CPU):
     # the locked row is read into a plain object that the same rules below change, and
     # the changed columns are written with one UPDATE.
-    stmt = lock_for_update(session, select(*TASK_ROW).where(_T.c.task_id == task_id))
+    stmt = dialect_of(session).lock_for_update(select(*TASK_ROW).where(_T.c.task_id == task_id))
     row = (await session.execute(stmt)).first()
     if row is None:
         raise NotFound(f"No task {task_id!r}.")
@@ -363,7 +363,7 @@ async def claim_task(
         .order_by(_T.c.created_at, _T.c.task_id)
         .limit(1)
     )
-    row = (await session.execute(lock_skip_locked(session, pick))).first()
+    row = (await session.execute(dialect_of(session).lock_skip_locked(pick))).first()
     if row is None:
         return None
     task = SimpleNamespace(**row._mapping)

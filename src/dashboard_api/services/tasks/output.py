@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.util import identity_key
 
 from dashboard_api.bounded import BoundedCache
-from dashboard_api.db.dialect import backend_of
+from dashboard_api.db.dialect import OutputAppend, dialect_of
 from dashboard_api.db.engine import Database, PendingEvent, emit
-from dashboard_api.db.models import Task, TaskOutputChunk
+from dashboard_api.db.models import ConversationTask, Task, TaskOutputChunk
 from dashboard_api.errors import Conflict, PayloadTooLarge
 from dashboard_api.schemas.tasks import OutputChunkIn
 from dashboard_api.services.leases import default_lease_seconds, lease_end, renewal_due
@@ -28,7 +29,7 @@ from dashboard_api.services.tasks.reads import CHUNKS_TABLE
 from dashboard_api.task_statuses import TERMINAL_STATUSES
 from dashboard_api.timeutil import format_ts
 
-_T = Task.__table__
+_T = cast(Table, Task.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,59 +147,44 @@ def emit_output(
 
 
 _SNAPSHOT_COLUMNS = tuple(_T.c[name] for name in TaskSnapshot.__slots__)
-_SNAPSHOT_SQL = ", ".join(c.name for c in _SNAPSHOT_COLUMNS)
-_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+_SEQ_COLUMNS = (_T.c.output_seq,)
+# The members of conversations: a task one of them names needs the hooks on every write.
+_MEMBERS = cast(Table, ConversationTask.__table__)
 
 
-# The common append (a running task that already has output, and whose log has room for
-# every chunk) in one statement: the UPDATE both takes the row lock and moves the seq
-# counter, so concurrent appends still get contiguous, gap-free seqs in commit order.
-# It renews a running task's lease in the same statement, only when less than half of it
-# is left (services/leases.py): otherwise the lease keeps its value, and the append
-# stays the write it was.
-def _append_sql(*, returning: str, extra_where: str = "") -> str:
-    # Interpolated: column names and status literals from our own constants, no input.
-    return f"""
-    WITH t AS (
-        UPDATE tasks
-        SET output_seq = output_seq + CAST(:n AS integer),
-            output_bytes = output_bytes + CAST(:size AS bigint),
-            updated_at = CAST(:now AS timestamptz),
-            lease_expires_at = CASE
-                WHEN status = 'running' AND lease_expires_at
-                    < CAST(:now AS timestamptz) + lease_seconds * interval '0.5 second'
-                THEN CAST(:now AS timestamptz) + lease_seconds * interval '1 second'
-                ELSE lease_expires_at END
-        WHERE task_id = CAST(:task_id AS varchar)
-          AND status NOT IN ({_TERMINAL_SQL})
-          AND NOT output_truncated
-          AND first_output_at IS NOT NULL
-          AND output_bytes + CAST(:size AS bigint) <= CAST(:cap AS bigint){extra_where}
-        RETURNING {returning}
-    ), c AS (
-        INSERT INTO task_output_chunks (task_id, seq, stream, content, created_at)
-        SELECT CAST(:task_id AS varchar), t.output_seq - CAST(:n AS integer) + u.ord,
-               u.stream, u.content, CAST(:now AS timestamptz)
-        FROM t, unnest(CAST(:streams AS varchar[]), CAST(:contents AS text[]))
-            WITH ORDINALITY AS u(stream, content, ord)
+def _common_append(
+    task_id: str,
+    chunks: Sequence[tuple[str, str]],
+    size: int,
+    now: datetime,
+    cap_bytes: int,
+    *,
+    alone: bool,
+) -> OutputAppend:
+    """The common append (a task not ended that already has output, and whose log has
+    room for every chunk), for the dialect to write in as few round trips as it can; it
+    renews a running task's lease only when less than half of it is left
+    (services/leases.py), so that the append otherwise stays the write it is."""
+
+    def renewal(row: Any) -> datetime | None:
+        running = row.status == "running" and row.lease_seconds
+        if running and renewal_due(row.lease_expires_at, row.lease_seconds, now):
+            return lease_end(now, row.lease_seconds)
+        return None
+
+    return OutputAppend(
+        tasks=_T,
+        chunks_table=CHUNKS_TABLE,
+        task_id=task_id,
+        chunks=chunks,
+        size=size,
+        now=now,
+        cap_bytes=cap_bytes,
+        returning=_SEQ_COLUMNS if alone else _SNAPSHOT_COLUMNS,
+        renewal=renewal,
+        unless_member_of=_MEMBERS if alone else None,
     )
-    SELECT {returning} FROM t
-    """  # noqa: S608
 
-
-_APPEND_WHOLE_PG = text(_append_sql(returning=_SNAPSHOT_SQL)).columns(*_SNAPSHOT_COLUMNS)
-# The same append for a task in no conversation (see `append_output_alone`). Its
-# conversation_id is checked on the row the UPDATE locks (the newest version when it
-# waited), so a task linked meanwhile goes the long way.
-_APPEND_ALONE_PG = text(
-    _append_sql(
-        returning="output_seq",
-        extra_where="""
-          AND conversation_id IS NULL
-          AND NOT EXISTS (
-              SELECT 1 FROM conversation_tasks m WHERE m.task_id = tasks.task_id)""",
-    )
-).columns(_T.c.output_seq)
 
 # Which tasks' appends are tried alone (per process, bounded, a hint only: the statement
 # decides). True: its last append went through the transaction and left it plain
@@ -276,22 +262,14 @@ async def append_output_alone(
     if not chunks or any(size > max_chunk_bytes for size in sizes):
         return None
     n = len(chunks)
-    params = {
-        "task_id": task_id,
-        "n": n,
-        "size": sum(sizes),
-        "now": now,
-        "cap": cap_bytes,
-        "streams": [c.stream for c in chunks],
-        "contents": [c.content for c in chunks],
-    }
+    stored = [(c.stream, c.content) for c in chunks]
+    append = _common_append(task_id, stored, sum(sizes), now, cap_bytes, alone=True)
     async with db.alone() as conn:
-        last_seq = (await conn.execute(_APPEND_ALONE_PG, params)).scalar()
+        last_seq = await db.dialect.append_alone(conn, append)
     if last_seq is None:
         _ALONE.pop(task_id, None)  # the transaction tells what it is (see append_output)
         return None
     first_seq = last_seq - n + 1
-    stored = [(c.stream, c.content) for c in chunks]
     await db.publish(_output_events(task_id, first_seq, stored, now))
     return AppendResult(first_seq=first_seq, last_seq=last_seq, truncated=False)
 
@@ -326,56 +304,8 @@ async def _append_whole(
         return None
     n = len(chunks)
     stored = [(c.stream, c.content) for c in chunks]
-    if backend_of(session) == "postgresql":
-        params = {
-            "task_id": task_id,
-            "n": n,
-            "size": size,
-            "now": now,
-            "cap": cap_bytes,
-            "streams": [s for s, _ in stored],
-            "contents": [c for _, c in stored],
-        }
-        row = (await session.execute(_APPEND_WHOLE_PG, params)).first()
-    else:
-        moved = (
-            update(Task)
-            .where(
-                _T.c.task_id == task_id,
-                _T.c.status.not_in(TERMINAL_STATUSES),
-                _T.c.output_truncated.is_(False),
-                _T.c.first_output_at.is_not(None),
-                _T.c.output_bytes + size <= cap_bytes,
-            )
-            .values(
-                output_seq=_T.c.output_seq + n,
-                output_bytes=_T.c.output_bytes + size,
-                updated_at=now,
-            )
-            .returning(*_SNAPSHOT_COLUMNS, _T.c.lease_expires_at, _T.c.lease_seconds)
-        )
-        row = (await session.execute(moved)).first()
-        if row is not None:
-            # SQLite cannot compute the renewal in the statement (its timestamps are
-            # text); a second one renews, once per half lease (writers are serialized).
-            if (
-                row.status == "running"
-                and row.lease_seconds
-                and renewal_due(row.lease_expires_at, row.lease_seconds, now)
-            ):
-                await session.execute(
-                    update(Task)
-                    .where(_T.c.task_id == task_id)
-                    .values(lease_expires_at=lease_end(now, row.lease_seconds))
-                )
-            base = row.output_seq - n
-            # Rows as execution parameters: a multi-row `.values(rows)` has no cache key
-            # and would be compiled on every append.
-            rows = [
-                {"task_id": task_id, "seq": base + i, "stream": s, "content": c, "created_at": now}
-                for i, (s, c) in enumerate(stored, start=1)
-            ]
-            await session.execute(insert(CHUNKS_TABLE), rows)
+    append = _common_append(task_id, stored, size, now, cap_bytes, alone=False)
+    row = await dialect_of(session).append_output(session, append)
     if row is None:
         return None
     after = TaskSnapshot(**{name: row._mapping[name] for name in TaskSnapshot.__slots__})

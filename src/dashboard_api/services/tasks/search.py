@@ -64,15 +64,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.bounded import BoundedCache
-from dashboard_api.db.dialect import (
-    epoch_bucket,
-    hour_bin,
-    hour_bin_seconds,
-    indexes_substrings,
-    int_rows,
-    int_rows_agg,
-    json_rows_agg,
-)
+from dashboard_api.db.dialect import dialect_of, int_rows
 from dashboard_api.db.models import Task
 from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup, AnalyticsState
 from dashboard_api.services.analytics.layout import EPOCH, GRAINS, SERIES_MARGINAL
@@ -359,7 +351,7 @@ async def fill(
     """
     # A span that kept keys holds a rare q already: read them at once. On SQLite every
     # scan reads the whole table (no trigram index): one scan for both, always.
-    probe = q.keys and count_first and q.entry is None and indexes_substrings(session)
+    probe = q.keys and count_first and q.entry is None and dialect_of(session).indexes_substrings
     found = await _fill_rows(session, q, indexed, keys=q.keys and not probe)
     if probe and sum(n for _, n, _ in found[1]) <= KEYS_KEPT:
         found = await _fill_rows(session, q, indexed, keys=True)
@@ -486,10 +478,10 @@ def _match_counts(
 ) -> Select[Any]:
     """(b, n, t = 0): the rows of `source` (with `created_at`) matching `where`, per hour.
     Grouped by `hour_bin` and turned into seconds once per hour: cheap per row."""
-    bin_ = hour_bin(session, source.c.created_at).label("bin")
+    bin_ = dialect_of(session).hour_bin(source.c.created_at).label("bin")
     grouped = select(bin_, func.count().label("n")).where(*where).group_by(bin_).subquery()
     return select(
-        hour_bin_seconds(session, grouped.c.bin).label("b"),
+        dialect_of(session).hour_bin_seconds(grouped.c.bin).label("b"),
         grouped.c.n,
         literal(0, BigInteger).label("t"),
     )
@@ -531,7 +523,7 @@ def _per_hour(
         .subquery()
     )
     c = per_hour.c
-    return select(int_rows_agg(session, [c.b, c.n, c.t])).scalar_subquery()
+    return select(dialect_of(session).int_rows_agg([c.b, c.n, c.t])).scalar_subquery()
 
 
 def _recounted_keys(
@@ -549,7 +541,7 @@ def _keys_json(
 ) -> ColumnElement[Any]:
     """(hour, created_at, task_id) of the rows of `source` matching `where` as JSON,
     `KEYS_KEPT` + 1 at most."""
-    hour = epoch_bucket(session, source.c.created_at, HOUR)
+    hour = dialect_of(session).epoch_bucket(source.c.created_at, HOUR)
     found = (
         select(hour.label("b"), source.c.created_at, source.c.task_id)
         .where(*where)
@@ -557,7 +549,9 @@ def _keys_json(
         .subquery()
     )
     c = found.c
-    return select(json_rows_agg(session, [c.b, c.created_at, c.task_id])).scalar_subquery()
+    return select(
+        dialect_of(session).json_rows_agg([c.b, c.created_at, c.task_id])
+    ).scalar_subquery()
 
 
 def _keys_by_hour(value: str | None) -> dict[int, list[tuple[datetime, str]]] | None:
