@@ -24,7 +24,6 @@ from dashboard_api.services.tasks import (
     ORDERINGS,
     TaskFilters,
     locate_by_rollups,
-    read_without_transaction,
 )
 from dashboard_api.settings import Settings
 from tests.analytics.brute import assert_rollups_equal_a_rebuild
@@ -127,8 +126,7 @@ async def check_lists(app: FastAPI, client: httpx.AsyncClient, auth: Headers) ->
                     else None
                 ),
             )
-            async with app.state.ctx.db.read() as session:
-                await read_without_transaction(session)
+            async with app.state.ctx.db.read_statements() as session:
                 for offset in range(len(expected) + 1):
                     answered, key = await locate_by_rollups(
                         session, filters, ORDERINGS[sort], offset

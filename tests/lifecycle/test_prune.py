@@ -318,7 +318,6 @@ async def test_deep_page_seeks_count_the_pruned_period_from_the_rows(
         ORDERINGS,
         TaskFilters,
         locate_by_rollups,
-        read_without_transaction,
     )
 
     await make_data(client, auth)
@@ -346,8 +345,7 @@ async def test_deep_page_seeks_count_the_pruned_period_from_the_rows(
     for params, f in filters:
         for sort in ("created_at", "-created_at"):
             expected, _ = await list_walk(client, auth, {**params, "sort": sort})
-            async with app.state.ctx.db.read() as session:
-                await read_without_transaction(session)
+            async with app.state.ctx.db.read_statements() as session:
                 for offset in range(len(expected) + 2):
                     answered, key = await locate_by_rollups(session, f, ORDERINGS[sort], offset)
                     if backend.name == "sqlite":

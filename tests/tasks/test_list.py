@@ -626,7 +626,6 @@ async def test_rollups_locate_every_offset_like_the_index(app: FastAPI) -> None:
         ORDERINGS,
         TaskFilters,
         locate_by_rollups,
-        read_without_transaction,
     )
 
     rows = [
@@ -663,8 +662,7 @@ async def test_rollups_locate_every_offset_like_the_index(app: FastAPI) -> None:
             if f.created_before:
                 params["created_before"], params["created_before_dt"] = "x", f.created_before
             expected = reference(rows, params, sort)
-            async with app.state.ctx.db.read() as session:
-                await read_without_transaction(session)
+            async with app.state.ctx.db.read_statements() as session:
                 for offset in range(len(expected) + 2):
                     answered, key = await locate_by_rollups(session, f, ordering, offset)
                     if not on_postgres:

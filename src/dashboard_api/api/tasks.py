@@ -93,7 +93,7 @@ async def list_tasks(
     ctx: CtxDep, _: AnyRole, page: PageDep, filters: TaskFiltersDep, sort: SortKey = "-created_at"
 ) -> Response:
     """Task summaries, filtered and sorted; page or cursor mode."""
-    async with ctx.db.read() as session:
+    async with ctx.db.read_statements() as session:
         result = await service.list_tasks(session, filters=filters, sort=sort, page=page)
     # Written directly (same document as Page[TaskSummary], which stays the documented
     # model): validating and serializing 50 models cost more than the queries.
@@ -178,8 +178,7 @@ async def claim_task(ctx: CtxDep, _: AgentRole, body: TaskClaim) -> Response:
 @router.get("/{task_id}", response_model=TaskPublic, responses=problem_responses(404))
 async def get_task(ctx: CtxDep, _: AnyRole, task_id: TaskIdPath) -> Response:
     """One task."""
-    async with ctx.db.read() as session:
-        await service.read_without_transaction(session)
+    async with ctx.db.read_statements() as session:
         row = await service.get_task_row(session, task_id)
     body = dumps(public_doc(row), lambda: task_public(row).model_dump_json().encode())
     return Response(body, media_type="application/json")
@@ -289,8 +288,7 @@ async def full_log(
 ) -> Response:
     """The task, its status history and its output (all, or after `after_seq`)."""
     as_text = _wants_text(format, accept)
-    async with ctx.db.read() as session:
-        await service.read_without_transaction(session)
+    async with ctx.db.read_statements() as session:
         task = await service.get_task_row(session, task_id)
         chunks = await service.chunk_rows(session, task_id, after_seq=after_seq)
         events = [] if as_text else await service.status_event_rows(session, task_id)

@@ -37,7 +37,6 @@ from dashboard_api.services.tasks.listing import (
     FEW_MATCHES,
     count_tasks,
     list_tasks,
-    read_without_transaction,
     summary_columns,
 )
 from dashboard_api.services.tasks.output import (
@@ -82,7 +81,6 @@ __all__ = [
     "list_status_events",
     "list_tasks",
     "locate_by_rollups",
-    "read_without_transaction",
     "record_finished_tasks",
     "register_task",
     "renew_agent_leases",

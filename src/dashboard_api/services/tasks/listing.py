@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import dashboard_api.services.tasks.search as task_search
 from dashboard_api.bounded import BoundedCache
-from dashboard_api.db.dialect import backend_of
 from dashboard_api.db.paging import (
     SEEK_FROM_OFFSET,
     Ordering,
@@ -51,8 +50,10 @@ def summary_columns() -> tuple[ColumnElement[Any], ...]:
 async def list_tasks(
     session: AsyncSession, *, filters: TaskFilters, sort: str, page: PageRequest
 ) -> PageResult[dict[str, Any]]:
-    """One page of task summaries (as `TaskSummary` documents) in the requested order."""
-    await read_without_transaction(session)
+    """One page of task summaries (as `TaskSummary` documents) in the requested order.
+
+    Its statements need no snapshot in common (under READ COMMITTED each takes its own
+    anyway): read it through `Database.read_statements`, without BEGIN and ROLLBACK."""
     ordering = ORDERINGS[sort]
     if not filters.q:
 
@@ -306,17 +307,6 @@ def _q_hint_key(f: TaskFilters) -> tuple[Any, ...]:
         tuple(f.failure_reason),
         (f.q or "").casefold(),
     )
-
-
-async def read_without_transaction(session: AsyncSession) -> None:
-    """Run this session's reads outside a transaction block (PostgreSQL).
-
-    Under READ COMMITTED every statement takes its own snapshot, inside a transaction
-    or not, so BEGIN and ROLLBACK only add two round trips to each read request. Call
-    before the session's first statement.
-    """
-    if backend_of(session) == "postgresql":
-        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 # More matches of `q` than this (the last time): walk the order's index (see list_tasks).
