@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import dashboard_api.services.tasks.search as task_search
 from dashboard_api.bounded import BoundedCache
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.paging import (
     SEEK_FROM_OFFSET,
     Ordering,
@@ -128,7 +129,7 @@ async def _counted_statement(
         stmt = _list_statement(session, filters, summary_columns())
         return stmt, await count_expression(session, filters=filters), False
     key = (
-        backend_of(session),
+        dialect_of(session),
         session.info.get("analytics_rollups_enabled", True),
         await pruned_before(session),
         tuple(filters.status),
