@@ -55,7 +55,7 @@ from dashboard_api.services.budgets import service as budgets_service
 from dashboard_api.services.leases import LEASE_SECONDS_KEY
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.task_hooks import TaskHook, with_task_hooks
-from dashboard_api.services.tasks import search as task_search
+from dashboard_api.services.tasks import search_hours
 from dashboard_api.settings import Settings
 from dashboard_api.timeutil import Clock, SystemClock
 from dashboard_api.web import install_dashboard
@@ -289,12 +289,12 @@ def build_context(settings: Settings, clock: Clock) -> AppContext:
         TaskHook(budgets_service.on_task_written, budgets_service.on_tasks_written),
     )
     # analytics: read by the rollup hook on every task write (off only in benchmarks)
-    # q totals: per-hour match counts this app's requests share (services/tasks/search.py)
+    # q totals: per-hour match counts this app's requests share (services/tasks/search_hours.py)
     db.configure_sessions(
         with_task_hooks(
             {
                 "analytics_rollups_enabled": settings.analytics_rollups_enabled,
-                task_search.CACHE_KEY: task_search.QCountCache(),
+                search_hours.CACHE_KEY: search_hours.QCountCache(),
                 # the lease a task entering running takes (services/leases.py)
                 LEASE_SECONDS_KEY: settings.task_lease_seconds,
             },

@@ -35,6 +35,7 @@ from dashboard_api.services.tasks.counts import (
     rollup_seek,
 )
 from dashboard_api.services.tasks.filters import ORDERINGS, TASKS, TaskFilters
+from dashboard_api.services.tasks.search_hours import QCountCache, cache_of
 
 _T = TASKS
 
@@ -90,7 +91,7 @@ async def list_tasks(
     columns = summary_columns()
     stmt = _list_statement(session, filters, columns)
     hint = _q_hint_key(filters)
-    cache = task_search.cache_of(session)
+    cache = cache_of(session)
     if cache is not None and not filters.beyond_rollups:
         found = await _list_q_counted(session, cache, filters, stmt, columns, ordering, page)
         if found is not None:
@@ -149,7 +150,7 @@ async def _counted_statement(
 
 async def _list_q_counted(
     session: AsyncSession,
-    cache: task_search.QCountCache,
+    cache: QCountCache,
     filters: TaskFilters,
     stmt: Select[Any],
     columns: Sequence[ColumnElement[Any]],

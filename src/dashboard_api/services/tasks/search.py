@@ -38,147 +38,40 @@ each keep their own, and all stay exact because the tokens live in the database.
 Not used when the rollups are off (`analytics_rollups_enabled`): writes then record no
 contributions. Every replica writing tasks must run a release that counts `changes`
 in its fold (0010 and later), or tokens could fall back to an earlier value.
+
+This module plans and settles a total; the cache is `search_hours.py`, the statements
+that read counts and tokens `search_sql.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    Select,
-    Table,
-    and_,
-    false,
-    func,
-    literal,
-    or_,
-    select,
-    union_all,
-)
+from sqlalchemy import BigInteger, ColumnElement, and_, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.bounded import BoundedCache
+import dashboard_api.services.tasks.search_sql as sql
 from dashboard_api.db.dialect import dialect_of, int_rows
 from dashboard_api.db.models import Task
-from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup, AnalyticsState
-from dashboard_api.services.analytics.layout import EPOCH, GRAINS, SERIES_MARGINAL
+from dashboard_api.services.analytics.layout import EPOCH
+from dashboard_api.services.tasks.search_hours import (
+    HOUR,
+    KEYS_KEPT,
+    HourCounts,
+    QCountCache,
+    record_hours,
+    record_span,
+)
 from dashboard_api.timeutil import merge_ranges, to_utc
 
-HOUR = 3600
 # The bounds of an open window: whole hours that every stored instant lies between.
 _LOW_S = (datetime(1, 1, 2, tzinfo=UTC) - EPOCH) // timedelta(seconds=1)
 _HIGH_S = (datetime(9999, 12, 30, tzinfo=UTC) - EPOCH) // timedelta(seconds=1)
-# Hours counted again on every request after they were seen changing: the current hour
-# of a busy service changes between any two requests, and checking it by its token
-# alone would fail the digest every time. Forgotten after this many quiet requests.
-_VOLATILE_QUIET = 64
-_VOLATILE_KEPT = 48
-# An entry holds two small ints per hour with tasks (~0.36 MB at 90 days of tasks, in
-# dicts) and the keys of a rare q's matches: 64 entries stay near ~25 MB at most.
-CACHE_ENTRIES = 64
-# A q with at most this many matches (in the span first counted) keeps their keys.
-KEYS_KEPT = 2000
 _FEW_HOURS = 48
-CACHE_KEY = "q_count_cache"
-
 _T = Task.__table__
-_R = AnalyticsRollup.__table__.c
-_P: Table = AnalyticsPending.__table__  # type: ignore[assignment]
-_S: Table = AnalyticsState.__table__  # type: ignore[assignment]
-
-
-@dataclass
-class HourCounts:
-    """The matches and token of every hour in [lo, hi) (epoch seconds), each taken in
-    some snapshot (an hour not listed had neither tasks nor contributions)."""
-
-    rebuilds: int
-    lo: int
-    hi: int
-    tokens: dict[int, int] = field(default_factory=dict)
-    counts: dict[int, int] = field(default_factory=dict)
-    token_sum: int = 0
-    count_sum: int = 0
-    # hour -> the request (serial) that last saw it change
-    volatile: dict[int, int] = field(default_factory=dict)
-    serial: int = 0
-    # For a rare q: the (created_at, task_id) of every match, per hour with matches,
-    # sorted; then a page in created_at order reads its rows by key.
-    keys: dict[int, list[tuple[datetime, str]]] | None = None
-
-    def set(
-        self, hour: int, token: int, count: int, keys: list[tuple[datetime, str]] | None
-    ) -> None:
-        """Record an hour's count (and matches) taken with `token`, unless a newer one is
-        held (two requests may settle out of order; tokens only grow)."""
-        old = self.tokens.get(hour, 0)
-        if token < old:
-            return
-        self.token_sum += token - old
-        self.count_sum += count - self.counts.get(hour, 0)
-        if token:
-            self.tokens[hour] = token
-            self.counts[hour] = count
-        else:
-            self.tokens.pop(hour, None)
-            self.counts.pop(hour, None)
-        if self.keys is not None:
-            if keys is None:
-                self.keys = None
-            elif count:
-                self.keys[hour] = keys
-            else:
-                self.keys.pop(hour, None)
-
-    def sums(self, a: int, b: int, skip: Sequence[tuple[int, int]]) -> tuple[int, int]:
-        """(tokens, counts) summed over the hours in [a, b) outside the `skip` ranges."""
-        if a <= self.lo and self.hi <= b:
-            tokens, counts = self.token_sum, self.count_sum
-        else:
-            tokens = counts = 0
-            for hour, token in self.tokens.items():
-                if a <= hour < b:
-                    tokens += token
-                    counts += self.counts[hour]
-        for s, e in skip:
-            for hour in range(max(s, self.lo), min(e, self.hi), HOUR):
-                tokens -= self.tokens.get(hour, 0)
-                counts -= self.counts.get(hour, 0)
-        return tokens, counts
-
-
-class QCountCache:
-    """The `HourCounts` of the most recently used filter sets of one process."""
-
-    def __init__(self, entries: int = CACHE_ENTRIES) -> None:
-        self._entries: BoundedCache[tuple[Any, ...], HourCounts] = BoundedCache(entries)
-
-    def get(self, key: tuple[Any, ...]) -> HourCounts | None:
-        return self._entries.get_recent(key)
-
-    def put(self, key: tuple[Any, ...], entry: HourCounts) -> None:
-        self._entries.put(key, entry)
-
-    def drop(self, key: tuple[Any, ...]) -> None:
-        self._entries.pop(key, None)
-
-
-def cache_of(session: AsyncSession) -> QCountCache | None:
-    """The session's count cache, when its database keeps rollups it can trust."""
-    if not session.info.get("analytics_rollups_enabled", True):
-        return None
-    cache = session.info.get(CACHE_KEY)
-    return cache if isinstance(cache, QCountCache) else None
-
-
-def _ts(seconds: int) -> datetime:
-    return EPOCH + timedelta(seconds=seconds)
 
 
 def _hour_floor(at: datetime) -> int:
@@ -232,10 +125,10 @@ def plan(
     if a >= b:
         return None
     edge_ranges = []
-    if lo is not None and lo < _ts(a):
-        edge_ranges.append((lo, _ts(a)))
-    if hi is not None and _ts(b) < hi:
-        edge_ranges.append((_ts(b), hi))
+    if lo is not None and lo < sql.ts(a):
+        edge_ranges.append((lo, sql.ts(a)))
+    if hi is not None and sql.ts(b) < hi:
+        edge_ranges.append((sql.ts(b), hi))
     edges = [and_(_T.c.created_at >= s, _T.c.created_at < e) for s, e in edge_ranges]
     entry = cache.get(key)
     if entry is not None and (entry.hi < a or b < entry.lo):
@@ -267,9 +160,9 @@ def plan(
             key, entry, a, b, recount, known_tokens, known_count, edge_count, edge_ranges, keys,
             extras, fill=True,
         )  # fmt: skip
-    extras += [_rebuilds(), _digest(a, b), _recounted(session, which, recount)]
+    extras += [sql.rebuilds(), sql.digest(a, b), sql.recounted(session, which, recount)]
     if keys:
-        extras.append(_recounted_keys(session, which, recount))
+        extras.append(sql.recounted_keys(session, which, recount))
     return QTotal(
         key, entry, a, b, recount, known_tokens, known_count, edge_count, edge_ranges, keys, extras
     )
@@ -286,47 +179,13 @@ def settle(cache: QCountCache, q: QTotal, edges: int, extras: Sequence[Any]) -> 
     if digest != q.known_tokens + sum(t for _, _, t in rows):
         return None
     total = edges + q.known_count + sum(n for _, n, _ in rows)
-    keys = _keys_by_hour(extras[3]) if q.keys else None
+    keys = sql.keys_by_hour(extras[3]) if q.keys else None
     if entry is None:
-        _record_span(cache, q, rebuilds, rows, keys)
+        record_span(cache, q.key, (q.a, q.b), rebuilds, rows, keys)
         return total
     entry.serial += 1
-    _record_hours(entry, q, rows, keys)
+    record_hours(entry, (q.a, q.b), rows, keys)
     return total
-
-
-def _record_span(
-    cache: QCountCache,
-    q: QTotal,
-    rebuilds: int,
-    rows: Sequence[Sequence[int]],
-    keys: dict[int, list[tuple[datetime, str]]] | None,
-) -> None:
-    """Cache a new span: the counts and tokens of every hour of [q.a, q.b), all read in
-    one snapshot."""
-    entry = HourCounts(rebuilds, q.a, q.b, keys=None if keys is None else {})
-    for hour, n, t in rows:
-        entry.set(hour, t, n, None if keys is None else keys.get(hour, []))
-    cache.put(q.key, entry)
-
-
-def _record_hours(
-    entry: HourCounts,
-    q: QTotal,
-    rows: Sequence[Sequence[int]],
-    keys: dict[int, list[tuple[datetime, str]]] | None,
-) -> None:
-    """Add the hours `q` recounted to a span (and widen it to the window)."""
-    for hour, n, t in rows:
-        if t != entry.tokens.get(hour, 0) and entry.lo <= hour < entry.hi:
-            entry.volatile[hour] = entry.serial
-        entry.set(hour, t, n, None if keys is None else keys.get(hour, []))
-    entry.lo, entry.hi = min(entry.lo, q.a), max(entry.hi, q.b)
-    stale = [h for h, s in entry.volatile.items() if s < entry.serial - _VOLATILE_QUIET]
-    for hour in stale:
-        del entry.volatile[hour]
-    while len(entry.volatile) > _VOLATILE_KEPT:
-        del entry.volatile[min(entry.volatile, key=entry.volatile.__getitem__)]
 
 
 async def fill(
@@ -358,11 +217,11 @@ async def fill(
     rebuilds, rows, found_keys = found
     entry = q.entry
     if entry is None:
-        _record_span(cache, q, rebuilds, rows, found_keys)
+        record_span(cache, q.key, (q.a, q.b), rebuilds, rows, found_keys)
     elif entry.rebuilds != rebuilds:
         cache.drop(q.key)  # counted after a rebuild: the next plan starts a new span
     else:
-        _record_hours(entry, q, rows, found_keys)
+        record_hours(entry, (q.a, q.b), rows, found_keys)
 
 
 async def _fill_rows(
@@ -370,17 +229,17 @@ async def _fill_rows(
 ) -> tuple[int, list[list[int]], dict[int, list[tuple[datetime, str]]] | None]:
     """(rebuilds, (hour, matches, token) rows, the matches' keys or None) of the hours `q`
     recounts, in one statement (`fill`)."""
-    found = select(_T.c.created_at, _T.c.task_id).where(_in_ranges(q.recount), *indexed)
+    found = select(_T.c.created_at, _T.c.task_id).where(sql.in_ranges(q.recount), *indexed)
     if keys:
         # Read once, for the counts and the keys. (SQLite 3.35+ materializes a CTE read
         # twice by itself, and older ones do not know the keyword.)
         source: Any = found.cte("q_found").prefix_with("MATERIALIZED", dialect="postgresql")
-        keys_json = _keys_json(session, source)
+        keys_json = sql.keys_json(session, source)
     else:
         source, keys_json = found.subquery("q_found"), literal(None)
-    per_hour = _per_hour(session, _match_counts(session, source, ()), q.recount)
-    row = (await session.execute(select(_rebuilds(), per_hour, keys_json))).one()
-    return int(row[0]), int_rows(row[1]), _keys_by_hour(row[2]) if keys else None
+    per_hour = sql.per_hour(session, sql.match_counts(session, source, ()), q.recount)
+    row = (await session.execute(select(sql.rebuilds(), per_hour, keys_json))).one()
+    return int(row[0]), int_rows(row[1]), sql.keys_by_hour(row[2]) if keys else None
 
 
 async def changed_hours(session: AsyncSession, q: QTotal) -> list[int]:
@@ -390,181 +249,10 @@ async def changed_hours(session: AsyncSession, q: QTotal) -> list[int]:
     if entry is None:
         return []
     lo, hi = max(q.a, entry.lo), min(q.b, entry.hi)
-    tokens = _tokens(lo, hi).subquery()
+    tokens = sql.tokens(lo, hi).subquery()
     stmt = select(tokens.c.b, func.sum(tokens.c.t)).group_by(tokens.c.b)
     now = {int(b): int(t) for b, t in (await session.execute(stmt)).all()}
     return [h for h in now.keys() | entry.tokens.keys() if now.get(h, 0) != entry.tokens.get(h, 0)]
-
-
-def _overall_hours() -> list[ColumnElement[bool]]:
-    return [
-        _R.series == SERIES_MARGINAL,
-        _R.grain == HOUR,
-        _R.agent_type == "",
-        _R.source == "",
-        _R.model == "",
-    ]
-
-
-def _pending_hour() -> ColumnElement[Any]:
-    p = _P.c
-    return p.created_s - (p.created_s % HOUR + HOUR) % HOUR
-
-
-def _tokens(a: int, b: int) -> Any:
-    """(b, t): each hour's parts of its token in [a, b) (sum them per hour)."""
-    p = _P.c
-    rows = select(_R.bucket.label("b"), _R.changes.label("t")).where(
-        *_overall_hours(), _R.bucket >= a, _R.bucket < b
-    )
-    hour = _pending_hour()
-    pending = (
-        select(hour.label("b"), func.count().label("t"))
-        .where(p.created_s >= a, p.created_s < b)
-        .group_by(hour)
-    )
-    return union_all(rows, pending)
-
-
-def _rebuilds() -> ColumnElement[Any]:
-    """Rebuilds plus prune batches: either changes hours without a contribution."""
-    generation = _S.c.rebuilds + _S.c.prunes
-    return select(func.coalesce(func.max(generation), 0)).scalar_subquery()
-
-
-def _digest(a: int, b: int) -> ColumnElement[Any]:
-    """The sum of the tokens of every hour in [a, b).
-
-    `changes` adds up across grains (a rebuild sets each row's to its tasks, a fold adds
-    each contribution to one row per grain), so the hours are summed from the coarsest
-    blocks that fit: a few dozen rollup rows, whatever the window's length."""
-    p = _P.c
-    top = _COARSE[-1]
-    lo, hi = -(-a // top) * top, b // top * top
-    blocks = _blocks(a, b) if lo >= hi else [*_blocks(a, lo), *_blocks(hi, b)]
-    by_grain: dict[int, list[int]] = {}
-    for grain, bucket in blocks:
-        by_grain.setdefault(grain, []).append(bucket)
-    which = [and_(_R.grain == g, _R.bucket.in_(buckets)) for g, buckets in by_grain.items()]
-    if lo < hi:
-        which.append(and_(_R.grain == top, _R.bucket >= lo, _R.bucket < hi))
-    overall = [_R.series == SERIES_MARGINAL, _R.agent_type == "", _R.source == "", _R.model == ""]
-    changes = select(func.coalesce(func.sum(_R.changes), 0)).where(*overall, or_(false(), *which))
-    pending = select(func.count()).select_from(_P).where(p.created_s >= a, p.created_s < b)
-    return changes.scalar_subquery() + pending.scalar_subquery()
-
-
-# The grains from an hour up (all nested and aligned to the epoch).
-_COARSE = tuple(g for g in GRAINS if g >= HOUR)
-
-
-def _blocks(a: int, b: int) -> list[tuple[int, int]]:
-    """(grain, bucket): the fewest whole blocks that cover [a, b) (hour-aligned) once."""
-    out = []
-    pos = a
-    while pos < b:
-        grain = next(g for g in reversed(_COARSE) if pos % g == 0 and pos + g <= b)
-        out.append((grain, pos))
-        pos += grain
-    return out
-
-
-def _in_ranges(ranges: Sequence[tuple[int, int]]) -> ColumnElement[bool]:
-    return or_(*(and_(_T.c.created_at >= _ts(s), _T.c.created_at < _ts(e)) for s, e in ranges))
-
-
-def _match_counts(
-    session: AsyncSession, source: Any, where: Sequence[ColumnElement[bool]]
-) -> Select[Any]:
-    """(b, n, t = 0): the rows of `source` (with `created_at`) matching `where`, per hour.
-    Grouped by `hour_bin` and turned into seconds once per hour: cheap per row."""
-    bin_ = dialect_of(session).hour_bin(source.c.created_at).label("bin")
-    grouped = select(bin_, func.count().label("n")).where(*where).group_by(bin_).subquery()
-    return select(
-        dialect_of(session).hour_bin_seconds(grouped.c.bin).label("b"),
-        grouped.c.n,
-        literal(0, BigInteger).label("t"),
-    )
-
-
-def _recounted(
-    session: AsyncSession, plain: Sequence[ColumnElement[bool]], ranges: Sequence[tuple[int, int]]
-) -> ColumnElement[Any]:
-    """(hour, matches, token) of every hour in `ranges` with either, as `int_rows` text."""
-    if not ranges:
-        return literal(None)
-    return _per_hour(session, _match_counts(session, _T, [_in_ranges(ranges), *plain]), ranges)
-
-
-def _per_hour(
-    session: AsyncSession, counts: Select[Any], ranges: Sequence[tuple[int, int]]
-) -> ColumnElement[Any]:
-    """(hour, matches, token) of every hour in `ranges` with either, as `int_rows` text:
-    `counts` (b, n, t = 0) with the tokens of those hours."""
-    p = _P.c
-    zero = literal(0, BigInteger)
-    rows = select(_R.bucket.label("b"), zero.label("n"), _R.changes.label("t")).where(
-        *_overall_hours(), or_(*(and_(_R.bucket >= s, _R.bucket < e) for s, e in ranges))
-    )
-    p_hour = _pending_hour()
-    pending = (
-        select(p_hour.label("b"), zero.label("n"), func.count().label("t"))
-        .where(or_(*(and_(p.created_s >= s, p.created_s < e) for s, e in ranges)))
-        .group_by(p_hour)
-    )
-    parts = union_all(counts, rows, pending).subquery()
-    per_hour = (
-        select(
-            parts.c.b,
-            func.sum(parts.c.n).label("n"),
-            func.sum(parts.c.t).label("t"),
-        )
-        .group_by(parts.c.b)
-        .subquery()
-    )
-    c = per_hour.c
-    return select(dialect_of(session).int_rows_agg([c.b, c.n, c.t])).scalar_subquery()
-
-
-def _recounted_keys(
-    session: AsyncSession, plain: Sequence[ColumnElement[bool]], ranges: Sequence[tuple[int, int]]
-) -> ColumnElement[Any]:
-    """(hour, created_at, task_id) of the matches in `ranges` as JSON, `KEYS_KEPT` + 1 at
-    most (more: too many to keep)."""
-    if not ranges:
-        return literal(None)
-    return _keys_json(session, _T, [_in_ranges(ranges), *plain])
-
-
-def _keys_json(
-    session: AsyncSession, source: Any, where: Sequence[ColumnElement[bool]] = ()
-) -> ColumnElement[Any]:
-    """(hour, created_at, task_id) of the rows of `source` matching `where` as JSON,
-    `KEYS_KEPT` + 1 at most."""
-    hour = dialect_of(session).epoch_bucket(source.c.created_at, HOUR)
-    found = (
-        select(hour.label("b"), source.c.created_at, source.c.task_id)
-        .where(*where)
-        .limit(KEYS_KEPT + 1)
-        .subquery()
-    )
-    c = found.c
-    return select(
-        dialect_of(session).json_rows_agg([c.b, c.created_at, c.task_id])
-    ).scalar_subquery()
-
-
-def _keys_by_hour(value: str | None) -> dict[int, list[tuple[datetime, str]]] | None:
-    """The matches `_recounted_keys` read, per hour and sorted; None when too many."""
-    rows = orjson.loads(value) if value else []
-    if len(rows) > KEYS_KEPT:
-        return None
-    out: dict[int, list[tuple[datetime, str]]] = {}
-    for hour, at, task_id in rows:
-        out.setdefault(int(hour), []).append((to_utc(datetime.fromisoformat(at)), task_id))
-    for found in out.values():
-        found.sort()
-    return out
 
 
 def page_keys(
@@ -594,7 +282,7 @@ def page_keys(
         ids += [task_id for _, task_id in found]
         if counted >= wanted:
             break
-    ranges = [(_ts(s), _ts(e)) for s, e in q.recount] + q.edge_ranges
+    ranges = [(sql.ts(s), sql.ts(e)) for s, e in q.recount] + q.edge_ranges
     return ids, ranges
 
 
