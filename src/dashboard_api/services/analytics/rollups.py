@@ -19,12 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import (
-    insert_missing,
-    select_for_update_by_keys,
-    update_by_keys,
-    upsert_add_many,
-)
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.analytics import (
     AnalyticsHistogram,
     AnalyticsPending,
@@ -263,7 +258,7 @@ async def apply_deltas(
     tables."""
     # Rows are sorted by key, and rollups always go before histograms, so that two
     # writers of shared rows lock them in the same order and never deadlock.
-    await upsert_add_many(session, _ROLLUPS, KEY_COLUMNS, ROLLUP_VALUES, rows)
+    await dialect_of(session).upsert_add_many(session, _ROLLUPS, KEY_COLUMNS, ROLLUP_VALUES, rows)
     await add_histogram_deltas(session, hrows)
 
 
@@ -286,8 +281,12 @@ async def add_histogram_deltas(session: AsyncSession, hrows: Sequence[tuple[Any,
     for *where, index, count in hrows:
         changes.setdefault(tuple(where), BinSum()).add_bin(index, count)
     keys = sorted(changes)
-    await insert_missing(session, _HIST, HIST_ROW_KEY, HIST_VALUES, [(*k, 0, b"") for k in keys])
-    current = await select_for_update_by_keys(session, _HIST, HIST_ROW_KEY, HIST_VALUES, keys)
+    await dialect_of(session).insert_missing(
+        session, _HIST, HIST_ROW_KEY, HIST_VALUES, [(*k, 0, b"") for k in keys]
+    )
+    current = await dialect_of(session).select_for_update_by_keys(
+        session, _HIST, HIST_ROW_KEY, HIST_VALUES, keys
+    )
     width = len(HIST_ROW_KEY)
     merged = []
     for row in current:
@@ -295,4 +294,4 @@ async def add_histogram_deltas(session: AsyncSession, hrows: Sequence[tuple[Any,
         acc = changes[key]
         acc.add_packed(row[width], bytes(row[width + 1]))
         merged.append((*key, *acc.packed()))
-    await update_by_keys(session, _HIST, HIST_ROW_KEY, HIST_VALUES, merged)
+    await dialect_of(session).update_by_keys(session, _HIST, HIST_ROW_KEY, HIST_VALUES, merged)

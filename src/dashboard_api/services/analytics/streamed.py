@@ -19,14 +19,7 @@ from sqlalchemy import Column, MetaData, Table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.bulk import bulk_insert
-from dashboard_api.db.dialect import (
-    add_primary_key,
-    advisory_xact_lock_sql,
-    analyze_tables,
-    drop_primary_key,
-    lock_tables_exclusive,
-    upsert_add_many,
-)
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.analytics import (
     AnalyticsHistogram,
     AnalyticsPending,
@@ -253,12 +246,14 @@ async def write_streamed(session: AsyncSession) -> None:
     """Move the staged rows into the (empty) rollup tables, sorted as `rebuild_rollups`
     writes them (a block's rows, and a series' run of blocks, share heap pages), with
     the counters' primary key built afterwards on PostgreSQL; count it as a rebuild."""
-    lock = advisory_xact_lock_sql(session, FOLD_LOCK_KEY)
+    lock = dialect_of(session).advisory_xact_lock_sql(FOLD_LOCK_KEY)
     if lock is not None:
         await session.execute(lock)
-    await lock_tables_exclusive(session, [_ROLLUPS.name, _HIST.name, _PENDING.name])
+    await dialect_of(session).lock_tables_exclusive(
+        session, [_ROLLUPS.name, _HIST.name, _PENDING.name]
+    )
     rollups, hist = _STAGES
-    dropped = await drop_primary_key(session, _ROLLUPS)
+    dropped = await dialect_of(session).drop_primary_key(session, _ROLLUPS)
     columns = ", ".join(f'"{c}"' for c in ROLLUP_COLUMNS)
     await session.execute(
         text(
@@ -267,7 +262,7 @@ async def write_streamed(session: AsyncSession) -> None:
         )
     )
     if dropped:
-        await add_primary_key(session, _ROLLUPS)
+        await dialect_of(session).add_primary_key(session, _ROLLUPS)
     columns = ", ".join(f'"{c}"' for c in HIST_COLUMNS)
     order = "series, grain, bucket, agent_type, source, model, kind"
     await session.execute(
@@ -279,5 +274,5 @@ async def write_streamed(session: AsyncSession) -> None:
     for stage in _STAGES:
         await session.execute(text(f'DROP TABLE "{stage.name}"'))
     # As a rebuild does: `changes` restarted from the blocks' tasks.
-    await upsert_add_many(session, _STATE, ["id"], ["rebuilds"], [(1, 1)])
-    await analyze_tables(session, [_ROLLUPS.name, _HIST.name])
+    await dialect_of(session).upsert_add_many(session, _STATE, ["id"], ["rebuilds"], [(1, 1)])
+    await dialect_of(session).analyze_tables(session, [_ROLLUPS.name, _HIST.name])
