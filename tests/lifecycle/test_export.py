@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from dashboard_api.services.task_export import EXPORT_FIELDS
 from dashboard_api.settings import Settings
 from tests.support.env import Backend
+from tests.support.task_lists import SORTS, datasets, queries, reference, wire
 from tests.support.tasks import Row, clear_tasks, load_rows
-from tests.tasks.test_list import SORTS, datasets, queries, reference, wire
 
 Headers = Callable[[str], dict[str, str]]
 # Small batches, so that every export of a few rows crosses several batch boundaries.
