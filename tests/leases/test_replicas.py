@@ -20,9 +20,9 @@ from fastapi import FastAPI
 
 from dashboard_api.app import create_app
 from tests.leases.test_tasks import metric
-from tests.realtime.test_redis import _replica_process, _tokens, pg  # noqa: F401 (fixture)
 from tests.support.clock import FakeClock
 from tests.support.env import Backend
+from tests.support.replicas import pg, replica_process, replica_tokens  # noqa: F401 (fixture)
 from tests.support.tokens import make_token
 
 
@@ -116,9 +116,9 @@ async def test_a_sigkilled_demo_agent_leaves_its_task_failed_by_lease_in_time(pg
         "DASHBOARD_REDIS_INGRESS_PREFIX": prefix,
         "DASHBOARD_TOKEN_CACHE_SECONDS": "0",
     }
-    tokens = await _tokens(pg)
+    tokens = await replica_tokens(pg)
     async with (
-        _replica_process(env) as (url, _),
+        replica_process(env) as (url, _),
         httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
         agent = {"Authorization": f"Bearer {tokens['agent']}"}

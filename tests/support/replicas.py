@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 
 from dashboard_api.client import DashboardClient
 from dashboard_api.db.engine import Database
 from dashboard_api.services.tokens import create_token
 from dashboard_api.timeutil import SystemClock
+from tests.support.env import require_services, truncate
 from tests.support.servers import free_port
 
 
@@ -124,3 +126,11 @@ def metric_value(text: str, sample: str) -> float:
         if line.startswith(sample + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{sample} not in /metrics")
+
+
+@pytest.fixture
+async def pg(pg_url: str) -> str:
+    """The session's PostgreSQL database, emptied: for tests whose replicas run on it."""
+    require_services()
+    await truncate(pg_url)
+    return pg_url
