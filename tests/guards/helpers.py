@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -56,3 +57,33 @@ async def alerts_round(app: FastAPI) -> list[dict[str, Any]]:
 async def sender_round(app: FastAPI) -> int:
     ctx = app.state.ctx
     return await run_sender_once(ctx.db, ctx.settings, ctx.clock)
+
+
+Auth = Callable[[str], dict[str, str]]
+
+
+async def put_channel(
+    client: httpx.AsyncClient, auth: Auth, channel_id: str, **body: Any
+) -> httpx.Response:
+    return await client.put(f"/api/alerts/channels/{channel_id}", json=body, headers=auth("admin"))
+
+
+async def put_rule(
+    client: httpx.AsyncClient, auth: Auth, rule_id: str, **fields: Any
+) -> dict[str, Any]:
+    body = {"name": rule_id, "kind": "cost_usd", "threshold": 1, **fields}
+    r = await client.put(f"/api/alerts/rules/{rule_id}", json=body, headers=auth("admin"))
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def alerts(client: httpx.AsyncClient, auth: Auth, **params: Any) -> list[dict[str, Any]]:
+    r = await client.get("/api/alerts", params=params, headers=auth("user"))
+    assert r.status_code == 200, r.text
+    return list(r.json()["items"])
+
+
+async def attempts(client: httpx.AsyncClient, auth: Auth, alert_id: str) -> list[dict[str, Any]]:
+    r = await client.get(f"/api/alerts/{alert_id}/deliveries", headers=auth("admin"))
+    assert r.status_code == 200, r.text
+    return list(r.json()["items"])

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,37 +16,18 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from dashboard_api.db.models.guards import AlertChannel
-from tests.guards.helpers import alerts_round, register, sender_round, set_cost
+from tests.guards.helpers import (
+    Auth,
+    alerts,
+    alerts_round,
+    attempts,
+    put_channel,
+    put_rule,
+    register,
+    sender_round,
+    set_cost,
+)
 from tests.guards.receiver import running_receiver
-
-Auth = Callable[[str], dict[str, str]]
-
-
-async def put_channel(
-    client: httpx.AsyncClient, auth: Auth, channel_id: str, **body: Any
-) -> httpx.Response:
-    return await client.put(f"/api/alerts/channels/{channel_id}", json=body, headers=auth("admin"))
-
-
-async def put_rule(
-    client: httpx.AsyncClient, auth: Auth, rule_id: str, **fields: Any
-) -> dict[str, Any]:
-    body = {"name": rule_id, "kind": "cost_usd", "threshold": 1, **fields}
-    r = await client.put(f"/api/alerts/rules/{rule_id}", json=body, headers=auth("admin"))
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-async def alerts(client: httpx.AsyncClient, auth: Auth, **params: Any) -> list[dict[str, Any]]:
-    r = await client.get("/api/alerts", params=params, headers=auth("user"))
-    assert r.status_code == 200, r.text
-    return list(r.json()["items"])
-
-
-async def attempts(client: httpx.AsyncClient, auth: Auth, alert_id: str) -> list[dict[str, Any]]:
-    r = await client.get(f"/api/alerts/{alert_id}/deliveries", headers=auth("admin"))
-    assert r.status_code == 200, r.text
-    return list(r.json()["items"])
 
 
 def verify_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:

@@ -13,9 +13,17 @@ from fastapi import FastAPI
 from dashboard_api.services.alerts import evaluate
 from dashboard_api.services.alerts.reads import read_round
 from dashboard_api.services.analytics.fold import fold_pending
-from tests.guards.helpers import alerts_round, register, sender_round, set_cost
+from tests.guards.helpers import (
+    alerts,
+    alerts_round,
+    attempts,
+    put_channel,
+    put_rule,
+    register,
+    sender_round,
+    set_cost,
+)
 from tests.guards.receiver import running_receiver
-from tests.guards.test_alerts import alerts, attempts, put_channel, put_rule
 
 Auth = Callable[[str], dict[str, str]]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from dashboard_api.timeutil import format_ts
 from tests.leases.conftest import Leased
-from tests.leases.test_tasks import register
+from tests.leases.helpers import register
 from tests.support.clock import FakeClock
 
 

@@ -19,7 +19,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from dashboard_api.app import create_app
-from tests.leases.test_tasks import metric
+from tests.leases.helpers import metric
 from tests.support.clock import FakeClock
 from tests.support.env import Backend
 from tests.support.replicas import pg, replica_process, replica_tokens  # noqa: F401 (fixture)
