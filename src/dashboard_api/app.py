@@ -1,4 +1,4 @@
-"""The FastAPI application: routers, problem-document error handling, lifespan."""
+"""The FastAPI application: the context, routers, middleware and lifespan, assembled."""
 
 from __future__ import annotations
 
@@ -7,14 +7,9 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dashboard_api import __version__
@@ -33,14 +28,15 @@ from dashboard_api.api import (
     tasks,
     webhooks,
 )
-from dashboard_api.api.openapi import API_DESCRIPTION, allowed_methods
+from dashboard_api.api.openapi import API_DESCRIPTION
 from dashboard_api.api.openapi import install as install_openapi
+from dashboard_api.api.problems import install_error_handlers, problem_response
 from dashboard_api.api.task_history import ServiceTaskHistory
 from dashboard_api.auth import TokenCache
 from dashboard_api.background import background_lifespan
 from dashboard_api.context import AppContext
 from dashboard_api.db.engine import Database
-from dashboard_api.errors import PayloadTooLarge, ProblemError, problem_body
+from dashboard_api.errors import PayloadTooLarge
 from dashboard_api.gc_tuning import freeze_after_start
 from dashboard_api.ingress import ingress_lifespan
 from dashboard_api.observability.setup import install_observability
@@ -61,152 +57,6 @@ from dashboard_api.timeutil import Clock, SystemClock
 from dashboard_api.web import install_dashboard
 
 log = logging.getLogger("dashboard_api")
-
-PROBLEM_JSON = "application/problem+json"
-
-
-def problem_response(
-    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    return JSONResponse(
-        problem_body(status, title, detail, **extra),
-        status_code=status,
-        headers=headers,
-        media_type=PROBLEM_JSON,
-    )
-
-
-# Errors that mean "the database is not answering", as opposed to a bad query.
-_DB_DOWN = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.TimeoutError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ProblemError)
-    async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
-        return problem_response(exc.status, exc.title, exc.detail, exc.headers, **exc.extra)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {
-                "loc": list(e.get("loc", ())),
-                "msg": str(e.get("msg", "")),
-                "type": str(e.get("type", "")),
-            }
-            for e in exc.errors()
-        ]
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors[:5]
-        )
-        return problem_response(
-            422, "Unprocessable Content", detail or "Invalid request.", errors=errors
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if isinstance(exc.__cause__, PayloadTooLarge):
-            too_large = exc.__cause__
-            return problem_response(413, too_large.title, too_large.detail)
-        title = _TITLES.get(exc.status_code, "Error")
-        detail = exc.detail if isinstance(exc.detail, str) else title
-        headers = dict(exc.headers or {})
-        if exc.status_code == 405 and (methods := allowed_methods(app, request.scope)):
-            # Starlette names only the methods of the first route that matched the path.
-            headers["Allow"] = ", ".join(methods)
-        return problem_response(exc.status_code, title, detail, headers)
-
-    @app.exception_handler(sa_exc.IntegrityError)
-    async def _integrity(_: Request, exc: sa_exc.IntegrityError) -> JSONResponse:
-        # A race lost to a concurrent writer of the same key (e.g. two registrations).
-        log.info("integrity conflict: %s", exc.orig)
-        return problem_response(
-            409, "Conflict", "The resource was changed concurrently or already exists."
-        )
-
-    for exc_type in _DB_DOWN:
-        app.add_exception_handler(exc_type, _database_down)
-    app.add_exception_handler(sa_exc.DBAPIError, _dbapi_error)
-    app.add_exception_handler(Exception, _unexpected)
-
-
-async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-    log.warning("database unavailable: %s", exc)
-    return problem_response(
-        503,
-        "Service Unavailable",
-        "The database is unavailable.",
-        {"Retry-After": "1"},
-        dependency="database",
-    )
-
-
-# SQLSTATE classes of a server that cannot take the work now, whatever the request:
-# connection exceptions (08), insufficient resources (53: too many connections, out of
-# memory or disk) and a server starting or shutting down (57P0x). The driver reports
-# some of them, such as "too many clients already" at connect, as a plain DBAPIError.
-_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P0")
-
-# SQLSTATEs of transactions PostgreSQL aborted to resolve contention: safe to retry.
-_RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}
-
-
-async def _dbapi_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, sa_exc.DBAPIError):
-        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
-        if exc.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
-            return await _database_down(request, exc)
-        if getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
-            log.warning("transaction aborted by contention, client may retry: %s", exc.orig)
-            return problem_response(
-                503,
-                "Service Unavailable",
-                "The database aborted the transaction to resolve contention; nothing was "
-                "written. Retry the request.",
-                {"Retry-After": "1"},
-                dependency="database",
-            )
-        if getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES:
-            # hardening: a NUL (or unencodable) character PostgreSQL refuses is the client's
-            # mistake, whichever field or parameter carried it: 422, not 500.
-            return problem_response(
-                422,
-                "Unprocessable Content",
-                "The request holds characters the database cannot store (such as NUL).",
-                errors=[{"loc": [], "msg": "unstorable character", "type": "value_error"}],
-            )
-    return await _unexpected(request, exc)
-
-
-# SQLSTATEs of text PostgreSQL cannot store or encode (NUL bytes, untranslatable characters).
-_UNSTORABLE_TEXT_SQLSTATES = {"22021", "22P05"}
-
-
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(500, "Internal Server Error", "An unexpected error occurred.")
-
-
-_TITLES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    406: "Not Acceptable",
-    409: "Conflict",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    422: "Unprocessable Content",
-    429: "Too Many Requests",
-    503: "Service Unavailable",
-}
 
 
 class BodyLimitMiddleware:
@@ -258,7 +108,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         lifespan=_lifespan(ctx),
     )
     app.state.ctx = ctx
-    _install_error_handlers(app)
+    install_error_handlers(app)
     _install_middleware(app, ctx)
     for router in _ROUTERS:
         app.include_router(router)

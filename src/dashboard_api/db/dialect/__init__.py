@@ -8,7 +8,7 @@ job; `values.py` reads what the dialects' aggregates give, the same on both.
 
 from __future__ import annotations
 
-from dashboard_api.db.dialect.base import WRITE_OPTION, Dialect, OutputAppend
+from dashboard_api.db.dialect.base import WRITE_OPTION, DatabaseFault, Dialect, OutputAppend
 from dashboard_api.db.dialect.choice import (
     POSTGRESQL,
     SESSION_KEY,
@@ -31,6 +31,7 @@ __all__ = [
     "SESSION_KEY",
     "SQLITE",
     "WRITE_OPTION",
+    "DatabaseFault",
     "Dialect",
     "OutputAppend",
     "dialect_for_url",

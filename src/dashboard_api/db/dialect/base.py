@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, Table, TextClause
@@ -56,6 +57,21 @@ class OutputAppend:
     unless_member_of: Table | None = None
 
 
+class DatabaseFault(Enum):
+    """What a driver error says about the database, whatever the request was: the answer
+    the app gives for it (app.py's handlers) depends on this, not on the backend."""
+
+    # The server cannot take work now (down, refusing connections, out of resources,
+    # starting or stopping): 503, and the service recovers when it does.
+    UNAVAILABLE = "unavailable"
+    # The transaction was aborted to resolve contention (serialization failure,
+    # deadlock, lock not available): nothing was written, the client may retry: 503.
+    CONTENTION = "contention"
+    # Text the database cannot store (a NUL byte, an untranslatable character): the
+    # client's mistake, whichever field carried it: 422.
+    UNSTORABLE_TEXT = "unstorable_text"
+
+
 class Dialect(ABC):
     """One backend's way of doing what differs between PostgreSQL and SQLite."""
 
@@ -72,6 +88,11 @@ class Dialect(ABC):
     @abstractmethod
     def install(self, engine: AsyncEngine) -> None:
         """Set up the engine's connections (pragmas, functions, pool checks)."""
+
+    @abstractmethod
+    def classify_error(self, driver_error: BaseException | None) -> DatabaseFault | None:
+        """What the driver's own exception (a `DBAPIError`'s `orig`) says about the
+        database, or None for an error of the statement itself (a bug: 500)."""
 
     @property
     @abstractmethod

@@ -37,7 +37,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from dashboard_api.db.dialect.base import Column, Dialect, OutputAppend
+from dashboard_api.db.dialect.base import Column, DatabaseFault, Dialect, OutputAppend
 from dashboard_api.db.dialect.locks import AdvisoryLocks, NamedLocks
 from dashboard_api.db.dialect.pg_appends import append_statement
 from dashboard_api.db.dialect.pg_arrays import quoted, unnest_arrays, unnest_insert
@@ -82,6 +82,18 @@ def _int_array_literal(values: tuple[int, ...]) -> ColumnElement[Any]:
     return literal_column("'{" + ",".join(str(int(v)) for v in values) + "}'::bigint[]")
 
 
+# SQLSTATE classes of a server that cannot take the work now, whatever the request:
+# connection exceptions (08), insufficient resources (53: too many connections, out of
+# memory or disk) and a server starting or shutting down (57P0x). The driver reports
+# some of them, such as "too many clients already" at connect, as a plain DBAPIError.
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P0")
+# Transactions aborted to resolve contention: serialization failure, deadlock, lock not
+# available (a NOWAIT or lock_timeout).
+_CONTENTION_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+# Text PostgreSQL cannot store or encode (NUL bytes, untranslatable characters).
+_UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
+
+
 class PostgreSQLDialect(Dialect):
     backend = "postgresql"
 
@@ -105,6 +117,16 @@ class PostgreSQLDialect(Dialect):
                 "server_settings": _SERVICE_SETTINGS if command_timeout else {},
             },
         }
+
+    def classify_error(self, driver_error: BaseException | None) -> DatabaseFault | None:
+        sqlstate = str(getattr(driver_error, "sqlstate", None) or "")
+        if sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
+            return DatabaseFault.UNAVAILABLE
+        if sqlstate in _CONTENTION_SQLSTATES:
+            return DatabaseFault.CONTENTION
+        if sqlstate in _UNSTORABLE_TEXT_SQLSTATES:
+            return DatabaseFault.UNSTORABLE_TEXT
+        return None
 
     def install(self, engine: AsyncEngine) -> None:
         pool = engine.sync_engine.pool

@@ -35,7 +35,13 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from dashboard_api.db.dialect.base import WRITE_OPTION, Column, Dialect, OutputAppend
+from dashboard_api.db.dialect.base import (
+    WRITE_OPTION,
+    Column,
+    DatabaseFault,
+    Dialect,
+    OutputAppend,
+)
 from dashboard_api.db.dialect.locks import NamedLocks, ProcessLocks
 from dashboard_api.db.dialect.values import escape_like
 from dashboard_api.task_statuses import TERMINAL_STATUSES
@@ -75,6 +81,13 @@ def _stored_micros(column: Any) -> ColumnElement[int]:
     return whole + cast(func.substr(column, 21, 6), Integer)
 
 
+# SQLite result codes (sqlite3.h) of a file that cannot take the work now: SQLITE_IOERR
+# (10), SQLITE_FULL (13, the disk), SQLITE_CANTOPEN (14), SQLITE_READONLY (8).
+_UNAVAILABLE_RESULT_CODES = frozenset({8, 10, 13, 14})
+# SQLITE_BUSY (5) and SQLITE_LOCKED (6): another connection held the lock past the timeout.
+_CONTENTION_RESULT_CODES = frozenset({5, 6})
+
+
 class SQLiteDialect(Dialect):
     backend = "sqlite"
 
@@ -82,6 +95,17 @@ class SQLiteDialect(Dialect):
 
     def engine_options(self, *, pool_size: int, command_timeout: float | None) -> dict[str, Any]:
         return {"connect_args": {"timeout": 30}}
+
+    def classify_error(self, driver_error: BaseException | None) -> DatabaseFault | None:
+        code = getattr(driver_error, "sqlite_errorcode", None)
+        if code is None:
+            return None
+        primary = code & 0xFF  # extended result codes keep the primary one in the low byte
+        if primary in _UNAVAILABLE_RESULT_CODES:
+            return DatabaseFault.UNAVAILABLE
+        if primary in _CONTENTION_RESULT_CODES:
+            return DatabaseFault.CONTENTION
+        return None
 
     def install(self, engine: AsyncEngine) -> None:
         event.listen(engine.sync_engine, "connect", _on_connect)
