@@ -133,6 +133,9 @@ NEW_CASES = frozenset(
 
 
 async def main(args: argparse.Namespace) -> int:
+    global N_TASKS, DB_NAME, DB_URL
+    N_TASKS, DB_NAME = args.tasks, args.db
+    DB_URL = db_url(DB_NAME)
     env = {**os.environ, "DASHBOARD_DATABASE_URL": DB_URL, "DASHBOARD_LOG_LEVEL": "WARNING"}
     env.pop("DASHBOARD_REDIS_URL", None)
     rows: list[tuple[str, str, str, str]] = []  # (what, p50, p99, note)
@@ -145,9 +148,9 @@ async def main(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         cli("seed", "--tasks", str(N_TASKS), "--random-seed", "1", env=env)
         took = time.perf_counter() - start
-        met = "met" if took < 120 else "MISSED"
+        met = "met" if took < 120 * N_TASKS / 1_000_000 else "MISSED"
         rows.append(
-            ("seed 1,000,000 tasks + rollups", f"{took:.1f} s", "", f"target < 120 s: {met}")
+            (f"seed {N_TASKS:,} tasks + rollups", f"{took:.1f} s", "", f"target < 120 s/M: {met}")
         )
         conn = await connect(DB_NAME)
         try:
@@ -157,7 +160,7 @@ async def main(args: argparse.Namespace) -> int:
     else:
         log(f"reusing {DB_NAME} ({count:,} tasks)")
         cli("migrate", env=env)
-        rows.append(("seed 1,000,000 tasks + rollups", "reused", "", "--reseed to time it"))
+        rows.append((f"seed {N_TASKS:,} tasks + rollups", "reused", "", "--reseed to time it"))
 
     conn = await connect(DB_NAME)
     try:
@@ -398,6 +401,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=50, help="samples per endpoint")
     parser.add_argument("--writes", type=int, default=1000, help="registrations per run")
     parser.add_argument("--reseed", action="store_true", help="drop the database and seed again")
+    parser.add_argument("--tasks", type=int, default=N_TASKS, help="tasks seeded (1,000,000)")
+    parser.add_argument(
+        "--db",
+        default=DB_NAME,
+        help="the database (default $DASHBOARD_BENCH_ANALYTICS_DB or dash_bench_analytics); "
+        "bench.tasks_api --db can measure the same one",
+    )
     parser.add_argument(
         "--only", choices=("reads", "writes"), help="measure only the queries or the writes"
     )
