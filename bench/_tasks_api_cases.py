@@ -56,7 +56,7 @@ class ListCase:
 def naive_sql(where: str, offset: int, sort: str) -> tuple[str, str]:
     page = (
         "SELECT task_id, status, agent_type, source, created_at, cost_micros FROM tasks "  # noqa: S608
-        f"{where} ORDER BY {sort} OFFSET {offset} LIMIT 50"
+        f"{where} ORDER BY {sort} LIMIT 50 OFFSET {offset}"
     )
     return page, f"SELECT count(*) FROM tasks {where}"  # noqa: S608
 

@@ -31,24 +31,22 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench._analytics_raw_sqlite import run_baseline_sqlite
+from bench._bench_db import BACKENDS, BenchDB
 from bench._common import (
     BIN,
     KeepAliveClient,
     cli,
-    connect,
     cpu_seconds,
-    db_url,
     free_port,
     log,
     pct,
-    recreate_db,
     stop_server,
-    task_count,
     timed,
 )
 
 DB_NAME = os.environ.get("DASHBOARD_BENCH_ANALYTICS_DB", "dash_bench_analytics")
-DB_URL = db_url(DB_NAME)
+DB = BenchDB("postgresql", DB_NAME)  # --db, --backend (sqlite: the file /tmp/DB.sqlite3)
 N_TASKS = 1_000_000
 TARGET_MS = 20
 # Rounds of registrations with the upkeep on, then off; the best of each counts. Two
@@ -133,17 +131,16 @@ NEW_CASES = frozenset(
 
 
 async def main(args: argparse.Namespace) -> int:
-    global N_TASKS, DB_NAME, DB_URL
-    N_TASKS, DB_NAME = args.tasks, args.db
-    DB_URL = db_url(DB_NAME)
-    env = {**os.environ, "DASHBOARD_DATABASE_URL": DB_URL, "DASHBOARD_LOG_LEVEL": "WARNING"}
+    global N_TASKS, DB
+    N_TASKS, DB = args.tasks, BenchDB(args.backend, args.db)
+    env = {**os.environ, "DASHBOARD_DATABASE_URL": DB.url, "DASHBOARD_LOG_LEVEL": "WARNING"}
     env.pop("DASHBOARD_REDIS_URL", None)
     rows: list[tuple[str, str, str, str]] = []  # (what, p50, p99, note)
 
-    count = await task_count(DB_NAME)
+    count = await DB.task_count()
     if args.reseed or count is None or count < N_TASKS:
-        log(f"seeding {N_TASKS:,} tasks into {DB_NAME} (rollups included) ...")
-        await recreate_db(DB_NAME)
+        log(f"seeding {N_TASKS:,} tasks into {DB.url} (rollups included) ...")
+        await DB.recreate()
         cli("migrate", env=env)
         start = time.perf_counter()
         cli("seed", "--tasks", str(N_TASKS), "--random-seed", "1", env=env)
@@ -152,23 +149,19 @@ async def main(args: argparse.Namespace) -> int:
         rows.append(
             (f"seed {N_TASKS:,} tasks + rollups", f"{took:.1f} s", "", f"target < 120 s/M: {met}")
         )
-        conn = await connect(DB_NAME)
-        try:
-            await conn.execute("VACUUM ANALYZE")
-        finally:
-            await conn.close()
+        await DB.vacuum_analyze()
     else:
-        log(f"reusing {DB_NAME} ({count:,} tasks)")
+        log(f"reusing {DB.url} ({count:,} tasks)")
         cli("migrate", env=env)
         rows.append((f"seed {N_TASKS:,} tasks + rollups", "reused", "", "--reseed to time it"))
 
-    conn = await connect(DB_NAME)
+    conn = await DB.connect()
     try:
-        sizes = await conn.fetch(
-            "SELECT relname, n_live_tup FROM pg_stat_user_tables "
-            "WHERE relname IN ('tasks', 'analytics_rollups', 'analytics_histograms')"
-        )
-        log("rows: " + ", ".join(f"{r['relname']}={r['n_live_tup']:,}" for r in sizes))
+        sizes = [
+            (t, await conn.fetchval(f"SELECT count(*) FROM {t}"))  # noqa: S608
+            for t in ("tasks", "analytics_rollups", "analytics_histograms")
+        ]
+        log("rows: " + ", ".join(f"{t}={n:,}" for t, n in sizes))
     finally:
         await conn.close()
 
@@ -247,7 +240,7 @@ async def measure_reads(
         ("performance, 30 days, failure_reason=agent", "/api/analytics/performance",
          {**d30, "failure_reason": "agent"}, ("performance", d30, {"failure_reason": "agent"})),
     ]  # fmt: skip
-    conn = await connect(DB_NAME)
+    conn = await DB.connect()
     headers = {"Authorization": f"Bearer {user}"}
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -268,7 +261,9 @@ async def measure_reads(
                 health = [functools.partial(c.get_json, "/api/health") for c in answering]
                 times = await timed_alternately(n, [*calls, *health])
                 floors = times[len(calls) :]
-                raw = await timed(max(3, n // 10), functools.partial(run_baseline, conn, baseline))
+                # SQLite's raw figures are grouped in Python (seconds at 1M): fewer runs.
+                reps = max(3, n // 10) if DB.backend == "postgresql" else 1
+                raw = await timed(reps, functools.partial(run_baseline, conn, baseline))
                 expected = await run_baseline(conn, baseline)
                 for label, answer, api, floor in zip(
                     ("", "before: "), answers, times, floors, strict=False
@@ -293,6 +288,8 @@ async def measure_reads(
 
 
 async def run_baseline(conn: asyncpg.Connection, spec: Any) -> Any:
+    if DB.backend == "sqlite":
+        return await run_baseline_sqlite(conn, spec)
     kind, window, *rest = spec
     lo = datetime.fromisoformat(window["from"].replace("Z", "+00:00"))
     hi = datetime.fromisoformat(window["to"].replace("Z", "+00:00"))
@@ -353,7 +350,7 @@ async def measure_writes(
         finally:
             server.stop()
     # Tasks written with the upkeep off are not in the rollups: remove them.
-    conn = await connect(DB_NAME)
+    conn = await DB.connect()
     try:
         await conn.execute("DELETE FROM tasks WHERE agent_type = 'bench-off'")
     finally:
@@ -407,6 +404,12 @@ def parse_args() -> argparse.Namespace:
         default=DB_NAME,
         help="the database (default $DASHBOARD_BENCH_ANALYTICS_DB or dash_bench_analytics); "
         "bench.tasks_api --db can measure the same one",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="postgresql",
+        help="sqlite: the file /tmp/DB.sqlite3 (the embedded default)",
     )
     parser.add_argument(
         "--only", choices=("reads", "writes"), help="measure only the queries or the writes"

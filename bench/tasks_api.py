@@ -27,18 +27,15 @@ from typing import Any
 
 import httpx
 
+from bench._bench_db import BACKENDS, BenchDB
 from bench._common import (
     BIN,
     KeepAliveClient,
     cli,
-    connect,
-    db_url,
     free_port,
     log,
     pct,
-    recreate_db,
     stop_server,
-    task_count,
     timed,
 )
 from bench._tasks_api_cases import (
@@ -56,7 +53,7 @@ from bench._tasks_api_cases import (
 )
 
 DB_NAME = os.environ.get("DASHBOARD_BENCH_DB", "dash_bench_tasks")
-DB_URL = db_url(DB_NAME)
+DB = BenchDB("postgresql", DB_NAME)  # --db, --backend (sqlite: the file /tmp/DB.sqlite3)
 N_TASKS = 1_000_000
 # The cursor goes half the tasks deep; the page number stops at 10,001 (500,000 deep):
 # OFFSET paging that deep is what the page parameter is for, not 5,000,000 rows.
@@ -67,24 +64,12 @@ PAGE_DEPTH = 500_000
 # --- database setup -----------------------------------------------------------------------
 
 
-async def vacuum_analyze() -> float:
-    """After a bulk load: visibility map (index-only scans) and planner statistics."""
-    conn = await connect(DB_NAME)
-    try:
-        start = time.perf_counter()
-        await conn.execute("VACUUM ANALYZE tasks")
-        await conn.execute("VACUUM ANALYZE task_events")
-        return time.perf_counter() - start
-    finally:
-        await conn.close()
-
-
 async def rollups_consistent() -> bool | None:
     """Whether the analytics rollups (when the schema has them) count every task."""
-    conn = await connect(DB_NAME)
+    if not await DB.has_table("analytics_rollups"):
+        return None
+    conn = await DB.connect()
     try:
-        if not await conn.fetchval("SELECT to_regclass('analytics_rollups') IS NOT NULL"):
-            return None
         grain = await conn.fetchval("SELECT max(grain) FROM analytics_rollups")
         counted = await conn.fetchval(
             "SELECT coalesce(sum(tasks), 0) FROM analytics_rollups WHERE grain = $1 AND series = 0",
@@ -101,7 +86,8 @@ async def rebuild_rollups() -> float:
     from dashboard_api.services.analytics.rebuild import rebuild_rollups as rebuild
 
     # Its own engine: a rebuild of 1M tasks outlasts the app's 60 s statement timeout.
-    engine = create_async_engine(DB_URL, connect_args={"command_timeout": None})
+    timeout = {"command_timeout": None} if DB.backend == "postgresql" else {}
+    engine = create_async_engine(DB.url, connect_args=timeout)
     start = time.perf_counter()
     try:
         async with AsyncSession(engine) as session, session.begin():
@@ -115,21 +101,20 @@ async def rebuild_rollups() -> float:
 
 
 async def main(args: argparse.Namespace) -> int:
-    global N_TASKS, DEPTH, PAGE_DEPTH, DB_NAME, DB_URL
+    global N_TASKS, DEPTH, PAGE_DEPTH, DB
     N_TASKS = args.tasks
     DEPTH = N_TASKS // 2
     PAGE_DEPTH = min(PAGE_DEPTH, DEPTH)
-    DB_NAME = args.db
-    DB_URL = db_url(DB_NAME)
-    env = {**os.environ, "DASHBOARD_DATABASE_URL": DB_URL, "DASHBOARD_LOG_LEVEL": "WARNING"}
+    DB = BenchDB(args.backend, args.db)
+    env = {**os.environ, "DASHBOARD_DATABASE_URL": DB.url, "DASHBOARD_LOG_LEVEL": "WARNING"}
     env.pop("DASHBOARD_REDIS_URL", None)
     results: list[Result] = []
 
     # 1. Data: reuse a seeded database, or seed one and time it.
-    count = await task_count(DB_NAME)
+    count = await DB.task_count()
     if args.reseed or count is None or count < N_TASKS:
-        log(f"seeding {N_TASKS:,} tasks into {DB_NAME} ...")
-        await recreate_db(DB_NAME)
+        log(f"seeding {N_TASKS:,} tasks into {DB.url} ...")
+        await DB.recreate()
         cli("migrate", env=env)
         start = time.perf_counter()
         cli("seed", "--tasks", str(N_TASKS), "--random-seed", "1", env=env)
@@ -142,13 +127,17 @@ async def main(args: argparse.Namespace) -> int:
                 met=seed_s < 120,
             )
         )
-        vac = await vacuum_analyze()
-        results.append(Result("VACUUM ANALYZE after the load", rate=f"{vac:.1f} s"))
+        vac = await DB.vacuum_analyze(["tasks", "task_events"])
+        if vac is not None:
+            results.append(Result("VACUUM ANALYZE after the load", rate=f"{vac:.1f} s"))
+        if (size := DB.size_bytes()) is not None:
+            per_task = f"{size / N_TASKS:,.0f} bytes per task"
+            results.append(Result("database file", rate=f"{size / 1e6:,.0f} MB", note=per_task))
     else:
-        log(f"reusing {DB_NAME} ({count:,} tasks)")
+        log(f"reusing {DB.url} ({count:,} tasks)")
         cli("migrate", env=env)
         results.append(Result(f"seed {N_TASKS:,} tasks", rate="reused", note="--reseed to time it"))
-        await vacuum_analyze()
+        await DB.vacuum_analyze(["tasks", "task_events"])
     consistent = await rollups_consistent()
     if consistent is False:
         log("rebuilding analytics rollups (the seed bypasses the task hooks) ...")
@@ -175,7 +164,7 @@ async def main(args: argparse.Namespace) -> int:
         for prefix, port in servers:
             results.append(await page_throughput(port, user, workers=1, prefix=prefix))
     for workers in args.workers:
-        if workers > 1:
+        if workers > 1 and DB.backend == "postgresql":  # SQLite: one process
             async with Server(env, workers=workers) as server:
                 results.append(await page_throughput(server.port, user, workers, prefix=""))
     await baseline(setup, results)
@@ -239,7 +228,7 @@ class Setup:
 
     async def count(self, case: ListCase) -> int:
         """count(*) of the case's filter, straight on the database."""
-        db = await connect(DB_NAME)
+        db = await DB.connect()
         try:
             sql_args = self.week_args if "$1" in case.where else []
             sql = f"SELECT count(*) FROM tasks {case.where}"  # noqa: S608
@@ -248,9 +237,9 @@ class Setup:
             await db.close()
 
     async def time_count(self, case: ListCase, reps: int = 3) -> float:
-        """p50 ms of count(*) of the case's filter, straight on the database (asyncpg,
-        one connection, after one untimed run)."""
-        db = await connect(DB_NAME)
+        """p50 ms of count(*) of the case's filter, straight on the database (asyncpg or
+        sqlite3, one connection, after one untimed run)."""
+        db = await DB.connect()
         try:
             sql_args = self.week_args if "$1" in case.where else []
             sql = f"SELECT count(*) FROM tasks {case.where}"  # noqa: S608
@@ -289,12 +278,12 @@ async def prepare(port: int, user: str, agent: str) -> Setup:
         r = await client.post(f"/api/tasks/{log_task}/output", json={"chunks": chunks})
         r.raise_for_status()
     cases = list_cases(week)
-    db = await connect(DB_NAME)
+    db = await DB.connect()
     try:
         # A cursor half the tasks deep (its key read from the database).
         row = await db.fetchrow(
             "SELECT created_at, task_id FROM tasks ORDER BY created_at DESC, task_id DESC "  # noqa: S608
-            f"OFFSET {DEPTH - 1} LIMIT 1"
+            f"LIMIT 1 OFFSET {DEPTH - 1}"
         )
         detail_id = await db.fetchval("SELECT task_id FROM tasks ORDER BY created_at DESC LIMIT 1")
     finally:
@@ -362,7 +351,7 @@ async def measure(
                 results.append(
                     Result(
                         "count(*): " + case.name.removeprefix("list: "), count_ms, None, 3,
-                        note="count(*) of the filter right before the cold requests, asyncpg",
+                        note="count(*) of the filter right before the cold requests, direct",
                     )
                 )  # fmt: skip
             per_server = await sample(n, "/api/tasks", case.params)
@@ -496,7 +485,7 @@ async def measure_cold(
         name = f"q {kind}, cold: {len(needles)} new needles"
         results.append(
             Result(f"count(*): {name}", pct(counts, 0.5), None, len(counts),
-                   note="count(*) of each needle right before its cold requests, asyncpg")
+                   note="count(*) of each needle right before its cold requests, direct")
         )  # fmt: skip
         for (prefix, _), samples, xs in zip(servers, ms, ratios, strict=True):
             x = pct(xs, 0.5)
@@ -513,7 +502,7 @@ async def measure_cold(
 
 async def baseline(setup: Setup, results: list[Result]) -> None:
     """The naive query (OFFSET paging plus count(*)) for every list, on the database."""
-    db = await connect(DB_NAME)
+    db = await DB.connect()
     try:
         cases = [(c.name.removeprefix("list: "), c.where, 0, c.sort) for c in setup.cases]
         for depth in sorted({PAGE_DEPTH, DEPTH}):
@@ -530,7 +519,7 @@ async def baseline(setup: Setup, results: list[Result]) -> None:
             samples = await timed(reps, run)
             results.append(
                 Result(f"naive: {name}", pct(samples, 0.5), pct(samples, 0.99), reps,
-                       note="OFFSET page + count(*), asyncpg, no HTTP")
+                       note="OFFSET page + count(*), direct, no HTTP")
             )  # fmt: skip
     finally:
         await db.close()
@@ -603,6 +592,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DB_NAME,
         help="the database (default $DASHBOARD_BENCH_DB or dash_bench_tasks); bench.analytics "
         "--db can measure the same one",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="postgresql",
+        help="sqlite: the file /tmp/DB.sqlite3 (the embedded default)",
     )
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument(
