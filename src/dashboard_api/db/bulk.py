@@ -6,7 +6,7 @@ call, in the order they run them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Table
@@ -45,7 +45,7 @@ def copies_binary(session: AsyncSession) -> bool:
 
 
 async def copy_binary(
-    session: AsyncSession, table: str, columns: Sequence[str], data: bytes
+    session: AsyncSession, table: str, columns: Sequence[str], data: Iterable[bytes]
 ) -> None:
-    """Load binary COPY data (db/pgcopy.py) into `table`."""
+    """Load binary COPY data (db/pgcopy.py), given in parts, into `table`."""
     await dialect_of(session).copy_binary(session, table, columns, data)

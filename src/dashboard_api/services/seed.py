@@ -1,25 +1,26 @@
 """Load generated sample tasks (`services.seed_data`) in bulk, with their analytics.
 
-PostgreSQL: binary COPY built here (`db.pgcopy`), a batch at a time, generated in a thread
-while the database loads the previous batch, with the secondary indexes and the foreign
-key put back once at the end; memory holds a few batches whatever the number of tasks.
-SQLite: batched inserts of the same rows.
+PostgreSQL: binary COPY built a block of tasks at a time in array operations
+(`services.seed_copy`), in a thread while the database loads the previous block, with the
+secondary indexes and the foreign key put back once at the end; memory holds a few
+blocks whatever the number of tasks. SQLite: batched inserts of the same rows.
 
 Analytics: COPY bypasses the task-write hook. Into a database without tasks and without
 rollups (a fresh one: the demo, a benchmark) the rollups are summed while the tasks are
-generated (`analytics.streamed`, the rows a rebuild would write); otherwise they are
-rebuilt from every task after the load, in the same transaction either way, so that they
-never disagree with the tasks.
+generated (`analytics.streamed`, the rows a rebuild would write) and stored after the
+load (`analytics.streamed_write`); otherwise they are rebuilt from every task after the
+load, in the same transaction either way, so that they never disagree with the tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Integer, Table, func, select
+import numpy as np
+from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db import pgcopy
@@ -37,23 +38,37 @@ from dashboard_api.db.models.analytics import (
     AnalyticsPending,
     AnalyticsRollup,
 )
-from dashboard_api.services.analytics import streamed
 from dashboard_api.services.analytics.rebuild import rebuild_rollups
+from dashboard_api.services.analytics.streamed import (
+    REASONS,
+    STATUS_CODES,
+    RollupArrays,
+    TaskArrays,
+)
+from dashboard_api.services.analytics.streamed_write import RollupSink
+from dashboard_api.services.leases import REPORTED_BY_AGENT
 from dashboard_api.services.pricing import PriceTable
+from dashboard_api.services.seed_copy import event_rows, task_rows
 from dashboard_api.services.seed_data import (
+    AGENT_TYPES,
     EVENT_COLUMNS,
+    MODELS,
+    SOURCES,
+    STATUSES,
     TASK_COLUMNS,
+    TaskBlock,
+    blocks,
     from_epoch_us,
-    generate,
 )
 
 _TASKS: Table = Task.__table__  # type: ignore[assignment]
 _EVENTS: Table = TaskEvent.__table__  # type: ignore[assignment]
 _COL = {name: i for i, name in enumerate(TASK_COLUMNS)}
-Generated = Iterator[tuple[tuple[Any, ...], list[tuple[str, str, int]]]]
-# (tasks, task rows, event rows, rollup rows, histogram rows) of one batch; the task and
-# event rows as COPY data on PostgreSQL.
-Batch = tuple[int, Any, Any, list[tuple[Any, ...]], list[tuple[Any, ...]]]
+# (tasks, task rows, event rows, rollup rows for the sink): task and event rows as COPY
+# data on PostgreSQL, tuples on SQLite.
+Batch = tuple[int, Any, Any, Any]
+_AGENT_REASON = REASONS.index(REPORTED_BY_AGENT) if REPORTED_BY_AGENT in REASONS else -1
+_FAILED = STATUSES.index("failed")
 
 
 async def seed_tasks(
@@ -63,7 +78,6 @@ async def seed_tasks(
     now: datetime,
     prices: PriceTable,
     days: int = 90,
-    batch: int = 20_000,
     seed: int | None = None,
 ) -> int:
     """Insert `n` generated tasks with their status events; returns the number inserted."""
@@ -73,35 +87,45 @@ async def seed_tasks(
     dropped = (
         await drop_secondary_indexes(session, (_TASKS.name, _EVENTS.name)) if n >= existing else []
     )
-    stream = streamed.RollupStream() if not existing and await _no_rollups(session) else None
-    if stream is not None:
-        await streamed.open_stages(session)
-    rows = generate(n, now=now, days=days, prices=prices, seed=seed)
-    encode = _copy_data() if copies_binary(session) else _plain_rows
-    batches = _batches(rows, batch, encode, stream)
+    rollups = sink = None
+    if not existing and await _no_rollups(session):
+        rollups = RollupArrays(AGENT_TYPES, SOURCES, MODELS)
+        sink = RollupSink(session, rollups)
+        await sink.open(session)
+    binary = copies_binary(session)
+    batches = _batches(
+        blocks(n, now=now, days=days, prices=prices, seed=seed), binary, rollups, sink
+    )
     # Generate the next batch in a thread while the database loads this one.
     pending = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
     done = 0
     try:
         while (chunk := await pending) is not None:
             pending = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
-            count, tasks, events, rollup_rows, hist_rows = chunk
-            if isinstance(tasks, bytes) and isinstance(events, bytes):
-                await copy_binary(session, _TASKS.name, TASK_COLUMNS, tasks)
-                await copy_binary(session, _EVENTS.name, EVENT_COLUMNS, events)
+            count, tasks, events, rollup_rows = chunk
+            if binary:
+                await copy_binary(
+                    session, _TASKS.name, TASK_COLUMNS, [pgcopy.HEADER, tasks, pgcopy.TRAILER]
+                )
+                await copy_binary(
+                    session, _EVENTS.name, EVENT_COLUMNS, [pgcopy.HEADER, events, pgcopy.TRAILER]
+                )
             else:
                 await bulk_insert(session, _TASKS, TASK_COLUMNS, tasks)
                 await bulk_insert(session, _EVENTS, EVENT_COLUMNS, events)
-            await streamed.stage_rows(session, rollup_rows, hist_rows)
+            if sink is not None:
+                await sink.put(session, rollup_rows)
             done += count
+        await rebuild_indexes(session, dropped)
+        if sink is not None:
+            await sink.write(session)
+        else:
+            await rebuild_rollups(session, bulk=True)
     finally:
         if not pending.done():
             await asyncio.gather(pending, return_exceptions=True)
-    await rebuild_indexes(session, dropped)
-    if stream is not None:
-        await streamed.write_streamed(session)
-    else:
-        await rebuild_rollups(session, bulk=True)
+        if sink is not None:
+            sink.close()
     return done
 
 
@@ -113,64 +137,60 @@ async def _no_rollups(session: AsyncSession) -> bool:
 
 
 def _batches(
-    rows: Generated,
-    size: int,
-    encode: Callable[[list[Any]], tuple[Any, Any]],
-    stream: streamed.RollupStream | None,
+    generated: Iterator[TaskBlock],
+    binary: bool,
+    rollups: RollupArrays | None,
+    sink: RollupSink | None,
 ) -> Iterator[Batch]:
-    """Batches of `size` tasks, encoded, with the rollup rows of the blocks they closed
-    (the last batch: of every block)."""
-    part: list[Any] = []
-    for item in rows:
-        part.append(item)
-        if len(part) >= size:
-            yield _batch(part, encode, stream, last=False)
-            part = []
-    yield _batch(part, encode, stream, last=True)
+    """Each block encoded, with the rollup rows of the blocks of time it closed; last, the
+    rows of every block still open."""
+    tasks: Any
+    events: Any
+    for block in generated:
+        if binary:
+            tasks, events = task_rows(block), event_rows(block)
+        else:
+            tasks, events = _plain_rows(block)
+        closed = None
+        if rollups is not None and sink is not None:
+            closed = sink.encode(rollups.add(_figures(block)))
+        yield block.n, tasks, events, closed
+    if rollups is not None and sink is not None:
+        empty: list[Any] = []
+        yield (
+            0,
+            (b"" if binary else empty),
+            (b"" if binary else empty),
+            sink.encode(rollups.finish()),
+        )
 
 
-_CREATED, _STATUS, _STARTED = _COL["created_at"], _COL["status"], _COL["started_at"]
-_AGENT, _SOURCE, _MODEL = _COL["agent_type"], _COL["source"], _COL["model"]
-_REASON = _COL["failure_reason"]
-_COST, _DURATION, _FIRST = _COL["cost_micros"], _COL["duration_us"], _COL["first_output_at"]
-_TOKENS = slice(_COL["input_tokens"], _COL["cache_write_tokens"] + 1)
-
-
-def _batch(
-    part: list[Any],
-    encode: Callable[[list[Any]], tuple[Any, Any]],
-    stream: streamed.RollupStream | None,
-    *,
-    last: bool,
-) -> Batch:
-    rollup_rows: list[tuple[Any, ...]] = []
-    hist_rows: list[tuple[Any, ...]] = []
-    if stream is not None:
-        for row, _ in part:
-            started, first = row[_STARTED], row[_FIRST]
-            stream.add(
-                row[_CREATED] // 1_000_000,
-                (row[_AGENT], row[_SOURCE], row[_MODEL] or ""),
-                row[_REASON],
-                row[_STATUS],
-                (row[_COST], *row[_TOKENS]),
-                row[_DURATION],
-                None if first is None or started is None else max(0, first - started),
-            )
-        rollup_rows, hist_rows = stream.finish() if last else stream.take()
-    tasks, events = encode(part)
-    return len(part), tasks, events, rollup_rows, hist_rows
+def _figures(block: TaskBlock) -> TaskArrays:
+    failed = block.status == _FAILED
+    return TaskArrays(
+        created_s=block.created // 1_000_000,
+        agent=block.agent,
+        source=block.source,
+        model=block.model,
+        reason=np.where(failed, _AGENT_REASON, -1),
+        status=STATUS_CODES[block.status],
+        figures=np.column_stack((block.cost, block.tokens)),
+        duration_us=block.duration,
+        timed=block.timed,
+        first_output_us=block.first_output - block.started,
+        has_first=block.has_started,
+    )
 
 
 _INSTANTS = frozenset(i for i, c in enumerate(TASK_COLUMNS) if c.endswith("_at"))
 _METADATA = _COL["metadata"]
 
 
-def _plain_rows(part: list[Any]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+def _plain_rows(block: TaskBlock) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Rows in storage form for `bulk_insert` (SQLite): datetimes, metadata a dict."""
     tasks: list[tuple[Any, ...]] = []
     events: list[tuple[Any, ...]] = []
-    for row, evs in part:
+    for row, evs in block.rows():
         tasks.append(
             tuple(
                 {}
@@ -183,51 +203,3 @@ def _plain_rows(part: list[Any]) -> tuple[list[tuple[Any, ...]], list[tuple[Any,
         )
         events.extend((task_id, "status", s, from_epoch_us(at)) for task_id, s, at in evs)
     return tasks, events
-
-
-def _copy_data() -> Callable[[list[Any]], tuple[bytes, bytes]]:
-    """A function of a batch that gives its binary COPY data for the tasks and the events."""
-    cached = pgcopy.TextCache()
-    jsonb = pgcopy.TextCache(pgcopy.jsonb)
-    encoders: list[pgcopy.Encoder] = []
-    for name in TASK_COLUMNS:
-        kind = _TASKS.c[name].type
-        if name in ("task_id", "input_message"):  # unique: not worth caching
-            encoders.append(pgcopy.text)
-        elif name.endswith("_at"):
-            encoders.append(pgcopy.timestamp_us)
-        elif name == "metadata":
-            encoders.append(jsonb)
-        elif isinstance(kind, Boolean):
-            encoders.append(pgcopy.boolean)
-        elif isinstance(kind, BigInteger):
-            encoders.append(pgcopy.int8)
-        elif isinstance(kind, Integer):
-            encoders.append(pgcopy.int4)
-        else:
-            encoders.append(cached)
-    task_prefix = pgcopy.row_prefix(len(TASK_COLUMNS))
-    # (task_id, type, status, at): the type is always "status".
-    event_prefix = pgcopy.row_prefix(len(EVENT_COLUMNS))
-    event_type = cached("status")
-    text, timestamp_us = pgcopy.text, pgcopy.timestamp_us
-
-    def encode(part: list[Any]) -> tuple[bytes, bytes]:
-        tasks = [pgcopy.HEADER]
-        events = [pgcopy.HEADER]
-        for row, evs in part:
-            tasks.append(task_prefix)
-            tasks += [enc(v) for enc, v in zip(encoders, row, strict=True)]
-            for task_id, status, at in evs:
-                events += (
-                    event_prefix,
-                    text(task_id),
-                    event_type,
-                    cached(status),
-                    timestamp_us(at),
-                )
-        tasks.append(pgcopy.TRAILER)
-        events.append(pgcopy.TRAILER)
-        return b"".join(tasks), b"".join(events)
-
-    return encode

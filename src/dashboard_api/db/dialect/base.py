@@ -12,7 +12,7 @@ why the plans differ.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -423,7 +423,8 @@ class Dialect(ABC):
         a loader can build far cheaper than rows for `bulk_insert`."""
 
     async def copy_binary(
-        self, session: AsyncSession, table: str, columns: Sequence[str], data: bytes
+        self, session: AsyncSession, table: str, columns: Sequence[str], data: Iterable[bytes]
     ) -> None:
-        """COPY `data` (header, rows, trailer) into `table`, in the session's transaction."""
+        """COPY `data`'s parts (header, rows, trailer) into `table`, in the session's
+        transaction."""
         raise NotImplementedError("binary COPY is PostgreSQL's")

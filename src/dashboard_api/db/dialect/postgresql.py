@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -496,14 +496,15 @@ class PostgreSQLDialect(Dialect):
         return True
 
     async def copy_binary(
-        self, session: AsyncSession, table: str, columns: Sequence[str], data: bytes
+        self, session: AsyncSession, table: str, columns: Sequence[str], data: Iterable[bytes]
     ) -> None:
         conn = await session.connection()
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
 
         async def source() -> AsyncIterator[bytes]:
-            yield data
+            for part in data:
+                yield part
 
         await driver.copy_to_table(table, source=source(), columns=list(columns), format="binary")
 

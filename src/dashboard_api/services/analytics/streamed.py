@@ -1,278 +1,320 @@
-"""Analytics rollups built while tasks arrive in order of creation (the seed's bulk load).
+"""Analytics rollups summed while tasks arrive in order of creation (the seed's bulk load).
 
 `rebuild_rollups` reads every task back after a load and sums it in SQL: at 1M tasks
 that took longer than loading them. A load that generates its tasks oldest first knows
-each one's figures already; `RollupStream` sums them as they pass, one open block per
-grain, and hands over a block's rows when a later block of its grain starts, so memory
-holds a few blocks whatever the number of tasks. The rows are those `rebuild_rollups`
-writes for the same tasks (same keys, counters, `changes` = tasks, same packed
-histograms), staged in temporary tables and written by `write_streamed` in the rebuild's
-order; tests/analytics/test_seed_rollups.py compares the two.
+each one's figures already; `RollupArrays` sums them a block of tasks at a time in array
+operations (numpy): each task's contributions to its series keys, grouped by (block, key)
+at the finest grain and then grain by grain from the finer one, the open block of each
+grain carried to the next call, so memory holds a few blocks whatever the number of
+tasks. The rows are those `rebuild_rollups` writes for the same tasks (same keys,
+counters, `changes` = tasks, same packed histograms); `streamed_write` stores them and
+tests/analytics/test_seed_rollups.py compares them with a rebuild.
 """
 
 from __future__ import annotations
 
-from operator import add
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import Column, MetaData, Table, text
-from sqlalchemy.ext.asyncio import AsyncSession
+import numpy as np
+import numpy.typing as npt
 
-from dashboard_api.db.bulk import bulk_insert
-from dashboard_api.db.dialect import dialect_of
-from dashboard_api.db.models.analytics import (
-    AnalyticsHistogram,
-    AnalyticsPending,
-    AnalyticsRollup,
-    AnalyticsState,
-)
 from dashboard_api.services.analytics.layout import (
-    COUNTERS,
+    BIN_THRESHOLDS,
     FAILURE_MARGINAL_SERIES,
     FAILURE_SERIES,
-    FOLD_LOCK_KEY,
     GRAINS,
     HIST_GRAINS,
-    HIST_ROW_KEY,
-    HIST_VALUES,
-    KEY_COLUMNS,
     KIND_DURATION,
     KIND_FIRST_OUTPUT,
-    ROLLUP_VALUES,
     SERIES_ALL_MODELS,
     SERIES_MARGINAL,
+    SERIES_MODEL_MARGINAL,
     SERIES_PER_MODEL,
     STATUS_INDEX,
-    value_bin,
 )
-from dashboard_api.services.analytics.rebuild import add_lanes, hist_series_keys, pack_lanes
 
-_ROLLUPS: Table = AnalyticsRollup.__table__  # type: ignore[assignment]
-_HIST: Table = AnalyticsHistogram.__table__  # type: ignore[assignment]
-_PENDING: Table = AnalyticsPending.__table__  # type: ignore[assignment]
-_STATE: Table = AnalyticsState.__table__  # type: ignore[assignment]
-ROLLUP_COLUMNS = (*KEY_COLUMNS, *ROLLUP_VALUES)
-HIST_COLUMNS = (*HIST_ROW_KEY, *HIST_VALUES)
-_WIDTH = len(COUNTERS)
-Combo = tuple[str, str, str]  # (agent_type, source, model)
-Lanes = tuple[int, int]  # (lowest bin, counts as 64-bit lanes from there up)
-# A failure series -> its overall (marginal) series.
-_FAILURE_MARGINAL = {FAILURE_SERIES[r]: FAILURE_MARGINAL_SERIES[r] for r in FAILURE_SERIES}
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+REASONS = tuple(FAILURE_SERIES)  # a task's failure reason: an index into this, or -1
+WIDTH = 13  # the counters (layout.COUNTERS)
+_THRESHOLDS = np.array(BIN_THRESHOLDS, dtype=np.int64)
+NBINS = len(BIN_THRESHOLDS) + 1
+KINDS = 2
+assert (KIND_DURATION, KIND_FIRST_OUTPUT) == (0, 1)
 
 
-class RollupStream:
-    """Rollup and histogram rows of tasks added oldest first (by `created_at`)."""
+def value_bins(values_us: IntArray) -> IntArray:
+    """`layout.value_bin` of each value."""
+    return np.searchsorted(_THRESHOLDS, values_us, side="right").astype(np.int64)
 
-    def __init__(self) -> None:
-        # Per grain: the open block's start, and its counters per (series, agent_type,
-        # source, model) of the per-model series (the failure series included); the
-        # other series are summed from them when the block closes.
-        self._open: list[int | None] = [None] * len(GRAINS)
-        self._counters: list[dict[tuple[int, str, str, str], list[int]]] = [{} for _ in GRAINS]
-        # Histograms: the open finest block's bins per (combo, failure reason, kind), then
-        # per grain the open block's packed rows per (series, agent_type, source, model,
-        # kind).
-        self._hist_open: list[int | None] = [None] * len(HIST_GRAINS)
-        self._bins: dict[tuple[str, str, str, str, int], dict[int, int]] = {}
-        self._hist: list[dict[tuple[Any, ...], Lanes]] = [{} for _ in HIST_GRAINS]
-        self._block_end = -1
-        self.rollup_rows: list[tuple[Any, ...]] = []
-        self.hist_rows: list[tuple[Any, ...]] = []
+
+class Keys:
+    """The series keys (series, agent_type, source, model) that rollup rows are kept
+    under, numbered: `series[k]` and codes into the vocabularies (-1: '')."""
+
+    def __init__(self, na: int, ns: int, nm: int, *, histograms: bool) -> None:
+        self.na, self.ns, self.nm = na, ns, nm
+        rows: list[tuple[int, int, int, int]] = []
+        self.per_model = len(rows)
+        rows += [
+            (SERIES_PER_MODEL, a, s, m) for a in range(na) for s in range(ns) for m in range(nm)
+        ]
+        self.failure = len(rows)
+        for reason in REASONS:
+            series = FAILURE_SERIES[reason]
+            rows += [(series, a, s, m) for a in range(na) for s in range(ns) for m in range(nm)]
+        self.all_models = len(rows)
+        rows += [(SERIES_ALL_MODELS, a, s, -1) for a in range(na) for s in range(ns)]
+        self.marginal = len(rows)
+        if histograms:
+            rows += [(SERIES_MARGINAL, a, -1, -1) for a in range(na)]
+            rows += [(SERIES_MARGINAL, -1, s, -1) for s in range(ns)]
+            rows.append((SERIES_MARGINAL, -1, -1, -1))
+            self.model_marginal = len(rows)
+            rows += [(SERIES_MODEL_MARGINAL, -1, -1, m) for m in range(nm)]
+        else:
+            rows.append((SERIES_MARGINAL, -1, -1, -1))
+            self.failure_marginal = len(rows)
+            rows += [(FAILURE_MARGINAL_SERIES[r], -1, -1, -1) for r in REASONS]
+        table = np.array(rows, dtype=np.int64)
+        self.series, self.agent, self.source, self.model = table.T
+        self.size = len(rows)
+
+    def combo(self, agent: IntArray, source: IntArray, model: IntArray) -> IntArray:
+        return (agent * self.ns + source) * self.nm + model
+
+
+@dataclass
+class Groups:
+    """Summed values per (block start, key), sorted by both."""
+
+    bucket: IntArray
+    key: IntArray
+    values: IntArray  # (m, width)
+
+    def __len__(self) -> int:
+        return len(self.bucket)
+
+    def where(self, mask: BoolArray) -> Groups:
+        return Groups(self.bucket[mask], self.key[mask], self.values[mask])
+
+
+def _group(bucket: IntArray, key: IntArray, values: IntArray, size: int) -> Groups:
+    if len(bucket) == 0:
+        return Groups(bucket, key, values)
+    joint = bucket * size + key
+    order = np.argsort(joint, kind="stable")
+    joint = joint[order]
+    starts = np.flatnonzero(np.concatenate(([True], joint[1:] != joint[:-1])))
+    sums = np.add.reduceat(values[order], starts, axis=0)
+    first = joint[starts]
+    return Groups(first // size, first % size, sums)
+
+
+def _concat(a: Groups, b: Groups) -> tuple[IntArray, IntArray, IntArray]:
+    return (
+        np.concatenate((a.bucket, b.bucket)),
+        np.concatenate((a.key, b.key)),
+        np.concatenate((a.values, b.values)),
+    )
+
+
+class _Levels:
+    """Groups of one key space at each grain, the open block of each carried over."""
+
+    def __init__(self, grains: Sequence[int], size: int, width: int) -> None:
+        self.grains = grains
+        self.size = size
+        empty = np.empty(0, dtype=np.int64)
+        self._carry = [Groups(empty, empty, np.empty((0, width), np.int64)) for _ in grains]
 
     def add(
-        self,
-        created_s: int,
-        combo: Combo,
-        failure_reason: str | None,
-        status: str,
-        figures: tuple[int, int, int, int, int],
-        duration_us: int | None,
-        first_output_us: int | None,
+        self, seconds: IntArray, key: IntArray, values: IntArray, *, last: int | None
+    ) -> list[Groups]:
+        """The closed groups of each grain after adding contributions at `seconds`
+        (`last`: the latest task's second; None closes every block)."""
+        closed: list[Groups] = []
+        new: Groups | None = None
+        for i, grain in enumerate(self.grains):
+            if new is None:
+                new = _group(seconds - seconds % grain, key, values, self.size)
+            else:
+                new = _group(new.bucket - new.bucket % grain, new.key, new.values, self.size)
+            carry = self._carry[i]
+            merged = new if len(carry) == 0 else _group(*_concat(carry, new), self.size)
+            if last is None:
+                closed.append(merged)
+                self._carry[i] = merged.where(np.zeros(len(merged), dtype=bool))
+            else:
+                is_open = merged.bucket == last - last % grain
+                closed.append(merged.where(~is_open))
+                self._carry[i] = merged.where(is_open)
+        return closed
+
+
+@dataclass
+class TaskArrays:
+    """The figures of a block of tasks, in order of creation, that the rollups sum."""
+
+    created_s: IntArray  # epoch seconds
+    agent: IntArray  # codes into the vocabularies given to RollupArrays
+    source: IntArray
+    model: IntArray
+    reason: IntArray  # index into REASONS, or -1
+    status: IntArray  # STATUS_INDEX values (1..5)
+    figures: IntArray  # (n, 5): cost_micros, input, output, cache read, cache write tokens
+    duration_us: IntArray  # where timed
+    timed: BoolArray
+    first_output_us: IntArray  # where has_first (first output - start)
+    has_first: BoolArray
+
+
+@dataclass
+class Closed:
+    """Rows of closed blocks: counters per grain, histogram rows per histogram grain."""
+
+    counters: list[tuple[int, Groups]]  # (grain, groups of Keys(histograms=False))
+    histograms: list[tuple[int, HistRows]]
+
+
+@dataclass
+class HistRows:
+    """Histogram rows: (bucket, key, kind) with `counts` as lanes (little-endian 64-bit
+    counts from `bin_lo` up), bytes `offset` to `offset + length` of `lanes`."""
+
+    bucket: IntArray
+    key: IntArray
+    kind: IntArray
+    bin_lo: IntArray
+    lanes: bytes
+    offset: IntArray
+    length: IntArray
+
+    def __len__(self) -> int:
+        return len(self.bucket)
+
+
+class RollupArrays:
+    """Rollup and histogram rows of tasks added oldest first, a block at a time."""
+
+    def __init__(
+        self, agent_types: Sequence[str], sources: Sequence[str], models: Sequence[str]
     ) -> None:
-        """One task: created at `created_s` (epoch seconds, never before the last task's
-        block), its (cost_micros, input, output, cache read, cache write tokens)."""
-        if created_s >= self._block_end:
-            self._advance(created_s)
-        counters = self._counters[0]
-        reason = failure_reason if failure_reason in FAILURE_SERIES else ""
-        keys: tuple[tuple[int, str, str, str], ...] = ((SERIES_PER_MODEL, *combo),)
-        if reason:
-            keys += ((FAILURE_SERIES[reason], *combo),)
-        for key in keys:
-            acc = counters.get(key)
-            if acc is None:
-                acc = counters[key] = [0] * _WIDTH
-            acc[0] += 1
-            acc[STATUS_INDEX[status]] += 1
-            acc[6] += figures[0]
-            acc[7] += figures[1]
-            acc[8] += figures[2]
-            acc[9] += figures[3]
-            acc[10] += figures[4]
-            if duration_us is not None:
-                acc[11] += duration_us
-                acc[12] += 1
-        if duration_us is not None:
-            self._bin((*combo, reason, KIND_DURATION), value_bin(max(0, duration_us)))
-        if first_output_us is not None:
-            self._bin((*combo, reason, KIND_FIRST_OUTPUT), value_bin(first_output_us))
+        self.names = (tuple(agent_types), tuple(sources), tuple(models))
+        na, ns, nm = len(agent_types), len(sources), len(models)
+        self.keys = Keys(na, ns, nm, histograms=False)
+        self.hist_keys = Keys(na, ns, nm, histograms=True)
+        self._counters = _Levels(GRAINS, self.keys.size, WIDTH)
+        self._hist = _Levels(HIST_GRAINS, self.hist_keys.size * KINDS * NBINS, 1)
+        self._last = -1
 
-    def _bin(self, key: tuple[str, str, str, str, int], index: int) -> None:
-        bins = self._bins.get(key)
-        if bins is None:
-            bins = self._bins[key] = {}
-        bins[index] = bins.get(index, 0) + 1
+    def add(self, tasks: TaskArrays) -> Closed:
+        """The rows of the blocks that these tasks closed."""
+        if len(tasks.created_s):
+            if tasks.created_s[0] < self._last:
+                raise ValueError("tasks must be added in order of creation")
+            self._last = int(tasks.created_s[-1])
+        return self._add(tasks, last=self._last)
 
-    def take(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The rows of the blocks closed since the last call (ROLLUP_COLUMNS and
-        HIST_COLUMNS order)."""
-        out = self.rollup_rows, self.hist_rows
-        self.rollup_rows, self.hist_rows = [], []
-        return out
+    def finish(self) -> Closed:
+        """Close every open block."""
+        empty = np.empty(0, dtype=np.int64)
+        none = TaskArrays(
+            empty, empty, empty, empty, empty, empty, np.empty((0, 5), np.int64),
+            empty, np.empty(0, bool), empty, np.empty(0, bool),
+        )  # fmt: skip
+        return self._add(none, last=None)
 
-    def finish(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """Close every open block; the rows not taken yet."""
-        for i in range(len(GRAINS)):
-            self._close_counters(i)
-        for i in range(len(HIST_GRAINS)):
-            self._close_hist(i)
-        self._block_end = -1
-        return self.take()
-
-    def _advance(self, t: int) -> None:
-        if self._open[0] is not None and t < self._open[0]:
-            raise ValueError("tasks must be added in order of creation")
-        for i, grain in enumerate(GRAINS):
-            start = t - t % grain
-            if self._open[i] == start:
-                break  # the coarser blocks hold this one: still open too
-            self._close_counters(i)
-            self._open[i] = start
-        for i, grain in enumerate(HIST_GRAINS):
-            start = t - t % grain
-            if self._hist_open[i] == start:
-                break
-            self._close_hist(i)
-            self._hist_open[i] = start
-        self._block_end = t - t % GRAINS[0] + GRAINS[0]
-
-    def _close_counters(self, i: int) -> None:
-        rows, start = self._counters[i], self._open[i]
-        if start is None or not rows:
-            return
-        grain = GRAINS[i]
-        if i + 1 < len(GRAINS):
-            # Lists are never changed once their block is closed: shared, not copied.
-            coarser = self._counters[i + 1]
-            for combo, acc in rows.items():
-                have = coarser.get(combo)
-                coarser[combo] = acc if have is None else list(map(add, have, acc))
-        by_pair: dict[tuple[str, str], list[int]] = {}
-        marginals: dict[int, list[int]] = {}
-        out = self.rollup_rows
-        for (series, agent_type, source, model), acc in rows.items():
-            out.append((grain, start, series, agent_type, source, model, *acc, acc[0]))
-            if series == SERIES_PER_MODEL:
-                have = by_pair.get((agent_type, source))
-                by_pair[(agent_type, source)] = acc if have is None else list(map(add, have, acc))
-            else:  # a failure series: its overall row
-                overall = _FAILURE_MARGINAL[series]
-                have = marginals.get(overall)
-                marginals[overall] = acc if have is None else list(map(add, have, acc))
-        total = [0] * _WIDTH
-        for (agent_type, source), acc in by_pair.items():
-            out.append((grain, start, SERIES_ALL_MODELS, agent_type, source, "", *acc, acc[0]))
-            total = list(map(add, total, acc))
-        out.append((grain, start, SERIES_MARGINAL, "", "", "", *total, total[0]))
-        for series, acc in marginals.items():
-            out.append((grain, start, series, "", "", "", *acc, acc[0]))
-        self._counters[i] = {}
-
-    def _close_hist(self, i: int) -> None:
-        start = self._hist_open[i]
-        if start is None:
-            return
-        if i == 0:
-            level: dict[tuple[Any, ...], Lanes] = {}
-            for (agent_type, source, model, reason, kind), bins in self._bins.items():
-                lo = min(bins)
-                lanes = sum(n << (64 * (b - lo)) for b, n in bins.items())
-                for series, _, *rest in hist_series_keys(
-                    0, agent_type, source, model, reason, kind
-                ):
-                    key = (series, *rest)
-                    level[key] = add_lanes(level.get(key), lo, lanes)
-            self._bins = {}
-            self._hist[0] = level
-        level = self._hist[i]
-        if not level:
-            return
-        grain = HIST_GRAINS[i]
-        if i + 1 < len(HIST_GRAINS):
-            coarser = self._hist[i + 1]
-            for key, (lo, lanes) in level.items():
-                coarser[key] = add_lanes(coarser.get(key), lo, lanes)
-        for (series, agent_type, source, model, kind), (lo, lanes) in level.items():
-            bin_lo, counts = pack_lanes(lo, lanes)
-            self.hist_rows.append(
-                (grain, start, series, agent_type, source, model, kind, bin_lo, counts)
-            )
-        self._hist[i] = {}
-
-
-def _stage(target: Table) -> Table:
-    return Table(f"streamed_{target.name}", MetaData(), *(Column(c.name, c.type) for c in target.c))
-
-
-_STAGES = (_stage(_ROLLUPS), _stage(_HIST))
-
-
-async def open_stages(session: AsyncSession) -> None:
-    """Temporary tables (unindexed, unlogged) that take the streamed rows."""
-    for stage, target in zip(_STAGES, (_ROLLUPS, _HIST), strict=True):
-        await session.execute(text(f'DROP TABLE IF EXISTS "{stage.name}"'))
-        like = f'SELECT * FROM "{target.name}" WHERE 1 = 0'  # noqa: S608 - our names
-        await session.execute(text(f'CREATE TEMPORARY TABLE "{stage.name}" AS {like}'))
-
-
-async def stage_rows(
-    session: AsyncSession, rows: list[tuple[Any, ...]], hist_rows: list[tuple[Any, ...]]
-) -> None:
-    await bulk_insert(session, _STAGES[0], ROLLUP_COLUMNS, rows)
-    await bulk_insert(session, _STAGES[1], HIST_COLUMNS, hist_rows)
-
-
-async def write_streamed(session: AsyncSession) -> None:
-    """Move the staged rows into the (empty) rollup tables, sorted as `rebuild_rollups`
-    writes them (a block's rows, and a series' run of blocks, share heap pages), with
-    the counters' primary key built afterwards on PostgreSQL; count it as a rebuild."""
-    lock = dialect_of(session).advisory_xact_lock_sql(FOLD_LOCK_KEY)
-    if lock is not None:
-        await session.execute(lock)
-    await dialect_of(session).lock_tables_exclusive(
-        session, [_ROLLUPS.name, _HIST.name, _PENDING.name]
-    )
-    rollups, hist = _STAGES
-    dropped = await dialect_of(session).drop_primary_key(session, _ROLLUPS)
-    columns = ", ".join(f'"{c}"' for c in ROLLUP_COLUMNS)
-    await session.execute(
-        text(
-            f'INSERT INTO "{_ROLLUPS.name}" ({columns}) SELECT {columns} '  # noqa: S608
-            f'FROM "{rollups.name}" ORDER BY series, grain, bucket'
+    def _add(self, t: TaskArrays, *, last: int | None) -> Closed:
+        counters = self._counters.add(*self._contributions(t), last=last)
+        hist = self._hist.add(*self._bins(t), last=last)
+        return Closed(
+            list(zip(GRAINS, counters, strict=True)),
+            [(g, self._hist_rows(groups)) for g, groups in zip(HIST_GRAINS, hist, strict=True)],
         )
-    )
-    if dropped:
-        await dialect_of(session).add_primary_key(session, _ROLLUPS)
-    columns = ", ".join(f'"{c}"' for c in HIST_COLUMNS)
-    order = "series, grain, bucket, agent_type, source, model, kind"
-    await session.execute(
-        text(
-            f'INSERT INTO "{_HIST.name}" ({columns}) SELECT {columns} '  # noqa: S608
-            f'FROM "{hist.name}" ORDER BY {order}'
+
+    def _contributions(self, t: TaskArrays) -> tuple[IntArray, IntArray, IntArray]:
+        n, k = len(t.created_s), self.keys
+        values = np.zeros((n, WIDTH), dtype=np.int64)
+        values[:, 0] = 1
+        values[np.arange(n), t.status] = 1
+        values[:, 6:11] = t.figures
+        values[:, 11] = np.where(t.timed, t.duration_us, 0)
+        values[:, 12] = t.timed
+        combo = k.combo(t.agent, t.source, t.model)
+        failed = t.reason >= 0
+        keys = (
+            k.per_model + combo,
+            k.all_models + t.agent * k.ns + t.source,
+            np.full(n, k.marginal, dtype=np.int64),
+            k.failure + t.reason[failed] * (k.na * k.ns * k.nm) + combo[failed],
+            k.failure_marginal + t.reason[failed],
         )
-    )
-    for stage in _STAGES:
-        await session.execute(text(f'DROP TABLE "{stage.name}"'))
-    # As a rebuild does: `changes` restarted from the blocks' tasks.
-    await dialect_of(session).upsert_add_many(session, _STATE, ["id"], ["rebuilds"], [(1, 1)])
-    await dialect_of(session).analyze_tables(session, [_ROLLUPS.name, _HIST.name])
+        seconds = t.created_s
+        return (
+            np.concatenate((seconds, seconds, seconds, seconds[failed], seconds[failed])),
+            np.concatenate(keys),
+            np.concatenate((values, values, values, values[failed], values[failed])),
+        )
+
+    def _bins(self, t: TaskArrays) -> tuple[IntArray, IntArray, IntArray]:
+        k = self.hist_keys
+        combo = k.combo(t.agent, t.source, t.model)
+        seconds: list[IntArray] = []
+        keys: list[IntArray] = []
+        for kind, mask, value in (
+            (KIND_DURATION, t.timed, np.maximum(t.duration_us, 0)),
+            (KIND_FIRST_OUTPUT, t.has_first, t.first_output_us),
+        ):
+            at, bins = t.created_s[mask], value_bins(value[mask])
+            a, s, m, c = t.agent[mask], t.source[mask], t.model[mask], combo[mask]
+            series_keys = [
+                k.per_model + c,
+                k.all_models + a * k.ns + s,
+                k.marginal + a,
+                k.marginal + k.na + s,
+                np.full(len(at), k.marginal + k.na + k.ns, dtype=np.int64),
+                k.model_marginal + m,
+            ]
+            for key in series_keys:
+                seconds.append(at)
+                keys.append((key * KINDS + kind) * NBINS + bins)
+            reason = t.reason[mask]
+            failed = reason >= 0
+            key = k.failure + reason[failed] * (k.na * k.ns * k.nm) + c[failed]
+            seconds.append(at[failed])
+            keys.append((key * KINDS + kind) * NBINS + bins[failed])
+        joined = np.concatenate(keys)
+        return np.concatenate(seconds), joined, np.ones((len(joined), 1), dtype=np.int64)
+
+    def _hist_rows(self, groups: Groups) -> HistRows:
+        """One row per (bucket, key, kind) of the bins' groups (sorted by bin within)."""
+        row_key = groups.key // NBINS
+        bins = groups.key % NBINS
+        m = len(groups)
+        new_row = np.ones(m, dtype=bool)
+        if m:
+            new_row[1:] = (groups.bucket[1:] != groups.bucket[:-1]) | (row_key[1:] != row_key[:-1])
+        starts = np.flatnonzero(new_row)
+        ends = np.append(starts[1:], m)[: len(starts)] - 1
+        lo, hi = bins[starts], bins[ends]
+        lanes_per_row = hi - lo + 1
+        offset = np.cumsum(lanes_per_row) - lanes_per_row
+        row_of = np.cumsum(new_row) - 1
+        lanes = np.zeros(int(lanes_per_row.sum()), dtype="<u8")
+        lanes[offset[row_of] + bins - lo[row_of]] = groups.values[:, 0]
+        return HistRows(
+            bucket=groups.bucket[starts],
+            key=row_key[starts] // KINDS,
+            kind=row_key[starts] % KINDS,
+            bin_lo=lo,
+            lanes=lanes.tobytes(),
+            offset=offset * 8,
+            length=lanes_per_row * 8,
+        )
+
+
+STATUS_CODES = np.array(
+    [STATUS_INDEX[s] for s in ("queued", "running", "completed", "failed", "cancelled")]
+)
