@@ -1,4 +1,5 @@
-"""`q` totals from per-hour counts cached per process (services/tasks/search.py).
+"""`q` totals from per-hour counts cached per process (services/tasks/search.py), and
+the totals of id filters (here `user_id`) without q, counted the same way.
 
 A random history of registrations (also into old hours: back-fills), status moves, folds
 and rebuilds, interleaved with q lists served by two app instances (two caches) over one
@@ -31,7 +32,8 @@ from tests.support.tasks import clear_tasks
 from tests.support.tokens import make_token
 
 MESSAGES = ("pay the bill", "PAYMENTS due", "flaky job #12", "x%y pay", "nothing", "Pay_me")
-NEEDLES = ("pay", "PAYMENTS", "flaky job #12", "%", "_", "zz")
+NEEDLES = ("pay", "PAYMENTS", "flaky job #12", "%", "_", "zz", None)
+USERS = (None, "u1", "u2")
 # Creation instants: on and off hour boundaries, in the current hours and far back (a
 # back-fill lands in an hour whose count may be cached already).
 OFFSETS = (
@@ -87,17 +89,23 @@ async def two_apps(backend: Backend) -> AsyncIterator[Apps]:
 
 @dataclass
 class Model:
-    """What the database should hold: (created_at, task_id) -> [message, status]."""
+    """What the database should hold: task_id -> (created_at, message, status, user)."""
 
-    tasks: dict[str, tuple[datetime, str, str]]
+    tasks: dict[str, tuple[datetime, str, str, str]]
 
     def matches(
-        self, q: str, statuses: tuple[str, ...], lo: datetime | None, hi: datetime | None
+        self,
+        q: str | None,
+        user: str | None,
+        statuses: tuple[str, ...],
+        lo: datetime | None,
+        hi: datetime | None,
     ) -> list[tuple[datetime, str]]:
         return sorted(
             (at, task_id)
-            for task_id, (at, message, status) in self.tasks.items()
-            if q.lower() in message.lower()
+            for task_id, (at, message, status, owner) in self.tasks.items()
+            if (q is None or q.lower() in message.lower())
+            and (user is None or owner == user)
             and (not statuses or status in statuses)
             and (lo is None or at >= lo)
             and (hi is None or at < hi)
@@ -147,9 +155,9 @@ async def walk_cursor(
             return ids, totals
 
 
-Register = tuple[str, int, int, str]
+Register = tuple[str, int, int, str, int]
 Move = tuple[str, int, str]
-Listing = tuple[str, int, int, int, int, int, int]
+Listing = tuple[str, int, int, int, int, int, int, int]
 Step = Register | Move | Listing | tuple[str]
 
 writes = st.one_of(
@@ -158,6 +166,7 @@ writes = st.one_of(
         st.integers(0, len(OFFSETS) - 1),
         st.integers(0, len(MESSAGES) - 1),
         st.sampled_from(["queued", "running"]),
+        st.integers(1, len(USERS) - 1),
     ),
     st.tuples(
         st.just("move"),
@@ -172,9 +181,10 @@ writes = st.one_of(
 listings = st.tuples(
     st.just("list"),
     st.integers(0, 1),
+    st.sampled_from([0, 1, 2, len(NEEDLES) - 1]),  # the last: no q
     st.integers(0, 2),
     st.integers(0, 2),
-    st.integers(0, 2),
+    st.integers(0, len(USERS) - 1),
     st.integers(0, len(SORTS) - 1),
     st.integers(1, 4),
 )
@@ -195,7 +205,7 @@ async def test_q_totals_follow_every_write(two_apps: Apps, history: list[Step]) 
     for step in history:
         kind = step[0]
         if kind == "register":
-            _, offset, message, status = step  # type: ignore[misc]
+            _, offset, message, status, user = step  # type: ignore[misc]
             task_id = f"{run}-{len(order):03d}"
             at = T0 + OFFSETS[offset]
             body = {
@@ -204,40 +214,46 @@ async def test_q_totals_follow_every_write(two_apps: Apps, history: list[Step]) 
                 "input_message": MESSAGES[message],
                 "status": status,
                 "created_at": ts(at),
+                "user_id": USERS[user],
             }
             r = await env.clients[len(order) % 2].post("/api/tasks", json=body, headers=env.agent)
             assert r.status_code == 201, r.text
-            model.tasks[task_id] = (at, MESSAGES[message], status)
+            model.tasks[task_id] = (at, MESSAGES[message], status, str(USERS[user]))
             order.append(task_id)
         elif kind == "move":
             _, which, target = step  # type: ignore[misc]
             if not order:
                 continue
             task_id = order[which % len(order)]
-            at, message, status = model.tasks[task_id]
+            at, message, status, owner = model.tasks[task_id]
             if target not in ALLOWED_MOVES[status]:
                 continue
             r = await env.clients[which % 2].patch(
                 f"/api/tasks/{task_id}", json={"status": target}, headers=env.agent
             )
             assert r.status_code == 200, r.text
-            model.tasks[task_id] = (at, message, target)
+            model.tasks[task_id] = (at, message, target, owner)
         elif kind == "fold":
             await fold_pending(db)
         elif kind == "rebuild":
             async with db.write() as session:
                 await rebuild_rollups(session)
         else:
-            _, app, needle, statuses, window, sort, per_page = step  # type: ignore[misc]
+            _, app, needle, statuses, window, user, sort, per_page = step  # type: ignore[misc]
             lo, hi = WINDOWS[window]
-            params: dict[str, Any] = {"q": NEEDLES[needle], "sort": SORTS[sort]}
+            q = NEEDLES[needle]
+            params: dict[str, Any] = {"sort": SORTS[sort]}
+            if q is not None:
+                params["q"] = q
+            if USERS[user] is not None:
+                params["user_id"] = USERS[user]
             if STATUS_FILTERS[statuses]:
                 params["status"] = ",".join(STATUS_FILTERS[statuses])
             if lo is not None:
                 params["created_after"] = ts(lo)
             if hi is not None:
                 params["created_before"] = ts(hi)
-            expected = model.matches(NEEDLES[needle], STATUS_FILTERS[statuses], lo, hi)
+            expected = model.matches(q, USERS[user], STATUS_FILTERS[statuses], lo, hi)
             for walker in (walk, walk_cursor):
                 ids, totals = await walker(env.clients[app], env.user, params, per_page)
                 assert totals == {len(expected)}

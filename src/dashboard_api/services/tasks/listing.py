@@ -57,6 +57,16 @@ async def list_tasks(
     Its statements need no snapshot in common (under READ COMMITTED each takes its own
     anyway): read it through `Database.read_statements`, without BEGIN and ROLLBACK."""
     ordering = ORDERINGS[sort]
+    cache = cache_of(session)
+    if not filters.q and filters.beyond_rollups and cache is not None:
+        # An id or failure reason filter: count(*) on its index reads every match (a
+        # user's 250,000 tasks at 10M); its per-hour counts are cached like a q's.
+        found = await _list_q_counted(
+            session, cache, filters, _list_statement(session, filters, summary_columns()),
+            summary_columns(), ordering, page,
+        )  # fmt: skip
+        if found is not None:
+            return found
     if not filters.q:
 
         async def seek(offset: int) -> tuple[Select[Any], dict[str, Any]] | None:
@@ -91,8 +101,7 @@ async def list_tasks(
     columns = summary_columns()
     stmt = _list_statement(session, filters, columns)
     hint = _q_hint_key(filters)
-    cache = cache_of(session)
-    if cache is not None and not filters.beyond_rollups:
+    if cache is not None:
         found = await _list_q_counted(session, cache, filters, stmt, columns, ordering, page)
         if found is not None:
             _Q_MATCHES.put(hint, found.total)
@@ -157,9 +166,11 @@ async def _list_q_counted(
     ordering: Ordering,
     page: PageRequest,
 ) -> PageResult[dict[str, Any]] | None:
-    """A `q` page whose total comes from per-hour counts cached in this process, checked
-    in the page's own statement (`search`); None when the window is too
-    short to hold a whole hour, or the cache kept missing writes (a plain count then)."""
+    """A `q` (or id, or failure reason) page whose total comes from per-hour counts
+    cached in this process, checked in the page's own statement (`search`); None when
+    the window is too short to hold a whole hour, or the cache kept missing writes (a
+    plain count then). The ids and the failure reason never change but with a status
+    (`failure_reason`), so each hour's token covers them as it covers `q`."""
     unbounded = replace(filters, created_after=None, created_before=None)
     plain = unbounded.clauses(session), unbounded.clauses(session, indexed=False)
     key = (
@@ -167,10 +178,15 @@ async def _list_q_counted(
         tuple(sorted(set(filters.agent_type))),
         tuple(sorted(set(filters.source))),
         filters.q,
+        tuple(sorted(set(filters.failure_reason))),
+        filters.conversation_id,
+        filters.flow_id,
+        filters.user_id,
     )
     changed: Sequence[int] = ()
     hint = _q_hint_key(filters)
-    rare = _Q_MATCHES.get(hint, 0) <= FEW_MATCHES
+    # Without q the id's index walks the order already: no match keys to keep.
+    rare = bool(filters.q) and _Q_MATCHES.get(hint, 0) <= FEW_MATCHES
     lo, hi = filters.created_after, filters.created_before
     for _ in range(_Q_COUNT_ATTEMPTS):
         q = task_search.plan(session, cache, key, plain, lo, hi, changed, rare=rare, fill=True)
@@ -258,8 +274,9 @@ async def _q_page(
     """A page of a `q` list, with `total` (default: the exact count of the matches) and
     `extras` carried in its statement."""
     where = filters.clauses(session)
-    if _Q_MATCHES.get(_q_hint_key(filters), 0) > FEW_MATCHES:
-        # A common substring: the order's index finds a page after a few hundred rows;
+    if not filters.q or _Q_MATCHES.get(_q_hint_key(filters), 0) > FEW_MATCHES:
+        # A common substring (or none): the order's index finds a page after a few
+        # hundred rows;
         # the exact count, when not given, rechecks every match in the same statement.
         return await paginate(
             session,
