@@ -1,9 +1,10 @@
 """Load generated sample tasks (`services.seed_data`) in bulk, with their analytics.
 
-PostgreSQL: binary COPY built a block of tasks at a time in array operations
-(`services.seed_copy`), in a thread while the database loads the previous block, with the
-secondary indexes and the foreign key put back once at the end; memory holds a few
-blocks whatever the number of tasks. SQLite: batched inserts of the same rows.
+PostgreSQL: binary COPY of blocks of tasks made in array operations by a producer process
+(`services.seed_worker`) while the database loads the previous block, with the secondary
+indexes and the foreign key put back once at the end; memory holds a few blocks whatever
+the number of tasks. SQLite: batched inserts of the same rows, the next block made in a
+thread meanwhile.
 
 Analytics: COPY bypasses the task-write hook. Into a database without tasks and without
 rollups (a fresh one: the demo, a benchmark) the rollups are summed while the tasks are
@@ -15,11 +16,11 @@ load, in the same transaction either way, so that they never disagree with the t
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,36 +40,22 @@ from dashboard_api.db.models.analytics import (
     AnalyticsRollup,
 )
 from dashboard_api.services.analytics.rebuild import rebuild_rollups
-from dashboard_api.services.analytics.streamed import (
-    REASONS,
-    STATUS_CODES,
-    RollupArrays,
-    TaskArrays,
-)
-from dashboard_api.services.analytics.streamed_write import RollupSink
-from dashboard_api.services.leases import REPORTED_BY_AGENT
+from dashboard_api.services.analytics.streamed_write import RollupSink, write_spilled
 from dashboard_api.services.pricing import PriceTable
-from dashboard_api.services.seed_copy import event_rows, task_rows
 from dashboard_api.services.seed_data import (
-    AGENT_TYPES,
     EVENT_COLUMNS,
-    MODELS,
-    SOURCES,
-    STATUSES,
     TASK_COLUMNS,
     TaskBlock,
     blocks,
     from_epoch_us,
 )
+from dashboard_api.services.seed_worker import Job, Producer, figures, new_rollups
 
 _TASKS: Table = Task.__table__  # type: ignore[assignment]
 _EVENTS: Table = TaskEvent.__table__  # type: ignore[assignment]
 _COL = {name: i for i, name in enumerate(TASK_COLUMNS)}
-# (tasks, task rows, event rows, rollup rows for the sink): task and event rows as COPY
-# data on PostgreSQL, tuples on SQLite.
-Batch = tuple[int, Any, Any, Any]
-_AGENT_REASON = REASONS.index(REPORTED_BY_AGENT) if REPORTED_BY_AGENT in REASONS else -1
-_FAILED = STATUSES.index("failed")
+# (tasks, task rows, event rows, rollup rows for the sink) on SQLite.
+Batch = tuple[int, list[tuple[Any, ...]], list[tuple[Any, ...]], Any]
 
 
 async def seed_tasks(
@@ -87,45 +74,64 @@ async def seed_tasks(
     dropped = (
         await drop_secondary_indexes(session, (_TASKS.name, _EVENTS.name)) if n >= existing else []
     )
-    rollups = sink = None
-    if not existing and await _no_rollups(session):
-        rollups = RollupArrays(AGENT_TYPES, SOURCES, MODELS)
-        sink = RollupSink(session, rollups)
+    stream = not existing and await _no_rollups(session)
+    if copies_binary(session):
+        with tempfile.TemporaryDirectory(prefix="dashboard-seed-") as directory:
+            producer = Producer(Job(n, now, days, prices, seed, stream, directory))
+            done = await _copy_from(session, producer)
+            await rebuild_indexes(session, dropped)
+            if stream:
+                await write_spilled(session, producer.spilled)
+    else:
+        sink = RollupSink(new_rollups(), binary=False) if stream else None
+        done = await _insert(session, blocks(n, now=now, days=days, prices=prices, seed=seed), sink)
+        await rebuild_indexes(session, dropped)
+        if sink is not None:
+            await sink.write(session)
+    if not stream:
+        await rebuild_rollups(session, bulk=True)
+    return done
+
+
+async def _copy_from(session: AsyncSession, producer: Producer) -> int:
+    """COPY each block the producer makes (it makes the next one meanwhile)."""
+    done = 0
+    try:
+        while (block := await asyncio.to_thread(producer.next)) is not None:
+            count, tasks, events = block
+            await copy_binary(session, _TASKS.name, TASK_COLUMNS, _data(tasks))
+            await copy_binary(session, _EVENTS.name, EVENT_COLUMNS, _data(events))
+            done += count
+    finally:
+        producer.close()
+    return done
+
+
+def _data(rows: bytes) -> list[bytes]:
+    return [pgcopy.HEADER, rows, pgcopy.TRAILER]
+
+
+async def _insert(
+    session: AsyncSession, generated: Iterator[TaskBlock], sink: RollupSink | None
+) -> int:
+    """SQLite: insert each block's rows (the next one generated in a thread meanwhile)."""
+    if sink is not None:
         await sink.open(session)
-    binary = copies_binary(session)
-    batches = _batches(
-        blocks(n, now=now, days=days, prices=prices, seed=seed), binary, rollups, sink
-    )
-    # Generate the next batch in a thread while the database loads this one.
+    batches = _batches(generated, sink)
     pending = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
     done = 0
     try:
         while (chunk := await pending) is not None:
             pending = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
             count, tasks, events, rollup_rows = chunk
-            if binary:
-                await copy_binary(
-                    session, _TASKS.name, TASK_COLUMNS, [pgcopy.HEADER, tasks, pgcopy.TRAILER]
-                )
-                await copy_binary(
-                    session, _EVENTS.name, EVENT_COLUMNS, [pgcopy.HEADER, events, pgcopy.TRAILER]
-                )
-            else:
-                await bulk_insert(session, _TASKS, TASK_COLUMNS, tasks)
-                await bulk_insert(session, _EVENTS, EVENT_COLUMNS, events)
+            await bulk_insert(session, _TASKS, TASK_COLUMNS, tasks)
+            await bulk_insert(session, _EVENTS, EVENT_COLUMNS, events)
             if sink is not None:
                 await sink.put(session, rollup_rows)
             done += count
-        await rebuild_indexes(session, dropped)
-        if sink is not None:
-            await sink.write(session)
-        else:
-            await rebuild_rollups(session, bulk=True)
     finally:
         if not pending.done():
             await asyncio.gather(pending, return_exceptions=True)
-        if sink is not None:
-            sink.close()
     return done
 
 
@@ -136,50 +142,15 @@ async def _no_rollups(session: AsyncSession) -> bool:
     return True
 
 
-def _batches(
-    generated: Iterator[TaskBlock],
-    binary: bool,
-    rollups: RollupArrays | None,
-    sink: RollupSink | None,
-) -> Iterator[Batch]:
-    """Each block encoded, with the rollup rows of the blocks of time it closed; last, the
+def _batches(generated: Iterator[TaskBlock], sink: RollupSink | None) -> Iterator[Batch]:
+    """Each block's rows, with the rollup rows of the blocks of time it closed; last, the
     rows of every block still open."""
-    tasks: Any
-    events: Any
     for block in generated:
-        if binary:
-            tasks, events = task_rows(block), event_rows(block)
-        else:
-            tasks, events = _plain_rows(block)
-        closed = None
-        if rollups is not None and sink is not None:
-            closed = sink.encode(rollups.add(_figures(block)))
+        tasks, events = _plain_rows(block)
+        closed = None if sink is None else sink.encode(sink.rollups.add(figures(block)))
         yield block.n, tasks, events, closed
-    if rollups is not None and sink is not None:
-        empty: list[Any] = []
-        yield (
-            0,
-            (b"" if binary else empty),
-            (b"" if binary else empty),
-            sink.encode(rollups.finish()),
-        )
-
-
-def _figures(block: TaskBlock) -> TaskArrays:
-    failed = block.status == _FAILED
-    return TaskArrays(
-        created_s=block.created // 1_000_000,
-        agent=block.agent,
-        source=block.source,
-        model=block.model,
-        reason=np.where(failed, _AGENT_REASON, -1),
-        status=STATUS_CODES[block.status],
-        figures=np.column_stack((block.cost, block.tokens)),
-        duration_us=block.duration,
-        timed=block.timed,
-        first_output_us=block.first_output - block.started,
-        has_first=block.has_started,
-    )
+    if sink is not None:
+        yield 0, [], [], sink.encode(sink.rollups.finish())
 
 
 _INSTANTS = frozenset(i for i, c in enumerate(TASK_COLUMNS) if c.endswith("_at"))

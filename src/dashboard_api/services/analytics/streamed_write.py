@@ -11,8 +11,8 @@ tables and into the rollup tables sorted, as before.
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from sqlalchemy import Column, MetaData, Table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db import pgcopy
-from dashboard_api.db.bulk import bulk_insert, copies_binary, copy_binary
+from dashboard_api.db.bulk import bulk_insert, copy_binary
 from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.analytics import (
     AnalyticsHistogram,
@@ -47,12 +47,16 @@ _READ = 1 << 20
 
 
 class RollupSink:
-    """Where the closed rows go until `write` stores them (PostgreSQL: spill files;
-    SQLite: temporary tables)."""
+    """Where the closed rows go until they are stored. PostgreSQL (`binary`): encoded as
+    COPY data into spill files in `directory` (`spilled`, then `write_spilled`); SQLite:
+    tuples for temporary tables (`open`, `put`, `write`)."""
 
-    def __init__(self, session: AsyncSession, rollups: RollupArrays) -> None:
-        self._binary = copies_binary(session)
-        self._rollups = rollups
+    def __init__(
+        self, rollups: RollupArrays, *, binary: bool, directory: str | None = None
+    ) -> None:
+        self._binary = binary
+        self._directory = directory
+        self.rollups = rollups
         names = rollups.names
         self._strings = [pgcopy.Strings([*values, ""]) for values in names]  # -1: ''
         self._names = [(*values, "") for values in names]
@@ -67,12 +71,12 @@ class RollupSink:
         off the event loop's thread)."""
         if not self._binary:
             return self._tuples(closed)
-        keys = self._rollups.keys
+        keys = self.rollups.keys
         for grain, groups in closed.counters:
             for series in np.unique(keys.series[groups.key]).tolist():
                 part = groups.where(keys.series[groups.key] == series)
                 self._spill(_ROLLUPS.name, series, grain, self._counter_rows(grain, part))
-        hist_keys = self._rollups.hist_keys
+        hist_keys = self.rollups.hist_keys
         for grain, rows in closed.histograms:
             if not len(rows):
                 continue
@@ -93,8 +97,16 @@ class RollupSink:
         key = (table, series, grain)
         out = self._files.get(key)
         if out is None:
-            out = self._files[key] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in write
+            assert self._directory is not None
+            path = Path(self._directory) / f"{table}-{series:03d}-{grain:010d}"
+            out = self._files[key] = path.open("wb")
         out.write(data)
+
+    def spilled(self) -> list[tuple[str, str]]:
+        """(table, file) of every spill file, in the order to copy them (closed)."""
+        out = [(key[0], f.name) for key, f in sorted(self._files.items())]
+        self.close()
+        return out
 
     def _key_strings(self, rows: Any, keys: Keys, key: Any) -> None:
         rows.strings(self._strings[0], keys.agent[key])
@@ -106,15 +118,15 @@ class RollupSink:
         rows = pgcopy.Rows(n, len(ROLLUP_COLUMNS))
         rows.ints([np.full(n, grain)], 4)
         rows.ints([groups.bucket], 8)
-        rows.ints([self._rollups.keys.series[groups.key]], 2)
-        self._key_strings(rows, self._rollups.keys, groups.key)
+        rows.ints([self.rollups.keys.series[groups.key]], 2)
+        self._key_strings(rows, self.rollups.keys, groups.key)
         values = groups.values
         rows.ints([*(values[:, i] for i in range(values.shape[1])), values[:, 0]], 8)
         return rows.data()
 
     def _hist_rows(self, grain: int, hist: HistRows, mask: Any) -> bytes:
         n = int(mask.sum())
-        keys = self._rollups.hist_keys
+        keys = self.rollups.hist_keys
         rows = pgcopy.Rows(n, len(HIST_COLUMNS))
         rows.ints([np.full(n, grain)], 4)
         rows.ints([hist.bucket[mask]], 8)
@@ -128,7 +140,7 @@ class RollupSink:
     def _tuples(self, closed: Closed) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         agents, sources, models = self._names
         counters: list[tuple[Any, ...]] = []
-        keys = self._rollups.keys
+        keys = self.rollups.keys
         for grain, g in closed.counters:
             for bucket, key, values in zip(
                 g.bucket.tolist(), g.key.tolist(), g.values.tolist(), strict=True
@@ -136,7 +148,7 @@ class RollupSink:
                 names = agents[keys.agent[key]], sources[keys.source[key]], models[keys.model[key]]
                 counters.append((grain, bucket, int(keys.series[key]), *names, *values, values[0]))
         hist: list[tuple[Any, ...]] = []
-        keys = self._rollups.hist_keys
+        keys = self.rollups.hist_keys
         for grain, h in closed.histograms:
             for i, (bucket, key) in enumerate(zip(h.bucket.tolist(), h.key.tolist(), strict=True)):
                 names = agents[keys.agent[key]], sources[keys.source[key]], models[keys.model[key]]
@@ -156,36 +168,8 @@ class RollupSink:
         return counters, hist
 
     async def write(self, session: AsyncSession) -> None:
-        """Store every row in the (empty) rollup tables, sorted as `rebuild_rollups`
-        writes them, the primary keys built afterwards on PostgreSQL; count it as a
-        rebuild."""
-        lock = dialect_of(session).advisory_xact_lock_sql(FOLD_LOCK_KEY)
-        if lock is not None:
-            await session.execute(lock)
-        await dialect_of(session).lock_tables_exclusive(
-            session, [_ROLLUPS.name, _HIST.name, _PENDING.name]
-        )
-        if self._binary:
-            await self._copy(session)
-        else:
-            await _write_stages(session)
-        # As a rebuild does: `changes` restarted from the blocks' tasks.
-        await dialect_of(session).upsert_add_many(session, _STATE, ["id"], ["rebuilds"], [(1, 1)])
-        await dialect_of(session).analyze_tables(session, [_ROLLUPS.name, _HIST.name])
-
-    async def _copy(self, session: AsyncSession) -> None:
-        dialect = dialect_of(session)
-        try:
-            for table, columns in ((_ROLLUPS, ROLLUP_COLUMNS), (_HIST, HIST_COLUMNS)):
-                dropped = await dialect.drop_primary_key(session, table)
-                files = [f for (name, *_), f in sorted(self._files.items()) if name == table.name]
-                await copy_binary(session, table.name, columns, _stream(files))
-                if dropped:
-                    await dialect.add_primary_key(session, table)
-        finally:
-            for f in self._files.values():
-                f.close()
-            self._files = {}
+        """SQLite: store the staged rows (`write_spilled` on PostgreSQL)."""
+        await _store(session, lambda: _write_stages(session))
 
     def close(self) -> None:
         for f in self._files.values():
@@ -193,12 +177,43 @@ class RollupSink:
         self._files = {}
 
 
-def _stream(files: list[IO[bytes]]) -> Iterator[bytes]:
+async def write_spilled(session: AsyncSession, files: list[tuple[str, str]]) -> None:
+    """Store the spilled rows (`RollupSink.spilled`) in the (empty) rollup tables, in
+    the order `rebuild_rollups` writes them, the primary keys built afterwards."""
+    await _store(session, lambda: _copy(session, files))
+
+
+async def _store(session: AsyncSession, writes: Callable[[], Awaitable[None]]) -> None:
+    """Run `writes` as a rebuild runs: under the fold lock, the rollup tables held, and
+    counted as a rebuild."""
+    lock = dialect_of(session).advisory_xact_lock_sql(FOLD_LOCK_KEY)
+    if lock is not None:
+        await session.execute(lock)
+    await dialect_of(session).lock_tables_exclusive(
+        session, [_ROLLUPS.name, _HIST.name, _PENDING.name]
+    )
+    await writes()
+    # As a rebuild does: `changes` restarted from the blocks' tasks.
+    await dialect_of(session).upsert_add_many(session, _STATE, ["id"], ["rebuilds"], [(1, 1)])
+    await dialect_of(session).analyze_tables(session, [_ROLLUPS.name, _HIST.name])
+
+
+async def _copy(session: AsyncSession, files: list[tuple[str, str]]) -> None:
+    dialect = dialect_of(session)
+    for table, columns in ((_ROLLUPS, ROLLUP_COLUMNS), (_HIST, HIST_COLUMNS)):
+        dropped = await dialect.drop_primary_key(session, table)
+        paths = [path for name, path in files if name == table.name]
+        await copy_binary(session, table.name, columns, _stream(paths))
+        if dropped:
+            await dialect.add_primary_key(session, table)
+
+
+def _stream(paths: list[str]) -> Iterator[bytes]:
     yield pgcopy.HEADER
-    for f in files:
-        f.seek(0)
-        while chunk := f.read(_READ):
-            yield chunk
+    for path in paths:
+        with Path(path).open("rb") as f:
+            while chunk := f.read(_READ):
+                yield chunk
     yield pgcopy.TRAILER
 
 
