@@ -70,6 +70,8 @@ def cases(deep_cursor: str, page: int) -> list[tuple[str, str, dict[str, Any]]]:
          {"status": "completed", "agent_type": "claude-code", **week}),
         ("q common", tasks, {"q": "payments"}),
         ("q rare", tasks, {"q": "flaky job #12"}),
+        # 10x rarer: at 10M tasks about as many matches as "flaky job #12" at 1M.
+        ("q rare, 10x rarer", tasks, {"q": "flaky job #123"}),
         ("q common + 7 days", tasks, {"q": "payments", **week}),
         ("sort=-cost_usd", tasks, {"sort": "-cost_usd"}),
         ("cursor half deep", tasks, {"cursor": deep_cursor}),
