@@ -161,13 +161,17 @@ async def main(args: argparse.Namespace) -> int:
             servers.append(("before: ", before.port))
         setup = await prepare(server.port, user, agent)
         await measure(servers, user, agent, setup, args, results)
-        for prefix, port in servers:
+        if not args.latency_only:
+            uh = {"Authorization": f"Bearer {user}"}
+            await measure_httpx(servers, uh, agent, args.requests, results)
+        for prefix, port in servers if not args.latency_only else []:
             results.append(await page_throughput(port, user, workers=1, prefix=prefix))
-    for workers in args.workers:
+    for workers in args.workers if not args.latency_only else []:
         if workers > 1 and DB.backend == "postgresql":  # SQLite: one process
             async with Server(env, workers=workers) as server:
                 results.append(await page_throughput(server.port, user, workers, prefix=""))
-    await baseline(setup, results)
+    if not args.latency_only:
+        await baseline(setup, results)
 
     print_table(results, args)
     if args.json:
@@ -384,7 +388,8 @@ async def measure(
                         )
                     )  # fmt: skip
 
-        await measure_cold(servers, clients, get, setup, results)
+        if not args.latency_only:
+            await measure_cold(servers, clients, get, setup, results)
 
         deep = await sample(n, "/api/tasks", {"cursor": setup.deep_cursor})
         by_page = await sample(max(5, n // 10), "/api/tasks", {"page": PAGE_DEPTH // 50 + 1})
@@ -412,8 +417,6 @@ async def measure(
                     note="one after each request above, on the same connection",
                 ),
             ]  # fmt: skip
-
-    await measure_httpx(servers, uh, agent, n, results)
 
 
 async def measure_httpx(
@@ -598,6 +601,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=BACKENDS,
         default="postgresql",
         help="sqlite: the file /tmp/DB.sqlite3 (the embedded default)",
+    )
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only the warm latencies beside the floor (no cold q needles, naive baseline, "
+        "throughput or appends: at 10M tasks those take most of an hour)",
     )
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument(
