@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from dashboard_api.api.deps import CtxDep
 from dashboard_api.errors import Forbidden, PayloadTooLarge, ProblemError
 from dashboard_api.otlp import wire
-from dashboard_api.otlp.spans import Limits, SpanFacts, SpanRejected, service_name, span_facts
+from dashboard_api.otlp.spans import Limits, SpanFacts, request_facts
 from dashboard_api.otlp.store import OutputLimits, store_spans
 from dashboard_api.services.authentication import authenticate
 
@@ -129,18 +129,9 @@ def _facts(export: Any, settings: Any) -> tuple[list[SpanFacts], Counter[str]]:
             f"{total} spans in one request; at most {settings.otlp_max_spans_per_request} "
             "(lower the exporter's batch size)."
         )
-    limits = Limits(settings.otlp_max_attribute_chars, settings.otlp_max_events_per_span)
-    out: list[SpanFacts] = []
-    rejected: Counter[str] = Counter()
-    for resource_spans in export.resource_spans:
-        service = service_name(resource_spans.resource.attributes)
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                try:
-                    out.append(span_facts(span, service=service, limits=limits))
-                except SpanRejected as why:
-                    rejected[str(why)] += 1
-    return out, rejected
+    return request_facts(
+        export, Limits(settings.otlp_max_attribute_chars, settings.otlp_max_events_per_span)
+    )
 
 
 def _rejection_message(rejected: Counter[str]) -> str:

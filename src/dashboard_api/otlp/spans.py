@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from operator import attrgetter
 from typing import Any
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, SpanFlags, Status
 
@@ -83,12 +84,44 @@ class SpanFacts:
     chunks: tuple[Chunk, ...] = field(default=())
 
     def to_doc(self) -> dict[str, Any]:
-        """The stored form (JSON-able; fields at their default left out)."""
-        return {
-            name: value
-            for name, value, default in zip(_NAMES, _ALL_FIELDS(self), _DEFAULT_VALUES, strict=True)
-            if default is _NO_DEFAULT or value != default
+        """The stored form (JSON-able; fields at their default left out). Written out
+        field by field: a loop over the fields took as long as reading the span."""
+        doc: dict[str, Any] = {
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_id": self.parent_id,
+            "name": self.name,
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "status": self.status,
         }
+        if self.status_message:
+            doc["status_message"] = self.status_message
+        if self.service is not None:
+            doc["service"] = self.service
+        if self.genai:
+            doc["genai"] = True
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                doc[name] = value
+        if self.usage:
+            doc["usage"] = True
+        for name in _COUNT_FIELDS:
+            value = getattr(self, name)
+            if value:
+                doc[name] = value
+        if self.cost_usd is not None:
+            doc["cost_usd"] = self.cost_usd
+        if self.conversation_id is not None:
+            doc["conversation_id"] = self.conversation_id
+        if self.prompt is not None:
+            doc["prompt"] = self.prompt
+        if self.completion is not None:
+            doc["completion"] = self.completion
+        if self.chunks:
+            doc["chunks"] = self.chunks
+        return doc
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> SpanFacts:
@@ -96,13 +129,8 @@ class SpanFacts:
         return cls(**doc, chunks=tuple((str(s), str(c)) for s, c in chunks))
 
 
-_NO_DEFAULT = object()
-_NAMES = tuple(SpanFacts.__slots__)
-_ALL_FIELDS = attrgetter(*_NAMES)
-_DEFAULT_VALUES = tuple(
-    _NO_DEFAULT if f.default is MISSING else f.default
-    for f in (SpanFacts.__dataclass_fields__[name] for name in _NAMES)
-)
+_TEXT_FIELDS = ("operation", "agent_name", "agent_id", "request_model", "response_model")
+_COUNT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
 class SpanRejected(ValueError):
@@ -111,51 +139,116 @@ class SpanRejected(ValueError):
 
 def span_facts(span: Span, *, service: str | None, limits: Limits) -> SpanFacts:
     """The facts of one decoded span; `SpanRejected` for an unusable one."""
+    return _read_span(span, clean(service, 255) or None, limits.max_chars, limits.max_events)
+
+
+def request_facts(
+    export: ExportTraceServiceRequest, limits: Limits
+) -> tuple[list[SpanFacts], Counter[str]]:
+    """The facts of every span of a request, and the reasons for those rejected (how
+    many spans each)."""
+    out: list[SpanFacts] = []
+    rejected: Counter[str] = Counter()
+    cap, max_events = limits.max_chars, limits.max_events
+    read = _read_span
+    for resource_spans in export.resource_spans:
+        service = clean(service_name(resource_spans.resource.attributes), 255) or None
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                try:
+                    out.append(read(span, service, cap, max_events))
+                except SpanRejected as why:
+                    rejected[str(why)] += 1
+    return out, rejected
+
+
+def _read_span(span: Span, service: str | None, cap: int, max_events: int) -> SpanFacts:
+    """`span_facts`, `service` made storable already.
+
+    Read field by field from the message (no dict of it is made): the attributes a
+    model call carries (its operation, model, token counts, agent name) are taken on the
+    spot; content, costs and events, rarer, go through a `_Reader`."""
     trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
-    if len(trace_id) != 16 or not any(trace_id):
+    if len(trace_id) != 16 or trace_id == _ZERO_TRACE:
         raise SpanRejected("invalid trace_id")
-    if len(span_id) != 8 or not any(span_id):
+    if len(span_id) != 8 or span_id == _ZERO_SPAN:
         raise SpanRejected("invalid span_id")
-    if parent and (len(parent) != 8 or not any(parent)):
+    if parent and (len(parent) != 8 or parent == _ZERO_SPAN):
         raise SpanRejected("invalid parent_span_id")
     start, end = span.start_time_unix_nano, span.end_time_unix_nano
     if start == 0 or end < start:
         raise SpanRejected("missing start time or end before start")
-    remote = bool(span.flags & _REMOTE_PARENT)
-    reader = _Reader(limits.max_chars)
-    for kv in span.attributes:
-        reader.attribute(kv)
-    reader.end_attributes()
-    for event in span.events[: limits.max_events]:
-        reader.event(event.name, event.attributes)
-    cap = limits.max_chars
-    return SpanFacts(
-        trace_id=trace_id.hex(),
-        span_id=span_id.hex(),
-        parent_id=parent.hex() if parent and not remote else None,
-        name=clean(span.name, 255) or "span",
-        start_ns=start,
-        end_ns=end,
-        status=span.status.code if span.status.code in (1, 2) else STATUS_UNSET,
-        status_message=clean(span.status.message, cap),
-        service=clean(service, 255) or None,
-        genai=reader.genai,
-        operation=_short(reader.text.get("gen_ai.operation.name")),
-        agent_name=_short(reader.text.get("gen_ai.agent.name")),
-        agent_id=_short(reader.text.get("gen_ai.agent.id")),
-        request_model=_short(reader.text.get("gen_ai.request.model")),
-        response_model=_short(reader.text.get("gen_ai.response.model")),
-        usage=reader.usage,
-        input_tokens=reader.tokens["input"],
-        output_tokens=reader.tokens["output"],
-        cache_read_tokens=reader.tokens["cache_read"],
-        cache_write_tokens=reader.tokens["cache_write"],
-        cost_usd=reader.cost,
-        conversation_id=_short(reader.text.get("gen_ai.conversation.id")),
-        prompt=reader.prompt,
-        completion=reader.completion,
-        chunks=tuple(reader.chunks),
+    got, reader = _attributes(span, cap)
+    if span.events:
+        if reader is None:
+            reader = _Reader(cap)
+        for event in span.events[:max_events]:
+            reader.event(event.name, event.attributes)
+    name = span.name
+    if len(name) > 255 or not name.isascii() or "\x00" in name:
+        name = clean(name, 255)
+    status = span.status
+    code, message = status.code, status.message
+    facts = SpanFacts(
+        trace_id.hex(),
+        span_id.hex(),
+        parent.hex() if parent and not span.flags & _REMOTE_PARENT else None,
+        name or "span",
+        start,
+        end,
+        code if code in (1, 2) else STATUS_UNSET,
+        clean(message, cap) if message else "",
+        service,
+        *got,
     )
+    if reader is not None:
+        facts.genai = facts.genai or reader.genai
+        facts.cost_usd, facts.prompt, facts.completion = (
+            reader.cost,
+            reader.prompt,
+            reader.completion,
+        )
+        facts.chunks = tuple(reader.chunks)
+    return facts
+
+
+def _attributes(span: Span, cap: int) -> tuple[list[Any], _Reader | None]:
+    """The SpanFacts fields from `genai` to `conversation_id` that the span's attributes
+    give (the cost left None), and the `_Reader` of the others, if any."""
+    # genai, the texts in _TEXT_KEYS' order, usage, the counts, the cost, the conversation
+    # (as `_FAST` numbers them).
+    got: list[Any] = [False, None, None, None, None, None, False, 0, 0, 0, 0, None, None]
+    short = 255 if cap >= 255 else cap  # `clean` replaces character for character
+    reader: _Reader | None = None
+    for kv in span.attributes:
+        key = kv.key
+        if not key.startswith("gen_ai."):
+            continue
+        got[0] = True
+        slot = _FAST.get(key)
+        if slot is None:  # content, cost, ...: the reader's
+            if reader is None:
+                reader = _Reader(cap)
+            reader.attribute(kv)
+        elif slot < 7 or slot == 12:  # text; `string_value` is "" unless it is a string
+            text = kv.value.string_value
+            if text:
+                if len(text) > short or not text.isascii() or "\x00" in text:
+                    text = clean(text, short)
+                got[slot] = text or None
+        else:
+            n = _count(kv.value)
+            if n is not None:
+                got[6] = True
+                got[slot] = n
+    if reader is not None:
+        reader.end_attributes()
+    return got, reader
+
+
+_ZERO_TRACE, _ZERO_SPAN = bytes(16), bytes(8)
+# The attributes `span_facts` reads itself, by their place in `_attributes`' list.
+_FAST: dict[str, int] = {}
 
 
 # --- strings -----------------------------------------------------------------------------
@@ -190,16 +283,20 @@ _TOKENS = {
     "gen_ai.usage.cache_creation.input_tokens": "cache_write",
     "gen_ai.usage.cache_creation_input_tokens": "cache_write",
 }
-_TEXT = frozenset(
-    {
-        "gen_ai.operation.name",
-        "gen_ai.agent.name",
-        "gen_ai.agent.id",
-        "gen_ai.request.model",
-        "gen_ai.response.model",
-        "gen_ai.conversation.id",
-    }
+# The order of their SpanFacts fields: operation, agent name and id, request and
+# response model, then the conversation.
+_TEXT_KEYS = (
+    "gen_ai.operation.name",
+    "gen_ai.agent.name",
+    "gen_ai.agent.id",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "gen_ai.conversation.id",
 )
+_SLOTS = {"input": 7, "output": 8, "cache_read": 9, "cache_write": 10}
+_FAST.update({key: _SLOTS[kind] for key, kind in _TOKENS.items()})
+_FAST.update({key: 1 + i for i, key in enumerate(_TEXT_KEYS[:5])})
+_FAST[_TEXT_KEYS[5]] = 12
 _INDEXED = re.compile(r"^gen_ai\.(prompt|completion)\.(\d{1,4})\.(role|content)$")
 _CONTENT_EVENTS = {
     "gen_ai.system.message": "system",
@@ -270,14 +367,12 @@ def _cost(value: AnyValue) -> str | None:
 
 
 class _Reader:
-    """Collects the facts of one span from its attributes and events, in order."""
+    """Collects the content of one span (messages, events) and its reported cost, from
+    the attributes `span_facts` does not read itself and the events, in order."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.genai = False
-        self.usage = False
-        self.text: dict[str, str] = {}
-        self.tokens = {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0}
         self.cost: str | None = None
         self.prompt: str | None = None
         self.completion: str | None = None
@@ -285,20 +380,10 @@ class _Reader:
         self._indexed: dict[tuple[str, int], dict[str, str]] = {}
 
     def attribute(self, kv: KeyValue) -> None:
+        """A `gen_ai.*` attribute other than the token counts and texts of `_FAST`."""
         key = kv.key
-        if not key.startswith("gen_ai."):
-            return
-        self.genai = True
         value = kv.value
-        if key in _TOKENS:
-            n = _count(value)
-            if n is not None:
-                self.usage = True
-                self.tokens[_TOKENS[key]] = n
-        elif key in _TEXT:
-            if value.WhichOneof("value") == "string_value" and value.string_value:
-                self.text[key] = clean(value.string_value, self.cap)
-        elif key == "gen_ai.usage.cost":
+        if key == "gen_ai.usage.cost":
             self.cost = _cost(value)
         elif key in ("gen_ai.input.messages", "gen_ai.system_instructions"):
             self._messages(_plain(value, self.cap), default_role="user")
