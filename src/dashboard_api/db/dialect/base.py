@@ -235,6 +235,12 @@ class Dialect(ABC):
         and no thousands of bind parameters to render and send)."""
 
     @abstractmethod
+    def in_strings(self, column: Column, name: str) -> ColumnElement[bool]:
+        """`column IN` the list of strings bound to `name` at execution: one array
+        parameter where `binds_arrays` (one statement and plan whatever the length of the
+        list), an expanding IN elsewhere."""
+
+    @abstractmethod
     def in_int_pairs(self, first: Column, second: Column, name: str) -> ColumnElement[bool]:
         """`(first, second) IN pairs` with the pairs bound at execution by
         `int_pairs_params(name, pairs)`: one statement whatever the pairs. Only where
@@ -317,6 +323,17 @@ class Dialect(ABC):
     ) -> list[tuple[Any, ...]]:
         """Insert the rows (each a dict of the same columns, plus the `constants` they all
         share) whose key is not there yet; the keys of the rows inserted."""
+
+    @abstractmethod
+    async def insert_rows(
+        self,
+        session: AsyncSession,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Insert the rows (values of `columns`, in that order; JSON columns' as Python
+        values, None a SQL NULL) in one statement whatever their number, in their order."""
 
     @abstractmethod
     async def select_for_update_by_keys(

@@ -3,10 +3,24 @@ rows in one round trip and one plan."""
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, LargeBinary, Table
+import orjson
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
+    LargeBinary,
+    Table,
+    TextClause,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 
 
 def _array_type(column: Any) -> str:
@@ -17,7 +31,40 @@ def _array_type(column: Any) -> str:
         return "integer[]"
     if isinstance(type_, LargeBinary):
         return "bytea[]"
+    if isinstance(type_, Boolean):
+        return "boolean[]"
+    if isinstance(type_, DateTime):
+        return "timestamptz[]" if type_.timezone else "timestamp[]"
+    if isinstance(type_, JSON):
+        stored = getattr(type_, "_variant_mapping", {}).get("postgresql", type_)
+        return "jsonb[]" if isinstance(stored, JSONB) else "json[]"
     return "text[]"
+
+
+def _json_text(value: Any) -> str | None:
+    """A JSON column's value as the text its array parameter takes (None: SQL NULL)."""
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # what orjson refuses and json takes (integer keys, huge integers)
+        return json.dumps(value)
+
+
+def column_arrays(
+    table: Table, names: Sequence[str], rows: Sequence[Sequence[Any]] | Sequence[dict[str, Any]]
+) -> dict[str, list[Any]]:
+    """The parameters `:p0`, `:p1`, ... of `unnest_arrays`: one list per column of
+    `names` (rows are sequences in that order, or dicts by name), JSON columns' values
+    as JSON text."""
+    params: dict[str, list[Any]] = {}
+    for i, name in enumerate(names):
+        key: Any = name if rows and isinstance(rows[0], dict) else i
+        values = [r[key] for r in rows]
+        if isinstance(table.c[name].type, JSON):
+            values = [_json_text(v) for v in values]
+        params[f"p{i}"] = values
+    return params
 
 
 def quoted(names: Sequence[str], prefix: str = "") -> str:
@@ -31,8 +78,15 @@ def unnest_arrays(
     """`unnest(...)` of one array parameter per column (`:p0`, `:p1`, ...), and its
     parameters for these rows."""
     arrays = ", ".join(f"CAST(:p{i} AS {_array_type(table.c[n])})" for i, n in enumerate(names))
-    params = {f"p{i}": [r[i] for r in rows] for i in range(len(names))}
-    return f"unnest({arrays})", params
+    return f"unnest({arrays})", column_arrays(table, names, rows)
+
+
+@functools.lru_cache(maxsize=64)
+def insert_rows_sql(table: Table, names: tuple[str, ...]) -> TextClause:
+    """INSERT … SELECT * FROM unnest(one array per column of `names`): any number of rows
+    in one round trip, inserted in the arrays' order (built once per shape)."""
+    source, _ = unnest_arrays(table, names, [])
+    return text(f"INSERT INTO {table.name} ({quoted(names)}) SELECT * FROM {source}")  # noqa: S608 - names come from the table
 
 
 def unnest_insert(

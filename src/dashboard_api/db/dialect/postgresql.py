@@ -40,7 +40,13 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from dashboard_api.db.dialect.base import Column, DatabaseFault, Dialect, OutputAppend
 from dashboard_api.db.dialect.locks import AdvisoryLocks, NamedLocks
 from dashboard_api.db.dialect.pg_appends import append_statement
-from dashboard_api.db.dialect.pg_arrays import quoted, unnest_arrays, unnest_insert
+from dashboard_api.db.dialect.pg_arrays import (
+    column_arrays,
+    insert_rows_sql,
+    quoted,
+    unnest_arrays,
+    unnest_insert,
+)
 from dashboard_api.db.dialect.values import escape_like
 
 # date_bin (the per-hour q counts, services/tasks/search.py) arrived in PostgreSQL 14.
@@ -251,6 +257,9 @@ class PostgreSQLDialect(Dialect):
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
         return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(BigInteger)))
 
+    def in_strings(self, column: Column, name: str) -> ColumnElement[bool]:
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(String)))
+
     def in_int_pairs(self, first: Column, second: Column, name: str) -> ColumnElement[bool]:
         # A join with two array parameters, whose generic plan probes the index once per
         # pair. An OR of `first = a AND second = ANY(...)` per value of `first` got a
@@ -335,9 +344,20 @@ class PostgreSQLDialect(Dialect):
             return []
         names = tuple(rows[0])
         stmt = _insert_missing_returning(table, tuple(keys), names, tuple(constants))
-        params: dict[str, Any] = {f"p{i}": [r[n] for r in rows] for i, n in enumerate(names)}
+        params: dict[str, Any] = column_arrays(table, names, rows)
         params.update({f"c{i}": v for i, v in enumerate(constants.values())})
         return [tuple(r) for r in await session.execute(stmt, params)]
+
+    async def insert_rows(
+        self,
+        session: AsyncSession,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        if rows:
+            names = tuple(columns)
+            await session.execute(insert_rows_sql(table, names), column_arrays(table, names, rows))
 
     async def select_for_update_by_keys(
         self,

@@ -238,6 +238,9 @@ class SQLiteDialect(Dialect):
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
         return column.in_(list(values))
 
+    def in_strings(self, column: Column, name: str) -> ColumnElement[bool]:
+        return column.in_(bindparam(name, expanding=True))
+
     def in_int_pairs(self, first: Column, second: Column, name: str) -> ColumnElement[bool]:
         raise NotImplementedError("SQLite binds no arrays: write the pairs into the statement")
 
@@ -310,6 +313,17 @@ class SQLiteDialect(Dialect):
         )
         params = [{**row, **constants} for row in rows]
         return [tuple(r) for r in await session.execute(stmt, params)]
+
+    async def insert_rows(
+        self,
+        session: AsyncSession,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        if rows:
+            names = list(columns)
+            await session.execute(insert(table), [dict(zip(names, r, strict=True)) for r in rows])
 
     async def select_for_update_by_keys(
         self,

@@ -55,7 +55,11 @@ from dashboard_api.services.tasks.reads import (
     list_status_events,
     status_event_rows,
 )
-from dashboard_api.services.tasks.recorded import FinishedTask, record_finished_tasks
+from dashboard_api.services.tasks.recorded import (
+    FinishedTask,
+    record_finished_tasks,
+    update_recorded_tasks,
+)
 
 __all__ = [
     "ALLOWED_MOVES",
@@ -89,6 +93,7 @@ __all__ = [
     "status_event_rows",
     "store_output",
     "summary_columns",
+    "update_recorded_tasks",
     "update_task",
     "worth_trying_alone",
 ]
