@@ -78,18 +78,24 @@ async def _stored(session: AsyncSession) -> tuple[list[tuple[Any, ...]], list[tu
     return sorted(tuple(r) for r in rollups), sorted((*r[:-1], bytes(r[-1])) for r in hist)
 
 
-@pytest.mark.parametrize(("n", "days"), [(1500, 400), (600, 1)])
+@pytest.mark.parametrize(
+    ("n", "days", "chunk"), [(1500, 400, 32768), (600, 1, 32768), (3000, 400, 97), (900, 1, 61)]
+)
 async def test_seed_into_an_empty_database_writes_the_rebuilt_rollups(
-    app: FastAPI, n: int, days: int
+    app: FastAPI, n: int, days: int, chunk: int
 ) -> None:
     # No tasks and no rollups: the seed sums the rollups as it generates the tasks
     # (analytics.streamed). They must be the rows a rebuild writes, byte for byte, and
-    # what registering each task would have left. 400 days cross every grain's blocks.
+    # what registering each task would have left. 400 days cross every grain's blocks;
+    # small chunks make blocks of time that span several chunks (carried over).
     db = app.state.ctx.db
     now = datetime(2026, 11, 25, 12, 34, 56, 789000, tzinfo=UTC)
     prices = PriceTable(*app.state.ctx.settings.price_table())
     async with db.write() as session:
-        assert await seed_tasks(session, n=n, now=now, prices=prices, days=days, seed=3) == n
+        assert (
+            await seed_tasks(session, n=n, now=now, prices=prices, days=days, seed=3, chunk=chunk)
+            == n
+        )
     async with db.read() as session:
         streamed = await _stored(session)
         logical = await rollup_rows(session)

@@ -24,6 +24,7 @@ NULL = struct.pack("!i", -1)
 PG_EPOCH_US = 946_684_800_000_000
 
 IntArray = npt.NDArray[np.int64]
+_ROWS_AT_ONCE = 4096
 _WIDTHS = {2: ">i2", 4: ">i4", 8: ">i8"}
 
 
@@ -154,11 +155,15 @@ class Rows:
 
     def data(self) -> bytes:
         """The rows (without the COPY header and trailer)."""
-        if self.n == 0:
-            return b""
-        starts = np.stack(self._starts, axis=1).ravel()
-        lengths = np.stack(self._lengths, axis=1).ravel()
-        return gather(b"".join(self._pool), starts, lengths)
+        pool = b"".join(self._pool)
+        parts = []
+        # A few thousand rows at a time: the byte indexes stay small (and in cache).
+        for first in range(0, self.n, _ROWS_AT_ONCE):
+            last = min(self.n, first + _ROWS_AT_ONCE)
+            starts = np.stack([s[first:last] for s in self._starts], axis=1).ravel()
+            lengths = np.stack([s[first:last] for s in self._lengths], axis=1).ravel()
+            parts.append(gather(pool, starts, lengths))
+        return b"".join(parts)
 
 
 def gather(pool: bytes, starts: IntArray, lengths: IntArray) -> bytes:

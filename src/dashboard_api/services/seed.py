@@ -43,6 +43,7 @@ from dashboard_api.services.analytics.rebuild import rebuild_rollups
 from dashboard_api.services.analytics.streamed_write import RollupSink, write_spilled
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.seed_data import (
+    CHUNK,
     EVENT_COLUMNS,
     TASK_COLUMNS,
     TaskBlock,
@@ -66,8 +67,10 @@ async def seed_tasks(
     prices: PriceTable,
     days: int = 90,
     seed: int | None = None,
+    chunk: int = CHUNK,
 ) -> int:
-    """Insert `n` generated tasks with their status events; returns the number inserted."""
+    """Insert `n` generated tasks with their status events, about `chunk` at a time;
+    returns the number inserted."""
     await prepare_bulk_load(session)
     existing = await session.scalar(select(func.count()).select_from(Task)) or 0
     # A load at least as large as the table: build the indexes once at the end.
@@ -77,14 +80,15 @@ async def seed_tasks(
     stream = not existing and await _no_rollups(session)
     if copies_binary(session):
         with tempfile.TemporaryDirectory(prefix="dashboard-seed-") as directory:
-            producer = Producer(Job(n, now, days, prices, seed, stream, directory))
+            producer = Producer(Job(n, now, days, prices, seed, stream, directory, chunk))
             done = await _copy_from(session, producer)
             await rebuild_indexes(session, dropped)
             if stream:
                 await write_spilled(session, producer.spilled)
     else:
         sink = RollupSink(new_rollups(), binary=False) if stream else None
-        done = await _insert(session, blocks(n, now=now, days=days, prices=prices, seed=seed), sink)
+        generated = blocks(n, now=now, days=days, prices=prices, seed=seed, chunk=chunk)
+        done = await _insert(session, generated, sink)
         await rebuild_indexes(session, dropped)
         if sink is not None:
             await sink.write(session)

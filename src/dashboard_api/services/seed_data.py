@@ -57,7 +57,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 # Creation times are drawn this many at a time.
-CHUNK = 65_536
+CHUNK = 32_768
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -101,14 +101,16 @@ def from_epoch_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
-def _created_times(n: int, now_us: int, days: int, rng: np.random.Generator) -> Iterator[IntArray]:
+def _created_times(
+    n: int, now_us: int, days: int, rng: np.random.Generator, chunk: int
+) -> Iterator[IntArray]:
     """`n` creation times (µs) over the last `days` days, oldest first, in sorted arrays.
 
     Each is `now - span * u ** 1.15` for a uniform u (more work lately), and one in the
     (UTC) afternoon and evening moves 12 hours earlier with probability 0.35 (more work
     during the working day). The u are drawn already sorted, largest first (the order
     statistics of n uniforms: U(n) = V ** (1/n), U(k) = U(k+1) * V ** (1/k), a running
-    sum of logarithms), CHUNK at a time, so nothing holds all n; a moved time is at most
+    sum of logarithms), `chunk` at a time, so nothing holds all n; a moved time is at most
     12 hours early, so the times are held back until no later draw can come before them.
     """
     span = days * 86400.0 * _S
@@ -118,7 +120,7 @@ def _created_times(n: int, now_us: int, days: int, rng: np.random.Generator) -> 
     pending = np.empty(0, dtype=np.int64)
     k = n
     while k > 0:
-        m = min(CHUNK, k)
+        m = min(chunk, k)
         logs = log_m + np.cumsum(np.log1p(-rng.random(m)) / np.arange(k, k - m, -1.0))
         log_m = float(logs[-1])
         created = now_us - (span * np.exp(1.15 * logs)).astype(np.int64)
@@ -349,15 +351,21 @@ def _tasks(created: IntArray, now_us: int, rng: np.random.Generator, costs: _Cos
 
 
 def blocks(
-    n: int, *, now: datetime, days: int, prices: PriceTable, seed: int | None = None
+    n: int,
+    *,
+    now: datetime,
+    days: int,
+    prices: PriceTable,
+    seed: int | None = None,
+    chunk: int = CHUNK,
 ) -> Iterator[TaskBlock]:
     """`n` tasks spread over the last `days` days, in order of creation (as a live
     system writes them, which keeps the time-ordered indexes and the table's pages in
-    time order), a block of a few tens of thousands at a time."""
+    time order), about `chunk` at a time."""
     rng = np.random.default_rng(seed)
     costs = _Costs(prices)
     now_us = epoch_us(now)
-    for created in _created_times(n, now_us, days, rng):
+    for created in _created_times(n, now_us, days, rng, chunk):
         yield _tasks(created, now_us, rng, costs)
 
 

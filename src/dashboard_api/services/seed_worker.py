@@ -74,6 +74,7 @@ class Job:
     seed: int | None
     rollups: bool  # sum them (into spill files in `directory`)
     directory: str
+    chunk: int
 
 
 class Producer:
@@ -114,7 +115,9 @@ def _run(conn: Connection, job: Job) -> None:
     try:
         rollups = new_rollups() if job.rollups else None
         sink = RollupSink(rollups, binary=True, directory=job.directory) if rollups else None
-        generated = blocks(job.n, now=job.now, days=job.days, prices=job.prices, seed=job.seed)
+        generated = blocks(
+            job.n, now=job.now, days=job.days, prices=job.prices, seed=job.seed, chunk=job.chunk
+        )
         for block in generated:
             conn.send(("block", block.n, task_rows(block), event_rows(block)))
             if rollups is not None and sink is not None:
