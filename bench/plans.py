@@ -48,7 +48,7 @@ class Request:
 _MEASURED: contextvars.ContextVar[Request | None] = contextvars.ContextVar("measured", default=None)
 
 
-def cases(deep_cursor: str, page: int) -> list[tuple[str, str, dict[str, Any]]]:
+def cases(deep_cursor: str, page: int, task_id: str) -> list[tuple[str, str, dict[str, Any]]]:
     now = datetime.now(UTC)
     week = {
         "created_after": (now - timedelta(days=7)).isoformat(),
@@ -76,6 +76,7 @@ def cases(deep_cursor: str, page: int) -> list[tuple[str, str, dict[str, Any]]]:
         ("sort=-cost_usd", tasks, {"sort": "-cost_usd"}),
         ("cursor half deep", tasks, {"cursor": deep_cursor}),
         (f"page {page:,}", tasks, {"page": page}),
+        ("task detail", f"{tasks}/{task_id}", {}),
         ("summary 30 d", "/api/analytics/summary", d30),
         ("summary all time", "/api/analytics/summary", forever),
         ("histogram 30 d hour", "/api/analytics/costs/histogram", {**d30, "period": "hour"}),
@@ -131,7 +132,8 @@ async def main(args: argparse.Namespace) -> int:
                                      timeout=600) as client:  # fmt: skip
             print(f"{'request':<30} {'buffers':>9} {'exec ms':>9} {'stmts':>5}  ({n:,} tasks)")
             # reltuples is an estimate: the page 10,001 of 1M tasks (1,001 of 100k).
-            for name, path, params in cases(deep, min(10_001, round(n, -3) // 100 + 1)):
+            page = min(10_001, round(n, -3) // 100 + 1)
+            for name, path, params in cases(deep, page, row["task_id"]):
                 if args.case and args.case not in name:
                     continue
                 (await client.get(path, params=params)).raise_for_status()  # warm the caches
