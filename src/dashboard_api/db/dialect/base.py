@@ -18,7 +18,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, Table, TextClause
+from sqlalchemy import ColumnElement, Select, Table, TextClause, and_, or_
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import QueryableAttribute
@@ -245,6 +245,14 @@ class Dialect(ABC):
         """`(first, second) IN pairs` with the pairs bound at execution by
         `int_pairs_params(name, pairs)`: one statement whatever the pairs. Only where
         `binds_arrays` (elsewhere the caller writes the pairs into its statement)."""
+
+    def keyed_or(
+        self, key: Sequence[ColumnElement[bool]], alternatives: Sequence[ColumnElement[bool]]
+    ) -> ColumnElement[bool]:
+        """`key AND (alternatives[0] OR ...)`: the rows of a keyed table (the rollups, the
+        histograms) whose leading key columns `key` selects (the series) and each
+        alternative the next ones (a grain and its buckets)."""
+        return and_(*key, or_(*alternatives))
 
     @abstractmethod
     def bisect_sql(self, value: Column, bounds: Sequence[int]) -> ColumnElement[int] | None:

@@ -161,10 +161,10 @@ def _counter_groups(where: BlocksWhere, filtered: FiltersWhere) -> CompoundSelec
     empty = literal("")
     return union_all(
         select(literal(0), r.agent_type, r.source, empty, *sums(r))
-        .where(r.series == SERIES_ALL_MODELS, where(r), *filtered(r))
+        .where(where(r, [r.series == SERIES_ALL_MODELS]), *filtered(r))
         .group_by(r.agent_type, r.source),
         select(literal(1), empty, empty, r.model, *sums(r))
-        .where(r.series == SERIES_PER_MODEL, where(r), *filtered(r))
+        .where(where(r, [r.series == SERIES_PER_MODEL]), *filtered(r))
         .group_by(r.model),
     )
 
@@ -177,10 +177,10 @@ def _failure_counter_groups(where: BlocksWhere, filtered: FiltersWhere) -> Compo
     series = r.series.in_(bindparam("failure_series", expanding=True))
     return union_all(
         select(literal(0), r.agent_type, r.source, empty, *sums(r))
-        .where(series, where(r), *filtered(r))
+        .where(where(r, [series]), *filtered(r))
         .group_by(r.agent_type, r.source),
         select(literal(1), empty, empty, r.model, *sums(r))
-        .where(series, where(r), *filtered(r))
+        .where(where(r, [series]), *filtered(r))
         .group_by(r.model),
     )
 
@@ -247,7 +247,7 @@ async def _percentiles(
 
         def build(where: BlocksWhere, filtering: FiltersWhere) -> Select[Any]:
             columns = (h.series, h.agent_type, h.source, h.model, h.kind, h.bin_lo, h.counts)
-            return select(*columns).where(h.series.in_(series), where(h), *filtering(h))
+            return select(*columns).where(where(h, [h.series.in_(series)]), *filtering(h))
 
         stmt, params = block_statement(session, "histogram_rows", cover.blocks, filters, build)
         rows = await conn.execute(stmt, params)

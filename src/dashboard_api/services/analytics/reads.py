@@ -135,7 +135,7 @@ def _summary_rows(where: BlocksWhere, filtered: FiltersWhere) -> Select[Any]:
     """(series, *COUNTERS) of the rows of some blocks and series (bound: "series")."""
     r = AnalyticsRollup.__table__.c
     series = r.series.in_(bindparam("series", expanding=True))
-    return select(r.series, *sums(r)).where(series, where(r), *filtered(r)).group_by(r.series)
+    return select(r.series, *sums(r)).where(where(r, [series]), *filtered(r)).group_by(r.series)
 
 
 def parse_tz(name: str) -> ZoneInfo:
@@ -253,7 +253,7 @@ async def histogram(
         which.append(and_(r.grain == grain, r.bucket >= bounds[1], r.bucket < bounds[-1]))
     if blocks:
         which.append(blocks_clause(session, r, blocks))
-    conds = (*counter_series(r, filters), or_(*which)) if which else ()
+    conds = (dialect_of(session).keyed_or(counter_series(r, filters), which),) if which else ()
     conn = await session.connection()
     local = dialect_of(session).bisect_sql(r.bucket, bounds)
     if local is not None:

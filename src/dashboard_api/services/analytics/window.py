@@ -315,7 +315,8 @@ def _filter_params(filters: AnalyticsFilters) -> dict[str, Any]:
 # Block statements by (what, filters' shape), built once: their blocks and filters are
 # bound at each execution (PostgreSQL). Building one cost as much as running it.
 _BLOCK_STATEMENTS: dict[tuple[str, bool, bool, bool], Any] = {}
-BlocksWhere = Callable[[Any], ColumnElement[bool]]
+# (table, key): the rows of the blocks among those the clauses `key` select (the series).
+BlocksWhere = Callable[[Any, Sequence[ColumnElement[bool]]], ColumnElement[bool]]
 FiltersWhere = Callable[[Any], list[ColumnElement[bool]]]
 
 
@@ -337,13 +338,17 @@ def block_statement(
 
     dialect = dialect_of(session)
     if not dialect.binds_arrays:
-        return build(lambda table: blocks_clause(session, table, blocks), filtered), params
+
+        def of_blocks(table: Any, key: Sequence[ColumnElement[bool]]) -> ColumnElement[bool]:
+            return dialect.keyed_or(key, [blocks_clause(session, table, blocks)])
+
+        return build(of_blocks, filtered), params
     key = (what, *filters.shape())
     stmt = _BLOCK_STATEMENTS.get(key)
     if stmt is None:
 
-        def where(table: Any) -> ColumnElement[bool]:
-            return dialect.in_int_pairs(table.grain, table.bucket, "blocks")
+        def where(table: Any, key: Sequence[ColumnElement[bool]]) -> ColumnElement[bool]:
+            return and_(*key, dialect.in_int_pairs(table.grain, table.bucket, "blocks"))
 
         stmt = _BLOCK_STATEMENTS[key] = build(where, filtered)
     return stmt, {**params, **int_pairs_params("blocks", blocks)}

@@ -126,7 +126,7 @@ async def _count_by_rollups(
             return raw + await _count_by_rollups(session, late, None)
     if lo is None and hi is None:
         # Every task is in exactly one block of the coarsest grain.
-        return _count_blocks(filters, [(GRAINS[-1], None)])
+        return _count_blocks(session, filters, [(GRAINS[-1], None)])
     if lo is None:
         lo = await session.scalar(select(func.min(_T.c.created_at)))
     if hi is None:
@@ -137,7 +137,7 @@ async def _count_by_rollups(
     edges, blocks = _split_window(lo, hi)
     parts = []
     if blocks:
-        parts.append(_count_blocks(filters, blocks))
+        parts.append(_count_blocks(session, filters, blocks))
     if edges:
         window = or_(*(and_(_T.c.created_at >= a, _T.c.created_at < b) for a, b in edges))
         plain = replace(filters, created_after=None, created_before=None)
@@ -400,7 +400,7 @@ def count_raw(where: Sequence[ColumnElement[bool]]) -> ColumnElement[Any]:
 
 
 def _count_blocks(
-    filters: TaskFilters, blocks: Sequence[tuple[int, int | None]]
+    session: AsyncSession, filters: TaskFilters, blocks: Sequence[tuple[int, int | None]]
 ) -> ColumnElement[Any]:
     """Tasks in whole rollup blocks ((grain, bucket); bucket None: every block)."""
     r = AnalyticsRollup.__table__.c
@@ -415,14 +415,15 @@ def _count_blocks(
     which = [r.grain == g for g in every]
     which += [and_(r.grain == g, r.bucket.in_(b)) for g, b in by_grain.items()]
     if filters.agent_type or filters.source:
-        where = [r.series == SERIES_ALL_MODELS, or_(*which)]
+        key = [r.series == SERIES_ALL_MODELS]
         for column, values in ((r.agent_type, filters.agent_type), (r.source, filters.source)):
             if values:
-                where.append(column.in_(list(values)))
+                key.append(column.in_(list(values)))
     else:
         # The overall row of each block: one row per block instead of one per combination.
-        where = [r.series == SERIES_MARGINAL, r.agent_type == "", r.source == "", or_(*which)]
-    stmt = select(func.coalesce(func.sum(sum(counted[1:], counted[0])), 0)).where(*where)
+        key = [r.series == SERIES_MARGINAL, r.agent_type == "", r.source == ""]
+    where = dialect_of(session).keyed_or(key, which)
+    stmt = select(func.coalesce(func.sum(sum(counted[1:], counted[0])), 0)).where(where)
     spans = None if every else merge_ranges([(b, b + g) for g, bs in by_grain.items() for b in bs])
     return stmt.scalar_subquery() + _pending_count(filters, spans)
 

@@ -160,7 +160,7 @@ def plan(
             key, entry, a, b, recount, known_tokens, known_count, edge_count, edge_ranges, keys,
             extras, fill=True,
         )  # fmt: skip
-    extras += [sql.rebuilds(), sql.digest(a, b), sql.recounted(session, which, recount)]
+    extras += [sql.rebuilds(), sql.digest(session, a, b), sql.recounted(session, which, recount)]
     if keys:
         extras.append(sql.recounted_keys(session, which, recount))
     return QTotal(

@@ -77,7 +77,7 @@ def rebuilds() -> ColumnElement[Any]:
     return select(func.coalesce(func.max(generation), 0)).scalar_subquery()
 
 
-def digest(a: int, b: int) -> ColumnElement[Any]:
+def digest(session: AsyncSession, a: int, b: int) -> ColumnElement[Any]:
     """The sum of the tokens of every hour in [a, b).
 
     `changes` adds up across grains (a rebuild sets each row's to its tasks, a fold adds
@@ -94,7 +94,8 @@ def digest(a: int, b: int) -> ColumnElement[Any]:
     if lo < hi:
         which.append(and_(_R.grain == top, _R.bucket >= lo, _R.bucket < hi))
     overall = [_R.series == SERIES_MARGINAL, _R.agent_type == "", _R.source == "", _R.model == ""]
-    changes = select(func.coalesce(func.sum(_R.changes), 0)).where(*overall, or_(false(), *which))
+    where = dialect_of(session).keyed_or(overall, [false(), *which])
+    changes = select(func.coalesce(func.sum(_R.changes), 0)).where(where)
     pending = select(func.count()).select_from(_P).where(p.created_s >= a, p.created_s < b)
     return changes.scalar_subquery() + pending.scalar_subquery()
 
