@@ -79,7 +79,7 @@ class Server:
 
     async def wait_ready(self) -> None:
         async with httpx.AsyncClient(base_url=self.base, timeout=10) as probe:
-            for _ in range(300):
+            for _ in range(1200):  # 2 minutes: a loaded shared machine starts it slowly
                 try:
                     if (await probe.get("/api/health")).status_code == 200:
                         return

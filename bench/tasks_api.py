@@ -205,7 +205,7 @@ class Server:
              "--timeout-keep-alive", "120"],
             env=self.env,
         )  # fmt: skip
-        for _ in range(300):
+        for _ in range(1200):  # 2 minutes: a loaded shared machine starts it slowly
             try:
                 async with KeepAliveClient("127.0.0.1", self.port) as probe:
                     if (await probe.get("/api/health"))[0] == 200:
