@@ -13,10 +13,11 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import StringConstraints
 
+from dashboard_api.api.lean import check_role
 from dashboard_api.auth import Principal, Role
 from dashboard_api.context import AppContext, LiveDelivery
 from dashboard_api.db.paging import PageRequest
-from dashboard_api.errors import Forbidden, ServiceUnavailable, Unprocessable
+from dashboard_api.errors import ServiceUnavailable, Unprocessable
 from dashboard_api.services.authentication import authenticate
 from dashboard_api.task_statuses import FAILURE_REASONS
 
@@ -49,14 +50,13 @@ def require_roles(*roles: Role) -> object:
     """A dependency that admits only the given roles (403 for any other)."""
 
     async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
-        if principal.role not in roles:
-            raise Forbidden(f"This needs one of the roles: {', '.join(roles)}.")
-        return principal
+        return check_role(principal, roles)
 
     return Depends(check)
 
 
-AnyRole = Annotated[Principal, require_roles("admin", "user", "agent")]
+ANY_ROLE: tuple[Role, ...] = ("admin", "user", "agent")
+AnyRole = Annotated[Principal, require_roles(*ANY_ROLE)]
 UserRole = Annotated[Principal, require_roles("admin", "user")]
 AgentRole = Annotated[Principal, require_roles("admin", "agent")]
 AdminRole = Annotated[Principal, require_roles("admin")]

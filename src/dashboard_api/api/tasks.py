@@ -6,10 +6,11 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from dashboard_api.api.deps import (
+    ANY_ROLE,
     MULTI_DESCRIPTION,
     NO_NUL,
     AgentRole,
@@ -22,6 +23,10 @@ from dashboard_api.api.deps import (
     choice_items,
     split_multi,
 )
+from dashboard_api.api.lean import LeanRoute, lean_path, lean_principal
+from dashboard_api.api.tasks_query import TASK_ID, parse_list_query
+from dashboard_api.context import AppContext
+from dashboard_api.db.paging import PageRequest
 from dashboard_api.errors import Unprocessable
 from dashboard_api.ids import TASK_ID_PATTERN
 from dashboard_api.observability.setup import metrics_of
@@ -46,7 +51,13 @@ from dashboard_api.services import tasks as service
 from dashboard_api.task_statuses import FAILURE_REASONS, TASK_STATUSES
 from dashboard_api.timeutil import UtcDateTime
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"], responses=problem_responses(401, 403, 422))
+# LeanRoute: the list and a task are read by a lean path first (api/lean.py).
+router = APIRouter(
+    prefix="/api/tasks",
+    tags=["tasks"],
+    responses=problem_responses(401, 403, 422),
+    route_class=LeanRoute,
+)
 TaskIdPath = Annotated[str, Path(pattern=TASK_ID_PATTERN)]
 
 
@@ -93,6 +104,21 @@ async def list_tasks(
     ctx: CtxDep, _: AnyRole, page: PageDep, filters: TaskFiltersDep, sort: SortKey = "-created_at"
 ) -> Response:
     """Task summaries, filtered and sorted; page or cursor mode."""
+    return await _list_page(ctx, filters, sort, page)
+
+
+@lean_path(list_tasks)
+async def _list_tasks_lean(request: Request) -> Response | None:
+    query = parse_list_query(request.query_params)
+    if query is None:
+        return None
+    await lean_principal(request, ANY_ROLE)
+    return await _list_page(request.app.state.ctx, query.filters, query.sort, query.page)
+
+
+async def _list_page(
+    ctx: AppContext, filters: service.TaskFilters, sort: str, page: PageRequest
+) -> Response:
     async with ctx.db.read_statements() as session:
         result = await service.list_tasks(session, filters=filters, sort=sort, page=page)
     # Written directly (same document as Page[TaskSummary], which stays the documented
@@ -178,6 +204,19 @@ async def claim_task(ctx: CtxDep, _: AgentRole, body: TaskClaim) -> Response:
 @router.get("/{task_id}", response_model=TaskPublic, responses=problem_responses(404))
 async def get_task(ctx: CtxDep, _: AnyRole, task_id: TaskIdPath) -> Response:
     """One task."""
+    return await _one_task(ctx, task_id)
+
+
+@lean_path(get_task)
+async def _get_task_lean(request: Request) -> Response | None:
+    task_id = request.path_params["task_id"]
+    if not TASK_ID.fullmatch(task_id):
+        return None
+    await lean_principal(request, ANY_ROLE)
+    return await _one_task(request.app.state.ctx, task_id)
+
+
+async def _one_task(ctx: AppContext, task_id: str) -> Response:
     async with ctx.db.read_statements() as session:
         row = await service.get_task_row(session, task_id)
     body = dumps(public_doc(row), lambda: task_public(row).model_dump_json().encode())
