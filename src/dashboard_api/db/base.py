@@ -40,10 +40,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return dialect_serving(dialect).bind_timestamp(value)
 
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        # Where the driver's datetimes are aware UTC already, process_result_value would
+        # copy each one unchanged (~1 us a timestamp, six in each list row): only the
+        # naive ones (asyncpg reads +-infinity as datetime.max and .min) need UTC.
+        if dialect_serving(dialect).reads_utc_timestamps(dialect.driver):
+            return _utc_if_naive
+        return super().result_processor(dialect, coltype)
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_if_naive(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
 # JSON documents: JSONB on PostgreSQL, SQLite's JSON text elsewhere.

@@ -128,6 +128,12 @@ class Dialect(ABC):
         """An aware UTC instant in the form this backend stores (db/base.UTCDateTime)."""
 
     @abstractmethod
+    def reads_utc_timestamps(self, driver: str) -> bool:
+        """Whether this driver (SQLAlchemy's name of it) reads a stored instant as an aware
+        datetime in `datetime.UTC` already, or else naive (in UTC): db/base.UTCDateTime
+        then only attaches UTC to the naive ones."""
+
+    @abstractmethod
     def exclusive_locks(
         self, url: str, *, owner: object, timeout: float, key: Callable[[str], int], what: str
     ) -> NamedLocks:

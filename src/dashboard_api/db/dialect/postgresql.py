@@ -167,6 +167,12 @@ class PostgreSQLDialect(Dialect):
     def bind_timestamp(self, value: datetime) -> datetime:
         return value  # timestamptz
 
+    def reads_utc_timestamps(self, driver: str) -> bool:
+        # asyncpg decodes timestamptz (binary: microseconds since 2000 UTC) with
+        # tzinfo=datetime.timezone.utc, whatever the session's TimeZone; +-infinity as
+        # the naive datetime.max and .min.
+        return driver == "asyncpg"
+
     def exclusive_locks(
         self, url: str, *, owner: object, timeout: float, key: Callable[[str], int], what: str
     ) -> NamedLocks:

@@ -156,6 +156,9 @@ class SQLiteDialect(Dialect):
         # filters work on indexes.
         return value.replace(tzinfo=None)
 
+    def reads_utc_timestamps(self, driver: str) -> bool:
+        return False  # naive UTC text
+
     def exclusive_locks(
         self, url: str, *, owner: object, timeout: float, key: Callable[[str], int], what: str
     ) -> NamedLocks:
