@@ -169,7 +169,12 @@ async def paginate(
     for the same list, so the statement of a page before `SEEK_FROM_OFFSET` (no cursor)
     is kept and reused too (see `_reused`).
     """
-    direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
+    sources = (stmt, total_expression, ordering)
+    kept = _kept(sources, request, reusable=reusable, extras=extras)
+    if kept is not None:
+        # Built before: nothing to build (building cost more than running it).
+        return await _run_kept(session, kept, ordering, request, convert, sources[1])
+    direction = _directed(ordering.keys, ordering.descending)
     extra = [] if total_expression is None else [total_expression.label("page_total_")]
     extra += [e.label(f"page_extra_{i}") for i, e in enumerate(extras)]
     # `extras` may be long values: joined after the page is cut, not carried through a
@@ -184,8 +189,7 @@ async def paginate(
             return page
         rows = page.subquery("page_rows")
         body, keys = list(rows.c)[: -len(ordering.keys)], list(rows.c)[-len(ordering.keys) :]
-        order = [k.desc() if ordering.descending else k.asc() for k in keys]
-        return select(*body, *extra, *keys).order_by(*order)
+        return select(*body, *extra, *keys).order_by(*_directed(keys, ordering.descending))
 
     async def total_of(rows: Sequence[Row[Any]]) -> int:
         got.clear()
@@ -234,8 +238,7 @@ async def paginate(
                 # (say, rollups kept by an older release). Walk the index instead.
             page_stmt = await _seek_by_index(session, stmt, ordering, page_stmt, offset, locate)
 
-    if reusable and not extras:
-        page_stmt = _reused(page_stmt, (stmt, total_expression, ordering), request)
+    page_stmt = _reused(page_stmt, sources, request, reusable=reusable, extras=extras)
     rows = (await session.execute(carrying(page_stmt))).all()
     total = await total_of(rows)
     return _result(ordering, request, rows, convert, total, got)
@@ -249,15 +252,62 @@ _REUSED: dict[tuple[int, ...], tuple[tuple[Any, ...], Select[Any]]] = {}
 _REUSED_MAX = 1024
 
 
-def _reused(page_stmt: Select[Any], sources: tuple[Any, ...], request: PageRequest) -> Select[Any]:
-    """The kept statement equal to `page_stmt` (built from `sources`, the same objects
-    each time, for `request`), keeping this one when there is none. Only pages before
-    `SEEK_FROM_OFFSET` in page mode: a cursor's or a deep page's statement holds the
-    values it starts from."""
+def _reused_key(sources: tuple[Any, ...], request: PageRequest) -> tuple[int, ...] | None:
+    """The key of a page statement built from `sources` for `request`; None when it is not
+    kept: only pages before `SEEK_FROM_OFFSET` in page mode are (a cursor's or a deep
+    page's statement holds the values it starts from)."""
     offset = ((request.page or 1) - 1) * request.per_page
     if request.cursor is not None or offset >= SEEK_FROM_OFFSET:
+        return None
+    return (*(id(x) for x in sources), request.per_page, offset)
+
+
+def _kept(
+    sources: tuple[Any, ...], request: PageRequest, *, reusable: bool, extras: Sequence[Any]
+) -> Select[Any] | None:
+    """The page statement kept for `sources` (the same objects, a total among them) and
+    `request`, if any (see `_reused`)."""
+    if not reusable or extras or sources[1] is None:
+        return None
+    key = _reused_key(sources, request)
+    kept = None if key is None else _REUSED.get(key)
+    if kept is not None and all(a is b for a, b in zip(kept[0], sources, strict=True)):
+        return kept[1]
+    return None
+
+
+async def _run_kept(
+    session: AsyncSession,
+    kept: Select[Any],
+    ordering: Ordering,
+    request: PageRequest,
+    convert: Callable[[Row[Any]], T],
+    total_expression: Any,
+) -> PageResult[T]:
+    """`paginate` with a kept page statement (carrying its total, no extras)."""
+    rows = (await session.execute(kept)).all()
+    if rows:
+        total = int(rows[0][-len(ordering.keys) - 1])
+    else:
+        alone = select(total_expression.label("page_total_"))
+        total = int((await session.execute(alone)).scalar_one())
+    return _result(ordering, request, rows, convert, total)
+
+
+def _reused(
+    page_stmt: Select[Any],
+    sources: tuple[Any, ...],
+    request: PageRequest,
+    *,
+    reusable: bool,
+    extras: Sequence[Any],
+) -> Select[Any]:
+    """The kept statement equal to `page_stmt` (built from `sources`, the same objects
+    each time, for `request`), keeping this one when there is none (see `_reused_key`);
+    `page_stmt` itself unless `reusable` without `extras`."""
+    key = _reused_key(sources, request) if reusable and not extras else None
+    if key is None:
         return page_stmt
-    key = (*(id(x) for x in sources), request.per_page, offset)
     kept = _REUSED.get(key)
     if kept is not None and all(a is b for a, b in zip(kept[0], sources, strict=True)):
         return kept[1]
@@ -361,6 +411,11 @@ async def _seek_by_index(
         return page_stmt.where(false())
     bound = tuple_(*[literal(v, type_=k.type) for k, v in zip(ordering.keys, first, strict=True)])
     return page_stmt.where(_from(ordering, bound))
+
+
+def _directed(keys: Sequence[Any], descending: bool) -> list[Any]:
+    """ORDER BY terms of `keys`, all in one direction."""
+    return [k.desc() if descending else k.asc() for k in keys]
 
 
 def rows_after(ordering: Ordering, bound: Any) -> ColumnElement[bool]:
