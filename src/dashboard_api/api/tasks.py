@@ -219,7 +219,9 @@ async def _get_task_lean(request: Request) -> Response | None:
 async def _one_task(ctx: AppContext, task_id: str) -> Response:
     async with ctx.db.read_statements() as session:
         row = await service.get_task_row(session, task_id)
-    body = dumps(public_doc(row), lambda: task_public(row).model_dump_json().encode())
+    body = dumps(
+        service.public_doc_of_row(row), lambda: task_public(row).model_dump_json().encode()
+    )
     return Response(body, media_type="application/json")
 
 

@@ -53,6 +53,7 @@ from dashboard_api.services.tasks.reads import (
     get_task_row,
     list_chunks,
     list_status_events,
+    public_doc_of_row,
     status_event_rows,
 )
 from dashboard_api.services.tasks.recorded import (
@@ -85,6 +86,7 @@ __all__ = [
     "list_status_events",
     "list_tasks",
     "locate_by_rollups",
+    "public_doc_of_row",
     "record_finished_tasks",
     "register_task",
     "renew_agent_leases",

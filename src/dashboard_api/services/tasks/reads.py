@@ -11,12 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
 from dashboard_api.errors import NotFound
+from dashboard_api.schemas.tasks_json import public_row_converter
 
 _T = Task.__table__
 _E = TaskEvent.__table__
 _C = TaskOutputChunk.__table__
 # Every column of a task, `metadata` under its attribute name (what `task_public` reads).
 TASK_ROW = (*(c for c in _T.c if c.name != "metadata"), _T.c.metadata.label("metadata_"))
+# `public_doc` of a TASK_ROW row, by position.
+public_doc_of_row = public_row_converter([c.name for c in TASK_ROW])
 AnyRow = Row[*tuple[Any, ...]]
 # The same tables, typed for Core statements (`update`, `insert`).
 TASKS_TABLE = cast(Table, Task.__table__)
