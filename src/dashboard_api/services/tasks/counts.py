@@ -82,7 +82,17 @@ _PRUNED_BEFORE: dict[str, int | None] = {}
 
 
 def _database_key(session: AsyncSession) -> str:
-    return str(getattr(session.bind, "url", ""))
+    url = getattr(session.bind, "url", "")
+    # Rendering a URL is ~2 % of a list request: kept per URL object (an engine keeps its).
+    found = _URL_KEYS.get(id(url))
+    if found is None or found[0] is not url:
+        if len(_URL_KEYS) >= 64:
+            _URL_KEYS.clear()
+        found = _URL_KEYS[id(url)] = (url, str(url))
+    return found[1]
+
+
+_URL_KEYS: dict[int, tuple[object, str]] = {}
 
 
 async def pruned_before(session: AsyncSession) -> int | None:
