@@ -96,18 +96,27 @@ def _positional(
     (field, position in the row, conversion or None): a page has fifty rows, and a loop
     over the fields with a call for each conversion cost a third more. The conversions
     stay the functions TASK_FIELDS names; only the trivial ones are written inline, as
-    they are defined above."""
+    they are defined above. A timestamp equal to the one before it in the row (a
+    finished task's updated_at is its completed_at) reuses that one's text."""
     inline: dict[Callable[[Any], Any], str] = {
         usd: "{v} / _MICROS",
         seconds_or_none: "(None if {v} is None else {v} / _MICROS)",
-        ts_or_none: "(None if {v} is None else ts({v}))",
         basis: '("reported" if {v} else "computed")',
     }
     scope: dict[str, Any] = {"_MICROS": _MICROS, "ts": ts}
     items = []
+    before: int | None = None  # the position of the previous timestamp
     for name, position, convert in fields:
         value = f"r[{position}]"
-        if convert in inline:
+        if convert in (ts, ts_or_none):
+            text = f"ts({value})"
+            if before is not None:
+                # Equal instants have the same text; None never equals a datetime.
+                text = f"(t{before} if {value} == r[{before}] else {text})"
+            if convert is ts_or_none:
+                text = f"(None if {value} is None else {text})"
+            value, before = f"(t{position} := {text})", position
+        elif convert in inline:
             value = inline[convert].format(v=value)
         elif convert is not None:
             scope[f"c{position}"] = convert
