@@ -170,6 +170,8 @@ def serve(
         host=host,
         port=port,
         workers=workers,
+        # a worker busy with a connect storm (or a full GC over 10,000 sockets) is not dead
+        timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
         log_level=settings.log_level.lower(),
         proxy_headers=True,
         # realtime: server pings from the settings, frame limit, no compression

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     ws_max_subscriptions: int = Field(100, ge=1)
     ws_max_message_bytes: int = Field(64 * 1024, ge=1)
     ws_max_connections_per_token: int = Field(0, ge=0)  # 0: unlimited
+    # `serve --workers N`: uvicorn's supervisor restarts a worker that does not answer its
+    # health check within this long (uvicorn's own default, 5 s, was missed by a worker
+    # holding thousands of sockets during a connect storm, and all its sockets went with it).
+    worker_healthcheck_seconds: int = Field(60, ge=1)
 
     # --- integrations -------------------------------------------------------------------
     webhook_create_tasks: bool = True
