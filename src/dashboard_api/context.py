@@ -6,7 +6,7 @@ small Protocols: what routes, health checks and metrics use of them, nothing mor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -50,7 +50,7 @@ class HubView(Protocol):
 class LiveDelivery(Protocol):
     """What the `/ws` and SSE routes hand over to the realtime layer."""
 
-    async def serve_websocket(self, websocket: WebSocket, principal: Principal) -> None: ...
+    def serve_websocket(self, websocket: WebSocket, principal: Principal) -> Awaitable[None]: ...
 
     async def task_stream(self, task_id: str, since_seq: int) -> AsyncIterator[bytes] | None: ...
 

@@ -91,3 +91,29 @@ async def test_write_interval_batches_without_losing_or_reordering(serve: ServeF
             assert [m["content"] for m in seen if m["type"] == "task_output"] == [
                 f"c{i}" for i in range(40)
             ]
+
+
+async def test_an_idle_socket_holds_no_task_or_router_state_of_its_own(live: LiveServer) -> None:
+    """What keeps 10,000 idle sockets small (bench `ws_scale`): `/ws` is handed to its
+    endpoint by the app's dispatcher, not through Starlette's router and middleware stack,
+    and a session's message handler and writer tasks exist only while they have work."""
+    async with await live.connect("user") as ws:
+        await send_json(ws, {"type": "subscribe", "channel": "tasks"})
+        assert (await recv_json(ws))["type"] == "subscribed"
+        await send_json(ws, {"type": "ping"})
+        assert await recv_json(ws) == {"type": "pong"}
+        conn = _only_connection(live)
+        scope = conn.websocket.scope
+        assert scope["route"].path == "/ws"
+        assert "router" not in scope
+        assert "endpoint" not in scope
+        for _ in range(100):
+            busy = [t for t in asyncio.all_tasks() if t.get_name() in ("ws-handler", "ws-writer")]
+            if not busy:
+                break
+            await asyncio.sleep(0.02)
+        assert not busy
+        # ...and the socket still answers and streams.
+        await live.create_task("t-idle")
+        seen = await recv_until(ws, lambda m: m.get("task_id") == "t-idle", 10)
+        assert seen[-1]["type"] == "task_status"

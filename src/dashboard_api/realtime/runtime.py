@@ -8,7 +8,7 @@ hub resumes from (`TaskHistory`) and the owner lookups of feature channels
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -75,9 +75,10 @@ class Realtime:
             self.publish_failures += len(messages)
             log.exception("broker publish failed")
 
-    async def serve_websocket(self, websocket: WebSocket, principal: Principal) -> None:
-        """Serve an accepted, authenticated `/ws` socket until it closes."""
-        await run_session(
+    def serve_websocket(self, websocket: WebSocket, principal: Principal) -> Awaitable[None]:
+        """Serve an accepted, authenticated `/ws` socket until it closes (awaited by the
+        caller: no frame of its own for the socket's lifetime)."""
+        return run_session(
             websocket, principal, settings=self.settings, hub=self.hub, channels=self.channels
         )
 

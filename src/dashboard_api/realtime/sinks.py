@@ -17,7 +17,9 @@ class SinkClosed(Exception):
 class Sink(ABC):
     """Where a subscription's events go: a WebSocket connection or an SSE response."""
 
-    closed: bool = False
+    __slots__ = ()
+
+    closed: bool
 
     @abstractmethod
     def offer(self, event: OutEvent) -> bool:
@@ -39,16 +41,33 @@ class Sink(ABC):
 
 
 class QueueSink(Sink):
-    """A bounded queue read by one consumer task (the base of WebSocket and SSE sinks)."""
+    """A bounded queue read by one consumer task (the base of WebSocket and SSE sinks).
+
+    A sink lives as long as its socket, and a server holds thousands of them: the queue
+    and the two events (each with a deque of waiters, ~1 KB) are made when first needed,
+    and the attributes are slots (no instance dict).
+    """
+
+    __slots__ = ("_room", "_wakeup", "closed", "overflowed", "queue", "size")
+
+    _EMPTY: deque[OutEvent] = deque(maxlen=0)  # the queue of every sink that never queued
 
     def __init__(self, size: int) -> None:
         self.size = max(1, size)
-        self.queue: deque[OutEvent] = deque()
+        self.queue: deque[OutEvent] = QueueSink._EMPTY
         self.closed = False
         self.overflowed = False
-        self._wakeup = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._wakeup: asyncio.Event | None = None  # the consumer waits for an event
+        self._room: asyncio.Event | None = None  # a replay waits for room
+
+    def _append(self, event: OutEvent) -> None:
+        queue = self.queue
+        if queue is QueueSink._EMPTY:
+            queue = self.queue = deque()
+        queue.append(event)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            wakeup.set()
 
     def offer(self, event: OutEvent) -> bool:
         if self.closed:
@@ -57,8 +76,7 @@ class QueueSink(Sink):
             self.overflowed = True
             self.on_overflow()
             return False
-        self.queue.append(event)
-        self._wakeup.set()
+        self._append(event)
         return True
 
     async def put(self, event: OutEvent) -> None:
@@ -66,18 +84,22 @@ class QueueSink(Sink):
         # channel never pushes a connection over its limit by itself.
         limit = max(1, self.size // 2)
         while len(self.queue) >= limit and not self.closed:
-            self._room.clear()
-            await self._room.wait()
+            room = self._room
+            if room is None:
+                room = self._room = asyncio.Event()
+            room.clear()
+            await room.wait()
         if self.closed:
             raise SinkClosed
-        self.queue.append(event)
-        self._wakeup.set()
+        self._append(event)
 
     def close(self) -> None:
         """Stop taking events and wake every waiter."""
         self.closed = True
-        self._wakeup.set()
-        self._room.set()
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._room is not None:
+            self._room.set()
 
     def on_overflow(self) -> None:
         self.close()
@@ -87,12 +109,16 @@ class QueueSink(Sink):
         while not self.queue:
             if self.closed:
                 return None
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            wakeup = self._wakeup
+            if wakeup is None:
+                wakeup = self._wakeup = asyncio.Event()
+            wakeup.clear()
+            await wakeup.wait()
         event = self.queue.popleft()
         self._note_room()
         return event
 
     def _note_room(self) -> None:
-        if len(self.queue) < max(1, self.size // 2):
-            self._room.set()
+        room = self._room
+        if room is not None and len(self.queue) < max(1, self.size // 2):
+            room.set()

@@ -68,11 +68,35 @@ def _direct_protocol(websocket: WebSocket) -> Any:
         return None
     if getattr(conn, "extensions", None):
         return None
+    if getattr(proto, "handshake_complete", False):
+        # uvicorn keeps the handshake's request and response, headers and all (~2.5 KB),
+        # as long as the socket; it reads them only until the accept is sent.
+        for name in ("request", "response"):
+            if hasattr(proto, name):
+                setattr(proto, name, None)
     return proto
 
 
 class Connection(QueueSink):
-    """One client socket: its subscriptions, a bounded send queue and one writer task."""
+    """One client socket: its subscriptions, a bounded send queue and its writer task.
+
+    On the direct path (uvicorn's protocol found) the writer task exists only while
+    events wait in the queue: an idle socket holds no task of its own.
+    """
+
+    __slots__ = (
+        "_closer",
+        "_pending",
+        "_proto",
+        "_writable",
+        "_writer",
+        "close_code",
+        "hub",
+        "last_write",
+        "principal",
+        "subscriptions",
+        "websocket",
+    )
 
     def __init__(self, websocket: WebSocket, principal: Principal, hub: Hub, size: int) -> None:
         super().__init__(size)
@@ -111,7 +135,10 @@ class Connection(QueueSink):
                 self.hub.mark_dirty(self)
             pending.append(event.frame)
             return True
-        return super().offer(event)
+        if not super().offer(event):
+            return False
+        self._start_writer()
+        return True
 
     async def put(self, event: OutEvent) -> None:
         if self._can_write_now():
@@ -120,6 +147,13 @@ class Connection(QueueSink):
             self._proto.transport.write(event.frame)
             return
         await super().put(event)
+        self._start_writer()
+
+    def _start_writer(self) -> None:
+        """Have the writer task send what is queued (direct path: started on demand)."""
+        writer = self._writer
+        if self._proto is not None and (writer is None or writer.done()) and not self.closed:
+            self._writer = asyncio.create_task(self.run_writer(), name="ws-writer")
 
     def can_share(self) -> bool:
         writable = self._writable
@@ -193,16 +227,14 @@ class Connection(QueueSink):
                 await self.websocket.close(CLOSE_TRY_AGAIN_LATER, "send queue overflow")
 
     async def run_writer(self) -> None:
-        """Send queued events in order until the connection closes."""
+        """Send queued events in order: on the direct path until the queue is empty (it
+        is started again when an event is queued), else until the connection closes."""
         proto = self._proto
         try:
             while True:
                 if proto is not None:
-                    while not self.queue:
-                        if self.closed:
-                            return
-                        self._wakeup.clear()
-                        await self._wakeup.wait()
+                    if not self.queue or self.closed:
+                        return
                     await proto.writable.wait()
                     if self.closed or proto.close_sent or proto.transport.is_closing():
                         return
@@ -239,7 +271,8 @@ class Connection(QueueSink):
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self.run_writer(), name="ws-writer")
+        if self._proto is None:  # the ASGI path: one writer for the socket's lifetime
+            self._writer = asyncio.create_task(self.run_writer(), name="ws-writer")
 
     async def shutdown(self) -> None:
         self.close()
@@ -257,6 +290,8 @@ class Connection(QueueSink):
 
 class Protocol:
     """Handles the client messages of one connection."""
+
+    __slots__ = ("channels", "conn", "hub", "settings")
 
     def __init__(
         self, settings: Settings, hub: Hub, channels: ChannelAuthorizer, conn: Connection
@@ -378,15 +413,16 @@ def _connections_of(hub: Hub, principal: Principal) -> int:
 _INBOX_SIZE = 64  # client messages read ahead of the one being handled
 
 
-async def _handle_messages(protocol: Protocol, inbox: asyncio.Queue[str | bytes]) -> None:
+async def _handle_messages(protocol: Protocol, inbox: list[str | bytes]) -> None:
+    """Handle the messages in `inbox` in order, then end (started again for the next)."""
     me = asyncio.current_task()
-    while True:
+    while inbox:
         if me is not None and me.cancelling():
             # Our cancellation was swallowed on the way through a handler (a library
             # catching CancelledError, asyncio.timeout racing it): honour it here, or
             # the peer's connection would wait on its inbox forever.
             raise asyncio.CancelledError
-        raw = await inbox.get()
+        raw = inbox.pop(0)
         try:
             await protocol.handle(raw)
         except (asyncio.CancelledError, WebSocketDisconnect):
@@ -438,21 +474,35 @@ async def run_session(
     # Messages are handled in order by a task of their own, so that a peer that leaves
     # while a subscribe waits for the database is noticed at once and its work cancelled
     # (under churn, abandoned subscribes otherwise queue for database slots for seconds).
-    inbox: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=_INBOX_SIZE)
-    handler = asyncio.create_task(_handle_messages(protocol, inbox), name="ws-handler")
+    # The task runs while messages wait and ends when they are handled: an idle socket
+    # holds no handler task and no inbox, and uvicorn stops reading from a peer whose
+    # message has not been received yet (its flow control) while the inbox is full.
+    handler: asyncio.Task[None] | None = None
+    inbox: list[str | bytes] = []
     try:
-        while not conn.closed and not handler.done():
+        while not conn.closed:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
             raw = message.get("text")
             if raw is None:
                 raw = message.get("bytes") or b""
-            await inbox.put(raw)
+            if handler is not None and handler.done():
+                if not handler.cancelled() and handler.exception() is not None:
+                    break  # it failed and closed the socket (1011)
+                handler = None
+            if handler is None:
+                inbox = [raw]
+                handler = asyncio.create_task(_handle_messages(protocol, inbox), name="ws-handler")
+                continue
+            inbox.append(raw)
+            if len(inbox) >= _INBOX_SIZE:
+                await asyncio.wait({handler})  # read no further until these are handled
     except WebSocketDisconnect:
         pass
     finally:
-        await _stop(handler)
+        if handler is not None:
+            await _stop(handler)
         hub.connections.discard(conn)
         overflowed = conn.close_code is not None
         await conn.shutdown()
