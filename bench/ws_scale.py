@@ -30,8 +30,10 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from array import array
@@ -46,6 +48,8 @@ TARGET_IDLE_KB = 20.0
 TARGET_CHANNELS_P99_MS = 100.0
 TARGET_TASKS_P99_MS = 250.0
 IDLE_WINDOW_S = 5.0
+# A sitecustomize that times the server's garbage collections (see its docstring).
+GC_PROBE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_gc_probe")
 
 
 # --- the server -------------------------------------------------------------------------
@@ -78,11 +82,12 @@ def _rss_kb(pids: list[int]) -> int:
 
 
 def _start_server(
-    port: int, env: dict[str, str], src: str | None, workers: int
+    port: int, env: dict[str, str], src: str | None, workers: int, gc_probe: str
 ) -> subprocess.Popen[bytes]:
+    path = os.pathsep.join(filter(None, [GC_PROBE_DIR, env.get("PYTHONPATH")]))
     return start_server(
         port,
-        env,
+        {**env, "PYTHONPATH": path, "BENCH_GC_PROBE": gc_probe},
         src,
         profile=workers == 1,
         uvicorn_args=[
@@ -235,16 +240,63 @@ def _pct(lat: list[tuple[float, int]], total: int, p: float) -> float | None:
 
 
 class Meter:
-    """Server CPU and RSS over its serving processes."""
+    """Server CPU, RSS and garbage collections over its serving processes."""
 
-    def __init__(self, pids: list[int]) -> None:
+    def __init__(self, pids: list[int], gc_probe: str) -> None:
         self.pids = pids
+        self.gc_probe = gc_probe
 
     def cpu(self) -> float:
         return sum(cpu_seconds(p) for p in self.pids)
 
     def rss_kb(self) -> int:
         return _rss_kb(self.pids)
+
+    async def gc(self) -> dict[str, list[float]]:
+        """The collections so far, summed over the processes (`_gc_probe`): per generation
+        the count, the seconds and the longest pause; and the objects a full one walks."""
+        total: dict[str, list[float]] = {
+            "collections": [0, 0, 0],
+            "seconds": [0.0, 0.0, 0.0],
+            "longest": [0.0, 0.0, 0.0],
+            "tracked": [0],
+        }
+        for pid in self.pids:
+            path = f"{self.gc_probe}.{pid}"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.kill(pid, signal.SIGUSR2)
+            for _ in range(300):
+                if os.path.exists(path):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError(f"the server {pid} did not write its gc figures")
+            with open(path) as f:
+                data = json.load(f)
+            os.unlink(path)
+            total["tracked"][0] += data["tracked"]
+            for g in range(3):
+                total["collections"][g] += data["collections"][g]
+                total["seconds"][g] += data["seconds"][g]
+                total["longest"][g] = max(total["longest"][g], data["longest"][g])
+        return total
+
+
+def _gc_figures(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, Any]:
+    """Full (generation 2) and young collections between two `Meter.gc` readings; the
+    longest full pause is the longest so far when the window had any."""
+    full = int(after["collections"][2] - before["collections"][2])
+    young = sum(after["collections"][g] - before["collections"][g] for g in (0, 1))
+    return {
+        "gc_full": full,
+        "gc_full_ms": round((after["seconds"][2] - before["seconds"][2]) * 1000, 1),
+        "gc_full_longest_ms": round(after["longest"][2] * 1000, 1) if full else 0.0,
+        "gc_young": int(young),
+        "gc_young_ms": round(
+            sum(after["seconds"][g] - before["seconds"][g] for g in (0, 1)) * 1000, 1
+        ),
+    }
 
 
 async def _phase(
@@ -271,10 +323,13 @@ async def _phase(
     await asyncio.sleep(IDLE_WINDOW_S)
     cpu1, w1 = meter.cpu(), time.perf_counter()
     idle_rate = (cpu1 - cpu0) / (w1 - w0)
+    gc0 = await meter.gc()
+    cpu1, w1 = meter.cpu(), time.perf_counter()  # (the probe's CPU is not the deliveries')
     t0, t1 = await _publish_paced(prefix, rate, total, message)
     await gens.send("COLLECT 20")
     results = [json.loads(line) for line in await gens.expect("RESULT", 120)]
     cpu = meter.cpu() - cpu1
+    gc1 = await meter.gc()
     net = cpu - idle_rate * (time.perf_counter() - w1)
     pairs: list[tuple[float, int]] = []
     for r in results:
@@ -309,6 +364,7 @@ async def _phase(
         "server_cpu_us_per_delivery": round(cpu * 1e6 / max(1, received), 2),
         "server_idle_cpu_share": round(idle_rate, 3),
         "server_cpu_us_per_delivery_over_idle": round(net * 1e6 / max(1, received), 2),
+        **_gc_figures(gc0, gc1),
         "loadavg_1m": round(os.getloadavg()[0], 1),
     }
 
@@ -351,21 +407,24 @@ async def run_variant(
     prefix: str,
 ) -> list[dict[str, Any]]:
     port = free_port()
-    server = _start_server(port, env, src, args.workers)
+    gc_probe = os.path.join(tempfile.gettempdir(), f"ws_scale_gc_{uuid.uuid4().hex[:8]}")
+    server = _start_server(port, env, src, args.workers, gc_probe)
     gens: Generators | None = None
     try:
         await wait_healthy(port, timeout=30)
         run = f"b{uuid.uuid4().hex[:6]}"
         template = await _create_tasks(port, tokens["agent"], run, args.channels)
         await asyncio.sleep(1.0)
-        meter = Meter(_server_pids(server.pid, args.workers))
+        meter = Meter(_server_pids(server.pid, args.workers), gc_probe)
         rss0 = meter.rss_kb()
+        gc0 = await meter.gc()
         t = time.perf_counter()
         gens = await _start_generators(args, port, tokens["user"], run)
         retries = sum(int(n) for n in await gens.expect("CONNECTED", 600))
         connect_s = time.perf_counter() - t
         await asyncio.sleep(2.0)
         rss_idle = meter.rss_kb()
+        gc1 = await meter.gc()
         idle = {
             "phase": "idle",
             "connections": args.connections,
@@ -374,6 +433,10 @@ async def run_variant(
             "rss_before_kb": rss0,
             "rss_idle_kb": rss_idle,
             "idle_kb_per_connection": round((rss_idle - rss0) / args.connections, 2),
+            **_gc_figures(gc0, gc1),  # the connect storm's
+            "gc_tracked_per_connection": round(
+                (gc1["tracked"][0] - gc0["tracked"][0]) / args.connections, 1
+            ),
             "loadavg_1m": round(os.getloadavg()[0], 1),
         }
         log(json.dumps(idle))
