@@ -211,7 +211,7 @@ async def main(args: argparse.Namespace) -> None:
         servers = {side: start_server(ports[side], env, srcs[side]) for side in sides}
         try:
             for i, side in enumerate(sides):
-                await wait_healthy(ports[side])
+                await wait_healthy(ports[side], timeout=90)  # a loaded machine starts slowly
                 await _send_all(ports[side], tokens["agent"], payloads[5 * i : 5 * i + 5], 1)
             timed = payloads[5 * n :]
             health_before = await _health_rate(ports["after"], args.connections, 3.0)

@@ -105,13 +105,13 @@ def plan_task(root: SpanFacts, tree: Sequence[SpanFacts]) -> TaskPlan | None:
     if not any(s.genai for s in tree):
         return None
     ordered = tuple(sorted(tree, key=_start_order))
-    depth = _depths(root, tree)
     counted = _innermost(tree, lambda s: s.usage)
     costed = _innermost(tree, lambda s: s.cost_usd is not None)
     failed = root.status == STATUS_ERROR
-    named = sorted(
-        (s for s in tree if s.agent_name), key=lambda s: (depth[s.span_id], *_start_order(s))
-    )
+    named = [s for s in tree if s.agent_name]
+    if len(named) > 1:  # the nearest the root first (depths only then: few trees need them)
+        depth = _depths(root, tree)
+        named.sort(key=lambda s: (depth[s.span_id], *_start_order(s)))
     agent = root.agent_name or (named[0].agent_name if named else None)
     agent_id = root.agent_id or next((s.agent_id for s in named if s.agent_id), None)
     prompt = next((s.prompt for s in ordered if s.prompt), None)

@@ -89,15 +89,12 @@ async def store_spans(
             return result
         work = _plan(new, earlier)
         task_of_root = {root: plan.task_id for root, plan in work.creates}
-        batch = secrets.randbits(62)
         await dialect.insert_rows(
             session,
             _S,
             _SPAN_COLUMNS,
-            [
-                (t, s, task_of_root.get((t, s)), batch, now, _stored_form(f))
-                for (t, s), f in new.items()
-            ],
+            [(t, s, task_of_root.get((t, s)), _stored_form(f)) for (t, s), f in new.items()],
+            {"batch": secrets.randbits(62), "received_at": now},
         )
         # Roots stored by an earlier request, whose invocation became a task only now (or
         # again: a task that exists already, its spans pruned and sent again, is not
@@ -167,7 +164,7 @@ def _stored_form(facts: SpanFacts) -> str:
     return orjson.dumps(facts.to_doc()).decode()
 
 
-_SPAN_COLUMNS = ("trace_id", "span_id", "task_id", "batch", "received_at", "facts")
+_SPAN_COLUMNS = ("trace_id", "span_id", "task_id", "facts")
 _LOADS: dict[Dialect, Any] = {}
 
 

@@ -345,9 +345,11 @@ class Dialect(ABC):
         table: Table,
         columns: Sequence[str],
         rows: Sequence[tuple[Any, ...]],
+        constants: dict[str, Any] | None = None,
     ) -> None:
         """Insert the rows (values of `columns`, in that order; JSON columns' as Python
-        values, None a SQL NULL) in one statement whatever their number, in their order."""
+        values, None a SQL NULL), each with the `constants` columns they all share, in
+        one statement whatever their number, in their order."""
 
     @abstractmethod
     async def select_for_update_by_keys(

@@ -82,11 +82,16 @@ def unnest_arrays(
 
 
 @functools.lru_cache(maxsize=64)
-def insert_rows_sql(table: Table, names: tuple[str, ...]) -> TextClause:
-    """INSERT … SELECT * FROM unnest(one array per column of `names`): any number of rows
-    in one round trip, inserted in the arrays' order (built once per shape)."""
+def insert_rows_sql(table: Table, names: tuple[str, ...], constants: tuple[str, ...]) -> TextClause:
+    """INSERT … SELECT from one array per column of `names` (`:p0`, ...) and one value
+    per constant (`:c0`, ...): any number of rows in one round trip, inserted in the
+    arrays' order (built once per shape)."""
     source, _ = unnest_arrays(table, names, [])
-    return text(f"INSERT INTO {table.name} ({quoted(names)}) SELECT * FROM {source}")  # noqa: S608 - names come from the table
+    shared = [f"CAST(:c{i} AS {_array_type(table.c[n])[:-2]})" for i, n in enumerate(constants)]
+    return text(
+        f"INSERT INTO {table.name} ({quoted([*names, *constants])}) "  # noqa: S608 - names come from the table
+        f"SELECT {', '.join([quoted(names, 'u.'), *shared])} FROM {source} AS u({quoted(names)})"
+    )
 
 
 def unnest_insert(

@@ -360,10 +360,14 @@ class PostgreSQLDialect(Dialect):
         table: Table,
         columns: Sequence[str],
         rows: Sequence[tuple[Any, ...]],
+        constants: dict[str, Any] | None = None,
     ) -> None:
-        if rows:
-            names = tuple(columns)
-            await session.execute(insert_rows_sql(table, names), column_arrays(table, names, rows))
+        if not rows:
+            return
+        names, shared = tuple(columns), constants or {}
+        params = column_arrays(table, names, rows)
+        params.update({f"c{i}": v for i, v in enumerate(shared.values())})
+        await session.execute(insert_rows_sql(table, names, tuple(shared)), params)
 
     async def select_for_update_by_keys(
         self,

@@ -356,10 +356,12 @@ class SQLiteDialect(Dialect):
         table: Table,
         columns: Sequence[str],
         rows: Sequence[tuple[Any, ...]],
+        constants: dict[str, Any] | None = None,
     ) -> None:
         if rows:
-            names = list(columns)
-            await session.execute(insert(table), [dict(zip(names, r, strict=True)) for r in rows])
+            names, shared = list(columns), constants or {}
+            params = [{**dict(zip(names, r, strict=True)), **shared} for r in rows]
+            await session.execute(insert(table), params)
 
     async def select_for_update_by_keys(
         self,

@@ -247,8 +247,11 @@ async def apply_task_writes(session: AsyncSession, writes: Sequence[TaskWrite]) 
     if not session.info.get("analytics_rollups_enabled", True):
         return
     rows = [row for before, after in writes for row in _pending_rows(before, after)]
-    if rows:
-        await session.execute(_INSERT_PENDING, rows)
+    if rows:  # one array per column on PostgreSQL: no parameters per row to process
+        columns = tuple(rows[0])
+        await dialect_of(session).insert_rows(
+            session, _PENDING, columns, [tuple(row.values()) for row in rows]
+        )
 
 
 async def apply_deltas(
