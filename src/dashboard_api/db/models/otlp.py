@@ -26,7 +26,7 @@ class OtlpSpan(Base):
     trace_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     span_id: Mapped[str] = mapped_column(String(16), primary_key=True)
     task_id: Mapped[str | None] = mapped_column(String(255))
-    # The request that stored it: a request reloads only its trace's other spans.
+    # The request that stored it (a random id per request; for inspection).
     batch: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime]
     facts: Mapped[str] = mapped_column(Text)
