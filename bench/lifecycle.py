@@ -23,20 +23,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from bench._common import (
     BIN,
     KeepAliveClient,
     connect,
+    cpu_seconds,
+    db_url,
     free_port,
     log,
     pct,
-    scratch_database,
+    recreate_db,
+    task_count,
 )
 from bench._server import start_server, stop_server, wait_healthy
 
@@ -144,108 +149,195 @@ async def analytics_figures(port: int, token: str, days: int) -> list[Any]:
     return out
 
 
-async def main(args: argparse.Namespace) -> None:
-    async with scratch_database("dash_bench_life_", ("user",)) as (db_url, tokens):
-        env = {**os.environ, "DASHBOARD_DATABASE_URL": db_url, "DASHBOARD_LOG_LEVEL": "WARNING"}
-        env.pop("DASHBOARD_REDIS_URL", None)
-        log(f"seeding {args.tasks} tasks over {args.days} days ...")
-        t0 = time.perf_counter()
-        subprocess.run(
-            [str(BIN / "dashboard-api"), "seed", "--tasks", str(args.tasks), "--days",
-             str(args.days), "--random-seed", "1"],
-            env=env, check=True, capture_output=True,
-        )  # fmt: skip
-        name = db_url.rsplit("/", 1)[1]
+async def seed_template(args: argparse.Namespace, name: str) -> None:
+    """Seed `name` through the CLI (tasks, events) and give each task `--chunks` chunks."""
+    from dashboard_api.db.migrate import upgrade_to_head
+
+    await recreate_db(name)
+    url = db_url(name)
+    await asyncio.to_thread(upgrade_to_head, url)
+    env = {**os.environ, "DASHBOARD_DATABASE_URL": url, "DASHBOARD_LOG_LEVEL": "WARNING"}
+    env.pop("DASHBOARD_REDIS_URL", None)
+    log(f"seeding {args.tasks} tasks over {args.days} days into {name} ...")
+    t0 = time.perf_counter()
+    subprocess.run(
+        [str(BIN / "dashboard-api"), "seed", "--tasks", str(args.tasks), "--days",
+         str(args.days), "--random-seed", "1"],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    conn = await connect(name)
+    try:
+        await conn.execute(
+            "INSERT INTO task_output_chunks (task_id, seq, stream, content, created_at)"
+            " SELECT task_id, g, 'stdout', repeat('x', 199) || chr(10), created_at"
+            " FROM tasks, generate_series(1, $1::int) g",
+            args.chunks,
+        )
+        await conn.execute("UPDATE tasks SET output_seq = $1::int", args.chunks)
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+    log(f"seeded in {time.perf_counter() - t0:.0f} s")
+
+
+@contextlib.asynccontextmanager
+async def run_database(args: argparse.Namespace, tag: str) -> AsyncIterator[tuple[str, str]]:
+    """A copy of the seeded template for one run (the prune consumes it): its URL and a
+    user token. The template is seeded first when missing, and kept (`--template`) or
+    dropped at the end of the benchmark."""
+    from dashboard_api.db.engine import Database
+    from dashboard_api.services.tokens import create_token
+    from dashboard_api.timeutil import SystemClock
+
+    name = f"{args.db_prefix}{os.getpid()}_{tag}"
+    conn = await connect()
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{args.template_name}"')
+    finally:
+        await conn.close()
+    url = db_url(name)
+    try:
+        db = Database(url)
+        async with db.write() as session:
+            token, _ = await create_token(
+                session, user_id="bench-user", role="user", now=SystemClock().now()
+            )
+        await db.dispose()
         conn = await connect(name)
         try:
-            await conn.execute(
-                "INSERT INTO task_output_chunks (task_id, seq, stream, content, created_at)"
-                " SELECT task_id, g, 'stdout', repeat('x', 199) || chr(10), created_at"
-                " FROM tasks, generate_series(1, $1::int) g",
-                args.chunks,
-            )
-            await conn.execute("UPDATE tasks SET output_seq = $1::int", args.chunks)
-            await conn.execute("VACUUM ANALYZE")
             chunks = await conn.fetchval("SELECT count(*) FROM task_output_chunks")
             events = await conn.fetchval("SELECT count(*) FROM task_events")
+            tasks = await conn.fetchval("SELECT count(*) FROM tasks")
             size = await conn.fetchval("SELECT pg_database_size(current_database())")
         finally:
             await conn.close()
-        log(f"seeded in {time.perf_counter() - t0:.0f} s: {chunks} chunks, {events} events, "
-            f"{size / 2**20:.0f} MiB")  # fmt: skip
+        log(f"{name}: {tasks} tasks, {chunks} chunks, {events} events, {size / 2**20:.0f} MiB")
+        yield url, token
+    finally:
+        conn = await connect()
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
 
+
+async def health_floor(port: int) -> float:
+    """`/api/health` requests per second on one keep-alive connection (2 s)."""
+    async with KeepAliveClient("127.0.0.1", port) as c:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 2:
+            await c.get("/api/health")
+            n += 1
+        return n / (time.perf_counter() - t0)
+
+
+async def measure_exports(port: int, token: str, pid: int, label: str) -> None:
+    for fmt in ("csv", "jsonl"):
+        idle = rss_kib(pid)
+        before_rows = await exported_rows(port, fmt)
+        cpu0 = cpu_seconds(pid)
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(sample_peak(pid, stop))
+        _, size, seconds = await stream_export(port, token, fmt)
+        stop.set()
+        peak = await sampler
+        cpu = cpu_seconds(pid) - cpu0
+        rows = int(await exported_rows(port, fmt) - before_rows)
+        mib_s = size / 2**20 / seconds
+        print(
+            f"[{label}] export {fmt:5}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f}"
+            f" rows/s ({mib_s:.1f} MiB/s); server CPU {cpu:.1f} s ="
+            f" {cpu / max(rows, 1) * 1e6:.1f} us/row; server RSS {idle / 1024:.0f} MiB"
+            f" before, peak {peak / 1024:.0f} MiB (+{(peak - idle) / 1024:.0f})",
+            flush=True,
+        )
+
+
+async def measure_prune(
+    port: int, token: str, url: str, env: dict[str, str], args: argparse.Namespace, label: str
+) -> None:
+    figures = await analytics_figures(port, token, args.days)
+    baseline = await list_latencies(port, token, None, args.samples)
+    print(
+        f"[{label}] list before prune: p50 {pct(baseline, 0.5):.1f} ms, p99 "
+        f"{pct(baseline, 0.99):.1f} ms ({len(baseline)} requests)", flush=True,
+    )  # fmt: skip
+    # The prune runs in a process of its own (as the CLI or another replica's job would),
+    # started and imported before the clock starts.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PRUNER, url, str(args.days / 2),
+        env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert (await proc.stdout.readline()).strip() == b"ready"
+    stop = asyncio.Event()
+    during_task = asyncio.create_task(list_latencies(port, token, stop, 0))
+    await asyncio.sleep(0.5)
+    proc.stdin.write(b"go\n")
+    await proc.stdin.drain()
+    line = (await proc.stdout.readline()).decode().strip()
+    await asyncio.sleep(0.5)
+    stop.set()
+    during = await during_task
+    if await proc.wait() != 0 or not line:
+        raise RuntimeError("the prune failed")
+    deleted = int(line.split()[1])
+    own = float(line.rsplit("(", 1)[1].split()[0])
+    print(f"[{label}] prune: {line}")
+    print(f"[{label}] prune rate: {deleted / own:,.0f} tasks/s (with their chunks and events)")
+    print(
+        f"[{label}] list during prune: p50 {pct(during, 0.5):.1f} ms, p99 "
+        f"{pct(during, 0.99):.1f} ms ({len(during)} requests); p99 ratio during/before "
+        f"{pct(during, 0.99) / pct(baseline, 0.99):.2f}", flush=True,
+    )  # fmt: skip
+    after = await analytics_figures(port, token, args.days)
+    same = after == figures
+    print(f"[{label}] analytics (summary, performance, daily histogram) unchanged: {same}")
+    if not same:
+        raise SystemExit("analytics changed across the prune")
+
+
+async def run_one(args: argparse.Namespace, label: str, src: str | None) -> None:
+    async with run_database(args, label) as (url, token):
+        env = {**os.environ, "DASHBOARD_DATABASE_URL": url, "DASHBOARD_LOG_LEVEL": "WARNING"}
+        env.pop("DASHBOARD_REDIS_URL", None)
+        if src:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
         port = free_port()
-        server = start_server(port, env, None)
+        server = start_server(port, env, src)
         try:
             await wait_healthy(port)
-            token = tokens["user"]
-            # The floor: health requests per second on one keep-alive connection.
-            async with KeepAliveClient("127.0.0.1", port) as c:
-                n, t0 = 0, time.perf_counter()
-                while time.perf_counter() - t0 < 2:
-                    await c.get("/api/health")
-                    n += 1
-                health_rps = n / (time.perf_counter() - t0)
-            print(f"floor: /api/health {health_rps:.0f} req/s on one connection")
-
-            for fmt in ("csv", "jsonl"):
-                idle = rss_kib(server.pid)
-                before_rows = await exported_rows(port, fmt)
-                stop = asyncio.Event()
-                sampler = asyncio.create_task(sample_peak(server.pid, stop))
-                _, size, seconds = await stream_export(port, token, fmt)
-                stop.set()
-                peak = await sampler
-                rows = int(await exported_rows(port, fmt) - before_rows)
-                mib_s = size / 2**20 / seconds
-                print(
-                    f"export {fmt:5}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f}"
-                    f" rows/s ({mib_s:.1f} MiB/s); server RSS {idle / 1024:.0f} MiB before,"
-                    f" peak {peak / 1024:.0f} MiB (+{(peak - idle) / 1024:.0f})"
-                )
-
-            figures = await analytics_figures(port, token, args.days)
-            baseline = await list_latencies(port, token, None, args.samples)
-            print(
-                f"list before prune: p50 {pct(baseline, 0.5):.1f} ms, p99 "
-                f"{pct(baseline, 0.99):.1f} ms ({len(baseline)} requests)"
-            )
-            # The prune runs in a process of its own (as the CLI or another replica's job
-            # would), started and imported before the clock starts.
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", PRUNER, db_url, str(args.days / 2),
-                env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            assert proc.stdin is not None
-            assert proc.stdout is not None
-            assert (await proc.stdout.readline()).strip() == b"ready"
-            stop = asyncio.Event()
-            during_task = asyncio.create_task(list_latencies(port, token, stop, 0))
-            await asyncio.sleep(0.5)
-            proc.stdin.write(b"go\n")
-            await proc.stdin.drain()
-            line = (await proc.stdout.readline()).decode().strip()
-            await asyncio.sleep(0.5)
-            stop.set()
-            during = await during_task
-            if await proc.wait() != 0 or not line:
-                raise RuntimeError("the prune failed")
-            deleted = int(line.split()[1])
-            own = float(line.rsplit("(", 1)[1].split()[0])
-            print(f"prune: {line}")
-            print(f"prune rate: {deleted / own:,.0f} tasks/s (with their chunks and events)")
-            print(
-                f"list during prune: p50 {pct(during, 0.5):.1f} ms, p99 {pct(during, 0.99):.1f} ms"
-                f" ({len(during)} requests); p99 ratio during/before "
-                f"{pct(during, 0.99) / pct(baseline, 0.99):.2f}"
-            )
-            after = await analytics_figures(port, token, args.days)
-            same = after == figures
-            print(f"analytics (summary, performance, daily histogram) unchanged: {same}")
-            if not same:
-                raise SystemExit("analytics changed across the prune")
+            rps = await health_floor(port)
+            print(f"[{label}] floor: /api/health {rps:.0f} req/s on one connection", flush=True)
+            if not args.skip_export:
+                await measure_exports(port, token, server.pid, label)
+            if not args.skip_prune:
+                await measure_prune(port, token, url, env, args, label)
         finally:
             stop_server(server)
+
+
+async def main(args: argparse.Namespace) -> None:
+    args.template_name = args.template or f"{args.db_prefix}{os.getpid()}_seed"
+    created = False
+    if args.template is None or await task_count(args.template) is None:
+        await seed_template(args, args.template_name)
+        created = True
+    try:
+        runs: list[tuple[str, str | None]] = [("after", None)]
+        if args.before_src:
+            runs.insert(0, ("before", args.before_src))
+        for label, src in runs:
+            await run_one(args, label, src)
+    finally:
+        if created and args.template is None:
+            conn = await connect()
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{args.template_name}" WITH (FORCE)')
+            finally:
+                await conn.close()
 
 
 if __name__ == "__main__":
@@ -254,4 +346,15 @@ if __name__ == "__main__":
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--chunks", type=int, default=3, help="output chunks per task")
     parser.add_argument("--samples", type=int, default=200, help="list requests before")
+    parser.add_argument(
+        "--db-prefix", default="dash_bench_life_", help="prefix of the databases it creates"
+    )
+    parser.add_argument(
+        "--template",
+        help="a database to keep the seeded data in: seeded when missing, reused (each run "
+        "works on a copy) and kept otherwise",
+    )
+    parser.add_argument("--before-src", help="another checkout's src: runs first, same data")
+    parser.add_argument("--skip-export", action="store_true")
+    parser.add_argument("--skip-prune", action="store_true")
     asyncio.run(main(parser.parse_args()))
