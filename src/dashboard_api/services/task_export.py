@@ -17,18 +17,28 @@ import csv
 import io
 import operator
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from sqlalchemy import Select, and_, select
+from sqlalchemy import ColumnElement, Integer, Row, Select, and_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard_api.db.dialect import ExportFormat as ExportFormat
+from dashboard_api.db.dialect import LineField, LineKind, dialect_of
 from dashboard_api.db.engine import Database
 from dashboard_api.db.paging import rows_after
 from dashboard_api.schemas.tasks import TaskSummary
-from dashboard_api.schemas.tasks_json import summary_from_row
+from dashboard_api.schemas.tasks_json import (
+    TASK_FIELDS,
+    basis,
+    seconds_or_none,
+    summary_from_row,
+    ts,
+    ts_or_none,
+    usd,
+)
 from dashboard_api.services.tasks import ORDERINGS, TaskFilters, summary_columns
 
-ExportFormat = Literal["csv", "jsonl"]
 # Rows per keyset batch: large enough that a batch's query costs little next to writing
 # its rows out, small enough to keep a batch's memory (~1 KB per row) modest.
 EXPORT_BATCH = 2000
@@ -44,22 +54,47 @@ MEDIA_TYPES: dict[str, str] = {
 }
 
 
-async def summary_batches(
+def _line_fields() -> tuple[LineField, ...]:
+    """The summary's fields as the dialect writes them into export lines: the list row's
+    columns (`summary_columns`), each with the kind its conversion writes."""
+    kinds: dict[Any, LineKind] = {usd: "micros", seconds_or_none: "micros", ts: "instant"}
+    kinds |= {ts_or_none: "instant", bool: "flag", basis: "label"}
+    converts = dict((name, convert) for name, _, convert in TASK_FIELDS)
+    converts["has_error"] = bool
+    fields = []
+    kind: LineKind
+    for name, column in zip(EXPORT_FIELDS, summary_columns(), strict=True):
+        convert = converts.get(name)
+        if convert is None:
+            kind = "int" if isinstance(column.type, Integer) else "text"
+        else:
+            kind = kinds[convert]
+        labels = (basis(True), basis(False)) if kind == "label" else None
+        fields.append(LineField(name, column, kind, labels))
+    return tuple(fields)
+
+
+LINE_FIELDS = _line_fields()
+
+
+async def _keyset_rows(
     db: Database,
     *,
     filters: TaskFilters,
     sort: str,
-    batch_size: int = EXPORT_BATCH,
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """The summaries `filters` match in `sort` order, in batches of `batch_size` (as the
-    list's items); each batch read in its own session, closed before it is yielded."""
+    batch_size: int,
+    columns: Callable[[AsyncSession], Sequence[ColumnElement[Any]]],
+) -> AsyncIterator[Sequence[Row[Any]]]:
+    """The rows of `columns(session)` (then the ordering's keys) that `filters` match,
+    in `sort` order, in batches of `batch_size`; each batch read in its own session,
+    closed before it is yielded."""
     ordering = ORDERINGS[sort]
     n_keys = len(ordering.keys)
     direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
     after: tuple[Any, ...] | None = None
     while True:
         async with db.read_statements() as session:
-            stmt: Select[Any] = select(*summary_columns(), *ordering.keys)
+            stmt: Select[Any] = select(*columns(session), *ordering.keys)
             where = filters.clauses(session)
             if after is not None:
                 where.append(rows_after(ordering, after))
@@ -69,10 +104,45 @@ async def summary_batches(
             rows = (await session.execute(stmt)).all()
         if not rows:
             return
-        yield [summary_from_row(r) for r in rows]
+        yield rows
         if len(rows) < batch_size:
             return
         after = tuple(rows[-1][-n_keys:])
+
+
+async def summary_batches(
+    db: Database,
+    *,
+    filters: TaskFilters,
+    sort: str,
+    batch_size: int = EXPORT_BATCH,
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """The summaries `filters` match in `sort` order, in batches of `batch_size` (as the
+    list's items); each batch read in its own session, closed before it is yielded."""
+    async for rows in _keyset_rows(
+        db, filters=filters, sort=sort, batch_size=batch_size, columns=lambda _: summary_columns()
+    ):
+        yield [summary_from_row(r) for r in rows]
+
+
+async def _line_batches(
+    db: Database, *, filters: TaskFilters, sort: str, format_: ExportFormat, batch_size: int
+) -> AsyncIterator[tuple[int, bytes]] | None:
+    """Where the database writes the lines (`Dialect.export_line`): (rows, bytes) of each
+    batch, as `csv_rows`/`jsonl_rows` would write them; None where it does not."""
+    async with db.read_statements() as session:
+        line = dialect_of(session).export_line(LINE_FIELDS, format_)
+    if line is None:
+        return None
+    expr = line
+
+    async def batches() -> AsyncIterator[tuple[int, bytes]]:
+        async for rows in _keyset_rows(
+            db, filters=filters, sort=sort, batch_size=batch_size, columns=lambda _: (expr,)
+        ):
+            yield len(rows), "".join([r[0] for r in rows]).encode()
+
+    return batches()
 
 
 def csv_header() -> bytes:
@@ -111,11 +181,23 @@ async def export_body(
     format_: ExportFormat,
     batch_size: int = EXPORT_BATCH,
     on_rows: Callable[[int], None] | None = None,
+    python_writer: bool = False,
 ) -> AsyncIterator[bytes]:
     """The export document, a piece per batch (the CSV header first); `on_rows` hears how
-    many rows each batch read."""
+    many rows each batch read. Where the dialect writes the lines (PostgreSQL) the rows
+    arrive as text and are forwarded; elsewhere, or with `python_writer`, they are read
+    as summaries and written here (the two agree byte for byte)."""
     if format_ == "csv":
         yield csv_header()
+    written = await _line_batches(
+        db, filters=filters, sort=sort, format_=format_, batch_size=batch_size
+    )
+    if written is not None and not python_writer:
+        async for count, data in written:
+            if on_rows is not None:
+                on_rows(count)
+            yield data
+        return
     encode = csv_rows if format_ == "csv" else jsonl_rows
     async for docs in summary_batches(db, filters=filters, sort=sort, batch_size=batch_size):
         if on_rows is not None:

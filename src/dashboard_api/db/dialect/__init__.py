@@ -8,7 +8,15 @@ job; `values.py` reads what the dialects' aggregates give, the same on both.
 
 from __future__ import annotations
 
-from dashboard_api.db.dialect.base import WRITE_OPTION, DatabaseFault, Dialect, OutputAppend
+from dashboard_api.db.dialect.base import (
+    WRITE_OPTION,
+    DatabaseFault,
+    Dialect,
+    ExportFormat,
+    LineField,
+    LineKind,
+    OutputAppend,
+)
 from dashboard_api.db.dialect.choice import (
     POSTGRESQL,
     SESSION_KEY,
@@ -33,6 +41,9 @@ __all__ = [
     "WRITE_OPTION",
     "DatabaseFault",
     "Dialect",
+    "ExportFormat",
+    "LineField",
+    "LineKind",
     "OutputAppend",
     "dialect_for_url",
     "dialect_named",

@@ -72,6 +72,23 @@ class DatabaseFault(Enum):
     UNSTORABLE_TEXT = "unstorable_text"
 
 
+ExportFormat = Literal["csv", "jsonl"]
+LineKind = Literal["text", "int", "micros", "instant", "flag", "label"]
+
+
+@dataclass(frozen=True, slots=True)
+class LineField:
+    """One field of an export line (services/task_export.py) and how it is written:
+    `text` and `int` as they are, `micros` an integer count of millionths written as
+    the float it divides to, `instant` as `schemas.tasks_json.ts`, `flag` a boolean as
+    true/false, `label` a boolean choosing `labels[0]` (true) or `labels[1]` as text."""
+
+    name: str
+    column: ColumnElement[Any]
+    kind: LineKind
+    labels: tuple[str, str] | None = None
+
+
 class Dialect(ABC):
     """One backend's way of doing what differs between PostgreSQL and SQLite."""
 
@@ -234,6 +251,14 @@ class Dialect(ABC):
     def json_rows_agg(self, columns: Sequence[ColumnElement[Any]]) -> ColumnElement[str]:
         """An aggregate of a group's rows as one JSON array of arrays (text); timestamps
         come as ISO text or as stored: read them with `to_utc(fromisoformat)`."""
+
+    @abstractmethod
+    def export_line(
+        self, fields: Sequence[LineField], fmt: ExportFormat
+    ) -> ColumnElement[str] | None:
+        """One text value per row: the row as the export's Python writer writes it, byte
+        for byte (a CSV line with CRLF, or a JSON object and LF), so that the server only
+        forwards the text; None where the backend does not (the caller writes the rows)."""
 
     @abstractmethod
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:

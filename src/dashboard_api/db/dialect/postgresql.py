@@ -37,7 +37,14 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from dashboard_api.db.dialect.base import Column, DatabaseFault, Dialect, OutputAppend
+from dashboard_api.db.dialect.base import (
+    Column,
+    DatabaseFault,
+    Dialect,
+    ExportFormat,
+    LineField,
+    OutputAppend,
+)
 from dashboard_api.db.dialect.locks import AdvisoryLocks, NamedLocks
 from dashboard_api.db.dialect.pg_appends import append_statement
 from dashboard_api.db.dialect.pg_arrays import (
@@ -47,6 +54,7 @@ from dashboard_api.db.dialect.pg_arrays import (
     unnest_arrays,
     unnest_insert,
 )
+from dashboard_api.db.dialect.pg_lines import export_line
 from dashboard_api.db.dialect.values import escape_like
 
 # date_bin (the per-hour q counts, services/tasks/search.py) arrived in PostgreSQL 14.
@@ -259,6 +267,11 @@ class PostgreSQLDialect(Dialect):
 
     def json_rows_agg(self, columns: Sequence[ColumnElement[Any]]) -> ColumnElement[str]:
         return cast(func.json_agg(func.json_build_array(*columns)), String)
+
+    def export_line(
+        self, fields: Sequence[LineField], fmt: ExportFormat
+    ) -> ColumnElement[str] | None:
+        return export_line(fields, fmt)
 
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
         return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(BigInteger)))

@@ -42,6 +42,8 @@ from dashboard_api.db.dialect.base import (
     Column,
     DatabaseFault,
     Dialect,
+    ExportFormat,
+    LineField,
     OutputAppend,
 )
 from dashboard_api.db.dialect.locks import NamedLocks, ProcessLocks
@@ -256,6 +258,12 @@ class SQLiteDialect(Dialect):
 
     def json_rows_agg(self, columns: Sequence[ColumnElement[Any]]) -> ColumnElement[str]:
         return func.json_group_array(func.json_array(*columns), type_=String)
+
+    def export_line(
+        self, fields: Sequence[LineField], fmt: ExportFormat
+    ) -> ColumnElement[str] | None:
+        # The Python writers: SQLite's functions cannot write Python's float text.
+        return None
 
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
         return column.in_(list(values))
