@@ -56,6 +56,9 @@ def _fixed(a: ColumnElement[int]) -> ColumnElement[str]:
     return case((a < _n(_EXACT_BELOW), exact), else_=approx)
 
 
+_YEAR_1000 = literal_column("'1000-01-01T00:00:00Z'::timestamptz")
+
+
 def _micros(m: ColumnElement[int], fmt: ExportFormat) -> ColumnElement[str]:
     """`m / 1_000_000` as the Python writer writes the float: `repr` (CSV), orjson (JSON).
     Both write fixed notation from 1e-4 (repr) or 1e-5 (orjson) on; below, repr writes
@@ -82,7 +85,7 @@ def _instant(v: ColumnElement[Any]) -> ColumnElement[str]:
     utc = func.timezone(_lit("UTC"), v)
     rest = '-MM-DD"T"HH24:MI:SS.MS"Z"'
     return case(
-        (func.date_part(_lit("year"), utc) < _n(1000), func.to_char(utc, _lit("FMYYYY" + rest))),
+        (v < _YEAR_1000, func.to_char(utc, _lit("FMYYYY" + rest))),
         else_=func.to_char(utc, _lit("YYYY" + rest)),
     )
 
