@@ -292,6 +292,12 @@ async def measure_prune(
         f"{pct(during, 0.99):.1f} ms ({len(during)} requests); p99 ratio during/before "
         f"{pct(during, 0.99) / pct(baseline, 0.99):.2f}", flush=True,
     )  # fmt: skip
+    quarters = [during[i * len(during) // 4 : (i + 1) * len(during) // 4] for i in range(4)]
+    print(
+        f"[{label}] list p50/p99 by quarter of the prune: "
+        + ", ".join(f"{pct(q, 0.5):.0f}/{pct(q, 0.99):.0f}" for q in quarters if q)
+        + " ms", flush=True,
+    )  # fmt: skip
     after = await analytics_figures(port, token, args.days)
     same = after == figures
     print(f"[{label}] analytics (summary, performance, daily histogram) unchanged: {same}")
