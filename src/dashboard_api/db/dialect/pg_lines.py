@@ -56,7 +56,7 @@ def _fixed(a: ColumnElement[int]) -> ColumnElement[str]:
     return case((a < _n(_EXACT_BELOW), exact), else_=approx)
 
 
-_YEAR_1000 = literal_column("'1000-01-01T00:00:00Z'::timestamptz")
+_YEAR_1000: ColumnElement[Any] = literal_column("'1000-01-01T00:00:00Z'::timestamptz")
 
 
 def _micros(m: ColumnElement[int], fmt: ExportFormat) -> ColumnElement[str]:
