@@ -17,14 +17,7 @@ from sqlalchemy import func, select
 from dashboard_api.app import create_app
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models import Task, TaskEvent, TaskOutputChunk
-from dashboard_api.services.retention import (
-    BATCH_SECONDS,
-    MIN_BATCH,
-    PRUNE_ALIGNMENT,
-    aligned_cutoff,
-    next_batch_size,
-    prune_once,
-)
+from dashboard_api.services.retention import PRUNE_ALIGNMENT, aligned_cutoff, prune_once
 from tests.support.env import Backend
 
 Headers = Callable[[str], dict[str, str]]
@@ -314,16 +307,6 @@ def test_the_cutoff_is_aligned_down() -> None:
         2026, 11, 3, 12, tzinfo=UTC
     )
     assert PRUNE_ALIGNMENT == 4 * 3600
-
-
-def test_a_slow_batch_makes_the_next_smaller_and_quick_ones_grow_back() -> None:
-    # Durations are given, not measured: the rule scales a batch to BATCH_SECONDS.
-    assert next_batch_size(1000, BATCH_SECONDS * 4, 1000) == 250
-    assert next_batch_size(250, BATCH_SECONDS / 10, 1000) == 500  # at most doubles
-    assert next_batch_size(800, BATCH_SECONDS / 10, 1000) == 1000  # never past the setting
-    assert next_batch_size(100, BATCH_SECONDS * 1000, 1000) == MIN_BATCH
-    assert next_batch_size(3, BATCH_SECONDS * 1000, 3) == 3  # a setting below the floor
-    assert next_batch_size(1000, 0.0, 1000) == 1000
 
 
 async def test_deep_page_seeks_count_the_pruned_period_from_the_rows(

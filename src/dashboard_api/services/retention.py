@@ -32,7 +32,6 @@ only about a step's worth of not-yet-deleted rows from the table.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -66,11 +65,6 @@ from dashboard_api.timeutil import format_ts
 # blocks from raw rows that are all still there.
 PRUNE_ALIGNMENT = HIST_GRAINS[0]
 PRUNE_BATCH = 1000
-# A batch's transaction (its row locks) is kept to about this long: a batch that took
-# longer makes the next one smaller in proportion, down to `MIN_BATCH` rows, and the
-# size grows back (at most doubling) towards `batch_size` while batches are quicker.
-BATCH_SECONDS = 0.25
-MIN_BATCH = 50
 # Prunable tasks per step (see `_step_end`): what a task-list total may count from the
 # table, over an index range, while a prune runs.
 STEP_ROWS = 5000
@@ -134,8 +128,7 @@ async def prune_once(
 ) -> PruneReport:
     """Delete every terminal task created before `older_than` (moved down to a
     `PRUNE_ALIGNMENT` boundary), with its output chunks and status events, in batches
-    of at most `batch_size` tasks (fewer while a batch takes longer than
-    `BATCH_SECONDS`), each its own short transaction; `on_batch` hears each batch.
+    of `batch_size` tasks, each its own short transaction; `on_batch` hears each batch.
     `dry_run`: count what would be deleted, delete nothing."""
     cutoff = aligned_cutoff(older_than)
     report = PruneReport(cutoff=cutoff, dry_run=dry_run)
@@ -144,7 +137,6 @@ async def prune_once(
             await _count_prunable(session, cutoff, report)
         return report
     since: datetime | None = None
-    size = batch_size
     while True:
         async with db.read_statements() as session:
             where = _prunable(cutoff)
@@ -157,23 +149,14 @@ async def prune_once(
         step = await _step_end(db, since, cutoff)
         await _raise_pruned_before(db, step)
         while True:
-            started = time.monotonic()
-            batch, last = await _delete_batch(db, since, step, size, cutoff)
+            batch, last = await _delete_batch(db, since, step, batch_size, cutoff)
             if last is None:
                 break
-            size = next_batch_size(size, time.monotonic() - started, batch_size)
             since = last
             report.add(batch)
             if on_batch is not None:
                 on_batch(batch)
         since = step
-
-
-def next_batch_size(size: int, seconds: float, most: int) -> int:
-    """The size of the batch after one of `size` rows that took `seconds`: scaled to take
-    `BATCH_SECONDS` (at most double), within [`MIN_BATCH`, `most`]."""
-    scaled = size * min(2.0, BATCH_SECONDS / max(seconds, 1e-6))
-    return max(min(MIN_BATCH, most), min(most, int(scaled)))
 
 
 async def _step_end(db: Database, since: datetime, cutoff: datetime) -> datetime:
