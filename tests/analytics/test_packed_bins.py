@@ -76,3 +76,20 @@ def test_nearest_rank(counts: list[int], lo: int, percent: int) -> None:
         return
     rank = math.ceil(percent * len(values) / 100)
     assert got == {percent: values[rank - 1]}
+
+
+@given(rows=st.lists(bins_st, max_size=12), base=bins_st)
+def test_many_rows_at_once_equal_rows_one_by_one(
+    rows: list[list[tuple[int, int]]], base: list[tuple[int, int]]
+) -> None:
+    packed = [pack(bins) for bins in rows]
+    one_by_one, at_once = BinSum(), BinSum()
+    for index, count in base:
+        one_by_one.add_bin(index, count)
+        at_once.add_bin(index, count)
+    for bin_lo, data in packed:
+        one_by_one.add_packed(bin_lo, data)
+    at_once.add_rows([lo for lo, _ in packed], [data for _, data in packed])
+    assert at_once.counts() == one_by_one.counts()
+    dense = _dense(base)
+    assert BinSum.of_lists(list(dense), list(dense.values())).counts() == BinSum.of(dense).counts()

@@ -26,7 +26,13 @@ from dashboard_api.db.dialect.choice import (
     dialect_of,
     dialect_serving,
 )
-from dashboard_api.db.dialect.values import escape_like, int_list, int_pairs_params, int_rows
+from dashboard_api.db.dialect.values import (
+    bytes_list,
+    escape_like,
+    int_list,
+    int_pairs_params,
+    int_rows,
+)
 
 
 def require_supported_server(dialect_name: str, version: tuple[int | str, ...] | None) -> None:
@@ -45,6 +51,7 @@ __all__ = [
     "LineField",
     "LineKind",
     "OutputAppend",
+    "bytes_list",
     "dialect_for_url",
     "dialect_named",
     "dialect_of",

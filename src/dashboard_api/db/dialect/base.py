@@ -243,6 +243,11 @@ class Dialect(ABC):
         them in one query list their group's rows in the same order."""
 
     @abstractmethod
+    def bytes_list_agg(self, column: Column) -> ColumnElement[Any]:
+        """An aggregate of a group's byte strings as a list (read it with `bytes_list`),
+        in the order of an `int_list_agg` of the same query."""
+
+    @abstractmethod
     def int_rows_agg(self, columns: Sequence[ColumnElement[Any]]) -> ColumnElement[str]:
         """An aggregate of a group's rows of integers as one text value (read it with
         `int_rows`): a scalar subquery can then carry a whole small table in one column."""

@@ -259,6 +259,9 @@ class PostgreSQLDialect(Dialect):
     def int_list_agg(self, column: Column) -> ColumnElement[Any]:
         return func.array_agg(column)
 
+    def bytes_list_agg(self, column: Column) -> ColumnElement[Any]:
+        return func.array_agg(column)
+
     def int_rows_agg(self, columns: Sequence[ColumnElement[Any]]) -> ColumnElement[str]:
         row: ColumnElement[Any] = cast(columns[0], String)
         for column in columns[1:]:

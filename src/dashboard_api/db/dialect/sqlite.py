@@ -250,6 +250,10 @@ class SQLiteDialect(Dialect):
     def int_list_agg(self, column: Column) -> ColumnElement[Any]:
         return func.json_group_array(column)
 
+    def bytes_list_agg(self, column: Column) -> ColumnElement[Any]:
+        # JSON holds no bytes: each as hex text.
+        return func.json_group_array(func.hex(column))
+
     def int_rows_agg(self, columns: Sequence[ColumnElement[Any]]) -> ColumnElement[str]:
         row: ColumnElement[Any] = cast(columns[0], String)
         for column in columns[1:]:

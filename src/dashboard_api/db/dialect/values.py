@@ -21,6 +21,13 @@ def int_list(value: Any) -> list[int]:
     return list(value)
 
 
+def bytes_list(value: Any) -> list[bytes]:
+    """The list a `bytes_list_agg` gave (an array on PostgreSQL, JSON of hex on SQLite)."""
+    if isinstance(value, str):
+        return [bytes.fromhex(x) for x in orjson.loads(value)]
+    return list(value)
+
+
 def int_rows(value: str | None) -> list[list[int]]:
     """The rows an `int_rows_agg` gave (NULL for no rows)."""
     if not value:

@@ -63,6 +63,18 @@ class BinSum:
             out.add_packed(lo, _le(values).tobytes())
         return out
 
+    @classmethod
+    def of_lists(cls, bins: Sequence[int], counts: Sequence[int]) -> BinSum:
+        """The sum holding counts[i] in bin bins[i] (each bin once)."""
+        out = cls()
+        if bins:
+            lo = min(bins)
+            values = array("q", bytes(_LANE_BYTES * (max(bins) - lo + 1)))
+            for index, count in zip(bins, counts, strict=True):
+                values[index - lo] = count
+            out.add_packed(lo, _le(values).tobytes())
+        return out
+
     def _add_lanes(self, lo: int, value: int) -> None:
         if not self.x:
             self.lo, self.x = lo, value
@@ -83,6 +95,29 @@ class BinSum:
             if value & signs:
                 value = (value ^ signs) - signs
             self._add_lanes(bin_lo, value)
+
+    def add_rows(self, bin_los: Sequence[int], data: Sequence[bytes]) -> None:
+        """Add many stored rows' counts (`add_packed` of each): the rows of each `bin_lo`
+        are added unshifted, then each such sum is shifted once into one integer, added
+        to this sum last (fewer operations on wide integers than a row at a time)."""
+        if not bin_los:
+            return
+        by_lo: dict[int, int] = {}
+        for bin_lo, packed in zip(bin_los, data, strict=True):
+            value = int.from_bytes(packed, "little")
+            # A lane is negative when its top byte is (0xff...): cheaper to look at the
+            # top bytes than to AND the whole value with the sign bits.
+            if packed[_LANE_BYTES - 1 :: _LANE_BYTES].strip(b"\0"):
+                signs = _sign_bits(len(packed) // _LANE_BYTES)
+                if value & signs:
+                    value = (value ^ signs) - signs
+            by_lo[bin_lo] = by_lo.get(bin_lo, 0) + value
+        lo = min(by_lo)
+        total = 0
+        for bin_lo, value in by_lo.items():
+            total += value << (LANE_BITS * (bin_lo - lo))
+        if total:
+            self._add_lanes(lo, total)
 
     def add_bin(self, index: int, count: int) -> None:
         """Add `count` to one bin."""

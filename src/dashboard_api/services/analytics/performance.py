@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import Dialect, dialect_of
+from dashboard_api.db.dialect import Dialect, bytes_list, dialect_of, int_list
 from dashboard_api.db.models.analytics import AnalyticsHistogram, AnalyticsRollup
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.money import micros_to_usd
@@ -226,8 +226,10 @@ async def _percentiles(
     The window's histogram is its whole blocks of 4 hours and up (one packed row per
     block, group and kind: ~550 rows for 30 days unfiltered), plus or minus the tasks of
     the partial 4-hour blocks at its ends (`cover_window`), binned and counted per bin in
-    SQL. Rows are added up per stored key (one addition each), the few key sums into their
-    groups, and each group's sum is walked for its percentiles.
+    SQL. Both statements give one row per stored key (its rows' or bins' values as lists,
+    ~70 result rows instead of ~1,600: taking a result row cost more than adding it);
+    rows are added up per key (`BinSum.add_rows`), the few key sums into their groups,
+    and each group's sum is walked for its percentiles.
     """
     cover = cover_window(start, end, HIST_GRAINS, now=now)
     per_key: dict[RowKey, BinSum] = {}
@@ -246,27 +248,29 @@ async def _percentiles(
         )
 
         def build(where: BlocksWhere, filtering: FiltersWhere) -> Select[Any]:
-            columns = (h.series, h.agent_type, h.source, h.model, h.kind, h.bin_lo, h.counts)
-            return select(*columns).where(where(h, [h.series.in_(series)]), *filtering(h))
+            # One row per stored key, its blocks' rows as two lists: the rows are added
+            # up here without a result row each.
+            key = (h.series, h.agent_type, h.source, h.model, h.kind)
+            return (
+                select(*key, dialect.int_list_agg(h.bin_lo), dialect.bytes_list_agg(h.counts))
+                .where(where(h, [h.series.in_(series)]), *filtering(h))
+                .group_by(*key)
+            )
 
-        stmt, params = block_statement(session, "histogram_rows", cover.blocks, filters, build)
-        rows = await conn.execute(stmt, params)
-        for series_, agent_type, source, model, kind, bin_lo, counts in rows:
-            key = (series_, agent_type, source, model, kind)
-            acc = per_key.get(key)
-            if acc is None:
-                per_key[key] = acc = BinSum()
-            acc.add_packed(bin_lo, counts)
-    edge: dict[RowKey, dict[int, int]] = {}
+        dialect = dialect_of(session)
+        stmt, params = block_statement(session, "histogram_keys", cover.blocks, filters, build)
+        for series_, agent_type, source, model, kind, bin_los, counts in (
+            await conn.execute(stmt, params)
+        ).all():
+            acc = per_key[(series_, agent_type, source, model, kind)] = BinSum()
+            acc.add_rows(int_list(bin_los), bytes_list(counts))
     if cover.add or cover.sub:
-        for part, agent_type, source, model, kind, index, count in await conn.execute(
-            *await _edge_bins(session, cover, filters)
-        ):
+        for part, agent_type, source, model, kind, bins, counts in (
+            await conn.execute(*await _edge_bins(session, cover, filters))
+        ).all():
             series_ = SERIES_PER_MODEL if part else SERIES_ALL_MODELS
-            bins = edge.setdefault((series_, agent_type, source, model, kind), {})
-            bins[index] = bins.get(index, 0) + int(count)
-    for key, bins in edge.items():
-        per_key.setdefault(key, BinSum()).add(BinSum.of(bins))
+            edge = BinSum.of_lists(int_list(bins), int_list(counts))
+            per_key.setdefault((series_, agent_type, source, model, kind), BinSum()).add(edge)
     sums: dict[tuple[int, str, int], BinSum] = {}
     for key, acc in per_key.items():
         for dim, group in _groups_of(key):
@@ -285,15 +289,16 @@ async def _percentiles(
 
 # Edge statements by shape (backend, raw ranges, subtracted ranges, filters): building
 # one cost more than running it; the shape's values are bound at each execution.
-_EDGE_STATEMENTS: dict[tuple[Dialect, int, int, bool, bool, bool], CompoundSelect[Any]] = {}
+_EDGE_STATEMENTS: dict[tuple[Dialect, int, int, bool, bool, bool], Select[Any]] = {}
 
 
 async def _edge_bins(
     session: AsyncSession, cover: Cover, filters: AnalyticsFilters
-) -> tuple[CompoundSelect[Any], dict[str, Any]]:
+) -> tuple[Select[Any], dict[str, Any]]:
     """The tasks of the cover's raw ranges counted per bin (those of subtracted ranges
-    counted -1): a statement of rows (part, agent_type, source, model, kind, bin, count),
-    part 0 per (agent_type, source) and part 1 per model, and its parameters.
+    counted -1): a statement of rows (part, agent_type, source, model, kind, bins,
+    counts), part 0 per (agent_type, source) and part 1 per model, the bins and their
+    counts as two `int_list_agg` lists, and its parameters.
 
     The edge tasks are read and binned once (a CTE) and grouped twice per kind, instead of
     reading them once per group and kind.
@@ -325,7 +330,7 @@ def _edge_statement(
     agent_types: bool,
     sources: bool,
     failure_reasons: bool,
-) -> CompoundSelect[Any]:
+) -> Select[Any]:
     at = Task.created_at
     ts = Task.created_at.type
 
@@ -364,16 +369,25 @@ def _edge_statement(
     parts: list[Select[Any]] = []
     for kind, b in ((KIND_DURATION, tasks.c.b0), (KIND_FIRST_OUTPUT, tasks.c.b1)):
         parts.append(
-            select(literal(0), tasks.c.agent_type, tasks.c.source, empty, literal(kind), b, count)
+            select(
+                literal(0).label("part"), tasks.c.agent_type, tasks.c.source,
+                empty.label("model"), literal(kind).label("kind"), b.label("bin"),
+                count.label("n"),
+            )
             .where(b.is_not(None))
             .group_by(tasks.c.agent_type, tasks.c.source, b)
-        )
+        )  # fmt: skip
         parts.append(
             select(literal(1), empty, empty, tasks.c.model, literal(kind), b, count)
             .where(b.is_not(None))
             .group_by(tasks.c.model, b)
         )
-    return union_all(*parts)
+    per_bin = union_all(*parts).subquery("per_bin")
+    c = per_bin.c
+    # One row per key with its bins and counts as two lists (~40 rows, not ~1,000).
+    dialect = dialect_of(session)
+    key = (c.part, c.agent_type, c.source, c.model, c.kind)
+    return select(*key, dialect.int_list_agg(c.bin), dialect.int_list_agg(c.n)).group_by(*key)
 
 
 # --- one window, every scope at once (alert rules) ---------------------------------------
