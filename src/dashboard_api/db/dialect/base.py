@@ -192,7 +192,7 @@ class Dialect(ABC):
     def binds_arrays(self) -> bool:
         """Whether a list of values travels as one array parameter, so that a statement
         over any number of values is built (and planned) once: `in_ints`, `in_int_pairs`,
-        `bisect_sql`, `bisect_instants`."""
+        `bisect_bound`."""
 
     @abstractmethod
     def contains_ci(
@@ -291,16 +291,10 @@ class Dialect(ABC):
         return and_(*key, or_(*alternatives))
 
     @abstractmethod
-    def bisect_sql(self, value: Column, bounds: Sequence[int]) -> ColumnElement[int] | None:
-        """How many of the sorted `bounds` are <= value (`bisect_right`), in SQL; None
-        where arrays are not bound (the caller maps the rows itself)."""
-
-    @abstractmethod
-    def bisect_instants(
-        self, value: Column, instants: Sequence[datetime]
-    ) -> ColumnElement[int] | None:
-        """How many of the sorted aware `instants` are <= value, in SQL; None where arrays
-        are not bound."""
+    def bisect_bound(self, value: Any, name: str, *, instants: bool = False) -> ColumnElement[int]:
+        """How many of the sorted values bound at execution as `name` (epoch seconds, or
+        with `instants` aware datetimes) are <= value (`bisect_right`), in SQL: one
+        statement whatever the values. Only where `binds_arrays`."""
 
     @abstractmethod
     def rows_table(

@@ -312,14 +312,9 @@ class PostgreSQLDialect(Dialect):
     def joins_ranges_laterally(self) -> bool:
         return True
 
-    def bisect_sql(self, value: Column, bounds: Sequence[int]) -> ColumnElement[int] | None:
-        array = bindparam(None, list(bounds), type_=postgresql.ARRAY(BigInteger))
-        return func.width_bucket(value, array, type_=Integer)
-
-    def bisect_instants(
-        self, value: Column, instants: Sequence[datetime]
-    ) -> ColumnElement[int] | None:
-        array = bindparam(None, list(instants), type_=postgresql.ARRAY(DateTime(timezone=True)))
+    def bisect_bound(self, value: Any, name: str, *, instants: bool = False) -> ColumnElement[int]:
+        element = DateTime(timezone=True) if instants else BigInteger
+        array = bindparam(name, type_=postgresql.ARRAY(element))
         return func.width_bucket(value, array, type_=Integer)
 
     # --- locks ----------------------------------------------------------------------------------

@@ -306,13 +306,8 @@ class SQLiteDialect(Dialect):
             return super().keyed_or(key, alternatives)
         return or_(*(and_(*key, term) for term in terms))
 
-    def bisect_sql(self, value: Column, bounds: Sequence[int]) -> ColumnElement[int] | None:
-        return None
-
-    def bisect_instants(
-        self, value: Column, instants: Sequence[datetime]
-    ) -> ColumnElement[int] | None:
-        return None
+    def bisect_bound(self, value: Any, name: str, *, instants: bool = False) -> ColumnElement[int]:
+        raise NotImplementedError("SQLite binds no arrays: map the rows in Python")
 
     # --- locks: writers are serialized already ---------------------------------------------------
 

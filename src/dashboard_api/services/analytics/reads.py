@@ -5,43 +5,37 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     Select,
     and_,
     bindparam,
-    case,
     func,
-    literal,
     or_,
     select,
-    union_all,
 )
-from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.bounded import BoundedCache
 from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.analytics import AnalyticsRollup
-from dashboard_api.db.models.tasks import Task
-from dashboard_api.errors import Unprocessable
 from dashboard_api.money import micros_to_usd
 from dashboard_api.schemas.analytics import FailedByReason, Period, Summary
+from dashboard_api.services.analytics.buckets import bucket_starts, parse_tz
+from dashboard_api.services.analytics.histogram_sql import COUNTERS as HISTOGRAM_COUNTERS
+from dashboard_api.services.analytics.histogram_sql import bucket_sums
 from dashboard_api.services.analytics.layout import (
     COUNTERS,
     FAILURE_MARGINAL_SERIES,
     FAILURE_SERIES,
     GRAINS,
     counters_of,
-    epoch_seconds,
 )
 from dashboard_api.services.analytics.window import (
     Agg,
@@ -138,63 +132,6 @@ def _summary_rows(where: BlocksWhere, filtered: FiltersWhere) -> Select[Any]:
     return select(r.series, *sums(r)).where(where(r, [series]), *filtered(r)).group_by(r.series)
 
 
-def parse_tz(name: str) -> ZoneInfo:
-    """The IANA zone, or 422."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise Unprocessable(f"Unknown time zone {name!r}.", loc=["query", "tz"]) from None
-
-
-def _boundaries(tz: ZoneInfo, period: Period, start: datetime) -> Iterator[datetime]:
-    """Local period starts (as UTC instants) from the one holding `start`, increasing."""
-    local = start.astimezone(tz)
-    if period == "day":
-        day = local.date()
-        last: datetime | None = None
-        while True:
-            at = datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
-            # A day that a zone skipped entirely (Samoa, 2011-12-30) maps onto the next.
-            if last is None or at > last:
-                yield at
-                last = at
-            day += timedelta(days=1)
-    at = local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
-    while True:
-        yield at
-        nxt = at + timedelta(hours=1)
-        loc = nxt.astimezone(tz)
-        if loc.minute or loc.second or loc.microsecond:
-            # The offset moved by a fraction of an hour: go back to the local hour.
-            back = nxt - timedelta(minutes=loc.minute, seconds=loc.second)
-            nxt = back if back > at else back + timedelta(hours=1)
-        at = nxt
-
-
-def bucket_starts(
-    tz: ZoneInfo, period: Period, start: datetime, end: datetime, max_buckets: int
-) -> tuple[list[datetime], datetime]:
-    """The histogram's bucket starts and the end of its last bucket; 422 when too many."""
-    starts: list[datetime] = []
-    try:
-        for at in _boundaries(tz, period, start):
-            if at >= end:
-                return starts, at
-            if len(starts) == max_buckets:
-                raise Unprocessable(
-                    f"The window holds more than {max_buckets} {period} buckets; "
-                    "narrow it or use a longer period.",
-                    loc=["query", "period"],
-                )
-            starts.append(at)
-    except OverflowError:
-        # A bucket edge past year 9999 (or before year 1) in this zone.
-        raise Unprocessable(
-            "The window reaches the limits of the calendar.", loc=["query", "to"]
-        ) from None
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 def _common_grain(edges: Sequence[int]) -> int | None:
     """The coarsest grain that every edge (epoch seconds) is a multiple of, if any."""
     common = math.gcd(*edges)
@@ -202,14 +139,7 @@ def _common_grain(edges: Sequence[int]) -> int | None:
 
 
 # What a histogram bucket shows: the other counters are not read.
-_HISTOGRAM_COUNTERS = (
-    "tasks",
-    "completed",
-    "failed",
-    "cost_micros",
-    "input_tokens",
-    "output_tokens",
-)
+_HISTOGRAM_COUNTERS = HISTOGRAM_COUNTERS
 _HISTOGRAM_INDEX = tuple(_C[name] for name in _HISTOGRAM_COUNTERS)
 
 
@@ -227,11 +157,10 @@ async def histogram(
     """Tasks, outcomes, cost and tokens per local hour or day of `tz_name` (`now`: see
     `cover_window`)."""
     tz = parse_tz(tz_name)
-    starts, last_end = bucket_starts(tz, period, start, end, max_buckets)
+    starts, bounds, last_end = bucket_starts(tz, period, start, end, max_buckets)
     ends = [*starts[1:], last_end]
     # One list of _HISTOGRAM_COUNTERS per bucket (720 objects cost more than the query).
     sums = [[0] * len(_HISTOGRAM_COUNTERS) for _ in starts]
-    bounds = [epoch_seconds(at) for at in starts]
     add: Ranges = []
     sub: Ranges = []
     blocks: list[Block] = []
@@ -247,6 +176,20 @@ async def histogram(
         sub.extend(part.sub)
         blocks.extend(part.blocks)
     cover = Cover(add, sub, blocks)
+    if dialect_of(session).binds_arrays:
+        # One statement, built once per shape: the rollup rows and the raw rows (signed)
+        # of the window, summed per local bucket in the database.
+        await bucket_sums(
+            session,
+            cover=cover,
+            grain_range=(grain, bounds[1], bounds[-1]) if grain else None,
+            blocks=blocks,
+            bounds=bounds,
+            starts=starts,
+            filters=filters,
+            sums=sums,
+        )
+        return HistogramAnswer(period, tz_name, start, end, bounds, sums)
     r = AnalyticsRollup
     which: list[ColumnElement[bool]] = []
     if grain:
@@ -255,23 +198,6 @@ async def histogram(
         which.append(blocks_clause(session, r, blocks))
     conds = (dialect_of(session).keyed_or(counter_series(r, filters), which),) if which else ()
     conn = await session.connection()
-    local = dialect_of(session).bisect_sql(r.bucket, bounds)
-    if local is not None:
-        # One statement: the rollup rows and the raw rows (signed) of the window, summed
-        # per local bucket in the database; one row per non-empty bucket.
-        parts: list[Select[Any]] = []
-        if which:
-            parts.append(select(local, *(getattr(r, c) for c in _HISTOGRAM_COUNTERS)).where(*conds))
-        if cover.add or cover.sub:
-            parts.append(_raw_histogram_rows(session, cover, filters, starts))
-        if parts:
-            both = union_all(*parts).subquery()
-            index_col, *values = both.c
-            stmt = select(index_col, *(sql_cast(func.sum(v), BigInteger) for v in values))
-            stmt = stmt.group_by(index_col)
-            for index, *counts in await conn.execute(stmt):
-                sums[index - 1] = counts
-        return HistogramAnswer(period, tz_name, start, end, bounds, sums)
     if which:
         columns = [func.sum(getattr(r, c)) for c in _HISTOGRAM_COUNTERS]
         stmt = select(r.bucket, *columns).where(*conds).group_by(r.grain, r.bucket)
@@ -286,34 +212,6 @@ async def histogram(
         for k, c in enumerate(_HISTOGRAM_INDEX):
             acc[k] += sign * counters[c]
     return HistogramAnswer(period, tz_name, start, end, bounds, sums)
-
-
-def _raw_histogram_rows(
-    session: AsyncSession, cover: Cover, filters: AnalyticsFilters, starts: Sequence[datetime]
-) -> Select[Any]:
-    """The cover's raw tasks as rows (local bucket, *_HISTOGRAM_COUNTERS), each counted
-    -1 in a subtracted range (PostgreSQL: the bucket by `width_bucket` on the starts)."""
-    t = Task
-    window = or_(*(and_(t.created_at >= lo, t.created_at < hi) for lo, hi in cover.raw()))
-    sign: ColumnElement[int] = (
-        case(
-            (or_(*(and_(t.created_at >= lo, t.created_at < hi) for lo, hi in cover.sub)), -1),
-            else_=1,
-        )
-        if cover.sub
-        else literal(1)
-    )
-    local = dialect_of(session).bisect_instants(t.created_at, starts)
-    assert local is not None
-    return select(
-        local,
-        sign,
-        case((t.status == "completed", sign), else_=0),
-        case((t.status == "failed", sign), else_=0),
-        sign * t.cost_micros,
-        sign * t.input_tokens,
-        sign * t.output_tokens,
-    ).where(window, *filters.task_clauses())
 
 
 # Bucket starts (epoch seconds) as the API writes them: a moving window meets the same

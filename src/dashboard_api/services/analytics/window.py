@@ -286,8 +286,8 @@ def summed_series(filters: AnalyticsFilters) -> list[int]:
     return [SERIES_ALL_MODELS if filters.by_dimension else SERIES_MARGINAL]
 
 
-def _filter_clauses(table: Any, filters: AnalyticsFilters) -> list[ColumnElement[bool]]:
-    """The filters as clauses bound at execution (`_filter_params`): agent types and
+def filter_clauses(table: Any, filters: AnalyticsFilters) -> list[ColumnElement[bool]]:
+    """The filters as clauses bound at execution (`filter_params`): agent types and
     sources on any table, failure reasons on the tasks table only (rollup rows are
     selected by series: "failure_series" holds the reasons' series per combination)."""
     out: list[ColumnElement[bool]] = []
@@ -300,7 +300,7 @@ def _filter_clauses(table: Any, filters: AnalyticsFilters) -> list[ColumnElement
     return out
 
 
-def _filter_params(filters: AnalyticsFilters) -> dict[str, Any]:
+def filter_params(filters: AnalyticsFilters) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if filters.agent_type:
         out["agent_types"] = list(filters.agent_type)
@@ -331,10 +331,10 @@ def block_statement(
     `blocks(table)` and `filters(table)` select) and its parameters: on PostgreSQL built
     once per shape, the blocks a join with array parameters (`in_int_pairs`); on SQLite
     built each time."""
-    params = _filter_params(filters)
+    params = filter_params(filters)
 
     def filtered(table: Any) -> list[ColumnElement[bool]]:
-        return _filter_clauses(table, filters)
+        return filter_clauses(table, filters)
 
     dialect = dialect_of(session)
     if not dialect.binds_arrays:
@@ -387,7 +387,7 @@ def _raw_statement(n_ranges: int, filters: AnalyticsFilters) -> Any:
                 for i in range(n_ranges)
             )
         )
-        stmt = select(*_RAW_COLUMNS).where(window, *_filter_clauses(Task, filters))
+        stmt = select(*_RAW_COLUMNS).where(window, *filter_clauses(Task, filters))
         _RAW_STATEMENTS[key] = stmt
     return stmt
 
@@ -397,7 +397,7 @@ async def raw_rows(
 ) -> Sequence[Any]:
     if not ranges:
         return []
-    params = _filter_params(filters)
+    params = filter_params(filters)
     for i, (lo, hi) in enumerate(ranges):
         params[f"lo{i}"], params[f"hi{i}"] = lo, hi
     conn = await session.connection()
