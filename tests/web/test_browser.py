@@ -277,6 +277,40 @@ def test_filters_change_the_list_and_the_url(page: Page, site: Site, console: Co
     assert console.errors == []
 
 
+def test_analytics_filter_by_failure_reason(page: Page, site: Site, console: Console) -> None:
+    site.task("why-agent-0", agent_type="reasonbot", status="running")
+    site.api("PATCH", "/api/tasks/why-agent-0", json={"status": "failed"})
+    sign_in(page, site, path="/analytics")
+    expect(page.get_by_test_id("summary")).to_be_visible()
+
+    def filtered(what: str) -> Any:
+        return lambda r: f"/api/analytics/{what}" in r.url and "failure_reason=agent" in r.url
+
+    # Every figure on the page asks for the reason: the summary, histogram and performance.
+    with (
+        page.expect_response(filtered("summary")) as summary,
+        page.expect_response(filtered("costs/histogram")),
+        page.expect_response(filtered("performance")),
+    ):
+        page.get_by_label("Failure reason").select_option("agent")
+    expect(page).to_have_url(re.compile(r"failure_reason=agent"))
+    body = summary.value.json()
+    assert body["total_tasks"] == body["failed_tasks"] == body["failed_by_reason"]["agent"] >= 1
+    assert body["failed_by_reason"]["lease_expired"] == 0
+    stat = page.get_by_test_id("summary").locator(".stat", has_text="Tasks").first
+    expect(stat.locator(".stat-value")).to_have_text(f"{body['total_tasks']:,}")
+
+    # The URL alone reproduces the view; "Any task" drops the filter again.
+    page.goto(site.server.url + "/analytics?failure_reason=agent")
+    expect(page.get_by_label("Failure reason")).to_have_value("agent")
+    with page.expect_response(
+        lambda r: "/api/analytics/summary" in r.url and "failure_reason" not in r.url
+    ):
+        page.get_by_label("Failure reason").select_option("")
+    expect(page).not_to_have_url(re.compile(r"failure_reason"))
+    assert console.errors == []
+
+
 def test_load_more_walks_with_the_exact_total_and_live_rows_update_in_place(
     page: Page, site: Site
 ) -> None:

@@ -1,11 +1,18 @@
 // Analytics for a range: summary cards, cost / task / token histograms by hour or day in a
-// chosen time zone (the browser's by default), and the performance table.
+// chosen time zone (the browser's by default), and the performance table; optionally only
+// the tasks that failed for one reason (`failure_reason`, on all three calls).
 import { html, useMemo, useState } from "../html.js";
 import { get } from "../api.js";
 import { setQuery } from "../router.js";
 import { fmtUsd, fmtInt, fmtCompact, fmtPct, fmtDuration, fmtNum, browserZone, isoToLocalInput, localInputToIso } from "../format.js";
 import { Card, ErrorBox, Empty, Field, Loading, Stat, useData } from "../ui.js";
 import { Chart, bucketsToX } from "../chart.js";
+
+// The API's failure reasons (docs/leases.md): lost work and reported failures.
+const FAILURE_REASONS = [
+  ["lease_expired", "Lease expired"],
+  ["agent", "Reported by the agent"],
+];
 
 const PRESETS = [
   ["24h", "Last 24 hours", 1],
@@ -55,6 +62,7 @@ export function Analytics({ query }) {
     to: query.get("to") || "",
     period: query.get("period") || "",
     tz: query.get("tz") || browserZone,
+    failure_reason: query.get("failure_reason") || "",
   }));
   const range = useMemo(() => rangeOf(state), [state]);
   const days = (new Date(range.to) - new Date(range.from)) / 86400000;
@@ -63,19 +71,19 @@ export function Analytics({ query }) {
     setState((s) => {
       const next = { ...s, ...patch };
       setQuery({ range: next.range, from: next.range === "custom" ? next.from : "", to: next.range === "custom" ? next.to : "",
-        period: next.period, tz: next.tz === browserZone ? "" : next.tz });
+        period: next.period, tz: next.tz === browserZone ? "" : next.tz, failure_reason: next.failure_reason });
       return next;
     });
   const { data, error, reload } = useData(
     () => {
-      const q = { from: range.from, to: range.to };
+      const q = { from: range.from, to: range.to, failure_reason: state.failure_reason || undefined };
       return Promise.all([
         get("/api/analytics/summary", q),
         get("/api/analytics/costs/histogram", { ...q, period, tz: state.tz }),
         get("/api/analytics/performance", q),
       ]).then(([summary, histogram, performance]) => ({ summary, histogram, performance }));
     },
-    [range.from, range.to, period, state.tz],
+    [range.from, range.to, period, state.tz, state.failure_reason],
   );
   const charts = useMemo(() => {
     if (!data) return null;
@@ -112,6 +120,11 @@ export function Analytics({ query }) {
       </select><//>
       <${Field} label="Time zone"><select name="tz" value=${state.tz} onChange=${(e) => update({ tz: e.target.value })}>
         ${zones().map((z) => html`<option value=${z}>${z}</option>`)}
+      </select><//>
+      <${Field} label="Failure reason"><select name="failure_reason" value=${state.failure_reason}
+        onChange=${(e) => update({ failure_reason: e.target.value })}>
+        <option value="">Any task</option>
+        ${FAILURE_REASONS.map(([k, label]) => html`<option value=${k}>${label}</option>`)}
       </select><//>
     </form>
     <${ErrorBox} error=${error} retry=${reload} />
