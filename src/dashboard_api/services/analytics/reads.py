@@ -17,7 +17,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
-    or_,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
