@@ -82,16 +82,26 @@ def unnest_arrays(
 
 
 @functools.lru_cache(maxsize=64)
-def insert_rows_sql(table: Table, names: tuple[str, ...], constants: tuple[str, ...]) -> TextClause:
+def insert_rows_sql(
+    table: Table,
+    names: tuple[str, ...],
+    constants: tuple[str, ...],
+    returning_keys: tuple[str, ...] = (),
+) -> TextClause:
     """INSERT … SELECT from one array per column of `names` (`:p0`, ...) and one value
     per constant (`:c0`, ...): any number of rows in one round trip, inserted in the
-    arrays' order (built once per shape)."""
+    arrays' order (built once per shape). With `returning_keys`, rows whose key is there
+    already are skipped (ON CONFLICT DO NOTHING) and the keys of those inserted returned."""
     source, _ = unnest_arrays(table, names, [])
     shared = [f"CAST(:c{i} AS {_array_type(table.c[n])[:-2]})" for i, n in enumerate(constants)]
-    return text(
+    sql = (
         f"INSERT INTO {table.name} ({quoted([*names, *constants])}) "  # noqa: S608 - names come from the table
         f"SELECT {', '.join([quoted(names, 'u.'), *shared])} FROM {source} AS u({quoted(names)})"
     )
+    if returning_keys:
+        keys = quoted(returning_keys)
+        sql += f" ON CONFLICT ({keys}) DO NOTHING RETURNING {keys}"
+    return text(sql)
 
 
 def unnest_insert(

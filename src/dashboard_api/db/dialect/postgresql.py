@@ -360,7 +360,7 @@ class PostgreSQLDialect(Dialect):
         if not rows:
             return []
         names = tuple(rows[0])
-        stmt = _insert_missing_returning(table, tuple(keys), names, tuple(constants))
+        stmt = insert_rows_sql(table, names, tuple(constants), tuple(keys))
         params: dict[str, Any] = column_arrays(table, names, rows)
         params.update({f"c{i}": v for i, v in enumerate(constants.values())})
         return [tuple(r) for r in await session.execute(stmt, params)]
@@ -567,25 +567,6 @@ _SECONDARY_INDEXES = text(
 )
 
 
-@functools.lru_cache(maxsize=32)
-def _insert_missing_returning(
-    table: Table, keys: tuple[str, ...], names: tuple[str, ...], constants: tuple[str, ...]
-) -> TextClause:
-    """INSERT … SELECT from one array per column of `names` and one value per constant,
-    ON CONFLICT (keys) DO NOTHING RETURNING keys; built once per shape."""
-    source, _ = unnest_arrays(table, names, [])
-    shared = ", ".join(
-        f"CAST(:c{i} AS {_scalar_type(table.c[n])})" for i, n in enumerate(constants)
-    )
-    picked = ", ".join([quoted(names, "u."), *([shared] if shared else [])])
-    sql = (
-        f"INSERT INTO {table.name} ({quoted([*names, *constants])}) "  # noqa: S608 - names come from the table
-        f"SELECT {picked} FROM {source} AS u({quoted(names)}) "
-        f"ON CONFLICT ({quoted(keys)}) DO NOTHING RETURNING {quoted(keys)}"
-    )
-    return text(sql)
-
-
 def _append_params(append: OutputAppend) -> dict[str, Any]:
     return {
         "task_id": append.task_id,
@@ -596,18 +577,6 @@ def _append_params(append: OutputAppend) -> dict[str, Any]:
         "streams": [s for s, _ in append.chunks],
         "contents": [c for _, c in append.chunks],
     }
-
-
-def _scalar_type(column: Any) -> str:
-    # Through a TypeDecorator (UTCDateTime) to the type it stores as.
-    type_ = getattr(column.type, "impl_instance", column.type)
-    if isinstance(type_, BigInteger):
-        return "bigint"
-    if isinstance(type_, Integer):
-        return "integer"
-    if isinstance(type_, DateTime):
-        return "timestamptz"
-    return "text"
 
 
 def _json_as_text(row: tuple[Any, ...], idx: list[int]) -> tuple[Any, ...]:
