@@ -54,7 +54,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models import ConversationTask, Task, TaskEvent, TaskOutputChunk
-from dashboard_api.db.models.analytics import AnalyticsState
+from dashboard_api.db.models.analytics import STATE_TABLE
 from dashboard_api.services.analytics.layout import EPOCH, HIST_GRAINS
 from dashboard_api.task_statuses import TERMINAL_STATUSES
 from dashboard_api.timeutil import format_ts
@@ -70,7 +70,7 @@ PRUNE_BATCH = 1000
 STEP_ROWS = 5000
 _TERMINAL = sorted(TERMINAL_STATUSES)
 _T: Table = Task.__table__  # type: ignore[assignment]
-_STATE: Table = AnalyticsState.__table__  # type: ignore[assignment]
+_STATE = STATE_TABLE
 _MEMBERS: tuple[Table, ...] = cast(
     tuple[Table, ...],
     (TaskOutputChunk.__table__, TaskEvent.__table__, ConversationTask.__table__),

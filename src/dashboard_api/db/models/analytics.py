@@ -11,7 +11,9 @@ over a run of blocks is one contiguous index range.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Integer, LargeBinary, SmallInteger, String
+from typing import cast
+
+from sqlalchemy import BigInteger, Integer, LargeBinary, SmallInteger, String, Table
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dashboard_api.db.base import Base
@@ -118,3 +120,10 @@ class AnalyticsPending(Base):
     cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
     duration_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     first_output_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+# The tables, for Core statements (the classes are for the ORM): one definition each.
+ROLLUPS_TABLE = cast(Table, AnalyticsRollup.__table__)
+STATE_TABLE = cast(Table, AnalyticsState.__table__)
+HISTOGRAMS_TABLE = cast(Table, AnalyticsHistogram.__table__)
+PENDING_TABLE = cast(Table, AnalyticsPending.__table__)

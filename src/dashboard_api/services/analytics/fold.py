@@ -23,19 +23,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ScalarSelect, Table, delete, func, select
+from sqlalchemy import ScalarSelect, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import Database
-from dashboard_api.db.models.analytics import AnalyticsPending
+from dashboard_api.db.models.analytics import PENDING_TABLE
 from dashboard_api.services.analytics.layout import FOLD_LOCK_KEY
 from dashboard_api.services.analytics.rollups import apply_deltas, contribution_of_pending, deltas
 
 # Rows per fold transaction: large enough that a backlog drains in a few transactions,
 # small enough that one holds its locks for well under a second.
 BATCH = 5000
-_P: Table = AnalyticsPending.__table__  # type: ignore[assignment]
+_P = PENDING_TABLE
 
 
 async def _lock(session: AsyncSession, *, wait: bool) -> bool:

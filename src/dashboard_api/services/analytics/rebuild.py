@@ -32,10 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import dialect_of, int_list
 from dashboard_api.db.models.analytics import (
+    HISTOGRAMS_TABLE,
+    PENDING_TABLE,
+    ROLLUPS_TABLE,
+    STATE_TABLE,
     AnalyticsHistogram,
     AnalyticsPending,
     AnalyticsRollup,
-    AnalyticsState,
 )
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.services.analytics.bins import unpack
@@ -60,10 +63,10 @@ from dashboard_api.services.analytics.layout import (
     STATUS_INDEX,
 )
 
-_ROLLUPS: Table = AnalyticsRollup.__table__  # type: ignore[assignment]
-_HIST: Table = AnalyticsHistogram.__table__  # type: ignore[assignment]
-_PENDING: Table = AnalyticsPending.__table__  # type: ignore[assignment]
-_STATE: Table = AnalyticsState.__table__  # type: ignore[assignment]
+_ROLLUPS = ROLLUPS_TABLE
+_HIST = HISTOGRAMS_TABLE
+_PENDING = PENDING_TABLE
+_STATE = STATE_TABLE
 
 
 def _status_count(status: str) -> Any:

@@ -14,16 +14,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    Table,
     insert,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.analytics import (
-    AnalyticsHistogram,
-    AnalyticsPending,
-    AnalyticsRollup,
+    HISTOGRAMS_TABLE,
+    PENDING_TABLE,
+    ROLLUPS_TABLE,
 )
 from dashboard_api.services.analytics.bins import BinSum
 from dashboard_api.services.analytics.layout import (
@@ -167,9 +166,9 @@ def task_deltas(
     return deltas(signed)
 
 
-_ROLLUPS: Table = AnalyticsRollup.__table__  # type: ignore[assignment]
-_HIST: Table = AnalyticsHistogram.__table__  # type: ignore[assignment]
-_PENDING: Table = AnalyticsPending.__table__  # type: ignore[assignment]
+_ROLLUPS = ROLLUPS_TABLE
+_HIST = HISTOGRAMS_TABLE
+_PENDING = PENDING_TABLE
 # Built once, values bound at execution: `insert(...).values(rows)` was compiled anew
 # on every call (a profile of registrations showed SQLAlchemy's compiler as half of the
 # server CPU the rollups added to each).

@@ -23,10 +23,10 @@ from dashboard_api.db import pgcopy
 from dashboard_api.db.bulk import bulk_insert, copy_binary
 from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.analytics import (
-    AnalyticsHistogram,
-    AnalyticsPending,
-    AnalyticsRollup,
-    AnalyticsState,
+    HISTOGRAMS_TABLE,
+    PENDING_TABLE,
+    ROLLUPS_TABLE,
+    STATE_TABLE,
 )
 from dashboard_api.services.analytics.layout import (
     FOLD_LOCK_KEY,
@@ -37,10 +37,10 @@ from dashboard_api.services.analytics.layout import (
 )
 from dashboard_api.services.analytics.streamed import Closed, Groups, HistRows, Keys, RollupArrays
 
-_ROLLUPS: Table = AnalyticsRollup.__table__  # type: ignore[assignment]
-_HIST: Table = AnalyticsHistogram.__table__  # type: ignore[assignment]
-_PENDING: Table = AnalyticsPending.__table__  # type: ignore[assignment]
-_STATE: Table = AnalyticsState.__table__  # type: ignore[assignment]
+_ROLLUPS = ROLLUPS_TABLE
+_HIST = HISTOGRAMS_TABLE
+_PENDING = PENDING_TABLE
+_STATE = STATE_TABLE
 ROLLUP_COLUMNS = (*KEY_COLUMNS, *ROLLUP_VALUES)
 HIST_COLUMNS = (*HIST_ROW_KEY, *HIST_VALUES)
 _READ = 1 << 20

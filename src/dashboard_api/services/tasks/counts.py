@@ -16,7 +16,6 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
-    Table,
     and_,
     bindparam,
     case,
@@ -32,7 +31,11 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import dialect_of
-from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup, AnalyticsState
+from dashboard_api.db.models.analytics import (
+    PENDING_TABLE,
+    STATE_TABLE,
+    AnalyticsRollup,
+)
 from dashboard_api.db.paging import Ordering
 from dashboard_api.services.analytics.layout import (
     DAY,
@@ -77,7 +80,7 @@ async def count_expression(session: AsyncSession, *, filters: TaskFilters) -> Co
 # since, and the caller forgets it and counts again (`HORIZON_ATTEMPTS` times at most).
 HORIZON_MOVED = -1
 HORIZON_ATTEMPTS = 3
-_STATE: Table = AnalyticsState.__table__  # type: ignore[assignment]
+_STATE = STATE_TABLE
 _PRUNED_BEFORE: dict[str, int | None] = {}
 
 
@@ -399,7 +402,7 @@ def _pick(level: Any, remaining: ColumnElement[Any], descending: bool, name: str
 
 _ONE_US = timedelta(microseconds=1)
 _ONE_S = timedelta(seconds=1)
-_PENDING: Table = AnalyticsPending.__table__  # type: ignore[assignment]
+_PENDING = PENDING_TABLE
 
 
 def count_raw(where: Sequence[ColumnElement[bool]]) -> ColumnElement[Any]:

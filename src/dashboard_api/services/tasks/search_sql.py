@@ -12,7 +12,6 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
-    Table,
     and_,
     false,
     func,
@@ -25,15 +24,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models import Task
-from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup, AnalyticsState
+from dashboard_api.db.models.analytics import (
+    PENDING_TABLE,
+    STATE_TABLE,
+    AnalyticsRollup,
+)
 from dashboard_api.services.analytics.layout import EPOCH, GRAINS, SERIES_MARGINAL
 from dashboard_api.services.tasks.search_hours import HOUR, KEYS_KEPT
 from dashboard_api.timeutil import to_utc
 
 _T = Task.__table__
 _R = AnalyticsRollup.__table__.c
-_P: Table = AnalyticsPending.__table__  # type: ignore[assignment]
-_S: Table = AnalyticsState.__table__  # type: ignore[assignment]
+_P = PENDING_TABLE
+_S = STATE_TABLE
 
 
 def ts(seconds: int) -> datetime:
