@@ -55,6 +55,15 @@ async def task_count(database: str) -> int | None:
         await conn.close()
 
 
+async def drop_db(database: str) -> None:
+    """Drop a benchmark's database, closing whatever is still connected to it."""
+    conn = await connect()
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 async def recreate_db(database: str) -> None:
     conn = await connect()
     try:
@@ -93,11 +102,7 @@ async def scratch_database(
         await db.dispose()
         yield url, tokens
     finally:
-        conn = await connect()
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_db(name)
 
 
 def cli(*args: str, env: dict[str, str]) -> str:

@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from bench._common import cli, connect, db_url, log, pct, recreate_db, task_count
+from bench._common import cli, connect, db_url, drop_db, log, pct, recreate_db, task_count
 
 TARGET_MS = 100.0
 KINDS_FROM_ROLLUPS = ("failure_rate", "cost_usd", "duration_p95_seconds")
@@ -269,11 +269,7 @@ async def main(args: argparse.Namespace) -> int:
         for w in workers:
             w.close()
         if args.drop:
-            conn = await connect()
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await conn.close()
+            await drop_db(name)
     report(args, [w.name for w in workers], samples)
     return 0
 

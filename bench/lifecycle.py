@@ -37,6 +37,7 @@ from bench._common import (
     connect,
     cpu_seconds,
     db_url,
+    drop_db,
     free_port,
     log,
     pct,
@@ -222,11 +223,7 @@ async def run_database(args: argparse.Namespace, tag: str) -> AsyncIterator[tupl
         log(f"{name}: {tasks} tasks, {chunks} chunks, {events} events, {size / 2**20:.0f} MiB")
         yield url, token
     finally:
-        conn = await connect()
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_db(name)
 
 
 async def health_floor(port: int) -> float:
@@ -346,11 +343,7 @@ async def main(args: argparse.Namespace) -> None:
             await run_one(args, label, src)
     finally:
         if created and args.template is None:
-            conn = await connect()
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{args.template_name}" WITH (FORCE)')
-            finally:
-                await conn.close()
+            await drop_db(args.template_name)
 
 
 if __name__ == "__main__":

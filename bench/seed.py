@@ -38,7 +38,7 @@ from typing import Any
 
 import asyncpg
 
-from bench._common import BIN, connect, db_url, log, recreate_db
+from bench._common import BIN, connect, db_url, drop_db, log, recreate_db
 
 TASKS = 1_000_000
 DAYS = 90
@@ -277,7 +277,7 @@ async def main(args: argparse.Namespace) -> int:
     try:
         baseline = await seed_with_sql(sql_db, args)
         if not args.keep:
-            await _drop(sql_db)
+            await drop_db(sql_db)
         # With --before-src the two CLIs take turns, so that both see the same moments.
         for round_ in range(args.rounds):
             last = round_ == args.rounds - 1
@@ -291,25 +291,17 @@ async def main(args: argparse.Namespace) -> int:
                 if last:
                     runs[-1].sizes = await sizes(database)
                 if not (last and args.keep):
-                    await _drop(database)
+                    await drop_db(database)
     finally:
         if not args.keep:
             for name in (cli_db, sql_db, before_db):
-                await _drop(name)
+                await drop_db(name)
     report(runs, baseline, args)
     if args.json:
         Path(args.json).write_text(
             json.dumps([run.__dict__ for run in [baseline, *runs]], indent=2)
         )
     return 0
-
-
-async def _drop(database: str) -> None:
-    conn = await connect()
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

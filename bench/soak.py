@@ -441,14 +441,10 @@ class OwnDatabase:
         return db_url(self.name)
 
     async def drop(self, *, database: bool) -> None:
-        from bench._common import connect
+        from bench._common import drop_db
 
         if database and not self.args.keep:
-            conn = await connect()
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-            finally:
-                await conn.close()
+            await drop_db(self.name)
         if self.args.redis_url:
             import redis.asyncio as aioredis
 
