@@ -338,13 +338,21 @@ def _seek_statement(
             )
         top = union_all(*parts) if len(parts) > 1 else parts[0]
 
+    def scalar(column: Any) -> Any:
+        return select(column).scalar_subquery()
+
     level = top.cte("seek_0")
     pick = _pick(level, _SEEK_OFFSET, ordering.descending, "pick_0")
     for i, grain in enumerate(_DESCENT, start=1):
         # The picked piece's blocks of this grain, or the piece itself when it is no
-        # longer (or raw).
+        # longer (or raw). Its bounds as scalar subqueries (the pick is one row or none):
+        # index conditions on the rollups' key, where a join to the pick read every
+        # block of the grain (8,641 quarter-hour rows at 90 days).
         kids = _block_counts(
-            plain, [grain], [pick.c.grain > grain], span=(pick.c.lo_s, pick.c.hi_s)
+            plain,
+            [grain],
+            [scalar(pick.c.grain) > grain],
+            span=(scalar(pick.c.lo_s), scalar(pick.c.hi_s)),
         ).subquery()
         level = union_all(
             select(
@@ -355,10 +363,7 @@ def _seek_statement(
             ),
             select(pick.c.lo_s, pick.c.hi_s, pick.c.grain, pick.c.n).where(pick.c.grain <= grain),
         ).cte(f"seek_{i}")
-        pick = _pick(level, select(pick.c.rem).scalar_subquery(), ordering.descending, f"pick_{i}")
-
-    def scalar(column: Any) -> Any:
-        return select(column).scalar_subquery()
+        pick = _pick(level, scalar(pick.c.rem), ordering.descending, f"pick_{i}")
 
     direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
     return (
