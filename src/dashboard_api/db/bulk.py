@@ -1,4 +1,4 @@
-"""Bulk loading for seeds and back-fills: COPY on PostgreSQL, batched executemany on SQLite.
+"""Bulk loading for seeds and back-fills: COPY on PostgreSQL, the driver's executemany on SQLite.
 
 Each step is the dialect's (db/dialect/): these are the session-first forms the loaders
 call, in the order they run them.
@@ -20,6 +20,11 @@ async def prepare_bulk_load(session: AsyncSession) -> None:
     await dialect_of(session).prepare_bulk_load(session)
 
 
+async def finish_bulk_load(session: AsyncSession) -> None:
+    """Undo what `prepare_bulk_load` set beyond the transaction (call it in a finally)."""
+    await dialect_of(session).finish_bulk_load(session)
+
+
 async def drop_secondary_indexes(session: AsyncSession, tables: Sequence[str]) -> list[str]:
     """Drop the indexes of `tables` that back no constraint (and, on PostgreSQL, their
     foreign keys); the statements that put them back. For a load that at least doubles a
@@ -37,6 +42,13 @@ async def bulk_insert(
 ) -> None:
     """Insert many rows fast. Values must already be in storage form (aware UTC datetimes)."""
     await dialect_of(session).bulk_insert(session, table, columns, rows)
+
+
+async def insert_driver_rows(
+    session: AsyncSession, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert rows already in the driver's storage form (SQLite: services/seed_rows.py)."""
+    await dialect_of(session).insert_driver_rows(session, table, columns, rows)
 
 
 def copies_binary(session: AsyncSession) -> bool:

@@ -3,8 +3,10 @@
 PostgreSQL: binary COPY of blocks of tasks made in array operations by a producer process
 (`services.seed_worker`) while the database loads the previous block, with the secondary
 indexes and the foreign key put back once at the end; memory holds a few blocks whatever
-the number of tasks. SQLite: batched inserts of the same rows, the next block made in a
-thread meanwhile.
+the number of tasks. SQLite: the same blocks as rows in the driver's storage form
+(`services.seed_rows`) inserted by its executemany, the next block made in a thread
+meanwhile, the secondary indexes dropped and built once at the end as well, with a
+larger page cache for the load.
 
 Analytics: COPY bypasses the task-write hook. Into a database without tasks and without
 rollups (a fresh one: the demo, a benchmark) the rollups are summed while the tasks are
@@ -26,10 +28,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db import pgcopy
 from dashboard_api.db.bulk import (
-    bulk_insert,
     copies_binary,
     copy_binary,
     drop_secondary_indexes,
+    finish_bulk_load,
+    insert_driver_rows,
     prepare_bulk_load,
     rebuild_indexes,
 )
@@ -39,6 +42,7 @@ from dashboard_api.db.models.analytics import (
     AnalyticsPending,
     AnalyticsRollup,
 )
+from dashboard_api.services import seed_rows
 from dashboard_api.services.analytics.rebuild import rebuild_rollups
 from dashboard_api.services.analytics.streamed_write import RollupSink, write_spilled
 from dashboard_api.services.pricing import PriceTable
@@ -48,13 +52,11 @@ from dashboard_api.services.seed_data import (
     TASK_COLUMNS,
     TaskBlock,
     blocks,
-    from_epoch_us,
 )
 from dashboard_api.services.seed_worker import Job, Producer, figures, new_rollups
 
 _TASKS: Table = Task.__table__  # type: ignore[assignment]
 _EVENTS: Table = TaskEvent.__table__  # type: ignore[assignment]
-_COL = {name: i for i, name in enumerate(TASK_COLUMNS)}
 # (tasks, task rows, event rows, rollup rows for the sink) on SQLite.
 Batch = tuple[int, list[tuple[Any, ...]], list[tuple[Any, ...]], Any]
 
@@ -72,6 +74,22 @@ async def seed_tasks(
     """Insert `n` generated tasks with their status events, about `chunk` at a time;
     returns the number inserted."""
     await prepare_bulk_load(session)
+    try:
+        return await _seed(session, n=n, now=now, prices=prices, days=days, seed=seed, chunk=chunk)
+    finally:
+        await finish_bulk_load(session)
+
+
+async def _seed(
+    session: AsyncSession,
+    *,
+    n: int,
+    now: datetime,
+    prices: PriceTable,
+    days: int,
+    seed: int | None,
+    chunk: int,
+) -> int:
     existing = await session.scalar(select(func.count()).select_from(Task)) or 0
     # A load at least as large as the table: build the indexes once at the end.
     dropped = (
@@ -118,7 +136,7 @@ def _data(rows: bytes) -> list[bytes]:
 async def _insert(
     session: AsyncSession, generated: Iterator[TaskBlock], sink: RollupSink | None
 ) -> int:
-    """SQLite: insert each block's rows (the next one generated in a thread meanwhile)."""
+    """SQLite: insert each block's rows (the next one made in a thread meanwhile)."""
     if sink is not None:
         await sink.open(session)
     batches = _batches(generated, sink)
@@ -128,8 +146,8 @@ async def _insert(
         while (chunk := await pending) is not None:
             pending = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
             count, tasks, events, rollup_rows = chunk
-            await bulk_insert(session, _TASKS, TASK_COLUMNS, tasks)
-            await bulk_insert(session, _EVENTS, EVENT_COLUMNS, events)
+            await insert_driver_rows(session, _TASKS.name, TASK_COLUMNS, tasks)
+            await insert_driver_rows(session, _EVENTS.name, EVENT_COLUMNS, events)
             if sink is not None:
                 await sink.put(session, rollup_rows)
             done += count
@@ -150,31 +168,8 @@ def _batches(generated: Iterator[TaskBlock], sink: RollupSink | None) -> Iterato
     """Each block's rows, with the rollup rows of the blocks of time it closed; last, the
     rows of every block still open."""
     for block in generated:
-        tasks, events = _plain_rows(block)
+        tasks, events = seed_rows.task_rows(block), seed_rows.event_rows(block)
         closed = None if sink is None else sink.encode(sink.rollups.add(figures(block)))
         yield block.n, tasks, events, closed
     if sink is not None:
         yield 0, [], [], sink.encode(sink.rollups.finish())
-
-
-_INSTANTS = frozenset(i for i, c in enumerate(TASK_COLUMNS) if c.endswith("_at"))
-_METADATA = _COL["metadata"]
-
-
-def _plain_rows(block: TaskBlock) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Rows in storage form for `bulk_insert` (SQLite): datetimes, metadata a dict."""
-    tasks: list[tuple[Any, ...]] = []
-    events: list[tuple[Any, ...]] = []
-    for row, evs in block.rows():
-        tasks.append(
-            tuple(
-                {}
-                if i == _METADATA
-                else from_epoch_us(v)
-                if i in _INSTANTS and v is not None
-                else v
-                for i, v in enumerate(row)
-            )
-        )
-        events.extend((task_id, "status", s, from_epoch_us(at)) for task_id, s, at in evs)
-    return tasks, events

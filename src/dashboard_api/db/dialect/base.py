@@ -450,7 +450,11 @@ class Dialect(ABC):
 
     @abstractmethod
     async def prepare_bulk_load(self, session: AsyncSession) -> None:
-        """Tune the current transaction for loading many rows."""
+        """Tune the current transaction for loading many rows (`finish_bulk_load` after)."""
+
+    async def finish_bulk_load(self, session: AsyncSession) -> None:
+        """Undo what `prepare_bulk_load` set beyond the transaction (on success or not)."""
+        return
 
     @abstractmethod
     async def drop_secondary_indexes(
@@ -472,6 +476,13 @@ class Dialect(ABC):
         rows: Sequence[tuple[Any, ...]],
     ) -> None:
         """Insert many rows fast. Values must already be in storage form (aware UTC)."""
+
+    async def insert_driver_rows(
+        self, session: AsyncSession, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Insert rows whose values are already what the driver stores (no type of the
+        model applied to them: see services/seed_rows.py). Where not `copies_binary`."""
+        raise NotImplementedError("PostgreSQL loads with copy_binary")
 
     @property
     @abstractmethod

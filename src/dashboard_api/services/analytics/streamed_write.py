@@ -12,6 +12,7 @@ tables and into the rollup tables sorted, as before.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from itertools import repeat
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,7 +21,7 @@ from sqlalchemy import Column, MetaData, Table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db import pgcopy
-from dashboard_api.db.bulk import bulk_insert, copy_binary
+from dashboard_api.db.bulk import copy_binary, insert_driver_rows
 from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.analytics import (
     HISTOGRAMS_TABLE,
@@ -49,7 +50,8 @@ _READ = 1 << 20
 class RollupSink:
     """Where the closed rows go until they are stored. PostgreSQL (`binary`): encoded as
     COPY data into spill files in `directory` (`spilled`, then `write_spilled`); SQLite:
-    tuples for temporary tables (`open`, `put`, `write`)."""
+    tuples in storage form (integers, text, bytes) for temporary tables (`open`, `put`,
+    `write`)."""
 
     def __init__(
         self, rollups: RollupArrays, *, binary: bool, directory: str | None = None
@@ -59,7 +61,7 @@ class RollupSink:
         self.rollups = rollups
         names = rollups.names
         self._strings = [pgcopy.Strings([*values, ""]) for values in names]  # -1: ''
-        self._names = [(*values, "") for values in names]
+        self._name_arrays = [np.array([*values, ""], dtype=object) for values in names]
         self._files: dict[tuple[str, int, int], IO[bytes]] = {}
 
     async def open(self, session: AsyncSession) -> None:
@@ -90,8 +92,8 @@ class RollupSink:
     async def put(self, session: AsyncSession, encoded: Any) -> None:
         if encoded is not None:
             rollups, hist = encoded
-            await bulk_insert(session, _STAGES[0], ROLLUP_COLUMNS, rollups)
-            await bulk_insert(session, _STAGES[1], HIST_COLUMNS, hist)
+            await insert_driver_rows(session, _STAGES[0].name, ROLLUP_COLUMNS, rollups)
+            await insert_driver_rows(session, _STAGES[1].name, HIST_COLUMNS, hist)
 
     def _spill(self, table: str, series: int, grain: int, data: bytes) -> None:
         key = (table, series, grain)
@@ -138,34 +140,48 @@ class RollupSink:
         return rows.data()
 
     def _tuples(self, closed: Closed) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        agents, sources, models = self._names
+        """The rows as tuples, made column by column (a Python loop per row cost more
+        than the rest of a SQLite seed's rollups)."""
         counters: list[tuple[Any, ...]] = []
-        keys = self.rollups.keys
         for grain, g in closed.counters:
-            for bucket, key, values in zip(
-                g.bucket.tolist(), g.key.tolist(), g.values.tolist(), strict=True
-            ):
-                names = agents[keys.agent[key]], sources[keys.source[key]], models[keys.model[key]]
-                counters.append((grain, bucket, int(keys.series[key]), *names, *values, values[0]))
+            if not len(g):
+                continue
+            values = g.values.T.tolist()
+            counters += zip(
+                repeat(grain),
+                g.bucket.tolist(),
+                *self._key_columns(self.rollups.keys, g.key),
+                *values,
+                values[0],  # changes: the tasks
+                strict=False,  # the grain repeats
+            )
         hist: list[tuple[Any, ...]] = []
-        keys = self.rollups.hist_keys
         for grain, h in closed.histograms:
-            for i, (bucket, key) in enumerate(zip(h.bucket.tolist(), h.key.tolist(), strict=True)):
-                names = agents[keys.agent[key]], sources[keys.source[key]], models[keys.model[key]]
-                at, size = int(h.offset[i]), int(h.length[i])
-                counts = h.lanes[at : at + size]
-                hist.append(
-                    (
-                        grain,
-                        bucket,
-                        int(keys.series[key]),
-                        *names,
-                        int(h.kind[i]),
-                        int(h.bin_lo[i]),
-                        counts,
-                    )
-                )
+            lanes = h.lanes
+            counts = [
+                lanes[at : at + size]
+                for at, size in zip(h.offset.tolist(), h.length.tolist(), strict=True)
+            ]
+            hist += zip(
+                repeat(grain),
+                h.bucket.tolist(),
+                *self._key_columns(self.rollups.hist_keys, h.key),
+                h.kind.tolist(),
+                h.bin_lo.tolist(),
+                counts,
+                strict=False,  # the grain repeats
+            )
         return counters, hist
+
+    def _key_columns(self, keys: Keys, key: Any) -> list[list[Any]]:
+        """series, agent_type, source, model of each row's key."""
+        agents, sources, models = self._name_arrays
+        return [
+            keys.series[key].tolist(),
+            agents[keys.agent[key]].tolist(),
+            sources[keys.source[key]].tolist(),
+            models[keys.model[key]].tolist(),
+        ]
 
     async def write(self, session: AsyncSession) -> None:
         """SQLite: store the staged rows (`write_spilled` on PostgreSQL)."""
