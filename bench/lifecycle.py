@@ -7,9 +7,11 @@ database is seeded through the CLI (`dashboard-api seed --tasks N --days D`: sta
 included) and given `--chunks` output chunks of 200 bytes per task (SQL, before timing).
 
 - Export: `GET /api/tasks/export` as CSV and as JSON Lines, read as fast as one client
-  can: rows per second, and the server's resident memory (VmRSS, sampled every 20 ms)
-  before and at its peak during each export. In the same run, `GET /api/health` requests
-  per second on one keep-alive connection give the floor the machine allows.
+  can: rows per second, the CPU per row of the server and of the database's backends,
+  and the server's resident memory (VmRSS, sampled every 20 ms) before and at its peak
+  during each export. In the same run, `GET /api/health` requests per second on one
+  keep-alive connection give the floor the machine allows. With `--skip-prune` the
+  runs read the template itself (no copy); `--rounds N` takes turns N times.
 - Prune: `prune_once` of what is older than D/2 days (about half the tasks, with their
   chunks and events; what `dashboard-api prune --older-than D/2` runs) in a process of
   its own, started before the clock, while one client keeps reading the first page of
@@ -183,20 +185,24 @@ async def seed_template(args: argparse.Namespace, name: str) -> None:
 
 @contextlib.asynccontextmanager
 async def run_database(args: argparse.Namespace, tag: str) -> AsyncIterator[tuple[str, str]]:
-    """A copy of the seeded template for one run (the prune consumes it): its URL and a
-    user token. The template is seeded first when missing, and kept (`--template`) or
-    dropped at the end of the benchmark."""
+    """A copy of the seeded template for one run (the prune consumes it; the template
+    itself with `--skip-prune`): its URL and a user token. The template is seeded first
+    when missing, and kept (`--template`) or dropped at the end of the benchmark."""
     from dashboard_api.db.engine import Database
     from dashboard_api.services.tokens import create_token
     from dashboard_api.timeutil import SystemClock
 
-    name = f"{args.db_prefix}{os.getpid()}_{tag}"
-    conn = await connect()
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{args.template_name}"')
-    finally:
-        await conn.close()
+    # An export writes nothing: without the prune, a run reads the template itself (and
+    # adds its token to it) instead of a copy.
+    copy = not args.skip_prune
+    name = f"{args.db_prefix}{os.getpid()}_{tag}" if copy else args.template_name
+    if copy:
+        conn = await connect()
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{args.template_name}"')
+        finally:
+            await conn.close()
     url = db_url(name)
     try:
         db = Database(url)
@@ -210,10 +216,11 @@ async def run_database(args: argparse.Namespace, tag: str) -> AsyncIterator[tupl
             # The seed's running tasks hold leases that ended minutes after it: the lease
             # reaper would fail them between the analytics taken before and after the
             # prune. Every run's copy extends them past the benchmark.
-            await conn.execute(
-                "UPDATE tasks SET lease_expires_at = now() + interval '1 day'"
-                " WHERE status = 'running'"
-            )
+            if copy:
+                await conn.execute(
+                    "UPDATE tasks SET lease_expires_at = now() + interval '1 day'"
+                    " WHERE status = 'running'"
+                )
             chunks = await conn.fetchval("SELECT count(*) FROM task_output_chunks")
             events = await conn.fetchval("SELECT count(*) FROM task_events")
             tasks = await conn.fetchval("SELECT count(*) FROM tasks")
@@ -223,7 +230,8 @@ async def run_database(args: argparse.Namespace, tag: str) -> AsyncIterator[tupl
         log(f"{name}: {tasks} tasks, {chunks} chunks, {events} events, {size / 2**20:.0f} MiB")
         yield url, token
     finally:
-        await drop_db(name)
+        if copy:
+            await drop_db(name)
 
 
 async def health_floor(port: int) -> float:
@@ -236,24 +244,43 @@ async def health_floor(port: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
-async def measure_exports(port: int, token: str, pid: int, label: str) -> None:
+async def backend_cpu(database: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to `database` (Linux /proc:
+    the server runs on this machine), other than the asking one."""
+    conn = await connect(database)
+    try:
+        pids = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+    finally:
+        await conn.close()
+    return {r["pid"]: cpu_seconds(r["pid"]) for r in pids}
+
+
+async def measure_exports(port: int, token: str, pid: int, database: str, label: str) -> None:
     for fmt in ("csv", "jsonl"):
         idle = rss_kib(pid)
         before_rows = await exported_rows(port, fmt)
         cpu0 = cpu_seconds(pid)
+        db0 = await backend_cpu(database)
         stop = asyncio.Event()
         sampler = asyncio.create_task(sample_peak(pid, stop))
         _, size, seconds = await stream_export(port, token, fmt)
         stop.set()
         peak = await sampler
         cpu = cpu_seconds(pid) - cpu0
+        # A backend that connected during the export counts from 0.
+        db_cpu = sum(v - db0.get(p, 0.0) for p, v in (await backend_cpu(database)).items())
         rows = int(await exported_rows(port, fmt) - before_rows)
         mib_s = size / 2**20 / seconds
+        per_row = 1e6 / max(rows, 1)
         print(
             f"[{label}] export {fmt:5}: {rows} rows in {seconds:.1f} s = {rows / seconds:,.0f}"
-            f" rows/s ({mib_s:.1f} MiB/s); server CPU {cpu:.1f} s ="
-            f" {cpu / max(rows, 1) * 1e6:.1f} us/row; server RSS {idle / 1024:.0f} MiB"
-            f" before, peak {peak / 1024:.0f} MiB (+{(peak - idle) / 1024:.0f})",
+            f" rows/s ({mib_s:.1f} MiB/s); server CPU {cpu:.1f} s = {cpu * per_row:.1f}"
+            f" us/row; database CPU {db_cpu:.1f} s = {db_cpu * per_row:.1f} us/row; server"
+            f" RSS {idle / 1024:.0f} MiB before, peak {peak / 1024:.0f} MiB"
+            f" (+{(peak - idle) / 1024:.0f})",
             flush=True,
         )
 
@@ -311,6 +338,7 @@ async def measure_prune(
 
 async def run_one(args: argparse.Namespace, label: str, src: str | None) -> None:
     async with run_database(args, label) as (url, token):
+        name = url.rsplit("/", 1)[1]
         env = {**os.environ, "DASHBOARD_DATABASE_URL": url, "DASHBOARD_LOG_LEVEL": "WARNING"}
         env.pop("DASHBOARD_REDIS_URL", None)
         if src:
@@ -322,7 +350,7 @@ async def run_one(args: argparse.Namespace, label: str, src: str | None) -> None
             rps = await health_floor(port)
             print(f"[{label}] floor: /api/health {rps:.0f} req/s on one connection", flush=True)
             if not args.skip_export:
-                await measure_exports(port, token, server.pid, label)
+                await measure_exports(port, token, server.pid, name, label)
             if not args.skip_prune:
                 await measure_prune(port, token, url, env, args, label)
         finally:
@@ -339,8 +367,9 @@ async def main(args: argparse.Namespace) -> None:
         runs: list[tuple[str, str | None]] = [("after", None)]
         if args.before_src:
             runs.insert(0, ("before", args.before_src))
-        for label, src in runs:
-            await run_one(args, label, src)
+        for _ in range(args.rounds):
+            for label, src in runs:
+                await run_one(args, label, src)
     finally:
         if created and args.template is None:
             await drop_db(args.template_name)
@@ -361,6 +390,7 @@ if __name__ == "__main__":
         "works on a copy) and kept otherwise",
     )
     parser.add_argument("--before-src", help="another checkout's src: runs first, same data")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each checkout, taking turns")
     parser.add_argument("--skip-export", action="store_true")
     parser.add_argument("--skip-prune", action="store_true")
     asyncio.run(main(parser.parse_args()))

@@ -266,6 +266,13 @@ class Dialect(ABC):
         forwards the text; None where the backend does not (the caller writes the rows)."""
 
     @abstractmethod
+    def joined_text(
+        self, value: ColumnElement[str], order: ColumnElement[Any]
+    ) -> ColumnElement[str]:
+        """An aggregate joining a group's text values in `order`, with no separator: the
+        export reads a batch of lines as one value. Only where `export_line` writes them."""
+
+    @abstractmethod
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
         """`column IN values` (one array parameter where `binds_arrays`: one cached plan,
         and no thousands of bind parameters to render and send)."""

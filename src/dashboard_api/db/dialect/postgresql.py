@@ -276,6 +276,13 @@ class PostgreSQLDialect(Dialect):
     ) -> ColumnElement[str] | None:
         return export_line(fields, fmt)
 
+    def joined_text(
+        self, value: ColumnElement[str], order: ColumnElement[Any]
+    ) -> ColumnElement[str]:
+        return func.string_agg(
+            value, postgresql.aggregate_order_by(literal_column("''", String), order), type_=String
+        )
+
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
         return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(BigInteger)))
 

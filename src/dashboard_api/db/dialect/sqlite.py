@@ -274,6 +274,13 @@ class SQLiteDialect(Dialect):
         # The Python writers: SQLite's functions cannot write Python's float text.
         return None
 
+    def joined_text(
+        self, value: ColumnElement[str], order: ColumnElement[Any]
+    ) -> ColumnElement[str]:
+        # group_concat takes an ORDER BY from SQLite 3.44 on only; SQLite's export lines
+        # are written in Python (export_line is None), so nothing asks.
+        raise NotImplementedError("SQLite writes no export lines")
+
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
         return column.in_(list(values))
 
