@@ -58,9 +58,7 @@ class Realtime:
     async def publish(self, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """`Database.publisher`: fan out committed events; never raises."""
         try:
-            messages = [
-                (channel, dumps({**payload, "channel": channel})) for channel, payload in events
-            ]
+            messages = _messages(events)
         except Exception:
             log.exception("could not serialize events; dropped")
             return
@@ -106,6 +104,23 @@ async def realtime_lifespan(rt: Realtime, db: Database) -> AsyncIterator[Realtim
     finally:
         db.publisher = None
         await rt.close()
+
+
+def _messages(events: Sequence[tuple[str, dict[str, Any]]]) -> list[tuple[str, bytes]]:
+    """Each event's message: its payload with its `channel`. A payload queued on several
+    channels (a task_status on `task:{id}` and `tasks`) is serialized once, the channel
+    put in front of its fields."""
+    serialized: dict[int, bytes] = {}  # by id(): the payloads are alive in `events`
+    out = []
+    for channel, payload in events:
+        body = serialized.get(id(payload))
+        if body is None:
+            body = serialized[id(payload)] = dumps(payload)
+        if body == b"{}" or "channel" in payload:  # nothing to follow, or replaced
+            out.append((channel, dumps({**payload, "channel": channel})))
+        else:
+            out.append((channel, b'{"channel":' + dumps(channel) + b"," + body[1:]))
+    return out
 
 
 def uvicorn_ws_options(settings: Settings) -> dict[str, Any]:
