@@ -222,25 +222,32 @@ def _attributes(span: Span, cap: int) -> tuple[list[Any], _Reader | None]:
     reader: _Reader | None = None
     for kv in span.attributes:
         key = kv.key
-        if not key.startswith("gen_ai."):
-            continue
-        got[0] = True
         slot = _FAST.get(key)
-        if slot is None:  # content, cost, ...: the reader's
+        if slot is None:
+            if not key.startswith("gen_ai."):
+                continue
+            got[0] = True  # content, cost, ...: the reader's
             if reader is None:
                 reader = _Reader(cap)
             reader.attribute(kv)
-        elif slot < 7 or slot == 12:  # text; `string_value` is "" unless it is a string
-            text = kv.value.string_value
+            continue
+        got[0] = True
+        value = kv.value
+        if slot < 7 or slot == 12:  # text; `string_value` is "" unless it is a string
+            text = value.string_value
             if text:
                 if len(text) > short or not text.isascii() or "\x00" in text:
                     text = clean(text, short)
                 got[slot] = text or None
-        else:
-            n = _count(kv.value)
-            if n is not None:
-                got[6] = True
-                got[slot] = n
+            continue
+        # A count; `int_value` is 0 unless it is an int, so a positive one is the int.
+        n = value.int_value
+        if not 0 < n <= MAX_TOKENS:
+            n = _count(value)
+            if n is None:
+                continue
+        got[6] = True
+        got[slot] = n
     if reader is not None:
         reader.end_attributes()
     return got, reader
