@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Integer,
     LargeBinary,
     and_,
@@ -219,9 +220,18 @@ def _stored_histograms(session: AsyncSession, blocks: Sequence[Block], pairs: bo
     h = AnalyticsHistogram.__table__.c
     dialect = dialect_of(session)
     if dialect.binds_arrays:
-        clause = dialect.in_int_pairs(h.grain, h.bucket, "hist_blocks")
+        pairs_clause = dialect.in_int_pairs(h.grain, h.bucket, "hist_blocks")
+
+        def of_series(series: int) -> ColumnElement[bool]:
+            return and_(h.series == series, pairs_clause)
     else:
         clause = blocks_clause(session, h, blocks)
+
+        # The series written into each block's term: beside an OR of blocks, SQLite read
+        # every row of the series (`Dialect.keyed_or`).
+        def of_series(series: int) -> ColumnElement[bool]:
+            return dialect.keyed_or([h.series == series], [clause])
+
     columns = (h.grain, h.bucket, h.series, h.agent_type, h.source, h.bin_lo, h.counts)
     stored = literal_column("-1", Integer)
     zero = literal_column("0", BigInteger)
@@ -229,15 +239,12 @@ def _stored_histograms(session: AsyncSession, blocks: Sequence[Block], pairs: bo
     # ...) once per block. With an OR of the two series the planner read the whole table
     # instead (90 ms at 100,000 tasks).
     parts = [
-        select(stored, *columns, zero).where(
-            h.series == SERIES_MARGINAL, clause, h.kind == KIND_DURATION
-        )
+        select(stored, *columns, zero).where(of_series(SERIES_MARGINAL), h.kind == KIND_DURATION)
     ]
     if pairs:
         parts.append(
             select(stored, *columns, zero).where(
-                h.series == SERIES_ALL_MODELS,
-                clause,
+                of_series(SERIES_ALL_MODELS),
                 h.kind == KIND_DURATION,
                 h.agent_type.in_(bindparam("pair_agent_types", expanding=True)),
                 h.source.in_(bindparam("pair_sources", expanding=True)),

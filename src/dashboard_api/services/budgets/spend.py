@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard_api.db.dialect import Dialect, dialect_of
 from dashboard_api.db.models import Task
 from dashboard_api.db.models.analytics import AnalyticsPending, AnalyticsRollup
 from dashboard_api.services.analytics.layout import (
@@ -96,7 +97,7 @@ def _from_tasks(scope: Scope, start: datetime, end: datetime) -> Any:
 
 
 def _from_rollups(
-    scope: Scope, blocks: list[tuple[int, int]], start: datetime, end: datetime
+    dialect: Dialect, scope: Scope, blocks: list[tuple[int, int]], start: datetime, end: datetime
 ) -> Any:
     if scope.agent_type is None and scope.source is None:
         series = [_R.series == SERIES_MARGINAL, _R.agent_type == "", _R.source == ""]
@@ -109,12 +110,14 @@ def _from_rollups(
     by_grain: dict[int, list[int]] = {}
     for grain, bucket in blocks:
         by_grain.setdefault(grain, []).append(bucket)
-    in_blocks = or_(
-        *(and_(_R.grain == grain, _R.bucket.in_(buckets)) for grain, buckets in by_grain.items())
-    )
+    in_blocks = [
+        and_(_R.grain == grain, _R.bucket.in_(buckets)) for grain, buckets in by_grain.items()
+    ]
+    # The key's leading column with each block (on SQLite, where a series beside an OR of
+    # blocks read the whole series: every block of every grain).
     rolled = (
         select(func.coalesce(func.sum(_R.cost_micros), 0))
-        .where(*series, _R.model == "", in_blocks)
+        .where(dialect.keyed_or([series[0]], in_blocks), *series[1:], _R.model == "")
         .scalar_subquery()
     )
     pending_where = [_P.created_s >= epoch_seconds(start), _P.created_s < epoch_seconds(end)]
@@ -130,16 +133,17 @@ def _from_rollups(
     return select(rolled + pending)
 
 
-def spend_statement(scope: Scope, start: datetime, end: datetime) -> Any:
+def spend_statement(dialect: Dialect, scope: Scope, start: datetime, end: datetime) -> Any:
     """A statement whose one value is the exact spend (micro-dollars) of `scope` over the
     tasks created in [start, end)."""
     if scope.in_rollups:
         raw, blocks = split_window(start, end)
         if blocks and not raw:
-            return _from_rollups(scope, blocks, start, end)
+            return _from_rollups(dialect, scope, blocks, start, end)
     return _from_tasks(scope, start, end)
 
 
 async def spend_micros(session: AsyncSession, scope: Scope, start: datetime, end: datetime) -> int:
     """The exact spend of `scope` over the tasks created in [start, end)."""
-    return int(await session.scalar(spend_statement(scope, start, end)) or 0)
+    statement = spend_statement(dialect_of(session), scope, start, end)
+    return int(await session.scalar(statement) or 0)

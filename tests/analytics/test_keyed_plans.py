@@ -1,0 +1,106 @@
+"""On SQLite, the rollup and histogram statements of a budget's spend and of the alerts'
+trailing windows seek each block through the tables' key (series, grain, bucket, ...):
+with the series beside an OR of blocks SQLite read every row of the series instead
+(`Dialect.keyed_or`). Checked on the statements the service sends (captured), by their
+plans; and the spend read from the rollups equals the tasks' sum on both backends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import event, func, select
+
+from dashboard_api.db.models import Task
+from dashboard_api.services.analytics.trailing import trailing_p95
+from dashboard_api.services.budgets.spend import Scope, spend_micros
+from dashboard_api.services.pricing import PriceTable
+from dashboard_api.services.seed import seed_tasks
+from tests.support.env import Backend
+
+NOW = datetime(2026, 11, 25, 12, 34, 56, 789000, tzinfo=UTC)
+KEYED = ("analytics_rollups", "analytics_histograms")
+
+
+@contextmanager
+def captured(app: FastAPI) -> Iterator[list[tuple[str, Any]]]:
+    """The (statement, parameters) the app's engine runs meanwhile."""
+    engine = app.state.ctx.db.engine.sync_engine
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def _unkeyed_reads(app: FastAPI, statements: list[tuple[str, Any]]) -> list[str]:
+    """The plan lines of `statements` that read a keyed table other than by (series,
+    grain, ...): a scan, or a search on the series alone."""
+    bad: list[str] = []
+    checked = 0
+    async with app.state.ctx.db.read() as session:
+        conn = await session.connection()
+        for statement, parameters in statements:
+            if not any(table in statement for table in KEYED):
+                continue
+            checked += 1
+            plan = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            for row in plan:
+                line = str(row[-1])
+                if any(f" {table}" in line for table in KEYED) and "grain=" not in line:
+                    bad.append(line)
+    assert checked, "no statement read the rollups or histograms"
+    return bad
+
+
+@pytest.mark.parametrize(
+    "scope", [Scope(), Scope(agent_type="reviewer"), Scope(agent_type="triage", source="slack")]
+)
+async def test_spend_seeks_each_block(app: FastAPI, backend: Backend, scope: Scope) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("SQLite's planner (PostgreSQL binds the blocks: unchanged)")
+    start, end = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    with captured(app) as statements:
+        async with app.state.ctx.db.read() as session:
+            await spend_micros(session, scope, start, end)
+    assert await _unkeyed_reads(app, statements) == []
+
+
+async def test_trailing_p95_seeks_each_block(app: FastAPI, backend: Backend) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("SQLite's planner (PostgreSQL binds the blocks: unchanged)")
+    with captured(app) as statements:
+        async with app.state.ctx.db.read() as session:
+            await trailing_p95(
+                session, now=NOW, minutes=[60, 1440, 10080], pairs=[("reviewer", "github")]
+            )
+    assert await _unkeyed_reads(app, statements) == []
+
+
+async def test_spend_from_rollups_equals_the_tasks_sum(app: FastAPI) -> None:
+    db = app.state.ctx.db
+    prices = PriceTable(*app.state.ctx.settings.price_table())
+    async with db.write() as session:
+        await seed_tasks(session, n=3000, now=NOW, prices=prices, days=40, seed=5, chunk=500)
+    start = datetime(2026, 10, 20, tzinfo=UTC)
+    for scope in (Scope(), Scope(agent_type="reviewer"), Scope(source="slack")):
+        for days in (1, 7, 30):
+            end = start + timedelta(days=days)
+            where = [Task.created_at >= start, Task.created_at < end]
+            where += [getattr(Task, k) == v for k, v in scope.as_dict().items()]
+            async with db.read() as session:
+                spent = await spend_micros(session, scope, start, end)
+                want = await session.scalar(
+                    select(func.coalesce(func.sum(Task.cost_micros), 0)).where(*where)
+                )
+            assert spent == want, (scope, days)
+            assert want > 0
