@@ -57,7 +57,8 @@ def require_roles(*roles: Role) -> object:
 
 ANY_ROLE: tuple[Role, ...] = ("admin", "user", "agent")
 AnyRole = Annotated[Principal, require_roles(*ANY_ROLE)]
-UserRole = Annotated[Principal, require_roles("admin", "user")]
+USER_ROLE: tuple[Role, ...] = ("admin", "user")
+UserRole = Annotated[Principal, require_roles(*USER_ROLE)]
 AgentRole = Annotated[Principal, require_roles("admin", "agent")]
 AdminRole = Annotated[Principal, require_roles("admin")]
 

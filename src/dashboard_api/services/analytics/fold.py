@@ -9,10 +9,10 @@ the number of contributions folded into it, so that a block's `changes` plus its
 rows stays the same across a fold (the token `services.tasks.search` checks).
 
 Who folds: the `analytics-fold` periodic job (`fold_waiting`, on one replica at a time,
-see jobs/), and every analytics read
-before it reads (`fold_before_read`), so that an answer includes every write
-acknowledged before it was asked. Task-list totals do not fold: they add the pending
-rows to what they count (`services.tasks`), in the same statement, without a lock.
+see jobs/), and every analytics read when its first statement finds pending rows
+(`execute_folded`), so that an answer includes every write acknowledged before it was
+asked. Task-list totals do not fold: they add the pending rows to what they count
+(`services.tasks`), in the same statement, without a lock.
 
 One fold runs at a time across all replicas (a PostgreSQL advisory lock; SQLite's write
 transactions are serialized anyway). A fold either commits (rows gone, rollups updated)
@@ -21,11 +21,14 @@ or rolls back (both unchanged), so a crash never loses or doubles a contribution
 
 from __future__ import annotations
 
+from collections import namedtuple
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sqlalchemy import ScalarSelect, delete, func, select
+from sqlalchemy import ScalarSelect, delete, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dashboard_api.bounded import BoundedCache
 from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models.analytics import PENDING_TABLE
@@ -107,29 +110,72 @@ async def newest_pending(db: Database, session: AsyncSession | None = None) -> i
     return None if newest is None else int(newest)
 
 
-async def fold_before_read(db: Database, session: AsyncSession | None = None) -> int:
-    """Make the rollups hold every write committed so far (analytics reads call this
-    first). Waits for a fold another replica is running: the rows it took count too.
-
-    Only rows up to the newest one seen now: a write committed before this call has a
-    smaller id, and writes arriving meanwhile cannot keep a reader folding forever.
-
-    With `session` (the reader's own), the check runs in it, saving a connection; after a
-    fold its transaction is ended, so that its next statement sees the fold (SQLite keeps
-    a transaction's first snapshot; PostgreSQL's READ COMMITTED would see it anyway).
-    """
-    upto = await newest_pending(db, session)
-    if upto is None:
-        return 0
-    folded = await fold_pending(db, wait=True, upto=upto)
-    if session is not None:
-        await session.rollback()
-    return folded
-
-
 async def fold_waiting(db: Database) -> int:
     """One background fold (the `analytics-fold` periodic job): a read when nothing is
     pending (the usual case), else fold it, unless another fold is running (it will)."""
     if await newest_pending(db) is None:
         return 0
     return await fold_pending(db, wait=False)
+
+
+# --- the check in a read's first statement -----------------------------------------------
+# An analytics request that checked for pending rows in a statement of its own paid a
+# round trip for it (an empty check, nearly always). Its first statement carries the check
+# instead: the newest pending id beside the statement's rows, from one snapshot, so rows
+# read with no pending id include every write committed before them.
+
+_FOLD_CHECK = "analytics_fold_check"
+Fold = Callable[[int], Awaitable[None]]
+
+
+def defer_fold_check(session: AsyncSession, fold: Fold) -> None:
+    """Have the first statement that `execute_folded` runs in `session` check for pending
+    rows too; when there are, `fold(newest id)` folds them and the statement runs again."""
+    session.info[_FOLD_CHECK] = fold
+
+
+# Each statement with the check, by statement (those are built once per shape on
+# PostgreSQL; bounded for SQLite, which builds them per request).
+_CHECKED: BoundedCache[Any, Any] = BoundedCache(256)
+_ROW_TYPES: BoundedCache[tuple[str, ...], Any] = BoundedCache(256)
+
+
+def _checked(stmt: Any) -> Any:
+    wrapped = _CHECKED.get(stmt)
+    if wrapped is None:
+        body = stmt.subquery("checked_body")
+        pending = select(func.max(_P.c.id).label("newest_pending")).subquery("pending")
+        # A left join: one row (the body's columns NULL) even when the body has none.
+        joined = pending.outerjoin(body, true())
+        wrapped = _CHECKED.put(stmt, select(pending.c.newest_pending, *body.c).select_from(joined))
+    return wrapped
+
+
+def _row_type(keys: tuple[str, ...]) -> Any:
+    found = _ROW_TYPES.get(keys)
+    if found is None:
+        found = _ROW_TYPES.put(keys, namedtuple("Row", keys, rename=True))
+    return found
+
+
+async def execute_folded(
+    session: AsyncSession, stmt: Any, params: dict[str, Any] | None = None
+) -> Sequence[Any]:
+    """The rows of `stmt` (a SELECT whose first column is never NULL), read after a fold
+    of every write committed before it when `defer_fold_check` asked for one (the first
+    statement of the session only; the others run as they are)."""
+    conn = await session.connection()
+    fold: Fold | None = session.info.pop(_FOLD_CHECK, None)
+    if fold is None:
+        return (await conn.execute(stmt, params)).all()
+    result = await conn.execute(_checked(stmt), params)
+    keys = tuple(result.keys())[1:]
+    rows = result.all()
+    if rows[0][0] is None:
+        row = _row_type(keys)
+        return [row(*r[1:]) for r in rows if r[1] is not None]
+    await fold(int(rows[0][0]))
+    # SQLite's read transaction keeps its first snapshot: end it to see the fold.
+    await session.rollback()
+    conn = await session.connection()
+    return (await conn.execute(stmt, params)).all()

@@ -5,6 +5,8 @@ SQL; the rows are added up and walked here."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +37,7 @@ from dashboard_api.schemas.analytics import (
     SourceMetrics,
 )
 from dashboard_api.services.analytics.bins import BinSum, nearest_rank
+from dashboard_api.services.analytics.fold import execute_folded
 from dashboard_api.services.analytics.layout import (
     BIN_THRESHOLDS,
     COUNTERS,
@@ -61,6 +64,8 @@ from dashboard_api.services.analytics.window import (
     block_statement,
     cover_window,
     ratio,
+    raw_counter_sums,
+    raw_params,
     raw_rows,
     signed,
     sums,
@@ -107,21 +112,31 @@ async def performance(
     # Counters and histograms split the window differently: counters from 15 minutes up,
     # histograms from 4 hours up, each with raw rows at the edges.
     cover = cover_window(start, end, now=now)
-    conn = await session.connection()
     combos: dict[tuple[str, str], Agg] = {}
     models: dict[str, Agg] = {}
     if cover.blocks:
-        build = _failure_counter_groups if filters.failure_reason else _counter_groups
-        stmt, params = block_statement(session, "counter_groups", cover.blocks, filters, build)
-        for part, agent_type, source, model, *values in await conn.execute(stmt, params):
+        # The raw rows at the edges come in the same statement, summed (signed) per group.
+        n_raw, n_sub = len(cover.raw()), len(cover.sub)
+        build = functools.partial(
+            _with_raw_counters,
+            _failure_counter_groups if filters.failure_reason else _counter_groups,
+            n_raw,
+            n_sub,
+        )
+        stmt, params = block_statement(
+            session, f"counter_groups/{n_raw}/{n_sub}", cover.blocks, filters, build
+        )
+        params.update(raw_params(cover))
+        for part, agent_type, source, model, *values in await execute_folded(session, stmt, params):
             if part == 0:
                 combos.setdefault((agent_type, source), Agg()).add_counters(values)
             else:
                 models.setdefault(model, Agg()).add_counters(values)
-    for row in await raw_rows(session, cover.raw(), filters):
-        values = signed(cover.sign(row.created_at), counters_of(row))
-        combos.setdefault((row.agent_type, row.source), Agg()).add_counters(values)
-        models.setdefault(row.model or "", Agg()).add_counters(values)
+    else:
+        for row in await raw_rows(session, cover.raw(), filters):
+            values = signed(cover.sign(row.created_at), counters_of(row))
+            combos.setdefault((row.agent_type, row.source), Agg()).add_counters(values)
+            models.setdefault(row.model or "", Agg()).add_counters(values)
     pct = await _percentiles(session, start, end, filters, now)
 
     overall = Agg()
@@ -166,6 +181,31 @@ def _counter_groups(where: BlocksWhere, filtered: FiltersWhere) -> CompoundSelec
         select(literal(1), empty, empty, r.model, *sums(r))
         .where(where(r, [r.series == SERIES_PER_MODEL]), *filtered(r))
         .group_by(r.model),
+    )
+
+
+def _with_raw_counters(
+    build: Callable[[BlocksWhere, FiltersWhere], CompoundSelect[Any]],
+    n_raw: int,
+    n_sub: int,
+    where: BlocksWhere,
+    filtered: FiltersWhere,
+) -> CompoundSelect[Any]:
+    """`build`'s rows, and the same two parts over the `n_raw` raw ranges
+    (`raw_counter_sums`): part 0 per (agent_type, source), part 1 per model."""
+    blocks = build(where, filtered)
+    if not n_raw:
+        return blocks
+    raw_where, raw_sums = raw_counter_sums(n_raw, n_sub)
+    conds = [raw_where, *filtered(Task)]
+    empty = literal("")
+    model = func.coalesce(Task.model, "")
+    return union_all(
+        *blocks.selects,
+        select(literal(0), Task.agent_type, Task.source, empty, *raw_sums)
+        .where(*conds)
+        .group_by(Task.agent_type, Task.source),
+        select(literal(1), empty, empty, model, *raw_sums).where(*conds).group_by(model),
     )
 
 
@@ -233,7 +273,6 @@ async def _percentiles(
     """
     cover = cover_window(start, end, HIST_GRAINS, now=now)
     per_key: dict[RowKey, BinSum] = {}
-    conn = await session.connection()
     if cover.blocks:
         h = AnalyticsHistogram.__table__.c
         # Filtered: the groups are summed from the per-combination series; unfiltered:
@@ -259,15 +298,15 @@ async def _percentiles(
 
         dialect = dialect_of(session)
         stmt, params = block_statement(session, "histogram_keys", cover.blocks, filters, build)
-        for series_, agent_type, source, model, kind, bin_los, counts in (
-            await conn.execute(stmt, params)
-        ).all():
+        for series_, agent_type, source, model, kind, bin_los, counts in await execute_folded(
+            session, stmt, params
+        ):
             acc = per_key[(series_, agent_type, source, model, kind)] = BinSum()
             acc.add_rows(int_list(bin_los), bytes_list(counts))
     if cover.add or cover.sub:
-        for part, agent_type, source, model, kind, bins, counts in (
-            await conn.execute(*await _edge_bins(session, cover, filters))
-        ).all():
+        for part, agent_type, source, model, kind, bins, counts in await execute_folded(
+            session, *await _edge_bins(session, cover, filters)
+        ):
             series_ = SERIES_PER_MODEL if part else SERIES_ALL_MODELS
             edge = BinSum.of_lists(int_list(bins), int_list(counts))
             per_key.setdefault((series_, agent_type, source, model, kind), BinSum()).add(edge)

@@ -4,6 +4,7 @@ window is read: whole rollup blocks in the middle, raw rows at the edges)."""
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,20 +14,25 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     ColumnElement,
+    CompoundSelect,
     Select,
     and_,
     bindparam,
     func,
+    literal,
     select,
+    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.bounded import BoundedCache
 from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.models.analytics import AnalyticsRollup
+from dashboard_api.db.models.tasks import Task
 from dashboard_api.money import micros_to_usd
 from dashboard_api.schemas.analytics import FailedByReason, Period, Summary
 from dashboard_api.services.analytics.buckets import bucket_starts, parse_tz
+from dashboard_api.services.analytics.fold import execute_folded
 from dashboard_api.services.analytics.histogram_sql import COUNTERS as HISTOGRAM_COUNTERS
 from dashboard_api.services.analytics.histogram_sql import bucket_sums
 from dashboard_api.services.analytics.layout import (
@@ -52,6 +58,8 @@ from dashboard_api.services.analytics.window import (
     cover_window,
     from_epoch,
     ratio,
+    raw_counter_sums,
+    raw_params,
     raw_rows,
     signed,
     summed_series,
@@ -86,19 +94,34 @@ async def summary(
         reason_of = {
             per_reason[r]: r for r in filters.failure_reason or FAILURE_SERIES if r in per_reason
         }
-        stmt, params = block_statement(session, "summary", cover.blocks, filters, _summary_rows)
+        # The raw rows at the edges come in the same statement, summed (signed) per
+        # failure reason, as series _RAW.
+        n_raw, n_sub = len(cover.raw()), len(cover.sub)
+        stmt, params = block_statement(
+            session,
+            f"summary/{n_raw}/{n_sub}",
+            cover.blocks,
+            filters,
+            functools.partial(_summary_rows, n_raw, n_sub),
+        )
         params["series"] = sorted(totals | set(reason_of))
-        conn = await session.connection()
-        for series, *values in await conn.execute(stmt, params):
+        params.update(raw_params(cover))
+        for series, reason, *values in await execute_folded(session, stmt, params):
+            if series == _RAW:
+                agg.add_counters(values)
+                if reason in by_reason:
+                    by_reason[reason] += int(values[0])
+                continue
             if series in totals:
                 agg.add_counters(values)
             if series in reason_of:
                 by_reason[reason_of[series]] += int(values[0])
-    for row in await raw_rows(session, cover.raw(), filters):
-        sign = cover.sign(row.created_at)
-        agg.add_counters(signed(sign, counters_of(row)))
-        if row.failure_reason in by_reason:
-            by_reason[row.failure_reason] += sign
+    else:
+        for row in await raw_rows(session, cover.raw(), filters):
+            sign = cover.sign(row.created_at)
+            agg.add_counters(signed(sign, counters_of(row)))
+            if row.failure_reason in by_reason:
+                by_reason[row.failure_reason] += sign
     tasks = agg["tasks"]
     days = (end - start) / timedelta(days=1)
     return Summary(
@@ -124,11 +147,31 @@ async def summary(
     )
 
 
-def _summary_rows(where: BlocksWhere, filtered: FiltersWhere) -> Select[Any]:
-    """(series, *COUNTERS) of the rows of some blocks and series (bound: "series")."""
+# The series of `_summary_rows`' raw part (no stored series is negative).
+_RAW = -1
+
+
+def _summary_rows(
+    n_raw: int, n_sub: int, where: BlocksWhere, filtered: FiltersWhere
+) -> CompoundSelect[Any] | Select[Any]:
+    """(series, reason, *COUNTERS) of the rows of some blocks and series (bound: "series";
+    reason ''), and of the `n_raw` raw ranges (`raw_counter_sums`): series _RAW, one row
+    per failure reason."""
     r = AnalyticsRollup.__table__.c
     series = r.series.in_(bindparam("series", expanding=True))
-    return select(r.series, *sums(r)).where(where(r, [series]), *filtered(r)).group_by(r.series)
+    blocks = (
+        select(r.series, literal("").label("reason"), *sums(r))
+        .where(where(r, [series]), *filtered(r))
+        .group_by(r.series)
+    )
+    if not n_raw:
+        return blocks
+    raw_where, raw_sums = raw_counter_sums(n_raw, n_sub)
+    reason = func.coalesce(Task.failure_reason, "")
+    raw = (
+        select(literal(_RAW), reason, *raw_sums).where(raw_where, *filtered(Task)).group_by(reason)
+    )
+    return union_all(blocks, raw)
 
 
 def _common_grain(edges: Sequence[int]) -> int | None:
@@ -196,11 +239,10 @@ async def histogram(
     if blocks:
         which.append(blocks_clause(session, r, blocks))
     conds = (dialect_of(session).keyed_or(counter_series(r, filters), which),) if which else ()
-    conn = await session.connection()
     if which:
         columns = [func.sum(getattr(r, c)) for c in _HISTOGRAM_COUNTERS]
         stmt = select(r.bucket, *columns).where(*conds).group_by(r.grain, r.bucket)
-        for bucket, *values in await conn.execute(stmt):
+        for bucket, *values in await execute_folded(session, stmt):
             acc = sums[bisect.bisect_right(bounds, bucket) - 1]
             for k, v in enumerate(values):
                 acc[k] += int(v)
