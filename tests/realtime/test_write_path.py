@@ -37,7 +37,7 @@ async def test_fast_path_is_taken_with_the_pinned_uvicorn(live: LiveServer) -> N
         conn = _only_connection(live)
         assert conn._proto is not None, (
             f"uvicorn {uvicorn.__version__}: the fast WebSocket write path is not taken "
-            "(realtime/ws.py `_direct_protocol` no longer finds uvicorn's protocol). "
+            "(realtime/uvicorn_proto.py `direct_protocol` no longer finds uvicorn's protocol). "
             "Fix it for this uvicorn or keep uvicorn within the range pinned in pyproject."
         )
 

@@ -21,6 +21,7 @@ from dashboard_api.realtime.events import OutEvent
 from dashboard_api.realtime.hub import Hub
 from dashboard_api.realtime.sinks import QueueSink
 from dashboard_api.realtime.subscriptions import Subscription, TaskSubscription
+from dashboard_api.realtime.uvicorn_proto import direct_protocol
 from dashboard_api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,52 +30,6 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 # Over `ws_max_connections_per_token` sockets for one token on this replica (HTTP 429's twin).
 CLOSE_TOO_MANY_CONNECTIONS = 4429
-
-
-def _find_protocol(send: Any, depth: int = 0) -> Any:
-    """The uvicorn protocol behind an ASGI `send`, through middleware wrappers (closures)."""
-    if send is None or depth > 8:
-        return None
-    owner = getattr(send, "__self__", None)
-    if owner is not None and type(owner).__name__ == "WebSocketsSansIOProtocol":
-        return owner
-    for cell in getattr(send, "__closure__", None) or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:
-            continue
-        if callable(value):
-            found = _find_protocol(value, depth + 1)
-            if found is not None:
-                return found
-    wrapped = getattr(send, "__wrapped__", None)
-    return _find_protocol(wrapped, depth + 1) if wrapped is not None else None
-
-
-def _direct_protocol(websocket: WebSocket) -> Any:
-    """uvicorn's sans-I/O WebSocket protocol when frames can be written to it directly.
-
-    That is the case when no extension (compression) was negotiated: then an event's frame
-    is the same bytes for every subscriber, made once and written to each transport.
-    Middleware that wraps `send` only sees the accept and close messages then.
-    """
-    proto = _find_protocol(getattr(websocket, "_send", None))
-    if proto is None:
-        return None
-    conn = getattr(proto, "conn", None)
-    transport = getattr(proto, "transport", None)
-    writable = getattr(proto, "writable", None)
-    if conn is None or transport is None or not isinstance(writable, asyncio.Event):
-        return None
-    if getattr(conn, "extensions", None):
-        return None
-    if getattr(proto, "handshake_complete", False):
-        # uvicorn keeps the handshake's request and response, headers and all (~2.5 KB),
-        # as long as the socket; it reads them only until the accept is sent.
-        for name in ("request", "response"):
-            if hasattr(proto, name):
-                setattr(proto, name, None)
-    return proto
 
 
 class Connection(QueueSink):
@@ -105,7 +60,7 @@ class Connection(QueueSink):
         self.hub = hub
         self.subscriptions: dict[str, Subscription] = {}
         self.close_code: int | None = None
-        self._proto = _direct_protocol(websocket)
+        self._proto = direct_protocol(websocket)
         self._writable: asyncio.Event | None = self._proto.writable if self._proto else None
         self._pending: list[bytes] = []
         self.last_write = float("-inf")  # loop time of the last hub flush (write interval)
