@@ -9,18 +9,20 @@ queue. The end-to-end counterpart on real sockets is in `test_write_path.py`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dashboard_api.realtime import groups
 from dashboard_api.realtime.broker import MemoryBroker
 from dashboard_api.realtime.events import OutEvent, dumps
 from dashboard_api.realtime.hub import Hub
 from dashboard_api.realtime.sinks import QueueSink
-from dashboard_api.realtime.subscriptions import TaskSubscription
+from dashboard_api.realtime.subscriptions import Subscription, TaskSubscription
 from tests.support.ws import FakeHistory
 
 
@@ -282,11 +284,65 @@ _STEP = st.one_of(
 )
 
 
-@given(steps=st.lists(_STEP, max_size=40), interval=st.sampled_from([0.0, 0.002]))
+@given(
+    steps=st.lists(_STEP, max_size=40),
+    interval=st.sampled_from([0.0, 0.002]),
+    paced=st.booleans(),
+)
 def test_every_subscriber_gets_every_seq_once_in_order(
-    steps: list[tuple[str, int]], interval: float
+    steps: list[tuple[str, int]], interval: float, paced: bool
 ) -> None:
-    asyncio.run(_run_steps(steps, interval))
+    if not paced:
+        asyncio.run(_run_steps(steps, interval))
+        return
+    # Every group paced as a large one is (its writes 3 ms apart, on their own timers).
+    with _pace(factor=1e6, cap=0.003):
+        asyncio.run(_run_steps(steps, interval))
+
+
+@contextlib.contextmanager
+def _pace(factor: float, cap: float) -> Iterator[None]:
+    saved = groups.PACE_FROM, groups.PACE_FACTOR, groups.PACE_MAX
+    groups.PACE_FROM, groups.PACE_FACTOR, groups.PACE_MAX = 0.0, factor, cap
+    try:
+        yield
+    finally:
+        groups.PACE_FROM, groups.PACE_FACTOR, groups.PACE_MAX = saved
+
+
+async def test_a_large_groups_writes_are_paced_and_carry_what_gathered() -> None:
+    """A group whose write takes long (here: made to look so) is written at most once per
+    its pace: the events published meanwhile share the next write, in order."""
+    broker, history = MemoryBroker(), FakeHistory()
+    hub = Hub(broker, history, write_interval=0.0, write_slice=2)
+    sinks = []
+    for _ in range(5):
+        sink = SocketSink()
+        sub = Subscription(hub, sink, "tasks")
+        await hub.attach(sub)
+        sinks.append(sink)
+    with _pace(factor=1e6, cap=0.2):
+        # The first event: each subscription sends it alone and joins the group.
+        await broker.publish("tasks", dumps({"type": "task_status", "task_id": "s0"}))
+        await _settle()
+        group = hub._groups["tasks"]
+        assert len(group.members) == 5
+        for i in range(1, 4):
+            await broker.publish("tasks", dumps({"type": "task_status", "task_id": f"s{i}"}))
+            await _settle()
+        await asyncio.sleep(0.05)
+        for i in range(4, 10):
+            await broker.publish("tasks", dumps({"type": "task_status", "task_id": f"s{i}"}))
+        await _settle()
+        assert group.pace == 0.2
+        assert group.events  # held until its pace has passed since its last write
+        async with asyncio.timeout(5):
+            while any(len(s.out) < 10 for s in sinks):
+                await asyncio.sleep(0.01)
+    for sink in sinks:
+        assert [m["task_id"] for m in sink.out] == [f"s{i}" for i in range(10)]
+        assert sink.shared_writes <= 3
+    await hub.close()
 
 
 _OUTPUT_STEPS = ("next", "swap", "late", "skip")

@@ -12,6 +12,12 @@ from dashboard_api.realtime.sinks import Sink
 
 log = logging.getLogger(__name__)
 
+# A group whose last write took PACE_FROM or longer starts its next one at least
+# PACE_FACTOR times that duration later (at most PACE_MAX): see `Group.pace`.
+PACE_FROM = 0.002
+PACE_FACTOR = 4.0
+PACE_MAX = 0.1
+
 
 class Member(Protocol):
     """A subscription, as its channel's group sees it."""
@@ -69,6 +75,7 @@ class Group:
         "last_write",
         "loose",
         "members",
+        "pace",
         "seq",
         "task",
     )
@@ -85,7 +92,18 @@ class Group:
         self.base = 0  # index of events[0]
         # Task channels: the seq every member has sent (members are all caught up to it).
         self.seq = -1
-        self.last_write = float("-inf")  # loop time of the last shared write
+        self.last_write = float("-inf")  # loop time of the last shared write's start
+        # The least time between the starts of two shared writes (the hub's write interval
+        # applies when it is longer): PACE_FACTOR times the wall time the last one took,
+        # its slices and whatever ran between them. A write to 10,000 sockets takes ~14
+        # ms of CPU on a quiet 2-core machine, and one write per event at 50 events/s
+        # (the `tasks` channel of a busy fleet) took 0.68 of a core (bench `ws_scale`),
+        # nearly all of it a syscall per socket and event. Spaced by 4x its duration,
+        # the frames of several events share each socket's write, the group's writes
+        # take at most about a fifth of the loop, and the spacing grows with the load
+        # (up to PACE_MAX, the most latency it adds). Groups whose writes take less than
+        # PACE_FROM (~1,500 sockets on a quiet machine) keep the hub's write interval.
+        self.pace = 0.0
         self.flushing = False
         # Task channels: chunks that arrived ahead of seq + 1, by seq, until it arrives.
         self.held: dict[int, OutEvent] = {}
@@ -260,6 +278,8 @@ class Group:
             asyncio.get_running_loop().call_soon(self._write_slice, targets, stop, end, data)
             return
         self.flushing = False
+        took = asyncio.get_running_loop().time() - self.last_write
+        self.pace = min(PACE_MAX, PACE_FACTOR * took) if took >= PACE_FROM else 0.0
         del self.events[: end - self.base]
         self.base = end
         if self.events:

@@ -81,6 +81,7 @@ class Hub:
         self.write_slice = max(1, write_slice)
         self._later: list[Any] = []
         self._later_handle: asyncio.TimerHandle | None = None
+        self._paced: dict[Any, asyncio.TimerHandle] = {}
         broker.set_handler(self.on_message)
         broker.on_reconnect(self.resync_all)
 
@@ -145,14 +146,20 @@ class Hub:
 
     def mark_dirty(self, sink: Any) -> None:
         """Have `sink.flush()` called at the end of this loop iteration, or, when the sink
-        was written less than `write_interval` ago, once that interval is over."""
+        was written less than `write_interval` (or its own `pace`, if longer) ago, once
+        that interval is over."""
         loop = asyncio.get_running_loop()
-        due = sink.last_write + self.write_interval
+        pace = sink.pace
+        due = sink.last_write + (pace if pace > self.write_interval else self.write_interval)
         if due <= loop.time():
             self._dirty.append(sink)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 loop.call_soon(self._flush)
+        elif pace > self.write_interval:
+            # A large group (see `Group.pace`): a timer of its own, so that the sockets
+            # batched on the shared timer below are not held back to its later time.
+            self._paced[sink] = loop.call_at(due, self._flush_paced, sink)
         else:
             self._later.append(sink)
             if self._later_handle is None:
@@ -163,6 +170,10 @@ class Hub:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
         self._write(dirty)
+
+    def _flush_paced(self, sink: Any) -> None:
+        self._paced.pop(sink, None)
+        self._write([sink])
 
     def _flush_later(self) -> None:
         self._later_handle = None
@@ -213,4 +224,7 @@ class Hub:
         if self._later_handle is not None:
             self._later_handle.cancel()
             self._later_handle = None
+        for handle in self._paced.values():
+            handle.cancel()
+        self._paced.clear()
         await stop_tasks(list(self._tasks), what="realtime hub")

@@ -53,6 +53,8 @@ class Connection(QueueSink):
         "websocket",
     )
 
+    pace = 0.0  # written at most once per the hub's write interval (see `Group.pace`)
+
     def __init__(self, websocket: WebSocket, principal: Principal, hub: Hub, size: int) -> None:
         super().__init__(size)
         self.websocket = websocket
