@@ -48,8 +48,9 @@ TARGET_IDLE_KB = 20.0
 TARGET_CHANNELS_P99_MS = 100.0
 TARGET_TASKS_P99_MS = 250.0
 IDLE_WINDOW_S = 5.0
-# A sitecustomize that times the server's garbage collections (see its docstring).
-GC_PROBE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_gc_probe")
+# A sitecustomize that times the server's garbage collections and shared writes (see its
+# docstring).
+PROBE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_server_probe")
 
 
 # --- the server -------------------------------------------------------------------------
@@ -84,10 +85,10 @@ def _rss_kb(pids: list[int]) -> int:
 def _start_server(
     port: int, env: dict[str, str], src: str | None, workers: int, gc_probe: str
 ) -> subprocess.Popen[bytes]:
-    path = os.pathsep.join(filter(None, [GC_PROBE_DIR, env.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [PROBE_DIR, env.get("PYTHONPATH")]))
     return start_server(
         port,
-        {**env, "PYTHONPATH": path, "BENCH_GC_PROBE": gc_probe},
+        {**env, "PYTHONPATH": path, "BENCH_SERVER_PROBE": gc_probe},
         src,
         profile=workers == 1,
         uvicorn_args=[
@@ -183,6 +184,9 @@ class Generators:
             proc.stdin.write(line.encode() + b"\n")
             await proc.stdin.drain()
 
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
     async def close(self) -> None:
         with contextlib.suppress(ConnectionError):
             await self.send("QUIT")
@@ -252,14 +256,22 @@ class Meter:
     def rss_kb(self) -> int:
         return _rss_kb(self.pids)
 
-    async def gc(self) -> dict[str, list[float]]:
-        """The collections so far, summed over the processes (`_gc_probe`): per generation
-        the count, the seconds and the longest pause; and the objects a full one walks."""
-        total: dict[str, list[float]] = {
+    async def gc(self) -> dict[str, Any]:
+        """The collections so far, summed over the processes (`_server_probe`): per
+        generation the count, the seconds and the longest pause; the objects a full one
+        walks. And since the previous call: the shared writes' lags (publish → written to
+        the group's last member, ms) with the deliveries each stands for, the most bytes
+        the members' transports held unsent, the arrivals' lags (publish → the hub, ms),
+        and the hub's delivery counters (so far)."""
+        total: dict[str, Any] = {
             "collections": [0, 0, 0],
             "seconds": [0.0, 0.0, 0.0],
             "longest": [0.0, 0.0, 0.0],
             "tracked": [0],
+            "write_lags": [],
+            "arrival_lags": [],
+            "buffered_max": [0],
+            "hub": [0, 0, 0],
         }
         for pid in self.pids:
             path = f"{self.gc_probe}.{pid}"
@@ -276,6 +288,14 @@ class Meter:
                 data = json.load(f)
             os.unlink(path)
             total["tracked"][0] += data["tracked"]
+            total["write_lags"] += [(ms, n) for ms, n in data.get("write_lags", ())]
+            total["arrival_lags"] += [(ms, 1) for ms in data.get("arrival_lags", ())]
+            total["buffered_max"][0] += data.get("buffered_max", 0)
+            hub = data.get("hub", {})
+            for i, name in enumerate(
+                ("events_delivered", "events_delivered_shared", "group_leaves")
+            ):
+                total["hub"][i] += hub.get(name, 0)
             for g in range(3):
                 total["collections"][g] += data["collections"][g]
                 total["seconds"][g] += data["seconds"][g]
@@ -325,10 +345,12 @@ async def _phase(
     idle_rate = (cpu1 - cpu0) / (w1 - w0)
     gc0 = await meter.gc()
     cpu1, w1 = meter.cpu(), time.perf_counter()  # (the probe's CPU is not the deliveries')
+    gen_cpu0 = gens.cpu()
     t0, t1 = await _publish_paced(prefix, rate, total, message)
     await gens.send("COLLECT 20")
     results = [json.loads(line) for line in await gens.expect("RESULT", 120)]
     cpu = meter.cpu() - cpu1
+    gen_cpu = gens.cpu() - gen_cpu0
     gc1 = await meter.gc()
     net = cpu - idle_rate * (time.perf_counter() - w1)
     pairs: list[tuple[float, int]] = []
@@ -342,6 +364,11 @@ async def _phase(
         pairs += zip(lat, weights, strict=True)
     pairs.sort()
     weighed = sum(w for _, w in pairs)
+    # The server's share: publish → the event written to its group's last member.
+    lags = sorted((float(ms), int(n)) for ms, n in gc1["write_lags"])
+    lag_weight = sum(n for _, n in lags)
+    arrivals = sorted(gc1["arrival_lags"])
+    hub = [b - a for a, b in zip(gc0["hub"], gc1["hub"], strict=True)]
     received = sum(r["received"] for r in results)
     expected = sum(r["expected"] for r in results)
     return {
@@ -360,10 +387,19 @@ async def _phase(
         "p50_ms": _pct(pairs, weighed, 0.50),
         "p99_ms": _pct(pairs, weighed, 0.99),
         "max_ms": _pct(pairs, weighed, 1.0),
+        "hub_arrival_p50_ms": _pct(arrivals, len(arrivals), 0.50),
+        "hub_arrival_p99_ms": _pct(arrivals, len(arrivals), 0.99),
+        "server_write_p50_ms": _pct(lags, lag_weight, 0.50),
+        "server_write_p99_ms": _pct(lags, lag_weight, 0.99),
+        "server_write_max_ms": _pct(lags, lag_weight, 1.0),
+        "server_unsent_max_kb": round(gc1["buffered_max"][0] / 1024, 1),
+        "shared_write_share": round(hub[1] / hub[0], 3) if hub[0] else None,
+        "group_leaves": hub[2],
         "server_cpu_s": round(cpu, 2),
         "server_cpu_us_per_delivery": round(cpu * 1e6 / max(1, received), 2),
         "server_idle_cpu_share": round(idle_rate, 3),
         "server_cpu_us_per_delivery_over_idle": round(net * 1e6 / max(1, received), 2),
+        "generators_cpu_us_per_delivery": round(gen_cpu * 1e6 / max(1, received), 2),
         **_gc_figures(gc0, gc1),
         "loadavg_1m": round(os.getloadavg()[0], 1),
     }
@@ -528,7 +564,11 @@ def _report(results: list[dict[str, Any]]) -> None:
         met = r["lost"] == 0 and r["duplicates"] == 0 and p99 is not None and p99 <= target
         print(
             f"{head} p99 {p99} ms vs <= {target:g}, lost {r['lost']}, duplicated "
-            f"{r['duplicates']} ({'ok' if met else 'MISSED'})"
+            f"{r['duplicates']} ({'ok' if met else 'MISSED'}); publish → in the hub: p99 "
+            f"{r['hub_arrival_p99_ms']} ms, → written to the last member: p99 "
+            f"{r['server_write_p99_ms']} ms; CPU per "
+            f"delivery: server {r['server_cpu_us_per_delivery']} µs, load generators "
+            f"{r['generators_cpu_us_per_delivery']} µs"
         )
 
 
