@@ -343,6 +343,12 @@ async def run_one(args: argparse.Namespace, label: str, src: str | None) -> None
         env.pop("DASHBOARD_REDIS_URL", None)
         if src:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        # The copy is migrated by the code under test (a template seeded by another
+        # checkout may be at an older revision).
+        subprocess.run(
+            [sys.executable, "-m", "dashboard_api", "migrate"], env=env, check=True,
+            capture_output=True,
+        )  # fmt: skip
         port = free_port()
         server = start_server(port, env, src)
         try:

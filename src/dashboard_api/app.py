@@ -50,6 +50,7 @@ from dashboard_api.realtime.channels import ChannelAuthorizer
 from dashboard_api.security.headers import SecurityHeadersMiddleware
 from dashboard_api.security.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from dashboard_api.services import conversations as conversations_service
+from dashboard_api.services import retention
 from dashboard_api.services.analytics import rollups
 from dashboard_api.services.budgets import service as budgets_service
 from dashboard_api.services.leases import LEASE_SECONDS_KEY
@@ -180,6 +181,9 @@ def build_context(settings: Settings, clock: Clock) -> AppContext:
         # After analytics: the spend it reads includes this write's own contribution.
         # Holds a `hold` budget that reached its limit.
         TaskHook(budgets_service.on_task_written, budgets_service.on_tasks_written),
+        # A task inserted with an old creation time lowers retention's `empty_before_s`
+        # (a statement only for those; last: it locks the shared state row).
+        retention.TASK_HOOK,
     )
     # analytics: read by the rollup hook on every task write (off only in benchmarks)
     # q totals: per-hour match counts this app's requests share (services/tasks/search_hours.py)

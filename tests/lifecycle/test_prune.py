@@ -373,3 +373,59 @@ async def test_retention_runs_as_a_periodic_job_when_set(
         assert await runner.tick("retention-prune")
         assert runner.stats["retention-prune"].failures == 0
         assert await task_ids(kept.state.ctx.db) == set(made) - prunable(made)
+
+
+async def empty_before(db: Database) -> datetime | None:
+    from dashboard_api.db.models.analytics import STATE_TABLE
+    from dashboard_api.services.analytics.layout import EPOCH
+
+    async with db.read() as session:
+        seconds = await session.scalar(
+            select(STATE_TABLE.c.empty_before_s).where(STATE_TABLE.c.id == 1)
+        )
+    return None if seconds is None else EPOCH + timedelta(seconds=seconds)
+
+
+async def test_lists_count_from_where_a_task_is_left_and_an_old_insert_moves_it_back(
+    app: FastAPI, client: httpx.AsyncClient, auth: Headers
+) -> None:
+    """After a prune the tasks table holds no task before `empty_before_s` (lists count
+    and read from there): it stops at a task the prune kept, reaches the cut-off once
+    that task is pruned too, and an insert of an older task moves it back before it."""
+    db = app.state.ctx.db
+    for i, (age, end) in enumerate(
+        [(70, "completed"), (60, "failed"), (50, "queued"), (40, "cancelled"), (10, "completed")]
+    ):
+        await make_task(client, auth, f"e-{i}", NOW - timedelta(days=age), end, i)
+    await assert_lists_consistent(client, auth)
+    assert await empty_before(db) is None
+
+    await prune_once(db, older_than=CUTOFF, batch_size=1)
+    kept = NOW - timedelta(days=50)
+    found = await empty_before(db)
+    assert found is not None
+    assert kept - timedelta(seconds=1) < found <= kept  # not past the queued task
+    assert set((await list_walk(client, auth, {"sort": "created_at"}))[0]) == {"e-2", "e-4"}
+    await assert_lists_consistent(client, auth)
+
+    r = await client.patch("/api/tasks/e-2", json={"status": "cancelled"}, headers=auth("agent"))
+    assert r.status_code == 200, r.text
+    assert (await prune_once(db, older_than=CUTOFF)).tasks == 1
+    assert await empty_before(db) == aligned_cutoff(CUTOFF)
+    assert (await list_walk(client, auth, {}))[0] == ["e-4"]
+    await assert_lists_consistent(client, auth)
+
+    # A task created before the horizon (an import, spans sent late) moves it back in
+    # its own transaction: this process's lists, which remember the horizon, see it.
+    await make_task(client, auth, "late-old", NOW - timedelta(days=80), "completed", 7)
+    found = await empty_before(db)
+    assert found is not None
+    assert found <= NOW - timedelta(days=80)
+    for params in ({}, {"sort": "created_at"}, {"status": "completed"}):
+        ids, total = await list_walk(client, auth, params)
+        expected = (
+            ["late-old", "e-4"] if params.get("sort") == "created_at" else ["e-4", "late-old"]
+        )
+        assert ids == expected, params
+        assert total == 2
+    await assert_lists_consistent(client, auth)

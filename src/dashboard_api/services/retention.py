@@ -26,25 +26,28 @@ What a prune keeps (docs/retention.md):
 
 The cut-off is moved down to a `PRUNE_ALIGNMENT` boundary, and the prune walks towards
 it in steps of whole blocks holding about `STEP_ROWS` prunable tasks (raising
-`pruned_before_s` to the end of the step first), so that while it runs the list counts
-only about a step's worth of not-yet-deleted rows from the table.
+`pruned_before_s` to the end of the step first). After each step it raises
+`analytics_state.empty_before_s`, before which the table holds no task (up to the step's
+end, never past a task it kept), and the list counts only the tasks from there: about a
+step's worth of rows, instead of walking the index entries of every row deleted so far
+(they stay until vacuum). An insert of a task created before `empty_before_s` lowers it
+in its own transaction (`on_task_written`, a task write hook).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import cast
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import (
-    BindParameter,
     ColumnElement,
     Table,
-    and_,
-    bindparam,
+    case,
     delete,
     func,
+    literal,
     or_,
     select,
     update,
@@ -56,6 +59,7 @@ from dashboard_api.db.engine import Database
 from dashboard_api.db.models import ConversationTask, Task, TaskEvent, TaskOutputChunk
 from dashboard_api.db.models.analytics import STATE_TABLE
 from dashboard_api.services.analytics.layout import EPOCH, HIST_GRAINS
+from dashboard_api.services.task_hooks import TaskHook, TaskSnapshot, TaskWrite
 from dashboard_api.task_statuses import TERMINAL_STATUSES
 from dashboard_api.timeutil import format_ts
 
@@ -68,6 +72,12 @@ PRUNE_BATCH = 1000
 # Prunable tasks per step (see `_step_end`): what a task-list total may count from the
 # table, over an index range, while a prune runs.
 STEP_ROWS = 5000
+# A task inserted with a creation time older than this (against the clock of the process
+# writing it) takes the state row's lock and lowers `empty_before_s` if it is below it
+# (`on_task_written`); a prune never raises `empty_before_s` past twice this before its
+# own clock, so a task created "now" never needs to (as long as a task insert's
+# transaction lasts less than an hour and the replicas' clocks agree within one).
+RECENT_INSERTS = timedelta(hours=1)
 _TERMINAL = sorted(TERMINAL_STATUSES)
 _T: Table = Task.__table__  # type: ignore[assignment]
 _STATE = STATE_TABLE
@@ -156,6 +166,7 @@ async def prune_once(
             report.add(batch)
             if on_batch is not None:
                 on_batch(batch)
+        await _raise_empty_before(db, step)
         since = step
 
 
@@ -203,6 +214,75 @@ async def _raise_pruned_before(db: Database, before: datetime) -> None:
         )
 
 
+def _epoch_floor(at: datetime) -> int:
+    return (at - EPOCH) // timedelta(seconds=1)
+
+
+async def _raise_empty_before(db: Database, upto: datetime) -> None:
+    """Raise `empty_before_s` towards `upto`: to the oldest task left before it (one the
+    prune kept, or another replica has not deleted yet), else to `upto`; never past
+    `2 * RECENT_INSERTS` before now (see `on_task_written`).
+
+    The state row is locked first: an insert of an old task lowering it either committed
+    before (the oldest task read after the lock sees it) or waits for this commit and
+    lowers it after."""
+    cap = datetime.now(UTC) - 2 * RECENT_INSERTS
+    async with db.write() as session:
+        await _ensure_state_row(session)
+        column = _STATE.c.empty_before_s
+        locked = dialect_of(session).lock_for_update(select(column).where(_STATE.c.id == 1))
+        current = await session.scalar(locked)
+        where = [_T.c.created_at < upto]
+        if current is not None:
+            # Rows before it are gone; their index entries may not be (until vacuum).
+            where.append(_T.c.created_at >= EPOCH + timedelta(seconds=current))
+        oldest = await session.scalar(select(func.min(_T.c.created_at)).where(*where))
+        seconds = _epoch_floor(min(upto, cap, oldest or upto))
+        if current is None or seconds > current:
+            await session.execute(
+                update(_STATE).where(_STATE.c.id == 1).values(empty_before_s=seconds)
+            )
+
+
+async def _lower_empty_before(session: AsyncSession, created: datetime) -> None:
+    """`empty_before_s` at most `created`, in the caller's transaction (which inserts a
+    task created then); the state row stays locked until it commits."""
+    seconds = _epoch_floor(created)
+    column = _STATE.c.empty_before_s
+    stmt = dialect_of(session).insert(_STATE).values(id=1, rebuilds=0, prunes=0)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={column: case((column > seconds, seconds), else_=column)},
+        )
+    )
+
+
+def _old_inserts(writes: Sequence[TaskWrite]) -> datetime | None:
+    """The oldest creation time of the new tasks among `writes` created longer than
+    `RECENT_INSERTS` ago (None: none)."""
+    recent = datetime.now(UTC) - RECENT_INSERTS
+    old = [w[1].created_at for w in writes if w[0] is None and w[1].created_at < recent]
+    return min(old) if old else None
+
+
+async def on_task_written(
+    session: AsyncSession, before: TaskSnapshot | None, after: TaskSnapshot
+) -> None:
+    """A task write hook: a new task created before `empty_before_s` lowers it."""
+    if before is None:
+        await on_tasks_written(session, [(before, after)])
+
+
+async def on_tasks_written(session: AsyncSession, writes: Sequence[TaskWrite]) -> None:
+    oldest = _old_inserts(writes)
+    if oldest is not None:
+        await _lower_empty_before(session, oldest)
+
+
+TASK_HOOK = TaskHook(on_task_written, on_tasks_written)
+
+
 async def pruned_before(session: AsyncSession) -> datetime | None:
     """The instant before which terminal tasks may have been pruned (None: never)."""
     seconds = await session.scalar(select(_STATE.c.pruned_before_s).where(_STATE.c.id == 1))
@@ -214,9 +294,6 @@ async def _ensure_state_row(session: AsyncSession) -> None:
     await session.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
 
 
-_IDS: BindParameter[str] = bindparam("ids", expanding=True)
-
-
 async def _delete_batch(
     db: Database, since: datetime, before: datetime, batch_size: int, cutoff: datetime
 ) -> tuple[PruneReport, datetime | None]:
@@ -225,7 +302,8 @@ async def _delete_batch(
     them; and the creation time of the last one (None: none found)."""
     report = PruneReport(cutoff=cutoff)
     async with db.write() as session:
-        pick = dialect_of(session).lock_skip_locked(
+        dialect = dialect_of(session)
+        pick = dialect.lock_skip_locked(
             select(_T.c.task_id, _T.c.created_at)
             .where(*_prunable(before), _T.c.created_at >= since)
             .order_by(_T.c.created_at, _T.c.task_id)
@@ -235,18 +313,36 @@ async def _delete_batch(
         if not rows:
             return report, None
         params = {"ids": [r.task_id for r in rows]}
-        counts = []
-        for table in _MEMBERS:
-            result = await session.execute(delete(table).where(table.c.task_id.in_(_IDS)), params)
-            counts.append(int(result.rowcount))  # type: ignore[attr-defined]
-        # The status is checked again: only a terminal task is ever deleted.
-        result = await session.execute(
-            delete(_T).where(and_(_T.c.task_id.in_(_IDS), _T.c.status.in_(_TERMINAL))), params
+        # The members first, by the batch's ids (one array parameter on PostgreSQL: one
+        # plan whatever the batch size), then the tasks. The status is checked again:
+        # only a terminal task is ever deleted.
+        deletes = [
+            delete(table).where(dialect.in_strings(table.c.task_id, "ids")) for table in _MEMBERS
+        ]
+        deletes.append(
+            delete(_T).where(dialect.in_strings(_T.c.task_id, "ids"), _T.c.status.in_(_TERMINAL))
         )
-        report.tasks = int(result.rowcount)  # type: ignore[attr-defined]
-        report.chunks, report.events = counts[0], counts[1]
+        bump = update(_STATE).where(_STATE.c.id == 1).values(prunes=_STATE.c.prunes + 1)
+        counts: Sequence[Any]
+        if dialect.modifies_in_ctes:
+            # One statement: the round trips, not the rows, were much of a batch's time
+            # on a busy machine.
+            gone = [
+                d.returning(literal(1)).cte(f"gone_{i}") for i, d in enumerate([*deletes, bump])
+            ]
+            counts = (
+                await session.execute(
+                    select(*(select(func.count()).select_from(g).scalar_subquery() for g in gone)),
+                    params,
+                )
+            ).one()
+        else:
+            counted = []
+            for stmt in deletes:
+                result = await session.execute(stmt, params)
+                counted.append(result.rowcount)  # type: ignore[attr-defined]
+            counts = counted
+            await session.execute(bump)
+        report.chunks, report.events, report.tasks = int(counts[0]), int(counts[1]), int(counts[3])
         report.batches = 1
-        await session.execute(
-            update(_STATE).where(_STATE.c.id == 1).values(prunes=_STATE.c.prunes + 1)
-        )
     return report, rows[-1].created_at

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db import pgcopy
@@ -38,6 +38,7 @@ from dashboard_api.db.bulk import (
 )
 from dashboard_api.db.models import Task, TaskEvent
 from dashboard_api.db.models.analytics import (
+    STATE_TABLE,
     AnalyticsHistogram,
     AnalyticsPending,
     AnalyticsRollup,
@@ -112,6 +113,9 @@ async def _seed(
             await sink.write(session)
     if not stream:
         await rebuild_rollups(session, bulk=True)
+    # The generated tasks go back `days`, before where a prune left the table empty:
+    # list totals count from the oldest task again (services/retention.py).
+    await session.execute(update(STATE_TABLE).values(empty_before_s=None))
     return done
 
 

@@ -60,7 +60,10 @@ class AnalyticsState(Base):
     contribution: both counts are part of every validity token taken from the rollups.
     The rollups keep counting pruned tasks (analytics of pruned periods do not change),
     so task-list totals count the tasks created before `pruned_before_s` (epoch seconds,
-    on a block boundary) from the tasks table instead (services/retention.py)."""
+    on a block boundary) from the tasks table instead (services/retention.py), and
+    nothing before `empty_before_s`: the tasks table holds no task created before it (a
+    prune raises it behind itself, an insert of an older task lowers it), so a total does
+    not walk the index entries of the rows a prune deleted."""
 
     __tablename__ = "analytics_state"
 
@@ -68,6 +71,7 @@ class AnalyticsState(Base):
     rebuilds: Mapped[int] = mapped_column(BigInteger, default=0)
     prunes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     pruned_before_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    empty_before_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class AnalyticsHistogram(Base):

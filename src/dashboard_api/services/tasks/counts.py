@@ -2,7 +2,8 @@
 
 Whole rollup blocks are counted from the rollups (plus the contributions not folded in
 yet, `analytics_pending`), the partial blocks at a window's edges on the tasks, and so is
-everything before the horizon retention pruned (the rollups still count pruned tasks).
+everything before the horizon retention pruned (the rollups still count pruned tasks),
+from the instant before which no task is left (`Horizon.empty_before`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -74,14 +75,45 @@ async def count_expression(session: AsyncSession, *, filters: TaskFilters) -> Co
 
 # --- the pruned horizon ----------------------------------------------------------------
 # The rollups keep counting the tasks retention pruned (services/retention.py), so the
-# tasks created before `analytics_state.pruned_before_s` are counted from the table. Each
+# tasks created before `analytics_state.pruned_before_s` are counted from the table; only
+# from `empty_before_s` on, before which the table holds no task: the index entries of
+# the rows a prune deleted stay until vacuum, and a count over them walked them all. Each
 # process remembers the horizon it last saw, per database; every count built on it
-# checks it in its own statement and answers HORIZON_MOVED when a prune has moved it
-# since, and the caller forgets it and counts again (`HORIZON_ATTEMPTS` times at most).
+# checks it in its own statement and answers HORIZON_MOVED when a prune has moved
+# `pruned_before_s` since, or an insert of an old task lowered `empty_before_s` below
+# the remembered one, and the caller forgets it and counts again (`HORIZON_ATTEMPTS`
+# times at most). A raised `empty_before_s` leaves the count exact (it only counts a
+# range that holds nothing more).
 HORIZON_MOVED = -1
 HORIZON_ATTEMPTS = 3
 _STATE = STATE_TABLE
-_PRUNED_BEFORE: dict[str, int | None] = {}
+
+
+class Horizon(NamedTuple):
+    """What retention pruned, in epoch seconds: tasks created before `pruned_before` may
+    be gone while the rollups still count them; none is left before `empty_before` (None:
+    not known)."""
+
+    pruned_before: int
+    empty_before: int | None
+
+    def raw_range(
+        self, lo: datetime | None, hi: datetime | None
+    ) -> tuple[datetime | None, datetime] | None:
+        """The part of [lo, hi) (None: open) before `pruned_before` that may hold tasks,
+        as (start or None, end); None when there is none."""
+        pruned = EPOCH + timedelta(seconds=self.pruned_before)
+        end = pruned if hi is None or hi > pruned else hi
+        start = lo
+        if self.empty_before is not None:
+            empty = EPOCH + timedelta(seconds=self.empty_before)
+            start = empty if lo is None or lo < empty else lo
+        if start is not None and start >= end:
+            return None
+        return start, end
+
+
+_PRUNED_BEFORE: dict[str, Horizon | None] = {}
 
 
 def _database_key(session: AsyncSession) -> str:
@@ -98,11 +130,17 @@ def _database_key(session: AsyncSession) -> str:
 _URL_KEYS: dict[int, tuple[object, str]] = {}
 
 
-async def pruned_before(session: AsyncSession) -> int | None:
-    """The pruned horizon (epoch seconds) as this process last saw it."""
+async def pruned_before(session: AsyncSession) -> Horizon | None:
+    """The pruned horizon as this process last saw it (None: nothing was ever pruned)."""
     key = _database_key(session)
     if key not in _PRUNED_BEFORE:
-        _PRUNED_BEFORE[key] = await session.scalar(_horizon_now())
+        row = (
+            await session.execute(
+                select(_STATE.c.pruned_before_s, _STATE.c.empty_before_s).where(_STATE.c.id == 1)
+            )
+        ).first()
+        found = None if row is None or row[0] is None else Horizon(int(row[0]), row[1])
+        _PRUNED_BEFORE[key] = found
     return _PRUNED_BEFORE[key]
 
 
@@ -110,29 +148,35 @@ def forget_pruned_before(session: AsyncSession) -> None:
     _PRUNED_BEFORE.pop(_database_key(session), None)
 
 
-def _horizon_now() -> Select[Any]:
-    return select(_STATE.c.pruned_before_s).where(_STATE.c.id == 1)
+def _state_now(column: Any) -> Any:
+    return select(column).where(_STATE.c.id == 1).scalar_subquery()
 
 
-def _horizon_checked(total: ColumnElement[Any], horizon: int | None) -> ColumnElement[Any]:
-    """`total`, or HORIZON_MOVED when the horizon in this snapshot is not `horizon`."""
-    current = _horizon_now().scalar_subquery()
-    return case(
-        (current.is_not_distinct_from(literal(horizon, BigInteger)), total),
-        else_=literal(HORIZON_MOVED, BigInteger),
-    )
+def _horizon_checked(total: ColumnElement[Any], horizon: Horizon | None) -> ColumnElement[Any]:
+    """`total`, or HORIZON_MOVED when `horizon` does not hold in this snapshot: another
+    `pruned_before_s`, or an `empty_before_s` below the one counted from."""
+    pruned = None if horizon is None else horizon.pruned_before
+    holds = _state_now(_STATE.c.pruned_before_s).is_not_distinct_from(literal(pruned, BigInteger))
+    if horizon is not None and horizon.empty_before is not None:
+        empty = _state_now(_STATE.c.empty_before_s) >= literal(horizon.empty_before, BigInteger)
+        holds = and_(holds, empty)
+    return case((holds, total), else_=literal(HORIZON_MOVED, BigInteger))
 
 
 async def _count_by_rollups(
-    session: AsyncSession, filters: TaskFilters, horizon: int | None
+    session: AsyncSession, filters: TaskFilters, horizon: Horizon | None
 ) -> ColumnElement[Any]:
     lo, hi = filters.created_after, filters.created_before
     if horizon is not None:
-        pruned = EPOCH + timedelta(seconds=horizon)
+        pruned = EPOCH + timedelta(seconds=horizon.pruned_before)
         if lo is None or lo < pruned:
-            # Before the horizon the rollups also count pruned tasks: count the rows.
-            early = replace(filters, created_before=pruned if hi is None or hi > pruned else hi)
-            raw = count_raw(early.clauses(session))
+            # Before the horizon the rollups also count pruned tasks: count the rows (from
+            # where any is left).
+            span = horizon.raw_range(lo, hi)
+            raw: ColumnElement[Any] = literal(0, BigInteger)
+            if span is not None:
+                early = replace(filters, created_after=span[0], created_before=span[1])
+                raw = count_raw(early.clauses(session))
             if hi is not None and hi <= pruned:
                 return raw
             late = replace(filters, created_after=pruned)
@@ -258,8 +302,19 @@ async def rollup_seek(
     lo, hi = filters.created_after, filters.created_before
     horizon = await pruned_before(session)
     if (lo is None) != (hi is None) or (horizon is not None and lo is None):
+        # No task is left before `empty_before`: the oldest is looked for after it (the
+        # index entries of pruned rows before it stay until vacuum).
+        oldest_at = select(func.min(_T.c.created_at))
+        if horizon is not None and horizon.empty_before is not None:
+            empty = EPOCH + timedelta(seconds=horizon.empty_before)
+            oldest_at = oldest_at.where(_T.c.created_at >= empty)
         oldest, newest = (
-            await session.execute(select(func.min(_T.c.created_at), func.max(_T.c.created_at)))
+            await session.execute(
+                select(
+                    oldest_at.scalar_subquery(),
+                    select(func.max(_T.c.created_at)).scalar_subquery(),
+                )
+            )
         ).one()
         lo = oldest if lo is None else lo
         hi = hi if hi is not None else None if newest is None else newest + _ONE_US
@@ -297,7 +352,7 @@ def _seek_statement(
     ordering: Ordering,
     lo: datetime | None,
     hi: datetime | None,
-    horizon: int | None,
+    horizon: Horizon | None,
 ) -> Select[Any]:
     plain = replace(filters, created_after=None, created_before=None)
     # The top pieces: (lo_s, hi_s, grain, n), epoch seconds [lo_s, hi_s) intersected with
@@ -336,6 +391,8 @@ def _seek_statement(
                     count_raw([*window, *plain.clauses(session)]).label("n"),
                 )
             )
+        if not parts:
+            return select(*ordering.keys).where(false(), literal(0) == _SEEK_OFFSET)
         top = union_all(*parts) if len(parts) > 1 else parts[0]
 
     def scalar(column: Any) -> Any:
@@ -484,16 +541,19 @@ _QUARTER_US = QUARTER * 1_000_000
 
 
 def _split_at_horizon(
-    lo: datetime, hi: datetime, horizon: int | None
+    lo: datetime, hi: datetime, horizon: Horizon | None
 ) -> tuple[list[tuple[datetime, datetime]], list[tuple[int, int | None]]]:
-    """`_split_window`, with the part before the pruned horizon a raw range of its own."""
+    """`_split_window`, with the part before the pruned horizon a raw range of its own
+    (from where any task is left)."""
     if horizon is not None:
-        pruned = EPOCH + timedelta(seconds=horizon)
+        pruned = EPOCH + timedelta(seconds=horizon.pruned_before)
         if lo < pruned:
+            span = horizon.raw_range(lo, hi)
+            raw = [] if span is None else [(span[0] or lo, span[1])]
             if hi <= pruned:
-                return [(lo, hi)], []
+                return raw, []
             edges, whole = _split_window(pruned, hi)
-            return [(lo, pruned), *edges], whole
+            return [*raw, *edges], whole
     return _split_window(lo, hi)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, String, and_, bindparam, false, func, or_, select
@@ -25,6 +26,7 @@ from dashboard_api.db.paging import (
     paginate,
 )
 from dashboard_api.schemas.tasks_json import SUMMARY_COLUMNS, summary_from_row
+from dashboard_api.services.analytics.layout import EPOCH
 from dashboard_api.services.tasks.counts import (
     HORIZON_ATTEMPTS,
     HORIZON_MOVED,
@@ -135,14 +137,24 @@ async def _counted_statement(
 ) -> tuple[Select[Any], ColumnElement[Any], bool]:
     """The list statement of `filters` (no `q`), its total expression, and whether both
     are reused across requests (see `_STATEMENTS`)."""
+    horizon = await pruned_before(session)
+    # The rows are read from where any task is left (`Horizon.empty_before`): an order
+    # that starts at the oldest does not walk the index entries of pruned rows. The total
+    # checks the horizon in the same statement, so a page read past a task inserted
+    # before it since is read again (HORIZON_MOVED).
+    listed = filters
+    if horizon is not None and horizon.empty_before is not None:
+        empty = EPOCH + timedelta(seconds=horizon.empty_before)
+        if filters.created_after is None or filters.created_after < empty:
+            listed = replace(filters, created_after=empty)
     if (filters.created_after is None) != (filters.created_before is None):
         # A range open at one end is counted up to the oldest or newest task: built anew.
-        stmt = _list_statement(session, filters, summary_columns())
+        stmt = _list_statement(session, listed, summary_columns())
         return stmt, await count_expression(session, filters=filters), False
     key = (
         dialect_of(session),
         session.info.get("analytics_rollups_enabled", True),
-        await pruned_before(session),
+        horizon,
         tuple(filters.status),
         tuple(filters.agent_type),
         tuple(filters.source),
@@ -157,7 +169,7 @@ async def _counted_statement(
     )
     found = _STATEMENTS.get_recent(key)
     if found is None:
-        stmt = _list_statement(session, filters, summary_columns())
+        stmt = _list_statement(session, listed, summary_columns())
         found = _STATEMENTS.put(key, (stmt, await count_expression(session, filters=filters)))
     return found[0], found[1], True
 
