@@ -43,6 +43,7 @@ import orjson
 
 from bench._common import REDIS_URL, cpu_seconds, free_port, log, scratch_database
 from bench._server import start_server, stop_server, wait_healthy
+from bench._ws_subscribers import syscalls
 
 TARGET_IDLE_KB = 20.0
 TARGET_CHANNELS_P99_MS = 100.0
@@ -187,6 +188,9 @@ class Generators:
     def cpu(self) -> float:
         return sum(cpu_seconds(p.pid) for p in self.procs)
 
+    def reads(self) -> int:
+        return sum(syscalls(p.pid)[0] for p in self.procs)
+
     async def close(self) -> None:
         with contextlib.suppress(ConnectionError):
             await self.send("QUIT")
@@ -255,6 +259,10 @@ class Meter:
 
     def rss_kb(self) -> int:
         return _rss_kb(self.pids)
+
+    def writes(self) -> int:
+        """Write syscalls so far (a socket write each, nearly all of them)."""
+        return sum(syscalls(p)[1] for p in self.pids)
 
     async def gc(self) -> dict[str, Any]:
         """The collections so far, summed over the processes (`_server_probe`): per
@@ -346,11 +354,13 @@ async def _phase(
     gc0 = await meter.gc()
     cpu1, w1 = meter.cpu(), time.perf_counter()  # (the probe's CPU is not the deliveries')
     gen_cpu0 = gens.cpu()
+    writes0, reads0 = meter.writes(), gens.reads()
     t0, t1 = await _publish_paced(prefix, rate, total, message)
     await gens.send("COLLECT 20")
     results = [json.loads(line) for line in await gens.expect("RESULT", 120)]
     cpu = meter.cpu() - cpu1
     gen_cpu = gens.cpu() - gen_cpu0
+    writes, reads = meter.writes() - writes0, gens.reads() - reads0
     gc1 = await meter.gc()
     net = cpu - idle_rate * (time.perf_counter() - w1)
     pairs: list[tuple[float, int]] = []
@@ -400,6 +410,10 @@ async def _phase(
         "server_idle_cpu_share": round(idle_rate, 3),
         "server_cpu_us_per_delivery_over_idle": round(net * 1e6 / max(1, received), 2),
         "generators_cpu_us_per_delivery": round(gen_cpu * 1e6 / max(1, received), 2),
+        # How many events share a socket write (the server's) and a read (the clients'):
+        # counts, unlike CPU time, barely move with the machine's load.
+        "deliveries_per_server_write": round(received / max(1, writes), 2),
+        "deliveries_per_client_read": round(received / max(1, reads), 2),
         **_gc_figures(gc0, gc1),
         "loadavg_1m": round(os.getloadavg()[0], 1),
     }
@@ -568,7 +582,8 @@ def _report(results: list[dict[str, Any]]) -> None:
             f"{r['hub_arrival_p99_ms']} ms, → written to the last member: p99 "
             f"{r['server_write_p99_ms']} ms; CPU per "
             f"delivery: server {r['server_cpu_us_per_delivery']} µs, load generators "
-            f"{r['generators_cpu_us_per_delivery']} µs"
+            f"{r['generators_cpu_us_per_delivery']} µs; deliveries per server write "
+            f"{r['deliveries_per_server_write']}"
         )
 
 
