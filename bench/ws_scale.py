@@ -269,7 +269,7 @@ class Meter:
         generation the count, the seconds and the longest pause; the objects a full one
         walks. And since the previous call: the shared writes' lags (publish → written to
         the group's last member, ms) with the deliveries each stands for, the most bytes
-        the members' transports held unsent, the arrivals' lags (publish → the hub, ms),
+        one member's transport held unsent, the arrivals' lags (publish → the hub, ms),
         and the hub's delivery counters (so far)."""
         total: dict[str, Any] = {
             "collections": [0, 0, 0],
@@ -298,7 +298,7 @@ class Meter:
             total["tracked"][0] += data["tracked"]
             total["write_lags"] += [(ms, n) for ms, n in data.get("write_lags", ())]
             total["arrival_lags"] += [(ms, 1) for ms in data.get("arrival_lags", ())]
-            total["buffered_max"][0] += data.get("buffered_max", 0)
+            total["buffered_max"][0] = max(total["buffered_max"][0], data.get("buffered_max", 0))
             hub = data.get("hub", {})
             for i, name in enumerate(
                 ("events_delivered", "events_delivered_shared", "group_leaves")
