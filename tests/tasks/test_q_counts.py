@@ -10,7 +10,7 @@ match exactly once, in order.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from dashboard_api.app import create_app
 from dashboard_api.services.analytics.fold import fold_pending
 from dashboard_api.services.analytics.rebuild import rebuild_rollups
-from dashboard_api.services.tasks import ALLOWED_MOVES
+from dashboard_api.services.tasks import ALLOWED_MOVES, search, search_hours, search_sql
 from tests.support.clock import T0
 from tests.support.env import Backend
 from tests.support.tasks import clear_tasks
@@ -193,9 +193,27 @@ steps = st.lists(st.tuples(writes, listings), min_size=1, max_size=25).map(
 )
 
 
+@pytest.fixture(params=["keys of every match", "newest keys"])
+def kept_keys(request: pytest.FixtureRequest) -> Iterator[None]:
+    """As the service keeps them, or at most 2 match keys per q (then a q with more keeps
+    those of its newest hours: pages past them, ascending orders and cursors must fall
+    back to reading the table)."""
+    if request.param == "keys of every match":
+        yield
+        return
+    patch = pytest.MonkeyPatch()
+    for module in (search_hours, search, search_sql):
+        patch.setattr(module, "KEYS_KEPT", 2)
+    patch.setattr(search, "_SPARSE", 1)  # a token per match at least: always sparse
+    yield
+    patch.undo()
+
+
 @pytest.mark.slow  # ~10 s a backend: started first, so the other workers overlap it
 @given(history=steps)
-async def test_q_totals_follow_every_write(two_apps: Apps, history: list[Step]) -> None:
+async def test_q_totals_follow_every_write(
+    two_apps: Apps, kept_keys: None, history: list[Step]
+) -> None:
     env = two_apps
     await clear_tasks(env.apps[0])
     db = env.apps[0].state.ctx.db
@@ -295,3 +313,68 @@ async def test_rollups_disabled_counts_raw(
     assert r.status_code == 200
     r = await client.get("/api/tasks", params={"q": "pay", "status": "queued"}, headers=env.user)
     assert r.json()["total"] == 2
+
+
+async def test_newest_keys_page_like_the_table(
+    two_apps: Apps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A q with more matches than the keys kept (3 here) keeps those of its newest hours:
+    every order, page and cursor walk still gives the brute-force pages and totals (the
+    pages past the kept hours, the ascending orders and the cursors below them read the
+    table), before and after writes into the kept hours and older ones."""
+    for module in (search_hours, search, search_sql):
+        monkeypatch.setattr(module, "KEYS_KEPT", 3)
+    monkeypatch.setattr(search, "_SPARSE", 1)
+    env = two_apps
+    await clear_tasks(env.apps[0])
+    model = Model({})
+    needle = "flaky job #12"
+
+    async def register(task_id: str, at: datetime, message: str) -> None:
+        body = {
+            "task_id": task_id,
+            "agent_type": "coder",
+            "input_message": message,
+            "status": "queued",
+            "created_at": ts(at),
+        }
+        r = await env.clients[0].post("/api/tasks", json=body, headers=env.agent)
+        assert r.status_code == 201, r.text
+        model.tasks[task_id] = (at, message, "queued", "None")
+
+    # One match an hour over ten hours (and a miss beside each), two in an older hour.
+    for k in range(10):
+        await register(f"m{k:02d}", T0 - timedelta(hours=k, minutes=-5), needle)
+        await register(f"n{k:02d}", T0 - timedelta(hours=k, minutes=-6), "nothing")
+    for k in range(2):
+        await register(f"o{k:02d}", T0 - timedelta(hours=12, minutes=k), needle)
+    windows = [(None, None), (T0 - timedelta(hours=5, minutes=30), None)]
+    for round_ in range(2):
+        for sort in SORTS:
+            for lo, hi in windows:
+                params: dict[str, Any] = {"q": needle, "sort": sort}
+                if lo is not None:
+                    params["created_after"] = ts(lo)
+                expected = [i for _, i in model.matches(needle, None, (), lo, hi)]
+                if sort == "-created_at":
+                    expected.reverse()
+                for app in (0, 1):
+                    for per_page in (1, 3):
+                        for walker in (walk, walk_cursor):
+                            ids, totals = await walker(env.clients[app], env.user, params, per_page)
+                            assert totals == {len(expected)}, (round_, sort, lo, per_page)
+                            if sort.endswith("created_at"):
+                                assert ids == expected, (round_, sort, lo, per_page)
+                            else:
+                                assert sorted(ids) == sorted(expected)
+        if round_ == 0:
+            await register("m-new", T0 + timedelta(minutes=10), needle)  # a kept hour
+            await register("m-old", T0 - timedelta(hours=11), needle)  # an older one
+    async with env.apps[0].state.ctx.db.write() as session:
+        cache = search_hours.cache_of(session)
+    assert cache is not None
+    entry = cache.get(((), (), (), needle, (), None, None, None))
+    assert entry is not None
+    assert entry.keys is not None
+    assert entry.keys_from is not None
+    assert 0 < entry.keys_held <= 3

@@ -162,7 +162,8 @@ def plan(
         )  # fmt: skip
     extras += [sql.rebuilds(), sql.digest(session, a, b), sql.recounted(session, which, recount)]
     if keys:
-        extras.append(sql.recounted_keys(session, which, recount))
+        keyed = recount if entry is None else _from_hour(recount, entry.keys_from)
+        extras.append(sql.recounted_keys(session, which, keyed))
     return QTotal(
         key, entry, a, b, recount, known_tokens, known_count, edge_count, edge_ranges, keys, extras
     )
@@ -206,38 +207,84 @@ async def fill(
     Keeping the matches for both costs a tuplestore, 8-20 % of a common q's count, so on
     PostgreSQL a q not seen yet (`count_first`) is counted alone first, and its keys read
     (with the counts again) only if it proves rare: a second trigram scan, of 2,000
-    matches at most (~10 ms).
+    matches at most (~10 ms). A q with more matches than are kept, but sparse in its
+    newest hours, keeps the keys of those hours (`_newest_hours`): read with their counts
+    again, in a second statement over those hours only.
     """
     # A span that kept keys holds a rare q already: read them at once. On SQLite every
     # scan reads the whole table (no trigram index): one scan for both, always.
-    probe = q.keys and count_first and q.entry is None and dialect_of(session).indexes_substrings
-    found = await _fill_rows(session, q, indexed, keys=q.keys and not probe)
-    if probe and sum(n for _, n, _ in found[1]) <= KEYS_KEPT:
-        found = await _fill_rows(session, q, indexed, keys=True)
-    rebuilds, rows, found_keys = found
     entry = q.entry
+    keys_from = None if entry is None else entry.keys_from
+    probe = q.keys and count_first and entry is None and dialect_of(session).indexes_substrings
+    rebuilds, rows, found_keys = await _fill_rows(
+        session, q.recount, indexed, keys=q.keys and not probe, keys_from=keys_from
+    )
+    if q.keys and entry is None and found_keys is None:
+        # Counted alone, or too many matches to keep: keys of every hour, or the newest.
+        many = sum(n for _, n, _ in rows) > KEYS_KEPT
+        keys_from = _newest_hours(rows) if many else None
+        if keys_from is not None or not many:
+            ranges = _from_hour(q.recount, keys_from)
+            again, newer, found_keys = await _fill_rows(session, ranges, indexed, keys=True)
+            if again != rebuilds or found_keys is None:
+                found_keys = keys_from = None  # a rebuild in between: no keys this time
+            elif keys_from is None:
+                rows = newer
+            else:
+                rows = [r for r in rows if r[0] < keys_from] + newer
     if entry is None:
-        record_span(cache, q.key, (q.a, q.b), rebuilds, rows, found_keys)
+        record_span(cache, q.key, (q.a, q.b), rebuilds, rows, found_keys, keys_from)
     elif entry.rebuilds != rebuilds:
         cache.drop(q.key)  # counted after a rebuild: the next plan starts a new span
     else:
         record_hours(entry, (q.a, q.b), rows, found_keys)
 
 
+# Newest keys are kept for a q whose matches there are under 1 in this many of their
+# hours' tokens (at least one per task registered or changed): where walking the
+# created_at index would read that many rows for each one of a page's.
+_SPARSE = 20
+
+
+def _newest_hours(rows: Sequence[Sequence[int]]) -> int | None:
+    """The first of the newest hours whose matches, `KEYS_KEPT` at most, are worth
+    keeping (`_SPARSE`), from (hour, matches, token) rows; None when none are."""
+    held = tokens = 0
+    start = None
+    for hour, n, t in sorted(rows, key=lambda row: row[0], reverse=True):
+        if held + n > KEYS_KEPT:
+            break
+        held, tokens, start = held + n, tokens + t, hour
+    return start if held and held * _SPARSE <= tokens else None
+
+
+def _from_hour(ranges: Sequence[tuple[int, int]], start: int | None) -> list[tuple[int, int]]:
+    """The parts of `ranges` from the hour `start` on (all of them when None)."""
+    if start is None:
+        return list(ranges)
+    return [(max(s, start), e) for s, e in ranges if e > start]
+
+
 async def _fill_rows(
-    session: AsyncSession, q: QTotal, indexed: Sequence[ColumnElement[bool]], *, keys: bool
+    session: AsyncSession,
+    ranges: Sequence[tuple[int, int]],
+    indexed: Sequence[ColumnElement[bool]],
+    *,
+    keys: bool,
+    keys_from: int | None = None,
 ) -> tuple[int, list[list[int]], dict[int, list[tuple[datetime, str]]] | None]:
-    """(rebuilds, (hour, matches, token) rows, the matches' keys or None) of the hours `q`
-    recounts, in one statement (`fill`)."""
-    found = select(_T.c.created_at, _T.c.task_id).where(sql.in_ranges(q.recount), *indexed)
+    """(rebuilds, (hour, matches, token) rows, the matches' keys or None) of the hours in
+    `ranges`, in one statement (`fill`); the keys of the hours from `keys_from` on."""
+    found = select(_T.c.created_at, _T.c.task_id).where(sql.in_ranges(ranges), *indexed)
     if keys:
         # Read once, for the counts and the keys. (SQLite 3.35+ materializes a CTE read
         # twice by itself, and older ones do not know the keyword.)
         source: Any = found.cte("q_found").prefix_with("MATERIALIZED", dialect="postgresql")
-        keys_json = sql.keys_json(session, source)
+        newest = [] if keys_from is None else [source.c.created_at >= sql.ts(keys_from)]
+        keys_json = sql.keys_json(session, source, newest)
     else:
         source, keys_json = found.subquery("q_found"), literal(None)
-    per_hour = sql.per_hour(session, sql.match_counts(session, source, ()), q.recount)
+    per_hour = sql.per_hour(session, sql.match_counts(session, source, ()), ranges)
     row = (await session.execute(select(sql.rebuilds(), per_hour, keys_json))).one()
     return int(row[0]), int_rows(row[1]), sql.keys_by_hour(row[2]) if keys else None
 
@@ -260,14 +307,17 @@ def page_keys(
 ) -> tuple[list[str], list[tuple[datetime, datetime]]] | None:
     """For a page in created_at order: the ids of the first `wanted` cached matches (past
     `after`, a cursor's created_at) and the time ranges whose matches must be read raw
-    (recounted hours, window edges), or None when the cache holds no keys or too few
-    hours are trusted. Whole hours are taken, so the database orders ties itself."""
+    (recounted hours, window edges), or None when the cache holds no keys, too few hours
+    are trusted, or the page may need matches of hours older than the keys kept. Whole
+    hours are taken, so the database orders ties itself."""
     entry = q.entry
     if entry is None or entry.keys is None:
         return None
     if sum(e - s for s, e in q.recount) > _FEW_HOURS * HOUR:
         return None
     skip = {h for s, e in q.recount for h in range(s, e, HOUR)}
+    if not descending and _older_matches(q, entry, skip, after, descending):
+        return None
     hours = sorted((h for h in entry.keys if q.a <= h < q.b and h not in skip), reverse=descending)
     ids: list[str] = []
     counted = 0
@@ -282,8 +332,27 @@ def page_keys(
         ids += [task_id for _, task_id in found]
         if counted >= wanted:
             break
+    if counted < wanted and descending and _older_matches(q, entry, skip, after, descending):
+        return None
     ranges = [(sql.ts(s), sql.ts(e)) for s, e in q.recount] + q.edge_ranges
     return ids, ranges
+
+
+def _older_matches(
+    q: QTotal, entry: HourCounts, skip: set[int], after: datetime | None, descending: bool
+) -> bool:
+    """Whether hours of the window older than the keys kept (`keys_from`) hold matches
+    past the cursor `after` (hours read raw, `skip`, aside)."""
+    if entry.keys_from is None:
+        return False
+    end = min(q.b, entry.keys_from)
+    cursor = None if after is None else _seconds(after)
+    for hour, n in entry.counts.items():
+        if not n or not q.a <= hour < end or hour in skip:
+            continue
+        if cursor is None or (hour <= cursor if descending else hour + HOUR > cursor):
+            return True
+    return False
 
 
 def _seconds(at: datetime) -> int:

@@ -21,7 +21,8 @@ _VOLATILE_KEPT = 48
 # An entry holds two small ints per hour with tasks (~0.36 MB at 90 days of tasks, in
 # dicts) and the keys of a rare q's matches: 64 entries stay near ~25 MB at most.
 CACHE_ENTRIES = 64
-# A q with at most this many matches (in the span first counted) keeps their keys.
+# The match keys kept per q at most: all of a q's up to this many, else its newest
+# hours' (`HourCounts.trim_keys`).
 KEYS_KEPT = 2000
 CACHE_KEY = "q_count_cache"
 
@@ -44,8 +45,13 @@ class HourCounts:
     volatile: dict[int, int] = field(default_factory=dict)
     serial: int = 0
     # For a rare q: the (created_at, task_id) of every match, per hour with matches,
-    # sorted; then a page in created_at order reads its rows by key.
+    # sorted, in every hour of the span from `keys_from` on (None: every hour); then a
+    # page in created_at order reads its rows by key. At most `KEYS_KEPT` are held:
+    # past that, the newest hours' (`trim_keys`), which the default order's first pages
+    # read (a needle as rare as ever has more matches as the table grows).
     keys: dict[int, list[tuple[datetime, str]]] | None = None
+    keys_from: int | None = None
+    keys_held: int = 0
 
     def set(
         self, hour: int, token: int, count: int, keys: list[tuple[datetime, str]] | None
@@ -63,13 +69,27 @@ class HourCounts:
         else:
             self.tokens.pop(hour, None)
             self.counts.pop(hour, None)
-        if self.keys is not None:
-            if keys is None:
-                self.keys = None
-            elif count:
-                self.keys[hour] = keys
-            else:
-                self.keys.pop(hour, None)
+        if self.keys is None or (self.keys_from is not None and hour < self.keys_from):
+            return
+        if keys is None:
+            self.keys, self.keys_held = None, 0
+            return
+        self.keys_held -= len(self.keys.pop(hour, ()))
+        if count:
+            self.keys[hour] = keys
+            self.keys_held += len(keys)
+
+    def trim_keys(self) -> None:
+        """Keep the keys of the newest hours holding at most `KEYS_KEPT` matches (none
+        when the newest hour alone holds more)."""
+        if self.keys is None:
+            return
+        while self.keys_held > KEYS_KEPT and self.keys:
+            oldest = min(self.keys)
+            self.keys_held -= len(self.keys.pop(oldest))
+            self.keys_from = oldest + HOUR
+        if not self.keys and self.keys_from is not None:
+            self.keys = None
 
     def sums(self, a: int, b: int, skip: Sequence[tuple[int, int]]) -> tuple[int, int]:
         """(tokens, counts) summed over the hours in [a, b) outside the `skip` ranges."""
@@ -119,12 +139,15 @@ def record_span(
     rebuilds: int,
     rows: Sequence[Sequence[int]],
     keys: HourKeys | None,
+    keys_from: int | None = None,
 ) -> None:
-    """Cache a new span: the counts and tokens of every hour of `span` [a, b), all read
-    in one snapshot."""
-    entry = HourCounts(rebuilds, *span, keys=None if keys is None else {})
+    """Cache a new span: the counts and tokens of every hour of `span` [a, b), each
+    hour's read in one snapshot with its keys (`keys`: those of every hour from
+    `keys_from` on)."""
+    entry = HourCounts(rebuilds, *span, keys=None if keys is None else {}, keys_from=keys_from)
     for hour, n, t in rows:
         entry.set(hour, t, n, None if keys is None else keys.get(hour, []))
+    entry.trim_keys()
     cache.put(key, entry)
 
 
@@ -140,6 +163,7 @@ def record_hours(
             entry.volatile[hour] = entry.serial
         entry.set(hour, t, n, None if keys is None else keys.get(hour, []))
     entry.lo, entry.hi = min(entry.lo, window[0]), max(entry.hi, window[1])
+    entry.trim_keys()
     stale = [h for h, s in entry.volatile.items() if s < entry.serial - _VOLATILE_QUIET]
     for hour in stale:
         del entry.volatile[hour]
