@@ -13,6 +13,7 @@ read, and every row that exists throughout appears exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import operator
@@ -192,25 +193,38 @@ async def _line_batches(
         return None
     expr = line
 
+    async def read(after: tuple[Any, ...] | None) -> tuple[str | None, int, tuple[Any, ...]]:
+        async with db.read_statements() as session:
+            stmt = _batch_statement(
+                session,
+                expr,
+                filters=filters,
+                ordering=ordering,
+                after=after,
+                batch_size=batch_size,
+            )
+            text, count, *last = (await session.execute(stmt)).one()
+        return text, count, tuple(last)
+
     async def batches() -> AsyncIterator[tuple[int, bytes]]:
-        after: tuple[Any, ...] | None = None
-        while True:
-            async with db.read_statements() as session:
-                stmt = _batch_statement(
-                    session,
-                    expr,
-                    filters=filters,
-                    ordering=ordering,
-                    after=after,
-                    batch_size=batch_size,
-                )
-                text, count, *last = (await session.execute(stmt)).one()
-            if not count:
-                return
-            yield count, text.encode()
-            if count < batch_size:
-                return
-            after = tuple(last)
+        # One batch read ahead: the database writes batch n+1 while the server and the
+        # client move batch n (its bound is the last row of batch n). A client that
+        # leaves cancels the read ahead, and nothing is read after it.
+        ahead: asyncio.Task[tuple[str | None, int, tuple[Any, ...]]] | None
+        ahead = asyncio.create_task(read(None))
+        try:
+            while ahead is not None:
+                text, count, last = await ahead
+                ahead = asyncio.create_task(read(last)) if count == batch_size else None
+                if count:
+                    assert text is not None
+                    yield count, text.encode()
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.wait([ahead])
+                if not ahead.cancelled():
+                    ahead.exception()  # retrieved: the export ended first, for its own reason
 
     return batches()
 
