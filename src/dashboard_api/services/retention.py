@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -47,7 +47,6 @@ from sqlalchemy import (
     case,
     delete,
     func,
-    literal,
     or_,
     select,
     update,
@@ -314,35 +313,21 @@ async def _delete_batch(
             return report, None
         params = {"ids": [r.task_id for r in rows]}
         # The members first, by the batch's ids (one array parameter on PostgreSQL: one
-        # plan whatever the batch size), then the tasks. The status is checked again:
-        # only a terminal task is ever deleted.
-        deletes = [
-            delete(table).where(dialect.in_strings(table.c.task_id, "ids")) for table in _MEMBERS
-        ]
-        deletes.append(
-            delete(_T).where(dialect.in_strings(_T.c.task_id, "ids"), _T.c.status.in_(_TERMINAL))
+        # statement and plan whatever the batch size, nothing to render per id), then the
+        # tasks. The status is checked again: only a terminal task is ever deleted.
+        counts = []
+        for table in _MEMBERS:
+            in_batch = dialect.in_strings(table.c.task_id, "ids")
+            result = await session.execute(delete(table).where(in_batch), params)
+            counts.append(int(result.rowcount))  # type: ignore[attr-defined]
+        in_batch = dialect.in_strings(_T.c.task_id, "ids")
+        result = await session.execute(
+            delete(_T).where(in_batch, _T.c.status.in_(_TERMINAL)), params
         )
-        bump = update(_STATE).where(_STATE.c.id == 1).values(prunes=_STATE.c.prunes + 1)
-        counts: Sequence[Any]
-        if dialect.modifies_in_ctes:
-            # One statement: the round trips, not the rows, were much of a batch's time
-            # on a busy machine.
-            gone = [
-                d.returning(literal(1)).cte(f"gone_{i}") for i, d in enumerate([*deletes, bump])
-            ]
-            counts = (
-                await session.execute(
-                    select(*(select(func.count()).select_from(g).scalar_subquery() for g in gone)),
-                    params,
-                )
-            ).one()
-        else:
-            counted = []
-            for stmt in deletes:
-                result = await session.execute(stmt, params)
-                counted.append(result.rowcount)  # type: ignore[attr-defined]
-            counts = counted
-            await session.execute(bump)
-        report.chunks, report.events, report.tasks = int(counts[0]), int(counts[1]), int(counts[3])
+        report.tasks = int(result.rowcount)  # type: ignore[attr-defined]
+        report.chunks, report.events = counts[0], counts[1]
+        await session.execute(
+            update(_STATE).where(_STATE.c.id == 1).values(prunes=_STATE.c.prunes + 1)
+        )
         report.batches = 1
     return report, rows[-1].created_at
