@@ -182,12 +182,6 @@ class Dialect(ABC):
 
     @property
     @abstractmethod
-    def modifies_in_ctes(self) -> bool:
-        """Whether a statement's WITH may hold DELETEs (PostgreSQL): several tables'
-        rows deleted in one round trip and one statement."""
-
-    @property
-    @abstractmethod
     def indexes_substrings(self) -> bool:
         """Whether `contains_ci` searches run on an index (PostgreSQL's trigram GIN), so
         that a second scan of a rare substring's matches is cheap; on SQLite every scan

@@ -202,10 +202,6 @@ class PostgreSQLDialect(Dialect):
         return True
 
     @property
-    def modifies_in_ctes(self) -> bool:
-        return True
-
-    @property
     def indexes_substrings(self) -> bool:
         return True
 

@@ -192,10 +192,6 @@ class SQLiteDialect(Dialect):
         return False
 
     @property
-    def modifies_in_ctes(self) -> bool:
-        return False
-
-    @property
     def indexes_substrings(self) -> bool:
         return False
 
