@@ -1,7 +1,9 @@
-"""Buffers per request: what each list, detail and analytics request reads in PostgreSQL.
+"""Buffers per request: what each list, detail and analytics request reads in PostgreSQL;
+on SQLite, the CPU of each request's statements and of the request in process.
 
 Run: `.venv/bin/python -m bench.plans --db NAME [--case TEXT] [--explain]` on a database
-bench.tasks_api or bench.analytics seeded (see bench/README.md, "Growth").
+bench.tasks_api or bench.analytics seeded (see bench/README.md, "Growth"); with
+`--backend sqlite` on the file /tmp/NAME.sqlite3 (`dashboard-api seed`).
 The app runs in this process (ASGI, no socket); every statement a request sends is
 recorded, then run again under EXPLAIN (ANALYZE, BUFFERS) with the same parameters, and
 the request is reported as the sum of its statements' shared buffers (hit + read) and
@@ -9,15 +11,28 @@ execution times, after a warm-up request (the per-process count caches filled). 
 do not move with the load of a shared machine as milliseconds do: at 100k, 1M and 10M
 tasks they show which requests read more as the table grows, and `--explain` prints the
 plans of those.
+
+SQLite has no buffer counts: each request's statements are run again on a connection
+of the standard library's driver (the service's page cache and memory map, `--cache-mb`,
+`--mmap-mb`), and reported
+as their CPU time (`time.process_time`, which the load of a shared machine barely
+moves), median of `--rounds` after a warm-up; beside it the whole request in this
+process (CPU and wall, the app's own connections), and the file reads the request made
+through the operating system (read calls, from /proc/self/io; pages its page cache did
+not hold). `--explain` prints the statements' query plans.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextvars
 import json
 import os
+import sqlite3
+import statistics
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +41,8 @@ import httpx
 from asgi_lifespan import LifespanManager
 from sqlalchemy import event
 
-from bench._common import cli, connect, db_url, log
+from bench._bench_db import BenchDB
+from bench._common import cli, connect, log
 
 
 @dataclass
@@ -101,21 +117,21 @@ async def main(args: argparse.Namespace) -> int:
     from dashboard_api.services.tasks import ORDERINGS
     from dashboard_api.settings import Settings
 
-    url = db_url(args.db)
+    sqlite = args.backend == "sqlite"
+    url = BenchDB(args.backend, args.db).url
     env = {**os.environ, "DASHBOARD_DATABASE_URL": url, "DASHBOARD_LOG_LEVEL": "WARNING"}
     env.pop("DASHBOARD_REDIS_URL", None)
     token = cli("token", "create", "--user", "bench", "--role", "user", env=env).split()[-1]
-    db = await connect(args.db)
-    try:
-        n = int(await db.fetchval("SELECT reltuples::bigint FROM pg_class WHERE relname='tasks'"))
-        row = await db.fetchrow(
-            "SELECT created_at, task_id FROM tasks ORDER BY created_at DESC, task_id DESC "  # noqa: S608
-            f"OFFSET {n // 2} LIMIT 1"
-        )
-    finally:
-        await db.close()
-    deep = encode_cursor(ORDERINGS["-created_at"], [row["created_at"], row["task_id"]])
-    settings = Settings(_env_file=None, database_url=url, redis_url=None, log_level="WARNING")
+    n, deep_row = await (_sqlite_middle(args.db) if sqlite else _pg_middle(args.db))
+    deep = encode_cursor(ORDERINGS["-created_at"], list(deep_row))
+    settings = Settings(
+        _env_file=None,
+        database_url=url,
+        redis_url=None,
+        log_level="WARNING",
+        **({"sqlite_cache_mb": args.cache_mb} if args.cache_mb else {}),
+        **({"sqlite_mmap_mb": args.mmap_mb} if args.mmap_mb is not None else {}),
+    )
     app = create_app(settings)
     async with LifespanManager(app):
         engine = app.state.ctx.db.engine.sync_engine
@@ -130,10 +146,17 @@ async def main(args: argparse.Namespace) -> int:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=headers,
                                      timeout=600) as client:  # fmt: skip
-            print(f"{'request':<30} {'buffers':>9} {'exec ms':>9} {'stmts':>5}  ({n:,} tasks)")
+            if sqlite:
+                print(
+                    f"{'request':<30} {'stmt CPU ms':>11} {'req CPU ms':>10} {'req wall ms':>11} "
+                    f"{'OS reads':>8} {'stmts':>5}  ({n:,} tasks, "
+                    f"cache {settings.sqlite_cache_mb} MB, mmap {settings.sqlite_mmap_mb} MB)"
+                )
+            else:
+                print(f"{'request':<30} {'buffers':>9} {'exec ms':>9} {'stmts':>5}  ({n:,} tasks)")
             # reltuples is an estimate: the page 10,001 of 1M tasks (1,001 of 100k).
             page = min(10_001, round(n, -3) // 100 + 1)
-            for name, path, params in cases(deep, page, row["task_id"]):
+            for name, path, params in cases(deep, page, deep_row[1]):
                 if args.case and args.case not in name:
                     continue
                 (await client.get(path, params=params)).raise_for_status()  # warm the caches
@@ -141,8 +164,98 @@ async def main(args: argparse.Namespace) -> int:
                 token_ = _MEASURED.set(req)
                 (await client.get(path, params=params)).raise_for_status()
                 _MEASURED.reset(token_)
-                await report(app.state.ctx.db.engine, req, args.explain)
+                if sqlite:
+                    timed = await _in_process(client, path, params, args.rounds)
+                    _report_sqlite(args, settings, req, timed)
+                else:
+                    await report(app.state.ctx.db.engine, req, args.explain)
     return 0
+
+
+async def _pg_middle(name: str) -> tuple[int, tuple[Any, str]]:
+    """The tasks (estimated) and the (created_at, task_id) half of them deep."""
+    db = await connect(name)
+    try:
+        n = int(await db.fetchval("SELECT reltuples::bigint FROM pg_class WHERE relname='tasks'"))
+        row = await db.fetchrow(
+            "SELECT created_at, task_id FROM tasks ORDER BY created_at DESC, task_id DESC "  # noqa: S608
+            f"OFFSET {n // 2} LIMIT 1"
+        )
+    finally:
+        await db.close()
+    return n, (row["created_at"], row["task_id"])
+
+
+async def _sqlite_middle(name: str) -> tuple[int, tuple[Any, str]]:
+    db = sqlite3.connect(BenchDB("sqlite", name).path)
+    try:
+        n = int(db.execute("SELECT count(*) FROM tasks").fetchone()[0])
+        created, task_id = db.execute(
+            "SELECT created_at, task_id FROM tasks ORDER BY created_at DESC, task_id DESC "
+            "LIMIT 1 OFFSET ?",
+            (n // 2,),
+        ).fetchone()
+    finally:
+        db.close()
+    return n, (datetime.fromisoformat(created).replace(tzinfo=UTC), task_id)
+
+
+def _os_reads() -> int:
+    """Read calls this process made so far (`syscr`: SQLite reads a page per call)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("syscr"))
+
+
+async def _in_process(
+    client: httpx.AsyncClient, path: str, params: dict[str, Any], rounds: int
+) -> tuple[float, float, float]:
+    """Median CPU ms, wall ms and read calls of the request, served in this process."""
+    cpu, wall, reads = [], [], []
+    for _ in range(rounds):
+        r0, c0, w0 = _os_reads(), time.process_time(), time.perf_counter()
+        (await client.get(path, params=params)).raise_for_status()
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+        reads.append(_os_reads() - r0)
+    return statistics.median(cpu) * 1e3, statistics.median(wall) * 1e3, statistics.median(reads)
+
+
+def _report_sqlite(
+    args: argparse.Namespace, settings: Any, req: Request, timed: tuple[float, float, float]
+) -> None:
+    from dashboard_api.services.analytics.layout import BIN_THRESHOLDS
+
+    db = sqlite3.connect(BenchDB("sqlite", args.db).path)
+    db.execute(f"PRAGMA cache_size=-{settings.sqlite_cache_mb * 1024}")
+    db.execute(f"PRAGMA mmap_size={settings.sqlite_mmap_mb * 1024 * 1024}")
+    db.create_function("dashboard_casefold", 1, lambda v: None if v is None else v.casefold())
+    db.create_function(
+        "dashboard_log_bin",
+        1,
+        lambda v: None if v is None else bisect.bisect_right(BIN_THRESHOLDS, v),
+    )
+    reads = [st for st in req.statements if st.sql.lstrip().upper().startswith(("SELECT", "WITH"))]
+    try:
+        for st in reads:  # warm-up
+            db.execute(st.sql, st.params or ()).fetchall()
+        cpu = []
+        for _ in range(args.rounds):
+            c0 = time.process_time()
+            for st in reads:
+                db.execute(st.sql, st.params or ()).fetchall()
+            cpu.append(time.process_time() - c0)
+        print(
+            f"{req.name:<30} {statistics.median(cpu) * 1e3:>11.2f} {timed[0]:>10.2f} "
+            f"{timed[1]:>11.2f} {timed[2]:>8,.0f} {len(reads):>5}",
+            flush=True,
+        )
+        if args.explain:
+            for st in reads:
+                print("  SQL:", " ".join(st.sql.split())[:400])
+                for row in db.execute("EXPLAIN QUERY PLAN " + st.sql, st.params or ()):
+                    print("   ", row[-1])
+    finally:
+        db.close()
 
 
 async def report(engine: Any, req: Request, explain: bool) -> None:
@@ -186,6 +299,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--db", required=True, help="a seeded database")
     parser.add_argument("--case", help="only the requests whose name contains this")
     parser.add_argument("--explain", action="store_true", help="print each statement's plan")
+    parser.add_argument(
+        "--backend", choices=("postgresql", "sqlite"), default="postgresql",
+        help="sqlite: the file /tmp/DB.sqlite3; CPU per request instead of buffers",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5, help="SQLite: timed runs per request")
+    parser.add_argument(
+        "--cache-mb", type=int, help="SQLite: the page cache per connection (the setting's default)"
+    )
+    parser.add_argument("--mmap-mb", type=int, help="SQLite: the memory map per connection")
     return parser.parse_args()
 
 

@@ -166,7 +166,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
 def build_context(settings: Settings, clock: Clock) -> AppContext:
     """The app's resources, none of them opened yet."""
     models, default = settings.price_table()
-    db = Database(settings.database_url, pool_size=settings.database_pool_size)
+    db = Database(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        cache_mb=settings.sqlite_cache_mb,
+        mmap_mb=settings.sqlite_mmap_mb,
+    )
     # What every task write does besides, in this order (services/task_hooks.py). Lock
     # order on PostgreSQL is task rows -> conversation row in every transaction (posting
     # a message locks its conversation before it creates the task), so conversations run

@@ -51,7 +51,11 @@ class Database:
         pool_size: int = 10,
         echo: bool = False,
         command_timeout: float | None = 60,
+        cache_mb: int | None = None,
+        mmap_mb: int | None = None,
     ) -> None:
+        """`cache_mb`, `mmap_mb`: SQLite's page cache and memory map per connection (the
+        dialect's defaults when None; PostgreSQL ignores them)."""
         self.url = url
         # Chosen once: every backend difference below and in the services asks it.
         self.dialect: Dialect = dialect_for_url(url)
@@ -59,7 +63,7 @@ class Database:
         self.backend: Literal["postgresql", "sqlite"] = self.dialect.backend
         options = self.dialect.engine_options(pool_size=pool_size, command_timeout=command_timeout)
         self.engine: AsyncEngine = create_async_engine(url, echo=echo, **options)
-        self.dialect.install(self.engine)
+        self.dialect.install(self.engine, cache_mb=cache_mb, mmap_mb=mmap_mb)
         info = {SESSION_KEY: self.dialect}
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, info=info)
         # Reads whose statements need no shared snapshot run in autocommit where the

@@ -103,8 +103,11 @@ class Dialect(ABC):
         """The keyword arguments of `create_async_engine` for this backend."""
 
     @abstractmethod
-    def install(self, engine: AsyncEngine) -> None:
-        """Set up the engine's connections (pragmas, functions, pool checks)."""
+    def install(
+        self, engine: AsyncEngine, *, cache_mb: int | None = None, mmap_mb: int | None = None
+    ) -> None:
+        """Set up the engine's connections (pragmas, functions, pool checks); `cache_mb`
+        and `mmap_mb` size an embedded database's page cache and memory map."""
 
     @abstractmethod
     def classify_error(self, driver_error: BaseException | None) -> DatabaseFault | None:

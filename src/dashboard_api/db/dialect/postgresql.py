@@ -142,7 +142,9 @@ class PostgreSQLDialect(Dialect):
             return DatabaseFault.UNSTORABLE_TEXT
         return None
 
-    def install(self, engine: AsyncEngine) -> None:
+    def install(
+        self, engine: AsyncEngine, *, cache_mb: int | None = None, mmap_mb: int | None = None
+    ) -> None:
         pool = engine.sync_engine.pool
         event.listen(pool, "connect", _note_checkin)
         event.listen(pool, "checkin", _note_checkin)
