@@ -10,8 +10,9 @@ included) and given `--chunks` output chunks of 200 bytes per task (SQL, before 
   can: rows per second, the CPU per row of the server and of the database's backends,
   and the server's resident memory (VmRSS, sampled every 20 ms) before and at its peak
   during each export. In the same run, `GET /api/health` requests per second on one
-  keep-alive connection give the floor the machine allows. With `--skip-prune` the
-  runs read the template itself (no copy); `--rounds N` takes turns N times.
+  keep-alive connection give the floor the machine allows. `--rounds N` takes turns N
+  times; with `--skip-prune --read-template` the runs read the template itself (no
+  copy; the checkouts must share a migration head).
 - Prune: `prune_once` of what is older than D/2 days (about half the tasks, with their
   chunks and events; what `dashboard-api prune --older-than D/2` runs) in a process of
   its own, started before the clock, while one client keeps reading the first page of
@@ -186,15 +187,15 @@ async def seed_template(args: argparse.Namespace, name: str) -> None:
 @contextlib.asynccontextmanager
 async def run_database(args: argparse.Namespace, tag: str) -> AsyncIterator[tuple[str, str]]:
     """A copy of the seeded template for one run (the prune consumes it; the template
-    itself with `--skip-prune`): its URL and a user token. The template is seeded first
+    itself with `--read-template`): its URL and a user token. The template is seeded first
     when missing, and kept (`--template`) or dropped at the end of the benchmark."""
     from dashboard_api.db.engine import Database
     from dashboard_api.services.tokens import create_token
     from dashboard_api.timeutil import SystemClock
 
-    # An export writes nothing: without the prune, a run reads the template itself (and
-    # adds its token to it) instead of a copy.
-    copy = not args.skip_prune
+    # An export writes nothing: with `--read-template` a run reads the template itself
+    # (adds its token to it and migrates it) instead of a copy.
+    copy = not args.read_template
     name = f"{args.db_prefix}{os.getpid()}_{tag}" if copy else args.template_name
     if copy:
         conn = await connect()
@@ -399,4 +400,13 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=1, help="runs of each checkout, taking turns")
     parser.add_argument("--skip-export", action="store_true")
     parser.add_argument("--skip-prune", action="store_true")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--read-template",
+        action="store_true",
+        help="with --skip-prune: each run reads the template itself, no copy (each run "
+        "migrates it: every checkout compared must be at the same migration head)",
+    )
+    parsed = parser.parse_args()
+    if parsed.read_template and not parsed.skip_prune:
+        parser.error("--read-template needs --skip-prune (a prune deletes from the template)")
+    asyncio.run(main(parsed))
