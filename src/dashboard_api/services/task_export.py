@@ -135,24 +135,31 @@ def _batch_statement(
     """One keyset batch as one row: its lines joined in order (`Dialect.joined_text`),
     their count, and the ordering's keys of its last row when the batch is full (the
     bound of the next one)."""
-    direction = [k.desc() if ordering.descending else k.asc() for k in ordering.keys]
-    keys = [k.label(f"key{i}") for i, k in enumerate(ordering.keys)]
-    # The row's place in the batch: the aggregate's order, and what finds the last row
-    # (a window over the order the batch is read in: no sort).
-    place = func.row_number().over(order_by=direction).label("place")
-    columns: list[ColumnElement[Any]] = [line.label("line"), *keys, place]
-    stmt: Select[Any] = select(*columns)
+
+    def ordered(keys: Sequence[Any]) -> list[ColumnElement[Any]]:
+        return [k.desc() if ordering.descending else k.asc() for k in keys]
+
+    labels = [k.label(f"key{i}") for i, k in enumerate(ordering.keys)]
+    lines_columns: list[ColumnElement[Any]] = [line.label("line"), *labels]
+    stmt: Select[Any] = select(*lines_columns)
     where = filters.clauses(session)
     if after is not None:
         where.append(rows_after(ordering, after))
     if where:
         stmt = stmt.where(and_(*where))
-    batch = stmt.order_by(*direction).limit(batch_size).subquery("batch")
+    lines = stmt.order_by(*ordered(ordering.keys)).limit(batch_size).subquery("lines")
+    keys = [lines.c[k.name] for k in labels]
+    # The row's place in the batch: the aggregate's order, and what finds the last row.
+    # A window over the batch's rows once read (their order: no sort), so that it keeps
+    # the lines and keys only, not the table's rows.
+    place = func.row_number().over(order_by=ordered(keys)).label("place")
+    placed: list[ColumnElement[Any]] = [lines.c.line, *keys, place]
+    batch = select(*placed).subquery("batch")
     last = batch.c.place == batch_size
     row: list[ColumnElement[Any]] = [
         dialect_of(session).joined_text(batch.c.line, batch.c.place),
         func.count(),
-        *(func.max(batch.c[k.name]).filter(last) for k in keys),
+        *(func.max(batch.c[k.name]).filter(last) for k in labels),
     ]
     return select(*row)
 
