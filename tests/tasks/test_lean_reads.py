@@ -1,11 +1,13 @@
 """The lean path of the task list and of one task (api/lean.py) answers exactly as
 FastAPI's own handling does, for any query string: the same status, headers that matter
-and body, errors included."""
+and body, errors included. And a list page whose items the database writes (PostgreSQL:
+`services.tasks.summaries`) is byte for byte the page Python writes from the rows."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -13,8 +15,13 @@ import pytest
 from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import delete
 
 from dashboard_api.api import lean
+from dashboard_api.db.models import Task
+from dashboard_api.services.tasks import ORDERINGS, listing
+from dashboard_api.services.tasks.summaries import PYTHON_READER
+from tests.support.summary_values import datasets
 from tests.support.tasks import Row, load_rows
 
 Headers = Callable[[str], dict[str, str]]
@@ -84,6 +91,15 @@ async def _both(
     return lean_answer, full_answer
 
 
+async def _python_written(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, url: str, headers: dict[str, str]
+) -> httpx.Response:
+    """The answer with the list's items written by Python from the rows."""
+    with monkeypatch.context() as m:
+        m.setattr(listing, "summary_reader", lambda _session: PYTHON_READER)
+        return await client.get(url, headers=headers)
+
+
 def _same(a: httpx.Response, b: httpx.Response) -> None:
     assert (a.status_code, a.content) == (b.status_code, b.content)
     for name in ("content-type", "www-authenticate", "retry-after"):
@@ -99,9 +115,38 @@ async def test_list_answers_as_fastapi_does(
     pairs: list[tuple[str, str]],
 ) -> None:
     await _loaded(app)
-    a, b = await _both(client, monkeypatch, "/api/tasks?" + _query(pairs), auth("user"))
+    url = "/api/tasks?" + _query(pairs)
+    a, b = await _both(client, monkeypatch, url, auth("user"))
     _same(a, b)
+    _same(a, await _python_written(client, monkeypatch, url, auth("user")))
     assert a.status_code < 500
+
+
+@given(rows=datasets(), sort=st.sampled_from(sorted(ORDERINGS)), per_page=st.integers(1, 9))
+async def test_list_items_the_database_writes_are_pythons(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    auth: Headers,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: list[dict[str, Any]],
+    sort: str,
+    per_page: int,
+) -> None:
+    """Every kind of value a summary field takes (tests/support/summary_values.py), in
+    every order, on a first page and on the next one by its cursor."""
+    async with app.state.ctx.db.write() as session:
+        await session.execute(delete(Task))
+        for row in rows:
+            session.add(Task(**row))
+    url = f"/api/tasks?sort={sort}&per_page={per_page}"
+    for _ in range(2):
+        a = await client.get(url, headers=auth("user"))
+        _same(a, await _python_written(client, monkeypatch, url, auth("user")))
+        assert a.status_code == 200
+        cursor = a.json()["next_cursor"]
+        if cursor is None:
+            break
+        url = f"/api/tasks?sort={sort}&per_page={per_page}&cursor={cursor}"
 
 
 @pytest.mark.parametrize("task_id", TASK_IDS)

@@ -196,8 +196,9 @@ def public_doc(t: Any, *, timestamps_as_text: bool = True) -> dict[str, Any]:
     return doc
 
 
-def page_json(result: PageResult[dict[str, Any]]) -> bytes:
-    """The list envelope (docs/api.md §1) of one page of documents."""
+def page_json(result: PageResult[Any]) -> bytes:
+    """The list envelope (docs/api.md §1) of one page of documents (or of their JSON
+    text as `orjson.Fragment`s, which orjson writes as they are)."""
     return orjson.dumps(
         {
             "items": result.items,

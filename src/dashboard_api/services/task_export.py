@@ -21,24 +21,21 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Integer, Row, Select, Text, and_, func, literal_column, select
+from sqlalchemy import ColumnElement, Row, Select, Text, and_, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import ExportFormat as ExportFormat
-from dashboard_api.db.dialect import LineField, LineKind, dialect_of
+from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import Database
 from dashboard_api.db.paging import Ordering, rows_after
 from dashboard_api.schemas.tasks import TaskSummary
-from dashboard_api.schemas.tasks_json import (
-    TASK_FIELDS,
-    basis,
-    seconds_or_none,
-    summary_from_row,
-    ts,
-    ts_or_none,
-    usd,
+from dashboard_api.schemas.tasks_json import summary_from_row
+from dashboard_api.services.tasks import (
+    ORDERINGS,
+    SUMMARY_FIELDS,
+    TaskFilters,
+    summary_columns,
 )
-from dashboard_api.services.tasks import ORDERINGS, TaskFilters, summary_columns
 
 # Rows per keyset batch: large enough that a batch's query costs little next to writing
 # its rows out, small enough to keep a batch's memory (~1 KB per row) modest.
@@ -55,27 +52,8 @@ MEDIA_TYPES: dict[str, str] = {
 }
 
 
-def _line_fields() -> tuple[LineField, ...]:
-    """The summary's fields as the dialect writes them into export lines: the list row's
-    columns (`summary_columns`), each with the kind its conversion writes."""
-    kinds: dict[Any, LineKind] = {usd: "micros", seconds_or_none: "micros", ts: "instant"}
-    kinds |= {ts_or_none: "instant", bool: "flag", basis: "label"}
-    converts = dict((name, convert) for name, _, convert in TASK_FIELDS)
-    converts["has_error"] = bool
-    fields = []
-    kind: LineKind
-    for name, column in zip(EXPORT_FIELDS, summary_columns(), strict=True):
-        convert = converts.get(name)
-        if convert is None:
-            kind = "int" if isinstance(column.type, Integer) else "text"
-        else:
-            kind = kinds[convert]
-        labels = (basis(True), basis(False)) if kind == "label" else None
-        fields.append(LineField(name, column, kind, labels))
-    return tuple(fields)
-
-
-LINE_FIELDS = _line_fields()
+# The summary's fields as the dialect writes them into export lines.
+LINE_FIELDS = SUMMARY_FIELDS
 
 
 async def _keyset_rows(

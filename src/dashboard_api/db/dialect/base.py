@@ -276,6 +276,12 @@ class Dialect(ABC):
         export reads a batch of lines as one value. Only where `export_line` writes them."""
 
     @abstractmethod
+    def json_object(self, fields: Sequence[LineField]) -> ColumnElement[str] | None:
+        """One text value per row: the row's JSON object as orjson writes the document of
+        `fields` (kinds as for `export_line`), byte for byte, so that a list page's items
+        need no work per row in Python; None where the backend does not."""
+
+    @abstractmethod
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
         """`column IN values` (one array parameter where `binds_arrays`: one cached plan,
         and no thousands of bind parameters to render and send)."""

@@ -1,5 +1,6 @@
-"""PostgreSQL writes export lines itself: one text value per row, the bytes the service's
-Python writers (services/task_export.py: the csv module, orjson) would write for it.
+"""PostgreSQL writes export lines and list items itself: one text value per row, the bytes
+the service's Python writers (services/task_export.py: the csv module, orjson; a task
+list page's items, orjson) would write for it.
 
 Each field is written by kind (`LineField`): text, integers, millionths written as the
 float they divide to (`micros / 1_000_000` as Python's `repr` writes it for CSV, as
@@ -8,7 +9,7 @@ CSV quotes a field that holds a comma, a quote, CR or LF (doubling its quotes) a
 writes null and the empty string alike, as the csv module does; JSON strings come from
 `to_json`, whose escapes are orjson's (short forms for \\b \\t \\n \\f \\r, `\\u00XX`
 for the other control characters, everything else as is). tests/lifecycle/
-test_export_lines.py checks the two writers byte for byte.
+test_export_lines.py and tests/tasks/test_lean_reads.py check the writers byte for byte.
 """
 
 from __future__ import annotations
@@ -122,17 +123,29 @@ def _json_field(field: LineField) -> ColumnElement[str]:
 
 def export_line(fields: Sequence[LineField], fmt: ExportFormat) -> ColumnElement[str]:
     """One row as a CSV line (CRLF) or a JSON object line (LF), in `fields` order."""
+    if fmt == "jsonl":
+        return json_object(fields) + _lit("\n")
     parts: list[ColumnElement[str]] = []
     for i, field in enumerate(fields):
-        if fmt == "csv":
-            if i:
-                parts.append(_lit(","))
-            parts.append(_csv_field(field))
-        else:
-            key = orjson.dumps(field.name).decode()
-            parts.append(_lit(("{" if i == 0 else ",") + key + ":"))
-            parts.append(_json_field(field))
-    parts.append(_lit("\r\n" if fmt == "csv" else "}\n"))
+        if i:
+            parts.append(_lit(","))
+        parts.append(_csv_field(field))
+    parts.append(_lit("\r\n"))
+    return _joined(parts)
+
+
+def json_object(fields: Sequence[LineField]) -> ColumnElement[str]:
+    """One row as the JSON object orjson writes for its document, in `fields` order."""
+    parts: list[ColumnElement[str]] = []
+    for i, field in enumerate(fields):
+        key = orjson.dumps(field.name).decode()
+        parts.append(_lit(("{" if i == 0 else ",") + key + ":"))
+        parts.append(_json_field(field))
+    parts.append(_lit("}"))
+    return _joined(parts)
+
+
+def _joined(parts: Sequence[ColumnElement[str]]) -> ColumnElement[str]:
     line = parts[0]
     for part in parts[1:]:
         line = line + part

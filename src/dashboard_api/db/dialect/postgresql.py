@@ -54,7 +54,7 @@ from dashboard_api.db.dialect.pg_arrays import (
     unnest_arrays,
     unnest_insert,
 )
-from dashboard_api.db.dialect.pg_lines import export_line
+from dashboard_api.db.dialect.pg_lines import export_line, json_object
 from dashboard_api.db.dialect.values import escape_like
 
 # date_bin (the per-hour q counts, services/tasks/search.py) arrived in PostgreSQL 14.
@@ -284,6 +284,9 @@ class PostgreSQLDialect(Dialect):
         return func.string_agg(
             value, postgresql.aggregate_order_by(literal_column("''", String), order), type_=String
         )
+
+    def json_object(self, fields: Sequence[LineField]) -> ColumnElement[str] | None:
+        return json_object(fields)
 
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
         return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(BigInteger)))

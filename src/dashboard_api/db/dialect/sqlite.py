@@ -304,6 +304,9 @@ class SQLiteDialect(Dialect):
         # are written in Python (export_line is None), so nothing asks.
         raise NotImplementedError("SQLite writes no export lines")
 
+    def json_object(self, fields: Sequence[LineField]) -> ColumnElement[str] | None:
+        return None  # as export_line
+
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
         return column.in_(list(values))
 

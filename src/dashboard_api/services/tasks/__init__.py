@@ -3,6 +3,7 @@
 One module per concern:
 
 - `filters`   the filters and orders of task lists
+- `summaries` a task summary's columns, and who writes its document (Python or the database)
 - `listing`   a page of task summaries and its exact total
 - `counts`    exact counts (and the row at an offset) through the analytics rollups
 - `search`    `q` totals from per-hour match counts cached per process
@@ -33,12 +34,7 @@ from dashboard_api.services.tasks.lifecycle import (
     register_task,
     update_task,
 )
-from dashboard_api.services.tasks.listing import (
-    FEW_MATCHES,
-    count_tasks,
-    list_tasks,
-    summary_columns,
-)
+from dashboard_api.services.tasks.listing import FEW_MATCHES, count_tasks, list_tasks
 from dashboard_api.services.tasks.output import (
     AppendResult,
     append_output,
@@ -61,11 +57,13 @@ from dashboard_api.services.tasks.recorded import (
     record_finished_tasks,
     update_recorded_tasks,
 )
+from dashboard_api.services.tasks.summaries import SUMMARY_FIELDS, summary_columns
 
 __all__ = [
     "ALLOWED_MOVES",
     "FEW_MATCHES",
     "ORDERINGS",
+    "SUMMARY_FIELDS",
     "AnyRow",
     "AppendResult",
     "Expired",

@@ -25,7 +25,6 @@ from dashboard_api.db.paging import (
     decode_cursor,
     paginate,
 )
-from dashboard_api.schemas.tasks_json import SUMMARY_COLUMNS, summary_from_row
 from dashboard_api.services.analytics.layout import EPOCH
 from dashboard_api.services.tasks.counts import (
     HORIZON_ATTEMPTS,
@@ -38,34 +37,33 @@ from dashboard_api.services.tasks.counts import (
 )
 from dashboard_api.services.tasks.filters import ORDERINGS, TASKS, TaskFilters
 from dashboard_api.services.tasks.search_hours import QCountCache, cache_of
+from dashboard_api.services.tasks.summaries import (
+    PYTHON_READER,
+    SummaryReader,
+    summary_reader,
+)
 
 _T = TASKS
 
 
-def summary_columns() -> tuple[ColumnElement[Any], ...]:
-    """The columns of a list row (`schemas.tasks_json.summary_from_row` reads them)."""
-    return (
-        *(_T.c[c] for c in SUMMARY_COLUMNS),
-        func.substr(_T.c.input_message, 1, 200).label("input_preview"),
-        _T.c.error.is_not(None).label("has_error"),
-    )
-
-
 async def list_tasks(
     session: AsyncSession, *, filters: TaskFilters, sort: str, page: PageRequest
-) -> PageResult[dict[str, Any]]:
-    """One page of task summaries (as `TaskSummary` documents) in the requested order.
+) -> PageResult[Any]:
+    """One page of task summaries in the requested order: its items `TaskSummary`
+    documents, or their JSON text as `orjson.Fragment`s where the database writes it
+    (`summaries.summary_reader`); orjson writes either as the same bytes.
 
     Its statements need no snapshot in common (under READ COMMITTED each takes its own
     anyway): read it through `Database.read_statements`, without BEGIN and ROLLBACK."""
     ordering = ORDERINGS[sort]
     cache = cache_of(session)
+    reader = summary_reader(session)
     if not filters.q and filters.beyond_rollups and cache is not None:
         # An id or failure reason filter: count(*) on its index reads every match (a
         # user's 250,000 tasks at 10M); its per-hour counts are cached like a q's.
         found = await _list_q_counted(
-            session, cache, filters, _list_statement(session, filters, summary_columns()),
-            summary_columns(), ordering, page,
+            session, cache, filters, _list_statement(session, filters, reader.columns),
+            reader, ordering, page,
         )  # fmt: skip
         if found is not None:
             return found
@@ -76,13 +74,13 @@ async def list_tasks(
             return None if found is None else (found, {"seek_offset": offset})
 
         for _ in range(HORIZON_ATTEMPTS):
-            counted, total, reusable = await _counted_statement(session, filters)
+            counted, total, reusable = await _counted_statement(session, filters, reader)
             result = await paginate(
                 session,
                 counted,
                 ordering,
                 page,
-                convert=summary_from_row,
+                convert=reader.convert,
                 total_expression=total,
                 seek=seek,
                 reusable=reusable,
@@ -90,25 +88,24 @@ async def list_tasks(
             if result.total != HORIZON_MOVED:
                 return result
             forget_pruned_before(session)
-        stmt = _list_statement(session, filters, summary_columns())
+        stmt = _list_statement(session, filters, reader.columns)
         # Prunes kept moving the horizon: count the rows themselves.
         return await paginate(
             session,
             stmt,
             ordering,
             page,
-            convert=summary_from_row,
+            convert=reader.convert,
             total_expression=count_raw(filters.clauses(session)),
         )
-    columns = summary_columns()
-    stmt = _list_statement(session, filters, columns)
+    stmt = _list_statement(session, filters, reader.columns)
     hint = _q_hint_key(filters)
     if cache is not None:
-        found = await _list_q_counted(session, cache, filters, stmt, columns, ordering, page)
+        found = await _list_q_counted(session, cache, filters, stmt, reader, ordering, page)
         if found is not None:
             _Q_MATCHES.put(hint, found.total)
             return found
-    result = await _q_page(session, filters, stmt, columns, ordering, page, None, ())
+    result = await _q_page(session, filters, stmt, reader, ordering, page, None, ())
     _Q_MATCHES.put(hint, result.total)
     return result
 
@@ -133,7 +130,7 @@ _STATEMENTS: BoundedCache[tuple[Any, ...], tuple[Select[Any], ColumnElement[Any]
 
 
 async def _counted_statement(
-    session: AsyncSession, filters: TaskFilters
+    session: AsyncSession, filters: TaskFilters, reader: SummaryReader
 ) -> tuple[Select[Any], ColumnElement[Any], bool]:
     """The list statement of `filters` (no `q`), its total expression, and whether both
     are reused across requests (see `_STATEMENTS`)."""
@@ -149,10 +146,11 @@ async def _counted_statement(
             listed = replace(filters, created_after=empty)
     if (filters.created_after is None) != (filters.created_before is None):
         # A range open at one end is counted up to the oldest or newest task: built anew.
-        stmt = _list_statement(session, listed, summary_columns())
+        stmt = _list_statement(session, listed, reader.columns)
         return stmt, await count_expression(session, filters=filters), False
     key = (
         dialect_of(session),
+        reader,
         session.info.get("analytics_rollups_enabled", True),
         horizon,
         tuple(filters.status),
@@ -169,7 +167,7 @@ async def _counted_statement(
     )
     found = _STATEMENTS.get_recent(key)
     if found is None:
-        stmt = _list_statement(session, listed, summary_columns())
+        stmt = _list_statement(session, listed, reader.columns)
         found = _STATEMENTS.put(key, (stmt, await count_expression(session, filters=filters)))
     return found[0], found[1], True
 
@@ -179,10 +177,10 @@ async def _list_q_counted(
     cache: QCountCache,
     filters: TaskFilters,
     stmt: Select[Any],
-    columns: Sequence[ColumnElement[Any]],
+    reader: SummaryReader,
     ordering: Ordering,
     page: PageRequest,
-) -> PageResult[dict[str, Any]] | None:
+) -> PageResult[Any] | None:
     """A `q` (or id, or failure reason) page whose total comes from per-hour counts
     cached in this process, checked in the page's own statement (`search`); None when
     the window is too short to hold a whole hour, or the cache kept missing writes (a
@@ -217,20 +215,20 @@ async def _list_q_counted(
                 _Q_MATCHES.put(hint, q.known_count)
         if q is None:
             return None
-        narrowed = _by_cached_keys(session, filters, columns, ordering, page, q)
+        narrowed = _by_cached_keys(session, filters, reader.columns, ordering, page, q)
         if narrowed is not None:
             result = await paginate(
                 session,
                 narrowed,
                 ordering,
                 page,
-                convert=summary_from_row,
+                convert=reader.convert,
                 total_expression=q.edges,
                 extras=q.extras,
             )
         else:
             result = await _q_page(
-                session, filters, stmt, columns, ordering, page, q.edges, q.extras
+                session, filters, stmt, reader, ordering, page, q.edges, q.extras
             )
         total = task_search.settle(cache, q, result.total, result.extras)
         if total is not None:
@@ -282,12 +280,12 @@ async def _q_page(
     session: AsyncSession,
     filters: TaskFilters,
     stmt: Select[Any],
-    columns: Sequence[ColumnElement[Any]],
+    reader: SummaryReader,
     ordering: Ordering,
     page: PageRequest,
     total: ColumnElement[Any] | None,
     extras: Sequence[ColumnElement[Any]],
-) -> PageResult[dict[str, Any]]:
+) -> PageResult[Any]:
     """A page of a `q` list, with `total` (default: the exact count of the matches) and
     `extras` carried in its statement."""
     where = filters.clauses(session)
@@ -300,7 +298,7 @@ async def _q_page(
             stmt,
             ordering,
             page,
-            convert=summary_from_row,
+            convert=reader.convert,
             total_expression=count_raw(where) if total is None else total,
             extras=extras,
         )
@@ -308,7 +306,9 @@ async def _q_page(
     # row would read tens of thousands of rows to fill one page. The matching rows are
     # found once (the trigram index on PostgreSQL; reading each to recheck it, so their
     # summary comes at no extra cost), then counted and paged from that same set, in one
-    # statement.
+    # statement. Python writes these documents: the database would write the text of
+    # every match, not only the page's.
+    columns = PYTHON_READER.columns
     keys = [k.label(f"k{i}") for i, k in enumerate(ordering.keys)]
     matches = select(*columns, *keys).where(*where).cte("q_matches")
     found = Ordering(ordering.name, tuple(matches.c[k.name] for k in keys), ordering.descending)
@@ -319,7 +319,7 @@ async def _q_page(
         select(*(matches.c[c.name] for c in columns)),
         found,
         page,
-        convert=summary_from_row,
+        convert=PYTHON_READER.convert,
         total_expression=total,
         extras=extras,
     )
