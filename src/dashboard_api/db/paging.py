@@ -165,15 +165,15 @@ async def paginate(
     when it is empty or the index must be walked (see `_deep_page`): page and total always
     come from one snapshot, however writes interleave.
 
-    `reusable`: the caller passes the same `stmt` and `total_expression` objects again
-    for the same list, so the statement of a page before `SEEK_FROM_OFFSET` (no cursor)
-    is kept and reused too (see `_reused`).
+    `reusable`: the caller passes the same `stmt`, `total_expression` and `extras`
+    objects again for the same list, so the statement of a page before
+    `SEEK_FROM_OFFSET` (no cursor) is kept and reused too (see `_reused`).
     """
-    sources = (stmt, total_expression, ordering)
-    kept = _kept(sources, request, reusable=reusable, extras=extras)
+    sources = (stmt, total_expression, ordering, *extras)
+    kept = _kept(sources, request, reusable=reusable)
     if kept is not None:
         # Built before: nothing to build (building cost more than running it).
-        return await _run_kept(session, kept, ordering, request, convert, sources[1])
+        return await _run_kept(session, kept, ordering, request, convert, sources[1], extras)
     direction = _directed(ordering.keys, ordering.descending)
     extra = [] if total_expression is None else [total_expression.label("page_total_")]
     extra += [e.label(f"page_extra_{i}") for i, e in enumerate(extras)]
@@ -238,8 +238,8 @@ async def paginate(
                 # (say, rollups kept by an older release). Walk the index instead.
             page_stmt = await _seek_by_index(session, stmt, ordering, page_stmt, offset, locate)
 
-    page_stmt = _reused(page_stmt, sources, request, reusable=reusable, extras=extras)
-    rows = (await session.execute(carrying(page_stmt))).all()
+    final = _reused(carrying(page_stmt), sources, request, reusable=reusable)
+    rows = (await session.execute(final)).all()
     total = await total_of(rows)
     return _result(ordering, request, rows, convert, total, got)
 
@@ -252,6 +252,10 @@ _REUSED: dict[tuple[int, ...], tuple[tuple[Any, ...], Select[Any]]] = {}
 _REUSED_MAX = 1024
 
 
+def _same_objects(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
 def _reused_key(sources: tuple[Any, ...], request: PageRequest) -> tuple[int, ...] | None:
     """The key of a page statement built from `sources` for `request`; None when it is not
     kept: only pages before `SEEK_FROM_OFFSET` in page mode are (a cursor's or a deep
@@ -262,16 +266,14 @@ def _reused_key(sources: tuple[Any, ...], request: PageRequest) -> tuple[int, ..
     return (*(id(x) for x in sources), request.per_page, offset)
 
 
-def _kept(
-    sources: tuple[Any, ...], request: PageRequest, *, reusable: bool, extras: Sequence[Any]
-) -> Select[Any] | None:
+def _kept(sources: tuple[Any, ...], request: PageRequest, *, reusable: bool) -> Select[Any] | None:
     """The page statement kept for `sources` (the same objects, a total among them) and
     `request`, if any (see `_reused`)."""
-    if not reusable or extras or sources[1] is None:
+    if not reusable or sources[1] is None:
         return None
     key = _reused_key(sources, request)
     kept = None if key is None else _REUSED.get(key)
-    if kept is not None and all(a is b for a, b in zip(kept[0], sources, strict=True)):
+    if kept is not None and _same_objects(kept[0], sources):
         return kept[1]
     return None
 
@@ -283,33 +285,31 @@ async def _run_kept(
     request: PageRequest,
     convert: Callable[[Row[Any]], T],
     total_expression: Any,
+    extras: Sequence[ColumnElement[Any]],
 ) -> PageResult[T]:
-    """`paginate` with a kept page statement (carrying its total, no extras)."""
+    """`paginate` with a kept page statement (carrying its total and extras)."""
     rows = (await session.execute(kept)).all()
+    n_keys = len(ordering.keys)
     if rows:
-        total = int(rows[0][-len(ordering.keys) - 1])
+        values = tuple(rows[0][-n_keys - 1 - len(extras) : -n_keys])
     else:
-        alone = select(total_expression.label("page_total_"))
-        total = int((await session.execute(alone)).scalar_one())
-    return _result(ordering, request, rows, convert, total)
+        extra = [e.label(f"page_extra_{i}") for i, e in enumerate(extras)]
+        alone = select(total_expression.label("page_total_"), *extra)
+        values = tuple((await session.execute(alone)).one())
+    return _result(ordering, request, rows, convert, int(values[0]), values[1:])
 
 
 def _reused(
-    page_stmt: Select[Any],
-    sources: tuple[Any, ...],
-    request: PageRequest,
-    *,
-    reusable: bool,
-    extras: Sequence[Any],
+    page_stmt: Select[Any], sources: tuple[Any, ...], request: PageRequest, *, reusable: bool
 ) -> Select[Any]:
     """The kept statement equal to `page_stmt` (built from `sources`, the same objects
     each time, for `request`), keeping this one when there is none (see `_reused_key`);
-    `page_stmt` itself unless `reusable` without `extras`."""
-    key = _reused_key(sources, request) if reusable and not extras else None
+    `page_stmt` itself unless `reusable`."""
+    key = _reused_key(sources, request) if reusable else None
     if key is None:
         return page_stmt
     kept = _REUSED.get(key)
-    if kept is not None and all(a is b for a, b in zip(kept[0], sources, strict=True)):
+    if kept is not None and _same_objects(kept[0], sources):
         return kept[1]
     if len(_REUSED) >= _REUSED_MAX:
         del _REUSED[next(iter(_REUSED))]

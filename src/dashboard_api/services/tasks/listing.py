@@ -62,7 +62,7 @@ async def list_tasks(
         # An id or failure reason filter: count(*) on its index reads every match (a
         # user's 250,000 tasks at 10M); its per-hour counts are cached like a q's.
         found = await _list_q_counted(
-            session, cache, filters, _list_statement(session, filters, reader.columns),
+            session, cache, filters, _kept_statement(session, filters, reader),
             reader, ordering, page,
         )  # fmt: skip
         if found is not None:
@@ -98,7 +98,7 @@ async def list_tasks(
             convert=reader.convert,
             total_expression=count_raw(filters.clauses(session)),
         )
-    stmt = _list_statement(session, filters, reader.columns)
+    stmt = _kept_statement(session, filters, reader)
     hint = _q_hint_key(filters)
     if cache is not None:
         found = await _list_q_counted(session, cache, filters, stmt, reader, ordering, page)
@@ -113,9 +113,41 @@ async def list_tasks(
 def _list_statement(
     session: AsyncSession, filters: TaskFilters, columns: Sequence[ColumnElement[Any]]
 ) -> Select[Any]:
-    stmt: Select[Any] = select(*columns)
+    # FROM named: a reader's column may be SQL text that names no table to SQLAlchemy.
+    stmt: Select[Any] = select(*columns).select_from(_T)
     where = filters.clauses(session)
     return stmt.where(and_(*where)) if where else stmt
+
+
+# The list statements of the lists counted by cached per-hour counts (ids, failure
+# reason, `q`), kept per process and filter values like `_STATEMENTS` below: with the
+# total's expressions `search.plan` keeps, a warm page's statement is kept whole.
+_KEPT: BoundedCache[tuple[Any, ...], Select[Any]] = BoundedCache(256)
+
+
+def _kept_statement(
+    session: AsyncSession, filters: TaskFilters, reader: SummaryReader
+) -> Select[Any]:
+    """`_list_statement` of `filters` with the reader's columns, the same object for the
+    same filters."""
+    key = (
+        dialect_of(session),
+        reader,
+        tuple(filters.status),
+        tuple(filters.agent_type),
+        tuple(filters.source),
+        tuple(filters.failure_reason),
+        filters.conversation_id,
+        filters.flow_id,
+        filters.user_id,
+        filters.q,
+        filters.created_after,
+        filters.created_before,
+    )
+    found = _KEPT.get_recent(key)
+    if found is None:
+        found = _KEPT.put(key, _list_statement(session, filters, reader.columns))
+    return found
 
 
 # The statement and total expression of lists without `q` (the dashboard's views, its
@@ -269,7 +301,7 @@ def _by_cached_keys(
     # One expanding parameter: a list coerced value by value cost more than the query.
     listed = _T.c.task_id.in_(bindparam("q_ids", ids, expanding=True, type_=String))
     where = or_(false(), listed, *raw) if ids else or_(false(), *raw)
-    return select(*columns).where(*filters.clauses(session, indexed=False), where)
+    return select(*columns).select_from(_T).where(*filters.clauses(session, indexed=False), where)
 
 
 # A cached count found changed this many times in a row gives way to a plain count.
@@ -301,6 +333,8 @@ async def _q_page(
             convert=reader.convert,
             total_expression=count_raw(where) if total is None else total,
             extras=extras,
+            # A planned total's expressions are kept (`search.plan`), as `stmt` is.
+            reusable=total is not None,
         )
     # A rare substring (or one not seen yet): walking the order's index and testing each
     # row would read tens of thousands of rows to fill one page. The matching rows are

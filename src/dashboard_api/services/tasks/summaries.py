@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Integer, func
+from sqlalchemy import ColumnElement, Integer, Text, func, literal_column
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.db.dialect import Dialect, LineField, LineKind, dialect_of
@@ -97,10 +97,17 @@ def summary_reader(session: AsyncSession) -> SummaryReader:
     found = _READERS.get(dialect.backend)
     if found is None:
         written = dialect.json_object(SUMMARY_FIELDS)
-        found = (
-            PYTHON_READER
-            if written is None
-            else SummaryReader((written.label("summary_json"),), _fragment)
-        )
+        if written is None:
+            found = PYTHON_READER
+        else:
+            # Its SQL text as one literal column: SQLAlchemy walks (and hashes) a
+            # statement's expressions for its cache key at every execution of a new
+            # statement object, and these ~300 nodes tripled that walk for a cursor page
+            # (1.26 against 0.46 ms). Constants only: no bind parameter is lost.
+            sql = written.compile(
+                dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True}
+            )
+            column = literal_column(str(sql), Text).label("summary_json")
+            found = SummaryReader((column,), _fragment)
         _READERS[dialect.backend] = found
     return found
