@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Any
@@ -21,6 +22,9 @@ SLOW_CONSUMER_CLOSE = 1013  # "try again later": the send queue overflowed
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 access_log = structlog.get_logger("dashboard_api.access")
+# The standard logger behind it, whose level (the root's, `observability.logging`) says
+# whether an access line would be written at all.
+_ACCESS = logging.getLogger("dashboard_api.access")
 
 
 def incoming_request_id(scope: Scope) -> str | None:
@@ -107,6 +111,14 @@ class ObservabilityMiddleware:
         route = route_template(scope)
         method = scope.get("method", "WS") if scope["type"] == "http" else "WS"
         final = status if status is not None else 500
+        if scope["type"] == "http":
+            self.metrics.observe_request(method, route, final, seconds)
+        if not _ACCESS.isEnabledFor(logging.INFO):
+            # Below the configured level the line would be dropped after structlog's
+            # processors ran (and the path was redacted): the hot reads skip it all.
+            if scope["type"] != "http":
+                self._count_ws(final, ws_close)
+            return
         fields: dict[str, Any] = {
             "method": method,
             "route": route,
@@ -118,14 +130,16 @@ class ObservabilityMiddleware:
         if client:
             fields["client"] = client[0]
         if scope["type"] == "http":
-            self.metrics.observe_request(method, route, final, seconds)
             access_log.info("request", **fields)
         else:
-            outcome = "refused" if final != 101 else f"closed_{ws_close or 1000}"
-            self.metrics.ws_sessions.labels(outcome).inc()
-            if ws_close == SLOW_CONSUMER_CLOSE:
-                self.metrics.slow_consumer_disconnects += 1
+            self._count_ws(final, ws_close)
             access_log.info("websocket", close_code=ws_close, **fields)
+
+    def _count_ws(self, final: int, ws_close: int | None) -> None:
+        outcome = "refused" if final != 101 else f"closed_{ws_close or 1000}"
+        self.metrics.ws_sessions.labels(outcome).inc()
+        if ws_close == SLOW_CONSUMER_CLOSE:
+            self.metrics.slow_consumer_disconnects += 1
 
 
 def _safe_path(scope: Scope) -> str:
