@@ -241,24 +241,25 @@ def _lean_query(
     return Window(start, end, filters), single
 
 
-@lean_path(summary)
-async def _summary_lean(request: Request) -> Response | None:
+async def _window_figures_lean(request: Request, compute: _WindowFigures) -> Response | None:
+    """A summary-shaped read (the window and filters alone) without FastAPI's dependencies;
+    None hands anything not plainly valid to the declared route."""
     ctx: AppContext = request.app.state.ctx
     query = _lean_query(ctx, request.query_params, frozenset())
     if query is None:
         return None
     await lean_principal(request, USER_ROLE)
-    return await _figures(ctx, query[0], reads.summary)
+    return await _figures(ctx, query[0], compute)
+
+
+@lean_path(summary)
+async def _summary_lean(request: Request) -> Response | None:
+    return await _window_figures_lean(request, reads.summary)
 
 
 @lean_path(performance)
 async def _performance_lean(request: Request) -> Response | None:
-    ctx: AppContext = request.app.state.ctx
-    query = _lean_query(ctx, request.query_params, frozenset())
-    if query is None:
-        return None
-    await lean_principal(request, USER_ROLE)
-    return await _figures(ctx, query[0], performance_service.performance)
+    return await _window_figures_lean(request, performance_service.performance)
 
 
 @lean_path(cost_histogram)

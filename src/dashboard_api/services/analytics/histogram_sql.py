@@ -23,8 +23,6 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
-    literal,
-    or_,
     select,
     union_all,
 )
@@ -45,6 +43,7 @@ from dashboard_api.services.analytics.window import (
     Cover,
     filter_clauses,
     filter_params,
+    raw_selection,
 )
 
 # What a histogram bucket shows, in the order of `reads._HISTOGRAM_COUNTERS`.
@@ -96,27 +95,17 @@ def _build(
         columns = (getattr(r, c) for c in COUNTERS)
         parts.append(select(local, *columns).where(*_counter_rows(filters), blocks_of))
     if n_raw:
-        at, ts = Task.created_at, Task.created_at.type
-
-        def within(prefix: str, i: int) -> ColumnElement[bool]:
-            lo = bindparam(f"{prefix}lo{i}", type_=ts)
-            return and_(at >= lo, at < bindparam(f"{prefix}hi{i}", type_=ts))
-
-        sign: ColumnElement[int] = (
-            case((or_(*(within("sub_", i) for i in range(n_sub))), -1), else_=1)
-            if n_sub
-            else literal(1)
-        )
+        raw_rows, sign = raw_selection(n_raw, n_sub)
         parts.append(
             select(
-                dialect.bisect_bound(at, "starts", instants=True),
+                dialect.bisect_bound(Task.created_at, "starts", instants=True),
                 sign,
                 case((Task.status == "completed", sign), else_=0),
                 case((Task.status == "failed", sign), else_=0),
                 sign * Task.cost_micros,
                 sign * Task.input_tokens,
                 sign * Task.output_tokens,
-            ).where(or_(*(within("", i) for i in range(n_raw))), *filter_clauses(Task, filters))
+            ).where(raw_rows, *filter_clauses(Task, filters))
         )
     both = union_all(*parts).subquery("both_parts")
     index, *values = both.c

@@ -405,12 +405,10 @@ async def raw_rows(
     return await execute_folded(session, _raw_statement(len(ranges), filters), params)
 
 
-def raw_counter_sums(n_ranges: int, n_sub: int) -> tuple[ColumnElement[bool], list[Any]]:
-    """A cover's raw rows in SQL, for a statement that sums them beside its blocks' rows
-    (one round trip, no row each through the driver): the condition that selects them
-    (ranges bound as "lo{i}"/"hi{i}") and the sums of their COUNTERS, each row counted -1
-    in the subtracted ranges ("sub_lo{i}"/"sub_hi{i}") as `Cover.sign` counts it. Bound
-    by `raw_params`."""
+def raw_selection(n_ranges: int, n_sub: int) -> tuple[ColumnElement[bool], ColumnElement[int]]:
+    """A cover's raw rows in SQL: the condition that selects them (ranges bound as
+    "lo{i}"/"hi{i}") and each row's sign, -1 in the subtracted ranges
+    ("sub_lo{i}"/"sub_hi{i}") as `Cover.sign` counts it. Bound by `raw_params`."""
     at, ts = Task.created_at, Task.created_at.type
 
     def within(prefix: str, i: int) -> ColumnElement[bool]:
@@ -422,6 +420,14 @@ def raw_counter_sums(n_ranges: int, n_sub: int) -> tuple[ColumnElement[bool], li
         if n_sub
         else literal(1)
     )
+    return or_(*(within("", i) for i in range(n_ranges))), sign
+
+
+def raw_counter_sums(n_ranges: int, n_sub: int) -> tuple[ColumnElement[bool], list[Any]]:
+    """A cover's raw rows in SQL, for a statement that sums them beside its blocks' rows
+    (one round trip, no row each through the driver): the condition that selects them and
+    the signed sums of their COUNTERS (`raw_selection`)."""
+    condition, sign = raw_selection(n_ranges, n_sub)
     values: dict[str, Any] = {
         "tasks": sign,
         **{name: case((Task.status == name, sign), else_=0) for name in STATUS_INDEX},
@@ -431,7 +437,7 @@ def raw_counter_sums(n_ranges: int, n_sub: int) -> tuple[ColumnElement[bool], li
     for name in COUNTERS:
         if name not in values:  # cost and token columns of the same names
             values[name] = sign * getattr(Task, name)
-    return or_(*(within("", i) for i in range(n_ranges))), [func.sum(values[c]) for c in COUNTERS]
+    return condition, [func.sum(values[c]) for c in COUNTERS]
 
 
 def raw_params(cover: Cover) -> dict[str, Any]:

@@ -119,6 +119,21 @@ def _list_statement(
     return stmt.where(and_(*where)) if where else stmt
 
 
+def _filter_values(filters: TaskFilters) -> tuple[Any, ...]:
+    """Every filter value but `q`, hashable: the key of a statement kept for them."""
+    return (
+        tuple(filters.status),
+        tuple(filters.agent_type),
+        tuple(filters.source),
+        tuple(filters.failure_reason),
+        filters.conversation_id,
+        filters.flow_id,
+        filters.user_id,
+        filters.created_after,
+        filters.created_before,
+    )
+
+
 # The list statements of the lists counted by cached per-hour counts (ids, failure
 # reason, `q`), kept per process and filter values like `_STATEMENTS` below: with the
 # total's expressions `search.plan` keeps, a warm page's statement is kept whole.
@@ -130,20 +145,7 @@ def _kept_statement(
 ) -> Select[Any]:
     """`_list_statement` of `filters` with the reader's columns, the same object for the
     same filters."""
-    key = (
-        dialect_of(session),
-        reader,
-        tuple(filters.status),
-        tuple(filters.agent_type),
-        tuple(filters.source),
-        tuple(filters.failure_reason),
-        filters.conversation_id,
-        filters.flow_id,
-        filters.user_id,
-        filters.q,
-        filters.created_after,
-        filters.created_before,
-    )
+    key = (dialect_of(session), reader, *_filter_values(filters), filters.q)
     found = _KEPT.get_recent(key)
     if found is None:
         found = _KEPT.put(key, _list_statement(session, filters, reader.columns))
@@ -185,17 +187,9 @@ async def _counted_statement(
         reader,
         session.info.get("analytics_rollups_enabled", True),
         horizon,
-        tuple(filters.status),
-        tuple(filters.agent_type),
-        tuple(filters.source),
-        tuple(filters.failure_reason),
-        filters.conversation_id,
-        filters.flow_id,
-        filters.user_id,
         # A closed range's count is fixed by its ends (rollup blocks and raw edges): kept
         # like the rest, it serves the pages of one window and its refreshes.
-        filters.created_after,
-        filters.created_before,
+        *_filter_values(filters),
     )
     found = _STATEMENTS.get_recent(key)
     if found is None:
