@@ -64,11 +64,13 @@ async def drop_db(database: str) -> None:
         await conn.close()
 
 
-async def recreate_db(database: str) -> None:
+async def recreate_db(database: str, template: str | None = None) -> None:
+    """Drop `database` if it exists and create it anew: empty, or a copy of `template`."""
     conn = await connect()
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{database}"')
+        copy_of = f' TEMPLATE "{template}"' if template else ""
+        await conn.execute(f'CREATE DATABASE "{database}"{copy_of}')
     finally:
         await conn.close()
 

@@ -198,12 +198,7 @@ async def run_database(args: argparse.Namespace, tag: str) -> AsyncIterator[tupl
     copy = not args.read_template
     name = f"{args.db_prefix}{os.getpid()}_{tag}" if copy else args.template_name
     if copy:
-        conn = await connect()
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{args.template_name}"')
-        finally:
-            await conn.close()
+        await recreate_db(name, template=args.template_name)
     url = db_url(name)
     try:
         db = Database(url)

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dashboard_api.api import lean
+from tests.support.lean_calls import record_lean_answers
 from tests.tasks.test_lean_reads import ROWS, _both, _loaded, _query, _same
 
 Headers = Callable[[str], dict[str, str]]
@@ -84,16 +84,7 @@ async def test_lean_paths_answer_plain_requests(
     """The lean handlers do answer the plain requests (not FastAPI's handler behind them),
     with the figures of the tasks loaded."""
     await _loaded(app)
-    answered: list[str] = []
-    for endpoint, handler in list(lean._LEAN.items()):
-
-        async def counted(request: object, handler: lean.LeanHandler = handler) -> object:
-            response = await handler(request)  # type: ignore[arg-type]
-            if response is not None:
-                answered.append(handler.__name__)
-            return response
-
-        monkeypatch.setitem(lean._LEAN, endpoint, counted)
+    answered = record_lean_answers(monkeypatch)
     window = f"from=2026-01-05T00:00:00Z&to={TO}"
     for path in PATHS:
         r = await client.get(f"{path}?{window}&agent_type=coder", headers=auth("user"))

@@ -21,6 +21,7 @@ from dashboard_api.api import lean
 from dashboard_api.db.models import Task
 from dashboard_api.services.tasks import ORDERINGS, listing
 from dashboard_api.services.tasks.summaries import PYTHON_READER
+from tests.support.lean_calls import record_lean_answers
 from tests.support.summary_values import datasets
 from tests.support.tasks import Row, load_rows
 
@@ -185,16 +186,7 @@ async def test_lean_path_answers_plain_requests(
 ) -> None:
     """The lean handlers do answer the plain requests (not FastAPI's handler behind them)."""
     await _loaded(app)
-    answered: list[str] = []
-    for endpoint, handler in list(lean._LEAN.items()):
-
-        async def counted(request: object, handler: lean.LeanHandler = handler) -> object:
-            response = await handler(request)  # type: ignore[arg-type]
-            if response is not None:
-                answered.append(handler.__name__)
-            return response
-
-        monkeypatch.setitem(lean._LEAN, endpoint, counted)
+    answered = record_lean_answers(monkeypatch)
     query = "status=failed&agent_type=coder&created_after=2026-01-05T13:00:00Z&per_page=5"
     for url in ("/api/tasks", "/api/tasks?" + query, "/api/tasks/t03"):
         assert (await client.get(url, headers=auth("user"))).status_code == 200
