@@ -223,12 +223,13 @@ async def _in_process(
 def _report_sqlite(
     args: argparse.Namespace, settings: Any, req: Request, timed: tuple[float, float, float]
 ) -> None:
+    from dashboard_api.db.dialect.sqlite_connection import casefold
     from dashboard_api.services.analytics.layout import BIN_THRESHOLDS
 
     db = sqlite3.connect(BenchDB("sqlite", args.db).path)
     db.execute(f"PRAGMA cache_size=-{settings.sqlite_cache_mb * 1024}")
     db.execute(f"PRAGMA mmap_size={settings.sqlite_mmap_mb * 1024 * 1024}")
-    db.create_function("dashboard_casefold", 1, lambda v: None if v is None else v.casefold())
+    db.create_function("dashboard_casefold", 1, casefold)
     db.create_function(
         "dashboard_log_bin",
         1,

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     ingress_lease_ms: int = Field(3000, ge=300, le=60_000)
     database_pool_size: int = Field(10, ge=1, le=200)
     # SQLite: each pooled connection's page cache and memory-mapped span of the file, in
-    # MiB (docs/configuration.md; db/dialect/sqlite.py, DEFAULT_MMAP_MB).
+    # MiB (docs/configuration.md; db/dialect/sqlite_connection.py, DEFAULT_MMAP_MB).
     sqlite_cache_mb: int = Field(32, ge=1, le=65_536)
     sqlite_mmap_mb: int = Field(2048, ge=0, le=1_048_576)
     dependency_timeout_seconds: float = Field(2.0, gt=0, le=60)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from dashboard_api.db.dialect import postgresql as pg_dialect_module
+from dashboard_api.db.dialect import pg_pool as pg_pool_module
 from dashboard_api.db.engine import Database
 from tests.support.env import Backend
 
@@ -34,7 +34,7 @@ async def _terminate(url: str, pid: int) -> None:
 async def test_connection_killed_while_idle_is_replaced_unseen(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pg_dialect_module, "PING_AFTER_IDLE_SECONDS", 0.05)
+    monkeypatch.setattr(pg_pool_module, "PING_AFTER_IDLE_SECONDS", 0.05)
     db = Database(backend.database_url, pool_size=1)
     try:
         pid = await _backend_pid(db)
@@ -48,7 +48,7 @@ async def test_connection_killed_while_idle_is_replaced_unseen(
 async def test_connection_killed_inside_the_window_fails_once_then_recovers(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pg_dialect_module, "PING_AFTER_IDLE_SECONDS", 3600)
+    monkeypatch.setattr(pg_pool_module, "PING_AFTER_IDLE_SECONDS", 3600)
     db = Database(backend.database_url, pool_size=1)
     try:
         pid = await _backend_pid(db)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -30,12 +29,9 @@ from sqlalchemy import (
     text,
     tuple_,
 )
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Row
-from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.pool import ConnectionPoolEntry
 
 from dashboard_api.db.dialect.base import (
     Column,
@@ -55,38 +51,11 @@ from dashboard_api.db.dialect.pg_arrays import (
     unnest_insert,
 )
 from dashboard_api.db.dialect.pg_lines import export_line, json_object
+from dashboard_api.db.dialect.pg_pool import SERVICE_SETTINGS, note_checkin, ping_if_idle
 from dashboard_api.db.dialect.values import escape_like
 
 # date_bin (the per-hour q counts, services/tasks/search.py) arrived in PostgreSQL 14.
 MIN_POSTGRESQL = 14
-
-# A pooled connection used this recently is handed out without a ping (HikariCP's
-# "alive bypass window"). SQLAlchemy's pre-ping costs BEGIN, a query and ROLLBACK on every
-# checkout, as much as a whole read request; a connection that died inside the window
-# fails its query instead, which invalidates the pool (503 once, like any outage).
-PING_AFTER_IDLE_SECONDS = 1.0
-_RETURNED_AT = "dashboard_returned_at"
-
-# The service's queries are short and read through indexes, but some (a 30-day histogram
-# sum, an exact count over a broad filter) are estimated above `jit_above_cost`: compiling
-# them took 70 ms of a 125 ms answer that runs in 20 ms without. Maintenance commands
-# (command_timeout None), whose scans of millions of rows gain from JIT, keep it.
-_SERVICE_SETTINGS = {"jit": "off"}
-
-
-def _note_checkin(_dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
-    record.info[_RETURNED_AT] = time.monotonic()
-
-
-def _ping_if_idle(dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
-    returned_at = record.info.get(_RETURNED_AT)
-    if returned_at is not None and time.monotonic() - returned_at < PING_AFTER_IDLE_SECONDS:
-        return
-    try:
-        dbapi_conn.ping()
-    except Exception as error:
-        # The pool discards this connection and checks out another (or a new one).
-        raise sa_exc.DisconnectionError(str(error)) from error
 
 
 @functools.lru_cache(maxsize=8)
@@ -121,14 +90,14 @@ class PostgreSQLDialect(Dialect):
             # authentication, an empty statement cache) for one request in eight.
             "pool_size": 2 * pool_size,
             "max_overflow": 0,
-            # Checked on checkout by _ping_if_idle instead (a ping is three round trips).
+            # Checked on checkout by ping_if_idle instead (a ping is three round trips).
             "pool_pre_ping": False,
             "pool_timeout": 10,
             # None for maintenance commands (bulk loads, rebuilds) that run for minutes.
             "connect_args": {
                 "timeout": 5,
                 "command_timeout": command_timeout,
-                "server_settings": _SERVICE_SETTINGS if command_timeout else {},
+                "server_settings": SERVICE_SETTINGS if command_timeout else {},
             },
         }
 
@@ -146,9 +115,9 @@ class PostgreSQLDialect(Dialect):
         self, engine: AsyncEngine, *, cache_mb: int | None = None, mmap_mb: int | None = None
     ) -> None:
         pool = engine.sync_engine.pool
-        event.listen(pool, "connect", _note_checkin)
-        event.listen(pool, "checkin", _note_checkin)
-        event.listen(pool, "checkout", _ping_if_idle)
+        event.listen(pool, "connect", note_checkin)
+        event.listen(pool, "checkin", note_checkin)
+        event.listen(pool, "checkout", ping_if_idle)
 
     @property
     def serializes_writers(self) -> bool:

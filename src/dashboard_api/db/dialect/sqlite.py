@@ -32,15 +32,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Row, make_url
-from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BooleanClauseList, False_, Grouping
 
 from dashboard_api.db.dialect.base import (
-    WRITE_OPTION,
     Column,
     DatabaseFault,
     Dialect,
@@ -49,56 +46,21 @@ from dashboard_api.db.dialect.base import (
     OutputAppend,
 )
 from dashboard_api.db.dialect.locks import NamedLocks, ProcessLocks
+from dashboard_api.db.dialect.sqlite_connection import (
+    DEFAULT_CACHE_MB,
+    DEFAULT_MMAP_MB,
+    begin_hook,
+    connect_hook,
+)
 from dashboard_api.db.dialect.values import escape_like
 from dashboard_api.task_statuses import TERMINAL_STATUSES
 
 # SQLite's limit of bound parameters per statement is 32,766 (999 before 3.32).
 _KEYS_PER_SELECT = 100
 _LOG_BIN = "dashboard_log_bin"
-# Each connection's page cache and memory map (settings `sqlite_cache_mb`, `sqlite_mmap_mb`).
-# With a 2 MB cache a request at 1,000,000 tasks read its pages again from the operating
-# system, up to ~25,000 read calls (page 10,001; a rare `q` 5,700, a task 3,000), most of
-# its CPU and a wall at a loaded machine (bench.plans --backend sqlite, bench/README.md).
-# The memory map reads the file through the operating system's page cache, shared by the
-# connections, without a call or a copy per page; SQLite caps it at its build's maximum
-# (2 GB in the usual builds): the page cache serves the rest of a larger file.
-DEFAULT_CACHE_MB = 32
-DEFAULT_MMAP_MB = 2048
 # A bulk load's page cache (KiB), and where `prepare_bulk_load` keeps the one it replaced.
 _BULK_CACHE_KIB = 256 * 1024
 _BULK_CACHE = "dashboard_bulk_cache_size"
-
-
-def _connect_hook(cache_mb: int, mmap_mb: int) -> Callable[[Any, Any], None]:
-    def on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
-        # Let SQLAlchemy's "begin" hook emit BEGIN itself (the driver's implicit one cannot
-        # be made IMMEDIATE), and make the file safe for concurrent readers and one writer.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")  # a 2xx means the commit is on disk
-        cur.execute("PRAGMA busy_timeout=10000")
-        cur.execute("PRAGMA foreign_keys=ON")
-        # SQLite's defaults (a 2 MB page cache per connection, no memory map) read the
-        # pages of a large file again through a system call at every request (see
-        # DEFAULT_MMAP_MB). cache_size < 0: KiB rather than pages.
-        cur.execute(f"PRAGMA cache_size=-{int(cache_mb) * 1024}")
-        cur.execute(f"PRAGMA mmap_size={int(mmap_mb) * 1024 * 1024}")
-        cur.close()
-        dbapi_conn.create_function("dashboard_casefold", 1, _casefold, deterministic=True)
-
-    return on_connect
-
-
-def _casefold(value: str | None) -> str | None:
-    return None if value is None else value.casefold()
-
-
-def _begin(conn: Any) -> None:
-    # Takes the write lock up front (BEGIN IMMEDIATE) for `Database.write`: a deferred
-    # transaction that upgrades later can fail with "database is locked".
-    mode = "IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else ""
-    conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
 
 def _stored_micros(column: Any) -> ColumnElement[int]:
@@ -153,12 +115,12 @@ class SQLiteDialect(Dialect):
     def install(
         self, engine: AsyncEngine, *, cache_mb: int | None = None, mmap_mb: int | None = None
     ) -> None:
-        hook = _connect_hook(
+        hook = connect_hook(
             DEFAULT_CACHE_MB if cache_mb is None else cache_mb,
             DEFAULT_MMAP_MB if mmap_mb is None else mmap_mb,
         )
         event.listen(engine.sync_engine, "connect", hook)
-        event.listen(engine.sync_engine, "begin", _begin)
+        event.listen(engine.sync_engine, "begin", begin_hook)
 
     @property
     def serializes_writers(self) -> bool:
