@@ -599,8 +599,8 @@ def cli() -> None:
         "--timed-every",
         type=int,
         default=10,
-        help="`tasks` phase: every Nth connection is timed; the others read in bursts "
-        "(every 0.2 s) and are checked for loss and order only",
+        help="`tasks` phase: every Nth connection is timed; the others are woken once 8 KB "
+        "wait in their socket (SO_RCVLOWAT) and are checked for loss and order only",
     )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--generators", type=int, default=os.cpu_count() or 1)
