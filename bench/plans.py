@@ -134,13 +134,14 @@ async def main(args: argparse.Namespace) -> int:
     )
     app = create_app(settings)
     async with LifespanManager(app):
-        engine = app.state.ctx.db.engine.sync_engine
 
-        @event.listens_for(engine, "before_cursor_execute")
         def record(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: Any) -> None:
             req = _MEASURED.get()
             if req is not None:
                 req.statements.append(Statement(sql, params))
+
+        for engine in app.state.ctx.db.engines:  # analytics reads run on their own
+            event.listen(engine.sync_engine, "before_cursor_execute", record)
 
         headers = {"Authorization": f"Bearer {token}"}
         transport = httpx.ASGITransport(app=app)
@@ -167,6 +168,8 @@ async def main(args: argparse.Namespace) -> int:
                 if sqlite:
                     timed = await _in_process(client, path, params, args.rounds)
                     _report_sqlite(args, settings, req, timed)
+                elif args.generic:
+                    await report_generic(app.state.ctx.db.engine, req, args.explain)
                 else:
                     await report(app.state.ctx.db.engine, req, args.explain)
     return 0
@@ -282,6 +285,80 @@ async def report(engine: Any, req: Request, explain: bool) -> None:
             print(_text(top["Plan"], 2))
 
 
+# PostgreSQL plans a prepared statement per execution (a custom plan, parameters folded
+# in) until a generic plan (planned once per connection) looks no costlier than the
+# custom plans' average; `plan_cache_mode` forces either. The service's statements are
+# prepared by the driver, so a generic plan saves each request its planning time.
+_GENERIC_WARMUP = 6  # executions before the plan cache builds a generic plan
+_PLAN_ROUNDS = 5
+
+
+def _literal(value: Any) -> str:
+    """A bound value written as SQL for EXECUTE (which takes no parameters): untyped
+    text that PostgreSQL reads as the prepared statement's parameter type."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool | int | float):
+        return str(value)
+    if isinstance(value, list | tuple):
+        items = ",".join(
+            "NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for v in value
+        )
+        text = "{" + items + "}"
+    elif isinstance(value, datetime):
+        text = value.isoformat()
+    else:
+        text = str(value)
+    return "'" + text.replace("'", "''") + "'"
+
+
+async def report_generic(engine: Any, req: Request, explain: bool) -> None:
+    """Each statement of the request under a custom plan and under the generic plan:
+    planning and execution ms (median of _PLAN_ROUNDS EXPLAIN EXECUTE), buffers."""
+    async with engine.connect() as conn:
+        apg = (await conn.get_raw_connection()).driver_connection
+        for i, st in enumerate(req.statements):
+            if not st.sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                continue
+            params = tuple(st.params or ())
+            name = f"bench_plan_{i}"
+            args = ", ".join(_literal(v) for v in params)
+            execute = f"EXECUTE {name}" + (f"({args})" if params else "")
+            await apg.execute(f"PREPARE {name} AS {st.sql}")
+            try:
+                figures = {}
+                for mode in ("force_custom_plan", "force_generic_plan"):
+                    await apg.execute(f"SET plan_cache_mode = {mode}")
+                    for _ in range(_GENERIC_WARMUP):
+                        await apg.fetch(execute)
+                    tops = []
+                    for _ in range(_PLAN_ROUNDS):
+                        doc = await apg.fetchval(
+                            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + execute
+                        )
+                        tops.append((json.loads(doc) if isinstance(doc, str) else doc)[0])
+                    figures[mode] = (
+                        statistics.median(float(t.get("Planning Time", 0.0)) for t in tops),
+                        statistics.median(float(t["Execution Time"]) for t in tops),
+                        _buffers(tops[-1]["Plan"]),
+                        tops[-1],
+                    )
+            finally:
+                await apg.execute(f"DEALLOCATE {name}")
+                await apg.execute("RESET plan_cache_mode")
+            (cp, ce, cb, ctop), (gp, ge, gb, gtop) = figures.values()
+            print(
+                f"{req.name:<30} #{i} custom plan {cp:.3f} + exec {ce:.3f} ms, {cb:,} buffers"
+                f" | generic plan {gp:.3f} + exec {ge:.3f} ms, {gb:,} buffers",
+                flush=True,
+            )
+            if explain:
+                print("  SQL:", " ".join(st.sql.split())[:400])
+                print("  custom:\n" + _text(ctop["Plan"], 4))
+                print("  generic:\n" + _text(gtop["Plan"], 4))
+
+
 def _text(node: dict[str, Any], depth: int) -> str:
     what = node["Node Type"]
     for k in ("Index Name", "Relation Name", "CTE Name"):
@@ -303,6 +380,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--backend", choices=("postgresql", "sqlite"), default="postgresql",
         help="sqlite: the file /tmp/DB.sqlite3; CPU per request instead of buffers",
+    )  # fmt: skip
+    parser.add_argument(
+        "--generic", action="store_true",
+        help="PostgreSQL: each statement's custom plan against its generic plan",
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5, help="SQLite: timed runs per request")
     parser.add_argument(

@@ -29,17 +29,20 @@ KEYED = ("analytics_rollups", "analytics_histograms")
 @contextmanager
 def captured(app: FastAPI) -> Iterator[list[tuple[str, Any]]]:
     """The (statement, parameters) the app's engine runs meanwhile."""
-    engine = app.state.ctx.db.engine.sync_engine
+    # every engine: analytics reads run on their own (Database.read_generic)
+    engines = [e.sync_engine for e in app.state.ctx.db.engines]
     seen: list[tuple[str, Any]] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
         seen.append((statement, parameters))
 
-    event.listen(engine, "before_cursor_execute", record)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
 
 
 async def _unkeyed_reads(app: FastAPI, statements: list[tuple[str, Any]]) -> list[str]:

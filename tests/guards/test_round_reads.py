@@ -183,12 +183,15 @@ def _statements(app: FastAPI) -> Iterator[list[str]]:
         if asyncio.current_task() is task and statement != "BEGIN":
             seen.append(statement)
 
-    engine = app.state.ctx.db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", note)
+    # every engine: analytics reads run on their own (Database.read_generic)
+    engines = [e.sync_engine for e in app.state.ctx.db.engines]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", note)
     try:
         yield seen
     finally:
-        event.remove(engine, "before_cursor_execute", note)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", note)
 
 
 async def _put_rules(

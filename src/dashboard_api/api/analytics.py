@@ -109,12 +109,14 @@ async def folded_read(ctx: AppContext) -> AsyncIterator[AsyncSession]:
 
     Its statements run in autocommit on PostgreSQL: each sees every commit before it, as
     they did in a READ COMMITTED transaction, so what the fold guarantees (every write
-    acknowledged before the request) holds for each of them."""
+    acknowledged before the request) holds for each of them. They run on generic plans
+    there (`Database.read_generic`): each analytics statement's generic plan reads the
+    buffers its custom plans read, without planning per request."""
 
     async def fold(upto: int) -> None:
         metrics_of(ctx).count_folded(await fold_pending(ctx.db, wait=True, upto=upto))
 
-    async with ctx.db.read_statements() as session:
+    async with ctx.db.read_generic() as session:
         defer_fold_check(session, fold)
         yield session
 

@@ -78,6 +78,21 @@ class Database:
             if self.dialect.reads_in_autocommit
             else self.sessions
         )
+        # Reads whose statements plan as well generic (analytics): their own pool, where
+        # the dialect has one (see `read_generic`).
+        generic = self.dialect.generic_plan_engine_options(
+            pool_size=pool_size, command_timeout=command_timeout
+        )
+        self._generic_engine: AsyncEngine | None = None
+        self._generic_sessions = self._statement_sessions
+        if generic is not None:
+            self._generic_engine = create_async_engine(url, echo=echo, **generic)
+            self.dialect.install(self._generic_engine, cache_mb=cache_mb, mmap_mb=mmap_mb)
+            self._generic_sessions = async_sessionmaker(
+                self._generic_engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+                info=info,
+            )
         self.publisher: Publisher | None = None
         self._write_lock = asyncio.Lock() if self.dialect.serializes_writers else None
 
@@ -88,6 +103,15 @@ class Database:
         self.sessions.configure(info=info)
         if self._statement_sessions is not self.sessions:
             self._statement_sessions.configure(info=info)
+        if self._generic_engine is not None:
+            self._generic_sessions.configure(info=info)
+
+    @property
+    def engines(self) -> tuple[AsyncEngine, ...]:
+        """Every engine of this database: the main one, and the generic-plan reads' where
+        the dialect has one (what listens to every statement listens to each)."""
+        generic = self._generic_engine
+        return (self.engine,) if generic is None else (self.engine, generic)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -101,6 +125,16 @@ class Database:
         and need no snapshot in common: the same as `read()` under PostgreSQL's READ
         COMMITTED, without its BEGIN and ROLLBACK (autocommit). Elsewhere (SQLite), `read()`."""
         async with self._statement_sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def read_generic(self) -> AsyncIterator[AsyncSession]:
+        """`read_statements`, on connections whose prepared statements run on generic
+        plans (PostgreSQL: planned once per connection, not per execution). Only for
+        statements whose generic plan reads what their custom plans read (check with
+        `python -m bench.plans --generic`): a generic plan cannot use a filter value's
+        selectivity or a partial index that the value matches."""
+        async with self._generic_sessions() as session:
             yield session
 
     @asynccontextmanager
@@ -165,11 +199,15 @@ class Database:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while _checked_out(self.engine) and loop.time() < deadline:
+        while self._in_use() and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        if left := _checked_out(self.engine):
+        if left := self._in_use():
             log.warning("disposing the database pool with %d connection(s) still in use", left)
-        await self.engine.dispose()
+        for engine in self.engines:
+            await engine.dispose()
+
+    def _in_use(self) -> int:
+        return sum(_checked_out(engine) for engine in self.engines)
 
 
 def _checked_out(engine: AsyncEngine) -> int:

@@ -102,6 +102,14 @@ class Dialect(ABC):
     def engine_options(self, *, pool_size: int, command_timeout: float | None) -> dict[str, Any]:
         """The keyword arguments of `create_async_engine` for this backend."""
 
+    def generic_plan_engine_options(
+        self, *, pool_size: int, command_timeout: float | None
+    ) -> dict[str, Any] | None:
+        """The keyword arguments of a second engine whose connections run prepared
+        statements on generic plans (`Database.read_generic`), or None where the backend
+        keeps no plans across executions worth forcing (the reads use the main engine)."""
+        return None
+
     @abstractmethod
     def install(
         self, engine: AsyncEngine, *, cache_mb: int | None = None, mmap_mb: int | None = None

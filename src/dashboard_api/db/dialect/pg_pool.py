@@ -23,6 +23,16 @@ _RETURNED_AT = "dashboard_returned_at"
 # (command_timeout None), whose scans of millions of rows gain from JIT, keep it.
 SERVICE_SETTINGS = {"jit": "off"}
 
+# The analytics reads' own connections (`Database.read_generic`). The driver prepares every
+# statement, and PostgreSQL plans a prepared statement again on each execution (a custom
+# plan) while a generic plan looks costlier to it; an analytics statement's parameters
+# change with every request (the window moves), and planning was most of the summary's
+# backend CPU (0.65 of 1.0 ms at 1M tasks). Their generic plans read the same buffers
+# through the same indexes (`python -m bench.plans --generic`), planned once per
+# connection. Other statements keep the default: a generic plan cannot see which
+# partial index or how selective a filter value is.
+GENERIC_PLAN_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+
 
 def note_checkin(_dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
     record.info[_RETURNED_AT] = time.monotonic()

@@ -51,7 +51,12 @@ from dashboard_api.db.dialect.pg_arrays import (
     unnest_insert,
 )
 from dashboard_api.db.dialect.pg_lines import export_line, json_object
-from dashboard_api.db.dialect.pg_pool import SERVICE_SETTINGS, note_checkin, ping_if_idle
+from dashboard_api.db.dialect.pg_pool import (
+    GENERIC_PLAN_SETTINGS,
+    SERVICE_SETTINGS,
+    note_checkin,
+    ping_if_idle,
+)
 from dashboard_api.db.dialect.values import escape_like
 
 # date_bin (the per-hour q counts, services/tasks/search.py) arrived in PostgreSQL 14.
@@ -100,6 +105,20 @@ class PostgreSQLDialect(Dialect):
                 "server_settings": SERVICE_SETTINGS if command_timeout else {},
             },
         }
+
+    def generic_plan_engine_options(
+        self, *, pool_size: int, command_timeout: float | None
+    ) -> dict[str, Any] | None:
+        options = self.engine_options(pool_size=pool_size, command_timeout=command_timeout)
+        connect_args = options["connect_args"]
+        # Half the main pool's size: opened on demand like it, so a replica holds as many
+        # of these as it ever ran analytics reads at once.
+        options["pool_size"] = pool_size
+        options["connect_args"] = {
+            **connect_args,
+            "server_settings": {**connect_args["server_settings"], **GENERIC_PLAN_SETTINGS},
+        }
+        return options
 
     def classify_error(self, driver_error: BaseException | None) -> DatabaseFault | None:
         sqlstate = str(getattr(driver_error, "sqlstate", None) or "")
