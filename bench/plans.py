@@ -43,6 +43,7 @@ from sqlalchemy import event
 
 from bench._bench_db import BenchDB
 from bench._common import cli, connect, log
+from bench._plan_cpu import HEADER, report_cpu
 
 
 @dataclass
@@ -153,6 +154,8 @@ async def main(args: argparse.Namespace) -> int:
                     f"{'OS reads':>8} {'stmts':>5}  ({n:,} tasks, "
                     f"cache {settings.sqlite_cache_mb} MB, mmap {settings.sqlite_mmap_mb} MB)"
                 )
+            elif args.cpu:
+                print(HEADER + f"  ({n:,} tasks, {args.rounds} x {args.requests} requests)")
             else:
                 print(f"{'request':<30} {'buffers':>9} {'exec ms':>9} {'stmts':>5}  ({n:,} tasks)")
             # reltuples is an estimate: the page 10,001 of 1M tasks (1,001 of 100k).
@@ -161,6 +164,12 @@ async def main(args: argparse.Namespace) -> int:
                 if args.case and args.case not in name:
                     continue
                 (await client.get(path, params=params)).raise_for_status()  # warm the caches
+                if args.cpu:
+                    await report_cpu(
+                        app, client, args.db, name, path, params,
+                        rounds=args.rounds, requests=args.requests,
+                    )  # fmt: skip
+                    continue
                 req = Request(name, path, params)
                 token_ = _MEASURED.set(req)
                 (await client.get(path, params=params)).raise_for_status()
@@ -385,7 +394,15 @@ def parse_args() -> argparse.Namespace:
         "--generic", action="store_true",
         help="PostgreSQL: each statement's custom plan against its generic plan",
     )  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=5, help="SQLite: timed runs per request")
+    parser.add_argument(
+        "--cpu", action="store_true",
+        help="PostgreSQL: app and database CPU per request, generic against custom plans "
+        "for the analytics reads (--rounds rounds of --requests)",
+    )  # fmt: skip
+    parser.add_argument("--requests", type=int, default=100, help="--cpu: requests per round")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="SQLite, --cpu: timed runs per request"
+    )
     parser.add_argument(
         "--cache-mb", type=int, help="SQLite: the page cache per connection (the setting's default)"
     )
