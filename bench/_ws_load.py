@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 
 # The untimed connections of the `tasks` phase are woken only once this many bytes wait in
-# their socket (SO_RCVLOWAT): ~0.3 s of the channel at 50 changes/s, about what the 0.2 s
-# read bursts held before, without their two epoll changes per socket and burst.
+# their socket (SO_RCVLOWAT, see `Generator.hold`): ~0.2-0.3 s of the channel at 50
+# changes/s.
 HOLD_BYTES = 8192
 # The fields a generator reads from an event frame: an ordinal (a task_output's seq, or
 # the number in a status event's task_id) and the publish time at the start of its text.
@@ -42,6 +42,12 @@ _STATUS = re.compile(
 _STATUS_HEAD = b'{"type":"task_status",'
 _TASK_ID = b'"task_id":"s'
 _PREVIEW = b'"input_preview":"'
+
+
+def status_ordinals(n: int) -> list[bytes]:
+    """What follows `"task_id":"s` in the status event of each ordinal up to `n` (index =
+    ordinal), then a token no ordinal starts with, which ends `Client._status_run`."""
+    return [b'%d"' % i for i in range(n + 1)] + [b"-"]
 
 
 class Client(asyncio.Protocol):
@@ -131,21 +137,34 @@ class Client(asyncio.Protocol):
         whose ordinal is the next one due (`"task_id":"s<n>"` within the frame's payload,
         checked against the expected bytes `<n>"`); returns where the run stopped. Per
         frame: a header read, one bounded search and two prefix checks in C, no object
-        made. The rest (a ping, a repeat, a gap, a partial frame) takes the per-frame
-        path. The read's oldest frame is timed for the whole read (an upper bound for the
-        others)."""
+        made; a ping is answered on the way. The rest (a repeat, a gap, a partial frame,
+        any other message) takes the per-frame path. The read's oldest frame is timed for
+        the whole read (an upper bound for the others)."""
         expected = self.gen.ordinals
-        last = len(expected) - 1
         o = self.last + 1
         size = len(data)
         pos = 0
         find = data.find
         startswith = data.startswith
-        while o <= last and size - pos >= 4 and data[pos] == 0x81 and data[pos + 1] == 0x7E:
+        while size - pos >= 4:
+            if data[pos] != 0x81 or data[pos + 1] != 0x7E:
+                if data[pos] == 0x89 and data[pos + 1] < 126:
+                    # The server's keepalive ping (every socket's, every 20 s): answered
+                    # in the run, which would otherwise leave the rest of the read to the
+                    # per-frame path (a held socket's read is ~15-40 KB).
+                    end = pos + 2 + data[pos + 1]
+                    if end > size:
+                        break
+                    self._send(0xA, data[pos + 2 : end])
+                    pos = end
+                    continue
+                break
             end = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
             if end > size or not startswith(_STATUS_HEAD, pos + 4):
                 break
             i = find(_TASK_ID, pos + 4, end)
+            # (`expected` ends with a token no ordinal starts with: past the phase's
+            # last event the run stops.)
             if i < 0 or not startswith(expected[o], i + 12):
                 break
             o += 1
@@ -274,7 +293,7 @@ class Generator:
         self.channel_of: list[str] = []
         self.pattern = _OUTPUT
         self.expected = 0
-        self.ordinals: list[bytes] = []
+        self.ordinals = status_ordinals(0)
         self.latencies: array[float] = array("d")
         self.weights: array[int] = array("I")  # deliveries each latency stands for
         self.received = 0
@@ -319,8 +338,7 @@ class Generator:
         every `timed_every`-th connection is timed, the others are held (`hold`)."""
         self.pattern = _OUTPUT if kind == "task" else _STATUS
         self.expected = expected
-        # `tasks`: what follows `"task_id":"s` in the status event of each ordinal.
-        self.ordinals = [b'%d"' % i for i in range(expected + 1)] if kind == "tasks" else []
+        self.ordinals = status_ordinals(expected if kind == "tasks" else 0)
         self.latencies = array("d")
         self.weights = array("I")
         self.received = self.finished = 0
@@ -350,10 +368,9 @@ class Generator:
         much for one frame as for twenty, and 10,000 sockets read as frames arrive were
         more than two generator processes could serve on the machine the server shares,
         which then showed as latency that was not the server's. The kernel holds the
-        frames meanwhile, as it held them during the 0.2 s pauses of the read bursts this
-        replaces (`pause_reading`/`resume_reading` on every socket five times a second:
-        two epoll changes per socket and burst). The timed connections read as frames
-        arrive."""
+        frames meanwhile (~0.3 s of the `tasks` channel); pausing and resuming each
+        socket's reading would cost two epoll changes per socket and pause. The timed
+        connections read as frames arrive."""
         for c in self.clients:
             t = c.transport
             if c.timed or t is None or t.is_closing():

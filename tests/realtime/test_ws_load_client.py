@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import orjson
-from bench._ws_load import _STATUS, Client, Generator
+from bench._ws_load import _STATUS, Client, Generator, status_ordinals
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,7 +67,7 @@ def _client(expected: int, timed: bool) -> tuple[Generator, Client, _Transport]:
     gen.clients = [client]
     gen.pattern = _STATUS
     gen.expected = expected
-    gen.ordinals = [b'%d"' % i for i in range(expected + 1)]
+    gen.ordinals = status_ordinals(expected)
     return gen, client, transport
 
 
@@ -143,8 +143,8 @@ def test_status_frames_are_counted_once_in_order(
 
 
 async def test_a_long_in_order_stream_takes_the_whole_buffer_path() -> None:
-    """Frames that follow on are counted by the C path: 500 frames in reads of ~20."""
-    gen, client, _ = _client(500, timed=True)
+    """Frames that follow on are counted by the C path: 500 frames in reads of 20."""
+    gen, client, transport = _client(500, timed=True)
     sent = time.time()
     frames = [_status_frame(i, sent) for i in range(1, 501)]
     walked: list[int] = []
@@ -156,8 +156,13 @@ async def test_a_long_in_order_stream_takes_the_whole_buffer_path() -> None:
 
     client._status_frames = spy  # type: ignore[method-assign]
     for k in range(0, 500, 20):
-        client.data_received(b"".join(frames[k : k + 20]))
+        # The server's keepalive pings fall among the frames: answered on the way.
+        ping = _PING if k % 100 == 40 else b""
+        client.data_received(
+            b"".join(frames[k : k + 10]) + ping + b"".join(frames[k + 10 : k + 20])
+        )
     assert (client.count, client.dups, client.gaps, client.done) == (500, 0, 0, True)
     assert walked == []
+    assert transport.written == [b"\x8a\x84\0\0\0\0ping"] * 5
     assert len(gen.latencies) == 25
     assert sum(gen.weights) == 500
