@@ -182,7 +182,7 @@ def build_context(settings: Settings, clock: Clock) -> AppContext:
         # conversation's costs no statement)
         TaskHook(conversations_service.on_task_written),
         # the write's analytics rollup contribution
-        TaskHook(rollups.apply_task_write, rollups.apply_task_writes),
+        TaskHook(rollups.apply_task_write, rollups.apply_task_writes, rollups.new_task_rows),
         # After analytics: the spend it reads includes this write's own contribution.
         # Holds a `hold` budget that reached its limit.
         TaskHook(budgets_service.on_task_written, budgets_service.on_tasks_written),

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
@@ -95,14 +96,28 @@ class TaskBatchHook(Protocol):
     async def __call__(self, session: AsyncSession, writes: Sequence[TaskWrite]) -> None: ...
 
 
+# Rows to insert (a table and one row's values each).
+NewRows = list[tuple[Table, dict[str, Any]]]
+
+
+class NewTaskRowsHook(Protocol):
+    """A feature whose reaction to a new task is only rows to insert: those rows (none
+    when it has nothing to record), for the registration to write with the task."""
+
+    def __call__(self, session: AsyncSession, after: TaskSnapshot) -> NewRows: ...
+
+
 @dataclass(frozen=True, slots=True)
 class TaskHook:
     """A feature's hook: `one` for a single write; `many` for a batch (None: `one` for
     each write in turn, for a feature whose writes cost no statement when they do not
-    concern it)."""
+    concern it); `new_rows` (optional) for a registration: the rows `one` would insert
+    for a new task, handed to the registration's own statement (on PostgreSQL one
+    statement writes the task and all of them), and then `one` is not called for it."""
 
     one: TaskWriteHook
     many: TaskBatchHook | None = None
+    new_rows: NewTaskRowsHook | None = None
 
 
 # Where the app's hooks travel: the info of every session of its database.
@@ -129,6 +144,23 @@ async def task_written(
     """Apply the consequences of one task write (None before: the task is new)."""
     for hook in _hooks(session):
         await hook.one(session, before, after)
+
+
+def new_task_rows(session: AsyncSession, after: TaskSnapshot) -> NewRows:
+    """The rows the hooks with a `new_rows` form insert for the new task `after`, in
+    hook order: the registration writes them with the task, then calls
+    `new_task_written`."""
+    return [
+        row for hook in _hooks(session) if hook.new_rows for row in hook.new_rows(session, after)
+    ]
+
+
+async def new_task_written(session: AsyncSession, after: TaskSnapshot) -> None:
+    """`task_written(session, None, after)` for a task whose registration has written the
+    rows of `new_task_rows` with it: the other hooks, in order."""
+    for hook in _hooks(session):
+        if hook.new_rows is None:
+            await hook.one(session, None, after)
 
 
 async def tasks_written(session: AsyncSession, writes: Sequence[TaskWrite]) -> None:

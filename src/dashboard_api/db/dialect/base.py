@@ -11,6 +11,7 @@ why the plans differ.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, Table, TextClause, and_, or_
+from sqlalchemy import ColumnElement, Select, Table, TextClause, and_, insert, or_
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import QueryableAttribute
@@ -435,6 +436,25 @@ class Dialect(ABC):
         rows are applied in the given order, so callers sort them to lock shared rows in
         one order."""
 
+    async def insert_with_rows(
+        self,
+        session: AsyncSession,
+        table: Table,
+        values: dict[str, Any],
+        rows: Sequence[tuple[Table, dict[str, Any]]],
+    ) -> bool:
+        """Insert one row of `table` (`values`) unless its primary key exists, and only
+        if it was inserted each of `rows` (a table and one row's values, in order), in
+        the session's transaction; whether it was inserted.
+
+        Here a statement per row, which costs SQLite no round trip; PostgreSQL makes
+        them one statement."""
+        if (await session.execute(_insert_new(self, table), values)).first() is None:
+            return False
+        for dependent, row in rows:
+            await session.execute(_insert_into(dependent), row)
+        return True
+
     # --- task output ------------------------------------------------------------------------------
 
     @abstractmethod
@@ -520,3 +540,16 @@ class Dialect(ABC):
         """COPY `data`'s parts (header, rows, trailer) into `table`, in the session's
         transaction."""
         raise NotImplementedError("binary COPY is PostgreSQL's")
+
+
+# Built once per dialect and table (values bound at execution): `insert_with_rows`'s
+# statements, which SQLAlchemy would otherwise build and key for its cache on every call.
+@functools.lru_cache(maxsize=16)
+def _insert_new(dialect: Dialect, table: Table) -> Any:
+    key = list(table.primary_key.columns)
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=key).returning(*key)
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_into(table: Table) -> Any:
+    return insert(table)

@@ -240,6 +240,15 @@ async def apply_task_write(
         await session.execute(_INSERT_PENDING, rows[0] if len(rows) == 1 else rows)
 
 
+def new_task_rows(session: AsyncSession, after: TaskSnapshot) -> list[tuple[Any, dict[str, Any]]]:
+    """`apply_task_write` of a new task as rows for its registration to insert with it
+    (task_hooks.TaskHook.new_rows): on PostgreSQL the task, its event and this row are
+    one statement, where the row was a third statement and round trip of its own."""
+    if not session.info.get("analytics_rollups_enabled", True):
+        return []
+    return [(_PENDING, _pending_row(1, after))]
+
+
 async def apply_task_writes(session: AsyncSession, writes: Sequence[TaskWrite]) -> None:
     """`apply_task_write` of several writes of distinct tasks: the same pending rows, in
     one statement."""
