@@ -181,7 +181,11 @@ async def main(args: argparse.Namespace) -> int:
             for server in servers:
                 server.stop()
     if args.only in (None, "writes"):
-        await measure_writes(env, agent, args.writes, rows)
+        codes = [("", env)]
+        if args.before_src:
+            before_src = str(Path(args.before_src).resolve() / "src")
+            codes.append(("before: ", {**env, "PYTHONPATH": before_src}))
+        await measure_writes(codes, agent, args.writes, rows)
 
     width = max(len(r[0]) for r in rows)
     print(f"{'what':<{width}}  {'p50':>10}  {'p99':>10}  note")
@@ -327,48 +331,74 @@ def verify(answer: dict[str, Any], raw: Any, kind: str) -> str:
 
 
 async def measure_writes(
-    env: dict[str, str], agent: str, n: int, rows: list[tuple[str, str, str, str]]
+    codes: Sequence[tuple[str, dict[str, str]]],
+    agent: str,
+    n: int,
+    rows: list[tuple[str, str, str, str]],
 ) -> None:
     """Registration throughput (8 concurrent producers) with rollup upkeep on and off, and
     the server's CPU per registration (including its folds), which a shared machine
-    disturbs far less than throughput."""
-    rates: dict[bool, list[float]] = {True: [], False: []}
-    cpu: dict[bool, list[float]] = {True: [], False: []}
+    disturbs far less than throughput. `codes`: (label, server environment) of each
+    checkout measured (this one, and the `--before-src` one), in turn within each round,
+    so that before and after see the same moments of a shared machine."""
+    rates: dict[tuple[str, bool], list[float]] = {}
+    cpu: dict[tuple[str, bool], list[float]] = {}
     for enabled in (True, False) * ROUNDS:
-        server = Server({**env, "DASHBOARD_ANALYTICS_ROLLUPS_ENABLED": str(enabled).lower()})
-        try:
-            await server.wait_ready()
-            before = cpu_seconds(server.proc.pid)
-            rate = await register_many(server.base, agent, n, f"bench-{'on' if enabled else 'off'}")
-            # The fold of the last registrations runs after them: wait for it (0.25 s
-            # interval) so that the CPU it costs is counted.
-            await asyncio.sleep(1.0)
-            used = (cpu_seconds(server.proc.pid) - before) / (n + 1) * 1e6
-            rates[enabled].append(rate)
-            cpu[enabled].append(used)
-            state = "on" if enabled else "off"
-            log(f"registrations with rollups {state}: {rate:.0f}/s, server CPU {used:.0f} µs each")
-        finally:
-            server.stop()
+        for label, env in codes:
+            flag = str(enabled).lower()
+            server = Server({**env, "DASHBOARD_ANALYTICS_ROLLUPS_ENABLED": flag})
+            try:
+                await server.wait_ready()
+                before = cpu_seconds(server.proc.pid)
+                state = "on" if enabled else "off"
+                rate = await register_many(server.base, agent, n, f"bench-{state}")
+                # The fold of the last registrations runs after them: wait for it (0.25 s
+                # interval) so that the CPU it costs is counted.
+                await asyncio.sleep(1.0)
+                used = (cpu_seconds(server.proc.pid) - before) / (n + 1) * 1e6
+                rates.setdefault((label, enabled), []).append(rate)
+                cpu.setdefault((label, enabled), []).append(used)
+                log(f"{label}registrations with rollups {state}: {rate:.0f}/s, "
+                    f"server CPU {used:.0f} µs each")  # fmt: skip
+            finally:
+                server.stop()
     # Tasks written with the upkeep off are not in the rollups: remove them.
     conn = await DB.connect()
     try:
         await conn.execute("DELETE FROM tasks WHERE agent_type = 'bench-off'")
     finally:
         await conn.close()
-    on, off = max(rates[True]), max(rates[False])
-    cpu_on, cpu_off = min(cpu[True]), min(cpu[False])
-    rows.append(
-        ("task registrations/s, rollups on", f"{on:.0f}/s", "", f"best of {ROUNDS}, {n} tasks")
-    )
-    rows.append(
-        ("task registrations/s, rollups off", f"{off:.0f}/s", "", f"best of {ROUNDS}, {n} tasks")
-    )
-    met = "met" if on >= 0.8 * off else "MISSED"
-    rows.append(("registration throughput on/off", f"{on / off:.0%}", "", f"target >= 80%: {met}"))
-    rows.append(("server CPU per registration, on", f"{cpu_on:.0f} µs", "", f"best of {ROUNDS}"))
-    rows.append(("server CPU per registration, off", f"{cpu_off:.0f} µs", "", f"best of {ROUNDS}"))
-    rows.append(("server CPU per registration off/on", f"{cpu_off / cpu_on:.0%}", "", ""))
+    for label, _ in codes:
+        on_rates, off_rates = rates[(label, True)], rates[(label, False)]
+        on, off = max(on_rates), max(off_rates)
+        cpu_on, cpu_off = min(cpu[(label, True)]), min(cpu[(label, False)])
+        each = ", ".join(f"{a / b:.0%}" for a, b in zip(on_rates, off_rates, strict=True))
+        note = f"best of {ROUNDS}, {n} tasks"
+        rows.append((f"{label}task registrations/s, rollups on", f"{on:.0f}/s", "", note))
+        rows.append((f"{label}task registrations/s, rollups off", f"{off:.0f}/s", "", note))
+        met = "met" if on >= 0.85 * off else "MISSED"
+        rows.append(
+            (
+                f"{label}registration throughput on/off",
+                f"{on / off:.0%}",
+                "",
+                f"target >= 85%: {met}; rounds {each}",
+            )
+        )
+        rows.append(
+            (f"{label}server CPU per registration, on", f"{cpu_on:.0f} µs", "", f"best of {ROUNDS}")
+        )
+        rows.append(
+            (
+                f"{label}server CPU per registration, off",
+                f"{cpu_off:.0f} µs",
+                "",
+                f"best of {ROUNDS}",
+            )
+        )
+        rows.append(
+            (f"{label}server CPU per registration off/on", f"{cpu_off / cpu_on:.0%}", "", "")
+        )
 
 
 async def register_many(base: str, agent: str, n: int, agent_type: str) -> float:
@@ -419,7 +449,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--before-src",
         help="a checkout (e.g. a `git worktree` of main) whose src is also served and timed "
-        "in the same run, request by request alternately (reads only)",
+        "in the same run: reads request by request alternately, writes server by server "
+        "within each round",
     )
     return parser.parse_args()
 
