@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Select, Table, bindparam, cast, insert, select
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncSession
 
 # A statement's shape: the table and its columns given, then each dependent row's.
 Shape = tuple[Table, tuple[str, ...], tuple[tuple[Table, tuple[str, ...]], ...]]
@@ -65,3 +66,16 @@ def shape_of(
     table: Table, values: Mapping[str, Any], rows: Sequence[tuple[Table, Mapping[str, Any]]]
 ) -> Shape:
     return (table, tuple(values), tuple((t, tuple(row)) for t, row in rows))
+
+
+async def insert_with_rows(
+    self: object,
+    session: AsyncSession,
+    table: Table,
+    values: dict[str, Any],
+    rows: Sequence[tuple[Table, dict[str, Any]]],
+) -> bool:
+    """`PostgreSQLDialect.insert_with_rows` (defined here, where its statement is): the
+    row and its dependent rows in one statement; whether the row was inserted."""
+    stmt = insert_with_statement(shape_of(table, values, rows))
+    return (await session.execute(stmt, insert_with_params(values, rows))).first() is not None

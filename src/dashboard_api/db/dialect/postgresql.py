@@ -50,11 +50,7 @@ from dashboard_api.db.dialect.pg_arrays import (
     unnest_arrays,
     unnest_insert,
 )
-from dashboard_api.db.dialect.pg_insert_with import (
-    insert_with_params,
-    insert_with_statement,
-    shape_of,
-)
+from dashboard_api.db.dialect.pg_insert_with import insert_with_rows
 from dashboard_api.db.dialect.pg_lines import export_line, json_object
 from dashboard_api.db.dialect.pg_pool import (
     GENERIC_PLAN_SETTINGS,
@@ -439,16 +435,8 @@ class PostgreSQLDialect(Dialect):
         sql, params = unnest_insert(table, keys, [*keys, *values], rows, f"DO UPDATE SET {updates}")
         await session.execute(text(sql), params)
 
-    async def insert_with_rows(
-        self,
-        session: AsyncSession,
-        table: Table,
-        values: dict[str, Any],
-        rows: Sequence[tuple[Table, dict[str, Any]]],
-    ) -> bool:
-        # One statement (data-modifying CTEs): one round trip, not one per row.
-        stmt = insert_with_statement(shape_of(table, values, rows))
-        return (await session.execute(stmt, insert_with_params(values, rows))).first() is not None
+    # One statement (data-modifying CTEs): one round trip, not one per row.
+    insert_with_rows = insert_with_rows
 
     # --- task output ------------------------------------------------------------------------------
 
