@@ -134,13 +134,16 @@ class Client(asyncio.Protocol):
     def _status_run(self, data: bytes, now: float) -> int:
         """The `tasks` phase's common case (500,000 frames/s at the defaults): walk the
         frame headers from the start of `data` while each frame is a whole status frame
-        whose ordinal is the next one due (`"task_id":"s<n>"` within the frame's payload,
-        checked against the expected bytes `<n>"`); returns where the run stopped. Per
-        frame: a header read, one bounded search and two prefix checks in C, no object
-        made; a ping is answered on the way. The rest (a repeat, a gap, a partial frame,
-        any other message) takes the per-frame path. The read's oldest frame is timed for
-        the whole read (an upper bound for the others)."""
-        expected = self.gen.ordinals
+        whose ordinal is the next one due; returns where the run stopped. A frame is
+        checked by one prefix comparison in C: its payload must start with the status
+        events' common start up to and including `"task_id":"s`, then `<n>"` for the
+        ordinal n due (`Generator.tokens`; the first frame, or one whose start differs,
+        is checked by a search for the ordinal instead). No object is made per frame; a
+        ping is answered on the way. The rest (a repeat, a gap, a partial frame, any
+        other message) takes the per-frame path. The read's oldest frame is timed for the
+        whole read (an upper bound for the others)."""
+        gen = self.gen
+        tokens = gen.tokens
         o = self.last + 1
         size = len(data)
         pos = 0
@@ -160,13 +163,18 @@ class Client(asyncio.Protocol):
                     continue
                 break
             end = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
-            if end > size or not startswith(_STATUS_HEAD, pos + 4):
+            if end > size:
                 break
-            i = find(_TASK_ID, pos + 4, end)
-            # (`expected` ends with a token no ordinal starts with: past the phase's
-            # last event the run stops.)
-            if i < 0 or not startswith(expected[o], i + 12):
-                break
+            # (Both token lists end with one no frame starts with: past the phase's last
+            # event the run stops.)
+            if not startswith(tokens[o], pos + 4, end):
+                if not startswith(_STATUS_HEAD, pos + 4):
+                    break
+                i = find(_TASK_ID, pos + 4, end)
+                if i < 0 or not startswith(gen.ordinals[o], i + 12):
+                    break
+                if tokens is gen.ordinals:  # not learnt yet in this phase
+                    tokens = gen.learn(data[pos + 4 : i + 12])
             o += 1
             pos = end
         n = o - 1 - self.last
@@ -293,7 +301,7 @@ class Generator:
         self.channel_of: list[str] = []
         self.pattern = _OUTPUT
         self.expected = 0
-        self.ordinals = status_ordinals(0)
+        self.ordinals = self.tokens = status_ordinals(0)  # see `expect_ordinals`
         self.latencies: array[float] = array("d")
         self.weights: array[int] = array("I")  # deliveries each latency stands for
         self.received = 0
@@ -333,12 +341,24 @@ class Generator:
 
         await asyncio.gather(*(one(i) for i in range(args.first, args.first + args.count)))
 
+    def expect_ordinals(self, n: int) -> None:
+        """A phase of `n` status events: what follows `"task_id":"s` in each (`ordinals`),
+        and the frame checks, to be learnt from the phase's first frame (`learn`)."""
+        self.ordinals = self.tokens = status_ordinals(n)
+
+    def learn(self, lead: bytes) -> list[bytes]:
+        """The status events' payloads start with `lead` (checked on a frame: the
+        `task_status` type, the fields before `task_id`, then `"task_id":"s`): from now
+        on a frame is checked by one comparison with `lead` + its ordinal's `<n>"`."""
+        self.tokens = [lead + ordinal for ordinal in self.ordinals]
+        return self.tokens
+
     async def subscribe(self, kind: str, expected: int, timed_every: int) -> None:
         """Every connection onto its task channel (`task`) or onto `tasks` (`tasks`);
         every `timed_every`-th connection is timed, the others are held (`hold`)."""
         self.pattern = _OUTPUT if kind == "task" else _STATUS
         self.expected = expected
-        self.ordinals = status_ordinals(expected if kind == "tasks" else 0)
+        self.expect_ordinals(expected if kind == "tasks" else 0)
         self.latencies = array("d")
         self.weights = array("I")
         self.received = self.finished = 0

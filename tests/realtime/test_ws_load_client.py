@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import orjson
-from bench._ws_load import _STATUS, Client, Generator, status_ordinals
+from bench._ws_load import _STATUS, Client, Generator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,7 +67,7 @@ def _client(expected: int, timed: bool) -> tuple[Generator, Client, _Transport]:
     gen.clients = [client]
     gen.pattern = _STATUS
     gen.expected = expected
-    gen.ordinals = status_ordinals(expected)
+    gen.expect_ordinals(expected)
     return gen, client, transport
 
 
