@@ -296,6 +296,12 @@ class Dialect(ABC):
         and no thousands of bind parameters to render and send)."""
 
     @abstractmethod
+    def in_bound_ints(self, column: Column, name: str) -> ColumnElement[bool]:
+        """`column IN` the list of integers bound to `name` at execution: one array
+        parameter where `binds_arrays` (the statement's text is not rendered again per
+        execution, as an expanding IN's is), an expanding IN elsewhere."""
+
+    @abstractmethod
     def in_strings(self, column: Column, name: str) -> ColumnElement[bool]:
         """`column IN` the list of strings bound to `name` at execution: one array
         parameter where `binds_arrays` (one statement and plan whatever the length of the

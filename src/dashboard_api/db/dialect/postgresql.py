@@ -280,6 +280,9 @@ class PostgreSQLDialect(Dialect):
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
         return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(BigInteger)))
 
+    def in_bound_ints(self, column: Column, name: str) -> ColumnElement[bool]:
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(BigInteger)))
+
     def in_strings(self, column: Column, name: str) -> ColumnElement[bool]:
         return column == any_(bindparam(name, type_=postgresql.ARRAY(String)))
 

@@ -272,6 +272,9 @@ class SQLiteDialect(Dialect):
     def in_ints(self, column: Column, values: Sequence[int]) -> ColumnElement[bool]:
         return column.in_(list(values))
 
+    def in_bound_ints(self, column: Column, name: str) -> ColumnElement[bool]:
+        return column.in_(bindparam(name, expanding=True))
+
     def in_strings(self, column: Column, name: str) -> ColumnElement[bool]:
         return column.in_(bindparam(name, expanding=True))
 

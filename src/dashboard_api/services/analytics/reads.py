@@ -17,7 +17,6 @@ from sqlalchemy import (
     CompoundSelect,
     Select,
     and_,
-    bindparam,
     func,
     literal,
     select,
@@ -26,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dashboard_api.bounded import BoundedCache
-from dashboard_api.db.dialect import dialect_of
+from dashboard_api.db.dialect import Dialect, dialect_of
 from dashboard_api.db.models.analytics import AnalyticsRollup
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.money import micros_to_usd
@@ -102,7 +101,7 @@ async def summary(
             f"summary/{n_raw}/{n_sub}",
             cover.blocks,
             filters,
-            functools.partial(_summary_rows, n_raw, n_sub),
+            functools.partial(_summary_rows, dialect_of(session), n_raw, n_sub),
         )
         params["series"] = sorted(totals | set(reason_of))
         params.update(raw_params(cover))
@@ -152,13 +151,15 @@ _RAW = -1
 
 
 def _summary_rows(
-    n_raw: int, n_sub: int, where: BlocksWhere, filtered: FiltersWhere
+    dialect: Dialect, n_raw: int, n_sub: int, where: BlocksWhere, filtered: FiltersWhere
 ) -> CompoundSelect[Any] | Select[Any]:
     """(series, reason, *COUNTERS) of the rows of some blocks and series (bound: "series";
     reason ''), and of the `n_raw` raw ranges (`raw_counter_sums`): series _RAW, one row
     per failure reason."""
     r = AnalyticsRollup.__table__.c
-    series = r.series.in_(bindparam("series", expanding=True))
+    # One array parameter on PostgreSQL: an expanding IN was rendered into the
+    # statement's text again on every execution (SQLAlchemy's post-compile step).
+    series = dialect.in_bound_ints(r.series, "series")
     blocks = (
         select(r.series, literal("").label("reason"), *sums(r))
         .where(where(r, [series]), *filtered(r))
