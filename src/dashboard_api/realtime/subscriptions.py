@@ -215,6 +215,15 @@ class TaskSubscription(Subscription):
         self.hub.track(self._sync_task)
 
     async def _sync(self, read_db: bool, with_state: bool, gap_wait: float) -> None:
+        try:
+            await self._sync_attempts(read_db, with_state, gap_wait)
+        finally:
+            if self._sync_task is asyncio.current_task():
+                # A caught-up subscription keeps no finished task (with its coroutine and
+                # context: objects each full garbage collection walks while it lives).
+                self._sync_task = None
+
+    async def _sync_attempts(self, read_db: bool, with_state: bool, gap_wait: float) -> None:
         attempt = 0
         while True:
             raise_if_cancelled()

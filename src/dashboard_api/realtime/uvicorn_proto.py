@@ -15,6 +15,7 @@ queue and writable event for slim equivalents with the same behaviour.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import MutableMapping
 from typing import Any, Literal
@@ -25,17 +26,21 @@ from websockets.streams import StreamReader
 
 
 def find_protocol(send: Any, depth: int = 0) -> Any:
-    """The uvicorn protocol behind an ASGI `send`, through middleware wrappers (closures)."""
+    """The uvicorn protocol behind an ASGI `send`, through middleware wrappers: closures,
+    or bound methods of objects with `__slots__` (the observability middleware's)."""
     if send is None or depth > 8:
         return None
     owner = getattr(send, "__self__", None)
     if owner is not None and type(owner).__name__ == "WebSocketsSansIOProtocol":
         return owner
+    inner: list[Any] = []
     for cell in getattr(send, "__closure__", None) or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:
-            continue
+        with contextlib.suppress(ValueError):  # an empty cell
+            inner.append(cell.cell_contents)
+    if owner is not None:
+        for cls in type(owner).__mro__:
+            inner += (getattr(owner, name, None) for name in cls.__dict__.get("__slots__", ()))
+    for value in inner:
         if callable(value):
             found = find_protocol(value, depth + 1)
             if found is not None:
@@ -132,8 +137,26 @@ class Inbox:
     def put_nowait(self, item: Any) -> None:
         self._items.append(item)
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None  # an idle socket keeps no done future
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def ready(self) -> asyncio.Future[None] | None:
+        """None when an item waits; else a future set when one is put.
+
+        The session waits on it between messages rather than in `WebSocket.receive`: a
+        socket idle in `receive` holds a chain of four suspended coroutines (Starlette's,
+        the observability middleware's, uvicorn's and `get`), each walked by every full
+        garbage collection for as long as the socket lives. After the wake-up `receive`
+        finds the item and returns without suspending.
+        """
+        if self._items:
+            return None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
 
     def empty(self) -> bool:
         return not self._items

@@ -21,7 +21,7 @@ from dashboard_api.realtime.events import OutEvent
 from dashboard_api.realtime.hub import Hub
 from dashboard_api.realtime.sinks import QueueSink
 from dashboard_api.realtime.subscriptions import Subscription, TaskSubscription
-from dashboard_api.realtime.uvicorn_proto import direct_protocol
+from dashboard_api.realtime.uvicorn_proto import Inbox, direct_protocol
 from dashboard_api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -246,9 +246,10 @@ class Connection(QueueSink):
 
 
 class Protocol:
-    """Handles the client messages of one connection."""
+    """Handles the client messages of one connection: in order, by a task of its own
+    (`handler`) that runs while messages wait in `inbox` and ends when they are handled."""
 
-    __slots__ = ("channels", "conn", "hub", "settings")
+    __slots__ = ("channels", "conn", "handler", "hub", "inbox", "settings")
 
     def __init__(
         self, settings: Settings, hub: Hub, channels: ChannelAuthorizer, conn: Connection
@@ -257,6 +258,8 @@ class Protocol:
         self.settings = settings
         self.hub = hub
         self.channels = channels
+        self.handler: asyncio.Task[None] | None = None
+        self.inbox: list[str | bytes] | None = None
 
     async def handle(self, raw: str | bytes) -> None:
         conn = self.conn
@@ -373,6 +376,16 @@ _INBOX_SIZE = 64  # client messages read ahead of the one being handled
 async def _handle_messages(protocol: Protocol, inbox: list[str | bytes]) -> None:
     """Handle the messages in `inbox` in order, then end (started again for the next)."""
     me = asyncio.current_task()
+    await _handle_inbox(protocol, inbox, me)
+    if protocol.handler is me:
+        # Done without failing: an idle socket keeps neither this task nor its inbox
+        # (objects every full garbage collection would walk for the socket's lifetime).
+        protocol.handler = protocol.inbox = None
+
+
+async def _handle_inbox(
+    protocol: Protocol, inbox: list[str | bytes], me: asyncio.Task[Any] | None
+) -> None:
     while inbox:
         if me is not None and me.cancelling():
             # Our cancellation was swallowed on the way through a handler (a library
@@ -409,6 +422,18 @@ async def _stop(handler: asyncio.Task[None]) -> None:
             handler.result()
 
 
+def _handler_failed(protocol: Protocol) -> bool:
+    """Whether the message handler failed (it closed the socket); forgets one that ended
+    otherwise (cancelled)."""
+    handler = protocol.handler
+    if handler is None or not handler.done():
+        return False
+    if not handler.cancelled() and handler.exception() is not None:
+        return True
+    protocol.handler = protocol.inbox = None
+    return False
+
+
 async def run_session(
     websocket: WebSocket,
     principal: Principal,
@@ -434,32 +459,39 @@ async def run_session(
     # The task runs while messages wait and ends when they are handled: an idle socket
     # holds no handler task and no inbox, and uvicorn stops reading from a peer whose
     # message has not been received yet (its flow control) while the inbox is full.
-    handler: asyncio.Task[None] | None = None
-    inbox: list[str | bytes] = []
+    proto = conn._proto
+    queue = proto.queue if proto is not None and isinstance(proto.queue, Inbox) else None
     try:
         while not conn.closed:
+            if queue is not None:
+                ready = queue.ready()  # between messages, wait on a bare future (Inbox)
+                if ready is not None:
+                    await ready
+                    del ready
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
             raw = message.get("text")
             if raw is None:
                 raw = message.get("bytes") or b""
-            if handler is not None and handler.done():
-                if not handler.cancelled() and handler.exception() is not None:
-                    break  # it failed and closed the socket (1011)
-                handler = None
-            if handler is None:
-                inbox = [raw]
-                handler = asyncio.create_task(_handle_messages(protocol, inbox), name="ws-handler")
+            del message  # (nor is the last message kept while the socket idles)
+            if _handler_failed(protocol):
+                break  # it failed and closed the socket (1011)
+            if protocol.handler is None or protocol.inbox is None:
+                protocol.inbox = [raw]
+                protocol.handler = asyncio.create_task(
+                    _handle_messages(protocol, protocol.inbox), name="ws-handler"
+                )
                 continue
-            inbox.append(raw)
-            if len(inbox) >= _INBOX_SIZE:
-                await asyncio.wait({handler})  # read no further until these are handled
+            protocol.inbox.append(raw)
+            if len(protocol.inbox) >= _INBOX_SIZE:
+                # Read no further until these are handled.
+                await asyncio.wait({protocol.handler})
     except WebSocketDisconnect:
         pass
     finally:
-        if handler is not None:
-            await _stop(handler)
+        if protocol.handler is not None:
+            await _stop(protocol.handler)
         hub.connections.discard(conn)
         overflowed = conn.close_code is not None
         await conn.shutdown()
