@@ -3,7 +3,7 @@
 A partial block at a window's edge may be read as the whole block minus the tasks outside
 the window. The unit tests check the cover counts every instant of the window once and
 nothing else; the API tests put tasks on both sides of each edge, inside the same
-15-minute and 4-hour blocks, and compare every figure with brute force.
+15-minute, 1-hour and 4-hour blocks, and compare every figure with brute force.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from hypothesis import strategies as st
 
 from dashboard_api.services.analytics.layout import GRAINS, HIST_GRAINS
 from dashboard_api.services.analytics.window import cover_window
-
-# GRAINS, HIST_GRAINS
 from dashboard_api.timeutil import format_ts
 from tests.analytics import brute
 from tests.analytics.brute import assert_close, assert_metrics
@@ -109,20 +107,30 @@ def test_windows_at_the_ends_of_the_calendar() -> None:
 def test_a_window_ending_now_reads_no_raw_rows_at_its_end() -> None:
     now = datetime(2025, 6, 10, 10, 7, 30, 250_000, tzinfo=UTC)
     cover = cover_window(now - timedelta(days=30), now, HIST_GRAINS, now=now)
-    # The end's 4-hour block is read whole, minus [now, 12:00), where nothing was created.
-    assert (4 * 3600, 1749542400) in cover.blocks  # 2025-06-10T08:00Z
-    assert cover.sub == [(now, datetime(2025, 6, 10, 12, 0, tzinfo=UTC))]
-    # The start's block is read as its part in the window (1h52m), not minus 2h07m.
-    assert cover.add == [(now - timedelta(days=30), datetime(2025, 5, 11, 12, 0, tzinfo=UTC))]
+    # The end's 1-hour block is read whole, minus [now, 11:00), where nothing was created.
+    assert (3600, 1749549600) in cover.blocks  # 2025-06-10T10:00Z
+    # The start's 1-hour block is read whole minus its 7m30s before the window (not as
+    # its 52m30s inside it): at most half of the finest block is ever read raw.
+    start_block = datetime(2025, 5, 11, 10, 0, tzinfo=UTC)
+    assert (3600, 1746957600) in cover.blocks  # 2025-05-11T10:00Z
+    assert cover.sub == [
+        (start_block, now - timedelta(days=30)),
+        (now, datetime(2025, 6, 10, 11, 0, tzinfo=UTC)),
+    ]
+    assert cover.add == []
+    for lo, hi in cover.sub:
+        assert hi - lo <= timedelta(minutes=30) or lo == now
 
 
 # --- through the API ---------------------------------------------------------------------
 
 NOW = datetime(2025, 6, 10, 10, 7, 30, 250_000, tzinfo=UTC)
 START = datetime(2025, 6, 1, 9, 52, 13, 500_000, tzinfo=UTC)
-# Instants on both sides of each edge, inside the edges' 15-minute and 4-hour blocks.
+# Instants on both sides of each edge, inside the edges' 15-minute, 1-hour and 4-hour
+# blocks.
 CREATED = [
     START - timedelta(hours=1, minutes=50),
+    START - timedelta(minutes=40),
     START - timedelta(minutes=3),
     START - US,
     START,
@@ -135,6 +143,7 @@ CREATED = [
     NOW - US,
     NOW,  # back-filled at the window's end: outside it
     NOW + timedelta(minutes=5),
+    NOW + timedelta(minutes=40),
     NOW + timedelta(hours=1, minutes=40),
 ]
 

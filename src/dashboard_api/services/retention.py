@@ -57,16 +57,20 @@ from dashboard_api.db.dialect import dialect_of
 from dashboard_api.db.engine import Database
 from dashboard_api.db.models import ConversationTask, Task, TaskEvent, TaskOutputChunk
 from dashboard_api.db.models.analytics import STATE_TABLE
-from dashboard_api.services.analytics.layout import EPOCH, HIST_GRAINS
+from dashboard_api.services.analytics.layout import EPOCH, GRAINS, HIST_GRAINS
 from dashboard_api.services.task_hooks import TaskHook, TaskSnapshot, TaskWrite
 from dashboard_api.task_statuses import TERMINAL_STATUSES
 from dashboard_api.timeutil import format_ts
 
-# The cut-off is aligned to the finest histogram block (4 hours; counters have 15-minute
-# blocks, which it is a multiple of): every rollup block after it holds only tasks that
-# were kept, so an analytics window whose edges lie after the cut-off covers its partial
-# blocks from raw rows that are all still there.
-PRUNE_ALIGNMENT = HIST_GRAINS[0]
+# The cut-off is aligned to 4 hours, a multiple of the finest histogram block (1 hour;
+# counters have 15-minute blocks): every rollup block after it holds only tasks that were
+# kept, so an analytics window whose edges lie after the cut-off covers its partial blocks
+# from raw rows that are all still there. It stayed on 4 hours when the 1-hour histogram
+# grain came (migration 0020 built those rows from the tasks then left, so the hours of a
+# database pruned before it have none): a prune's cut-off is where it was.
+PRUNE_ALIGNMENT = 4 * 3600
+assert PRUNE_ALIGNMENT % HIST_GRAINS[0] == 0
+assert PRUNE_ALIGNMENT % GRAINS[0] == 0
 PRUNE_BATCH = 1000
 # Prunable tasks per step (see `_step_end`): what a task-list total may count from the
 # table, over an index range, while a prune runs.

@@ -1,6 +1,6 @@
 """Per-group figures of a window (overall, per agent type, source and model) with their
-percentiles: histogram blocks of 4 hours and up (one packed row per block, group and
-kind), the partial 4-hour blocks at the window's ends binned from their raw tasks in
+percentiles: histogram blocks of 1 hour and up (one packed row per block, group and
+kind), the partial 1-hour blocks at the window's ends binned from their raw tasks in
 SQL; the rows are added up and walked here."""
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ async def performance(
     """Outcomes, durations (with percentiles) and cost overall, per agent type, source, model
     (`now`: see `cover_window`)."""
     # Counters and histograms split the window differently: counters from 15 minutes up,
-    # histograms from 4 hours up, each with raw rows at the edges.
+    # histograms from 1 hour up, each with raw rows at the edges.
     cover = cover_window(start, end, now=now)
     combos: dict[tuple[str, str], Agg] = {}
     models: dict[str, Agg] = {}
@@ -263,13 +263,14 @@ async def _percentiles(
 ) -> Pct:
     """The log bin of each percentile of each group.
 
-    The window's histogram is its whole blocks of 4 hours and up (one packed row per
-    block, group and kind: ~550 rows for 30 days unfiltered), plus or minus the tasks of
-    the partial 4-hour blocks at its ends (`cover_window`), binned and counted per bin in
-    SQL. Both statements give one row per stored key (its rows' or bins' values as lists,
-    ~70 result rows instead of ~1,600: taking a result row cost more than adding it);
-    rows are added up per key (`BinSum.add_rows`), the few key sums into their groups,
-    and each group's sum is walked for its percentiles.
+    The window's histogram is its whole blocks of 1 hour and up (one packed row per
+    block, group and kind: a few hundred rows for 30 days unfiltered), plus or minus the
+    tasks of the partial 1-hour blocks at its ends (`cover_window`: at most 30 minutes of
+    tasks each), binned and counted per bin in SQL. Both statements give one row per
+    stored key (its rows' or bins' values as lists, ~70 result rows instead of ~1,600:
+    taking a result row cost more than adding it); rows are added up per key
+    (`BinSum.add_rows`), the few key sums into their groups, and each group's sum is
+    walked for its percentiles.
     """
     cover = cover_window(start, end, HIST_GRAINS, now=now)
     per_key: dict[RowKey, BinSum] = {}

@@ -254,7 +254,7 @@ _LANE = 64
 async def _build_histograms(session: AsyncSession) -> None:
     """Fill the (empty) histogram table from the raw tasks.
 
-    SQL counts the tasks per bin of each 4-hour block and (agent_type, source, model) and
+    SQL counts the tasks per bin of each 1-hour block and (agent_type, source, model) and
     hands each such block's bins over as two lists; here they are packed and added up into
     every series and coarser grain, and the rows are inserted sorted by key (COPY on
     PostgreSQL), so that the primary key grows at its right edge. At 1M tasks: ~150,000

@@ -9,7 +9,7 @@ parameters on PostgreSQL, so the statement's text and prepared plan stay the sam
 after round; a first version with one UNION branch per window spent 10 ms planning at
 every execution). Counters: the rollup rows of every window's blocks and the signed raw
 tasks of its edges, summed in SQL per (window, agent type, source). Duration
-percentiles: the histogram rows of every window's whole blocks of 4 hours and up (a
+percentiles: the histogram rows of every window's whole blocks of 1 hour and up (a
 block that several windows hold is read once) and the edge tasks counted per (window,
 agent type, source, log bin) in SQL; the packed rows are added up per window and scope
 here.

@@ -6,8 +6,8 @@ end is read from the tasks table, either as its part inside the window (added) o
 the whole block minus the part outside it (subtracted), whichever is shorter before now
 (`cover_window`), so a query's cost follows the window and not the number of tasks.
 Unfiltered queries read the marginal series (one row per block, or per block and kind).
-Percentiles come from histogram blocks of 4 hours and up (one packed row per block,
-group and kind), the partial 4-hour blocks at the window's ends covered the same way
+Percentiles come from histogram blocks of 1 hour and up (one packed row per block,
+group and kind), the partial 1-hour blocks at the window's ends covered the same way
 with their raw tasks binned in SQL; the rows are added up and walked here.
 """
 
