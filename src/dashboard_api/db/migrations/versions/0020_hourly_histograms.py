@@ -1,7 +1,7 @@
 """analytics: histogram rows from the 1-hour grain up
 
 Revision ID: 0020_hourly_histograms
-Revises: 0019_retention_empty_before
+Revises: 0019_retention_empty_before, 0008_analytics_packed_histograms
 Create Date: 2026-12-08 00:50:00.000000
 
 Percentiles read the histogram rows of a window's whole blocks and bin the raw tasks of
@@ -35,9 +35,13 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0020_hourly_histograms"
-down_revision: str | Sequence[str] | None = "0019_retention_empty_before"
+# Also a merge of the packed-histogram branch, whose table layout the rows are written in.
+down_revision: str | Sequence[str] | None = (
+    "0019_retention_empty_before",
+    "0008_analytics_packed_histograms",
+)
 branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = "0008_analytics_packed_histograms"
+depends_on: str | Sequence[str] | None = None
 
 # The layout as this revision writes it (services/analytics/layout.py).
 _HOUR = 3600
