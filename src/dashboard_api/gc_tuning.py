@@ -11,7 +11,9 @@ of `bench.ws_fanout`'s publish -> receive latency.
 `freeze_after_start` moves what is alive once the app has started into the permanent
 generation (`gc.freeze`), which collections never walk; those objects are still freed by
 reference counting as usual. Objects made later (connections, requests) are collected
-as before.
+as before. What a full collection still walks is then mostly the open sockets' objects
+(coroutines, protocol objects, subscriptions): the realtime layer keeps an open session's
+tracked objects down (`tests/realtime/test_gc_footprint.py`, bench `ws_scale`).
 
 The young generation is collected less often than CPython's default (every 700 net
 allocations of containers): a request that reads a batch of spans or rows holds
