@@ -253,12 +253,16 @@ class Meter:
     def __init__(self, pids: list[int], gc_probe: str) -> None:
         self.pids = pids
         self.gc_probe = gc_probe
+        self.forced: list[float] = []  # the timed `--full-gc` collections (ms)
 
     def cpu(self) -> float:
         return sum(cpu_seconds(p) for p in self.pids)
 
     def rss_kb(self) -> int:
         return _rss_kb(self.pids)
+
+    async def full_gc(self) -> dict[str, Any]:
+        return await _full_gc(self)
 
     def writes(self) -> int:
         """Write syscalls so far (a socket write each, nearly all of them)."""
@@ -296,6 +300,7 @@ class Meter:
                 data = json.load(f)
             os.unlink(path)
             total["tracked"][0] += data["tracked"]
+            self.forced = [round(ms, 1) for ms in data.get("forced_full_ms", ())]
             total["write_lags"] += [(ms, n) for ms, n in data.get("write_lags", ())]
             total["arrival_lags"] += [(ms, 1) for ms in data.get("arrival_lags", ())]
             total["buffered_max"][0] = max(total["buffered_max"][0], data.get("buffered_max", 0))
@@ -309,6 +314,15 @@ class Meter:
                 total["seconds"][g] += data["seconds"][g]
                 total["longest"][g] = max(total["longest"][g], data["longest"][g])
         return total
+
+
+async def _full_gc(meter: Meter) -> dict[str, Any]:
+    """One full collection in each server process, timed there (`--full-gc`)."""
+    for pid in meter.pids:
+        os.kill(pid, signal.SIGUSR1)
+    await asyncio.sleep(1.0)
+    tracked = (await meter.gc())["tracked"][0]
+    return {"gc_forced_full_ms": meter.forced, "gc_tracked_after_forced": tracked}
 
 
 def _gc_figures(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, Any]:
@@ -487,8 +501,13 @@ async def run_variant(
             "gc_tracked_per_connection": round(
                 (gc1["tracked"][0] - gc0["tracked"][0]) / args.connections, 1
             ),
+            **(await meter.full_gc() if args.full_gc else {}),
             "loadavg_1m": round(os.getloadavg()[0], 1),
         }
+        if args.full_gc:
+            # What the forced full collection kept (live), per connection.
+            live = idle.pop("gc_tracked_after_forced") - gc0["tracked"][0]
+            idle["gc_live_per_connection"] = round(live / args.connections, 1)
         log(json.dumps(idle))
         total = int(args.rate * args.seconds) // args.channels * args.channels
         channels = await _phase(
@@ -604,6 +623,11 @@ def cli() -> None:
     )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--generators", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--full-gc",
+        action="store_true",
+        help="after the idle phase, time one full collection in the server (its pause)",
+    )
     parser.add_argument("--before-src", help="run the same phases against this src first")
     parser.add_argument("--json", help="write the figures here")
     # generator-process arguments

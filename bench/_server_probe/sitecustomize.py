@@ -16,7 +16,8 @@ written to `$BENCH_SERVER_PROBE.<pid>` as JSON:
   this tells the broker's and the server's queues from the socket buffers' and the load
   generator's (the rest);
 - the hub's delivery counters (live deliveries, of them through a group's shared write,
-  members that left their group for their own queue).
+  members that left their group for their own queue);
+- on SIGUSR1, one full collection is run at once and timed (`forced_full_ms`).
 """
 
 from __future__ import annotations
@@ -149,8 +150,17 @@ def _install(prefix: str) -> None:
         seconds[g] += took
         longest[g] = max(longest[g], took)
 
+    forced: list[float] = []
+
+    def collect(*_: object) -> None:
+        # `--full-gc`: one full collection now, timed (its pause is also in `longest`).
+        t = time.perf_counter()
+        gc.collect()
+        forced.append((time.perf_counter() - t) * 1000)
+
     def dump(*_: object) -> None:
         data = {
+            "forced_full_ms": forced[:],
             "collections": counts,
             "seconds": seconds,
             "longest": longest,
@@ -165,6 +175,7 @@ def _install(prefix: str) -> None:
 
     gc.callbacks.append(on_gc)
     signal.signal(signal.SIGUSR2, dump)
+    signal.signal(signal.SIGUSR1, collect)
 
 
 if _PREFIX:
