@@ -44,6 +44,7 @@ from sqlalchemy import event
 from bench._bench_db import BenchDB
 from bench._common import cli, connect, log
 from bench._plan_cpu import HEADER, report_cpu
+from dashboard_api.db.dialect.pg_pool import GENERIC_PLAN_SETTINGS
 
 
 @dataclass
@@ -337,8 +338,10 @@ async def report_generic(engine: Any, req: Request, explain: bool) -> None:
             await apg.execute(f"PREPARE {name} AS {st.sql}")
             try:
                 figures = {}
-                for mode in ("force_custom_plan", "force_generic_plan"):
-                    await apg.execute(f"SET plan_cache_mode = {mode}")
+                # the main pool's connections, then the analytics pool's settings
+                for settings in ({"plan_cache_mode": "force_custom_plan"}, GENERIC_PLAN_SETTINGS):
+                    for setting, value in settings.items():
+                        await apg.execute(f"SET {setting} = {value}")
                     for _ in range(_GENERIC_WARMUP):
                         await apg.fetch(execute)
                     tops = []
@@ -347,7 +350,7 @@ async def report_generic(engine: Any, req: Request, explain: bool) -> None:
                             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + execute
                         )
                         tops.append((json.loads(doc) if isinstance(doc, str) else doc)[0])
-                    figures[mode] = (
+                    figures[settings["plan_cache_mode"]] = (
                         statistics.median(float(t.get("Planning Time", 0.0)) for t in tops),
                         statistics.median(float(t["Execution Time"]) for t in tops),
                         _buffers(tops[-1]["Plan"]),
@@ -355,7 +358,8 @@ async def report_generic(engine: Any, req: Request, explain: bool) -> None:
                     )
             finally:
                 await apg.execute(f"DEALLOCATE {name}")
-                await apg.execute("RESET plan_cache_mode")
+                for setting in GENERIC_PLAN_SETTINGS:
+                    await apg.execute(f"RESET {setting}")
             (cp, ce, cb, ctop), (gp, ge, gb, gtop) = figures.values()
             print(
                 f"{req.name:<30} #{i} custom plan {cp:.3f} + exec {ce:.3f} ms, {cb:,} buffers"
