@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
 from dashboard_api.db.dialect import dialect_of
-from dashboard_api.db.replay import kept_rows
 from dashboard_api.errors import Unprocessable
 from dashboard_api.timeutil import to_utc
 
@@ -288,9 +287,8 @@ async def _run_kept(
     total_expression: Any,
     extras: Sequence[ColumnElement[Any]],
 ) -> PageResult[T]:
-    """`paginate` with a kept page statement (carrying its total and extras), replayed on
-    the driver where the dialect allows (db/replay.py)."""
-    rows = await kept_rows(session, kept)
+    """`paginate` with a kept page statement (carrying its total and extras)."""
+    rows = (await session.execute(kept)).all()
     n_keys = len(ordering.keys)
     if rows:
         values = tuple(rows[0][-n_keys - 1 - len(extras) : -n_keys])

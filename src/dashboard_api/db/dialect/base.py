@@ -143,12 +143,6 @@ class Dialect(ABC):
         (`Database.read_statements`): the same answers under READ COMMITTED, two round
         trips fewer."""
 
-    @property
-    @abstractmethod
-    def replays_on_driver(self) -> bool:
-        """Whether a kept statement is sent again as the text and parameters SQLAlchemy
-        sent for it, on the driver's connection (`db/replay.py`)."""
-
     @abstractmethod
     def database_file(self, url: str) -> str | None:
         """The file an embedded database lives in (as the URL names it), None for a server

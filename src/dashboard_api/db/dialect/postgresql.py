@@ -151,10 +151,6 @@ class PostgreSQLDialect(Dialect):
     def reads_in_autocommit(self) -> bool:
         return True
 
-    @property
-    def replays_on_driver(self) -> bool:
-        return True  # asyncpg: SQLAlchemy's layer cost half of a list page's driver CPU
-
     def database_file(self, url: str) -> str | None:
         return None
 

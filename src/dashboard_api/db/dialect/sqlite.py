@@ -134,10 +134,6 @@ class SQLiteDialect(Dialect):
     def reads_in_autocommit(self) -> bool:
         return False
 
-    @property
-    def replays_on_driver(self) -> bool:
-        return False  # aiosqlite runs each statement in its thread: not measured there
-
     def database_file(self, url: str) -> str | None:
         path = make_url(url).database
         if not path or path == ":memory:" or path.startswith("file::memory:"):
