@@ -16,7 +16,10 @@ from fastapi import FastAPI
 from sqlalchemy import event, func, select
 
 from dashboard_api.db.models import Task
+from dashboard_api.services.analytics.performance import performance
+from dashboard_api.services.analytics.reads import summary
 from dashboard_api.services.analytics.trailing import trailing_p95
+from dashboard_api.services.analytics.window import AnalyticsFilters
 from dashboard_api.services.budgets.spend import Scope, spend_micros
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.seed import seed_tasks
@@ -107,3 +110,42 @@ async def test_spend_from_rollups_equals_the_tasks_sum(app: FastAPI) -> None:
                 )
             assert spent == want, (scope, days)
             assert want > 0
+
+
+async def _tasks_read_without_window(app: FastAPI, statements: list[tuple[str, Any]]) -> list[str]:
+    """The plan lines of `statements` that read the tasks other than by a creation range:
+    a scan, or a search on a filter's column alone (every task of an agent type)."""
+    bad: list[str] = []
+    async with app.state.ctx.db.read() as session:
+        conn = await session.connection()
+        for statement, parameters in statements:
+            if " tasks" not in statement:
+                continue
+            plan = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            for row in plan:
+                line = str(row[-1])
+                if " tasks " in f"{line} " and "created_at>" not in line:
+                    bad.append(line)
+    return bad
+
+
+@pytest.mark.parametrize("read", [summary, performance])
+@pytest.mark.parametrize(
+    "filters",
+    [AnalyticsFilters(), AnalyticsFilters(agent_type=["reviewer"]),
+     AnalyticsFilters(agent_type=["triage"], source=["slack", "github"])],
+)  # fmt: skip
+async def test_window_edges_seek_tasks_by_creation(
+    app: FastAPI, backend: Backend, read: Any, filters: AnalyticsFilters
+) -> None:
+    """A window's raw edges read the tasks through a creation range, with the filters
+    inside each range's term (`Dialect.keyed_or`): beside an OR of ranges, SQLite sought
+    an agent type's tasks by the filter alone, every one of them."""
+    if backend.name != "sqlite":
+        pytest.skip("SQLite's planner (PostgreSQL seeks each range: unchanged)")
+    start = NOW - timedelta(days=30, minutes=17)  # edges inside blocks: raw ranges
+    with captured(app) as statements:
+        async with app.state.ctx.db.read() as session:
+            await read(session, start=start, end=NOW, filters=filters, now=NOW)
+    assert any(" tasks" in s for s, _ in statements), "no statement read raw tasks"
+    assert await _tasks_read_without_window(app, statements) == []

@@ -120,6 +120,7 @@ async def performance(
         build = functools.partial(
             _with_raw_counters,
             _failure_counter_groups if filters.failure_reason else _counter_groups,
+            dialect_of(session),
             n_raw,
             n_sub,
         )
@@ -186,6 +187,7 @@ def _counter_groups(where: BlocksWhere, filtered: FiltersWhere) -> CompoundSelec
 
 def _with_raw_counters(
     build: Callable[[BlocksWhere, FiltersWhere], CompoundSelect[Any]],
+    dialect: Dialect,
     n_raw: int,
     n_sub: int,
     where: BlocksWhere,
@@ -197,7 +199,9 @@ def _with_raw_counters(
     if not n_raw:
         return blocks
     raw_where, raw_sums = raw_counter_sums(n_raw, n_sub)
-    conds = [raw_where, *filtered(Task)]
+    # The filters inside each range's term (SQLite): beside the OR of ranges, SQLite
+    # sought an agent type's tasks by the filter alone and read all of them (34 ms at 1M).
+    conds = [dialect.keyed_or(filtered(Task), [raw_where])]
     empty = literal("")
     model = func.coalesce(Task.model, "")
     return union_all(
