@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from dashboard_api.schemas.analytics import Summary
 from dashboard_api.services.analytics import reads
@@ -23,6 +23,7 @@ from dashboard_api.services.analytics.window import AnalyticsFilters
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.seed import seed_tasks
 from tests.support.env import Backend
+from tests.support.statements import sent
 
 Headers = Callable[[str], dict[str, str]]
 
@@ -30,21 +31,10 @@ NOW = datetime(2026, 11, 25, 12, 34, 56, 789000, tzinfo=UTC)
 
 
 @contextmanager
-def generic_statements(app: FastAPI) -> Iterator[list[str]]:
-    """The statements the generic-plan engine runs meanwhile (none on SQLite)."""
-    seen: list[str] = []
-    engines = [e.sync_engine for e in app.state.ctx.db.engines[1:]]
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", note)
-    try:
+def generic_statements(app: FastAPI) -> Iterator[list[tuple[str, Any]]]:
+    """The (statement, parameters) the generic-plan engine runs meanwhile (none on SQLite)."""
+    with sent(app.state.ctx.db.engines[1:]) as seen:
         yield seen
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", note)
 
 
 async def test_plan_modes(app: FastAPI, backend: Backend) -> None:

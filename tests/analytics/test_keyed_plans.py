@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from dashboard_api.db.models import Task
 from dashboard_api.services.analytics.performance import performance
@@ -24,6 +24,7 @@ from dashboard_api.services.budgets.spend import Scope, spend_micros
 from dashboard_api.services.pricing import PriceTable
 from dashboard_api.services.seed import seed_tasks
 from tests.support.env import Backend
+from tests.support.statements import sent
 
 NOW = datetime(2026, 11, 25, 12, 34, 56, 789000, tzinfo=UTC)
 KEYED = ("analytics_rollups", "analytics_histograms")
@@ -31,21 +32,9 @@ KEYED = ("analytics_rollups", "analytics_histograms")
 
 @contextmanager
 def captured(app: FastAPI) -> Iterator[list[tuple[str, Any]]]:
-    """The (statement, parameters) the app's engine runs meanwhile."""
-    # every engine: analytics reads run on their own (Database.read_generic)
-    engines = [e.sync_engine for e in app.state.ctx.db.engines]
-    seen: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        seen.append((statement, parameters))
-
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", record)
-    try:
+    """The (statement, parameters) the app's engines run meanwhile."""
+    with sent(app.state.ctx.db.engines) as seen:
         yield seen
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", record)
 
 
 async def _unkeyed_reads(app: FastAPI, statements: list[tuple[str, Any]]) -> list[str]:

@@ -18,7 +18,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, event, func, select
+from sqlalchemy import delete, func, select
 
 from dashboard_api.app import create_app
 from dashboard_api.db.dialect import Dialect
@@ -26,6 +26,7 @@ from dashboard_api.db.models import Task, TaskEvent
 from dashboard_api.db.models.analytics import AnalyticsPending
 from dashboard_api.settings import Settings
 from tests.support.clock import FakeClock
+from tests.support.statements import listening
 from tests.support.tokens import make_tokens
 
 Headers = Callable[[str], dict[str, str]]
@@ -186,8 +187,7 @@ async def test_postgresql_registers_a_task_in_one_statement(
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         sent.append(statement.lstrip().split(None, 1)[0].upper())
 
-    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with listening([db.engine], record):
         r = await client.post(
             "/api/tasks",
             json={
@@ -199,8 +199,6 @@ async def test_postgresql_registers_a_task_in_one_statement(
             },
             headers=auth("agent"),
         )
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
     assert r.status_code == 201
     writes = [s for s in sent if s in ("INSERT", "WITH", "UPDATE", "DELETE")]
     # PostgreSQL: the task, its event and its pending row in one statement; SQLite (no

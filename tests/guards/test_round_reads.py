@@ -17,7 +17,6 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import event
 
 from dashboard_api.app import create_app
 from dashboard_api.db.models.guards import AlertRule
@@ -30,6 +29,7 @@ from dashboard_api.settings import Settings
 from dashboard_api.timeutil import format_ts
 from tests.analytics import brute
 from tests.support.clock import FakeClock
+from tests.support.statements import listening
 
 Headers = Callable[[str], dict[str, str]]
 
@@ -183,15 +183,8 @@ def _statements(app: FastAPI) -> Iterator[list[str]]:
         if asyncio.current_task() is task and statement != "BEGIN":
             seen.append(statement)
 
-    # every engine: analytics reads run on their own (Database.read_generic)
-    engines = [e.sync_engine for e in app.state.ctx.db.engines]
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", note)
-    try:
+    with listening(app.state.ctx.db.engines, note):
         yield seen
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", note)
 
 
 async def _put_rules(

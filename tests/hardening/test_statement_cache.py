@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import event
 from sqlalchemy.engine.interfaces import CacheStats
 from sqlalchemy.sql.compiler import DDLCompiler
 
+from tests.support.statements import listening
 from tests.support.tokens import Headers
 
 
@@ -105,17 +105,10 @@ async def test_hot_paths_compile_each_statement_once(
         elif context.cache_hit is not CacheStats.CACHE_HIT:
             uncached.add(statement)
 
-    # every engine: analytics reads run on their own (Database.read_generic)
-    engines = [e.sync_engine for e in app.state.ctx.db.engines]
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", note)
-    try:
+    with listening(app.state.ctx.db.engines, note):
         for k in (1, 2, 3):
             compiled.append(set())
             await _round(client, auth, k)
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", note)
     assert len(compiled[0]) > 10, "the listener saw too few compilations to be listening"
     assert not uncached, "\n\n".join(sorted(uncached))
     again = compiled[1] & compiled[2]
