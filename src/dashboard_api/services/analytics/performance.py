@@ -198,18 +198,15 @@ def _with_raw_counters(
     blocks = build(where, filtered)
     if not n_raw:
         return blocks
-    raw_where, raw_sums = raw_counter_sums(n_raw, n_sub)
-    # The filters inside each range's term (SQLite): beside the OR of ranges, SQLite
-    # sought an agent type's tasks by the filter alone and read all of them (34 ms at 1M).
-    conds = [dialect.keyed_or(filtered(Task), [raw_where])]
+    raw_where, raw_sums = raw_counter_sums(dialect, n_raw, n_sub, filtered(Task))
     empty = literal("")
     model = func.coalesce(Task.model, "")
     return union_all(
         *blocks.selects,
         select(literal(0), Task.agent_type, Task.source, empty, *raw_sums)
-        .where(*conds)
+        .where(raw_where)
         .group_by(Task.agent_type, Task.source),
-        select(literal(1), empty, empty, model, *raw_sums).where(*conds).group_by(model),
+        select(literal(1), empty, empty, model, *raw_sums).where(raw_where).group_by(model),
     )
 
 

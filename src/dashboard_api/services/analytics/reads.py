@@ -167,13 +167,9 @@ def _summary_rows(
     )
     if not n_raw:
         return blocks
-    raw_where, raw_sums = raw_counter_sums(n_raw, n_sub)
+    raw_where, raw_sums = raw_counter_sums(dialect, n_raw, n_sub, filtered(Task))
     reason = func.coalesce(Task.failure_reason, "")
-    raw = (
-        select(literal(_RAW), reason, *raw_sums)
-        .where(dialect.keyed_or(filtered(Task), [raw_where]))  # see performance's
-        .group_by(reason)
-    )
+    raw = select(literal(_RAW), reason, *raw_sums).where(raw_where).group_by(reason)
     return union_all(blocks, raw)
 
 

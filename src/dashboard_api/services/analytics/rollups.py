@@ -212,6 +212,12 @@ def contribution_of_pending(row: Any) -> Contribution:
     )
 
 
+def _enabled(session: AsyncSession) -> bool:
+    """Whether the app keeps rollups (`Settings.analytics_rollups_enabled`): writes then
+    record their pending rows."""
+    return bool(session.info.get("analytics_rollups_enabled", True))
+
+
 def _pending_rows(before: TaskSnapshot | None, after: TaskSnapshot) -> list[dict[str, Any]]:
     """The `analytics_pending` rows of one write: none when nothing analytics counts
     changed (an output append, say)."""
@@ -233,7 +239,7 @@ async def apply_task_write(
     by every task of the same blocks, and each writer would hold them locked until its
     commit. `services.analytics.fold` moves pending rows into the rollups in batches.
     """
-    if not session.info.get("analytics_rollups_enabled", True):
+    if not _enabled(session):
         return
     rows = _pending_rows(before, after)
     if rows:
@@ -244,15 +250,15 @@ def new_task_rows(session: AsyncSession, after: TaskSnapshot) -> list[tuple[Any,
     """`apply_task_write` of a new task as rows for its registration to insert with it
     (task_hooks.TaskHook.new_rows): on PostgreSQL the task, its event and this row are
     one statement, where the row was a third statement and round trip of its own."""
-    if not session.info.get("analytics_rollups_enabled", True):
+    if not _enabled(session):
         return []
-    return [(_PENDING, _pending_row(1, after))]
+    return [(_PENDING, row) for row in _pending_rows(None, after)]
 
 
 async def apply_task_writes(session: AsyncSession, writes: Sequence[TaskWrite]) -> None:
     """`apply_task_write` of several writes of distinct tasks: the same pending rows, in
     one statement."""
-    if not session.info.get("analytics_rollups_enabled", True):
+    if not _enabled(session):
         return
     rows = [row for before, after in writes for row in _pending_rows(before, after)]
     if rows:  # one array per column on PostgreSQL: no parameters per row to process

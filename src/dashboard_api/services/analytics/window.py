@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dashboard_api.db.dialect import dialect_of, int_pairs_params
+from dashboard_api.db.dialect import Dialect, dialect_of, int_pairs_params
 from dashboard_api.db.models.tasks import Task
 from dashboard_api.services.analytics.fold import execute_folded
 from dashboard_api.services.analytics.layout import (
@@ -423,11 +423,16 @@ def raw_selection(n_ranges: int, n_sub: int) -> tuple[ColumnElement[bool], Colum
     return or_(*(within("", i) for i in range(n_ranges))), sign
 
 
-def raw_counter_sums(n_ranges: int, n_sub: int) -> tuple[ColumnElement[bool], list[Any]]:
+def raw_counter_sums(
+    dialect: Dialect, n_ranges: int, n_sub: int, filters: Sequence[ColumnElement[bool]]
+) -> tuple[ColumnElement[bool], list[Any]]:
     """A cover's raw rows in SQL, for a statement that sums them beside its blocks' rows
-    (one round trip, no row each through the driver): the condition that selects them and
-    the signed sums of their COUNTERS (`raw_selection`)."""
-    condition, sign = raw_selection(n_ranges, n_sub)
+    (one round trip, no row each through the driver): the condition that selects them
+    (the tasks' `filters` inside each range's term, `Dialect.keyed_or`: beside an OR of
+    ranges SQLite sought a filter's index alone, every task of an agent type) and the
+    signed sums of their COUNTERS (`raw_selection`)."""
+    ranges, sign = raw_selection(n_ranges, n_sub)
+    condition = dialect.keyed_or(filters, [ranges])
     values: dict[str, Any] = {
         "tasks": sign,
         **{name: case((Task.status == name, sign), else_=0) for name in STATUS_INDEX},
